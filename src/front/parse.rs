@@ -1,0 +1,346 @@
+//! Parsing: bytes → UTF-8 check → nesting check → pest → syntax tree. Never panics and
+//! never recurses deeper than [`MAX_NESTING`] brackets, whatever the input.
+
+use pest::Parser;
+use pest::error::{ErrorVariant, InputLocation};
+use pest::iterators::Pair;
+
+use super::ast::*;
+use crate::diag::Diag;
+use crate::ir::Span;
+
+#[derive(pest_derive::Parser)]
+#[grammar = "../grammar/cnn.pest"]
+struct CnnParser;
+
+/// The deepest nesting of `(`, `[` and `{` a program may use. Real networks use a
+/// handful; the limit keeps the recursive-descent parser and the elaborator far from
+/// the end of the stack.
+pub const MAX_NESTING: usize = 64;
+
+/// Decodes a file's bytes, pointing at the first invalid byte if they are not UTF-8.
+pub fn decode(bytes: &[u8]) -> Result<&str, Diag> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let at = e.valid_up_to();
+        Diag::new(
+            format!("the file is not valid UTF-8 (byte 0x{:02x} at offset {at})", bytes[at]),
+            at..at,
+            "invalid UTF-8 starts here",
+        )
+        .note("cnn programs are UTF-8 text")
+    })
+}
+
+/// Parses a program.
+pub fn parse(source: &str) -> Result<Program, Diag> {
+    check_nesting(source)?;
+    if source.trim_start_matches(|c: char| c.is_whitespace()).is_empty() || only_comments(source) {
+        return Err(Diag::new("no network in this file", 0..0, "expected `network NAME { ... }`")
+            .note("a program holds blocks and one `network NAME { ... }`; see language.md"));
+    }
+    pest::set_error_detail(true);
+    let mut pairs = CnnParser::parse(Rule::program, source).map_err(|e| parse_error(source, e))?;
+    let program_pair = pairs.next().ok_or_else(|| Diag::new("empty parse", 0..0, ""))?;
+    let mut program = Program::default();
+    for pair in program_pair.into_inner() {
+        match pair.as_rule() {
+            Rule::block_def => program.blocks.push(block_def(pair)?),
+            Rule::network => program.networks.push(network(pair)?),
+            _ => {}
+        }
+    }
+    if program.networks.is_empty() {
+        let end = source.len();
+        return Err(Diag::new("no network in this file", end..end, "expected `network NAME { ... }`")
+            .note("a program holds blocks and one `network NAME { ... }`"));
+    }
+    Ok(program)
+}
+
+fn only_comments(source: &str) -> bool {
+    source.lines().all(|line| {
+        let line = line.trim();
+        line.is_empty() || line.starts_with('#')
+    })
+}
+
+fn check_nesting(source: &str) -> Result<(), Diag> {
+    let mut depth = 0usize;
+    let mut in_comment = false;
+    for (offset, c) in source.char_indices() {
+        match c {
+            '\n' => in_comment = false,
+            _ if in_comment => {}
+            '#' => in_comment = true,
+            '(' | '[' | '{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(Diag::new(
+                        format!("brackets nested more than {MAX_NESTING} deep"),
+                        offset..offset + 1,
+                        "too deep here",
+                    )
+                    .note("flatten the structure with blocks or `repeat`"));
+                }
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn rule_description(rule: Rule) -> Option<&'static str> {
+    Some(match rule {
+        Rule::EOI => "end of file",
+        Rule::ident | Rule::arg_name | Rule::binding | Rule::label => "a name",
+        Rule::network => "`network`",
+        Rule::block_def => "`block`",
+        Rule::param_list | Rule::param => "a parameter",
+        Rule::body => "a statement",
+        Rule::input_decl | Rule::kw_input => "`input`",
+        Rule::output_decl | Rule::kw_output => "`output`",
+        Rule::repeat_stmt | Rule::kw_repeat => "`repeat`",
+        Rule::chain_stmt | Rule::step | Rule::call => "a statement",
+        Rule::seq | Rule::kw_seq => "`seq`",
+        Rule::args => "`(`",
+        Rule::arg => "an argument",
+        Rule::expr | Rule::term | Rule::factor | Rule::group => "an expression",
+        Rule::number | Rule::dim => "a number",
+        Rule::add_op => "`+` or `-`",
+        Rule::mul_op => "`*` or `/`",
+        Rule::neg => "`-`",
+        _ => return None,
+    })
+}
+
+fn parse_error(source: &str, error: pest::error::Error<Rule>) -> Diag {
+    let at = match error.location {
+        InputLocation::Pos(p) => p,
+        InputLocation::Span((s, _)) => s,
+    };
+    let mut expected: Vec<String> = Vec::new();
+    if let Some(attempts) = error.parse_attempts() {
+        for token in attempts.expected_tokens() {
+            let token = token.to_string();
+            let text = match token.as_str() {
+                "\n" => "a newline".to_string(),
+                "BUILTIN_RULE" | "#" | " " | "\t" | "\r" | ";" => continue,
+                t if t.len() > 1 && t.contains("..") => continue,
+                t => format!("`{t}`"),
+            };
+            expected.push(text);
+        }
+    }
+    if let ErrorVariant::ParsingError { positives, .. } = &error.variant {
+        for rule in positives {
+            if let Some(d) = rule_description(*rule) {
+                expected.push(d.to_string());
+            }
+        }
+    }
+    if let ErrorVariant::CustomError { message } = &error.variant {
+        return Diag::new(format!("cannot parse: {message}"), at..at, "here");
+    }
+    expected.sort();
+    expected.dedup();
+    let expected_text = match expected.len() {
+        0 => "something else".to_string(),
+        1 => expected[0].clone(),
+        n => format!("{} or {}", expected[..n - 1].join(", "), expected[n - 1]),
+    };
+    let found = source[at..].chars().next();
+    let (found_text, span) = match found {
+        None => ("end of file".to_string(), at..at),
+        Some('\n') => ("end of line".to_string(), at..at + 1),
+        Some(c) if c.is_control() => (format!("a control character (U+{:04X})", c as u32), at..at + c.len_utf8()),
+        Some(c) => {
+            let word: String = source[at..].chars().take_while(|c| c.is_alphanumeric() || *c == '_').take(40).collect();
+            let text = if word.is_empty() { c.to_string() } else { word };
+            (format!("`{text}`"), at..at + text.len().max(1))
+        }
+    };
+    Diag::new(
+        format!("expected {expected_text}, found {found_text}"),
+        span,
+        format!("expected {expected_text}"),
+    )
+}
+
+fn span_of(pair: &Pair<Rule>) -> Span {
+    let s = pair.as_span();
+    s.start()..s.end()
+}
+
+fn ident(pair: Pair<Rule>) -> Ident {
+    Ident { name: pair.as_str().to_string(), span: span_of(&pair) }
+}
+
+fn block_def(pair: Pair<Rule>) -> Result<BlockDef, Diag> {
+    let span = span_of(&pair);
+    let mut inner = pair.into_inner().filter(|p| p.as_rule() != Rule::kw_block);
+    let name = ident(inner.next().expect("grammar: block name"));
+    let mut params = Vec::new();
+    let mut body_stmts = Vec::new();
+    for p in inner {
+        match p.as_rule() {
+            Rule::param_list => {
+                for param in p.into_inner() {
+                    let mut parts = param.into_inner();
+                    let name = ident(parts.next().expect("grammar: param name"));
+                    let default = parts.next().map(expr).transpose()?;
+                    params.push(ParamDef { name, default });
+                }
+            }
+            Rule::body => body_stmts = body(p)?,
+            _ => {}
+        }
+    }
+    Ok(BlockDef { name, params, body: body_stmts, span })
+}
+
+fn network(pair: Pair<Rule>) -> Result<Network, Diag> {
+    let span = span_of(&pair);
+    let mut inner = pair.into_inner().filter(|p| p.as_rule() != Rule::kw_network);
+    let name = ident(inner.next().expect("grammar: network name"));
+    let body_stmts = body(inner.next().expect("grammar: network body"))?;
+    Ok(Network { name, body: body_stmts, span })
+}
+
+fn body(pair: Pair<Rule>) -> Result<Vec<Stmt>, Diag> {
+    pair.into_inner().map(stmt).collect()
+}
+
+fn stmt(pair: Pair<Rule>) -> Result<Stmt, Diag> {
+    let span = span_of(&pair);
+    match pair.as_rule() {
+        Rule::input_decl => {
+            let mut inner = pair.into_inner().filter(|p| p.as_rule() != Rule::kw_input);
+            let name = ident(inner.next().expect("grammar: input name"));
+            let dims = inner.map(|d| (d.as_str().to_string(), span_of(&d))).collect();
+            Ok(Stmt::Input { name, dims, span })
+        }
+        Rule::output_decl => {
+            let names = pair.into_inner().filter(|p| p.as_rule() == Rule::ident).map(ident).collect();
+            Ok(Stmt::Output { names, span })
+        }
+        Rule::repeat_stmt => {
+            let mut inner = pair.into_inner().filter(|p| p.as_rule() != Rule::kw_repeat);
+            let count = expr(inner.next().expect("grammar: repeat count"))?;
+            let body_stmts = body(inner.next().expect("grammar: repeat body"))?;
+            Ok(Stmt::Repeat { count, body: body_stmts, span })
+        }
+        Rule::chain_stmt => {
+            let mut binding = None;
+            let mut steps = Vec::new();
+            for p in pair.into_inner() {
+                match p.as_rule() {
+                    Rule::binding => binding = Some(ident(p.into_inner().next().expect("grammar: binding name"))),
+                    Rule::step => steps.push(step(p)?),
+                    _ => {}
+                }
+            }
+            Ok(Stmt::Chain(Chain { binding, steps, span }))
+        }
+        rule => Err(Diag::new(format!("internal: unexpected {rule:?}"), span, "")),
+    }
+}
+
+fn step(pair: Pair<Rule>) -> Result<Step, Diag> {
+    let span = span_of(&pair);
+    let mut label = None;
+    let mut kind = None;
+    for p in pair.into_inner() {
+        match p.as_rule() {
+            Rule::label => label = Some(ident(p.into_inner().next().expect("grammar: label name"))),
+            Rule::seq => {
+                let mut inner = p.into_inner();
+                let keyword = span_of(&inner.next().expect("grammar: seq keyword"));
+                let body_stmts = body(inner.next().expect("grammar: seq body"))?;
+                kind = Some(StepKind::Seq { body: body_stmts, keyword });
+            }
+            Rule::call => {
+                let mut inner = p.into_inner();
+                let name = ident(inner.next().expect("grammar: call name"));
+                let args = inner.next().map(|a| a.into_inner().map(arg).collect::<Result<Vec<_>, _>>()).transpose()?;
+                kind = Some(StepKind::Call { name, args });
+            }
+            _ => {}
+        }
+    }
+    let kind = kind.ok_or_else(|| Diag::new("internal: empty step", span.clone(), ""))?;
+    Ok(Step { label, kind, span })
+}
+
+fn arg(pair: Pair<Rule>) -> Result<Arg, Diag> {
+    let span = span_of(&pair);
+    let mut keyword = None;
+    let mut value = None;
+    for p in pair.into_inner() {
+        match p.as_rule() {
+            Rule::arg_name => keyword = Some(ident(p.into_inner().next().expect("grammar: arg name"))),
+            Rule::expr => value = Some(expr(p)?),
+            _ => {}
+        }
+    }
+    let value = value.ok_or_else(|| Diag::new("internal: argument without value", span.clone(), ""))?;
+    Ok(Arg { keyword, value, span })
+}
+
+fn expr(pair: Pair<Rule>) -> Result<Expr, Diag> {
+    let span = span_of(&pair);
+    match pair.as_rule() {
+        // expr and term are left-associative chains: operand (op operand)*.
+        Rule::expr | Rule::term => {
+            let mut inner = pair.into_inner();
+            let mut acc = expr(inner.next().expect("grammar: operand"))?;
+            while let Some(op) = inner.next() {
+                let rhs = expr(inner.next().expect("grammar: right operand"))?;
+                let op = match op.as_str() {
+                    "+" => BinOp::Add,
+                    "-" => BinOp::Sub,
+                    "*" => BinOp::Mul,
+                    _ => BinOp::Div,
+                };
+                let span = acc.span.start..rhs.span.end;
+                acc = Expr { kind: ExprKind::Binary(op, Box::new(acc), Box::new(rhs)), span };
+            }
+            Ok(acc)
+        }
+        Rule::factor => {
+            let parts: Vec<Pair<Rule>> = pair.into_inner().collect();
+            let (negs, atom) = parts.split_at(parts.len() - 1);
+            let mut e = expr(atom[0].clone())?;
+            for neg in negs.iter().rev() {
+                let span = neg.as_span().start()..e.span.end;
+                e = Expr { kind: ExprKind::Neg(Box::new(e)), span };
+            }
+            Ok(e)
+        }
+        Rule::group => {
+            let mut inner = pair.into_inner();
+            let first = expr(inner.next().expect("grammar: group expression"))?;
+            match inner.next() {
+                None => Ok(Expr { kind: first.kind, span }),
+                Some(second) => Ok(Expr { kind: ExprKind::Pair(Box::new(first), Box::new(expr(second)?)), span }),
+            }
+        }
+        Rule::ident => Ok(Expr { kind: ExprKind::Name(pair.as_str().to_string()), span }),
+        Rule::number => {
+            let text = pair.as_str();
+            if text.contains(['.', 'e', 'E']) {
+                let value: f64 = text.parse().map_err(|_| Diag::new(format!("`{text}` is not a number"), span.clone(), "here"))?;
+                if !value.is_finite() {
+                    return Err(Diag::new(format!("`{text}` is too large"), span, "not a finite number"));
+                }
+                Ok(Expr { kind: ExprKind::Float(value), span })
+            } else {
+                let value: i64 = text
+                    .parse()
+                    .map_err(|_| Diag::new(format!("integer `{text}` is too large"), span.clone(), "at most 9223372036854775807"))?;
+                Ok(Expr { kind: ExprKind::Int(value), span })
+            }
+        }
+        rule => Err(Diag::new(format!("internal: unexpected {rule:?} in an expression"), span, "")),
+    }
+}

@@ -1,0 +1,203 @@
+//! The graph IR: one node per op, the inferred shape on every value, and on every
+//! weighted op the dotted `state_dict` names of the tensors it reads.
+//!
+//! Invariants (checked by [`verify`]):
+//! - The graph is acyclic. Every edge goes from an operand to its user and carries the
+//!   operand's position; a node's operand positions are exactly `0..n`.
+//! - `Op::Input` nodes have no operands and are listed, in order, in `Graph::inputs`;
+//!   every other op has the operand count its kind needs (merge ops at least one... two
+//!   for `add`/`mul`/`concat` after elaboration).
+//! - `Node::shape` is what [`shape::infer`] computes from the operands' shapes, batch
+//!   dimension included.
+//! - `Node::params` lists exactly the tensors `Op::param_shapes` asks for, in that order,
+//!   with those shapes; no two nodes read the same parameter name.
+//! - Every output names an existing node; output names are unique.
+
+pub mod ops;
+pub mod print;
+pub mod shape;
+pub mod verify;
+
+use std::collections::BinaryHeap;
+use std::cmp::Reverse;
+
+use petgraph::stable_graph::{NodeIndex, StableDiGraph};
+use petgraph::visit::EdgeRef;
+use petgraph::Direction;
+
+pub use ops::{Conv, Hw, Op, Pad, ParamRole, Pool};
+pub use print::print;
+pub use verify::verify;
+
+/// A node's id; stays valid when other nodes are removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub NodeIndex);
+
+/// A byte range in the source the node came from, for diagnostics.
+pub type Span = std::ops::Range<usize>;
+
+/// A weight tensor an op reads: its role, its full dotted name and its shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Param {
+    pub role: ParamRole,
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub op: Op,
+    /// The layer's dotted path (`layer2.0.conv1`); for a weighted op, the prefix of its
+    /// parameter names. Unnamed unweighted ops get a generated name (`relu_3`).
+    pub name: String,
+    /// The output shape, batch dimension first.
+    pub shape: Vec<usize>,
+    pub params: Vec<Param>,
+    /// Where the op was written, if it came from source.
+    pub span: Option<Span>,
+}
+
+/// A named output of the network.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Output {
+    pub name: String,
+    pub node: NodeId,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Graph {
+    /// The network's name, from `network NAME`.
+    pub name: String,
+    graph: StableDiGraph<Node, usize>,
+    /// The `Op::Input` nodes in declaration order.
+    pub inputs: Vec<NodeId>,
+    /// The outputs in order.
+    pub outputs: Vec<Output>,
+}
+
+impl Graph {
+    pub fn new(name: impl Into<String>) -> Graph {
+        Graph { name: name.into(), ..Graph::default() }
+    }
+
+    /// Adds a node reading `operands` in order.
+    pub fn add_node(&mut self, node: Node, operands: &[NodeId]) -> NodeId {
+        let is_input = matches!(node.op, Op::Input { .. });
+        let id = NodeId(self.graph.add_node(node));
+        for (position, operand) in operands.iter().enumerate() {
+            self.graph.add_edge(operand.0, id.0, position);
+        }
+        if is_input {
+            self.inputs.push(id);
+        }
+        id
+    }
+
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.graph[id.0]
+    }
+
+    pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
+        &mut self.graph[id.0]
+    }
+
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.graph.contains_node(id.0)
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.graph.node_count()
+    }
+
+    /// All node ids in insertion order.
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        self.graph.node_indices().map(NodeId).collect()
+    }
+
+    /// The node's operands in position order.
+    pub fn operands(&self, id: NodeId) -> Vec<NodeId> {
+        let mut edges: Vec<(usize, NodeId)> = self
+            .graph
+            .edges_directed(id.0, Direction::Incoming)
+            .map(|e| (*e.weight(), NodeId(e.source())))
+            .collect();
+        edges.sort();
+        edges.into_iter().map(|(_, n)| n).collect()
+    }
+
+    /// The operand positions as stored on the edges, sorted (used by `verify`).
+    pub(crate) fn operand_positions(&self, id: NodeId) -> Vec<usize> {
+        let mut positions: Vec<usize> =
+            self.graph.edges_directed(id.0, Direction::Incoming).map(|e| *e.weight()).collect();
+        positions.sort();
+        positions
+    }
+
+    /// The nodes that read this node's value, each once, in id order.
+    pub fn users(&self, id: NodeId) -> Vec<NodeId> {
+        let mut users: Vec<NodeId> =
+            self.graph.neighbors_directed(id.0, Direction::Outgoing).map(NodeId).collect();
+        users.sort();
+        users.dedup();
+        users
+    }
+
+    /// Whether the node's value is a network output.
+    pub fn is_output(&self, id: NodeId) -> bool {
+        self.outputs.iter().any(|o| o.node == id)
+    }
+
+    /// Removes a node and its edges. The caller keeps the graph consistent.
+    pub fn remove_node(&mut self, id: NodeId) -> Option<Node> {
+        self.inputs.retain(|&i| i != id);
+        self.graph.remove_node(id.0)
+    }
+
+    /// Makes every user of `old` (and every output naming it) read `new` instead.
+    pub fn replace_all_uses(&mut self, old: NodeId, new: NodeId) {
+        let uses: Vec<(petgraph::stable_graph::EdgeIndex, NodeId, usize)> = self
+            .graph
+            .edges_directed(old.0, Direction::Outgoing)
+            .map(|e| (e.id(), NodeId(e.target()), *e.weight()))
+            .collect();
+        for (edge, user, position) in uses {
+            self.graph.remove_edge(edge);
+            self.graph.add_edge(new.0, user.0, position);
+        }
+        for output in &mut self.outputs {
+            if output.node == old {
+                output.node = new;
+            }
+        }
+    }
+
+    /// A deterministic topological order: among the nodes whose operands are all placed,
+    /// the one added first goes next. Returns `None` if the graph has a cycle.
+    pub fn topo_order(&self) -> Option<Vec<NodeId>> {
+        let mut pending: std::collections::HashMap<NodeIndex, usize> = self
+            .graph
+            .node_indices()
+            .map(|n| (n, self.graph.edges_directed(n, Direction::Incoming).count()))
+            .collect();
+        let mut ready: BinaryHeap<Reverse<NodeIndex>> =
+            pending.iter().filter(|(_, c)| **c == 0).map(|(n, _)| Reverse(*n)).collect();
+        let mut order = Vec::with_capacity(pending.len());
+        while let Some(Reverse(n)) = ready.pop() {
+            order.push(NodeId(n));
+            for e in self.graph.edges_directed(n, Direction::Outgoing) {
+                let count = pending.get_mut(&e.target()).expect("edge target is a node");
+                *count -= 1;
+                if *count == 0 {
+                    ready.push(Reverse(e.target()));
+                }
+            }
+        }
+        (order.len() == self.graph.node_count()).then_some(order)
+    }
+
+    /// All parameters of the graph in topological order.
+    pub fn params(&self) -> Vec<&Param> {
+        let order = self.topo_order().unwrap_or_default();
+        order.into_iter().flat_map(|id| self.node(id).params.iter()).collect()
+    }
+}

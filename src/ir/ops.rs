@@ -1,0 +1,245 @@
+//! The operators of the IR and their attributes, already resolved (no defaults left).
+
+use std::fmt;
+
+/// A pair of sizes for the two spatial dimensions, height first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Hw {
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Hw {
+    pub fn new(h: usize, w: usize) -> Hw {
+        Hw { h, w }
+    }
+    pub fn square(n: usize) -> Hw {
+        Hw { h: n, w: n }
+    }
+}
+
+impl fmt::Display for Hw {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}x{}", self.h, self.w)
+    }
+}
+
+/// Padding of a window op, per side. `same` padding may be asymmetric (the odd pixel
+/// goes to the bottom/right, as ONNX's `SAME_UPPER`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Pad {
+    pub top: usize,
+    pub left: usize,
+    pub bottom: usize,
+    pub right: usize,
+}
+
+impl Pad {
+    pub fn symmetric(hw: Hw) -> Pad {
+        Pad { top: hw.h, left: hw.w, bottom: hw.h, right: hw.w }
+    }
+    pub fn is_zero(&self) -> bool {
+        *self == Pad::symmetric(Hw::square(0))
+    }
+}
+
+impl fmt::Display for Pad {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.top == self.bottom && self.left == self.right {
+            write!(f, "{}x{}", self.top, self.left)
+        } else {
+            write!(f, "{},{},{},{}", self.top, self.left, self.bottom, self.right)
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Conv {
+    pub out_channels: usize,
+    pub kernel: Hw,
+    pub stride: Hw,
+    pub pad: Pad,
+    pub dilation: Hw,
+    pub groups: usize,
+    pub bias: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pool {
+    pub kernel: Hw,
+    pub stride: Hw,
+    pub pad: Pad,
+    /// PyTorch's `ceil_mode`; the output shape on the node already accounts for it.
+    pub ceil: bool,
+    /// Average pooling only: whether padded positions count in the divisor.
+    pub count_pad: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// A network input; `name` is the name written after `input`.
+    Input { name: String },
+    Conv(Conv),
+    Linear { out_features: usize, bias: bool },
+    BatchNorm { eps: f64 },
+    Relu,
+    LeakyRelu { slope: f64 },
+    Sigmoid,
+    Tanh,
+    /// Softmax over dimension 1.
+    Softmax,
+    MaxPool(Pool),
+    AvgPool(Pool),
+    GlobalAvgPool,
+    GlobalMaxPool,
+    AdaptiveAvgPool { out: Hw },
+    Dropout { p: f64 },
+    Dropout2d { p: f64 },
+    Flatten,
+    /// Elementwise sum of its operands, broadcasting size-1 dimensions.
+    Add,
+    /// Elementwise product of its operands, broadcasting size-1 dimensions.
+    Mul,
+    /// Concatenation along dimension 1.
+    Concat,
+    Lrn { size: usize, alpha: f64, beta: f64, k: f64 },
+}
+
+/// What a weight tensor is for; its name suffix in a `state_dict`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ParamRole {
+    Weight,
+    Bias,
+    RunningMean,
+    RunningVar,
+}
+
+impl ParamRole {
+    pub fn suffix(self) -> &'static str {
+        match self {
+            ParamRole::Weight => "weight",
+            ParamRole::Bias => "bias",
+            ParamRole::RunningMean => "running_mean",
+            ParamRole::RunningVar => "running_var",
+        }
+    }
+
+    /// Whether the parameter is learned by gradient descent (counted in "learnable
+    /// parameters"); BatchNorm's running statistics are buffers, not parameters.
+    pub fn is_learnable(self) -> bool {
+        matches!(self, ParamRole::Weight | ParamRole::Bias)
+    }
+}
+
+impl Op {
+    /// The op's name as written in the language.
+    pub fn mnemonic(&self) -> &'static str {
+        match self {
+            Op::Input { .. } => "input",
+            Op::Conv(_) => "conv",
+            Op::Linear { .. } => "linear",
+            Op::BatchNorm { .. } => "batch_norm",
+            Op::Relu => "relu",
+            Op::LeakyRelu { .. } => "leaky_relu",
+            Op::Sigmoid => "sigmoid",
+            Op::Tanh => "tanh",
+            Op::Softmax => "softmax",
+            Op::MaxPool(_) => "max_pool",
+            Op::AvgPool(_) => "avg_pool",
+            Op::GlobalAvgPool => "global_avg_pool",
+            Op::GlobalMaxPool => "global_max_pool",
+            Op::AdaptiveAvgPool { .. } => "adaptive_avg_pool",
+            Op::Dropout { .. } => "dropout",
+            Op::Dropout2d { .. } => "dropout2d",
+            Op::Flatten => "flatten",
+            Op::Add => "add",
+            Op::Mul => "mul",
+            Op::Concat => "concat",
+            Op::Lrn { .. } => "lrn",
+        }
+    }
+
+    /// The parameter tensors the op reads, with their shapes, given its input shape.
+    pub fn param_shapes(&self, input: &[usize]) -> Vec<(ParamRole, Vec<usize>)> {
+        match self {
+            Op::Conv(c) => {
+                let in_channels = input.get(1).copied().unwrap_or(0);
+                let mut v = vec![(
+                    ParamRole::Weight,
+                    vec![c.out_channels, in_channels / c.groups.max(1), c.kernel.h, c.kernel.w],
+                )];
+                if c.bias {
+                    v.push((ParamRole::Bias, vec![c.out_channels]));
+                }
+                v
+            }
+            Op::Linear { out_features, bias } => {
+                let in_features = input.get(1).copied().unwrap_or(0);
+                let mut v = vec![(ParamRole::Weight, vec![*out_features, in_features])];
+                if *bias {
+                    v.push((ParamRole::Bias, vec![*out_features]));
+                }
+                v
+            }
+            Op::BatchNorm { .. } => {
+                let c = input.get(1).copied().unwrap_or(0);
+                vec![
+                    (ParamRole::Weight, vec![c]),
+                    (ParamRole::Bias, vec![c]),
+                    (ParamRole::RunningMean, vec![c]),
+                    (ParamRole::RunningVar, vec![c]),
+                ]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether the op reads weights (and so owns a name prefix in the `state_dict`).
+    pub fn is_weighted(&self) -> bool {
+        matches!(self, Op::Conv(_) | Op::Linear { .. } | Op::BatchNorm { .. })
+    }
+
+    /// Whether the op takes a variable number of operands.
+    pub fn is_merge(&self) -> bool {
+        matches!(self, Op::Add | Op::Mul | Op::Concat)
+    }
+
+    /// The op's attributes in the IR's text form (empty for ops without any).
+    pub fn attributes(&self) -> String {
+        match self {
+            Op::Input { name } => name.clone(),
+            Op::Conv(c) => {
+                let mut s = format!("out={} kernel={} stride={} pad={}", c.out_channels, c.kernel, c.stride, c.pad);
+                if c.dilation != Hw::square(1) {
+                    s += &format!(" dilation={}", c.dilation);
+                }
+                if c.groups != 1 {
+                    s += &format!(" groups={}", c.groups);
+                }
+                if !c.bias {
+                    s += " bias=false";
+                }
+                s
+            }
+            Op::Linear { out_features, bias } => {
+                format!("out={}{}", out_features, if *bias { "" } else { " bias=false" })
+            }
+            Op::BatchNorm { eps } => format!("eps={eps:e}"),
+            Op::LeakyRelu { slope } => format!("slope={slope}"),
+            Op::MaxPool(p) | Op::AvgPool(p) => {
+                let mut s = format!("kernel={} stride={} pad={}", p.kernel, p.stride, p.pad);
+                if p.ceil {
+                    s += " ceil=true";
+                }
+                if p.count_pad && matches!(self, Op::AvgPool(_)) {
+                    s += " count_pad=true";
+                }
+                s
+            }
+            Op::AdaptiveAvgPool { out } => format!("out={out}"),
+            Op::Dropout { p } | Op::Dropout2d { p } => format!("p={p}"),
+            Op::Lrn { size, alpha, beta, k } => format!("size={size} alpha={alpha:e} beta={beta} k={k}"),
+            _ => String::new(),
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! The IR's deterministic text form: topological order, ids renumbered from 0, shapes
+//! inline, one line per node. `cnnc ir`, the pass dumps and the snapshots print this.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use super::shape::fmt_shape;
+use super::{Graph, NodeId};
+
+/// Prints the graph, e.g.
+/// `%1 = conv(%0) out=64 kernel=7x7 stride=2x2 pad=3x3 bias=false : [1, 64, 112, 112]  # conv1 {conv1.weight}`.
+pub fn print(graph: &Graph) -> String {
+    let mut out = String::new();
+    let Some(order) = graph.topo_order() else {
+        return format!("network {} <cyclic graph>\n", graph.name);
+    };
+    let numbers: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    let _ = writeln!(out, "network {}", graph.name);
+    for id in &order {
+        let node = graph.node(*id);
+        let operands: Vec<String> = graph.operands(*id).iter().map(|o| format!("%{}", numbers[o])).collect();
+        let _ = write!(out, "  %{} = {}", numbers[id], node.op.mnemonic());
+        if !operands.is_empty() {
+            let _ = write!(out, "({})", operands.join(", "));
+        }
+        let attributes = node.op.attributes();
+        if !attributes.is_empty() {
+            let _ = write!(out, " {attributes}");
+        }
+        let _ = write!(out, " : {}  # {}", fmt_shape(&node.shape), node.name);
+        if !node.params.is_empty() {
+            let names: Vec<&str> = node.params.iter().map(|p| p.name.as_str()).collect();
+            let _ = write!(out, " {{{}}}", names.join(", "));
+        }
+        out.push('\n');
+    }
+    for output in &graph.outputs {
+        let number = numbers.get(&output.node).map(|n| format!("%{n}")).unwrap_or_else(|| "%?".into());
+        let _ = writeln!(out, "  output {} = {}", output.name, number);
+    }
+    out
+}

@@ -1,0 +1,314 @@
+//! Shape inference: the output shape of every op from its operands' shapes, with the
+//! formulas of the language contract (`same`, `valid`, dilation, groups, `ceil`, adaptive bins).
+
+use super::ops::{Hw, Op, Pad, Pool};
+
+/// Why an op cannot take the shapes it was given. `message` names the shapes; `help`
+/// suggests a fix where one is obvious.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShapeError {
+    pub message: String,
+    pub help: Option<String>,
+}
+
+impl ShapeError {
+    fn new(message: impl Into<String>) -> ShapeError {
+        ShapeError { message: message.into(), help: None }
+    }
+    fn with_help(mut self, help: impl Into<String>) -> ShapeError {
+        self.help = Some(help.into());
+        self
+    }
+}
+
+/// Formats a shape as `[1, 3, 224, 224]`.
+pub fn fmt_shape(shape: &[usize]) -> String {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    format!("[{}]", dims.join(", "))
+}
+
+/// The output size of a window op along one dimension with floor division, or `None`
+/// when the window does not fit.
+pub fn window_out_floor(input: usize, kernel: usize, stride: usize, pad_total: usize, dilation: usize) -> Option<usize> {
+    let span = dilation.checked_mul(kernel.checked_sub(1)?)?.checked_add(1)?;
+    let padded = input.checked_add(pad_total)?;
+    if padded < span || stride == 0 {
+        return None;
+    }
+    Some((padded - span) / stride + 1)
+}
+
+/// PyTorch's `ceil_mode` output size: `ceil((i + 2p - d(k-1) - 1)/s) + 1`, minus one if
+/// the last window would start past the input and its left padding.
+pub fn window_out_ceil(input: usize, kernel: usize, stride: usize, pad_before: usize, pad_after: usize, dilation: usize) -> Option<usize> {
+    let span = dilation.checked_mul(kernel.checked_sub(1)?)?.checked_add(1)?;
+    let padded = input.checked_add(pad_before)?.checked_add(pad_after)?;
+    if padded < span || stride == 0 {
+        return None;
+    }
+    let mut out = (padded - span).div_ceil(stride) + 1;
+    if (out - 1) * stride >= input + pad_before {
+        out -= 1;
+    }
+    Some(out)
+}
+
+/// Total `same` padding along one dimension: `max((ceil(i/s) - 1)*s + d(k-1) + 1 - i, 0)`.
+pub fn same_pad_total(input: usize, kernel: usize, stride: usize, dilation: usize) -> usize {
+    let out = input.div_ceil(stride.max(1));
+    let needed = (out.saturating_sub(1)) * stride + dilation * (kernel.saturating_sub(1)) + 1;
+    needed.saturating_sub(input)
+}
+
+/// `same` padding split as ONNX's `SAME_UPPER`: the odd pixel at the bottom/right.
+pub fn same_pad(input: Hw, kernel: Hw, stride: Hw, dilation: Hw) -> Pad {
+    let th = same_pad_total(input.h, kernel.h, stride.h, dilation.h);
+    let tw = same_pad_total(input.w, kernel.w, stride.w, dilation.w);
+    Pad { top: th / 2, left: tw / 2, bottom: th - th / 2, right: tw - tw / 2 }
+}
+
+fn expect_4d(op: &Op, shape: &[usize]) -> Result<(), ShapeError> {
+    if shape.len() == 4 {
+        return Ok(());
+    }
+    Err(ShapeError::new(format!(
+        "{} expects a 4-D [N, C, H, W] tensor, got {}",
+        op.mnemonic(),
+        fmt_shape(shape)
+    )))
+}
+
+fn pool_out(op: &Op, pool: &Pool, input: &[usize]) -> Result<Vec<usize>, ShapeError> {
+    expect_4d(op, input)?;
+    if pool.pad.top.max(pool.pad.bottom) * 2 > pool.kernel.h || pool.pad.left.max(pool.pad.right) * 2 > pool.kernel.w {
+        return Err(ShapeError::new(format!(
+            "{} padding {} is more than half the kernel {}",
+            op.mnemonic(),
+            pool.pad,
+            pool.kernel
+        ))
+        .with_help("PyTorch requires pad <= kernel / 2 for pooling"));
+    }
+    let (h, w) = if pool.ceil {
+        (
+            window_out_ceil(input[2], pool.kernel.h, pool.stride.h, pool.pad.top, pool.pad.bottom, 1),
+            window_out_ceil(input[3], pool.kernel.w, pool.stride.w, pool.pad.left, pool.pad.right, 1),
+        )
+    } else {
+        (
+            window_out_floor(input[2], pool.kernel.h, pool.stride.h, pool.pad.top + pool.pad.bottom, 1),
+            window_out_floor(input[3], pool.kernel.w, pool.stride.w, pool.pad.left + pool.pad.right, 1),
+        )
+    };
+    match (h, w) {
+        (Some(h), Some(w)) => Ok(vec![input[0], input[1], h, w]),
+        _ => Err(ShapeError::new(format!(
+            "{} kernel {} does not fit in the {}x{} input with padding {}; the output would be empty",
+            op.mnemonic(),
+            pool.kernel,
+            input[2],
+            input[3],
+            pool.pad
+        ))),
+    }
+}
+
+/// Broadcasts operand shapes for `add` and `mul`: equal ranks, each dimension equal or 1.
+fn broadcast(op: &Op, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
+    let first = inputs[0];
+    let mut out = first.to_vec();
+    for (index, other) in inputs.iter().enumerate().skip(1) {
+        if other.len() != out.len() {
+            return Err(ShapeError::new(format!(
+                "{} operands have different ranks: {} and {} (operand {})",
+                op.mnemonic(),
+                fmt_shape(first),
+                fmt_shape(other),
+                index + 1
+            )));
+        }
+        for dim in 0..out.len() {
+            let (a, b) = (out[dim], other[dim]);
+            if a == b || b == 1 {
+                continue;
+            }
+            if a == 1 {
+                out[dim] = b;
+                continue;
+            }
+            return Err(ShapeError::new(format!(
+                "{} operands differ in dimension {}: {} and {} ({} vs {}, and neither is 1)",
+                op.mnemonic(),
+                dim,
+                fmt_shape(first),
+                fmt_shape(other),
+                a,
+                b
+            )));
+        }
+    }
+    Ok(out)
+}
+
+fn concat(op: &Op, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
+    let first = inputs[0];
+    if first.len() != 2 && first.len() != 4 {
+        return Err(ShapeError::new(format!(
+            "concat joins 2-D or 4-D tensors, got {}",
+            fmt_shape(first)
+        )));
+    }
+    let mut out = first.to_vec();
+    for (index, other) in inputs.iter().enumerate().skip(1) {
+        if other.len() != first.len() {
+            return Err(ShapeError::new(format!(
+                "{} operands have different ranks: {} and {} (operand {})",
+                op.mnemonic(),
+                fmt_shape(first),
+                fmt_shape(other),
+                index + 1
+            )));
+        }
+        for dim in 0..first.len() {
+            if dim != 1 && other[dim] != first[dim] {
+                return Err(ShapeError::new(format!(
+                    "concat operands differ in dimension {} ({}): {} and {} (operand {}); only dimension 1 may differ",
+                    dim,
+                    ["batch", "channels", "height", "width"].get(dim).unwrap_or(&"?"),
+                    fmt_shape(first),
+                    fmt_shape(other),
+                    index + 1
+                )));
+            }
+        }
+        out[1] = out[1].checked_add(other[1]).ok_or_else(|| ShapeError::new("concat: channel count overflows"))?;
+    }
+    Ok(out)
+}
+
+/// The most elements one tensor may have (2^36 floats, 256 GiB): beyond any real
+/// network, small enough that sizes computed from it never overflow.
+pub const MAX_ELEMENTS: usize = 1 << 36;
+
+/// The number of elements of a shape, or `None` past [`MAX_ELEMENTS`].
+pub fn checked_elements(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).filter(|&n| n <= MAX_ELEMENTS)
+}
+
+/// The output shape of `op` applied to operands of the given shapes.
+pub fn infer(op: &Op, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
+    let out = infer_unchecked(op, inputs)?;
+    if checked_elements(&out).is_none() {
+        return Err(ShapeError::new(format!(
+            "{} would produce {}, more than {} elements",
+            op.mnemonic(),
+            fmt_shape(&out),
+            MAX_ELEMENTS
+        )));
+    }
+    Ok(out)
+}
+
+fn infer_unchecked(op: &Op, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
+    let arity_ok = match op {
+        Op::Input { .. } => inputs.is_empty(),
+        Op::Add | Op::Mul | Op::Concat => inputs.len() >= 2,
+        _ => inputs.len() == 1,
+    };
+    if !arity_ok {
+        return Err(ShapeError::new(format!("{} got {} operands", op.mnemonic(), inputs.len())));
+    }
+    let x = inputs.first().copied().unwrap_or(&[]);
+    match op {
+        Op::Input { .. } => Err(ShapeError::new("an input's shape is declared, not inferred")),
+        Op::Conv(c) => {
+            expect_4d(op, x)?;
+            let in_channels = x[1];
+            if c.groups == 0 || in_channels % c.groups != 0 || c.out_channels % c.groups != 0 {
+                return Err(ShapeError::new(format!(
+                    "conv with groups={} needs input and output channels divisible by it; input {} has {} channels, output {}",
+                    c.groups,
+                    fmt_shape(x),
+                    in_channels,
+                    c.out_channels
+                )));
+            }
+            let h = window_out_floor(x[2], c.kernel.h, c.stride.h, c.pad.top + c.pad.bottom, c.dilation.h);
+            let w = window_out_floor(x[3], c.kernel.w, c.stride.w, c.pad.left + c.pad.right, c.dilation.w);
+            match (h, w) {
+                (Some(h), Some(w)) => Ok(vec![x[0], c.out_channels, h, w]),
+                _ => Err(ShapeError::new(format!(
+                    "conv kernel {} (dilation {}) does not fit in the {}x{} input {} with padding {}; the output would be empty",
+                    c.kernel,
+                    c.dilation,
+                    x[2],
+                    x[3],
+                    fmt_shape(x),
+                    c.pad
+                ))),
+            }
+        }
+        Op::Linear { out_features, .. } => {
+            if x.len() != 2 {
+                let err = ShapeError::new(format!("linear expects a 2-D [N, F] tensor, got {}", fmt_shape(x)));
+                return Err(if x.len() == 4 {
+                    err.with_help(format!(
+                        "insert `flatten` before it to make [{}, {}]",
+                        x[0],
+                        x[1..].iter().product::<usize>()
+                    ))
+                } else {
+                    err
+                });
+            }
+            Ok(vec![x[0], *out_features])
+        }
+        Op::BatchNorm { .. } => {
+            if x.len() != 2 && x.len() != 4 {
+                return Err(ShapeError::new(format!(
+                    "batch_norm expects [N, C, H, W] or [N, F], got {}",
+                    fmt_shape(x)
+                )));
+            }
+            Ok(x.to_vec())
+        }
+        Op::Relu | Op::LeakyRelu { .. } | Op::Sigmoid | Op::Tanh | Op::Dropout { .. } => Ok(x.to_vec()),
+        Op::Dropout2d { .. } => {
+            expect_4d(op, x)?;
+            Ok(x.to_vec())
+        }
+        Op::Softmax => {
+            if x.len() < 2 {
+                return Err(ShapeError::new(format!("softmax needs a dimension 1, got {}", fmt_shape(x))));
+            }
+            Ok(x.to_vec())
+        }
+        Op::MaxPool(p) | Op::AvgPool(p) => pool_out(op, p, x),
+        Op::GlobalAvgPool | Op::GlobalMaxPool => {
+            expect_4d(op, x)?;
+            Ok(vec![x[0], x[1], 1, 1])
+        }
+        Op::AdaptiveAvgPool { out } => {
+            expect_4d(op, x)?;
+            if out.h == 0 || out.w == 0 {
+                return Err(ShapeError::new("adaptive_avg_pool output size must be at least 1"));
+            }
+            Ok(vec![x[0], x[1], out.h, out.w])
+        }
+        Op::Flatten => {
+            if x.len() < 2 {
+                return Err(ShapeError::new(format!("flatten needs [N, ...], got {}", fmt_shape(x))));
+            }
+            Ok(vec![x[0], x[1..].iter().product()])
+        }
+        Op::Add | Op::Mul => broadcast(op, inputs),
+        Op::Concat => concat(op, inputs),
+        Op::Lrn { size, .. } => {
+            expect_4d(op, x)?;
+            if *size == 0 {
+                return Err(ShapeError::new("lrn size must be at least 1"));
+            }
+            Ok(x.to_vec())
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! cnnc compiles networks written in the cnn language into inference code.
+//!
+//! The pipeline, stage by stage:
+//!
+//! 1. [`front`]: the source is decoded, checked for sane nesting, parsed by pest into a
+//!    syntax tree ([`front::ast`]) with byte spans, then elaborated ([`front::lower`]):
+//!    blocks, `seq` and `repeat` are expanded, every layer gets its PyTorch `state_dict`
+//!    name, op arguments are resolved and every value's shape is inferred.
+//! 2. [`ir`]: the result is a [`ir::Graph`], a petgraph `StableDiGraph` with one node per
+//!    op. Its invariants are written next to the type and checked by [`ir::verify`].
+//!    [`ir::print`] is its deterministic text form.
+//! 3. [`summary`]: per-layer cost (parameters, MACs, bytes) of a graph.
+//!
+//! Every error in a user's input is a [`diag::Diag`] with a span, rendered against the
+//! source by [`diag::render`]; nothing a user writes makes the compiler panic.
+
+pub mod diag;
+pub mod front;
+pub mod ir;
+pub mod graphviz;
+pub mod summary;
+pub mod tensor;
+pub mod weights;

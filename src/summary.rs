@@ -1,0 +1,152 @@
+//! What each layer costs: output shape, learnable parameters, multiply-accumulates
+//! and output bytes, with totals. `cnnc summary` prints it as a table or JSON.
+
+use serde::Serialize;
+
+use crate::ir::shape::fmt_shape;
+use crate::ir::{Graph, NodeId, Op};
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct LayerCost {
+    pub name: String,
+    pub op: String,
+    pub shape: Vec<usize>,
+    /// Learnable parameters (weights and biases; BatchNorm's running statistics are
+    /// buffers and not counted, as in PyTorch's `parameters()`).
+    pub params: u64,
+    /// Multiply-accumulates of convolutions and linear layers; 0 for other ops.
+    pub macs: u64,
+    /// Size of the output tensor in bytes (float32).
+    pub output_bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Summary {
+    pub network: String,
+    pub layers: Vec<LayerCost>,
+    pub total_params: u64,
+    pub total_macs: u64,
+    pub total_output_bytes: u64,
+}
+
+/// Multiply-accumulates of one node.
+pub fn macs(graph: &Graph, id: NodeId) -> u64 {
+    let node = graph.node(id);
+    let out: u64 = node.shape.iter().map(|&d| d as u64).product();
+    match &node.op {
+        Op::Conv(c) => {
+            let operands = graph.operands(id);
+            let in_channels = graph.node(operands[0]).shape[1] as u64;
+            out * (in_channels / c.groups as u64) * (c.kernel.h * c.kernel.w) as u64
+        }
+        Op::Linear { .. } => {
+            let operands = graph.operands(id);
+            out * graph.node(operands[0]).shape[1] as u64
+        }
+        _ => 0,
+    }
+}
+
+/// Summarizes every node but the inputs, in topological order.
+pub fn summarize(graph: &Graph) -> Summary {
+    let mut layers = Vec::new();
+    for id in graph.topo_order().unwrap_or_default() {
+        let node = graph.node(id);
+        if matches!(node.op, Op::Input { .. }) {
+            continue;
+        }
+        let params = node
+            .params
+            .iter()
+            .filter(|p| p.role.is_learnable())
+            .map(|p| p.shape.iter().map(|&d| d as u64).product::<u64>())
+            .sum();
+        layers.push(LayerCost {
+            name: node.name.clone(),
+            op: node.op.mnemonic().to_string(),
+            shape: node.shape.clone(),
+            params,
+            macs: macs(graph, id),
+            output_bytes: 4 * node.shape.iter().map(|&d| d as u64).product::<u64>(),
+        });
+    }
+    Summary {
+        network: graph.name.clone(),
+        total_params: layers.iter().map(|l| l.params).sum(),
+        total_macs: layers.iter().map(|l| l.macs).sum(),
+        total_output_bytes: layers.iter().map(|l| l.output_bytes).sum(),
+        layers,
+    }
+}
+
+/// `1234567` → `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The summary as an aligned text table.
+pub fn render_table(summary: &Summary) -> String {
+    let header = ["layer", "op", "output shape", "params", "MACs", "output bytes"];
+    let mut rows: Vec<[String; 6]> = summary
+        .layers
+        .iter()
+        .map(|l| {
+            [
+                l.name.clone(),
+                l.op.clone(),
+                fmt_shape(&l.shape),
+                thousands(l.params),
+                thousands(l.macs),
+                thousands(l.output_bytes),
+            ]
+        })
+        .collect();
+    rows.push([
+        "total".into(),
+        String::new(),
+        String::new(),
+        thousands(summary.total_params),
+        thousands(summary.total_macs),
+        thousands(summary.total_output_bytes),
+    ]);
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row.iter()) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = format!("network {}\n", summary.network);
+    let line = |cells: &[String]| {
+        let mut s = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            // Text columns align left, numbers right.
+            if i < 3 {
+                s += &format!("{:<w$}", cell, w = widths[i]);
+            } else {
+                s += &format!("{:>w$}", cell, w = widths[i]);
+            }
+            if i + 1 < cells.len() {
+                s += "  ";
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    out += &line(&header.map(String::from));
+    out += &line(&widths.map(|w| "-".repeat(w)));
+    let last = rows.len() - 1;
+    for (i, row) in rows.iter().enumerate() {
+        if i == last {
+            out += &line(&widths.map(|w| "-".repeat(w)));
+        }
+        out += &line(row);
+    }
+    out
+}
