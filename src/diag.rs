@@ -52,7 +52,8 @@ pub fn render(file_name: &str, source: &str, diags: &[Diag]) -> String {
         for (span, message) in &diag.secondary {
             labels.push(Label::secondary((), clamp(span)).with_message(message));
         }
-        let diagnostic = Diagnostic::error().with_message(&diag.message).with_labels(labels).with_notes(diag.notes.clone());
+        let diagnostic =
+            Diagnostic::error().with_message(&diag.message).with_labels(labels).with_notes(diag.notes.clone());
         // Rendering only fails for a span outside the file, which `clamp` rules out;
         // fall back to the bare message all the same.
         if term::emit_to_string(&mut out, &config, &file, &diagnostic).is_err() {

@@ -15,9 +15,12 @@
 //! source by [`diag::render`]; nothing a user writes makes the compiler panic.
 
 pub mod diag;
+pub mod export;
 pub mod front;
-pub mod ir;
 pub mod graphviz;
+pub mod interp;
+pub mod io;
+pub mod ir;
 pub mod summary;
 pub mod tensor;
 pub mod weights;

@@ -137,7 +137,9 @@ fn run(cli: Cli) -> Result<(), UserError> {
             let summary = cnnc::summary::summarize(&graph);
             match format {
                 Format::Table => print!("{}", cnnc::summary::render_table(&summary)),
-                Format::Json => println!("{}", serde_json::to_string_pretty(&summary).map_err(|e| UserError(e.to_string()))?),
+                Format::Json => {
+                    println!("{}", serde_json::to_string_pretty(&summary).map_err(|e| UserError(e.to_string()))?)
+                }
             }
         }
         Command::Ir { net, shape } => {

@@ -110,8 +110,12 @@ pub fn lower(program: &Program, options: &BuildOptions) -> Result<Graph, Vec<Dia
             ));
         } else if let Some(previous) = blocks.insert(&block.name.name, block) {
             diags.push(
-                Diag::new(format!("block `{}` is defined twice", block.name.name), block.name.span.clone(), "second definition")
-                    .secondary(previous.name.span.clone(), "first defined here"),
+                Diag::new(
+                    format!("block `{}` is defined twice", block.name.name),
+                    block.name.span.clone(),
+                    "second definition",
+                )
+                .secondary(previous.name.span.clone(), "first defined here"),
             );
         }
     }
@@ -202,7 +206,8 @@ fn op_spec(op: &str) -> &'static [ArgSpec] {
     const LINEAR: &[ArgSpec] = &[req("out", Int), opt("bias", Bool)];
     const BATCH_NORM: &[ArgSpec] = &[opt("eps", Float)];
     const LEAKY_RELU: &[ArgSpec] = &[opt("slope", Float)];
-    const MAX_POOL: &[ArgSpec] = &[req("kernel", IntOrPair), opt("stride", IntOrPair), opt("pad", Pad), opt("ceil", Bool)];
+    const MAX_POOL: &[ArgSpec] =
+        &[req("kernel", IntOrPair), opt("stride", IntOrPair), opt("pad", Pad), opt("ceil", Bool)];
     const AVG_POOL: &[ArgSpec] = &[
         req("kernel", IntOrPair),
         opt("stride", IntOrPair),
@@ -314,7 +319,11 @@ impl<'a> Lowerer<'a> {
 
     fn input(&mut self, name: &Ident, dims: &[(String, Span)], span: &Span) {
         if self.frame().kind != FrameKind::Network {
-            self.error(Diag::new("`input` is a network-level statement", span.clone(), "not allowed inside a block or seq"));
+            self.error(Diag::new(
+                "`input` is a network-level statement",
+                span.clone(),
+                "not allowed inside a block or seq",
+            ));
             return;
         }
         let mut shape = vec![self.options.batch];
@@ -360,7 +369,11 @@ impl<'a> Lowerer<'a> {
             ok = false;
         }
         if ok && shape::checked_elements(&shape).is_none() {
-            self.error(Diag::new(format!("input {} is too large", fmt_shape(&shape)), span.clone(), "too many elements"));
+            self.error(Diag::new(
+                format!("input {} is too large", fmt_shape(&shape)),
+                span.clone(),
+                "too many elements",
+            ));
             ok = false;
         }
         let value = if ok {
@@ -381,7 +394,11 @@ impl<'a> Lowerer<'a> {
 
     fn output(&mut self, names: &[Ident], span: &Span) {
         if self.frame().kind != FrameKind::Network {
-            self.error(Diag::new("`output` is a network-level statement", span.clone(), "not allowed inside a block or seq"));
+            self.error(Diag::new(
+                "`output` is a network-level statement",
+                span.clone(),
+                "not allowed inside a block or seq",
+            ));
             return;
         }
         if let Some(previous) = self.outputs_declared.clone() {
@@ -395,7 +412,11 @@ impl<'a> Lowerer<'a> {
         let mut seen = HashSet::new();
         for name in names {
             if !seen.insert(name.name.clone()) {
-                self.error(Diag::new(format!("`{}` is listed twice", name.name), name.span.clone(), "duplicate output"));
+                self.error(Diag::new(
+                    format!("`{}` is listed twice", name.name),
+                    name.span.clone(),
+                    "duplicate output",
+                ));
                 continue;
             }
             if let Some(Some(node)) = self.lookup_tensor(name) {
@@ -411,8 +432,12 @@ impl<'a> Lowerer<'a> {
         }
         if self.graph.inputs.is_empty() && self.diags.is_empty() {
             self.error(
-                Diag::new(format!("network `{}` has no input", network.name.name), network.name.span.clone(), "no `input` declared")
-                    .note("declare one, e.g. `input image: [3, 224, 224]`"),
+                Diag::new(
+                    format!("network `{}` has no input", network.name.name),
+                    network.name.span.clone(),
+                    "no `input` declared",
+                )
+                .note("declare one, e.g. `input image: [3, 224, 224]`"),
             );
             return;
         }
@@ -461,8 +486,12 @@ impl<'a> Lowerer<'a> {
         if let Some((_, previous)) = frame.tensors.get(&name.name) {
             let previous = previous.clone();
             self.error(
-                Diag::new(format!("`{}` is defined twice in this scope", name.name), name.span.clone(), "second definition")
-                    .secondary(previous, "first defined here"),
+                Diag::new(
+                    format!("`{}` is defined twice in this scope", name.name),
+                    name.span.clone(),
+                    "second definition",
+                )
+                .secondary(previous, "first defined here"),
             );
             return;
         }
@@ -489,7 +518,8 @@ impl<'a> Lowerer<'a> {
                 .note("at network level, name the input (`input x: [...]`) and use that name")
         } else {
             let candidates = self.visible_tensor_names();
-            let mut diag = Diag::new(format!("unknown tensor `{}`", name.name), name.span.clone(), "not defined in this scope");
+            let mut diag =
+                Diag::new(format!("unknown tensor `{}`", name.name), name.span.clone(), "not defined in this scope");
             if let Some(s) = suggest(&name.name, candidates.iter().map(String::as_str)) {
                 diag = diag.note(format!("help: did you mean `{s}`?"));
             }
@@ -625,7 +655,11 @@ impl<'a> Lowerer<'a> {
             )
             .note(format!("help: write `{} |> ...` at the start of the statement", name.name))
         } else {
-            Diag::new(format!("unknown op or block `{}`", name.name), name.span.clone(), "not an op, block or tensor in scope")
+            Diag::new(
+                format!("unknown op or block `{}`", name.name),
+                name.span.clone(),
+                "not an op, block or tensor in scope",
+            )
         };
         if !is_tensor {
             let names: Vec<&str> = OP_NAMES.iter().copied().chain(self.blocks.keys().copied()).collect();
@@ -665,7 +699,14 @@ impl<'a> Lowerer<'a> {
         }
     }
 
-    fn block_call(&mut self, step: &'a Step, block: &'a BlockDef, name: &Ident, args: &'a [Arg], current: Option<Value>) -> Value {
+    fn block_call(
+        &mut self,
+        step: &'a Step,
+        block: &'a BlockDef,
+        name: &Ident,
+        args: &'a [Arg],
+        current: Option<Value>,
+    ) -> Value {
         let (_, path) = self.step_name(&step.label, &block.name.name);
         let input = self.need_current(current, &name.span);
         if self.call_stack.contains(&block.name.name.as_str()) {
@@ -720,7 +761,12 @@ impl<'a> Lowerer<'a> {
                         None => {
                             self.error(
                                 Diag::new(
-                                    format!("block `{}` takes {} arguments, got {}", block.name.name, block.params.len(), args.len()),
+                                    format!(
+                                        "block `{}` takes {} arguments, got {}",
+                                        block.name.name,
+                                        block.params.len(),
+                                        args.len()
+                                    ),
                                     arg.span.clone(),
                                     "unexpected argument",
                                 )
@@ -802,7 +848,11 @@ impl<'a> Lowerer<'a> {
         match self.eval(expr)? {
             ArgValue::Int(v) => Some(v),
             ArgValue::Pair(..) => {
-                self.error(Diag::new("expected an integer, found a pair", expr.span.clone(), "pairs are for kernel, stride, pad, dilation and output size"));
+                self.error(Diag::new(
+                    "expected an integer, found a pair",
+                    expr.span.clone(),
+                    "pairs are for kernel, stride, pad, dilation and output size",
+                ));
                 None
             }
             _ => {
@@ -824,7 +874,11 @@ impl<'a> Lowerer<'a> {
                 _ => match self.lookup_int(name) {
                     Some(v) => Some(ArgValue::Int(v)),
                     None => {
-                        let mut diag = Diag::new(format!("unknown name `{name}`"), expr.span.clone(), "not a parameter of this block");
+                        let mut diag = Diag::new(
+                            format!("unknown name `{name}`"),
+                            expr.span.clone(),
+                            "not a parameter of this block",
+                        );
                         let mut candidates: Vec<String> = Vec::new();
                         for frame in self.frames.iter().rev() {
                             candidates.extend(frame.ints.keys().cloned());
@@ -868,7 +922,11 @@ impl<'a> Lowerer<'a> {
                 match result {
                     Some(v) => Some(ArgValue::Int(v)),
                     None => {
-                        self.error(Diag::new("integer overflow", expr.span.clone(), "the result does not fit in 64 bits"));
+                        self.error(Diag::new(
+                            "integer overflow",
+                            expr.span.clone(),
+                            "the result does not fit in 64 bits",
+                        ));
                         None
                     }
                 }
@@ -929,7 +987,11 @@ impl<'a> Lowerer<'a> {
                         Some(s) => s,
                         None => {
                             let diag = if spec.is_empty() {
-                                Diag::new(format!("`{op_name}` takes no arguments"), arg.span.clone(), "unexpected argument")
+                                Diag::new(
+                                    format!("`{op_name}` takes no arguments"),
+                                    arg.span.clone(),
+                                    "unexpected argument",
+                                )
                             } else {
                                 Diag::new(
                                     format!("`{op_name}` takes at most {} arguments, got {}", spec.len(), args.len()),
@@ -968,8 +1030,12 @@ impl<'a> Lowerer<'a> {
             if s.required && !values.contains_key(s.name) && ok {
                 let all: Vec<&str> = spec.iter().map(|s| s.name).collect();
                 self.error(
-                    Diag::new(format!("`{op_name}` needs argument `{}`", s.name), name_span.clone(), format!("missing `{}`", s.name))
-                        .note(format!("usage: {op_name}({})", all.join(", "))),
+                    Diag::new(
+                        format!("`{op_name}` needs argument `{}`", s.name),
+                        name_span.clone(),
+                        format!("missing `{}`", s.name),
+                    )
+                    .note(format!("usage: {op_name}({})", all.join(", "))),
                 );
                 ok = false;
             }
@@ -991,7 +1057,11 @@ impl<'a> Lowerer<'a> {
             )
         };
         let kind_error = |what: &str| {
-            Diag::new(format!("`{op_name}` argument `{}` must be {what}", spec.name), span.clone(), format!("expected {what}"))
+            Diag::new(
+                format!("`{op_name}` argument `{}` must be {what}", spec.name),
+                span.clone(),
+                format!("expected {what}"),
+            )
         };
         match (spec.kind, value) {
             (ArgKind::Int, ArgValue::Int(v)) | (ArgKind::IntOrPair | ArgKind::Pad, ArgValue::Int(v)) => {
@@ -1050,7 +1120,11 @@ impl<'a> Lowerer<'a> {
                 "eps" | "alpha" => "a positive number",
                 _ => "a finite number",
             };
-            self.error(Diag::new(format!("`{op_name}` argument `{name}` must be {expected}, got {v}"), span.clone(), "out of range"));
+            self.error(Diag::new(
+                format!("`{op_name}` argument `{name}` must be {expected}, got {v}"),
+                span.clone(),
+                "out of range",
+            ));
             None
         }
     }
@@ -1149,10 +1223,9 @@ impl<'a> Lowerer<'a> {
             _ => Op::Concat,
         };
         if args.is_empty() {
-            self.error(
-                Diag::new(format!("`{}` needs operands", name.name), step.span.clone(), "no operands")
-                    .note(format!("write `{}(x)` to combine the current tensor with x, or `{}(a, b, ...)`", name.name, name.name)),
-            );
+            self.error(Diag::new(format!("`{}` needs operands", name.name), step.span.clone(), "no operands").note(
+                format!("write `{}(x)` to combine the current tensor with x, or `{}(a, b, ...)`", name.name, name.name),
+            ));
             return None;
         }
         let mut operands: Vec<Value> = Vec::new();

@@ -160,11 +160,7 @@ fn parse_error(source: &str, error: pest::error::Error<Rule>) -> Diag {
             (format!("`{text}`"), at..at + text.len().max(1))
         }
     };
-    Diag::new(
-        format!("expected {expected_text}, found {found_text}"),
-        span,
-        format!("expected {expected_text}"),
-    )
+    Diag::new(format!("expected {expected_text}, found {found_text}"), span, format!("expected {expected_text}"))
 }
 
 fn span_of(pair: &Pair<Rule>) -> Span {
@@ -329,15 +325,16 @@ fn expr(pair: Pair<Rule>) -> Result<Expr, Diag> {
         Rule::number => {
             let text = pair.as_str();
             if text.contains(['.', 'e', 'E']) {
-                let value: f64 = text.parse().map_err(|_| Diag::new(format!("`{text}` is not a number"), span.clone(), "here"))?;
+                let value: f64 =
+                    text.parse().map_err(|_| Diag::new(format!("`{text}` is not a number"), span.clone(), "here"))?;
                 if !value.is_finite() {
                     return Err(Diag::new(format!("`{text}` is too large"), span, "not a finite number"));
                 }
                 Ok(Expr { kind: ExprKind::Float(value), span })
             } else {
-                let value: i64 = text
-                    .parse()
-                    .map_err(|_| Diag::new(format!("integer `{text}` is too large"), span.clone(), "at most 9223372036854775807"))?;
+                let value: i64 = text.parse().map_err(|_| {
+                    Diag::new(format!("integer `{text}` is too large"), span.clone(), "at most 9223372036854775807")
+                })?;
                 Ok(Expr { kind: ExprKind::Int(value), span })
             }
         }

@@ -18,12 +18,12 @@ pub mod print;
 pub mod shape;
 pub mod verify;
 
-use std::collections::BinaryHeap;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 
+use petgraph::Direction;
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::visit::EdgeRef;
-use petgraph::Direction;
 
 pub use ops::{Conv, Hw, Op, Pad, ParamRole, Pool};
 pub use print::print;
@@ -116,11 +116,8 @@ impl Graph {
 
     /// The node's operands in position order.
     pub fn operands(&self, id: NodeId) -> Vec<NodeId> {
-        let mut edges: Vec<(usize, NodeId)> = self
-            .graph
-            .edges_directed(id.0, Direction::Incoming)
-            .map(|e| (*e.weight(), NodeId(e.source())))
-            .collect();
+        let mut edges: Vec<(usize, NodeId)> =
+            self.graph.edges_directed(id.0, Direction::Incoming).map(|e| (*e.weight(), NodeId(e.source()))).collect();
         edges.sort();
         edges.into_iter().map(|(_, n)| n).collect()
     }
@@ -135,8 +132,7 @@ impl Graph {
 
     /// The nodes that read this node's value, each once, in id order.
     pub fn users(&self, id: NodeId) -> Vec<NodeId> {
-        let mut users: Vec<NodeId> =
-            self.graph.neighbors_directed(id.0, Direction::Outgoing).map(NodeId).collect();
+        let mut users: Vec<NodeId> = self.graph.neighbors_directed(id.0, Direction::Outgoing).map(NodeId).collect();
         users.sort();
         users.dedup();
         users
@@ -174,11 +170,8 @@ impl Graph {
     /// A deterministic topological order: among the nodes whose operands are all placed,
     /// the one added first goes next. Returns `None` if the graph has a cycle.
     pub fn topo_order(&self) -> Option<Vec<NodeId>> {
-        let mut pending: std::collections::HashMap<NodeIndex, usize> = self
-            .graph
-            .node_indices()
-            .map(|n| (n, self.graph.edges_directed(n, Direction::Incoming).count()))
-            .collect();
+        let mut pending: std::collections::HashMap<NodeIndex, usize> =
+            self.graph.node_indices().map(|n| (n, self.graph.edges_directed(n, Direction::Incoming).count())).collect();
         let mut ready: BinaryHeap<Reverse<NodeIndex>> =
             pending.iter().filter(|(_, c)| **c == 0).map(|(n, _)| Reverse(*n)).collect();
         let mut order = Vec::with_capacity(pending.len());

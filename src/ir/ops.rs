@@ -78,12 +78,21 @@ pub struct Pool {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     /// A network input; `name` is the name written after `input`.
-    Input { name: String },
+    Input {
+        name: String,
+    },
     Conv(Conv),
-    Linear { out_features: usize, bias: bool },
-    BatchNorm { eps: f64 },
+    Linear {
+        out_features: usize,
+        bias: bool,
+    },
+    BatchNorm {
+        eps: f64,
+    },
     Relu,
-    LeakyRelu { slope: f64 },
+    LeakyRelu {
+        slope: f64,
+    },
     Sigmoid,
     Tanh,
     /// Softmax over dimension 1.
@@ -92,9 +101,15 @@ pub enum Op {
     AvgPool(Pool),
     GlobalAvgPool,
     GlobalMaxPool,
-    AdaptiveAvgPool { out: Hw },
-    Dropout { p: f64 },
-    Dropout2d { p: f64 },
+    AdaptiveAvgPool {
+        out: Hw,
+    },
+    Dropout {
+        p: f64,
+    },
+    Dropout2d {
+        p: f64,
+    },
     Flatten,
     /// Elementwise sum of its operands, broadcasting size-1 dimensions.
     Add,
@@ -102,7 +117,12 @@ pub enum Op {
     Mul,
     /// Concatenation along dimension 1.
     Concat,
-    Lrn { size: usize, alpha: f64, beta: f64, k: f64 },
+    Lrn {
+        size: usize,
+        alpha: f64,
+        beta: f64,
+        k: f64,
+    },
 }
 
 /// What a weight tensor is for; its name suffix in a `state_dict`.

@@ -29,7 +29,13 @@ pub fn fmt_shape(shape: &[usize]) -> String {
 
 /// The output size of a window op along one dimension with floor division, or `None`
 /// when the window does not fit.
-pub fn window_out_floor(input: usize, kernel: usize, stride: usize, pad_total: usize, dilation: usize) -> Option<usize> {
+pub fn window_out_floor(
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    pad_total: usize,
+    dilation: usize,
+) -> Option<usize> {
     let span = dilation.checked_mul(kernel.checked_sub(1)?)?.checked_add(1)?;
     let padded = input.checked_add(pad_total)?;
     if padded < span || stride == 0 {
@@ -40,7 +46,14 @@ pub fn window_out_floor(input: usize, kernel: usize, stride: usize, pad_total: u
 
 /// PyTorch's `ceil_mode` output size: `ceil((i + 2p - d(k-1) - 1)/s) + 1`, minus one if
 /// the last window would start past the input and its left padding.
-pub fn window_out_ceil(input: usize, kernel: usize, stride: usize, pad_before: usize, pad_after: usize, dilation: usize) -> Option<usize> {
+pub fn window_out_ceil(
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    pad_before: usize,
+    pad_after: usize,
+    dilation: usize,
+) -> Option<usize> {
     let span = dilation.checked_mul(kernel.checked_sub(1)?)?.checked_add(1)?;
     let padded = input.checked_add(pad_before)?.checked_add(pad_after)?;
     if padded < span || stride == 0 {
@@ -71,11 +84,7 @@ fn expect_4d(op: &Op, shape: &[usize]) -> Result<(), ShapeError> {
     if shape.len() == 4 {
         return Ok(());
     }
-    Err(ShapeError::new(format!(
-        "{} expects a 4-D [N, C, H, W] tensor, got {}",
-        op.mnemonic(),
-        fmt_shape(shape)
-    )))
+    Err(ShapeError::new(format!("{} expects a 4-D [N, C, H, W] tensor, got {}", op.mnemonic(), fmt_shape(shape))))
 }
 
 fn pool_out(op: &Op, pool: &Pool, input: &[usize]) -> Result<Vec<usize>, ShapeError> {
@@ -153,10 +162,7 @@ fn broadcast(op: &Op, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
 fn concat(op: &Op, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
     let first = inputs[0];
     if first.len() != 2 && first.len() != 4 {
-        return Err(ShapeError::new(format!(
-            "concat joins 2-D or 4-D tensors, got {}",
-            fmt_shape(first)
-        )));
+        return Err(ShapeError::new(format!("concat joins 2-D or 4-D tensors, got {}", fmt_shape(first))));
     }
     let mut out = first.to_vec();
     for (index, other) in inputs.iter().enumerate().skip(1) {
