@@ -519,7 +519,7 @@ impl<'a> Lowerer<'a> {
         } else {
             let candidates = self.visible_tensor_names();
             let mut diag =
-                Diag::new(format!("unknown tensor `{}`", name.name), name.span.clone(), "not defined in this scope");
+                Diag::new(format!("unknown tensor `{}`", short(&name.name)), name.span.clone(), "not defined in this scope");
             if let Some(s) = suggest(&name.name, candidates.iter().map(String::as_str)) {
                 diag = diag.note(format!("help: did you mean `{s}`?"));
             }
@@ -563,7 +563,13 @@ impl<'a> Lowerer<'a> {
         if let Some(first) = steps.first() {
             if let (None, StepKind::Call { name, args: None }) = (&first.label, &first.kind) {
                 if !self.is_callable(&name.name) {
-                    current = Some(self.lookup_tensor(name).unwrap_or(None));
+                    let known = name.name == "in" || self.visible_tensor_names().contains(&name.name);
+                    if known || steps.len() > 1 {
+                        current = Some(self.lookup_tensor(name).unwrap_or(None));
+                    } else {
+                        self.unknown_callable(name);
+                        current = Some(None);
+                    }
                     steps = &steps[1..];
                 }
             }
@@ -656,7 +662,7 @@ impl<'a> Lowerer<'a> {
             .note(format!("help: write `{} |> ...` at the start of the statement", name.name))
         } else {
             Diag::new(
-                format!("unknown op or block `{}`", name.name),
+                format!("unknown name `{}`", short(&name.name)),
                 name.span.clone(),
                 "not an op, block or tensor in scope",
             )
@@ -1300,6 +1306,11 @@ impl<'a> Lowerer<'a> {
         let node = Node { op, name: path, shape, params, span: Some(step.span.clone()) };
         Some(self.add_node(node, operands))
     }
+}
+
+/// A name shortened for messages (the source line shows it whole).
+fn short(name: &str) -> String {
+    if name.chars().count() <= 40 { name.to_string() } else { name.chars().take(37).collect::<String>() + "..." }
 }
 
 /// The candidate closest to `name` by edit distance, if it is close enough to be a typo.
