@@ -20,6 +20,7 @@ pub mod front;
 pub mod graphviz;
 pub mod interp;
 pub mod io;
+pub mod passes;
 pub mod ir;
 pub mod summary;
 pub mod tensor;

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use cnnc::front::BuildOptions;
 use cnnc::ir::Graph;
+use cnnc::passes::{self, OptLevel};
 
 #[derive(Parser)]
 #[command(name = "cnnc", version, about = "Compile CNN architectures into inference code")]
@@ -23,6 +24,68 @@ struct ShapeArgs {
     /// Build for another input size, written CxHxW (e.g. 3x384x384).
     #[arg(long, value_name = "CxHxW")]
     input_shape: Option<String>,
+}
+
+#[derive(clap::Args, Clone)]
+struct OptArgs {
+    /// Optimization level: -O0 runs the IR as written, -O1/-O2 run the pass pipeline.
+    #[arg(short = 'O', default_value = "2", value_parser = ["0", "1", "2"])]
+    opt_level: String,
+}
+
+impl OptArgs {
+    fn level(&self) -> OptLevel {
+        match self.opt_level.as_str() {
+            "0" => OptLevel::O0,
+            "1" => OptLevel::O1,
+            _ => OptLevel::O2,
+        }
+    }
+}
+
+#[derive(clap::Args, Clone)]
+#[group(required = true, multiple = false)]
+struct WeightSource {
+    /// Weights as safetensors with PyTorch `state_dict` names.
+    #[arg(long, value_name = "FILE.safetensors")]
+    weights: Option<PathBuf>,
+    /// He-normal random weights (for tests and benchmarks).
+    #[arg(long)]
+    random_weights: bool,
+}
+
+#[derive(clap::Args, Clone)]
+struct WeightArgs {
+    #[command(flatten)]
+    source: WeightSource,
+    /// Seed of --random-weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Accept tensors in the weights file that the network does not read.
+    #[arg(long)]
+    allow_unused_weights: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Debug)]
+enum Target {
+    /// Native code through Cranelift (not built yet).
+    Cpu,
+    /// WGSL through wgpu (not built yet).
+    Gpu,
+    /// The reference interpreter: plain loops, the ground truth.
+    Reference,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Debug)]
+enum Emit {
+    Onnx,
+    Ir,
+    Dot,
+    Obj,
+    Header,
+    Rust,
+    Wgsl,
+    Plan,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -48,6 +111,59 @@ enum Command {
         net: PathBuf,
         #[command(flatten)]
         shape: ShapeArgs,
+        #[command(flatten)]
+        opt: OptArgs,
+        /// Print the IR after this pass of the pipeline (and stop there).
+        #[arg(long, value_name = "PASS", conflicts_with = "print_after_all")]
+        after: Option<String>,
+        /// Print the IR before the passes and after every pass.
+        #[arg(long)]
+        print_after_all: bool,
+    },
+    /// Run a network on an input (.npy or PNG/JPEG image).
+    Run {
+        net: PathBuf,
+        #[command(flatten)]
+        weights: WeightArgs,
+        /// Input: FILE, or NAME=FILE for each of several inputs; .npy float32 [N,C,H,W] or [C,H,W], or an image.
+        #[arg(long, required = true, value_name = "FILE")]
+        input: Vec<String>,
+        /// Output .npy (one output) or directory (several outputs, one NAME.npy each).
+        #[arg(long, value_name = "Y.npy|DIR")]
+        output: Option<PathBuf>,
+        /// Executor. Only the reference interpreter exists today; cpu and gpu are the next backends.
+        #[arg(long, value_enum, default_value = "reference")]
+        target: Target,
+        #[command(flatten)]
+        opt: OptArgs,
+        /// Print the K most likely classes of each batch item.
+        #[arg(long, value_name = "K")]
+        top: Option<usize>,
+        /// Class names, one per line, for --top.
+        #[arg(long, value_name = "FILE")]
+        labels: Option<PathBuf>,
+        /// Per-channel mean for image inputs (default: ImageNet's).
+        #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+        mean: Option<Vec<f32>>,
+        /// Per-channel standard deviation for image inputs (default: ImageNet's).
+        #[arg(long, value_delimiter = ',')]
+        std: Option<Vec<f32>>,
+    },
+    /// Build artifacts: today ONNX (`--emit onnx`), the IR and the graph.
+    Build {
+        net: PathBuf,
+        #[command(flatten)]
+        weights: WeightArgs,
+        #[command(flatten)]
+        shape: ShapeArgs,
+        #[command(flatten)]
+        opt: OptArgs,
+        /// What to write.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "onnx")]
+        emit: Vec<Emit>,
+        /// Output directory.
+        #[arg(short, long, default_value = ".")]
+        output: PathBuf,
     },
     /// Write the graph in Graphviz DOT (or SVG, through Graphviz's `dot`, for `-o FILE.svg`).
     Graph {
@@ -142,15 +258,257 @@ fn run(cli: Cli) -> Result<(), UserError> {
                 }
             }
         }
-        Command::Ir { net, shape } => {
-            let graph = load(&net, &build_options(&shape)?)?;
-            print!("{}", cnnc::ir::print(&graph));
+        Command::Ir { net, shape, opt, after, print_after_all } => {
+            let mut graph = load(&net, &build_options(&shape)?)?;
+            let mut pipeline = passes::pipeline(opt.level());
+            if let Some(after) = &after {
+                let Some(position) = pipeline.iter().position(|p| p.name == after.as_str()) else {
+                    let names: Vec<&str> = passes::ALL_PASSES.iter().map(|p| p.name).collect();
+                    return Err(UserError(format!(
+                        "error: no pass `{after}` at -O{}; passes: {}",
+                        opt.opt_level,
+                        names.join(", ")
+                    )));
+                };
+                pipeline.truncate(position + 1);
+            }
+            if print_after_all {
+                println!("; before any pass");
+                print!("{}", cnnc::ir::print(&graph));
+            }
+            passes::run_pipeline(&mut graph, &pipeline, &mut |name, graph| {
+                if print_after_all {
+                    println!("; after {name}");
+                    print!("{}", cnnc::ir::print(graph));
+                }
+            })?;
+            if !print_after_all {
+                print!("{}", cnnc::ir::print(&graph));
+            }
+        }
+        Command::Run { net, weights, input, output, target, opt, top, labels, mean, std } => {
+            run_command(
+                &net,
+                &weights,
+                &input,
+                output.as_deref(),
+                target,
+                opt.level(),
+                top,
+                labels.as_deref(),
+                mean.as_deref(),
+                std.as_deref(),
+            )?;
+        }
+        Command::Build { net, weights, shape, opt, emit, output } => {
+            build_command(&net, &weights, &shape, opt.level(), &emit, &output)?;
         }
         Command::Graph { net, shape, output } => {
             let graph = load(&net, &build_options(&shape)?)?;
             let dot = cnnc::graphviz::to_dot(&graph);
             write_graph(&dot, output.as_deref())?;
         }
+    }
+    Ok(())
+}
+
+/// Weights files larger than this are refused (VGG-16 in f32 is 553 MB).
+const MAX_WEIGHTS_BYTES: u64 = 8 << 30;
+/// Input tensors and images larger than this are refused.
+const MAX_INPUT_BYTES: u64 = 2 << 30;
+
+fn bind_weights(graph: &mut Graph, args: &WeightArgs) -> Result<(), UserError> {
+    graph.weights = match &args.source.weights {
+        Some(path) => {
+            let bytes = read_limited(path, MAX_WEIGHTS_BYTES, "weights file")?;
+            cnnc::weights::load_safetensors(&bytes, graph, args.allow_unused_weights)
+                .map_err(|e| UserError(format!("error: {}: {e}", path.display())))?
+        }
+        None => cnnc::weights::random_weights(graph, args.seed),
+    };
+    Ok(())
+}
+
+/// Reads the inputs named on the command line, in `graph.inputs` order, conformed to
+/// the declared `[C, H, W]`.
+fn read_inputs(graph: &Graph, specs: &[String], mean: Option<&[f32]>, std: Option<&[f32]>) -> Result<Vec<cnnc::tensor::Tensor>, UserError> {
+    let names: Vec<String> = graph.inputs.iter().map(|&id| graph.node(id).name.clone()).collect();
+    let mut files: Vec<Option<PathBuf>> = vec![None; names.len()];
+    for spec in specs {
+        let (name, file) = match spec.split_once('=') {
+            Some((name, file)) if names.iter().any(|n| n == name) => (name.to_string(), file),
+            _ if names.len() == 1 => (names[0].clone(), spec.as_str()),
+            _ => {
+                return Err(UserError(format!(
+                    "error: --input `{spec}`: this network has inputs {}; write NAME=FILE for each",
+                    names.join(", ")
+                )));
+            }
+        };
+        let index = names.iter().position(|n| *n == name).expect("checked above");
+        if files[index].replace(PathBuf::from(file)).is_some() {
+            return Err(UserError(format!("error: input `{name}` is given twice")));
+        }
+    }
+    let mut tensors = Vec::new();
+    for ((name, file), &id) in names.iter().zip(&files).zip(&graph.inputs) {
+        let Some(file) = file else {
+            return Err(UserError(format!("error: no --input for input `{name}`")));
+        };
+        let chw = &graph.node(id).shape[1..];
+        let bytes = read_limited(file, MAX_INPUT_BYTES, "input")?;
+        let located = |e: &dyn std::fmt::Display| UserError(format!("error: {}: {e}", file.display()));
+        let tensor = if file.extension().is_some_and(|e| e == "npy") {
+            let tensor = cnnc::io::read_npy(&bytes).map_err(|e| located(&e))?;
+            cnnc::io::conform_input(tensor, chw).map_err(|e| located(&e))?
+        } else {
+            if chw.len() != 3 {
+                return Err(located(&format!("input `{name}` is {} values per item, not an image", chw[0])));
+            }
+            let c = chw[0];
+            let default_mean = if c == 3 { cnnc::io::IMAGENET_MEAN.to_vec() } else { vec![0.5; c] };
+            let default_std = if c == 3 { cnnc::io::IMAGENET_STD.to_vec() } else { vec![0.5; c] };
+            let mean = mean.map(<[f32]>::to_vec).unwrap_or(default_mean);
+            let std = std.map(<[f32]>::to_vec).unwrap_or(default_std);
+            if mean.len() != c || std.len() != c || std.iter().any(|&s| s <= 0.0 || !s.is_finite()) {
+                return Err(UserError(format!(
+                    "error: --mean and --std need {c} values (positive std) for input `{name}`"
+                )));
+            }
+            cnnc::io::load_image(&bytes, c, chw[1], chw[2], &mean, &std).map_err(|e| located(&e))?
+        };
+        tensors.push(tensor);
+    }
+    let batch = tensors[0].shape[0];
+    if let Some(other) = tensors.iter().find(|t| t.shape[0] != batch) {
+        return Err(UserError(format!("error: inputs have different batch sizes ({batch} and {})", other.shape[0])));
+    }
+    Ok(tensors)
+}
+
+fn not_built(what: &str) -> UserError {
+    UserError(format!(
+        "error: {what} is not built yet in this version of cnnc; use --target reference (run) or --emit onnx,ir,dot (build)"
+    ))
+}
+
+fn run_command(
+    net: &Path,
+    weights: &WeightArgs,
+    specs: &[String],
+    output: Option<&Path>,
+    target: Target,
+    level: OptLevel,
+    top: Option<usize>,
+    labels: Option<&Path>,
+    mean: Option<&[f32]>,
+    std: Option<&[f32]>,
+) -> Result<(), UserError> {
+    if target != Target::Reference {
+        return Err(not_built(&format!("--target {target:?}").to_lowercase()));
+    }
+    // Build once to learn the inputs, then again for the input files' batch.
+    let probe = load(net, &BuildOptions::default())?;
+    let inputs = read_inputs(&probe, specs, mean, std)?;
+    let batch = inputs[0].shape[0];
+    let mut graph = load(net, &BuildOptions { batch, input_shape: None })?;
+    bind_weights(&mut graph, weights)?;
+    passes::optimize(&mut graph, level)?;
+    let started = std::time::Instant::now();
+    let outputs = cnnc::interp::run(&graph, &graph.weights, &inputs).map_err(|e| UserError(format!("error: {e}")))?;
+    let elapsed = started.elapsed();
+    let label_names = match labels {
+        Some(path) => {
+            let bytes = read_limited(path, 64 << 20, "labels file")?;
+            Some(cnnc::io::read_labels(&String::from_utf8_lossy(&bytes)))
+        }
+        None => None,
+    };
+    for (output_spec, tensor) in graph.outputs.iter().zip(&outputs) {
+        println!("{}: {}", output_spec.name, tensor.shape_string());
+        match top {
+            Some(k) if tensor.shape.len() == 2 || tensor.shape[2..].iter().all(|&d| d == 1) => {
+                print_top(tensor, k, label_names.as_deref());
+            }
+            _ => {
+                let shown: Vec<String> = tensor.data.iter().take(8).map(|v| format!("{v:.6}")).collect();
+                println!("  [{}{}]", shown.join(", "), if tensor.len() > 8 { ", ..." } else { "" });
+            }
+        }
+    }
+    eprintln!("ran on the reference interpreter in {:.1} ms", elapsed.as_secs_f64() * 1e3);
+    if let Some(path) = output {
+        write_outputs(path, &graph, &outputs)?;
+    }
+    Ok(())
+}
+
+/// Prints the K best classes of each batch item; scores that are not already
+/// probabilities go through a softmax first.
+fn print_top(tensor: &cnnc::tensor::Tensor, k: usize, labels: Option<&[String]>) {
+    let n = tensor.shape[0];
+    let classes = tensor.len() / n.max(1);
+    for item in 0..n {
+        let row = &tensor.data[item * classes..(item + 1) * classes];
+        let sum: f32 = row.iter().sum();
+        let probabilities: Vec<f32> = if row.iter().all(|&v| (0.0..=1.0).contains(&v)) && (sum - 1.0).abs() < 1e-3 {
+            row.to_vec()
+        } else {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let exps: Vec<f64> = row.iter().map(|&v| ((v - max) as f64).exp()).collect();
+            let total: f64 = exps.iter().sum();
+            exps.iter().map(|e| (e / total) as f32).collect()
+        };
+        if n > 1 {
+            println!("  item {item}:");
+        }
+        for (rank, (class, p)) in cnnc::io::top_k(&probabilities, k).into_iter().enumerate() {
+            let name = labels.and_then(|l| l.get(class)).map(|s| format!("  {s}")).unwrap_or_default();
+            println!("  {}. class {class:>4}  p={p:.4}{name}", rank + 1);
+        }
+    }
+}
+
+fn write_outputs(path: &Path, graph: &Graph, outputs: &[cnnc::tensor::Tensor]) -> Result<(), UserError> {
+    let write = |file: &Path, tensor: &cnnc::tensor::Tensor| {
+        std::fs::write(file, cnnc::io::write_npy(tensor))
+            .map_err(|e| UserError(format!("error: cannot write {}: {e}", file.display())))
+    };
+    if outputs.len() == 1 {
+        return write(path, &outputs[0]);
+    }
+    std::fs::create_dir_all(path).map_err(|e| UserError(format!("error: cannot create {}: {e}", path.display())))?;
+    for (spec, tensor) in graph.outputs.iter().zip(outputs) {
+        write(&path.join(format!("{}.npy", spec.name)), tensor)?;
+    }
+    Ok(())
+}
+
+fn build_command(net: &Path, weights: &WeightArgs, shape: &ShapeArgs, level: OptLevel, emit: &[Emit], dir: &Path) -> Result<(), UserError> {
+    if let Some(missing) = emit.iter().find(|e| !matches!(e, Emit::Onnx | Emit::Ir | Emit::Dot)) {
+        return Err(not_built(&format!("--emit {missing:?}").to_lowercase()));
+    }
+    let mut graph = load(net, &build_options(shape)?)?;
+    bind_weights(&mut graph, weights)?;
+    std::fs::create_dir_all(dir).map_err(|e| UserError(format!("error: cannot create {}: {e}", dir.display())))?;
+    let write = |name: String, bytes: &[u8]| -> Result<(), UserError> {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).map_err(|e| UserError(format!("error: cannot write {}: {e}", path.display())))?;
+        eprintln!("wrote {}", path.display());
+        Ok(())
+    };
+    // ONNX gets the network as written (with its own BatchNorm and dropout): it is the
+    // independent oracle, so it should not inherit cnnc's rewrites.
+    if emit.contains(&Emit::Onnx) {
+        let model = cnnc::export::onnx::to_onnx(&graph, &graph.weights, false).map_err(|e| UserError(format!("error: {e}")))?;
+        write(format!("{}.onnx", graph.name), &model)?;
+    }
+    passes::optimize(&mut graph, level)?;
+    if emit.contains(&Emit::Ir) {
+        write(format!("{}.ir", graph.name), cnnc::ir::print(&graph).as_bytes())?;
+    }
+    if emit.contains(&Emit::Dot) {
+        write(format!("{}.dot", graph.name), cnnc::graphviz::to_dot(&graph).as_bytes())?;
     }
     Ok(())
 }

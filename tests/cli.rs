@@ -86,8 +86,8 @@ fn graph_writes_dot() {
 
 #[test]
 fn ir_is_deterministic() {
-    let a = cnnc(&["ir", "examples/resnet18.cnn"]);
-    let b = cnnc(&["ir", "examples/resnet18.cnn"]);
+    let a = cnnc(&["ir", "examples/resnet18.cnn", "-O0"]);
+    let b = cnnc(&["ir", "examples/resnet18.cnn", "-O0"]);
     assert_eq!(a.status.code(), Some(0));
     assert_eq!(a.stdout, b.stdout);
     assert!(String::from_utf8_lossy(&a.stdout).contains("layer2.0.downsample.1.running_var"));

@@ -143,7 +143,16 @@ pub fn lower(program: &Program, options: &BuildOptions) -> Result<Graph, Vec<Dia
     };
     lowerer.statements(&network.body);
     lowerer.finish(network);
-    if lowerer.diags.is_empty() { Ok(lowerer.graph) } else { Err(lowerer.diags) }
+    if lowerer.diags.is_empty() {
+        return Ok(lowerer.graph);
+    }
+    // A mistake inside a block body is met once per call, and one mistake can break two
+    // rules at one place (a label in `repeat` also collides with itself): report the first
+    // diagnostic at each place once.
+    let mut seen = HashSet::new();
+    let mut diags = lowerer.diags;
+    diags.retain(|d| seen.insert((d.span.start, d.span.end)));
+    Err(diags)
 }
 
 struct Lowerer<'a> {
@@ -623,7 +632,7 @@ impl<'a> Lowerer<'a> {
             StepKind::Seq { body, keyword } => {
                 let (_, path) = self.step_name(&step.label, "seq");
                 let input = self.need_current(current, keyword);
-                self.claim_prefix(&path, &step.span);
+                self.claim_prefix(&path, &step_name_span(step));
                 let mut frame = Frame::new(FrameKind::Seq, path, Some(input));
                 frame.repeat_depth = 0;
                 self.frames.push(frame);
@@ -645,7 +654,11 @@ impl<'a> Lowerer<'a> {
             }
         };
         if let Some(label) = &step.label {
-            self.bind(label, result);
+            // A label equal to an op or block name names the layer only (torchvision has
+            // `transition1.conv`); it cannot name a tensor, or `NAME |>` would be ambiguous.
+            if !self.is_callable(&label.name) {
+                self.bind(label, result);
+            }
         }
         result
     }
@@ -837,7 +850,7 @@ impl<'a> Lowerer<'a> {
         if !ok {
             return None;
         }
-        self.claim_prefix(&path, &step.span);
+        self.claim_prefix(&path, &step_name_span(step));
         let mut frame = Frame::new(FrameKind::Block, path, Some(input));
         frame.ints = defaults_frame.ints;
         frame.input = Some(input);
@@ -1301,11 +1314,16 @@ impl<'a> Lowerer<'a> {
             .map(|(role, shape)| Param { role, name: format!("{path}.{}", role.suffix()), shape })
             .collect();
         if op.is_weighted() {
-            self.claim_prefix(&path, &step.span);
+            self.claim_prefix(&path, &step_name_span(step));
         }
         let node = Node { op, name: path, shape, params, span: Some(step.span.clone()) };
         Some(self.add_node(node, operands))
     }
+}
+
+/// Where a step's layer name is: its label, or the whole step.
+fn step_name_span(step: &Step) -> Span {
+    step.label.as_ref().map(|l| l.span.clone()).unwrap_or_else(|| step.span.clone())
 }
 
 /// A name shortened for messages (the source line shows it whole).

@@ -107,9 +107,6 @@ fn rule_description(rule: Rule) -> Option<&'static str> {
         Rule::arg => "an argument",
         Rule::expr | Rule::term | Rule::factor | Rule::group => "an expression",
         Rule::number | Rule::dim => "a number",
-        Rule::add_op => "`+` or `-`",
-        Rule::mul_op => "`*` or `/`",
-        Rule::neg => "`-`",
         _ => return None,
     })
 }
@@ -127,6 +124,8 @@ fn parse_error(source: &str, error: pest::error::Error<Rule>) -> Diag {
                 "\n" => "a newline".to_string(),
                 "BUILTIN_RULE" | "#" | " " | "\t" | "\r" | ";" => continue,
                 t if t.len() > 1 && t.contains("..") => continue,
+                // Single letters and `_` come from inside the name and number rules.
+                t if t.len() == 1 && t.chars().all(|c| c.is_ascii_alphabetic() || c == '_') => continue,
                 t => format!("`{t}`"),
             };
             expected.push(text);
@@ -152,7 +151,7 @@ fn parse_error(source: &str, error: pest::error::Error<Rule>) -> Diag {
     let found = source[at..].chars().next();
     let (found_text, span) = match found {
         None => ("end of file".to_string(), at..at),
-        Some('\n') => ("end of line".to_string(), at..at + 1),
+        Some('\n') => ("end of line".to_string(), at..at),
         Some(c) if c.is_control() => (format!("a control character (U+{:04X})", c as u32), at..at + c.len_utf8()),
         Some(c) => {
             let word: String = source[at..].chars().take_while(|c| c.is_alphanumeric() || *c == '_').take(40).collect();

@@ -73,6 +73,9 @@ pub struct Graph {
     pub inputs: Vec<NodeId>,
     /// The outputs in order.
     pub outputs: Vec<Output>,
+    /// The weight values, by parameter name, once bound (empty for a graph built from
+    /// source alone). Passes that rewrite parameters rewrite these values with them.
+    pub weights: crate::weights::Weights,
 }
 
 impl Graph {

@@ -1,0 +1,37 @@
+//! `eliminate_identities`: removes ops that compute the identity at inference.
+//!
+//! Rewrites: `dropout` and `dropout2d` (identity at inference); `adaptive_avg_pool`
+//! whose output size equals its input size (every bin is one pixel); `max_pool` and
+//! `avg_pool` with a 1x1 kernel, stride 1 and no padding. Users (and outputs) of the
+//! removed node read its operand instead.
+//! Leaves alone: everything else, including `flatten` (it changes the shape).
+
+use crate::ir::{Graph, Hw, Op, Pad};
+
+fn is_identity(graph: &Graph, op: &Op, input: &[usize], output: &[usize]) -> bool {
+    let _ = graph;
+    match op {
+        Op::Dropout { .. } | Op::Dropout2d { .. } => true,
+        Op::AdaptiveAvgPool { .. } => input == output,
+        Op::MaxPool(p) | Op::AvgPool(p) => {
+            p.kernel == Hw::square(1) && p.stride == Hw::square(1) && p.pad == Pad::symmetric(Hw::square(0))
+        }
+        _ => false,
+    }
+}
+
+pub fn eliminate_identities(graph: &mut Graph) -> bool {
+    let mut changed = false;
+    for id in graph.topo_order().unwrap_or_default() {
+        let node = graph.node(id);
+        let operands = graph.operands(id);
+        let [operand] = operands[..] else { continue };
+        if !is_identity(graph, &node.op, &graph.node(operand).shape, &node.shape) {
+            continue;
+        }
+        graph.replace_all_uses(id, operand);
+        graph.remove_node(id);
+        changed = true;
+    }
+    changed
+}

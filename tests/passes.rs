@@ -1,0 +1,153 @@
+//! The passes: small before/after cases through one `check_pass` helper, idempotence on
+//! every example, and the optimized IR of every example as snapshots.
+
+use cnnc::front::{BuildOptions, compile_bytes, compile_source};
+use cnnc::ir::{Graph, print, verify};
+use cnnc::passes::{self, ALL_PASSES, OptLevel};
+
+fn compile(source: &str) -> Graph {
+    compile_source(source, &BuildOptions::default()).unwrap_or_else(|d| panic!("{d:?}"))
+}
+
+/// Runs `pass` on the program and compares the IR text after it with `expected`
+/// (leading whitespace of each line ignored); a second run must report no change.
+fn check_pass(pass: fn(&mut Graph) -> bool, source: &str, expected: &str) {
+    let mut graph = compile(source);
+    let before = print(&graph);
+    let changed = pass(&mut graph);
+    verify(&graph).unwrap();
+    let after = print(&graph);
+    let normalize = |s: &str| s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("\n");
+    assert_eq!(normalize(&after), normalize(expected), "before:\n{before}");
+    assert_eq!(changed, before != after, "the pass's change report disagrees with the IR");
+    assert!(!pass(&mut graph), "second run changed the IR again:\n{}", print(&graph));
+}
+
+#[test]
+fn identities_go_away() {
+    check_pass(
+        passes::eliminate_identities,
+        "network n { input x: [3, 8, 8]; conv(4, 3); dropout2d; relu; adaptive_avg_pool(6); flatten; dropout(0.2); linear(2) }",
+        "network n
+        %0 = input x : [1, 3, 8, 8]  # x
+        %1 = conv(%0) out=4 kernel=3x3 stride=1x1 pad=0x0 : [1, 4, 6, 6]  # conv_0 {conv_0.weight, conv_0.bias}
+        %2 = relu(%1) : [1, 4, 6, 6]  # relu_0
+        %3 = flatten(%2) : [1, 144]  # flatten_0
+        %4 = linear(%3) out=2 : [1, 2]  # linear_0 {linear_0.weight, linear_0.bias}
+        output output = %4",
+    );
+}
+
+#[test]
+fn an_adaptive_pool_that_averages_stays() {
+    check_pass(
+        passes::eliminate_identities,
+        "network n { input x: [3, 8, 8]; adaptive_avg_pool(4) }",
+        "network n
+        %0 = input x : [1, 3, 8, 8]  # x
+        %1 = adaptive_avg_pool(%0) out=4x4 : [1, 3, 4, 4]  # adaptive_avg_pool_0
+        output output = %1",
+    );
+}
+
+#[test]
+fn identity_that_is_an_output_keeps_the_output_name() {
+    check_pass(
+        passes::eliminate_identities,
+        "network n { input x: [3, 8, 8]; y: relu; z: dropout; output z }",
+        "network n
+        %0 = input x : [1, 3, 8, 8]  # x
+        %1 = relu(%0) : [1, 3, 8, 8]  # y
+        output z = %1",
+    );
+}
+
+#[test]
+fn batchnorm_folds_into_conv_and_linear() {
+    check_pass(
+        passes::fold_batchnorm,
+        "network n { input x: [3, 8, 8]; c: conv(4, 3, bias=false); bn: batch_norm; relu; flatten; fc: linear(5); bn1d: batch_norm }",
+        "network n
+        %0 = input x : [1, 3, 8, 8]  # x
+        %1 = conv(%0) out=4 kernel=3x3 stride=1x1 pad=0x0 : [1, 4, 6, 6]  # c {c.weight, c.bias}
+        %2 = relu(%1) : [1, 4, 6, 6]  # relu_0
+        %3 = flatten(%2) : [1, 144]  # flatten_0
+        %4 = linear(%3) out=5 : [1, 5]  # fc {fc.weight, fc.bias}
+        output output = %4",
+    );
+}
+
+#[test]
+fn batchnorm_stays_when_the_conv_value_is_used_elsewhere() {
+    check_pass(
+        passes::fold_batchnorm,
+        "network n { input x: [3, 8, 8]; c: conv(4, 3); bn: batch_norm; add(c) }",
+        "network n
+        %0 = input x : [1, 3, 8, 8]  # x
+        %1 = conv(%0) out=4 kernel=3x3 stride=1x1 pad=0x0 : [1, 4, 6, 6]  # c {c.weight, c.bias}
+        %2 = batch_norm(%1) eps=1e-5 : [1, 4, 6, 6]  # bn {bn.weight, bn.bias, bn.running_mean, bn.running_var}
+        %3 = add(%2, %1) : [1, 4, 6, 6]  # add_0
+        output output = %3",
+    );
+    check_pass(
+        passes::fold_batchnorm,
+        "network n { input x: [3, 8, 8]; relu; bn: batch_norm }",
+        "network n
+        %0 = input x : [1, 3, 8, 8]  # x
+        %1 = relu(%0) : [1, 3, 8, 8]  # relu_0
+        %2 = batch_norm(%1) eps=1e-5 : [1, 3, 8, 8]  # bn {bn.weight, bn.bias, bn.running_mean, bn.running_var}
+        output output = %2",
+    );
+}
+
+#[test]
+fn dead_branches_go_away() {
+    check_pass(
+        passes::eliminate_dead_nodes,
+        "network n { input x: [3, 8, 8]; a = x |> conv(4, 1); b = x |> relu; output b }",
+        "network n
+        %0 = input x : [1, 3, 8, 8]  # x
+        %1 = relu(%0) : [1, 3, 8, 8]  # relu_0
+        output b = %1",
+    );
+}
+
+fn examples() -> Vec<std::path::PathBuf> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cnn"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_pass_is_idempotent_on_every_example() {
+    for path in examples() {
+        let mut graph = compile_bytes(&std::fs::read(&path).unwrap(), &BuildOptions::default()).unwrap();
+        passes::optimize(&mut graph, OptLevel::O2).unwrap();
+        for pass in ALL_PASSES {
+            assert!(!(pass.run)(&mut graph), "{} changed {} on a second run", pass.name, path.display());
+        }
+    }
+}
+
+#[test]
+fn resnet18_at_o2_has_no_batchnorm_and_no_dropout() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/resnet18.cnn");
+    let mut graph = compile_bytes(&std::fs::read(path).unwrap(), &BuildOptions::default()).unwrap();
+    passes::optimize(&mut graph, OptLevel::O2).unwrap();
+    let text = print(&graph);
+    assert!(!text.contains("batch_norm") && !text.contains("dropout"), "{text}");
+}
+
+#[test]
+fn examples_ir_after_o2() {
+    insta::glob!("../examples", "*.cnn", |path| {
+        let mut graph = compile_bytes(&std::fs::read(path).unwrap(), &BuildOptions::default()).unwrap();
+        passes::optimize(&mut graph, OptLevel::O2).unwrap();
+        insta::assert_snapshot!(print(&graph));
+    });
+}
