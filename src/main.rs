@@ -26,6 +26,36 @@ struct ShapeArgs {
     input_shape: Option<String>,
 }
 
+#[derive(clap::Args)]
+struct RunArgs {
+    net: PathBuf,
+    #[command(flatten)]
+    weights: WeightArgs,
+    /// Input: FILE, or NAME=FILE for each of several inputs; .npy float32 [N,C,H,W] or [C,H,W], or an image.
+    #[arg(long, required = true, value_name = "FILE")]
+    input: Vec<String>,
+    /// Output .npy (one output) or directory (several outputs, one NAME.npy each).
+    #[arg(long, value_name = "Y.npy|DIR")]
+    output: Option<PathBuf>,
+    /// Executor. Only the reference interpreter exists today; cpu and gpu are the next backends.
+    #[arg(long, value_enum, default_value = "reference")]
+    target: Target,
+    #[command(flatten)]
+    opt: OptArgs,
+    /// Print the K most likely classes of each batch item.
+    #[arg(long, value_name = "K")]
+    top: Option<usize>,
+    /// Class names, one per line, for --top.
+    #[arg(long, value_name = "FILE")]
+    labels: Option<PathBuf>,
+    /// Per-channel mean for image inputs (default: ImageNet's).
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    mean: Option<Vec<f32>>,
+    /// Per-channel standard deviation for image inputs (default: ImageNet's).
+    #[arg(long, value_delimiter = ',')]
+    std: Option<Vec<f32>>,
+}
+
 #[derive(clap::Args, Clone)]
 struct OptArgs {
     /// Optimization level: -O0 runs the IR as written, -O1/-O2 run the pass pipeline.
@@ -121,34 +151,7 @@ enum Command {
         print_after_all: bool,
     },
     /// Run a network on an input (.npy or PNG/JPEG image).
-    Run {
-        net: PathBuf,
-        #[command(flatten)]
-        weights: WeightArgs,
-        /// Input: FILE, or NAME=FILE for each of several inputs; .npy float32 [N,C,H,W] or [C,H,W], or an image.
-        #[arg(long, required = true, value_name = "FILE")]
-        input: Vec<String>,
-        /// Output .npy (one output) or directory (several outputs, one NAME.npy each).
-        #[arg(long, value_name = "Y.npy|DIR")]
-        output: Option<PathBuf>,
-        /// Executor. Only the reference interpreter exists today; cpu and gpu are the next backends.
-        #[arg(long, value_enum, default_value = "reference")]
-        target: Target,
-        #[command(flatten)]
-        opt: OptArgs,
-        /// Print the K most likely classes of each batch item.
-        #[arg(long, value_name = "K")]
-        top: Option<usize>,
-        /// Class names, one per line, for --top.
-        #[arg(long, value_name = "FILE")]
-        labels: Option<PathBuf>,
-        /// Per-channel mean for image inputs (default: ImageNet's).
-        #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
-        mean: Option<Vec<f32>>,
-        /// Per-channel standard deviation for image inputs (default: ImageNet's).
-        #[arg(long, value_delimiter = ',')]
-        std: Option<Vec<f32>>,
-    },
+    Run(RunArgs),
     /// Build artifacts: today ONNX (`--emit onnx`), the IR and the graph.
     Build {
         net: PathBuf,
@@ -286,20 +289,7 @@ fn run(cli: Cli) -> Result<(), UserError> {
                 print!("{}", cnnc::ir::print(&graph));
             }
         }
-        Command::Run { net, weights, input, output, target, opt, top, labels, mean, std } => {
-            run_command(
-                &net,
-                &weights,
-                &input,
-                output.as_deref(),
-                target,
-                opt.level(),
-                top,
-                labels.as_deref(),
-                mean.as_deref(),
-                std.as_deref(),
-            )?;
-        }
+        Command::Run(args) => run_command(&args)?,
         Command::Build { net, weights, shape, opt, emit, output } => {
             build_command(&net, &weights, &shape, opt.level(), &emit, &output)?;
         }
@@ -331,7 +321,12 @@ fn bind_weights(graph: &mut Graph, args: &WeightArgs) -> Result<(), UserError> {
 
 /// Reads the inputs named on the command line, in `graph.inputs` order, conformed to
 /// the declared `[C, H, W]`.
-fn read_inputs(graph: &Graph, specs: &[String], mean: Option<&[f32]>, std: Option<&[f32]>) -> Result<Vec<cnnc::tensor::Tensor>, UserError> {
+fn read_inputs(
+    graph: &Graph,
+    specs: &[String],
+    mean: Option<&[f32]>,
+    std: Option<&[f32]>,
+) -> Result<Vec<cnnc::tensor::Tensor>, UserError> {
     let names: Vec<String> = graph.inputs.iter().map(|&id| graph.node(id).name.clone()).collect();
     let mut files: Vec<Option<PathBuf>> = vec![None; names.len()];
     for spec in specs {
@@ -392,19 +387,11 @@ fn not_built(what: &str) -> UserError {
     ))
 }
 
-fn run_command(
-    net: &Path,
-    weights: &WeightArgs,
-    specs: &[String],
-    output: Option<&Path>,
-    target: Target,
-    level: OptLevel,
-    top: Option<usize>,
-    labels: Option<&Path>,
-    mean: Option<&[f32]>,
-    std: Option<&[f32]>,
-) -> Result<(), UserError> {
-    if target != Target::Reference {
+fn run_command(args: &RunArgs) -> Result<(), UserError> {
+    let RunArgs { net, weights, input: specs, output, target, opt, top, labels, mean, std } = args;
+    let (net, output, level, labels) = (net.as_path(), output.as_deref(), opt.level(), labels.as_deref());
+    let (mean, std, top) = (mean.as_deref(), std.as_deref(), *top);
+    if *target != Target::Reference {
         return Err(not_built(&format!("--target {target:?}").to_lowercase()));
     }
     // Build once to learn the inputs, then again for the input files' batch.
@@ -484,7 +471,14 @@ fn write_outputs(path: &Path, graph: &Graph, outputs: &[cnnc::tensor::Tensor]) -
     Ok(())
 }
 
-fn build_command(net: &Path, weights: &WeightArgs, shape: &ShapeArgs, level: OptLevel, emit: &[Emit], dir: &Path) -> Result<(), UserError> {
+fn build_command(
+    net: &Path,
+    weights: &WeightArgs,
+    shape: &ShapeArgs,
+    level: OptLevel,
+    emit: &[Emit],
+    dir: &Path,
+) -> Result<(), UserError> {
     if let Some(missing) = emit.iter().find(|e| !matches!(e, Emit::Onnx | Emit::Ir | Emit::Dot)) {
         return Err(not_built(&format!("--emit {missing:?}").to_lowercase()));
     }
@@ -500,7 +494,8 @@ fn build_command(net: &Path, weights: &WeightArgs, shape: &ShapeArgs, level: Opt
     // ONNX gets the network as written (with its own BatchNorm and dropout): it is the
     // independent oracle, so it should not inherit cnnc's rewrites.
     if emit.contains(&Emit::Onnx) {
-        let model = cnnc::export::onnx::to_onnx(&graph, &graph.weights, false).map_err(|e| UserError(format!("error: {e}")))?;
+        let model =
+            cnnc::export::onnx::to_onnx(&graph, &graph.weights, false).map_err(|e| UserError(format!("error: {e}")))?;
         write(format!("{}.onnx", graph.name), &model)?;
     }
     passes::optimize(&mut graph, level)?;

@@ -7,7 +7,8 @@ use cnnc::front::{BuildOptions, compile_bytes};
 
 fn display_name(path: &Path) -> String {
     // Snapshots must not depend on where the checkout lives.
-    let parent = path.parent().and_then(|p| p.file_name()).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    let parent =
+        path.parent().and_then(|p| p.file_name()).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
     format!("{}/{}", parent, path.file_name().unwrap().to_string_lossy())
 }
 

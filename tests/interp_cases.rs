@@ -3,7 +3,7 @@
 //! follow: random convolutions against a naive seven-loop convolution, and VGG-16 at
 //! batch 1 on random weights (timed).
 
-use cnnc::front::{compile_source, BuildOptions};
+use cnnc::front::{BuildOptions, compile_source};
 use cnnc::interp::{self, InterpError};
 use cnnc::ir::{Graph, NodeId, Op, Pad, ParamRole};
 use cnnc::tensor::Tensor;

@@ -37,7 +37,8 @@ fn binary_garbage_is_a_parse_error() {
 #[test]
 fn deep_nesting_is_refused_not_a_stack_overflow() {
     for (open, close) in [("(", ")"), ("{", "}"), ("[", "]")] {
-        let source = format!("network n {{ input x: [1, 4, 4]; relu{} }}", open.repeat(100_000) + &close.repeat(100_000));
+        let source =
+            format!("network n {{ input x: [1, 4, 4]; relu{} }}", open.repeat(100_000) + &close.repeat(100_000));
         let text = errors_of(source.as_bytes());
         assert!(text.contains("nested more than"), "{text}");
     }

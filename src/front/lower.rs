@@ -350,23 +350,24 @@ impl<'a> Lowerer<'a> {
                 }
             }
         }
-        if ok && self.graph.inputs.is_empty() {
-            if let Some(override_shape) = &self.options.input_shape {
-                if override_shape.len() != dims.len() {
-                    self.error(Diag::new(
-                        format!(
-                            "--input-shape has {} dimensions but input `{}` declares {}",
-                            override_shape.len(),
-                            name.name,
-                            dims.len()
-                        ),
-                        span.clone(),
-                        "declared here",
-                    ));
-                    ok = false;
-                } else {
-                    shape = std::iter::once(self.options.batch).chain(override_shape.iter().copied()).collect();
-                }
+        if ok
+            && self.graph.inputs.is_empty()
+            && let Some(override_shape) = &self.options.input_shape
+        {
+            if override_shape.len() != dims.len() {
+                self.error(Diag::new(
+                    format!(
+                        "--input-shape has {} dimensions but input `{}` declares {}",
+                        override_shape.len(),
+                        name.name,
+                        dims.len()
+                    ),
+                    span.clone(),
+                    "declared here",
+                ));
+                ok = false;
+            } else {
+                shape = std::iter::once(self.options.batch).chain(override_shape.iter().copied()).collect();
             }
         }
         if ok && dims.len() != 3 && dims.len() != 1 {
@@ -450,10 +451,10 @@ impl<'a> Lowerer<'a> {
             );
             return;
         }
-        if self.outputs_declared.is_none() {
-            if let Some(Some(Some(node))) = self.frames.first().map(|f| f.current) {
-                self.graph.outputs.push(Output { name: "output".to_string(), node });
-            }
+        if self.outputs_declared.is_none()
+            && let Some(Some(Some(node))) = self.frames.first().map(|f| f.current)
+        {
+            self.graph.outputs.push(Output { name: "output".to_string(), node });
         }
     }
 
@@ -527,8 +528,11 @@ impl<'a> Lowerer<'a> {
                 .note("at network level, name the input (`input x: [...]`) and use that name")
         } else {
             let candidates = self.visible_tensor_names();
-            let mut diag =
-                Diag::new(format!("unknown tensor `{}`", short(&name.name)), name.span.clone(), "not defined in this scope");
+            let mut diag = Diag::new(
+                format!("unknown tensor `{}`", short(&name.name)),
+                name.span.clone(),
+                "not defined in this scope",
+            );
             if let Some(s) = suggest(&name.name, candidates.iter().map(String::as_str)) {
                 diag = diag.note(format!("help: did you mean `{s}`?"));
             }
@@ -569,19 +573,18 @@ impl<'a> Lowerer<'a> {
         let mut steps: &[Step] = &chain.steps;
         let mut current: Option<Value> = self.frame().current;
         // A bare name that is no op or block, first in the chain, is the source tensor.
-        if let Some(first) = steps.first() {
-            if let (None, StepKind::Call { name, args: None }) = (&first.label, &first.kind) {
-                if !self.is_callable(&name.name) {
-                    let known = name.name == "in" || self.visible_tensor_names().contains(&name.name);
-                    if known || steps.len() > 1 {
-                        current = Some(self.lookup_tensor(name).unwrap_or(None));
-                    } else {
-                        self.unknown_callable(name);
-                        current = Some(None);
-                    }
-                    steps = &steps[1..];
-                }
+        if let Some(first) = steps.first()
+            && let (None, StepKind::Call { name, args: None }) = (&first.label, &first.kind)
+            && !self.is_callable(&name.name)
+        {
+            let known = name.name == "in" || self.visible_tensor_names().contains(&name.name);
+            if known || steps.len() > 1 {
+                current = Some(self.lookup_tensor(name).unwrap_or(None));
+            } else {
+                self.unknown_callable(name);
+                current = Some(None);
             }
+            steps = &steps[1..];
         }
         for step in steps {
             if self.too_big {
@@ -616,17 +619,17 @@ impl<'a> Lowerer<'a> {
     }
 
     fn step(&mut self, step: &'a Step, current: Option<Value>) -> Value {
-        if let Some(label) = &step.label {
-            if self.frame().repeat_depth > 0 {
-                self.error(
-                    Diag::new(
-                        format!("layer name `{}:` inside `repeat`", label.name),
-                        label.span.clone(),
-                        "every copy would get this name",
-                    )
-                    .note("name the layers after the repeat, or wrap the repeat in a named `seq`"),
-                );
-            }
+        if let Some(label) = &step.label
+            && self.frame().repeat_depth > 0
+        {
+            self.error(
+                Diag::new(
+                    format!("layer name `{}:` inside `repeat`", label.name),
+                    label.span.clone(),
+                    "every copy would get this name",
+                )
+                .note("name the layers after the repeat, or wrap the repeat in a named `seq`"),
+            );
         }
         let result = match &step.kind {
             StepKind::Seq { body, keyword } => {
@@ -1158,10 +1161,7 @@ impl<'a> Lowerer<'a> {
         let args = self.bind_args(op_name, &name.span, args)?;
         let input = input?;
         let input_shape = self.graph.node(input).shape.clone();
-        let op = match self.build_op(op_name, &args, &input_shape, &name.span) {
-            Some(op) => op,
-            None => return None,
-        };
+        let op = self.build_op(op_name, &args, &input_shape, &name.span)?;
         self.finish_node(step, op, path, &[input])
     }
 

@@ -31,7 +31,15 @@ pub fn fold_batchnorm(graph: &mut Graph) -> bool {
         let weight_name = layer.params[0].name.clone();
         let bias_name = format!("{}.bias", layer.name);
         let out_channels = layer.shape[1];
-        fold_values(graph, &weight_name, had_bias.then_some(bias_name.as_str()), &bias_name, &bn_params, eps, out_channels);
+        fold_values(
+            graph,
+            &weight_name,
+            had_bias.then_some(bias_name.as_str()),
+            &bias_name,
+            &bn_params,
+            eps,
+            out_channels,
+        );
         for name in &bn_params {
             graph.weights.tensors.remove(name);
         }
@@ -74,13 +82,13 @@ fn fold_values(
     let per_channel = w.len() / channels;
     let mut folded_w = w.clone();
     let mut folded_b = vec![0.0f32; channels];
-    for c in 0..channels {
+    for (c, folded_bias) in folded_b.iter_mut().enumerate() {
         let scale = gamma.data[c] as f64 / (var.data[c] as f64 + eps).sqrt();
         for v in &mut folded_w.data[c * per_channel..(c + 1) * per_channel] {
             *v = (*v as f64 * scale) as f32;
         }
         let b = old_bias.and_then(|name| weights.get(name)).map(|t| t.data[c] as f64).unwrap_or(0.0);
-        folded_b[c] = ((b - mean.data[c] as f64) * scale + beta.data[c] as f64) as f32;
+        *folded_bias = ((b - mean.data[c] as f64) * scale + beta.data[c] as f64) as f32;
     }
     graph.weights.insert(weight_name, folded_w);
     graph.weights.insert(new_bias, Tensor { shape: vec![channels], data: folded_b });

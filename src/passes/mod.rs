@@ -42,11 +42,9 @@ pub fn pipeline(level: OptLevel) -> Vec<Pass> {
         OptLevel::O0 => Vec::new(),
         // Identities go first: a dropout between a conv and its BatchNorm would hide the
         // pattern fold_batchnorm looks for. Dead nodes last, to sweep what folding left.
-        OptLevel::O1 | OptLevel::O2 => vec![
-            by_name("eliminate_identities"),
-            by_name("fold_batchnorm"),
-            by_name("eliminate_dead_nodes"),
-        ],
+        OptLevel::O1 | OptLevel::O2 => {
+            vec![by_name("eliminate_identities"), by_name("fold_batchnorm"), by_name("eliminate_dead_nodes")]
+        }
     }
 }
 
