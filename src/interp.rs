@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use crate::ir::shape::{self, fmt_shape};
-use crate::ir::{Conv, Graph, Node, NodeId, Op, ParamRole, Pool};
+use crate::ir::{Activation, Conv, Epilogue, Graph, Node, NodeId, Op, ParamRole, Pool};
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 
@@ -84,14 +84,25 @@ pub fn run_traced(
             }
             given.clone()
         } else {
-            let mut operands: Vec<&Tensor> = Vec::with_capacity(operand_ids.len());
-            for operand in &operand_ids {
+            let own_operands = graph.op_operands(id);
+            let mut operands: Vec<&Tensor> = Vec::with_capacity(own_operands.len());
+            for operand in &own_operands {
                 operands.push(values.get(operand).ok_or_else(|| {
                     InterpError(format!("layer `{}`: operand {:?} has no value", node.name, operand))
                 })?);
             }
             check_node_shape(node, &operands)?;
-            let value = eval_node(node, &operands, weights)?;
+            let mut value = eval_node(node, &operands, weights)?;
+            if !node.epilogue.is_empty() {
+                let residual =
+                    match graph.residual(id) {
+                        Some(r) => Some(values.get(&r).ok_or_else(|| {
+                            InterpError(format!("layer `{}`: residual {:?} has no value", node.name, r))
+                        })?),
+                        None => None,
+                    };
+                apply_epilogue(&node.epilogue, &mut value, residual)?;
+            }
             if value.shape != node.shape {
                 return Err(InterpError(format!(
                     "layer `{}`: computed shape {} differs from the graph's {}",
@@ -242,8 +253,68 @@ fn eval_node(node: &Node, operands: &[&Tensor], weights: &Weights) -> Result<Ten
         Op::Mul => broadcast_fold(operands, out_shape, |acc, v| acc * v),
         Op::Concat => concat_dim1(operands, out_shape),
         Op::Lrn { size, alpha, beta, k } => lrn(x, *size, *alpha, *beta, *k),
+        Op::ScaleShift => {
+            let params = NodeParams::load(node, &x.shape, weights)?;
+            scale_shift(x, params.require(ParamRole::Scale)?, params.require(ParamRole::Shift)?)
+        }
     };
     Ok(out)
+}
+
+/// The value of an activation, computed as the standalone op computes it.
+fn activate(activation: Activation, v: f32) -> f32 {
+    match activation {
+        Activation::Relu => {
+            if v < 0.0 {
+                0.0
+            } else {
+                v
+            }
+        }
+        Activation::LeakyRelu { slope } => {
+            if v < 0.0 {
+                (v as f64 * slope) as f32
+            } else {
+                v
+            }
+        }
+        Activation::Sigmoid => (1.0 / (1.0 + (-(v as f64)).exp())) as f32,
+        Activation::Tanh => (v as f64).tanh() as f32,
+    }
+}
+
+/// Applies a fused epilogue exactly as the unfused ops would: activation, then the
+/// residual add (in f32, as `add` of two operands), then the post-activation.
+fn apply_epilogue(epilogue: &Epilogue, value: &mut Tensor, residual: Option<&Tensor>) -> Result<(), InterpError> {
+    if let Some(activation) = epilogue.activation {
+        value.data.iter_mut().for_each(|v| *v = activate(activation, *v));
+    }
+    if let Some(residual) = residual {
+        if residual.shape != value.shape {
+            return Err(InterpError(format!(
+                "residual {} does not match the output {}",
+                residual.shape_string(),
+                value.shape_string()
+            )));
+        }
+        value.data.iter_mut().zip(&residual.data).for_each(|(v, r)| *v = (*v as f64 + *r as f64) as f32);
+    }
+    if let Some(activation) = epilogue.post_activation {
+        value.data.iter_mut().for_each(|v| *v = activate(activation, *v));
+    }
+    Ok(())
+}
+
+/// Per-channel `x * scale + shift` over dimension 1, in f64.
+fn scale_shift(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Tensor {
+    let channels = x.shape[1];
+    let inner: usize = x.shape[2..].iter().product();
+    let mut out = x.clone();
+    for (i, v) in out.data.iter_mut().enumerate() {
+        let c = (i / inner) % channels;
+        *v = (*v as f64 * scale.data[c] as f64 + shift.data[c] as f64) as f32;
+    }
+    out
 }
 
 fn map(x: &Tensor, f: impl Fn(f32) -> f32) -> Tensor {

@@ -479,7 +479,7 @@ pub fn random_weights(graph: &Graph, seed: u64) -> Weights {
     let mut weights = Weights::default();
     for id in graph.topo_order().unwrap_or_default() {
         let node = graph.node(id);
-        let batch_norm = matches!(node.op, Op::BatchNorm { .. });
+        let batch_norm = matches!(node.op, Op::BatchNorm { .. } | Op::ScaleShift);
         for param in &node.params {
             let mut rng = rng_for(seed, TAG_WEIGHTS, &param.name);
             let n: usize = param.shape.iter().product();
@@ -489,8 +489,8 @@ pub fn random_weights(graph: &Graph, seed: u64) -> Weights {
                     normal(&mut rng, n, (2.0 / fan_in.max(1) as f32).sqrt())
                 }
                 (false, _) => normal(&mut rng, n, 0.01),
-                (true, ParamRole::Bias | ParamRole::RunningMean) => normal(&mut rng, n, 0.1),
-                (true, ParamRole::Weight | ParamRole::RunningVar) => {
+                (true, ParamRole::Bias | ParamRole::RunningMean | ParamRole::Shift) => normal(&mut rng, n, 0.1),
+                (true, ParamRole::Weight | ParamRole::RunningVar | ParamRole::Scale) => {
                     (0..n).map(|_| rng.random_range(0.5f32..1.5)).collect()
                 }
             };

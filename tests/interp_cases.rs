@@ -724,9 +724,9 @@ fn random_weights(graph: &Graph, seed: u64) -> Weights {
                 let fan_in: usize = param.shape[1..].iter().product();
                 rng.fill(n, (6.0 / fan_in as f32).sqrt())
             }
-            ParamRole::Weight | ParamRole::RunningVar => vec![1.0; n],
+            ParamRole::Weight | ParamRole::RunningVar | ParamRole::Scale => vec![1.0; n],
             ParamRole::Bias => rng.fill(n, 0.01),
-            ParamRole::RunningMean => vec![0.0; n],
+            ParamRole::RunningMean | ParamRole::Shift => vec![0.0; n],
         };
         w.insert(param.name.clone(), Tensor::new(param.shape.clone(), data).unwrap());
     }

@@ -78,14 +78,14 @@ fn batchnorm_folds_into_conv_and_linear() {
 }
 
 #[test]
-fn batchnorm_stays_when_the_conv_value_is_used_elsewhere() {
+fn batchnorm_becomes_scale_shift_when_it_cannot_fold() {
     check_pass(
         passes::fold_batchnorm,
         "network n { input x: [3, 8, 8]; c: conv(4, 3); bn: batch_norm; add(c) }",
         "network n
         %0 = input x : [1, 3, 8, 8]  # x
         %1 = conv(%0) out=4 kernel=3x3 stride=1x1 pad=0x0 : [1, 4, 6, 6]  # c {c.weight, c.bias}
-        %2 = batch_norm(%1) eps=1e-5 : [1, 4, 6, 6]  # bn {bn.weight, bn.bias, bn.running_mean, bn.running_var}
+        %2 = scale_shift(%1) : [1, 4, 6, 6]  # bn {bn.scale, bn.shift}
         %3 = add(%2, %1) : [1, 4, 6, 6]  # add_0
         output output = %3",
     );
@@ -95,8 +95,40 @@ fn batchnorm_stays_when_the_conv_value_is_used_elsewhere() {
         "network n
         %0 = input x : [1, 3, 8, 8]  # x
         %1 = relu(%0) : [1, 3, 8, 8]  # relu_0
-        %2 = batch_norm(%1) eps=1e-5 : [1, 3, 8, 8]  # bn {bn.weight, bn.bias, bn.running_mean, bn.running_var}
+        %2 = scale_shift(%1) : [1, 3, 8, 8]  # bn {bn.scale, bn.shift}
         output output = %2",
+    );
+}
+
+#[test]
+fn activations_and_residual_adds_fuse_into_the_conv() {
+    check_pass(
+        passes::fuse_epilogues,
+        "network n { input x: [4, 8, 8]; a: conv(4, 3, pad=1); relu; b: conv(4, 3, pad=1); add(x); relu }",
+        "network n
+        %0 = input x : [1, 4, 8, 8]  # x
+        %1 = conv(%0) out=4 kernel=3x3 stride=1x1 pad=1x1 -> relu : [1, 4, 8, 8]  # a {a.weight, a.bias}
+        %2 = conv(%1) out=4 kernel=3x3 stride=1x1 pad=1x1 -> add %0 -> relu : [1, 4, 8, 8]  # b {b.weight, b.bias}
+        output output = %2",
+    );
+}
+
+#[test]
+fn fusion_stops_at_values_used_twice_and_at_broadcasting_adds() {
+    check_pass(
+        passes::fuse_epilogues,
+        "network n { input x: [4, 8, 8]; a: conv(4, 1); r = a |> relu; s = add(a, r)
+                     g = x |> global_avg_pool; b = x |> conv(4, 1) |> add(g); output s, b }",
+        "network n
+        %0 = input x : [1, 4, 8, 8]  # x
+        %1 = conv(%0) out=4 kernel=1x1 stride=1x1 pad=0x0 : [1, 4, 8, 8]  # a {a.weight, a.bias}
+        %2 = relu(%1) : [1, 4, 8, 8]  # relu_0
+        %3 = add(%1, %2) : [1, 4, 8, 8]  # add_0
+        %4 = global_avg_pool(%0) : [1, 4, 1, 1]  # global_avg_pool_0
+        %5 = conv(%0) out=4 kernel=1x1 stride=1x1 pad=0x0 : [1, 4, 8, 8]  # conv_0 {conv_0.weight, conv_0.bias}
+        %6 = add(%5, %4) : [1, 4, 8, 8]  # add_1
+        output s = %3
+        output b = %6",
     );
 }
 

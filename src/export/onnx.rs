@@ -60,6 +60,17 @@ pub fn to_onnx(graph: &Graph, weights: &Weights, intermediates: bool) -> Result<
 /// Builds the `ModelProto` [`to_onnx`] serializes.
 pub fn to_model(graph: &Graph, weights: &Weights, intermediates: bool) -> Result<ModelProto, String> {
     let order = graph.topo_order().ok_or("the graph has a cycle")?;
+    // The exporter speaks the language's ops: it takes the graph as elaborated (the
+    // oracle should not inherit cnnc's rewrites), not after fusion.
+    if let Some(&id) = order.iter().find(|&&id| {
+        let node = graph.node(id);
+        !node.epilogue.is_empty() || matches!(node.op, Op::ScaleShift)
+    }) {
+        return Err(format!(
+            "layer `{}` is a fused kernel; export the network before optimization (-O0)",
+            graph.node(id).name
+        ));
+    }
     let mut b = Builder::default();
 
     // Names fixed by the contract come first: weights, inputs, outputs.
@@ -341,7 +352,7 @@ impl Builder {
             v
         };
         match op {
-            Op::Input { .. } => {}
+            Op::Input { .. } | Op::ScaleShift => {}
             Op::Conv(c) => {
                 let attrs = vec![
                     ("kernel_shape", Attr::Ints(hw(c.kernel))),

@@ -393,6 +393,7 @@ impl<'a> Lowerer<'a> {
                 shape,
                 params: Vec::new(),
                 span: Some(span.clone()),
+                epilogue: Default::default(),
             };
             Some(self.add_node(node, &[]))
         } else {
@@ -1316,7 +1317,7 @@ impl<'a> Lowerer<'a> {
         if op.is_weighted() {
             self.claim_prefix(&path, &step_name_span(step));
         }
-        let node = Node { op, name: path, shape, params, span: Some(step.span.clone()) };
+        let node = Node { op, name: path, shape, params, span: Some(step.span.clone()), epilogue: Default::default() };
         Some(self.add_node(node, operands))
     }
 }

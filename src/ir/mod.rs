@@ -5,10 +5,11 @@
 //! - The graph is acyclic. Every edge goes from an operand to its user and carries the
 //!   operand's position; a node's operand positions are exactly `0..n`.
 //! - `Op::Input` nodes have no operands and are listed, in order, in `Graph::inputs`;
-//!   every other op has the operand count its kind needs (merge ops at least one... two
-//!   for `add`/`mul`/`concat` after elaboration).
-//! - `Node::shape` is what [`shape::infer`] computes from the operands' shapes, batch
-//!   dimension included.
+//!   every other op has the operand count its kind needs (merge ops at least two), plus
+//!   one when its epilogue has a residual.
+//! - `Node::shape` is what [`shape::infer`] computes from the op's own operands' shapes
+//!   (all operands but an epilogue's residual), batch dimension included; a residual has
+//!   exactly the node's shape.
 //! - `Node::params` lists exactly the tensors `Op::param_shapes` asks for, in that order,
 //!   with those shapes; no two nodes read the same parameter name.
 //! - Every output names an existing node; output names are unique.
@@ -25,7 +26,7 @@ use petgraph::Direction;
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::visit::EdgeRef;
 
-pub use ops::{Conv, Hw, Op, Pad, ParamRole, Pool};
+pub use ops::{Activation, Conv, Epilogue, Hw, Op, Pad, ParamRole, Pool};
 pub use print::print;
 pub use verify::verify;
 
@@ -55,6 +56,16 @@ pub struct Node {
     pub params: Vec<Param>,
     /// Where the op was written, if it came from source.
     pub span: Option<Span>,
+    /// Work fused into the op's kernel; with `residual`, the last operand is the
+    /// residual and the op's own operands are the ones before it.
+    pub epilogue: Epilogue,
+}
+
+impl Node {
+    /// A node for `op` with no epilogue and no source location.
+    pub fn new(op: Op, name: impl Into<String>, shape: Vec<usize>, params: Vec<Param>) -> Node {
+        Node { op, name: name.into(), shape, params, span: None, epilogue: Epilogue::default() }
+    }
 }
 
 /// A named output of the network.
@@ -76,6 +87,29 @@ pub struct Graph {
     /// The weight values, by parameter name, once bound (empty for a graph built from
     /// source alone). Passes that rewrite parameters rewrite these values with them.
     pub weights: crate::weights::Weights,
+    /// Where every intermediate value lives at run time, once `plan_memory` ran. Passes
+    /// that run after it must not change the graph.
+    pub memory: Option<MemoryPlan>,
+}
+
+/// A value's place in the arena: `bytes` bytes from byte `offset`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot {
+    pub offset: usize,
+    pub bytes: usize,
+}
+
+/// The arena layout of a graph. Inputs and outputs are not in it: they live in the
+/// caller's buffers (outputs one after another in `Graph::outputs` order).
+/// Invariant: two values whose lifetimes overlap have disjoint slots, except a value
+/// computed in place over an operand that dies at that node (same slot).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MemoryPlan {
+    pub slots: std::collections::BTreeMap<NodeId, Slot>,
+    /// Size of the arena in bytes.
+    pub arena_bytes: usize,
+    /// Sum of the sizes of all planned values, for comparison.
+    pub unplanned_bytes: usize,
 }
 
 impl Graph {
@@ -125,6 +159,20 @@ impl Graph {
         edges.into_iter().map(|(_, n)| n).collect()
     }
 
+    /// The operands the op itself reads: all of them but an epilogue's residual.
+    pub fn op_operands(&self, id: NodeId) -> Vec<NodeId> {
+        let mut operands = self.operands(id);
+        if self.node(id).epilogue.residual {
+            operands.pop();
+        }
+        operands
+    }
+
+    /// The residual operand of a fused epilogue, if any.
+    pub fn residual(&self, id: NodeId) -> Option<NodeId> {
+        if self.node(id).epilogue.residual { self.operands(id).last().copied() } else { None }
+    }
+
     /// The operand positions as stored on the edges, sorted (used by `verify`).
     pub(crate) fn operand_positions(&self, id: NodeId) -> Vec<usize> {
         let mut positions: Vec<usize> =
@@ -144,6 +192,11 @@ impl Graph {
     /// Whether the node's value is a network output.
     pub fn is_output(&self, id: NodeId) -> bool {
         self.outputs.iter().any(|o| o.node == id)
+    }
+
+    /// Adds an operand edge; the caller keeps positions `0..n` and shapes consistent.
+    pub fn add_edge(&mut self, operand: NodeId, user: NodeId, position: usize) {
+        self.graph.add_edge(operand.0, user.0, position);
     }
 
     /// Removes a node and its edges. The caller keeps the graph consistent.

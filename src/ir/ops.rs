@@ -75,6 +75,53 @@ pub struct Pool {
     pub count_pad: bool,
 }
 
+/// An elementwise activation that can run inside another op's epilogue.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Activation {
+    Relu,
+    LeakyRelu { slope: f64 },
+    Sigmoid,
+    Tanh,
+}
+
+impl Activation {
+    /// The activation an op computes, if it is one.
+    pub fn of(op: &Op) -> Option<Activation> {
+        match op {
+            Op::Relu => Some(Activation::Relu),
+            Op::LeakyRelu { slope } => Some(Activation::LeakyRelu { slope: *slope }),
+            Op::Sigmoid => Some(Activation::Sigmoid),
+            Op::Tanh => Some(Activation::Tanh),
+            _ => None,
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Activation::Relu => "relu".into(),
+            Activation::LeakyRelu { slope } => format!("leaky_relu(slope={slope})"),
+            Activation::Sigmoid => "sigmoid".into(),
+            Activation::Tanh => "tanh".into(),
+        }
+    }
+}
+
+/// What a kernel does to its result before storing it, in this order: `activation`,
+/// then `+ residual` (the node's last operand, of the output's shape), then
+/// `post_activation`. Written by `fuse_epilogues`; empty as elaborated.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Epilogue {
+    pub activation: Option<Activation>,
+    pub residual: bool,
+    pub post_activation: Option<Activation>,
+}
+
+impl Epilogue {
+    pub fn is_empty(&self) -> bool {
+        *self == Epilogue::default()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     /// A network input; `name` is the name written after `input`.
@@ -123,6 +170,9 @@ pub enum Op {
         beta: f64,
         k: f64,
     },
+    /// Per-channel `x * scale + shift` (dimension 1): a BatchNorm with nothing to fold
+    /// into, after `fold_batchnorm`.
+    ScaleShift,
 }
 
 /// What a weight tensor is for; its name suffix in a `state_dict`.
@@ -132,6 +182,8 @@ pub enum ParamRole {
     Bias,
     RunningMean,
     RunningVar,
+    Scale,
+    Shift,
 }
 
 impl ParamRole {
@@ -141,6 +193,8 @@ impl ParamRole {
             ParamRole::Bias => "bias",
             ParamRole::RunningMean => "running_mean",
             ParamRole::RunningVar => "running_var",
+            ParamRole::Scale => "scale",
+            ParamRole::Shift => "shift",
         }
     }
 
@@ -176,6 +230,7 @@ impl Op {
             Op::Mul => "mul",
             Op::Concat => "concat",
             Op::Lrn { .. } => "lrn",
+            Op::ScaleShift => "scale_shift",
         }
     }
 
@@ -210,13 +265,17 @@ impl Op {
                     (ParamRole::RunningVar, vec![c]),
                 ]
             }
+            Op::ScaleShift => {
+                let c = input.get(1).copied().unwrap_or(0);
+                vec![(ParamRole::Scale, vec![c]), (ParamRole::Shift, vec![c])]
+            }
             _ => Vec::new(),
         }
     }
 
     /// Whether the op reads weights (and so owns a name prefix in the `state_dict`).
     pub fn is_weighted(&self) -> bool {
-        matches!(self, Op::Conv(_) | Op::Linear { .. } | Op::BatchNorm { .. })
+        matches!(self, Op::Conv(_) | Op::Linear { .. } | Op::BatchNorm { .. } | Op::ScaleShift)
     }
 
     /// Whether the op takes a variable number of operands.

@@ -18,7 +18,7 @@ pub fn print(graph: &Graph) -> String {
     let _ = writeln!(out, "network {}", graph.name);
     for id in &order {
         let node = graph.node(*id);
-        let operands: Vec<String> = graph.operands(*id).iter().map(|o| format!("%{}", numbers[o])).collect();
+        let operands: Vec<String> = graph.op_operands(*id).iter().map(|o| format!("%{}", numbers[o])).collect();
         let _ = write!(out, "  %{} = {}", numbers[id], node.op.mnemonic());
         if !operands.is_empty() {
             let _ = write!(out, "({})", operands.join(", "));
@@ -26,6 +26,16 @@ pub fn print(graph: &Graph) -> String {
         let attributes = node.op.attributes();
         if !attributes.is_empty() {
             let _ = write!(out, " {attributes}");
+        }
+        let epilogue = &node.epilogue;
+        if let Some(activation) = epilogue.activation {
+            let _ = write!(out, " -> {}", activation.name());
+        }
+        if let Some(residual) = graph.residual(*id) {
+            let _ = write!(out, " -> add %{}", numbers[&residual]);
+        }
+        if let Some(activation) = epilogue.post_activation {
+            let _ = write!(out, " -> {}", activation.name());
         }
         let _ = write!(out, " : {}  # {}", fmt_shape(&node.shape), node.name);
         if !node.params.is_empty() {

@@ -269,7 +269,7 @@ fn infer_unchecked(op: &Op, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeErro
             }
             Ok(vec![x[0], *out_features])
         }
-        Op::BatchNorm { .. } => {
+        Op::BatchNorm { .. } | Op::ScaleShift => {
             if x.len() != 2 && x.len() != 4 {
                 return Err(ShapeError::new(format!(
                     "batch_norm expects [N, C, H, W] or [N, F], got {}",

@@ -30,7 +30,18 @@ pub fn verify(graph: &Graph) -> Result<(), String> {
                 }
             }
             op => {
-                let shapes: Vec<&[usize]> = operands.iter().map(|o| graph.node(*o).shape.as_slice()).collect();
+                let own = graph.op_operands(id);
+                if let Some(residual) = graph.residual(id)
+                    && graph.node(residual).shape != node.shape
+                {
+                    problems.push(format!(
+                        "{}: residual {} but the output is {}",
+                        node.name,
+                        fmt_shape(&graph.node(residual).shape),
+                        fmt_shape(&node.shape)
+                    ));
+                }
+                let shapes: Vec<&[usize]> = own.iter().map(|o| graph.node(*o).shape.as_slice()).collect();
                 match shape::infer(op, &shapes) {
                     Ok(expected) if expected == node.shape => {}
                     Ok(expected) => problems.push(format!(

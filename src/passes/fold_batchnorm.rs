@@ -5,8 +5,10 @@
 //! parameters keep their names (`conv1.weight` now holds the folded values) and the bias
 //! of a conv that had none is named `<conv>.bias`. When the graph carries no weight values
 //! (`cnnc ir` without weights), only the structure changes.
-//! Leaves alone: a BatchNorm whose operand is not a conv or linear, or whose operand has
-//! other users or is a network output (its unfolded value is observable).
+//! A BatchNorm with nothing to fold into (its operand is not a conv or linear, or has
+//! other users, or is a network output) becomes a `scale_shift` with
+//! scale = γ/√(σ²+ε) and shift = β − μ·scale, named `<bn>.scale` and `<bn>.shift`.
+//! Leaves alone: every other op.
 
 use crate::ir::{Graph, Op, Param, ParamRole};
 use crate::tensor::Tensor;
@@ -20,13 +22,15 @@ pub fn fold_batchnorm(graph: &mut Graph) -> bool {
         let [layer_id] = operands[..] else { continue };
         let layer = graph.node(layer_id);
         let had_bias = match &layer.op {
-            Op::Conv(c) => c.bias,
-            Op::Linear { bias, .. } => *bias,
-            _ => continue,
+            Op::Conv(c) => Some(c.bias),
+            Op::Linear { bias, .. } => Some(*bias),
+            _ => None,
         };
-        if graph.users(layer_id).len() != 1 || graph.is_output(layer_id) {
+        let Some(had_bias) = had_bias.filter(|_| graph.users(layer_id).len() == 1 && !graph.is_output(layer_id)) else {
+            to_scale_shift(graph, bn_id, eps);
+            changed = true;
             continue;
-        }
+        };
         let bn_params: Vec<String> = bn.params.iter().map(|p| p.name.clone()).collect();
         let weight_name = layer.params[0].name.clone();
         let bias_name = format!("{}.bias", layer.name);
@@ -57,6 +61,37 @@ pub fn fold_batchnorm(graph: &mut Graph) -> bool {
         changed = true;
     }
     changed
+}
+
+/// Turns a BatchNorm into the per-channel affine map it computes at inference.
+fn to_scale_shift(graph: &mut Graph, bn_id: crate::ir::NodeId, eps: f64) {
+    let bn = graph.node(bn_id);
+    let channels = bn.shape[1];
+    let names: Vec<String> = bn.params.iter().map(|p| p.name.clone()).collect();
+    let (scale_name, shift_name) = (format!("{}.scale", bn.name), format!("{}.shift", bn.name));
+    let weights = &graph.weights;
+    let values: Option<Vec<&Tensor>> = names.iter().map(|n| weights.get(n).filter(|t| t.len() == channels)).collect();
+    if let Some(values) = values {
+        let (gamma, beta, mean, var) = (values[0], values[1], values[2], values[3]);
+        let mut scale = vec![0.0f32; channels];
+        let mut shift = vec![0.0f32; channels];
+        for c in 0..channels {
+            let s = gamma.data[c] as f64 / (var.data[c] as f64 + eps).sqrt();
+            scale[c] = s as f32;
+            shift[c] = (beta.data[c] as f64 - mean.data[c] as f64 * s) as f32;
+        }
+        graph.weights.insert(scale_name.clone(), Tensor { shape: vec![channels], data: scale });
+        graph.weights.insert(shift_name.clone(), Tensor { shape: vec![channels], data: shift });
+    }
+    for name in &names {
+        graph.weights.tensors.remove(name);
+    }
+    let node = graph.node_mut(bn_id);
+    node.op = Op::ScaleShift;
+    node.params = vec![
+        Param { role: ParamRole::Scale, name: scale_name, shape: vec![channels] },
+        Param { role: ParamRole::Shift, name: shift_name, shape: vec![channels] },
+    ];
 }
 
 /// Computes the folded weight and bias when every tensor involved is present.

@@ -5,10 +5,14 @@
 pub mod eliminate_dead_nodes;
 pub mod eliminate_identities;
 pub mod fold_batchnorm;
+pub mod fuse_epilogues;
+pub mod plan_memory;
 
 pub use eliminate_dead_nodes::eliminate_dead_nodes;
 pub use eliminate_identities::eliminate_identities;
 pub use fold_batchnorm::fold_batchnorm;
+pub use fuse_epilogues::fuse_epilogues;
+pub use plan_memory::plan_memory;
 
 use crate::ir::{self, Graph};
 
@@ -33,6 +37,8 @@ pub const ALL_PASSES: &[Pass] = &[
     Pass { name: "eliminate_identities", run: eliminate_identities },
     Pass { name: "fold_batchnorm", run: fold_batchnorm },
     Pass { name: "eliminate_dead_nodes", run: eliminate_dead_nodes },
+    Pass { name: "fuse_epilogues", run: fuse_epilogues },
+    Pass { name: "plan_memory", run: plan_memory },
 ];
 
 /// The passes of an optimization level, in order.
@@ -42,9 +48,18 @@ pub fn pipeline(level: OptLevel) -> Vec<Pass> {
         OptLevel::O0 => Vec::new(),
         // Identities go first: a dropout between a conv and its BatchNorm would hide the
         // pattern fold_batchnorm looks for. Dead nodes last, to sweep what folding left.
-        OptLevel::O1 | OptLevel::O2 => {
+        OptLevel::O1 => {
             vec![by_name("eliminate_identities"), by_name("fold_batchnorm"), by_name("eliminate_dead_nodes")]
         }
+        // Fusion after folding (a BatchNorm between a conv and its ReLU would block it);
+        // memory planning last, over the final graph.
+        OptLevel::O2 => vec![
+            by_name("eliminate_identities"),
+            by_name("fold_batchnorm"),
+            by_name("eliminate_dead_nodes"),
+            by_name("fuse_epilogues"),
+            by_name("plan_memory"),
+        ],
     }
 }
 
