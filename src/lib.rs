@@ -14,6 +14,7 @@
 //! Every error in a user's input is a [`diag::Diag`] with a span, rendered against the
 //! source by [`diag::render`]; nothing a user writes makes the compiler panic.
 
+pub mod backend;
 pub mod diag;
 pub mod export;
 pub mod front;

@@ -24,6 +24,13 @@ struct ShapeArgs {
     /// Build for another input size, written CxHxW (e.g. 3x384x384).
     #[arg(long, value_name = "CxHxW")]
     input_shape: Option<String>,
+    /// Turn the classifier into convolutions and output the class-score map for the
+    /// --input-shape (the classifier slides over the image).
+    #[arg(long)]
+    fully_conv: bool,
+    /// With --fully-conv: average the score map into one prediction per image.
+    #[arg(long, requires = "fully_conv")]
+    average: bool,
 }
 
 #[derive(clap::Args)]
@@ -54,6 +61,8 @@ struct RunArgs {
     /// Per-channel standard deviation for image inputs (default: ImageNet's).
     #[arg(long, value_delimiter = ',')]
     std: Option<Vec<f32>>,
+    #[command(flatten)]
+    shape: ShapeArgs,
 }
 
 #[derive(clap::Args, Clone)]
@@ -135,6 +144,10 @@ enum Command {
         shape: ShapeArgs,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
+        /// Summarize the -O2 graph: its kernels, and the memory plan's arena against the
+        /// sum of all intermediates.
+        #[arg(long)]
+        optimized: bool,
     },
     /// Print the IR as text (the form the snapshot tests hold).
     Ir {
@@ -217,11 +230,22 @@ fn parse_input_shape(text: &str) -> Result<Vec<usize>, UserError> {
     }
 }
 
-fn build_options(shape: &ShapeArgs) -> Result<BuildOptions, UserError> {
-    Ok(BuildOptions {
-        batch: shape.batch as usize,
-        input_shape: shape.input_shape.as_deref().map(parse_input_shape).transpose()?,
-    })
+/// Builds the graph the shape arguments ask for, binds weights if given, and applies
+/// --fully-conv (after binding: the weights are reshaped at the declared size).
+fn prepare(path: &Path, shape: &ShapeArgs, batch: usize, weights: Option<&WeightArgs>) -> Result<Graph, UserError> {
+    let input_shape = shape.input_shape.as_deref().map(parse_input_shape).transpose()?;
+    let options = BuildOptions { batch, input_shape: if shape.fully_conv { None } else { input_shape.clone() } };
+    let mut graph = load(path, &options)?;
+    if let Some(weights) = weights {
+        bind_weights(&mut graph, weights)?;
+    }
+    if shape.fully_conv {
+        let declared: Vec<usize> = graph.inputs.first().map(|&i| graph.node(i).shape[1..].to_vec()).unwrap_or_default();
+        let target = input_shape.unwrap_or(declared);
+        passes::make_fully_convolutional(&mut graph, &target, shape.average)
+            .map_err(|e| UserError(format!("error: {}: --fully-conv: {e}", path.display())))?;
+    }
+    Ok(graph)
 }
 
 fn load(path: &Path, options: &BuildOptions) -> Result<Graph, UserError> {
@@ -251,9 +275,16 @@ fn run(cli: Cli) -> Result<(), UserError> {
                 cnnc::summary::thousands(summary.total_macs)
             );
         }
-        Command::Summary { net, shape, format } => {
-            let graph = load(&net, &build_options(&shape)?)?;
-            let summary = cnnc::summary::summarize(&graph);
+        Command::Summary { net, shape, format, optimized } => {
+            let mut graph = prepare(&net, &shape, shape.batch as usize, None)?;
+            let nodes_before = graph.node_count();
+            if optimized {
+                passes::optimize(&mut graph, OptLevel::O2)?;
+            }
+            let mut summary = cnnc::summary::summarize(&graph);
+            if optimized {
+                summary.optimized = Some(cnnc::summary::optimized_stats(&graph, nodes_before));
+            }
             match format {
                 Format::Table => print!("{}", cnnc::summary::render_table(&summary)),
                 Format::Json => {
@@ -262,7 +293,7 @@ fn run(cli: Cli) -> Result<(), UserError> {
             }
         }
         Command::Ir { net, shape, opt, after, print_after_all } => {
-            let mut graph = load(&net, &build_options(&shape)?)?;
+            let mut graph = prepare(&net, &shape, shape.batch as usize, None)?;
             let mut pipeline = passes::pipeline(opt.level());
             if let Some(after) = &after {
                 let Some(position) = pipeline.iter().position(|p| p.name == after.as_str()) else {
@@ -294,7 +325,7 @@ fn run(cli: Cli) -> Result<(), UserError> {
             build_command(&net, &weights, &shape, opt.level(), &emit, &output)?;
         }
         Command::Graph { net, shape, output } => {
-            let graph = load(&net, &build_options(&shape)?)?;
+            let graph = prepare(&net, &shape, shape.batch as usize, None)?;
             let dot = cnnc::graphviz::to_dot(&graph);
             write_graph(&dot, output.as_deref())?;
         }
@@ -388,18 +419,20 @@ fn not_built(what: &str) -> UserError {
 }
 
 fn run_command(args: &RunArgs) -> Result<(), UserError> {
-    let RunArgs { net, weights, input: specs, output, target, opt, top, labels, mean, std } = args;
+    let RunArgs { net, weights, input: specs, output, target, opt, top, labels, mean, std, shape } = args;
     let (net, output, level, labels) = (net.as_path(), output.as_deref(), opt.level(), labels.as_deref());
     let (mean, std, top) = (mean.as_deref(), std.as_deref(), *top);
     if *target != Target::Reference {
         return Err(not_built(&format!("--target {target:?}").to_lowercase()));
     }
     // Build once to learn the inputs, then again for the input files' batch.
-    let probe = load(net, &BuildOptions::default())?;
+    let probe = prepare(net, shape, 1, None)?;
     let inputs = read_inputs(&probe, specs, mean, std)?;
     let batch = inputs[0].shape[0];
-    let mut graph = load(net, &BuildOptions { batch, input_shape: None })?;
-    bind_weights(&mut graph, weights)?;
+    if shape.batch != 1 && shape.batch as usize != batch {
+        return Err(UserError(format!("error: --batch {} but the input holds {batch} items", shape.batch)));
+    }
+    let mut graph = prepare(net, shape, batch, Some(weights))?;
     passes::optimize(&mut graph, level)?;
     let started = std::time::Instant::now();
     let outputs = cnnc::interp::run(&graph, &graph.weights, &inputs).map_err(|e| UserError(format!("error: {e}")))?;
@@ -482,8 +515,7 @@ fn build_command(
     if let Some(missing) = emit.iter().find(|e| !matches!(e, Emit::Onnx | Emit::Ir | Emit::Dot)) {
         return Err(not_built(&format!("--emit {missing:?}").to_lowercase()));
     }
-    let mut graph = load(net, &build_options(shape)?)?;
-    bind_weights(&mut graph, weights)?;
+    let mut graph = prepare(net, shape, shape.batch as usize, Some(weights))?;
     std::fs::create_dir_all(dir).map_err(|e| UserError(format!("error: cannot create {}: {e}", dir.display())))?;
     let write = |name: String, bytes: &[u8]| -> Result<(), UserError> {
         let path = dir.join(name);

@@ -27,6 +27,40 @@ pub struct Summary {
     pub total_params: u64,
     pub total_macs: u64,
     pub total_output_bytes: u64,
+    /// For an optimized graph: what the passes did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub optimized: Option<OptimizedStats>,
+}
+
+/// What optimization made of a network.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct OptimizedStats {
+    pub nodes_before: usize,
+    pub nodes_after: usize,
+    /// Nodes that are kernels (everything but inputs).
+    pub kernels: usize,
+    /// Kernels that carry a fused epilogue.
+    pub fused_kernels: usize,
+    /// The memory plan's arena, in bytes.
+    pub arena_bytes: u64,
+    /// The sum of all intermediates' sizes (what the arena would be without reuse).
+    pub intermediate_bytes: u64,
+}
+
+/// Node, kernel and memory figures of an optimized graph.
+pub fn optimized_stats(graph: &Graph, nodes_before: usize) -> OptimizedStats {
+    let kernels = graph.node_ids().iter().filter(|&&id| !matches!(graph.node(id).op, Op::Input { .. })).count();
+    let fused_kernels = graph.node_ids().iter().filter(|&&id| !graph.node(id).epilogue.is_empty()).count();
+    let (arena_bytes, intermediate_bytes) =
+        graph.memory.as_ref().map(|m| (m.arena_bytes as u64, m.unplanned_bytes as u64)).unwrap_or((0, 0));
+    OptimizedStats {
+        nodes_before,
+        nodes_after: graph.node_count(),
+        kernels,
+        fused_kernels,
+        arena_bytes,
+        intermediate_bytes,
+    }
 }
 
 /// Multiply-accumulates of one node.
@@ -76,6 +110,7 @@ pub fn summarize(graph: &Graph) -> Summary {
         total_macs: layers.iter().map(|l| l.macs).sum(),
         total_output_bytes: layers.iter().map(|l| l.output_bytes).sum(),
         layers,
+        optimized: None,
     }
 }
 
@@ -147,6 +182,17 @@ pub fn render_table(summary: &Summary) -> String {
             out += &line(&widths.map(|w| "-".repeat(w)));
         }
         out += &line(row);
+    }
+    if let Some(o) = &summary.optimized {
+        out += &format!(
+            "optimized: {} nodes -> {} ({} kernels, {} with fused epilogues); arena {} bytes for {} bytes of intermediates\n",
+            o.nodes_before,
+            o.nodes_after,
+            o.kernels,
+            o.fused_kernels,
+            thousands(o.arena_bytes),
+            thousands(o.intermediate_bytes)
+        );
     }
     out
 }

@@ -92,3 +92,146 @@ fn ir_is_deterministic() {
     assert_eq!(a.stdout, b.stdout);
     assert!(String::from_utf8_lossy(&a.stdout).contains("layer2.0.downsample.1.running_var"));
 }
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("cnnc-cli-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn run_on_an_npy_input_writes_the_output() {
+    let dir = temp_dir("run");
+    let input = dir.join("x.npy");
+    let x = cnnc::weights::random_normal(&[2, 1, 28, 28], 1);
+    std::fs::write(&input, cnnc::io::write_npy(&x)).unwrap();
+    let output = dir.join("y.npy");
+    let out = cnnc(&[
+        "run",
+        "examples/lenet5.cnn",
+        "--random-weights",
+        "--seed",
+        "3",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--top",
+        "2",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let y = cnnc::io::read_npy(&std::fs::read(&output).unwrap()).unwrap();
+    assert_eq!(y.shape, vec![2, 10]);
+    // LeNet ends in softmax: rows sum to 1.
+    for row in y.data.chunks(10) {
+        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("item 1:") && stdout.contains("1. class"), "{stdout}");
+    // -O0 and -O2 agree through the command line too.
+    let output0 = dir.join("y0.npy");
+    let out = cnnc(&[
+        "run",
+        "examples/lenet5.cnn",
+        "--random-weights",
+        "--seed",
+        "3",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output0.to_str().unwrap(),
+        "-O0",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let y0 = cnnc::io::read_npy(&std::fs::read(&output0).unwrap()).unwrap();
+    assert!(cnnc::tensor::relative_l2(&y.data, &y0.data) <= 1e-5);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn bad_inputs_and_weights_exit_1_with_a_message() {
+    let dir = temp_dir("bad");
+    let wrong_shape = dir.join("wrong.npy");
+    std::fs::write(&wrong_shape, cnnc::io::write_npy(&cnnc::weights::random_normal(&[3, 28, 28], 1))).unwrap();
+    let garbage = dir.join("garbage.safetensors");
+    std::fs::write(&garbage, b"\xff\xff\xff\xff\xff\xff\xff\x7fnot a header").unwrap();
+    let truncated = dir.join("truncated.safetensors");
+    let graph =
+        cnnc::front::compile_bytes(&std::fs::read("examples/lenet5.cnn").unwrap(), &Default::default()).unwrap();
+    let good = cnnc::weights::save_safetensors(&cnnc::weights::random_weights(&graph, 1));
+    std::fs::write(&truncated, &good[..good.len() / 2]).unwrap();
+    let other = dir.join("other.safetensors");
+    let resnet =
+        cnnc::front::compile_bytes(&std::fs::read("examples/allcnn_c.cnn").unwrap(), &Default::default()).unwrap();
+    std::fs::write(&other, cnnc::weights::save_safetensors(&cnnc::weights::random_weights(&resnet, 1))).unwrap();
+    let input = dir.join("x.npy");
+    std::fs::write(&input, cnnc::io::write_npy(&cnnc::weights::random_normal(&[1, 28, 28], 1))).unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--random-weights", "--input", wrong_shape.to_str().unwrap()], "[3, 28, 28]"),
+        (vec!["--weights", garbage.to_str().unwrap(), "--input", input.to_str().unwrap()], "garbage.safetensors"),
+        (vec!["--weights", truncated.to_str().unwrap(), "--input", input.to_str().unwrap()], "truncated"),
+        (
+            vec!["--weights", other.to_str().unwrap(), "--input", input.to_str().unwrap()],
+            "missing `fc1.weight` [120, 400]",
+        ),
+        (vec!["--random-weights", "--input", "no/such.npy"], "no/such.npy"),
+        (vec!["--random-weights", "--input", input.to_str().unwrap(), "--target", "gpu"], "not built yet"),
+    ];
+    for (args, expected) in cases {
+        let mut full = vec!["run", "examples/lenet5.cnn"];
+        full.extend(args.iter().copied());
+        let out = cnnc(&full);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: expected `{expected}` in\n{stderr}");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn build_emits_onnx_ir_and_dot() {
+    let dir = temp_dir("build");
+    let out = cnnc(&[
+        "build",
+        "examples/lenet5.cnn",
+        "--random-weights",
+        "--emit",
+        "onnx,ir,dot",
+        "-o",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    for file in ["lenet5.onnx", "lenet5.ir", "lenet5.dot"] {
+        assert!(dir.join(file).metadata().unwrap().len() > 0, "{file}");
+    }
+    let out = cnnc(&["build", "examples/lenet5.cnn", "--random-weights", "--emit", "obj", "-o", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn fully_conv_and_optimized_summaries() {
+    let out =
+        cnnc(&["summary", "examples/vgg16.cnn", "--fully-conv", "--input-shape", "3x384x384", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let layers = json["layers"].as_array().unwrap();
+    assert_eq!(layers.last().unwrap()["shape"], serde_json::json!([1, 1000, 6, 6]));
+    let out = cnnc(&[
+        "summary",
+        "examples/vgg16.cnn",
+        "--fully-conv",
+        "--average",
+        "--input-shape",
+        "3x384x384",
+        "--format",
+        "json",
+    ]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["layers"].as_array().unwrap().last().unwrap()["shape"], serde_json::json!([1, 1000]));
+    let out = cnnc(&["summary", "examples/resnet18.cnn", "--optimized", "--format", "json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let optimized = &json["optimized"];
+    assert!(optimized["arena_bytes"].as_u64().unwrap() < optimized["intermediate_bytes"].as_u64().unwrap());
+    assert!(optimized["nodes_after"].as_u64().unwrap() < optimized["nodes_before"].as_u64().unwrap());
+}

@@ -83,5 +83,54 @@ pub fn verify(graph: &Graph) -> Result<(), String> {
     if graph.outputs.is_empty() {
         problems.push("the graph has no outputs".into());
     }
+    if let Some(plan) = &graph.memory {
+        verify_memory_plan(graph, plan, &mut problems);
+    }
     if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }
+}
+
+/// Checks a memory plan: every intermediate has a slot that holds it, inside the arena,
+/// and two values alive at once never share bytes, except a value computed in place over
+/// an operand that dies at that node.
+fn verify_memory_plan(graph: &Graph, plan: &super::MemoryPlan, problems: &mut Vec<String>) {
+    let Some(order) = graph.topo_order() else { return };
+    let position: std::collections::HashMap<_, _> = order.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    let mut planned = Vec::new();
+    for &id in &order {
+        let node = graph.node(id);
+        let in_arena = !matches!(node.op, Op::Input { .. }) && !graph.is_output(id);
+        match (in_arena, plan.slots.get(&id)) {
+            (true, None) => problems.push(format!("{}: no slot in the memory plan", node.name)),
+            (false, Some(_)) => problems.push(format!("{}: an input or output has an arena slot", node.name)),
+            (true, Some(slot)) => {
+                if slot.bytes < 4 * node.shape.iter().product::<usize>() {
+                    problems.push(format!("{}: slot of {} bytes is too small", node.name, slot.bytes));
+                }
+                if slot.offset + slot.bytes > plan.arena_bytes {
+                    problems.push(format!("{}: slot ends past the arena", node.name));
+                }
+                let birth = position[&id];
+                let death = graph.users(id).iter().map(|u| position[u]).max().unwrap_or(birth);
+                planned.push((id, *slot, birth, death));
+            }
+            (false, None) => {}
+        }
+    }
+    for (i, &(a, slot_a, birth_a, death_a)) in planned.iter().enumerate() {
+        for &(b, slot_b, birth_b, death_b) in &planned[i + 1..] {
+            let disjoint_bytes =
+                slot_a.offset + slot_a.bytes <= slot_b.offset || slot_b.offset + slot_b.bytes <= slot_a.offset;
+            // `b` is born after `a` (topological order); they overlap in time unless `a`
+            // died before `b` was computed.
+            let overlap_in_time = birth_b <= death_a && birth_a <= death_b;
+            let in_place = slot_a == slot_b && death_a == birth_b && graph.op_operands(b).first() == Some(&a);
+            if overlap_in_time && !disjoint_bytes && !in_place {
+                problems.push(format!(
+                    "{} and {} are alive together but share arena bytes",
+                    graph.node(a).name,
+                    graph.node(b).name
+                ));
+            }
+        }
+    }
 }

@@ -2,12 +2,14 @@
 //! changed something), run in an explicit order. Each pass's doc says what it rewrites and
 //! what it leaves alone; `ir::verify` runs after every pass in tests and debug builds.
 
+pub mod convert_fc_to_conv;
 pub mod eliminate_dead_nodes;
 pub mod eliminate_identities;
 pub mod fold_batchnorm;
 pub mod fuse_epilogues;
 pub mod plan_memory;
 
+pub use convert_fc_to_conv::{convert_fc_to_conv, make_fully_convolutional};
 pub use eliminate_dead_nodes::eliminate_dead_nodes;
 pub use eliminate_identities::eliminate_identities;
 pub use fold_batchnorm::fold_batchnorm;
@@ -37,6 +39,7 @@ pub const ALL_PASSES: &[Pass] = &[
     Pass { name: "eliminate_identities", run: eliminate_identities },
     Pass { name: "fold_batchnorm", run: fold_batchnorm },
     Pass { name: "eliminate_dead_nodes", run: eliminate_dead_nodes },
+    Pass { name: "convert_fc_to_conv", run: convert_fc_to_conv },
     Pass { name: "fuse_epilogues", run: fuse_epilogues },
     Pass { name: "plan_memory", run: plan_memory },
 ];
