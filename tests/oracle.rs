@@ -1,6 +1,6 @@
 //! ONNX Runtime as an independent oracle for the reference interpreter.
 //!
-//! For every `examples/*.cnn`, at batch 1 and 2, with random weights and inputs from fixed
+//! For every `examples/*.cnn` and `tests/programs/*.cnn`, at batch 1 and 2, with random weights and inputs from fixed
 //! seeds: the interpreter's outputs must match ONNX Runtime's run of the exported model
 //! (relative L2 error <= 1e-4 on every output, the same argmax in every batch row). The
 //! model is exported with every intermediate value as an extra output, so a failure names
@@ -206,14 +206,21 @@ fn check(python: &Path, source: &str, batch: usize, tmp: &Path) -> Result<Outcom
     }
 }
 
+/// The examples, and the small programs of tests/programs that exercise what the
+/// examples do not (uneven adaptive pools, ceil and count_pad pooling, even-size LRN,
+/// asymmetric `same` padding, groups, dilation, broadcasting, several outputs).
 fn examples() -> Vec<PathBuf> {
-    let dir = repo().join("examples");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "cnn"))
-        .collect();
-    files.sort();
+    let mut files = Vec::new();
+    for dir in ["examples", "tests/programs"] {
+        let dir = repo().join(dir);
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "cnn"))
+            .collect();
+        found.sort();
+        files.extend(found);
+    }
     files
 }
 

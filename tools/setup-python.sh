@@ -19,6 +19,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 
 echo "setup-python: installing numpy and onnxruntime into $venv" >&2
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check numpy onnxruntime
+# Pinned so that oracle results are reproducible; bump deliberately.
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check numpy==2.4.6 onnxruntime==1.31.1
 
 "$venv/bin/python" -c 'import numpy, onnxruntime; print("setup-python: numpy", numpy.__version__, "onnxruntime", onnxruntime.__version__)' >&2
