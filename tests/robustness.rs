@@ -2,7 +2,7 @@
 //! answers with a located diagnostic.
 
 use cnnc::diag::render;
-use cnnc::front::{BuildOptions, compile_bytes};
+use cnnc::front::{compile_bytes, BuildOptions};
 
 fn errors_of(bytes: &[u8]) -> String {
     match compile_bytes(bytes, &BuildOptions::default()) {
@@ -94,5 +94,81 @@ fn truncations_of_a_real_program_never_panic() {
         let mut damaged = source.clone();
         damaged.remove(*i);
         let _ = compile_bytes(damaged.as_bytes(), &BuildOptions::default());
+    }
+}
+
+mod token_soup {
+    //! Random sequences of the language's own tokens (the inputs most likely to reach
+    //! deep into the parser and the elaborator) never make the front end panic.
+    use proptest::prelude::*;
+
+    const TOKENS: &[&str] = &[
+        "network",
+        "block",
+        "input",
+        "output",
+        "repeat",
+        "seq",
+        "in",
+        "n",
+        "x",
+        "y",
+        "conv",
+        "linear",
+        "relu",
+        "add",
+        "concat",
+        "mul",
+        "flatten",
+        "batch_norm",
+        "max_pool",
+        "lrn",
+        "same",
+        "valid",
+        "true",
+        "(",
+        ")",
+        "{",
+        "}",
+        "[",
+        "]",
+        ",",
+        ";",
+        "\n",
+        ":",
+        "=",
+        "|>",
+        "+",
+        "-",
+        "*",
+        "/",
+        "0",
+        "1",
+        "3",
+        "64",
+        "1e9",
+        "0.5",
+        "#c\n",
+        "pad",
+        "stride",
+        "groups",
+        "a",
+        "b",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+        #[test]
+        fn random_token_sequences_never_panic(indices in proptest::collection::vec(0..TOKENS.len(), 0..80)) {
+            let source: String = indices.iter().map(|&i| TOKENS[i]).collect::<Vec<_>>().join(" ");
+            let _ = cnnc::front::compile_source(&source, &cnnc::front::BuildOptions::default());
+        }
+
+        #[test]
+        fn random_networks_of_tokens_never_panic(indices in proptest::collection::vec(0..TOKENS.len(), 0..60)) {
+            let body: String = indices.iter().map(|&i| TOKENS[i]).collect::<Vec<_>>().join(" ");
+            let source = format!("block b(a, b = 2) {{ {body} }}\nnetwork n {{ input x: [3, 16, 16]\n {body}\n b(4) }}");
+            let _ = cnnc::front::compile_source(&source, &cnnc::front::BuildOptions::default());
+        }
     }
 }
