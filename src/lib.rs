@@ -16,6 +16,7 @@
 
 pub mod backend;
 pub mod diag;
+pub mod exec;
 pub mod export;
 pub mod front;
 pub mod graphviz;

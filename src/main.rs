@@ -65,6 +65,121 @@ struct RunArgs {
     shape: ShapeArgs,
 }
 
+#[derive(clap::Args)]
+struct BenchArgs {
+    net: PathBuf,
+    /// Weights as safetensors; random He-normal weights (--seed) when absent.
+    #[arg(long, value_name = "FILE.safetensors")]
+    weights: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    shape: ShapeArgs,
+    #[command(flatten)]
+    opt: OptArgs,
+    /// Executor to time.
+    #[arg(long, value_enum, default_value = "reference")]
+    target: Target,
+    /// Timed runs after the warm-up.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100000))]
+    runs: u32,
+    /// Untimed runs first.
+    #[arg(long, default_value_t = 2)]
+    warmup: u32,
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+}
+
+#[derive(serde::Serialize)]
+struct BenchReport {
+    network: String,
+    target: String,
+    batch: usize,
+    opt_level: String,
+    macs: u64,
+    compile_ms: f64,
+    runs: u32,
+    median_ms: f64,
+    min_ms: f64,
+    gflops: f64,
+    peak_rss_mb: Option<f64>,
+}
+
+/// The process's peak resident memory, from /proc (Linux only).
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn bench_command(args: &BenchArgs) -> Result<(), UserError> {
+    let weights = WeightArgs {
+        source: WeightSource { weights: args.weights.clone(), random_weights: args.weights.is_none() },
+        seed: args.seed,
+        allow_unused_weights: false,
+    };
+    let batch = args.shape.batch as usize;
+    let mut graph = prepare(&args.net, &args.shape, batch, Some(&weights))?;
+    let macs = cnnc::summary::summarize(&graph).total_macs;
+    let inputs: Vec<cnnc::tensor::Tensor> =
+        graph.inputs.iter().map(|&i| cnnc::weights::random_normal(&graph.node(i).shape, args.seed + 1)).collect();
+    let network = graph.name.clone();
+    let started = std::time::Instant::now();
+    passes::optimize(&mut graph, args.opt.level())?;
+    let executor = cnnc::exec::compile(graph, args.target.to_exec()).map_err(|e| UserError(format!("error: {e}")))?;
+    let compile_ms = started.elapsed().as_secs_f64() * 1e3;
+    for _ in 0..args.warmup {
+        executor.run(&inputs).map_err(|e| UserError(format!("error: {e}")))?;
+    }
+    let mut times = Vec::new();
+    for _ in 0..args.runs {
+        let start = std::time::Instant::now();
+        executor.run(&inputs).map_err(|e| UserError(format!("error: {e}")))?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let median_ms = if times.len() % 2 == 1 {
+        times[times.len() / 2]
+    } else {
+        (times[times.len() / 2 - 1] + times[times.len() / 2]) / 2.0
+    };
+    let report = BenchReport {
+        network,
+        target: args.target.to_exec().name().to_string(),
+        batch,
+        opt_level: format!("-O{}", args.opt.opt_level),
+        macs,
+        compile_ms,
+        runs: args.runs,
+        median_ms,
+        min_ms: times[0],
+        gflops: 2.0 * macs as f64 / (median_ms * 1e6),
+        peak_rss_mb: peak_rss_mb(),
+    };
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report).map_err(|e| UserError(e.to_string()))?),
+        Format::Table => {
+            println!(
+                "{} on {} (batch {}, {}): {} MACs",
+                report.network,
+                report.target,
+                report.batch,
+                report.opt_level,
+                cnnc::summary::thousands(report.macs)
+            );
+            println!("  compile  {:10.2} ms (passes and code generation)", report.compile_ms);
+            println!("  median   {:10.3} ms over {} runs after {} warm-up", report.median_ms, report.runs, args.warmup);
+            println!("  min      {:10.3} ms", report.min_ms);
+            println!("  speed    {:10.2} GFLOP/s (2 x MACs / median)", report.gflops);
+            if let Some(mb) = report.peak_rss_mb {
+                println!("  peak RSS {mb:10.1} MB");
+            }
+        }
+    }
+    Ok(())
+}
+
 #[derive(clap::Args, Clone)]
 struct OptArgs {
     /// Optimization level: -O0 runs the IR as written, -O1/-O2 run the pass pipeline.
@@ -107,12 +222,22 @@ struct WeightArgs {
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Debug)]
 enum Target {
-    /// Native code through Cranelift (not built yet).
+    /// Native code through Cranelift.
     Cpu,
-    /// WGSL through wgpu (not built yet).
+    /// WGSL compute shaders through wgpu.
     Gpu,
     /// The reference interpreter: plain loops, the ground truth.
     Reference,
+}
+
+impl Target {
+    fn to_exec(self) -> cnnc::exec::Target {
+        match self {
+            Target::Cpu => cnnc::exec::Target::Cpu,
+            Target::Gpu => cnnc::exec::Target::Gpu,
+            Target::Reference => cnnc::exec::Target::Reference,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Debug)]
@@ -181,6 +306,8 @@ enum Command {
         #[arg(short, long, default_value = ".")]
         output: PathBuf,
     },
+    /// Time a network: warm-up, repeated runs, median and min, GFLOP/s, peak memory.
+    Bench(BenchArgs),
     /// Write the graph in Graphviz DOT (or SVG, through Graphviz's `dot`, for `-o FILE.svg`).
     Graph {
         net: PathBuf,
@@ -321,6 +448,7 @@ fn run(cli: Cli) -> Result<(), UserError> {
             }
         }
         Command::Run(args) => run_command(&args)?,
+        Command::Bench(args) => bench_command(&args)?,
         Command::Build { net, weights, shape, opt, emit, output } => {
             build_command(&net, &weights, &shape, opt.level(), &emit, &output)?;
         }
@@ -422,9 +550,6 @@ fn run_command(args: &RunArgs) -> Result<(), UserError> {
     let RunArgs { net, weights, input: specs, output, target, opt, top, labels, mean, std, shape } = args;
     let (net, output, level, labels) = (net.as_path(), output.as_deref(), opt.level(), labels.as_deref());
     let (mean, std, top) = (mean.as_deref(), std.as_deref(), *top);
-    if *target != Target::Reference {
-        return Err(not_built(&format!("--target {target:?}").to_lowercase()));
-    }
     // Build once to learn the inputs, then again for the input files' batch.
     let probe = prepare(net, shape, 1, None)?;
     let inputs = read_inputs(&probe, specs, mean, std)?;
@@ -434,8 +559,10 @@ fn run_command(args: &RunArgs) -> Result<(), UserError> {
     }
     let mut graph = prepare(net, shape, batch, Some(weights))?;
     passes::optimize(&mut graph, level)?;
+    let output_names: Vec<String> = graph.outputs.iter().map(|o| o.name.clone()).collect();
+    let executor = cnnc::exec::compile(graph, target.to_exec()).map_err(|e| UserError(format!("error: {e}")))?;
     let started = std::time::Instant::now();
-    let outputs = cnnc::interp::run(&graph, &graph.weights, &inputs).map_err(|e| UserError(format!("error: {e}")))?;
+    let outputs = executor.run(&inputs).map_err(|e| UserError(format!("error: {e}")))?;
     let elapsed = started.elapsed();
     let label_names = match labels {
         Some(path) => {
@@ -444,8 +571,8 @@ fn run_command(args: &RunArgs) -> Result<(), UserError> {
         }
         None => None,
     };
-    for (output_spec, tensor) in graph.outputs.iter().zip(&outputs) {
-        println!("{}: {}", output_spec.name, tensor.shape_string());
+    for (name, tensor) in output_names.iter().zip(&outputs) {
+        println!("{name}: {}", tensor.shape_string());
         match top {
             Some(k) if tensor.shape.len() == 2 || tensor.shape[2..].iter().all(|&d| d == 1) => {
                 print_top(tensor, k, label_names.as_deref());
@@ -456,9 +583,9 @@ fn run_command(args: &RunArgs) -> Result<(), UserError> {
             }
         }
     }
-    eprintln!("ran on the reference interpreter in {:.1} ms", elapsed.as_secs_f64() * 1e3);
+    eprintln!("ran on target {} in {:.1} ms", target.to_exec().name(), elapsed.as_secs_f64() * 1e3);
     if let Some(path) = output {
-        write_outputs(path, &graph, &outputs)?;
+        write_outputs(path, &output_names, &outputs)?;
     }
     Ok(())
 }
@@ -489,7 +616,7 @@ fn print_top(tensor: &cnnc::tensor::Tensor, k: usize, labels: Option<&[String]>)
     }
 }
 
-fn write_outputs(path: &Path, graph: &Graph, outputs: &[cnnc::tensor::Tensor]) -> Result<(), UserError> {
+fn write_outputs(path: &Path, names: &[String], outputs: &[cnnc::tensor::Tensor]) -> Result<(), UserError> {
     let write = |file: &Path, tensor: &cnnc::tensor::Tensor| {
         std::fs::write(file, cnnc::io::write_npy(tensor))
             .map_err(|e| UserError(format!("error: cannot write {}: {e}", file.display())))
@@ -498,8 +625,8 @@ fn write_outputs(path: &Path, graph: &Graph, outputs: &[cnnc::tensor::Tensor]) -
         return write(path, &outputs[0]);
     }
     std::fs::create_dir_all(path).map_err(|e| UserError(format!("error: cannot create {}: {e}", path.display())))?;
-    for (spec, tensor) in graph.outputs.iter().zip(outputs) {
-        write(&path.join(format!("{}.npy", spec.name)), tensor)?;
+    for (name, tensor) in names.iter().zip(outputs) {
+        write(&path.join(format!("{name}.npy")), tensor)?;
     }
     Ok(())
 }

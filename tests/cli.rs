@@ -235,3 +235,13 @@ fn fully_conv_and_optimized_summaries() {
     assert!(optimized["arena_bytes"].as_u64().unwrap() < optimized["intermediate_bytes"].as_u64().unwrap());
     assert!(optimized["nodes_after"].as_u64().unwrap() < optimized["nodes_before"].as_u64().unwrap());
 }
+
+#[test]
+fn bench_reports_median_and_gflops() {
+    let out = cnnc(&["bench", "examples/lenet5.cnn", "--runs", "5", "--warmup", "1", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["macs"], 416_520);
+    assert!(json["median_ms"].as_f64().unwrap() >= json["min_ms"].as_f64().unwrap());
+    assert!(json["gflops"].as_f64().unwrap() > 0.0);
+}
