@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""cnnc against ONNX Runtime on the same weights, batch and machine, in one run.
+
+For each network: `cnnc build --emit onnx` writes the model with random weights (fixed
+seed); ONNX Runtime (all graph optimizations on) times it with 1 and 2 threads in a child
+process (session creation time and peak RSS included); `cnnc bench --format json` times
+cnnc's target on the same weights. Prints a Markdown table with medians and the ratio
+cnnc / ORT (below 1.0: cnnc is faster). Run from the repository root:
+
+    .venv/bin/python bench/compare.py [--target cpu] [--batch 1] [--runs 20] [net ...]
+"""
+import argparse, json, os, pathlib, subprocess, sys, tempfile
+
+DEFAULT = ["lenet5", "allcnn_c", "nin", "inception3a", "squeezenet1_1", "resnet18", "alexnet", "resnet50", "vgg16"]
+
+ORT_CHILD = r"""
+import json, resource, sys, time
+import numpy as np, onnxruntime as ort
+model, threads, runs, warmup, batch_input = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+options = ort.SessionOptions()
+options.intra_op_num_threads = threads
+options.inter_op_num_threads = 1
+options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+start = time.perf_counter()
+session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+create_ms = (time.perf_counter() - start) * 1e3
+feed = {i.name: np.random.default_rng(1).standard_normal(i.shape).astype(np.float32) for i in session.get_inputs()}
+for _ in range(warmup):
+    session.run(None, feed)
+times = []
+for _ in range(runs):
+    t = time.perf_counter(); session.run(None, feed); times.append((time.perf_counter() - t) * 1e3)
+times.sort()
+median = times[len(times) // 2] if len(times) % 2 else (times[len(times) // 2 - 1] + times[len(times) // 2]) / 2
+print(json.dumps({"median_ms": median, "min_ms": times[0], "create_ms": create_ms,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cnnc", default="target/release/cnnc")
+    parser.add_argument("--target", default="cpu")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("nets", nargs="*", default=DEFAULT)
+    args = parser.parse_args()
+    env = dict(os.environ)
+    # OPENBLAS settings some machines carry slow numpy down; ORT does not use them.
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for net in args.nets:
+            source = f"examples/{net}.cnn"
+            subprocess.run([args.cnnc, "build", source, "--random-weights", "--seed", "0", "--batch", str(args.batch),
+                            "--emit", "onnx", "-o", tmp], check=True, stderr=subprocess.DEVNULL)
+            name = json.loads(subprocess.run([args.cnnc, "summary", source, "--format", "json"], check=True,
+                                             capture_output=True, text=True).stdout)["network"]
+            model = str(pathlib.Path(tmp) / f"{name}.onnx")
+            ort_results = {}
+            for threads in (1, 2):
+                out = subprocess.run([sys.executable, "-c", ORT_CHILD, model, str(threads), str(args.runs),
+                                      str(args.warmup), "x"], check=True, capture_output=True, text=True, env=env)
+                ort_results[threads] = json.loads(out.stdout)
+            out = subprocess.run([args.cnnc, "bench", source, "--seed", "0", "--batch", str(args.batch), "--target",
+                                  args.target, "--runs", str(args.runs), "--warmup", str(args.warmup),
+                                  "--format", "json"], capture_output=True, text=True)
+            if out.returncode != 0:
+                print(f"{net}: cnnc bench failed: {out.stderr.strip()}", file=sys.stderr)
+                continue
+            cnnc = json.loads(out.stdout)
+            rows.append((net, cnnc, ort_results))
+            os.remove(model)
+    print(f"| model | GMACs | cnnc {args.target} b{args.batch} | ORT 1 thread | ORT 2 threads | ratio to ORT 2 threads "
+          f"| cnnc compile | ORT session | cnnc peak RSS | ORT peak RSS |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for net, c, o in rows:
+        print(f"| {net} | {c['macs'] / 1e9:.3f} | {c['median_ms']:.3f} ms ({c['gflops']:.1f} GFLOP/s) "
+              f"| {o[1]['median_ms']:.3f} ms | {o[2]['median_ms']:.3f} ms | {c['median_ms'] / o[2]['median_ms']:.2f} "
+              f"| {c['compile_ms']:.1f} ms | {o[2]['create_ms']:.1f} ms | {c['peak_rss_mb'] or 0:.0f} MB "
+              f"| {o[2]['peak_rss_mb']:.0f} MB |")
+
+if __name__ == "__main__":
+    main()
