@@ -2,7 +2,7 @@
 //! answers with a located diagnostic.
 
 use cnnc::diag::render;
-use cnnc::front::{compile_bytes, BuildOptions};
+use cnnc::front::{BuildOptions, compile_bytes};
 
 fn errors_of(bytes: &[u8]) -> String {
     match compile_bytes(bytes, &BuildOptions::default()) {

@@ -7,7 +7,7 @@
 //! PyTorch's outputs) was measured with torch installed, see the closing notes of the
 //! reference issue. This test needs no torch.
 
-use cnnc::front::{compile_bytes, BuildOptions};
+use cnnc::front::{BuildOptions, compile_bytes};
 use safetensors::tensor::{Dtype, TensorView};
 
 struct Key {
