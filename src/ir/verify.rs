@@ -123,7 +123,10 @@ fn verify_memory_plan(graph: &Graph, plan: &super::MemoryPlan, problems: &mut Ve
             // `b` is born after `a` (topological order); they overlap in time unless `a`
             // died before `b` was computed.
             let overlap_in_time = birth_b <= death_a && birth_a <= death_b;
-            let in_place = slot_a == slot_b && death_a == birth_b && graph.op_operands(b).first() == Some(&a);
+            let in_place = slot_a == slot_b
+                && death_a == birth_b
+                && graph.op_operands(b).first() == Some(&a)
+                && crate::passes::plan_memory::can_run_in_place(&graph.node(b).op);
             if overlap_in_time && !disjoint_bytes && !in_place {
                 problems.push(format!(
                     "{} and {} are alive together but share arena bytes",

@@ -15,7 +15,8 @@ use crate::ir::{Graph, MemoryPlan, NodeId, Op, Slot};
 
 const ALIGN: usize = 64;
 
-fn can_run_in_place(op: &Op) -> bool {
+/// Whether an op may write its result over its first operand (elementwise ops).
+pub fn can_run_in_place(op: &Op) -> bool {
     matches!(
         op,
         Op::Relu | Op::LeakyRelu { .. } | Op::Sigmoid | Op::Tanh | Op::ScaleShift | Op::Flatten | Op::Dropout { .. }

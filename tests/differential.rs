@@ -1,0 +1,322 @@
+//! Differential tests of the passes: the reference interpreter on the IR as written and on
+//! the `-O1` and `-O2` IR gives the same outputs (relative L2 at most 1e-5, the same
+//! argmax per row of 2-D outputs), on random weights and inputs, for every example
+//! network and every program of `tests/programs`, at batch 1 and 2. Also checks that
+//! every optimized graph verifies, that its memory plan replays (no value is overwritten
+//! while it is still to be read) and that the arena is no larger than the intermediates.
+//!
+//! To keep the run near a minute, batch 2 skips `-O1` ([`levels`]) and the largest
+//! networks ([`BATCH_2_LIMIT`]); `CNNC_DIFFERENTIAL_FULL=1` runs the whole matrix.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use cnnc::front::{BuildOptions, compile_bytes};
+use cnnc::interp;
+use cnnc::ir::{Graph, NodeId, Op, Slot, verify};
+use cnnc::passes::{self, OptLevel};
+use cnnc::tensor::{Tensor, argmax_rows, relative_l2};
+use cnnc::weights::{random_normal, random_weights};
+
+/// The largest relative L2 error an optimized graph's output may have.
+const TOLERANCE: f64 = 1e-5;
+
+/// The seed of the random weights; inputs use `SEED + 1 + input index`.
+const SEED: u64 = 20_240_611;
+
+/// The `.cnn` files of a directory of the crate, sorted.
+fn cnn_files(dir: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "cnn"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn display_name(path: &Path) -> String {
+    let parent = path.parent().and_then(Path::file_name).unwrap_or_default().to_string_lossy();
+    format!("{parent}/{}", path.file_name().unwrap_or_default().to_string_lossy())
+}
+
+/// Builds the program at `batch`.
+fn build(path: &Path, batch: usize) -> Result<Graph, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let options = BuildOptions { batch, ..BuildOptions::default() };
+    compile_bytes(&bytes, &options).map_err(|diags| format!("does not compile: {diags:?}"))
+}
+
+/// Multiply-adds of the convolutions and linear layers: each output value of a weighted
+/// layer takes one per weight of its output channel.
+fn multiply_adds(graph: &Graph) -> usize {
+    graph
+        .node_ids()
+        .into_iter()
+        .map(|id| graph.node(id))
+        .filter(|node| matches!(node.op, Op::Conv(_) | Op::Linear { .. }))
+        .map(|node| node.shape.iter().product::<usize>() * node.params[0].shape[1..].iter().product::<usize>())
+        .sum()
+}
+
+/// Whether `CNNC_DIFFERENTIAL_FULL` asks for every level at every batch size.
+fn full_matrix() -> bool {
+    std::env::var_os("CNNC_DIFFERENTIAL_FULL").is_some()
+}
+
+/// Networks above this many multiply-adds at batch 1 (VGG-16, ResNet-34 and -50) run at
+/// batch 1 only, unless `CNNC_DIFFERENTIAL_FULL` is set: at batch 2 they would take
+/// about a minute together, and batch handling is covered by the smaller networks
+/// (ResNet-18, DenseNet-121, GoogLeNet, ...).
+const BATCH_2_LIMIT: usize = 3_000_000_000;
+
+/// Random N(0, 1) inputs for every input of the graph, in `graph.inputs` order.
+fn random_inputs(graph: &Graph) -> Vec<Tensor> {
+    graph.inputs.iter().enumerate().map(|(i, id)| random_normal(&graph.node(*id).shape, SEED + 1 + i as u64)).collect()
+}
+
+/// Compares the outputs of an optimized graph with the reference outputs; returns one
+/// line per disagreement.
+fn compare_outputs(what: &str, graph: &Graph, reference: &[Tensor], optimized: &[Tensor]) -> Vec<String> {
+    if reference.len() != optimized.len() {
+        return vec![format!("{what}: {} outputs, the unoptimized graph has {}", optimized.len(), reference.len())];
+    }
+    let mut problems = Vec::new();
+    for ((output, expected), actual) in graph.outputs.iter().zip(reference).zip(optimized) {
+        if expected.shape != actual.shape {
+            problems.push(format!(
+                "{what}: output {} has shape {}, expected {}",
+                output.name,
+                actual.shape_string(),
+                expected.shape_string()
+            ));
+            continue;
+        }
+        let error = relative_l2(&actual.data, &expected.data);
+        let within = error <= TOLERANCE; // false for NaN
+        if !within {
+            problems.push(format!("{what}: output {} differs, relative L2 {error:.3e} > {TOLERANCE:e}", output.name));
+        }
+        if expected.shape.len() == 2 && argmax_rows(expected) != argmax_rows(actual) {
+            problems.push(format!(
+                "{what}: output {} argmax {:?}, expected {:?}",
+                output.name,
+                argmax_rows(actual),
+                argmax_rows(expected)
+            ));
+        }
+    }
+    problems
+}
+
+/// The optimization levels checked at a batch size. `-O1` runs a prefix of `-O2`'s
+/// pipeline, so at batch 2 only `-O2` is checked (one interpreter run fewer per program)
+/// unless `CNNC_DIFFERENTIAL_FULL` is set.
+fn levels(batch: usize) -> Vec<OptLevel> {
+    if batch == 1 || full_matrix() { vec![OptLevel::O1, OptLevel::O2] } else { vec![OptLevel::O2] }
+}
+
+/// Checks one program, built at one batch size with weights bound; returns the problems
+/// found and, at `-O2`, the memory plan's (arena, sum of intermediates) in bytes.
+fn check_program(name: &str, original: &Graph, batch: usize) -> (Vec<String>, Option<(usize, usize)>) {
+    let inputs = random_inputs(original);
+    let reference = match interp::run(original, &original.weights, &inputs) {
+        Ok(outputs) => outputs,
+        Err(e) => return (vec![format!("{name} batch {batch} -O0: the interpreter failed: {e}")], None),
+    };
+    let mut problems = Vec::new();
+    let mut memory = None;
+    for level in levels(batch) {
+        let what = format!("{name} batch {batch} {level:?}");
+        let mut optimized = original.clone();
+        if let Err(e) = passes::optimize(&mut optimized, level) {
+            problems.push(format!("{what}: {e}"));
+            continue;
+        }
+        if let Err(e) = verify(&optimized) {
+            problems.push(format!("{what}: the optimized graph does not verify:\n{e}"));
+            continue;
+        }
+        if level == OptLevel::O2 {
+            if let Err(e) = replay_memory_plan(&optimized) {
+                problems.push(format!("{what}: the memory plan does not replay:\n{e}"));
+            }
+            match &optimized.memory {
+                None => problems.push(format!("{what}: no memory plan")),
+                Some(plan) => {
+                    if plan.arena_bytes > plan.unplanned_bytes {
+                        problems.push(format!(
+                            "{what}: the arena ({} bytes) is larger than the sum of the intermediates ({} bytes)",
+                            plan.arena_bytes, plan.unplanned_bytes
+                        ));
+                    }
+                    memory = Some((plan.arena_bytes, plan.unplanned_bytes));
+                }
+            }
+        }
+        match interp::run(&optimized, &optimized.weights, &inputs) {
+            Ok(outputs) => problems.extend(compare_outputs(&what, original, &reference, &outputs)),
+            Err(e) => problems.push(format!("{what}: the interpreter failed: {e}")),
+        }
+    }
+    (problems, memory)
+}
+
+#[test]
+fn optimized_graphs_compute_what_the_source_says() {
+    let started = Instant::now();
+    let mut files = cnn_files("examples");
+    files.extend(cnn_files("tests/programs"));
+    assert!(files.len() > 20, "expected the examples and tests/programs, found {files:?}");
+    let mut problems = Vec::new();
+    for path in &files {
+        let name = display_name(path);
+        let at_batch_1 = match build(path, 1) {
+            Ok(graph) => graph,
+            Err(e) => {
+                problems.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        // Weights do not depend on the batch size.
+        let weights = random_weights(&at_batch_1, SEED);
+        let batches = if multiply_adds(&at_batch_1) <= BATCH_2_LIMIT || full_matrix() { 2 } else { 1 };
+        for batch in 1..=batches {
+            let file_started = Instant::now();
+            let mut graph = match build(path, batch) {
+                Ok(graph) => graph,
+                Err(e) => {
+                    problems.push(format!("{name} batch {batch}: {e}"));
+                    continue;
+                }
+            };
+            graph.weights = weights.clone();
+            let (found, memory) = check_program(&name, &graph, batch);
+            let memory = match memory {
+                Some((arena, sum)) => format!(
+                    "arena {arena:>11} B vs {sum:>11} B summed ({:5.1}%)",
+                    100.0 * arena as f64 / sum.max(1) as f64
+                ),
+                None => "no memory plan".into(),
+            };
+            println!(
+                "{name:<42} batch {batch}: {memory}, {:6.2} s{}",
+                file_started.elapsed().as_secs_f64(),
+                if found.is_empty() { "" } else { "  FAILED" }
+            );
+            problems.extend(found);
+        }
+    }
+    println!("{} programs in {:.1} s", files.len(), started.elapsed().as_secs_f64());
+    assert!(problems.is_empty(), "{} problem(s):\n{}", problems.len(), problems.join("\n"));
+}
+
+#[test]
+fn resnet18_memory_plan_reuses_space() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/resnet18.cnn");
+    let mut graph = compile_bytes(&std::fs::read(path).unwrap(), &BuildOptions::default()).unwrap();
+    passes::optimize(&mut graph, OptLevel::O2).unwrap();
+    verify(&graph).unwrap();
+    let plan = graph.memory.as_ref().expect("-O2 plans memory");
+    assert!(
+        plan.arena_bytes < plan.unplanned_bytes,
+        "arena {} bytes, intermediates {} bytes",
+        plan.arena_bytes,
+        plan.unplanned_bytes
+    );
+}
+
+/// Replays the memory plan in the order the backends run the graph (topological), with
+/// an owner for every 4-byte word of the arena: each value a node reads must still own
+/// its bytes when the node runs, and a node may only write over an operand's bytes when
+/// it computes elementwise in place over exactly that operand's slot (an activation,
+/// scale-shift, flatten, dropout or same-shape merge over its first operand, or a fused
+/// residual add over the residual). Independent of `ir::verify`'s pairwise check.
+fn replay_memory_plan(graph: &Graph) -> Result<(), String> {
+    let plan = graph.memory.as_ref().ok_or("no memory plan")?;
+    let order = graph.topo_order().ok_or("the graph has a cycle")?;
+    let elements = |id: NodeId| graph.node(id).shape.iter().product::<usize>();
+    let mut owner: Vec<Option<NodeId>> = vec![None; plan.arena_bytes.div_ceil(4)];
+    let mut problems = Vec::new();
+    for id in order {
+        let node = graph.node(id);
+        let operands = graph.operands(id);
+        for &operand in &operands {
+            let Some(slot) = plan.slots.get(&operand) else { continue };
+            let words = slot.offset / 4..slot.offset / 4 + elements(operand);
+            if let Some(other) = owner[words].iter().find(|o| **o != Some(operand)) {
+                let other = other.map(|o| graph.node(o).name.clone()).unwrap_or_else(|| "nothing".into());
+                problems.push(format!(
+                    "{} reads {}, whose bytes hold {other} by then",
+                    node.name,
+                    graph.node(operand).name
+                ));
+            }
+        }
+        let Some(slot) = plan.slots.get(&id) else { continue };
+        let n = elements(id);
+        if slot.offset % 4 != 0 || slot.bytes < 4 * n || slot.offset + slot.bytes > plan.arena_bytes {
+            problems.push(format!("{}: slot {slot:?} does not hold {n} floats inside the arena", node.name));
+            continue;
+        }
+        let words = slot.offset / 4..slot.offset / 4 + n;
+        for (position, &operand) in operands.iter().enumerate() {
+            let Some(operand_slot) = plan.slots.get(&operand) else { continue };
+            let operand_words = operand_slot.offset / 4..operand_slot.offset / 4 + elements(operand);
+            if operand_words.start >= words.end || words.start >= operand_words.end {
+                continue;
+            }
+            let is_residual = graph.residual(id) == Some(operand) && position == operands.len() - 1;
+            let elementwise = match node.op {
+                Op::Relu
+                | Op::LeakyRelu { .. }
+                | Op::Sigmoid
+                | Op::Tanh
+                | Op::ScaleShift
+                | Op::Flatten
+                | Op::Dropout { .. }
+                | Op::Dropout2d { .. } => position == 0,
+                Op::Add | Op::Mul => position == 0 && graph.node(operand).shape == node.shape,
+                _ => false,
+            };
+            if operand_words != words || !(elementwise || is_residual) {
+                problems.push(format!(
+                    "{} ({}) writes over the bytes of its operand {} without computing in place over it",
+                    node.name,
+                    node.op.mnemonic(),
+                    graph.node(operand).name
+                ));
+            }
+        }
+        for word in words {
+            owner[word] = Some(id);
+        }
+    }
+    if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }
+}
+
+/// A copy of the graph, planned at `-O2`, whose second conv's slot is moved onto its
+/// input's slot: the conv would overwrite the input it is still reading.
+fn conv_planned_over_its_input() -> Graph {
+    let source = "network n { input x: [2, 6, 6]; a: conv(4, 3, pad=1); b: conv(4, 3, pad=1); c: conv(4, 3, pad=1) }";
+    let mut graph = cnnc::front::compile_source(source, &BuildOptions::default()).unwrap();
+    passes::optimize(&mut graph, OptLevel::O2).unwrap();
+    let by_name = |name: &str| graph.node_ids().into_iter().find(|id| graph.node(*id).name == name).unwrap();
+    let (a, b) = (by_name("a"), by_name("b"));
+    let plan = graph.memory.as_mut().unwrap();
+    let slot_a: Slot = plan.slots[&a];
+    plan.slots.insert(b, slot_a);
+    graph
+}
+
+#[test]
+fn memory_plan_replay_catches_a_conv_writing_over_its_input() {
+    let error = replay_memory_plan(&conv_planned_over_its_input()).unwrap_err();
+    assert!(error.contains("b (conv) writes over the bytes of its operand a"), "{error}");
+}
+
+#[test]
+fn verify_rejects_a_conv_planned_over_its_input() {
+    assert!(verify(&conv_planned_over_its_input()).is_err());
+}
