@@ -87,8 +87,8 @@ pub struct Graph {
     /// The weight values, by parameter name, once bound (empty for a graph built from
     /// source alone). Passes that rewrite parameters rewrite these values with them.
     pub weights: crate::weights::Weights,
-    /// Where every intermediate value lives at run time, once `plan_memory` ran. Passes
-    /// that run after it must not change the graph.
+    /// Where every intermediate value lives at run time, once `plan_memory` ran. Any
+    /// change to the graph's structure drops it (the plan must be made again).
     pub memory: Option<MemoryPlan>,
 }
 
@@ -119,6 +119,7 @@ impl Graph {
 
     /// Adds a node reading `operands` in order.
     pub fn add_node(&mut self, node: Node, operands: &[NodeId]) -> NodeId {
+        self.memory = None;
         let is_input = matches!(node.op, Op::Input { .. });
         let id = NodeId(self.graph.add_node(node));
         for (position, operand) in operands.iter().enumerate() {
@@ -196,17 +197,20 @@ impl Graph {
 
     /// Adds an operand edge; the caller keeps positions `0..n` and shapes consistent.
     pub fn add_edge(&mut self, operand: NodeId, user: NodeId, position: usize) {
+        self.memory = None;
         self.graph.add_edge(operand.0, user.0, position);
     }
 
     /// Removes a node and its edges. The caller keeps the graph consistent.
     pub fn remove_node(&mut self, id: NodeId) -> Option<Node> {
+        self.memory = None;
         self.inputs.retain(|&i| i != id);
         self.graph.remove_node(id.0)
     }
 
     /// Makes every user of `old` (and every output naming it) read `new` instead.
     pub fn replace_all_uses(&mut self, old: NodeId, new: NodeId) {
+        self.memory = None;
         let uses: Vec<(petgraph::stable_graph::EdgeIndex, NodeId, usize)> = self
             .graph
             .edges_directed(old.0, Direction::Outgoing)

@@ -47,53 +47,50 @@ fn reaches(graph: &Graph, from: NodeId, target: NodeId) -> bool {
     false
 }
 
-/// Tries one fusion into `id`; true if the graph changed.
-fn fuse_once(graph: &mut Graph, id: NodeId) -> bool {
+/// Fuses the activation that follows `id` into its epilogue; true if it did.
+fn fuse_activation(graph: &mut Graph, id: NodeId) -> bool {
     let node = graph.node(id);
     if !fusable_kernel(&node.op) || (matches!(node.op, Op::Add) && graph.op_operands(id).len() != 2) {
         return false;
     }
     let Some(user) = sole_user(graph, id) else { return false };
-    let user_node = graph.node(user);
-    if let Some(activation) = Activation::of(&user_node.op) {
-        let epilogue = &graph.node(id).epilogue;
-        let slot_free =
-            if epilogue.residual { epilogue.post_activation.is_none() } else { epilogue.activation.is_none() };
-        if !slot_free {
-            return false;
-        }
-        let epilogue = &mut graph.node_mut(id).epilogue;
-        if epilogue.residual {
-            epilogue.post_activation = Some(activation);
-        } else {
-            epilogue.activation = Some(activation);
-        }
-        replace(graph, user, id);
-        return true;
+    let Some(activation) = Activation::of(&graph.node(user).op) else { return false };
+    let epilogue = &mut graph.node_mut(id).epilogue;
+    let slot = if epilogue.residual { &mut epilogue.post_activation } else { &mut epilogue.activation };
+    if slot.is_some() {
+        return false;
     }
-    let node = graph.node(id);
-    if matches!(user_node.op, Op::Add)
-        && matches!(node.op, Op::Conv(_) | Op::Linear { .. })
-        && !node.epilogue.residual
-        && user_node.epilogue.is_empty()
-        && user_node.shape == node.shape
-    {
-        let add_operands = graph.operands(user);
-        if add_operands.len() != 2 {
-            return false;
-        }
-        let residual = if add_operands[0] == id { add_operands[1] } else { add_operands[0] };
-        if graph.node(residual).shape != node.shape || reaches(graph, id, residual) {
-            return false;
-        }
-        // The residual becomes N's last operand.
-        let position = graph.operands(id).len();
-        graph.add_edge(residual, id, position);
-        graph.node_mut(id).epilogue.residual = true;
-        replace(graph, user, id);
-        return true;
+    *slot = Some(activation);
+    replace(graph, user, id);
+    true
+}
+
+/// Fuses a two-operand `add` into the conv or linear producing one of its operands, the
+/// first operand (the current tensor, as written) preferred; returns that kernel.
+fn fuse_residual(graph: &mut Graph, add: NodeId) -> Option<NodeId> {
+    let add_node = graph.node(add);
+    let operands = graph.operands(add);
+    if !matches!(add_node.op, Op::Add) || operands.len() != 2 || !add_node.epilogue.is_empty() {
+        return None;
     }
-    false
+    for (kernel, residual) in [(operands[0], operands[1]), (operands[1], operands[0])] {
+        let node = graph.node(kernel);
+        let fits = matches!(node.op, Op::Conv(_) | Op::Linear { .. })
+            && !node.epilogue.residual
+            && node.shape == add_node.shape
+            && graph.node(residual).shape == node.shape
+            && sole_user(graph, kernel) == Some(add)
+            && !reaches(graph, kernel, residual);
+        if fits {
+            // The residual becomes the kernel's last operand; the add goes away.
+            let position = graph.operands(kernel).len();
+            graph.add_edge(residual, kernel, position);
+            graph.node_mut(kernel).epilogue.residual = true;
+            replace(graph, add, kernel);
+            return Some(kernel);
+        }
+    }
+    None
 }
 
 /// Removes `old` (whose work `new` now does) and points its users at `new`.
@@ -105,7 +102,14 @@ fn replace(graph: &mut Graph, old: NodeId, new: NodeId) {
 pub fn fuse_epilogues(graph: &mut Graph) -> bool {
     let mut changed = false;
     for id in graph.topo_order().unwrap_or_default() {
-        while graph.contains(id) && fuse_once(graph, id) {
+        if !graph.contains(id) {
+            continue;
+        }
+        // An add fuses into the kernel before it, which then takes the add's activation
+        // (that kernel was visited earlier in the order, so finish it here).
+        let kernel = fuse_residual(graph, id).unwrap_or(id);
+        changed |= kernel != id;
+        while fuse_activation(graph, kernel) {
             changed = true;
         }
     }
