@@ -170,12 +170,15 @@ fn every_pass_is_idempotent_on_every_example() {
 }
 
 #[test]
-fn resnet18_at_o2_has_no_batchnorm_and_no_dropout() {
+fn resnet18_at_o2_has_no_batchnorm_no_dropout_and_fused_residual_adds() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/resnet18.cnn");
     let mut graph = compile_bytes(&std::fs::read(path).unwrap(), &BuildOptions::default()).unwrap();
     passes::optimize(&mut graph, OptLevel::O2).unwrap();
     let text = print(&graph);
     assert!(!text.contains("batch_norm") && !text.contains("dropout"), "{text}");
+    // Every residual add ran inside the conv before it (8 basic blocks).
+    assert!(!text.contains("= add("), "{text}");
+    assert_eq!(text.matches("-> add %").count(), 8, "{text}");
 }
 
 #[test]
