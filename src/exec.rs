@@ -45,12 +45,23 @@ impl Executor for Reference {
     }
 }
 
+impl Executor for crate::backend::wgsl::GpuModel {
+    fn target(&self) -> Target {
+        Target::Gpu
+    }
+    fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
+        crate::backend::wgsl::GpuModel::run(self, inputs)
+    }
+}
+
 /// Compiles a graph (optimized as the caller chose, weights bound) for a target.
 pub fn compile(graph: Graph, target: Target) -> Result<Box<dyn Executor>, String> {
     match target {
         Target::Reference => Ok(Box::new(Reference { graph })),
-        Target::Cpu | Target::Gpu => {
-            Err(format!("--target {} is not built yet in this version of cnnc; use --target reference", target.name()))
-        }
+        Target::Gpu => Ok(Box::new(crate::backend::wgsl::compile_gpu(&graph)?)),
+        Target::Cpu => Err(format!(
+            "--target {} is not built yet in this version of cnnc; use --target reference or gpu",
+            target.name()
+        )),
     }
 }

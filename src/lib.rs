@@ -27,3 +27,6 @@ pub mod passes;
 pub mod summary;
 pub mod tensor;
 pub mod weights;
+
+/// The GPU runtime: WGSL kernels run through wgpu.
+pub use backend::wgsl as gpu;

@@ -695,8 +695,41 @@ fn write_graph(dot: &str, output: Option<&Path>) -> Result<(), UserError> {
     std::fs::write(path, dot).map_err(write_error)
 }
 
+/// Mesa's Vulkan loader complains on stderr when XDG_RUNTIME_DIR is unset (common in
+/// containers and CI); give it a private directory before any thread starts.
+fn ensure_runtime_dir() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_some() {
+        return;
+    }
+    // One directory per user, reused across runs.
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(1).map(String::from))
+        })
+        .unwrap_or_else(|| "user".into());
+    let dir = std::env::temp_dir().join(format!("cnnc-runtime-{uid}"));
+    if std::fs::create_dir_all(&dir).is_ok() {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        }
+        // SAFETY: called first thing in `main`, before any other thread exists.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let uses_gpu = match &cli.command {
+        Command::Run(args) => args.target == Target::Gpu,
+        Command::Bench(args) => args.target == Target::Gpu,
+        _ => false,
+    };
+    if uses_gpu {
+        ensure_runtime_dir();
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(UserError(message)) => {

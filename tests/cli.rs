@@ -175,7 +175,6 @@ fn bad_inputs_and_weights_exit_1_with_a_message() {
             "missing `fc1.weight` [120, 400]",
         ),
         (vec!["--random-weights", "--input", "no/such.npy"], "no/such.npy"),
-        (vec!["--random-weights", "--input", input.to_str().unwrap(), "--target", "gpu"], "not built yet"),
     ];
     for (args, expected) in cases {
         let mut full = vec!["run", "examples/lenet5.cnn"];

@@ -1,1 +1,13 @@
-//! (being written)
+//! The GPU backend: WGSL compute shaders specialized from the templates in `shaders/`,
+//! validated by naga, run through wgpu.
+//!
+//! [`emit::plan`] turns an optimized graph into a [`emit::Plan`]: buffer layout and one
+//! specialized, naga-validated kernel per node. [`runtime`] creates the device, uploads
+//! the weights, builds every pipeline once and runs all dispatches of an inference in
+//! one compute pass.
+
+pub mod emit;
+pub mod runtime;
+
+pub use emit::{ConvKernel, DeviceLimits, Kernel, Plan, plan, validate_wgsl};
+pub use runtime::{GpuModel, GpuOptions, adapter_available, compile_gpu, compile_gpu_with};

@@ -1,0 +1,46 @@
+// Max or average pooling over a window, PyTorch's way, one output value per invocation.
+// The window starts at oh*SH - PT (it may start in the padding) and is clipped to the
+// padded input; max pooling takes the maximum of the real positions (NaN wins), average
+// pooling divides their sum by their count, or with COUNT_PAD by the clipped window's
+// size. Global max pooling is the case of a window as large as the input.
+//
+// Constants: TOTAL, H, W, OH, OW, KH, KW, SH, SW, PT, PL, PB, PR, IS_MAX, COUNT_PAD.
+
+@compute @workgroup_size(WG)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) num_workgroups: vec3<u32>) {
+    let i = flat_index(gid, num_workgroups);
+    if (i >= TOTAL) {
+        return;
+    }
+    let ow = i % OW;
+    let oh = (i / OW) % OH;
+    let plane = i / (OW * OH);
+    let h_start = i32(oh * SH) - i32(PT);
+    let w_start = i32(ow * SW) - i32(PL);
+    let h_end = min(h_start + i32(KH), i32(H + PB));
+    let w_end = min(w_start + i32(KW), i32(W + PR));
+    let h0 = max(h_start, 0);
+    let w0 = max(w_start, 0);
+    let h1 = min(h_end, i32(H));
+    let w1 = min(w_end, i32(W));
+    var best = negative_infinity();
+    var sum = 0.0;
+    for (var ih = h0; ih < h1; ih += 1) {
+        for (var iw = w0; iw < w1; iw += 1) {
+            let v = load_x((plane * H + u32(ih)) * W + u32(iw));
+            if (v > best || v != v) {
+                best = v;
+            }
+            sum += v;
+        }
+    }
+    var result = best;
+    if (!IS_MAX) {
+        var count = max(h1 - h0, 0) * max(w1 - w0, 0);
+        if (COUNT_PAD) {
+            count = (h_end - h_start) * (w_end - w_start);
+        }
+        result = sum / f32(count);
+    }
+    store_y(i, epilogue(i, result));
+}

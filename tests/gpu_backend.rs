@@ -1,0 +1,426 @@
+//! The GPU backend against the reference interpreter, and naga on every emitted kernel.
+//!
+//! For every `examples/*.cnn` and `tests/programs/*.cnn`, optimized at O2 with random
+//! weights and inputs from fixed seeds: the outputs of the WGSL kernels run through wgpu
+//! must match the interpreter's on the same graph (relative L2 error <= 1e-4 on every
+//! output, the same argmax in every batch row). Every network runs at batch 1 with the
+//! direct convolution kernel (the default on CPU adapters); the small ones (inputs of at
+//! most 32x32, i.e. the CIFAR and LeNet networks, and the test programs) also at batch 4,
+//! and at batch 1 with the tiled kernel (the default on GPUs). The ImageNet networks stay
+//! at batch 1 because lavapipe, the software Vulkan driver CI uses, computes a few
+//! GFLOP/s. Besides: VGG-16 (its 411 MB fc weight spans several bindings), LeNet-5 laid
+//! out for tiny limits (every large tensor split over bindings and buffers), unoptimized
+//! graphs (batch norms, dropouts, no memory plan), a deterministic sweep of convolution
+//! shapes and epilogues on both kernels, and bad inputs.
+//!
+//! Without an adapter the GPU tests print a loud skip line and pass, unless
+//! `CNNC_REQUIRE_GPU=1` (CI). `CNNC_GPU_FILTER=substring` limits the runs to the files
+//! whose name holds it. The naga test needs no adapter. The GPU tests take turns on the
+//! device (a lock), so the times they print are not disturbed by each other.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, Once};
+use std::time::Instant;
+
+use cnnc::backend::wgsl::{self, ConvKernel, DeviceLimits, GpuOptions};
+use cnnc::front::{BuildOptions, compile_source};
+use cnnc::ir::Graph;
+use cnnc::passes::{OptLevel, optimize};
+use cnnc::tensor::{Tensor, argmax_rows, relative_l2};
+
+const TOLERANCE: f64 = 1e-4;
+const WEIGHT_SEED: u64 = 0x5eed;
+const INPUT_SEED: u64 = 0x1e9;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `.cnn` files of a directory of the repository, sorted, filtered by
+/// `CNNC_GPU_FILTER`.
+fn programs(directory: &str) -> Vec<(String, String)> {
+    let filter = std::env::var("CNNC_GPU_FILTER").unwrap_or_default();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join(directory))
+        .expect("read the directory")
+        .map(|entry| entry.expect("a directory entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "cnn"))
+        .filter(|path| path.file_name().is_some_and(|n| n.to_string_lossy().contains(&filter)))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let name = path.file_name().expect("a file name").to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(&path).expect("read the program"))
+        })
+        .collect()
+}
+
+/// wgpu's Vulkan loader warns when XDG_RUNTIME_DIR is unset; give it a private one.
+fn quiet_environment() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+            let dir = std::env::temp_dir().join(format!("cnnc-gpu-xdg-{}", std::process::id()));
+            if std::fs::create_dir_all(&dir).is_ok() {
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+                }
+                // SAFETY: called once, before this test binary starts any wgpu thread.
+                unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
+            }
+        }
+    });
+}
+
+/// Held by every test that runs on the GPU: one software device at a time gets all the
+/// cores (lavapipe runs a dispatch on every core), and the times printed mean something.
+static GPU: Mutex<()> = Mutex::new(());
+
+/// The GPU, for the calling test: the lock, if there is an adapter. Without one, fails
+/// under `CNNC_REQUIRE_GPU=1` and otherwise says loudly that the test skips.
+fn gpu_present(test: &str) -> Option<MutexGuard<'static, ()>> {
+    quiet_environment();
+    let guard = GPU.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if wgsl::adapter_available() {
+        return Some(guard);
+    }
+    if std::env::var("CNNC_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+        panic!("{test}: no GPU adapter, and CNNC_REQUIRE_GPU=1 requires one (install mesa-vulkan-drivers)");
+    }
+    eprintln!("\n!!!!! SKIPPED {test}: no GPU adapter (Vulkan, Metal or DX12) found. !!!!!\n");
+    None
+}
+
+/// The source compiled at `batch`, bound to random weights, optimized at `level`.
+fn graph_at(source: &str, batch: usize, level: OptLevel) -> Result<Graph, String> {
+    let mut graph = compile_source(source, &BuildOptions { batch, ..Default::default() })
+        .map_err(|d| format!("does not compile: {:?}", d.first().map(|d| &d.message)))?;
+    graph.weights = cnnc::weights::random_weights(&graph, WEIGHT_SEED);
+    optimize(&mut graph, level)?;
+    Ok(graph)
+}
+
+fn optimized_graph(source: &str, batch: usize) -> Result<Graph, String> {
+    graph_at(source, batch, OptLevel::O2)
+}
+
+fn random_inputs(graph: &Graph) -> Vec<Tensor> {
+    graph
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(k, &id)| cnnc::weights::random_normal(&graph.node(id).shape, INPUT_SEED + k as u64))
+        .collect()
+}
+
+/// Whether a network is small enough to run at batch 4 too on a software driver.
+fn is_small(source: &str) -> bool {
+    match compile_source(source, &BuildOptions::default()) {
+        Ok(graph) => graph.inputs.iter().all(|&id| {
+            let shape = &graph.node(id).shape;
+            shape.iter().skip(2).product::<usize>() <= 32 * 32
+        }),
+        Err(_) => false,
+    }
+}
+
+/// What one run found, for the report.
+struct Outcome {
+    error: f64,
+    dispatches: usize,
+    pipelines: usize,
+    compile_seconds: f64,
+    first_run_seconds: f64,
+    gpu_seconds: f64,
+    interp_seconds: f64,
+}
+
+/// Runs one network at one batch size, optimized at O2, on the GPU and through the
+/// interpreter; `Err` describes the disagreement.
+fn check(source: &str, batch: usize, options: &GpuOptions) -> Result<Outcome, String> {
+    check_graph(optimized_graph(source, batch)?, options)
+}
+
+fn check_graph(graph: Graph, options: &GpuOptions) -> Result<Outcome, String> {
+    let inputs = random_inputs(&graph);
+    let started = Instant::now();
+    let model = wgsl::compile_gpu_with(&graph, options)?;
+    let compile_seconds = started.elapsed().as_secs_f64();
+    // The first run pays for the drivers' lazy work; time the second apart.
+    let started = Instant::now();
+    model.run(&inputs)?;
+    let first_run_seconds = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let gpu = model.run(&inputs)?;
+    let gpu_seconds = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let reference = cnnc::interp::run(&graph, &graph.weights, &inputs).map_err(|e| e.to_string())?;
+    let interp_seconds = started.elapsed().as_secs_f64();
+
+    let mut worst = 0.0f64;
+    for ((output, got), want) in graph.outputs.iter().zip(&gpu).zip(&reference) {
+        if got.shape != want.shape {
+            return Err(format!("output `{}`: shape {:?}, expected {:?}", output.name, got.shape, want.shape));
+        }
+        let error = relative_l2(&got.data, &want.data);
+        if error.is_nan() || error > TOLERANCE {
+            return Err(format!("output `{}`: relative L2 error {error:.3e} > {TOLERANCE:e}", output.name));
+        }
+        if argmax_rows(got) != argmax_rows(want) {
+            return Err(format!(
+                "output `{}`: argmax {:?}, expected {:?} (relative L2 error {error:.3e})",
+                output.name,
+                argmax_rows(got),
+                argmax_rows(want)
+            ));
+        }
+        worst = worst.max(error);
+    }
+    Ok(Outcome {
+        error: worst,
+        dispatches: model.plan().kernels.len(),
+        pipelines: model.pipeline_count(),
+        compile_seconds,
+        first_run_seconds,
+        gpu_seconds,
+        interp_seconds,
+    })
+}
+
+/// Checks every program of a directory; panics at the end listing every failure.
+fn check_directory(directory: &str, test: &str, skip: &[&str]) {
+    let Some(_gpu) = gpu_present(test) else { return };
+    let mut failures = Vec::new();
+    for (name, source) in programs(directory) {
+        if skip.contains(&name.as_str()) {
+            continue;
+        }
+        let batches: &[usize] = if is_small(&source) { &[1, 4] } else { &[1] };
+        // The tiled kernel (GPUs' default) at batch 1 on the small networks only: it is
+        // twice as slow as the direct one on lavapipe, and convolution_variants_match and
+        // the split test cover its shapes, batches and grids.
+        let tiled_batches: &[usize] = if is_small(&source) { &[1] } else { &[] };
+        for (conv_kernel, batches) in [(ConvKernel::Direct, batches), (ConvKernel::Tiled, tiled_batches)] {
+            for &batch in batches {
+                let options = GpuOptions { conv_kernel: Some(conv_kernel), ..Default::default() };
+                let run = format!("{name} batch {batch} {conv_kernel:?}");
+                match check(&source, batch, &options) {
+                    Ok(o) => eprintln!(
+                        "{run}: relative L2 {:.2e}, {} dispatches ({} pipelines), load {:.2}s, \
+                         first run {:.3}s, run {:.3}s, interpreter {:.3}s",
+                        o.error,
+                        o.dispatches,
+                        o.pipelines,
+                        o.compile_seconds,
+                        o.first_run_seconds,
+                        o.gpu_seconds,
+                        o.interp_seconds
+                    ),
+                    Err(e) => {
+                        eprintln!("{run}: FAILED: {e}");
+                        failures.push(format!("{run}: {e}"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn every_kernel_of_every_network_validates_with_naga() {
+    let mut failures = Vec::new();
+    let mut kernels = 0;
+    for directory in ["examples", "tests/programs"] {
+        for (name, source) in programs(directory) {
+            for batch in [1, 4] {
+                let graph = match optimized_graph(&source, batch) {
+                    Ok(graph) => graph,
+                    Err(e) => {
+                        failures.push(format!("{directory}/{name} batch {batch}: {e}"));
+                        continue;
+                    }
+                };
+                for conv_kernel in [ConvKernel::Direct, ConvKernel::Tiled] {
+                    match wgsl::plan(&graph, &DeviceLimits::default(), conv_kernel) {
+                        Ok(plan) => kernels += plan.kernels.len(),
+                        Err(e) => failures.push(format!("{directory}/{name} batch {batch} {conv_kernel:?}: {e}")),
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("{kernels} kernels validated");
+    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn examples_match_the_reference() {
+    // VGG-16 has a test of its own: it is the slowest, and the one with the 411 MB weight.
+    check_directory("examples", "examples_match_the_reference", &["vgg16.cnn"]);
+}
+
+#[test]
+fn programs_match_the_reference() {
+    check_directory("tests/programs", "programs_match_the_reference", &[]);
+}
+
+#[test]
+fn vgg16_runs_with_its_large_weight_split_over_bindings() {
+    let filter = std::env::var("CNNC_GPU_FILTER").unwrap_or_default();
+    if !"vgg16.cnn".contains(&filter) {
+        return;
+    }
+    let Some(_gpu) = gpu_present("vgg16_runs_with_its_large_weight_split_over_bindings") else { return };
+    let source = std::fs::read_to_string(repo().join("examples/vgg16.cnn")).expect("read vgg16.cnn");
+    let graph = optimized_graph(&source, 1).expect("vgg16 compiles");
+    let plan = wgsl::plan(&graph, &DeviceLimits::default(), ConvKernel::Direct).expect("vgg16 plans");
+    let fc1 = plan.kernels.iter().find(|k| k.template == "linear").expect("a linear layer");
+    assert!(fc1.bindings.len() >= 6, "fc1's 411 MB weight must span several bindings: {:?}", fc1.bindings);
+    drop(graph);
+    let outcome = check(&source, 1, &GpuOptions::default()).unwrap_or_else(|e| panic!("vgg16: {e}"));
+    eprintln!(
+        "vgg16 batch 1: relative L2 {:.2e}, load {:.2}s, first run {:.2}s, run {:.2}s, interpreter {:.2}s",
+        outcome.error, outcome.compile_seconds, outcome.first_run_seconds, outcome.gpu_seconds, outcome.interp_seconds
+    );
+}
+
+#[test]
+fn tensors_split_over_small_bindings_and_buffers_still_match() {
+    let Some(_gpu) = gpu_present("tensors_split_over_small_bindings_and_buffers_still_match") else { return };
+    // LeNet-5's fc1 weight is 192,000 bytes: over bindings of at most 64 KiB and buffers
+    // of at most 128 KiB it is cut in pieces, and so are its activations.
+    let limits = DeviceLimits {
+        max_storage_buffer_binding_size: 64 << 10,
+        max_buffer_size: 128 << 10,
+        min_storage_buffer_offset_alignment: 256,
+        max_storage_buffers_per_shader_stage: 16,
+        max_compute_workgroups_per_dimension: 64,
+    };
+    let source = std::fs::read_to_string(repo().join("examples/lenet5.cnn")).expect("read lenet5.cnn");
+    let graph = optimized_graph(&source, 4).expect("lenet5 compiles");
+    let plan = wgsl::plan(&graph, &limits, ConvKernel::Direct).expect("lenet5 plans");
+    assert!(plan.weight_buffer_bytes.len() > 1, "{:?}", plan.weight_buffer_bytes);
+    let fc1 = plan.kernels.iter().find(|k| k.layer == "fc1").expect("fc1");
+    assert!(fc1.bindings.iter().filter(|b| b.read_only).count() > 3, "{:?}", fc1.bindings);
+    assert!(plan.kernels.iter().any(|k| k.workgroups[1] > 1), "a two-dimensional grid");
+    for batch in [1, 4] {
+        for conv_kernel in [ConvKernel::Direct, ConvKernel::Tiled] {
+            let options = GpuOptions { limits: Some(limits), conv_kernel: Some(conv_kernel) };
+            check(&source, batch, &options).unwrap_or_else(|e| panic!("lenet5 batch {batch} {conv_kernel:?}: {e}"));
+        }
+    }
+}
+
+#[test]
+fn unoptimized_graphs_match_too() {
+    // At O0 the graph still has batch norms, dropouts and standalone activations, and
+    // no memory plan: every value gets a slot of its own.
+    let Some(_gpu) = gpu_present("unoptimized_graphs_match_too") else { return };
+    let mut failures = Vec::new();
+    let mut sources = programs("tests/programs");
+    sources.extend(
+        programs("examples").into_iter().filter(|(name, _)| ["lenet5.cnn", "nin.cnn"].contains(&name.as_str())),
+    );
+    for (name, source) in sources {
+        match graph_at(&source, 2, OptLevel::O0).and_then(|graph| check_graph(graph, &GpuOptions::default())) {
+            Ok(o) => eprintln!("{name} O0 batch 2: relative L2 {:.2e}", o.error),
+            Err(e) => failures.push(format!("{name} O0 batch 2: {e}")),
+        }
+    }
+    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
+}
+
+/// A small deterministic generator (64-bit LCG), so the sweep is the same every run.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 33) % n as u64) as usize
+    }
+}
+
+#[test]
+fn convolution_variants_match() {
+    // Shapes that stress the 8-channel x 4-column blocks of conv.wgsl: channel counts
+    // that are not multiples of 8, groups, widths that are not multiples of 4, strides,
+    // dilations, rectangular kernels, padding wider than the kernel reach, and every
+    // epilogue (activation, residual, activation after the residual).
+    let Some(_gpu) = gpu_present("convolution_variants_match") else { return };
+    let mut rng = Lcg(0xc0417);
+    let activations = ["relu", "leaky_relu(0.2)", "sigmoid", "tanh"];
+    let mut failures = Vec::new();
+    let mut cases = 0;
+    let mut fused_residuals = 0;
+    while cases < 40 {
+        let groups = [1, 1, 2, 3][rng.below(4)];
+        let in_channels = groups * (1 + rng.below(6));
+        let out_channels = groups * (1 + rng.below(12));
+        let (kh, kw) = (1 + rng.below(5), 1 + rng.below(5));
+        let (sh, sw) = (1 + rng.below(3), 1 + rng.below(3));
+        let (dh, dw) = (1 + rng.below(2), 1 + rng.below(2));
+        let (ph, pw) = (rng.below(kh + 1), rng.below(kw + 1));
+        let (h, w) = (1 + rng.below(13), 1 + rng.below(13));
+        let reach = |k: usize, d: usize, p: usize, n: usize| n + 2 * p > d * (k - 1);
+        if !reach(kh, dh, ph, h) || !reach(kw, dw, pw, w) {
+            continue;
+        }
+        let bias = if rng.below(2) == 0 { "true" } else { "false" };
+        let activation = activations[rng.below(activations.len())];
+        let conv = format!(
+            "conv({out_channels}, ({kh}, {kw}), stride=({sh}, {sw}), pad=({ph}, {pw}), \
+             dilation=({dh}, {dw}), groups={groups}, bias={bias})"
+        );
+        // Every other case adds a residual: a 1x1 conv of the input to the same shape.
+        let body = if cases % 2 == 0 {
+            format!("    y = x |> {conv} |> {activation}\n    output y\n")
+        } else {
+            let shortcut = format!("conv({out_channels}, 1, stride=({sh}, {sw}), pad=0, bias=false)");
+            let same = (kh - 1) * dh == 2 * ph && (kw - 1) * dw == 2 * pw;
+            if !same {
+                continue;
+            }
+            format!(
+                "    a = x |> {conv} |> {activation}\n    b = x |> {shortcut}\n    \
+                 y = add(a, b) |> relu\n    output y\n"
+            )
+        };
+        let source = format!("network sweep {{\n    input x: [{in_channels}, {h}, {w}]\n{body}}}\n");
+        cases += 1;
+        let batch = 1 + rng.below(3);
+        for conv_kernel in [ConvKernel::Direct, ConvKernel::Tiled] {
+            let options = GpuOptions { conv_kernel: Some(conv_kernel), ..Default::default() };
+            let result = optimized_graph(&source, batch).and_then(|graph| {
+                if conv_kernel == ConvKernel::Direct {
+                    fused_residuals += graph.node_ids().iter().filter(|&&id| graph.node(id).epilogue.residual).count();
+                }
+                check_graph(graph, &options)
+            });
+            if let Err(e) = result {
+                failures.push(format!("{conv_kernel:?}, batch {batch}, {source}: {e}"));
+            }
+        }
+    }
+    eprintln!("{cases} convolution variants, {fused_residuals} with a fused residual");
+    assert!(fused_residuals >= 20, "the sweep should exercise fused residuals");
+    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn wrong_inputs_are_errors_not_panics() {
+    let Some(_gpu) = gpu_present("wrong_inputs_are_errors_not_panics") else { return };
+    let source = std::fs::read_to_string(repo().join("examples/lenet5.cnn")).expect("read lenet5.cnn");
+    let graph = optimized_graph(&source, 2).expect("lenet5 compiles");
+    let model = wgsl::compile_gpu(&graph).expect("lenet5 compiles for the GPU");
+    let wrong_shape = cnnc::weights::random_normal(&[1, 1, 28, 28], INPUT_SEED);
+    let error = model.run(&[wrong_shape]).expect_err("a batch of 1 for a batch-2 model");
+    assert!(error.contains("must have shape"), "{error}");
+    let error = model.run(&[]).expect_err("no inputs");
+    assert!(error.contains("takes 1 input"), "{error}");
+    // The model still runs afterwards.
+    model.run(&random_inputs(&graph)).expect("a good run after bad ones");
+}
