@@ -45,6 +45,15 @@ impl Executor for Reference {
     }
 }
 
+impl Executor for crate::backend::clif::JitModel {
+    fn target(&self) -> Target {
+        Target::Cpu
+    }
+    fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
+        crate::backend::clif::JitModel::run(self, inputs)
+    }
+}
+
 impl Executor for crate::backend::wgsl::GpuModel {
     fn target(&self) -> Target {
         Target::Gpu
@@ -59,9 +68,6 @@ pub fn compile(graph: Graph, target: Target) -> Result<Box<dyn Executor>, String
     match target {
         Target::Reference => Ok(Box::new(Reference { graph })),
         Target::Gpu => Ok(Box::new(crate::backend::wgsl::compile_gpu(&graph)?)),
-        Target::Cpu => Err(format!(
-            "--target {} is not built yet in this version of cnnc; use --target reference or gpu",
-            target.name()
-        )),
+        Target::Cpu => Ok(Box::new(crate::backend::clif::compile_jit(&graph)?)),
     }
 }

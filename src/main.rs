@@ -44,8 +44,8 @@ struct RunArgs {
     /// Output .npy (one output) or directory (several outputs, one NAME.npy each).
     #[arg(long, value_name = "Y.npy|DIR")]
     output: Option<PathBuf>,
-    /// Executor. Only the reference interpreter exists today; cpu and gpu are the next backends.
-    #[arg(long, value_enum, default_value = "reference")]
+    /// Executor: native code (cpu, the default), the GPU (gpu), or the reference interpreter.
+    #[arg(long, value_enum, default_value = "cpu")]
     target: Target,
     #[command(flatten)]
     opt: OptArgs,
@@ -65,6 +65,37 @@ struct RunArgs {
     shape: ShapeArgs,
 }
 
+#[derive(Clone, Copy, ValueEnum, PartialEq, Debug)]
+enum BuildTarget {
+    /// A relocatable object and a C header (Cranelift).
+    Cpu,
+    /// WGSL shaders and a dispatch plan (not written to files yet).
+    Gpu,
+}
+
+#[derive(clap::Args)]
+struct BuildArgs {
+    net: PathBuf,
+    #[command(flatten)]
+    weights: WeightArgs,
+    #[command(flatten)]
+    shape: ShapeArgs,
+    #[command(flatten)]
+    opt: OptArgs,
+    #[arg(long, value_enum, default_value = "cpu")]
+    target: BuildTarget,
+    /// What to write (default for --target cpu: obj,header).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    emit: Vec<Emit>,
+    /// Build the object for another machine, e.g. aarch64-unknown-linux-gnu or
+    /// x86_64-unknown-linux-gnu (baseline x86-64-v2); default: this machine's CPU.
+    #[arg(long, value_name = "TRIPLE")]
+    target_triple: Option<String>,
+    /// Output directory.
+    #[arg(short, long, default_value = ".")]
+    output: PathBuf,
+}
+
 #[derive(clap::Args)]
 struct BenchArgs {
     net: PathBuf,
@@ -78,7 +109,7 @@ struct BenchArgs {
     #[command(flatten)]
     opt: OptArgs,
     /// Executor to time.
-    #[arg(long, value_enum, default_value = "reference")]
+    #[arg(long, value_enum, default_value = "cpu")]
     target: Target,
     /// Timed runs after the warm-up.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100000))]
@@ -291,21 +322,7 @@ enum Command {
     /// Run a network on an input (.npy or PNG/JPEG image).
     Run(RunArgs),
     /// Build artifacts: today ONNX (`--emit onnx`), the IR and the graph.
-    Build {
-        net: PathBuf,
-        #[command(flatten)]
-        weights: WeightArgs,
-        #[command(flatten)]
-        shape: ShapeArgs,
-        #[command(flatten)]
-        opt: OptArgs,
-        /// What to write.
-        #[arg(long, value_enum, value_delimiter = ',', default_value = "onnx")]
-        emit: Vec<Emit>,
-        /// Output directory.
-        #[arg(short, long, default_value = ".")]
-        output: PathBuf,
-    },
+    Build(BuildArgs),
     /// Time a network: warm-up, repeated runs, median and min, GFLOP/s, peak memory.
     Bench(BenchArgs),
     /// Write the graph in Graphviz DOT (or SVG, through Graphviz's `dot`, for `-o FILE.svg`).
@@ -449,9 +466,7 @@ fn run(cli: Cli) -> Result<(), UserError> {
         }
         Command::Run(args) => run_command(&args)?,
         Command::Bench(args) => bench_command(&args)?,
-        Command::Build { net, weights, shape, opt, emit, output } => {
-            build_command(&net, &weights, &shape, opt.level(), &emit, &output)?;
-        }
+        Command::Build(args) => build_command(&args)?,
         Command::Graph { net, shape, output } => {
             let graph = prepare(&net, &shape, shape.batch as usize, None)?;
             let dot = cnnc::graphviz::to_dot(&graph);
@@ -541,9 +556,7 @@ fn read_inputs(
 }
 
 fn not_built(what: &str) -> UserError {
-    UserError(format!(
-        "error: {what} is not built yet in this version of cnnc; use --target reference (run) or --emit onnx,ir,dot (build)"
-    ))
+    UserError(format!("error: {what} is not built yet in this version of cnnc"))
 }
 
 fn run_command(args: &RunArgs) -> Result<(), UserError> {
@@ -631,16 +644,21 @@ fn write_outputs(path: &Path, names: &[String], outputs: &[cnnc::tensor::Tensor]
     Ok(())
 }
 
-fn build_command(
-    net: &Path,
-    weights: &WeightArgs,
-    shape: &ShapeArgs,
-    level: OptLevel,
-    emit: &[Emit],
-    dir: &Path,
-) -> Result<(), UserError> {
-    if let Some(missing) = emit.iter().find(|e| !matches!(e, Emit::Onnx | Emit::Ir | Emit::Dot)) {
+fn build_command(args: &BuildArgs) -> Result<(), UserError> {
+    let BuildArgs { net, weights, shape, opt, target, emit, target_triple, output: dir } = args;
+    let default_emit = [Emit::Obj, Emit::Header];
+    let emit: &[Emit] = if emit.is_empty() { &default_emit } else { emit };
+    if *target == BuildTarget::Gpu
+        && emit.iter().any(|e| matches!(e, Emit::Obj | Emit::Header))
+        && !args.emit.is_empty()
+    {
+        return Err(UserError("error: --emit obj,header are for --target cpu".into()));
+    }
+    if let Some(missing) = emit.iter().find(|e| matches!(e, Emit::Rust | Emit::Wgsl | Emit::Plan)) {
         return Err(not_built(&format!("--emit {missing:?}").to_lowercase()));
+    }
+    if *target == BuildTarget::Gpu && args.emit.is_empty() {
+        return Err(not_built("--target gpu artifacts (NET.wgsl, NET.plan.json)"));
     }
     let mut graph = prepare(net, shape, shape.batch as usize, Some(weights))?;
     std::fs::create_dir_all(dir).map_err(|e| UserError(format!("error: cannot create {}: {e}", dir.display())))?;
@@ -657,12 +675,24 @@ fn build_command(
             cnnc::export::onnx::to_onnx(&graph, &graph.weights, false).map_err(|e| UserError(format!("error: {e}")))?;
         write(format!("{}.onnx", graph.name), &model)?;
     }
-    passes::optimize(&mut graph, level)?;
+    passes::optimize(&mut graph, opt.level())?;
     if emit.contains(&Emit::Ir) {
         write(format!("{}.ir", graph.name), cnnc::ir::print(&graph).as_bytes())?;
     }
     if emit.contains(&Emit::Dot) {
         write(format!("{}.dot", graph.name), cnnc::graphviz::to_dot(&graph).as_bytes())?;
+    }
+    if emit.contains(&Emit::Obj) || emit.contains(&Emit::Header) {
+        let started = std::time::Instant::now();
+        let artifacts = cnnc::backend::clif::compile_object(&graph, &graph.name, target_triple.as_deref())
+            .map_err(|e| UserError(format!("error: {e}")))?;
+        eprintln!("compiled {} to native code in {:.1} ms", graph.name, started.elapsed().as_secs_f64() * 1e3);
+        if emit.contains(&Emit::Obj) {
+            write(format!("{}.o", graph.name), &artifacts.object)?;
+        }
+        if emit.contains(&Emit::Header) {
+            write(format!("{}.h", graph.name), artifacts.header.as_bytes())?;
+        }
     }
     Ok(())
 }

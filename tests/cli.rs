@@ -203,7 +203,30 @@ fn build_emits_onnx_ir_and_dot() {
     for file in ["lenet5.onnx", "lenet5.ir", "lenet5.dot"] {
         assert!(dir.join(file).metadata().unwrap().len() > 0, "{file}");
     }
-    let out = cnnc(&["build", "examples/lenet5.cnn", "--random-weights", "--emit", "obj", "-o", dir.to_str().unwrap()]);
+    // The default for --target cpu: a relocatable object and its C header.
+    let out = cnnc(&["build", "examples/lenet5.cnn", "--random-weights", "-o", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let object = std::fs::read(dir.join("lenet5.o")).unwrap();
+    assert_eq!(&object[..4], b"\x7fELF");
+    let header = std::fs::read_to_string(dir.join("lenet5.h")).unwrap();
+    assert!(header.contains("int lenet5_infer(const float *in, float *out, void *arena);"), "{header}");
+    // An aarch64 object, checked not run.
+    let out = cnnc(&[
+        "build",
+        "examples/lenet5.cnn",
+        "--random-weights",
+        "--target-triple",
+        "aarch64-unknown-linux-gnu",
+        "-o",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let object = std::fs::read(dir.join("lenet5.o")).unwrap();
+    // e_machine 183 = EM_AARCH64.
+    assert_eq!(u16::from_le_bytes([object[18], object[19]]), 183);
+    // What is not built yet says so.
+    let out =
+        cnnc(&["build", "examples/lenet5.cnn", "--random-weights", "--emit", "rust", "-o", dir.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     std::fs::remove_dir_all(dir).ok();
 }

@@ -1,0 +1,583 @@
+//! The model as Cranelift functions and data, written once for any
+//! `cranelift_module::Module` (the JIT and the object writer are thin wrappers).
+//!
+//! What gets defined, for a graph in topological order:
+//! - one read-only data object per kernel that needs one (packed weights, window tables);
+//! - one local function per node (a kernel) taking `(in, out, arena)`;
+//! - `infer(in, out, arena) -> i32`, which calls the kernels in order and returns 0.
+//!
+//! Where every value lives ([`Layout`]): inputs one after another in the caller's input
+//! buffer, outputs one after another in the output buffer (a node computes straight
+//! into its output slot), intermediates at their memory-plan slots in the arena, and
+//! after the plan's last byte (rounded to 64) the kernels' scratch space (padded conv
+//! inputs), shared because kernels run one at a time.
+
+use std::collections::HashMap;
+
+use cranelift_codegen::ir::{AbiParam, Function, GlobalValueData, InstBuilder, Signature, Type, UserFuncName, types};
+use cranelift_codegen::isa::{CallConv, OwnedTargetIsa, TargetIsa};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_module::{DataDescription, DataId, FuncId, Linkage, Module};
+
+use super::kernels::conv::{ConvKernel, ConvShape, LinearKernel};
+use super::kernels::elementwise::{self, Combine};
+use super::kernels::normalize::{self, Lrn};
+use super::kernels::pool::{PoolKernel, PoolKind};
+use super::kernels::{Base, Kb, Loc, MathFns, MicroKernel};
+use crate::ir::{Activation, Epilogue, Graph, Node, NodeId, Op, ParamRole};
+use crate::tensor::Tensor;
+
+/// Cranelift's optimization level for the generated code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClifOptLevel {
+    None,
+    Speed,
+}
+
+/// Knobs of the code generator; [`CodegenOptions::default`] is what `cnnc` uses.
+///
+/// The defaults come from `tests/cpu_backend.rs`'s `bench_*` runs (x86-64 with AVX2 and
+/// FMA): Cranelift's `none` optimization level beats `speed` on these kernels (ResNet-18
+/// 140 ms against 196 ms at batch 1) because the e-graph pass re-elaborates the unrolled
+/// multiply-add chains one accumulator at a time, keeping every loaded value alive
+/// across the whole step, and the register allocator then spills; `none` keeps the
+/// emitted order, which is already the schedule. FMA is worth 20-30%.
+#[derive(Clone, Debug)]
+pub struct CodegenOptions {
+    pub opt_level: ClifOptLevel,
+    /// Fuse multiply-adds when the target has FMA (x86-64 with the `fma` feature,
+    /// AArch64). Without it, or when false, a multiply and an add.
+    pub fma: bool,
+    /// Output channels per convolution block, in f32x4 vectors: the tile is 4 pixels by
+    /// `4 * conv_vectors` channels, in `4 * conv_vectors` vector registers.
+    pub conv_vectors: usize,
+    /// How the convolution micro-kernel feeds its multiply-adds.
+    pub micro_kernel: MicroKernel,
+    /// Output features per fully connected block, in f32x4 vectors.
+    pub linear_vectors: usize,
+    /// Run Cranelift's IR verifier on every function (slower compiles).
+    pub verify: bool,
+    /// Call `cnnc_profile_tick(kernel index)` between kernels (JIT only; see
+    /// `JitModel::profile`).
+    pub profile: bool,
+}
+
+impl Default for CodegenOptions {
+    fn default() -> CodegenOptions {
+        CodegenOptions {
+            opt_level: ClifOptLevel::None,
+            fma: true,
+            conv_vectors: 3,
+            micro_kernel: MicroKernel::Shared,
+            linear_vectors: 3,
+            verify: cfg!(debug_assertions),
+            profile: false,
+        }
+    }
+}
+
+/// The target ISA: the host's, with every feature it has, or a named triple's
+/// baseline (x86-64 with SSE4.2, the x86-64-v2 level; AArch64 with NEON).
+pub(crate) fn build_isa(triple: Option<&str>, options: &CodegenOptions, pic: bool) -> Result<OwnedTargetIsa, String> {
+    let mut flags = settings::builder();
+    let set = |flags: &mut settings::Builder, name: &str, value: &str| {
+        flags.set(name, value).map_err(|e| format!("internal error: Cranelift setting {name}={value}: {e}"))
+    };
+    let level = match options.opt_level {
+        ClifOptLevel::None => "none",
+        ClifOptLevel::Speed => "speed",
+    };
+    set(&mut flags, "opt_level", level)?;
+    set(&mut flags, "is_pic", if pic { "true" } else { "false" })?;
+    set(&mut flags, "use_colocated_libcalls", "false")?;
+    set(&mut flags, "enable_verifier", if options.verify { "true" } else { "false" })?;
+    let builder = match triple {
+        None => cranelift_native::builder().map_err(|e| format!("the host is not supported by Cranelift: {e}"))?,
+        Some(name) => {
+            let mut builder = cranelift_codegen::isa::lookup_by_name(name)
+                .map_err(|e| format!("unsupported target triple `{name}`: {e}"))?;
+            if builder.triple().endianness().is_ok_and(|e| format!("{e:?}") == "Big") {
+                return Err(format!("target `{name}` is big-endian; the CPU backend packs weights little-endian"));
+            }
+            if builder.triple().architecture.to_string() == "x86_64" {
+                for feature in ["has_sse3", "has_ssse3", "has_sse41", "has_sse42", "has_popcnt"] {
+                    builder.enable(feature).map_err(|e| format!("internal error: {feature}: {e}"))?;
+                }
+            }
+            builder
+        }
+    };
+    builder.finish(settings::Flags::new(flags)).map_err(|e| format!("cannot configure Cranelift: {e}"))
+}
+
+/// Whether `fma` compiles to one instruction on this ISA.
+pub(crate) fn has_native_fma(isa: &dyn TargetIsa) -> bool {
+    match isa.name() {
+        "aarch64" => true,
+        "x64" => isa.isa_flags().iter().any(|f| f.name == "has_fma" && f.as_bool() == Some(true)),
+        _ => false,
+    }
+}
+
+/// Where the model's values live, and the sizes of the buffers.
+pub(crate) struct Layout {
+    locs: HashMap<NodeId, Loc>,
+    /// Byte offset of each output in the output buffer, in `Graph::outputs` order.
+    output_offsets: Vec<usize>,
+    /// Where the scratch space starts in the arena.
+    scratch_offset: usize,
+}
+
+fn bytes_of(shape: &[usize]) -> usize {
+    4 * shape.iter().product::<usize>()
+}
+
+impl Layout {
+    fn new(graph: &Graph) -> Result<Layout, String> {
+        let plan = graph.memory.as_ref().ok_or("the graph has no memory plan (run passes::optimize first)")?;
+        let mut locs = HashMap::new();
+        let mut offset = 0;
+        for &id in &graph.inputs {
+            locs.insert(id, Loc { base: Base::Input, offset });
+            offset += bytes_of(&graph.node(id).shape);
+        }
+        let input_bytes = offset;
+        let mut output_offsets = Vec::new();
+        let mut offset = 0;
+        for output in &graph.outputs {
+            locs.entry(output.node).or_insert(Loc { base: Base::Output, offset });
+            output_offsets.push(offset);
+            offset += bytes_of(&graph.node(output.node).shape);
+        }
+        let output_bytes = offset;
+        for (&id, slot) in &plan.slots {
+            locs.entry(id).or_insert(Loc { base: Base::Arena, offset: slot.offset });
+        }
+        let scratch_offset = plan.arena_bytes.div_ceil(64) * 64;
+        // Every offset a kernel forms must fit Cranelift's 32-bit load/store immediates
+        // comfortably; refuse larger models rather than wrap.
+        const LIMIT: usize = 1 << 31;
+        if input_bytes >= LIMIT || output_bytes >= LIMIT || scratch_offset >= LIMIT {
+            return Err("the model's buffers exceed 2 GiB, more than the CPU backend supports".into());
+        }
+        Ok(Layout { locs, output_offsets, scratch_offset })
+    }
+
+    fn loc(&self, id: NodeId) -> Result<Loc, String> {
+        self.locs.get(&id).copied().ok_or_else(|| format!("internal error: node {id:?} has no place in memory"))
+    }
+}
+
+/// What [`define_model`] defined.
+pub(crate) struct DefinedModel {
+    pub infer: FuncId,
+    pub arena_bytes: usize,
+    /// What each kernel computes (`name (op)`), in the order `infer` calls them.
+    pub kernel_names: Vec<String>,
+}
+
+/// A kernel's work, with its packed data.
+enum Kernel {
+    Conv(ConvKernel),
+    Linear(LinearKernel),
+    ScaleShift(Vec<f32>),
+    Pool(PoolKernel),
+    Activation(Activation),
+    Copy,
+    Broadcast(Combine),
+    Concat,
+    Softmax,
+    Lrn(Lrn),
+}
+
+impl Kernel {
+    /// Moves the kernel's read-only data out (little-endian bytes), if it has any.
+    fn take_data(&mut self) -> Option<Vec<u8>> {
+        match self {
+            Kernel::Conv(k) => Some(std::mem::take(&mut k.data)),
+            Kernel::Linear(k) => Some(std::mem::take(&mut k.data)),
+            Kernel::ScaleShift(d) => Some(d.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            Kernel::Pool(p) => p.data(),
+            _ => None,
+        }
+    }
+
+    fn scratch_bytes(&self) -> usize {
+        match self {
+            Kernel::Conv(k) => k.scratch_bytes(),
+            Kernel::Pool(p) => p.scratch_bytes(),
+            _ => 0,
+        }
+    }
+}
+
+/// The tensor of a node's parameter with the given role, checked against the shape the
+/// op needs.
+fn param<'g>(
+    graph: &'g Graph,
+    node: &Node,
+    input_shape: &[usize],
+    role: ParamRole,
+) -> Result<Option<&'g Tensor>, String> {
+    let Some((_, expected)) = node.op.param_shapes(input_shape).into_iter().find(|(r, _)| *r == role) else {
+        return Ok(None);
+    };
+    let Some(p) = node.params.iter().find(|p| p.role == role) else {
+        return Err(format!("layer `{}` has no `{}` parameter", node.name, role.suffix()));
+    };
+    let tensor = graph.weights.get(&p.name).ok_or_else(|| format!("missing weight `{}`", p.name))?;
+    if tensor.shape != expected || tensor.data.len() != expected.iter().product::<usize>() {
+        return Err(format!("weight `{}` has shape {:?}, expected {:?}", p.name, tensor.shape, expected));
+    }
+    Ok(Some(tensor))
+}
+
+fn required<'g>(graph: &'g Graph, node: &Node, input_shape: &[usize], role: ParamRole) -> Result<&'g Tensor, String> {
+    param(graph, node, input_shape, role)?.ok_or_else(|| format!("layer `{}` reads no `{}`", node.name, role.suffix()))
+}
+
+/// Chooses and prepares the kernel of a node.
+fn prepare(graph: &Graph, id: NodeId, options: &CodegenOptions) -> Result<Kernel, String> {
+    let node = graph.node(id);
+    let operands = graph.op_operands(id);
+    let x_shape = operands.first().map(|&o| graph.node(o).shape.clone()).unwrap_or_default();
+    let kernel = match &node.op {
+        Op::Input { .. } => return Err("internal error: inputs have no kernel".into()),
+        Op::Conv(conv) => {
+            let weight = required(graph, node, &x_shape, ParamRole::Weight)?;
+            let bias = param(graph, node, &x_shape, ParamRole::Bias)?;
+            let shape = ConvShape {
+                batch: x_shape[0],
+                in_channels: x_shape[1],
+                in_h: x_shape[2],
+                in_w: x_shape[3],
+                out_channels: node.shape[1],
+                out_h: node.shape[2],
+                out_w: node.shape[3],
+            };
+            let bias = bias.map(|b| b.data.as_slice());
+            Kernel::Conv(ConvKernel::new(conv, shape, &weight.data, bias, options.conv_vectors.max(1)))
+        }
+        Op::Linear { out_features, .. } => {
+            let weight = required(graph, node, &x_shape, ParamRole::Weight)?;
+            let bias = param(graph, node, &x_shape, ParamRole::Bias)?.map(|b| b.data.as_slice());
+            Kernel::Linear(LinearKernel::new(
+                x_shape[0],
+                &weight.data,
+                bias,
+                *out_features,
+                options.linear_vectors.max(1),
+            ))
+        }
+        Op::ScaleShift => {
+            let scale = required(graph, node, &x_shape, ParamRole::Scale)?;
+            let shift = required(graph, node, &x_shape, ParamRole::Shift)?;
+            Kernel::ScaleShift(scale.data.iter().chain(&shift.data).copied().collect())
+        }
+        Op::BatchNorm { eps } => {
+            // Unoptimized graphs: the same per-channel affine map, computed here.
+            let gamma = required(graph, node, &x_shape, ParamRole::Weight)?;
+            let beta = required(graph, node, &x_shape, ParamRole::Bias)?;
+            let mean = required(graph, node, &x_shape, ParamRole::RunningMean)?;
+            let var = required(graph, node, &x_shape, ParamRole::RunningVar)?;
+            let scale: Vec<f32> =
+                gamma.data.iter().zip(&var.data).map(|(g, v)| (*g as f64 / (*v as f64 + eps).sqrt()) as f32).collect();
+            let shift: Vec<f32> = beta
+                .data
+                .iter()
+                .zip(&mean.data)
+                .zip(&scale)
+                .map(|((b, m), s)| (*b as f64 - *m as f64 * *s as f64) as f32)
+                .collect();
+            Kernel::ScaleShift(scale.into_iter().chain(shift).collect())
+        }
+        Op::Relu | Op::LeakyRelu { .. } | Op::Sigmoid | Op::Tanh => {
+            Kernel::Activation(Activation::of(&node.op).expect("an activation op"))
+        }
+        Op::Flatten | Op::Dropout { .. } | Op::Dropout2d { .. } => Kernel::Copy,
+        Op::Softmax => Kernel::Softmax,
+        Op::MaxPool(pool) => {
+            Kernel::Pool(PoolKernel::window(PoolKind::Max, pool, &x_shape, (node.shape[2], node.shape[3])))
+        }
+        Op::AvgPool(pool) => {
+            Kernel::Pool(PoolKernel::window(PoolKind::Avg, pool, &x_shape, (node.shape[2], node.shape[3])))
+        }
+        Op::GlobalAvgPool => Kernel::Pool(PoolKernel::global(PoolKind::Avg, &x_shape)),
+        Op::GlobalMaxPool => Kernel::Pool(PoolKernel::global(PoolKind::Max, &x_shape)),
+        Op::AdaptiveAvgPool { .. } => Kernel::Pool(PoolKernel::adaptive(&x_shape, (node.shape[2], node.shape[3]))),
+        Op::Add => Kernel::Broadcast(Combine::Add),
+        Op::Mul => Kernel::Broadcast(Combine::Mul),
+        Op::Concat => Kernel::Concat,
+        Op::Lrn { size, alpha, beta, k } => Kernel::Lrn(Lrn { size: *size, alpha: *alpha, beta: *beta, k: *k }),
+    };
+    // Only convolutions and linear layers carry a residual; others at most activations.
+    let epilogue_ok = match kernel {
+        Kernel::Conv(_) | Kernel::Linear(_) => true,
+        Kernel::ScaleShift(_) | Kernel::Broadcast(_) => !node.epilogue.residual,
+        _ => node.epilogue.is_empty(),
+    };
+    if !epilogue_ok {
+        return Err(format!(
+            "internal error: layer `{}` ({}) has an epilogue the CPU backend cannot fuse",
+            node.name,
+            node.op.mnemonic()
+        ));
+    }
+    Ok(kernel)
+}
+
+/// The signature of `infer` and of every kernel: `(in, out, arena)`, plus `-> i32` for
+/// `infer`.
+fn signature(ptr: Type, call_conv: CallConv, returns: bool) -> Signature {
+    let mut sig = Signature::new(call_conv);
+    for _ in 0..3 {
+        sig.params.push(AbiParam::new(ptr));
+    }
+    if returns {
+        sig.returns.push(AbiParam::new(types::I32));
+    }
+    sig
+}
+
+/// How `define_model` names and links what it defines.
+pub(crate) struct Symbols<'a> {
+    /// The prefix of the local symbols (kernels, data).
+    pub prefix: &'a str,
+    pub infer_name: &'a str,
+    pub infer_linkage: Linkage,
+    /// Whether the weights may lie more than 2 GiB from the code (the JIT allocates them
+    /// apart), so that kernels must reach them by absolute address.
+    pub far_data: bool,
+}
+
+/// Defines the model's kernels, data and `infer` in `module`.
+pub(crate) fn define_model<M: Module>(
+    module: &mut M,
+    graph: &Graph,
+    options: &CodegenOptions,
+    symbols: &Symbols,
+) -> Result<DefinedModel, String> {
+    let Symbols { prefix, infer_name, infer_linkage: linkage, far_data } = *symbols;
+    let order = graph.topo_order().ok_or("the graph has a cycle")?;
+    let layout = Layout::new(graph)?;
+    let ptr = module.target_config().pointer_type();
+    let fma = options.fma && has_native_fma(module.isa());
+    let module_error = |e: cranelift_module::ModuleError| format!("internal error: Cranelift: {e:?}");
+
+    // The C math functions.
+    let mut unary = Signature::new(module.isa().default_call_conv());
+    unary.params.push(AbiParam::new(types::F32));
+    unary.returns.push(AbiParam::new(types::F32));
+    let mut binary = unary.clone();
+    binary.params.push(AbiParam::new(types::F32));
+    let expf = module.declare_function("expf", Linkage::Import, &unary).map_err(module_error)?;
+    let tanhf = module.declare_function("tanhf", Linkage::Import, &unary).map_err(module_error)?;
+    let powf = module.declare_function("powf", Linkage::Import, &binary).map_err(module_error)?;
+
+    let call_conv = module.isa().default_call_conv();
+    let kernel_sig = signature(ptr, call_conv, false);
+    let mut ctx = module.make_context();
+    let mut builder_ctx = FunctionBuilderContext::new();
+    let mut kernels: Vec<(FuncId, String)> = Vec::new();
+    let mut scratch_bytes = 0usize;
+
+    // Defines one kernel function; `emit` fills its body.
+    let mut define_kernel =
+        |module: &mut M, name: String, data: Option<DataId>, emit: &mut dyn FnMut(&mut Kb)| -> Result<FuncId, String> {
+            let func_id = module.declare_function(&name, Linkage::Local, &kernel_sig).map_err(module_error)?;
+            ctx.func = Function::with_name_signature(UserFuncName::user(0, func_id.as_u32()), kernel_sig.clone());
+            let mut fb = FunctionBuilder::new(&mut ctx.func, &mut builder_ctx);
+            let entry = fb.create_block();
+            fb.append_block_params_for_function_params(entry);
+            fb.switch_to_block(entry);
+            fb.seal_block(entry);
+            let params = fb.block_params(entry).to_vec();
+            let math = MathFns {
+                expf: module.declare_func_in_func(expf, fb.func),
+                tanhf: module.declare_func_in_func(tanhf, fb.func),
+                powf: module.declare_func_in_func(powf, fb.func),
+            };
+            let data = data.map(|d| {
+                let gv = module.declare_data_in_func(d, fb.func);
+                if far_data && let GlobalValueData::Symbol { colocated, .. } = &mut fb.func.global_values[gv] {
+                    // A 64-bit absolute address instead of a 32-bit PC-relative one.
+                    *colocated = false;
+                }
+                fb.ins().symbol_value(ptr, gv)
+            });
+            let mut kb = Kb {
+                fb,
+                ptr,
+                fma,
+                micro_kernel: options.micro_kernel,
+                bases: [params[0], params[1], params[2]],
+                math,
+                data,
+            };
+            emit(&mut kb);
+            kb.fb.ins().return_(&[]);
+            kb.fb.finalize(module.target_config());
+            module.define_function(func_id, &mut ctx).map_err(|e| format!("internal error: Cranelift: {e:?}"))?;
+            module.clear_context(&mut ctx);
+            Ok(func_id)
+        };
+
+    for (index, &id) in order.iter().enumerate() {
+        let node = graph.node(id);
+        if matches!(node.op, Op::Input { .. }) {
+            continue;
+        }
+        if bytes_of(&node.shape) >= 1 << 31 {
+            return Err(format!("layer `{}` is larger than 2 GiB, more than the CPU backend supports", node.name));
+        }
+        let mut kernel = prepare(graph, id, options)?;
+        let data = match kernel.take_data() {
+            Some(bytes) => {
+                let data_id = module
+                    .declare_data(&format!("{prefix}_data{index}"), Linkage::Local, false, false)
+                    .map_err(module_error)?;
+                let mut description = DataDescription::new();
+                description.define(bytes.into_boxed_slice());
+                description.set_align(64);
+                module.define_data(data_id, &description).map_err(module_error)?;
+                Some(data_id)
+            }
+            None => None,
+        };
+        scratch_bytes = scratch_bytes.max(kernel.scratch_bytes());
+        let operands: Vec<(Loc, &[usize])> = graph
+            .op_operands(id)
+            .into_iter()
+            .map(|o| Ok((layout.loc(o)?, graph.node(o).shape.as_slice())))
+            .collect::<Result<_, String>>()?;
+        let residual = graph.residual(id).map(|r| layout.loc(r)).transpose()?;
+        let out = layout.loc(id)?;
+        let scratch = Loc { base: Base::Arena, offset: layout.scratch_offset };
+        let name = format!("{prefix}_k{index}_{}", node.op.mnemonic());
+        let func = define_kernel(module, name, data, &mut |kb| {
+            emit_kernel(kb, &kernel, node, &operands, residual, out, scratch)
+        })?;
+        kernels.push((func, format!("{} ({})", node.name, node.op.mnemonic())));
+    }
+
+    // Outputs whose value lives elsewhere (an input, or a node listed twice): copies.
+    for (position, output) in graph.outputs.iter().enumerate() {
+        let home = layout.loc(output.node)?;
+        let target = Loc { base: Base::Output, offset: layout.output_offsets[position] };
+        if home != target {
+            let floats = graph.node(output.node).shape.iter().product();
+            let name = format!("{prefix}_output{position}");
+            let func = define_kernel(module, name, None, &mut |kb| elementwise::emit_copy(kb, home, target, floats))?;
+            kernels.push((func, format!("{} (output copy)", output.name)));
+        }
+    }
+
+    // `infer`: the kernels in order, with `cnnc_profile_tick(kernel index)` before each
+    // one and at the end when profiling.
+    let profile_tick = if options.profile {
+        let mut sig = Signature::new(module.isa().default_call_conv());
+        sig.params.push(AbiParam::new(types::I32));
+        Some(module.declare_function("cnnc_profile_tick", Linkage::Import, &sig).map_err(module_error)?)
+    } else {
+        None
+    };
+    let infer_sig = signature(ptr, call_conv, true);
+    let infer = module.declare_function(infer_name, linkage, &infer_sig).map_err(module_error)?;
+    ctx.func = Function::with_name_signature(UserFuncName::user(0, infer.as_u32()), infer_sig);
+    {
+        let mut fb = FunctionBuilder::new(&mut ctx.func, &mut builder_ctx);
+        let entry = fb.create_block();
+        fb.append_block_params_for_function_params(entry);
+        fb.switch_to_block(entry);
+        fb.seal_block(entry);
+        let params = fb.block_params(entry).to_vec();
+        let tick = match profile_tick {
+            Some(id) => Some(module.declare_func_in_func(id, fb.func)),
+            None => None,
+        };
+        for (index, (kernel, _)) in kernels.iter().enumerate() {
+            if let Some(tick) = tick {
+                let index = fb.ins().iconst(types::I32, index as i64);
+                fb.ins().call(tick, &[index]);
+            }
+            let callee = module.declare_func_in_func(*kernel, fb.func);
+            fb.ins().call(callee, &params);
+        }
+        if let Some(tick) = tick {
+            let index = fb.ins().iconst(types::I32, kernels.len() as i64);
+            fb.ins().call(tick, &[index]);
+        }
+        let zero = fb.ins().iconst(types::I32, 0);
+        fb.ins().return_(&[zero]);
+        fb.finalize(module.target_config());
+    }
+    module.define_function(infer, &mut ctx).map_err(|e| format!("internal error: Cranelift: {e:?}"))?;
+    module.clear_context(&mut ctx);
+
+    let arena_bytes = if scratch_bytes > 0 {
+        layout.scratch_offset + scratch_bytes
+    } else {
+        graph.memory.as_ref().map_or(0, |m| m.arena_bytes)
+    };
+    if arena_bytes >= 1 << 31 {
+        return Err("the model's arena exceeds 2 GiB, more than the CPU backend supports".into());
+    }
+    let kernel_names = kernels.into_iter().map(|(_, name)| name).collect();
+    Ok(DefinedModel { infer, arena_bytes, kernel_names })
+}
+
+/// Emits the body of one node's kernel.
+fn emit_kernel(
+    kb: &mut Kb,
+    kernel: &Kernel,
+    node: &Node,
+    operands: &[(Loc, &[usize])],
+    residual: Option<Loc>,
+    out: Loc,
+    scratch: Loc,
+) {
+    let epilogue: &Epilogue = &node.epilogue;
+    let count: usize = node.shape.iter().product();
+    match kernel {
+        Kernel::Conv(conv) => conv.emit(kb, operands[0].0, out, residual, scratch, epilogue),
+        Kernel::Linear(linear) => linear.emit(kb, operands[0].0, out, residual, epilogue),
+        Kernel::ScaleShift(_) => elementwise::emit_scale_shift(kb, &node.shape, operands[0].0, out, epilogue),
+        Kernel::Pool(pool) => pool.emit(kb, operands[0].0, out, scratch),
+        Kernel::Activation(activation) => elementwise::emit_activation(kb, *activation, operands[0].0, out, count),
+        Kernel::Copy => elementwise::emit_copy(kb, operands[0].0, out, count),
+        Kernel::Broadcast(combine) => elementwise::emit_broadcast(kb, *combine, &node.shape, operands, out, epilogue),
+        Kernel::Concat => {
+            let batch = node.shape[0];
+            let parts: Vec<(Loc, usize)> =
+                operands.iter().map(|(loc, shape)| (*loc, shape.iter().product::<usize>() / batch.max(1))).collect();
+            elementwise::emit_concat(kb, batch, &parts, out);
+        }
+        Kernel::Softmax => normalize::emit_softmax(kb, &node.shape, operands[0].0, out),
+        Kernel::Lrn(lrn) => normalize::emit_lrn(kb, lrn, &node.shape, operands[0].0, out),
+    }
+}
+
+/// Defines `name() -> usize` returning a constant (the object's `NAME_arena_bytes`).
+pub(crate) fn define_constant_function<M: Module>(module: &mut M, name: &str, value: usize) -> Result<FuncId, String> {
+    let ptr = module.target_config().pointer_type();
+    let mut sig = Signature::new(module.isa().default_call_conv());
+    sig.returns.push(AbiParam::new(ptr));
+    let id = module
+        .declare_function(name, Linkage::Export, &sig)
+        .map_err(|e| format!("internal error: Cranelift: {e:?}"))?;
+    let mut ctx = module.make_context();
+    ctx.func = Function::with_name_signature(UserFuncName::user(0, id.as_u32()), sig);
+    let mut builder_ctx = FunctionBuilderContext::new();
+    {
+        let mut fb = FunctionBuilder::new(&mut ctx.func, &mut builder_ctx);
+        let entry = fb.create_block();
+        fb.switch_to_block(entry);
+        fb.seal_block(entry);
+        let v = fb.ins().iconst(ptr, value as i64);
+        fb.ins().return_(&[v]);
+        fb.finalize(module.target_config());
+    }
+    module.define_function(id, &mut ctx).map_err(|e| format!("internal error: Cranelift: {e:?}"))?;
+    Ok(id)
+}

@@ -1,0 +1,215 @@
+//! The JIT: the model compiled by [`codegen::define_model`] into executable memory of
+//! this process through `cranelift-jit`, and called with Rust-owned buffers.
+
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::Linkage;
+
+use super::codegen::{self, CodegenOptions, Symbols};
+use crate::ir::Graph;
+use crate::tensor::Tensor;
+
+extern "C" fn cnnc_expf(x: f32) -> f32 {
+    x.exp()
+}
+
+extern "C" fn cnnc_tanhf(x: f32) -> f32 {
+    x.tanh()
+}
+
+extern "C" fn cnnc_powf(x: f32, y: f32) -> f32 {
+    x.powf(y)
+}
+
+thread_local! {
+    /// The profiling ticks of the running thread: (kernel index, when).
+    static TICKS: std::cell::RefCell<Vec<(u32, std::time::Instant)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+extern "C" fn cnnc_profile_tick(kernel: u32) {
+    let now = std::time::Instant::now();
+    TICKS.with(|ticks| ticks.borrow_mut().push((kernel, now)));
+}
+
+/// The signature of the generated `infer`.
+type InferFn = unsafe extern "C" fn(*const f32, *mut f32, *mut u8) -> i32;
+
+/// A model compiled to native code in this process.
+pub struct JitModel {
+    /// Owns the code and the weights; `None` only while dropping.
+    module: Option<JITModule>,
+    infer: InferFn,
+    arena_bytes: usize,
+    input_shapes: Vec<Vec<usize>>,
+    output_shapes: Vec<Vec<usize>>,
+    /// What each kernel computes, in call order.
+    kernel_names: Vec<String>,
+    profiled: bool,
+}
+
+// SAFETY: after `finalize_definitions` the module's code and data are never written
+// again; `run` only calls `infer`, which reads the weights and writes nothing but the
+// buffers `run` passes it (each call its own output and arena). The module itself is
+// touched again only by `Drop`, which has exclusive access.
+unsafe impl Send for JitModel {}
+unsafe impl Sync for JitModel {}
+
+impl Drop for JitModel {
+    fn drop(&mut self) {
+        if let Some(module) = self.module.take() {
+            // SAFETY: no reference to the module's code or data outlives `self`.
+            unsafe { module.free_memory() };
+        }
+    }
+}
+
+/// An arena allocation aligned to a cache line.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+impl JitModel {
+    /// Runs the model: `inputs` in `Graph::inputs` order, each of exactly its input's
+    /// shape (batch included); returns the outputs in `Graph::outputs` order.
+    pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
+        if inputs.len() != self.input_shapes.len() {
+            return Err(format!("the model takes {} input(s), got {}", self.input_shapes.len(), inputs.len()));
+        }
+        for (position, (tensor, shape)) in inputs.iter().zip(&self.input_shapes).enumerate() {
+            if &tensor.shape != shape || tensor.data.len() != shape.iter().product::<usize>() {
+                return Err(format!(
+                    "input {position} must have shape {}, got {} ({} values)",
+                    crate::ir::shape::fmt_shape(shape),
+                    tensor.shape_string(),
+                    tensor.data.len()
+                ));
+            }
+        }
+        // One input is read where it is; several are laid out one after another.
+        let joined: Vec<f32>;
+        let input: &[f32] = if inputs.len() == 1 {
+            &inputs[0].data
+        } else {
+            joined = inputs.iter().flat_map(|t| t.data.iter().copied()).collect();
+            &joined
+        };
+        let output_floats = self.output_floats();
+        let mut output = vec![0.0f32; output_floats];
+        let mut arena = vec![Line([0; 64]); self.arena_bytes.div_ceil(64)];
+        // SAFETY: `infer` reads exactly the input floats of the model's inputs (checked
+        // above), writes exactly `output_floats` floats and at most `arena_bytes` bytes of
+        // the arena, all of which these buffers hold.
+        let status = unsafe { (self.infer)(input.as_ptr(), output.as_mut_ptr(), arena.as_mut_ptr().cast::<u8>()) };
+        if status != 0 {
+            return Err(format!("the compiled model failed with status {status}"));
+        }
+        let mut outputs = Vec::with_capacity(self.output_shapes.len());
+        let mut rest = output.as_slice();
+        for shape in &self.output_shapes {
+            let (head, tail) = rest.split_at(shape.iter().product());
+            outputs.push(Tensor { shape: shape.clone(), data: head.to_vec() });
+            rest = tail;
+        }
+        Ok(outputs)
+    }
+
+    /// Runs the model once and returns how long each kernel took, in call order, as
+    /// (what it computes, seconds). Needs a model compiled with
+    /// `CodegenOptions::profile`.
+    pub fn profile(&self, inputs: &[Tensor]) -> Result<Vec<(String, f64)>, String> {
+        if !self.profiled {
+            return Err("the model was compiled without profiling".into());
+        }
+        TICKS.with(|ticks| ticks.borrow_mut().clear());
+        self.run(inputs)?;
+        let ticks = TICKS.with(|ticks| std::mem::take(&mut *ticks.borrow_mut()));
+        Ok(ticks
+            .windows(2)
+            .map(|pair| {
+                let name = self.kernel_names.get(pair[0].0 as usize).cloned().unwrap_or_default();
+                (name, pair[1].1.duration_since(pair[0].1).as_secs_f64())
+            })
+            .collect())
+    }
+
+    /// Floats of the input buffer: every input, one after another in `Graph::inputs`
+    /// order.
+    pub fn input_floats(&self) -> usize {
+        self.input_shapes.iter().map(|s| s.iter().product::<usize>()).sum()
+    }
+
+    /// Floats of the output buffer: every output, one after another in `Graph::outputs`
+    /// order.
+    pub fn output_floats(&self) -> usize {
+        self.output_shapes.iter().map(|s| s.iter().product::<usize>()).sum()
+    }
+
+    /// Runs the model on caller-owned buffers, as the C entry point `NAME_infer` does;
+    /// returns its status (0).
+    ///
+    /// # Safety
+    ///
+    /// `input` must be valid for reading [`Self::input_floats`] floats, `output` for
+    /// writing [`Self::output_floats`] floats and `arena` for writing
+    /// [`Self::arena_bytes`] bytes (any alignment); the three must not overlap.
+    pub unsafe fn run_raw(&self, input: *const f32, output: *mut f32, arena: *mut u8) -> i32 {
+        // SAFETY: the caller upholds the buffer contract `infer` relies on.
+        unsafe { (self.infer)(input, output, arena) }
+    }
+
+    /// The bytes of scratch memory a run needs (the memory plan's arena plus the
+    /// kernels' scratch space).
+    pub fn arena_bytes(&self) -> usize {
+        self.arena_bytes
+    }
+}
+
+/// Compiles a graph (optimized, with bound weights) with the default options.
+pub fn compile_jit(graph: &Graph) -> Result<JitModel, String> {
+    compile_jit_with(graph, &CodegenOptions::default())
+}
+
+/// Compiles a graph with the given code generator options. A graph without a memory
+/// plan is planned first (on a copy).
+pub fn compile_jit_with(graph: &Graph, options: &CodegenOptions) -> Result<JitModel, String> {
+    if graph.memory.is_none() {
+        let mut planned = graph.clone();
+        crate::passes::plan_memory(&mut planned);
+        return compile_jit_with(&planned, options);
+    }
+    crate::ir::verify(graph).map_err(|e| format!("internal error: the graph is not valid:\n{e}"))?;
+    let isa = codegen::build_isa(None, options, false)?;
+    let mut builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
+    builder.symbol("expf", cnnc_expf as *const u8);
+    builder.symbol("tanhf", cnnc_tanhf as *const u8);
+    builder.symbol("powf", cnnc_powf as *const u8);
+    builder.symbol("cnnc_profile_tick", cnnc_profile_tick as *const u8);
+    let mut module = JITModule::new(builder);
+    let symbols = Symbols { prefix: "cnnc", infer_name: "cnnc_infer", infer_linkage: Linkage::Local, far_data: true };
+    let defined = codegen::define_model(&mut module, graph, options, &symbols);
+    let defined = match defined {
+        Ok(d) => d,
+        Err(e) => {
+            // SAFETY: nothing was finalized, so nothing refers to the module's memory.
+            unsafe { module.free_memory() };
+            return Err(e);
+        }
+    };
+    if let Err(e) = module.finalize_definitions() {
+        // SAFETY: as above; no code of the module has run.
+        unsafe { module.free_memory() };
+        return Err(format!("internal error: Cranelift: {e:?}"));
+    }
+    let code = module.get_finalized_function(defined.infer);
+    // SAFETY: `infer` was defined with the signature `(ptr, ptr, ptr) -> i32` in the
+    // host's default calling convention, which is `extern "C"`.
+    let infer = unsafe { std::mem::transmute::<*const u8, InferFn>(code) };
+    Ok(JitModel {
+        module: Some(module),
+        infer,
+        arena_bytes: defined.arena_bytes,
+        input_shapes: graph.inputs.iter().map(|&id| graph.node(id).shape.clone()).collect(),
+        output_shapes: graph.outputs.iter().map(|o| graph.node(o.node).shape.clone()).collect(),
+        kernel_names: defined.kernel_names,
+        profiled: options.profile,
+    })
+}

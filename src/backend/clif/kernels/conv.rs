@@ -1,0 +1,624 @@
+//! Convolution and fully connected layers, both as one register-tiled micro-kernel: a
+//! tile of up to 4 output pixels (batch rows, for `linear`) times a block of
+//! `4 * vectors` output channels accumulates in `4 * vectors` f32x4 registers, each
+//! multiply-add taking one input value broadcast to all lanes and one f32x4 of weights
+//! for four consecutive output channels.
+//!
+//! Weights are repacked at build time so that the inner loop reads them contiguously:
+//! for each group and block of output channels, `[in_channel][kh][kw][lane]` with
+//! `4 * vectors` lanes (zero lanes past the group's last output channel), then the bias
+//! in the same blocks. A padded convolution first copies its input, per batch element,
+//! into a zero-bordered scratch buffer in the arena, so the hot loop has no bounds tests.
+//!
+//! A tile's accumulators hold, per pixel, four output channels; a convolution's output
+//! is NCHW, so a full tile of 4 consecutive pixels is transposed (4x4, in registers)
+//! into one f32x4 per output channel before the epilogue and a contiguous store. Tiles
+//! never straddle the end of a row or plane: the last tile of a row overlaps the one
+//! before it (recomputing a few pixels) instead; rows narrower than 4 pixels use
+//! partial tiles stored lane by lane.
+//!
+//! Loop order, per batch element and group: chunks of output pixels, then blocks of
+//! output channels, then the tiles of the chunk, then the reduction (input channels,
+//! with the kernel window unrolled). One chunk covers the whole plane unless the input
+//! outgrows the L2 cache while the weights do not (see `ConvKernel::chunking`).
+//!
+//! Cranelift ties an FMA's result to its first factor, so the broadcast input value,
+//! shared by the `vectors` multiply-adds of its pixel, is copied before all but the last
+//! of them (register moves, free at rename on current x86 cores); `MicroKernel` has
+//! variants that trade those copies for loads.
+
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, types};
+
+use super::{F32, F32X4, Kb, Loc, MicroKernel};
+use crate::ir::{Conv, Epilogue};
+
+/// How output channels are split into register blocks for one group.
+#[derive(Clone, Copy, Debug)]
+struct Blocking {
+    /// f32x4 vectors per full block.
+    vectors: usize,
+    full_blocks: usize,
+    /// Vectors of the last, partial block (0 if there is none).
+    tail_vectors: usize,
+    /// Output channels of the partial block.
+    tail_channels: usize,
+}
+
+impl Blocking {
+    fn new(out_per_group: usize, vectors: usize) -> Blocking {
+        let lanes = 4 * vectors;
+        let rest = out_per_group % lanes;
+        Blocking { vectors, full_blocks: out_per_group / lanes, tail_vectors: rest.div_ceil(4), tail_channels: rest }
+    }
+
+    /// Packed lanes per group (output channels rounded up to whole vectors).
+    fn group_lanes(&self) -> usize {
+        4 * (self.full_blocks * self.vectors + self.tail_vectors)
+    }
+}
+
+/// Packs `[out][k]` weights (and a bias) into the block layout described in the module
+/// docs, `groups` groups of `out / groups` output channels each, as little-endian bytes.
+fn pack(weight: &[f32], bias: Option<&[f32]>, groups: usize, k: usize, blocking: Blocking) -> Vec<u8> {
+    let out_per_group = weight.len() / k / groups;
+    let group_lanes = blocking.group_lanes();
+    let mut packed: Vec<u8> = Vec::with_capacity(4 * groups * group_lanes * (k + 1));
+    // (first output channel, lanes) of each block of a group.
+    let mut blocks: Vec<(usize, usize)> =
+        (0..blocking.full_blocks).map(|b| (b * 4 * blocking.vectors, 4 * blocking.vectors)).collect();
+    if blocking.tail_vectors > 0 {
+        blocks.push((blocking.full_blocks * 4 * blocking.vectors, 4 * blocking.tail_vectors));
+    }
+    for group in 0..groups {
+        for &(first, lanes) in &blocks {
+            let rows: Vec<Option<&[f32]>> = (first..first + lanes)
+                .map(|oc| (oc < out_per_group).then(|| &weight[(group * out_per_group + oc) * k..][..k]))
+                .collect();
+            for kk in 0..k {
+                for row in &rows {
+                    packed.extend_from_slice(&row.map_or(0.0, |r| r[kk]).to_le_bytes());
+                }
+            }
+        }
+    }
+    for group in 0..groups {
+        for &(first, lanes) in &blocks {
+            for oc in first..first + lanes {
+                let value = match bias {
+                    Some(b) if oc < out_per_group => b[group * out_per_group + oc],
+                    _ => 0.0,
+                };
+                packed.extend_from_slice(&value.to_le_bytes());
+            }
+        }
+    }
+    debug_assert_eq!(packed.len(), packed.capacity());
+    packed
+}
+
+/// The reduction of one output value: `count` steps (input channels, or features), each
+/// `taps` multiply-adds (the kernel window), the input advancing `in_step` bytes per step.
+struct Reduction {
+    count: usize,
+    in_step: i64,
+    /// Byte offset of each tap in the input, relative to the pixel's window origin.
+    taps: Vec<i64>,
+}
+
+/// Where a tile's pixels are: pixel `p` reads the input from `in_base + p * in_stride`
+/// and writes the output at `out_offset + p * out_stride` (bytes, within one channel).
+struct Tile {
+    pixels: usize,
+    in_base: Value,
+    in_stride: i64,
+    out_offset: Value,
+    out_stride: i64,
+}
+
+/// One block of output channels: its weights and bias, and where its first channel goes.
+struct Block {
+    vectors: usize,
+    channels: usize,
+    weights: Value,
+    bias: Value,
+    out: Value,
+    residual: Option<Value>,
+}
+
+/// The micro-kernel: `pixels x vectors` accumulators over the reduction, then the
+/// epilogue and the stores.
+fn emit_tile(kb: &mut Kb, reduction: &Reduction, tile: &Tile, block: &Block, oc_stride: i64, epilogue: &Epilogue) {
+    let style = kb.micro_kernel;
+    let lanes = 4 * block.vectors as i64;
+    let taps = reduction.taps.len();
+    // Accumulators start at the bias.
+    let mut accumulators = Vec::with_capacity(tile.pixels * block.vectors);
+    for _ in 0..tile.pixels {
+        for v in 0..block.vectors {
+            let bias = kb.load_weight(F32X4, block.bias, 16 * v as i64);
+            let var = kb.fb.declare_var(F32X4);
+            kb.fb.def_var(var, bias);
+            accumulators.push(var);
+        }
+    }
+    let in_var = kb.fb.declare_var(kb.ptr);
+    kb.fb.def_var(in_var, tile.in_base);
+    let w_var = kb.fb.declare_var(kb.ptr);
+    kb.fb.def_var(w_var, block.weights);
+
+    // One reduction step `u` steps past the current pointers.
+    let step = |kb: &mut Kb, u: usize| {
+        let input = kb.fb.use_var(in_var);
+        let weights = kb.fb.use_var(w_var);
+        let mut acc: Vec<Value> = accumulators.iter().map(|&a| kb.fb.use_var(a)).collect();
+        for (t, &tap) in reduction.taps.iter().enumerate() {
+            let w_offset = ((u * taps + t) as i64 * lanes) * 4;
+            let w: Vec<Value> = if style == MicroKernel::WeightOperands {
+                Vec::new()
+            } else {
+                (0..block.vectors).map(|v| kb.load_weight(F32X4, weights, w_offset + 16 * v as i64)).collect()
+            };
+            for p in 0..tile.pixels {
+                let offset = u as i64 * reduction.in_step + tap + p as i64 * tile.in_stride;
+                let shared = if style == MicroKernel::SplatPerFma {
+                    None
+                } else {
+                    let x = kb.load(F32, input, offset);
+                    Some(kb.fb.ins().splat(F32X4, x))
+                };
+                for v in 0..block.vectors {
+                    // Cranelift ties an FMA's result to its first factor, so a factor
+                    // that is loaded right there (and so used once) saves a register copy.
+                    let x = match shared {
+                        Some(x) => x,
+                        None => {
+                            let x = kb.load(F32, input, offset);
+                            kb.fb.ins().splat(F32X4, x)
+                        }
+                    };
+                    let weight = if style == MicroKernel::WeightOperands {
+                        kb.load_weight(F32X4, weights, w_offset + 16 * v as i64)
+                    } else {
+                        w[v]
+                    };
+                    let a = &mut acc[p * block.vectors + v];
+                    *a = kb.mul_add(x, weight, *a);
+                }
+            }
+        }
+        for (&var, &value) in accumulators.iter().zip(&acc) {
+            kb.fb.def_var(var, value);
+        }
+    };
+    let advance = |kb: &mut Kb, steps: usize| {
+        let input = kb.fb.use_var(in_var);
+        let input = kb.offset(input, steps as i64 * reduction.in_step);
+        kb.fb.def_var(in_var, input);
+        let weights = kb.fb.use_var(w_var);
+        let weights = kb.offset(weights, steps as i64 * taps as i64 * lanes * 4);
+        kb.fb.def_var(w_var, weights);
+    };
+
+    // Unrolled so that a loop iteration does at least 4 taps.
+    let unroll = 4usize.div_ceil(taps).clamp(1, reduction.count.max(1));
+    kb.for_range(reduction.count / unroll, |kb, _| {
+        for u in 0..unroll {
+            step(kb, u);
+        }
+        advance(kb, unroll);
+    });
+    for u in 0..reduction.count % unroll {
+        step(kb, u);
+    }
+
+    let acc: Vec<Value> = accumulators.iter().map(|&a| kb.fb.use_var(a)).collect();
+    store_tile(kb, &acc, tile, block, oc_stride, epilogue);
+}
+
+/// Applies the epilogue to a tile's accumulators and stores them.
+fn store_tile(kb: &mut Kb, acc: &[Value], tile: &Tile, block: &Block, oc_stride: i64, epilogue: &Epilogue) {
+    let vectors = block.vectors;
+    let out = kb.fb.ins().iadd(block.out, tile.out_offset);
+    let residual = block.residual.map(|r| kb.fb.ins().iadd(r, tile.out_offset));
+    if oc_stride == 4 {
+        // Channels are contiguous in the output (linear): one vector per pixel and block.
+        for p in 0..tile.pixels {
+            for v in 0..vectors {
+                let offset = p as i64 * tile.out_stride + 16 * v as i64;
+                let valid = block.channels.saturating_sub(4 * v).min(4);
+                let value = acc[p * vectors + v];
+                if valid == 4 {
+                    let value = kb.epilogue(epilogue, value, residual.map(|r| (r, offset)));
+                    kb.store(value, out, offset);
+                } else {
+                    for lane in 0..valid {
+                        let x = kb.fb.ins().extractlane(value, lane as u8);
+                        let lane_offset = offset + 4 * lane as i64;
+                        let x = kb.epilogue(epilogue, x, residual.map(|r| (r, lane_offset)));
+                        kb.store(x, out, lane_offset);
+                    }
+                }
+            }
+        }
+    } else if tile.pixels == 4 && tile.out_stride == 4 {
+        // Four consecutive pixels: transpose each 4x4 (pixel x channel) block so that a
+        // vector holds one channel's four pixels.
+        for v in 0..vectors {
+            let rows = [acc[v], acc[vectors + v], acc[2 * vectors + v], acc[3 * vectors + v]];
+            let columns = transpose4(kb, rows);
+            for (lane, &column) in columns.iter().enumerate() {
+                let channel = 4 * v + lane;
+                if channel >= block.channels {
+                    break;
+                }
+                let offset = channel as i64 * oc_stride;
+                let value = kb.epilogue(epilogue, column, residual.map(|r| (r, offset)));
+                kb.store(value, out, offset);
+            }
+        }
+    } else {
+        for p in 0..tile.pixels {
+            for channel in 0..block.channels {
+                let (v, lane) = (channel / 4, channel % 4);
+                let x = kb.fb.ins().extractlane(acc[p * vectors + v], lane as u8);
+                let offset = channel as i64 * oc_stride + p as i64 * tile.out_stride;
+                let x = kb.epilogue(epilogue, x, residual.map(|r| (r, offset)));
+                kb.store(x, out, offset);
+            }
+        }
+    }
+}
+
+/// Transposes four f32x4 rows into four columns with the unpack shuffles (`unpcklps`,
+/// `unpckhps`, `punpcklqdq`, `punpckhqdq` on x86-64, `zip1`/`zip2` on AArch64).
+fn transpose4(kb: &mut Kb, rows: [Value; 4]) -> [Value; 4] {
+    // Byte masks over the 32 bytes of (a, b).
+    const LO32: [u8; 16] = [0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23];
+    const HI32: [u8; 16] = [8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31];
+    const LO64: [u8; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23];
+    const HI64: [u8; 16] = [8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31];
+    let little = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+    let bytes: Vec<Value> = rows.iter().map(|&r| kb.fb.ins().bitcast(types::I8X16, little, r)).collect();
+    let shuffle = |kb: &mut Kb, a: Value, b: Value, mask: &[u8; 16]| {
+        let mask = kb.fb.func.dfg.immediates.push(mask.to_vec().into());
+        kb.fb.ins().shuffle(a, b, mask)
+    };
+    let t0 = shuffle(kb, bytes[0], bytes[1], &LO32);
+    let t1 = shuffle(kb, bytes[2], bytes[3], &LO32);
+    let t2 = shuffle(kb, bytes[0], bytes[1], &HI32);
+    let t3 = shuffle(kb, bytes[2], bytes[3], &HI32);
+    let columns = [
+        shuffle(kb, t0, t1, &LO64),
+        shuffle(kb, t0, t1, &HI64),
+        shuffle(kb, t2, t3, &LO64),
+        shuffle(kb, t2, t3, &HI64),
+    ];
+    columns.map(|c| kb.fb.ins().bitcast(F32X4, little, c))
+}
+
+/// The shapes of a convolution, batch included.
+#[derive(Clone, Debug)]
+pub(crate) struct ConvShape {
+    pub batch: usize,
+    pub in_channels: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub out_channels: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+}
+
+/// A convolution ready to emit: its packed weights and the geometry.
+pub(crate) struct ConvKernel {
+    conv: Conv,
+    shape: ConvShape,
+    blocking: Blocking,
+    /// Where the bias starts in the packed data, in floats.
+    bias_start: usize,
+    /// The packed weights and bias, little-endian f32.
+    pub data: Vec<u8>,
+}
+
+impl ConvKernel {
+    pub fn new(conv: &Conv, shape: ConvShape, weight: &[f32], bias: Option<&[f32]>, vectors: usize) -> ConvKernel {
+        let out_per_group = shape.out_channels / conv.groups;
+        let k = shape.in_channels / conv.groups * conv.kernel.h * conv.kernel.w;
+        let blocking = Blocking::new(out_per_group, vectors);
+        let data = pack(weight, bias, conv.groups, k, blocking);
+        let bias_start = conv.groups * blocking.group_lanes() * k;
+        ConvKernel { conv: conv.clone(), shape, blocking, bias_start, data }
+    }
+
+    fn padded(&self) -> bool {
+        !self.conv.pad.is_zero()
+    }
+
+    /// The padded input's height and width.
+    fn padded_hw(&self) -> (usize, usize) {
+        let p = self.conv.pad;
+        (self.shape.in_h + p.top + p.bottom, self.shape.in_w + p.left + p.right)
+    }
+
+    /// Scratch bytes for the padded copy of one batch element's input.
+    pub fn scratch_bytes(&self) -> usize {
+        if !self.padded() {
+            return 0;
+        }
+        let (hp, wp) = self.padded_hw();
+        4 * self.shape.in_channels * hp * wp
+    }
+
+    pub fn emit(&self, kb: &mut Kb, x: Loc, out: Loc, residual: Option<Loc>, scratch: Loc, epilogue: &Epilogue) {
+        let s = &self.shape;
+        let c = &self.conv;
+        let (hp, wp) = self.padded_hw();
+        let in_per_group = s.in_channels / c.groups;
+        let out_per_group = s.out_channels / c.groups;
+        let in_image = (s.in_channels * s.in_h * s.in_w) as i64 * 4;
+        let out_plane = (s.out_h * s.out_w) as i64 * 4;
+        let k = in_per_group * c.kernel.h * c.kernel.w;
+        let group_lanes = self.blocking.group_lanes();
+        let reduction = Reduction {
+            count: in_per_group,
+            in_step: (hp * wp) as i64 * 4,
+            taps: (0..c.kernel.h)
+                .flat_map(|kh| (0..c.kernel.w).map(move |kw| ((kh * c.dilation.h * wp + kw * c.dilation.w) * 4) as i64))
+                .collect(),
+        };
+
+        let x_base = kb.addr(x);
+        let out_base = kb.addr(out);
+        let residual_base = residual.map(|r| kb.addr(r));
+        let scratch_base = kb.addr(scratch);
+        let data = kb.data();
+        kb.for_range(s.batch, |kb, n| {
+            let x_n = kb.index(x_base, n, in_image);
+            let input = if self.padded() {
+                self.emit_pad_copy(kb, x_n, scratch_base);
+                scratch_base
+            } else {
+                x_n
+            };
+            kb.for_range(c.groups, |kb, g| {
+                let in_g = kb.index(input, g, (in_per_group * hp * wp) as i64 * 4);
+                // Output channel index of the group's first channel, over the batch.
+                let out_channel = kb.fb.ins().imul_imm_s(n, s.out_channels as i64);
+                let group_channel = kb.fb.ins().imul_imm_s(g, out_per_group as i64);
+                let out_channel = kb.fb.ins().iadd(out_channel, group_channel);
+                let out_g = kb.index(out_base, out_channel, out_plane);
+                let res_g = residual_base.map(|r| kb.index(r, out_channel, out_plane));
+                let w_g = kb.index(data, g, (group_lanes * k * 4) as i64);
+                let bias_data = kb.offset(data, self.bias_start as i64 * 4);
+                let b_g = kb.index(bias_data, g, (group_lanes * 4) as i64);
+                let lanes = 4 * self.blocking.vectors;
+                let (chunks, chunk_size) = self.chunking();
+                kb.for_range(chunks, |kb, chunk_index| {
+                    let chunk = Chunk { index: chunk_index, size: chunk_size };
+                    kb.for_range(self.blocking.full_blocks, |kb, ob| {
+                        let block = Block {
+                            vectors: self.blocking.vectors,
+                            channels: lanes,
+                            weights: kb.index(w_g, ob, (k * lanes * 4) as i64),
+                            bias: kb.index(b_g, ob, (lanes * 4) as i64),
+                            out: kb.index(out_g, ob, lanes as i64 * out_plane),
+                            residual: res_g.map(|r| kb.index(r, ob, lanes as i64 * out_plane)),
+                        };
+                        self.emit_pixels(kb, &reduction, in_g, &block, chunk, epilogue);
+                    });
+                    if self.blocking.tail_vectors > 0 {
+                        let first = self.blocking.full_blocks * lanes;
+                        let block = Block {
+                            vectors: self.blocking.tail_vectors,
+                            channels: self.blocking.tail_channels,
+                            weights: kb.offset(w_g, (first * k * 4) as i64),
+                            bias: kb.offset(b_g, first as i64 * 4),
+                            out: kb.offset(out_g, first as i64 * out_plane),
+                            residual: res_g.map(|r| kb.offset(r, first as i64 * out_plane)),
+                        };
+                        self.emit_pixels(kb, &reduction, in_g, &block, chunk, epilogue);
+                    }
+                });
+            });
+        });
+    }
+
+    /// Whether the plane is tiled as one line of pixels (each output pixel's window
+    /// starts at the input offset of the same index) rather than row by row.
+    fn line_mode(&self) -> bool {
+        let (_, wp) = self.padded_hw();
+        self.conv.stride.h == 1 && self.conv.stride.w == 1 && wp == self.shape.out_w
+    }
+
+    /// How a group's pixels are split into chunks, each run through every block of
+    /// output channels before the next: `(chunks, tiles or rows per chunk)`.
+    ///
+    /// Blocks outer (one chunk) rereads the group's input once per block; chunks outer
+    /// rereads the group's weights once per chunk. Chunks of about 64 KiB of input keep
+    /// it in the L1/L2 caches while all the blocks pass over it; they are used when the
+    /// weights are small enough (512 KiB) to stay in L2 across chunks and the input
+    /// would not (over 256 KiB).
+    fn chunking(&self) -> (usize, usize) {
+        let s = &self.shape;
+        let c = &self.conv;
+        let (hp, wp) = self.padded_hw();
+        let in_per_group = s.in_channels / c.groups;
+        let k = in_per_group * c.kernel.h * c.kernel.w;
+        let weight_bytes = 4 * k * self.blocking.group_lanes();
+        let input_bytes = 4 * in_per_group * hp * wp;
+        let pixels = s.out_h * s.out_w;
+        let (units, unit_bytes) = if self.line_mode() {
+            if pixels < 4 {
+                return (1, 1);
+            }
+            (pixels.div_ceil(4), 4 * 4 * in_per_group)
+        } else {
+            (s.out_h, 4 * in_per_group * c.stride.h * wp)
+        };
+        if weight_bytes > 512 << 10 || input_bytes <= 256 << 10 {
+            return (1, units);
+        }
+        let target = ((64 << 10) / unit_bytes.max(1)).max(1);
+        let chunks = units.div_ceil(target);
+        (chunks, units.div_ceil(chunks))
+    }
+
+    /// Copies one batch element's input into the scratch buffer with zero borders.
+    fn emit_pad_copy(&self, kb: &mut Kb, x_n: Value, scratch: Value) {
+        let s = &self.shape;
+        let p = self.conv.pad;
+        let (hp, wp) = self.padded_hw();
+        kb.zero_floats(scratch, s.in_channels * hp * wp);
+        kb.for_range(s.in_channels, |kb, channel| {
+            let src_plane = kb.index(x_n, channel, (s.in_h * s.in_w * 4) as i64);
+            let dst_plane = kb.index(scratch, channel, (hp * wp * 4) as i64);
+            let dst_plane = kb.offset(dst_plane, ((p.top * wp + p.left) * 4) as i64);
+            kb.for_range(s.in_h, |kb, row| {
+                let src = kb.index(src_plane, row, (s.in_w * 4) as i64);
+                let dst = kb.index(dst_plane, row, (wp * 4) as i64);
+                kb.copy_floats(src, dst, s.in_w);
+            });
+        });
+    }
+
+    /// Runs a block over a chunk of the group's output pixels, tile by tile.
+    fn emit_pixels(&self, kb: &mut Kb, reduction: &Reduction, in_g: Value, block: &Block, chunk: Chunk, ep: &Epilogue) {
+        let s = &self.shape;
+        let c = &self.conv;
+        let (_, wp) = self.padded_hw();
+        let oc_stride = (s.out_h * s.out_w) as i64 * 4;
+        if self.line_mode() {
+            // Output pixel q reads its window at input offset q: tile the plane as a line.
+            let total = s.out_h * s.out_w;
+            let tile = |kb: &mut Kb, tile: Tile| emit_tile(kb, reduction, &tile, block, oc_stride, ep);
+            emit_line(kb, total, in_g, 4, 4, Some(chunk), tile);
+        } else {
+            kb.for_range(chunk.size, |kb, r| {
+                // The chunk's rows; the last chunk may repeat the last row.
+                let first = kb.fb.ins().imul_imm_s(chunk.index, chunk.size as i64);
+                let row = kb.fb.ins().iadd(first, r);
+                let last = kb.iconst(s.out_h as i64 - 1);
+                let oh = kb.fb.ins().umin(row, last);
+                let in_row = kb.index(in_g, oh, (c.stride.h * wp * 4) as i64);
+                let out_row = kb.fb.ins().imul_imm_s(oh, (s.out_w * 4) as i64);
+                let col_in = (c.stride.w * 4) as i64;
+                emit_line(kb, s.out_w, in_row, col_in, 4, None, |kb, mut tile| {
+                    tile.out_offset = kb.fb.ins().iadd(tile.out_offset, out_row);
+                    emit_tile(kb, reduction, &tile, block, oc_stride, ep)
+                });
+            });
+        }
+    }
+}
+
+/// A run of units (tiles of a line, or rows) out of a plane: `size` units from unit
+/// `index * size`, clamped to the last unit (so the last chunk may redo it).
+#[derive(Clone, Copy)]
+struct Chunk {
+    index: Value,
+    size: usize,
+}
+
+/// Tiles `count` pixels laid out in a line (input `in_stride`, output `out_stride` bytes
+/// apart) into tiles of 4, the last one overlapping its predecessor, or only the tiles
+/// of `chunk`; fewer than 4 pixels make one partial tile.
+fn emit_line(
+    kb: &mut Kb,
+    count: usize,
+    in_base: Value,
+    in_stride: i64,
+    out_stride: i64,
+    chunk: Option<Chunk>,
+    emit: impl Fn(&mut Kb, Tile),
+) {
+    if count < 4 {
+        let zero = kb.iconst(0);
+        emit(kb, Tile { pixels: count, in_base, in_stride, out_offset: zero, out_stride });
+        return;
+    }
+    let tiles = count.div_ceil(4);
+    kb.for_range(chunk.map_or(tiles, |c| c.size), |kb, t| {
+        let index = match chunk {
+            Some(c) => {
+                let first = kb.fb.ins().imul_imm_s(c.index, c.size as i64);
+                let index = kb.fb.ins().iadd(first, t);
+                let last = kb.iconst(tiles as i64 - 1);
+                kb.fb.ins().umin(index, last)
+            }
+            None => t,
+        };
+        let first = kb.fb.ins().imul_imm_s(index, 4);
+        let last_start = kb.iconst(count as i64 - 4);
+        let first = kb.fb.ins().umin(first, last_start);
+        let tile_in = kb.index(in_base, first, in_stride);
+        let out_offset = kb.fb.ins().imul_imm_s(first, out_stride);
+        emit(kb, Tile { pixels: 4, in_base: tile_in, in_stride, out_offset, out_stride });
+    });
+}
+
+/// A fully connected layer ready to emit: `[batch, in] -> [batch, out]`.
+pub(crate) struct LinearKernel {
+    batch: usize,
+    in_features: usize,
+    out_features: usize,
+    blocking: Blocking,
+    bias_start: usize,
+    /// The packed weights and bias, little-endian f32.
+    pub data: Vec<u8>,
+}
+
+impl LinearKernel {
+    pub fn new(
+        batch: usize,
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        out_features: usize,
+        vectors: usize,
+    ) -> LinearKernel {
+        let in_features = weight.len() / out_features;
+        let blocking = Blocking::new(out_features, vectors);
+        let data = pack(weight, bias, 1, in_features, blocking);
+        let bias_start = blocking.group_lanes() * in_features;
+        LinearKernel { batch, in_features, out_features, blocking, bias_start, data }
+    }
+
+    pub fn emit(&self, kb: &mut Kb, x: Loc, out: Loc, residual: Option<Loc>, epilogue: &Epilogue) {
+        let k = self.in_features;
+        let reduction = Reduction { count: k, in_step: 4, taps: vec![0] };
+        let x_base = kb.addr(x);
+        let out_base = kb.addr(out);
+        let residual_base = residual.map(|r| kb.addr(r));
+        let data = kb.data();
+        let bias_data = kb.offset(data, self.bias_start as i64 * 4);
+        let lanes = 4 * self.blocking.vectors;
+        let in_stride = (k * 4) as i64;
+        let out_stride = (self.out_features * 4) as i64;
+        let run = |kb: &mut Kb, block: &Block| {
+            emit_line(kb, self.batch, x_base, in_stride, out_stride, None, |kb, tile| {
+                emit_tile(kb, &reduction, &tile, block, 4, epilogue)
+            });
+        };
+        kb.for_range(self.blocking.full_blocks, |kb, ob| {
+            let block = Block {
+                vectors: self.blocking.vectors,
+                channels: lanes,
+                weights: kb.index(data, ob, (k * lanes * 4) as i64),
+                bias: kb.index(bias_data, ob, (lanes * 4) as i64),
+                out: kb.index(out_base, ob, (lanes * 4) as i64),
+                residual: residual_base.map(|r| kb.index(r, ob, (lanes * 4) as i64)),
+            };
+            run(kb, &block);
+        });
+        if self.blocking.tail_vectors > 0 {
+            let first = self.blocking.full_blocks * lanes;
+            let block = Block {
+                vectors: self.blocking.tail_vectors,
+                channels: self.blocking.tail_channels,
+                weights: kb.offset(data, (first * k * 4) as i64),
+                bias: kb.offset(bias_data, first as i64 * 4),
+                out: kb.offset(out_base, first as i64 * 4),
+                residual: residual_base.map(|r| kb.offset(r, first as i64 * 4)),
+            };
+            run(kb, &block);
+        }
+    }
+}

@@ -1,0 +1,407 @@
+//! Pooling: max and average pooling (padding, `ceil`, `count_pad`), adaptive average
+//! pooling (PyTorch's bins) and the global pools.
+//!
+//! Max and average pooling see every window whole: a plane whose windows reach past its
+//! edges (padding, `ceil`) is first copied into scratch space with a border of -inf (max;
+//! it never wins) or 0 (sums), wide enough for the last window. Four outputs of a row are
+//! then computed at once in f32x4 registers, with one vector load per tap at stride 1
+//! and two loads and a `shufps` at stride 2 (other strides run one output at a time).
+//! Average divisors follow PyTorch's clipping rules (the interpreter's `window`): a
+//! constant when every window is whole, else per-row and per-column factors from tables
+//! in read-only data. Adaptive pools read their uneven bins from tables; global pools
+//! reduce each plane with f32x4 partial results.
+
+use cranelift_codegen::ir::condcodes::FloatCC;
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value};
+
+use super::{F32, F32X4, Kb, Loc};
+use crate::ir::Pool;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PoolKind {
+    Max,
+    Avg,
+}
+
+/// One window along one dimension: the real input positions and, for averages, the
+/// length that divides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Window {
+    start: usize,
+    len: usize,
+    divisor: usize,
+}
+
+/// The windows of a pooling op along a dimension of `in_len` giving `out_len` outputs,
+/// clipped as the interpreter (and PyTorch) clip them.
+fn pool_windows(
+    out_len: usize,
+    kernel: usize,
+    stride: usize,
+    pad_before: usize,
+    pad_after: usize,
+    in_len: usize,
+    count_pad: bool,
+) -> Vec<Window> {
+    (0..out_len)
+        .map(|o| {
+            let start = (o * stride) as isize - pad_before as isize;
+            let end = (start + kernel as isize).min((in_len + pad_after) as isize);
+            let real_start = start.max(0) as usize;
+            let real_end = (end.min(in_len as isize).max(0) as usize).max(real_start);
+            let padded_len = (end - start).max(0) as usize;
+            let len = real_end - real_start;
+            Window { start: real_start, len, divisor: if count_pad { padded_len } else { len } }
+        })
+        .collect()
+}
+
+/// PyTorch's adaptive bins: output `i` averages `floor(i*len/out) .. ceil((i+1)*len/out)`.
+fn adaptive_windows(out_len: usize, in_len: usize) -> Vec<Window> {
+    (0..out_len)
+        .map(|i| {
+            let start = i * in_len / out_len;
+            let end = ((i + 1) * in_len).div_ceil(out_len);
+            Window { start, len: end - start, divisor: end - start }
+        })
+        .collect()
+}
+
+/// Max or average pooling over whole windows of a (maybe padded) plane.
+struct Windowed {
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    /// The input's offset in the padded plane (top, left).
+    pad: (usize, usize),
+    /// The padded plane's height and width (the input's when nothing is padded).
+    padded_hw: (usize, usize),
+    /// Average divisors per output row and per output column (their product divides),
+    /// unless every window divides by the whole kernel.
+    divisors: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+enum Mode {
+    Windowed(Windowed),
+    /// Uneven bins read from tables (adaptive pooling).
+    Tabled {
+        rows: Vec<Window>,
+        cols: Vec<Window>,
+    },
+    /// One output per plane.
+    Global,
+}
+
+/// A pooling kernel over `planes` planes of `in_h x in_w`.
+pub(crate) struct PoolKernel {
+    kind: PoolKind,
+    planes: usize,
+    in_hw: (usize, usize),
+    out_hw: (usize, usize),
+    mode: Mode,
+}
+
+impl PoolKernel {
+    /// `in_shape` is `[N, C, H, W]`, `out_hw` the output's height and width.
+    pub fn window(kind: PoolKind, pool: &Pool, in_shape: &[usize], out_hw: (usize, usize)) -> PoolKernel {
+        let (in_h, in_w) = (in_shape[2], in_shape[3]);
+        let (k, s, p) = (pool.kernel, pool.stride, pool.pad);
+        // Enough padding for the last window, whatever `ceil` made of the output size.
+        let padded_h = (p.top + in_h + p.bottom).max((out_hw.0 - 1) * s.h + k.h).max(p.top + in_h);
+        let padded_w = (p.left + in_w + p.right).max((out_hw.1 - 1) * s.w + k.w).max(p.left + in_w);
+        let divisors = (kind == PoolKind::Avg).then(|| {
+            let count_pad = pool.count_pad;
+            let rows = pool_windows(out_hw.0, k.h, s.h, p.top, p.bottom, in_h, count_pad);
+            let cols = pool_windows(out_hw.1, k.w, s.w, p.left, p.right, in_w, count_pad);
+            let whole = rows.iter().all(|w| w.divisor == k.h) && cols.iter().all(|w| w.divisor == k.w);
+            (!whole).then(|| {
+                let factors = |windows: &[Window]| windows.iter().map(|w| w.divisor as f32).collect();
+                (factors(&rows), factors(&cols))
+            })
+        });
+        let windowed = Windowed {
+            kernel: (k.h, k.w),
+            stride: (s.h, s.w),
+            pad: (p.top, p.left),
+            padded_hw: (padded_h, padded_w),
+            divisors: divisors.flatten(),
+        };
+        PoolKernel {
+            kind,
+            planes: in_shape[0] * in_shape[1],
+            in_hw: (in_h, in_w),
+            out_hw,
+            mode: Mode::Windowed(windowed),
+        }
+    }
+
+    pub fn adaptive(in_shape: &[usize], out_hw: (usize, usize)) -> PoolKernel {
+        let (in_h, in_w) = (in_shape[2], in_shape[3]);
+        let mode = if out_hw == (1, 1) {
+            Mode::Global
+        } else {
+            Mode::Tabled { rows: adaptive_windows(out_hw.0, in_h), cols: adaptive_windows(out_hw.1, in_w) }
+        };
+        PoolKernel { kind: PoolKind::Avg, planes: in_shape[0] * in_shape[1], in_hw: (in_h, in_w), out_hw, mode }
+    }
+
+    pub fn global(kind: PoolKind, in_shape: &[usize]) -> PoolKernel {
+        PoolKernel {
+            kind,
+            planes: in_shape[0] * in_shape[1],
+            in_hw: (in_shape[2], in_shape[3]),
+            out_hw: (1, 1),
+            mode: Mode::Global,
+        }
+    }
+
+    /// The read-only data the kernel reads: divisor factors (f32, rows then columns) or
+    /// window tables (i32 `start, len, divisor` per row, then per column).
+    pub fn data(&self) -> Option<Vec<u8>> {
+        match &self.mode {
+            Mode::Windowed(Windowed { divisors: Some((rows, cols)), .. }) => {
+                Some(rows.iter().chain(cols).flat_map(|x| x.to_le_bytes()).collect())
+            }
+            Mode::Tabled { rows, cols } => Some(
+                rows.iter()
+                    .chain(cols)
+                    .flat_map(|w| [w.start as i32, w.len as i32, w.divisor as i32])
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// Whether the windowed plane needs a padded copy.
+    fn padded(w: &Windowed, in_hw: (usize, usize)) -> bool {
+        w.pad != (0, 0) || w.padded_hw != in_hw
+    }
+
+    /// Scratch bytes for one padded plane.
+    pub fn scratch_bytes(&self) -> usize {
+        match &self.mode {
+            Mode::Windowed(w) if Self::padded(w, self.in_hw) => 4 * w.padded_hw.0 * w.padded_hw.1,
+            _ => 0,
+        }
+    }
+
+    pub fn emit(&self, kb: &mut Kb, x: Loc, out: Loc, scratch: Loc) {
+        let src = kb.addr(x);
+        let dst = kb.addr(out);
+        let scratch = kb.addr(scratch);
+        let in_plane = (self.in_hw.0 * self.in_hw.1 * 4) as i64;
+        let out_plane = (self.out_hw.0 * self.out_hw.1 * 4) as i64;
+        kb.for_range(self.planes, |kb, plane| {
+            let src = kb.index(src, plane, in_plane);
+            let dst = kb.index(dst, plane, out_plane);
+            match &self.mode {
+                Mode::Global => self.emit_global(kb, src, dst),
+                Mode::Tabled { .. } => self.emit_tabled(kb, src, dst),
+                Mode::Windowed(w) => {
+                    let plane = if Self::padded(w, self.in_hw) {
+                        self.emit_pad_copy(kb, w, src, scratch);
+                        scratch
+                    } else {
+                        src
+                    };
+                    self.emit_windowed(kb, w, plane, dst);
+                }
+            }
+        });
+    }
+
+    fn initial(&self, kb: &mut Kb, ty: Type) -> Value {
+        match self.kind {
+            PoolKind::Max => kb.constant(ty, f32::NEG_INFINITY),
+            PoolKind::Avg => kb.constant(ty, 0.0),
+        }
+    }
+
+    /// Folds one value into the running maximum or sum. The maximum takes NaN, as the
+    /// interpreter (and PyTorch) do.
+    fn accumulate(&self, kb: &mut Kb, acc: Value, v: Value) -> Value {
+        match self.kind {
+            PoolKind::Avg => kb.fb.ins().fadd(acc, v),
+            PoolKind::Max => {
+                let greater = kb.fb.ins().fcmp(FloatCC::GreaterThan, v, acc);
+                let nan = kb.fb.ins().fcmp(FloatCC::Unordered, v, v);
+                let take = kb.fb.ins().bor(greater, nan);
+                if kb.fb.func.dfg.value_type(v) == F32 {
+                    kb.fb.ins().select(take, v, acc)
+                } else {
+                    let take = kb.fb.ins().bitcast(F32X4, MemFlagsData::new(), take);
+                    kb.fb.ins().bitselect(take, v, acc)
+                }
+            }
+        }
+    }
+
+    /// Copies a plane into the scratch space inside a border of the initial value.
+    fn emit_pad_copy(&self, kb: &mut Kb, w: &Windowed, src: Value, scratch: Value) {
+        let (hp, wp) = w.padded_hw;
+        let (in_h, in_w) = self.in_hw;
+        let kind = self.kind;
+        kb.map_floats(hp * wp, &[], scratch, |kb, ty, _| match kind {
+            PoolKind::Max => kb.constant(ty, f32::NEG_INFINITY),
+            PoolKind::Avg => kb.constant(ty, 0.0),
+        });
+        let first = kb.offset(scratch, ((w.pad.0 * wp + w.pad.1) * 4) as i64);
+        kb.for_range(in_h, |kb, row| {
+            let from = kb.index(src, row, (in_w * 4) as i64);
+            let to = kb.index(first, row, (wp * 4) as i64);
+            kb.copy_floats(from, to, in_w);
+        });
+    }
+
+    /// Whole windows over `plane` (`padded_hw` wide): four outputs at a time when the
+    /// column stride is 1 or 2 and the row has at least four, else one at a time.
+    fn emit_windowed(&self, kb: &mut Kb, w: &Windowed, plane: Value, dst: Value) {
+        let (out_h, out_w) = self.out_hw;
+        let (kh, kw) = w.kernel;
+        let (sh, sw) = w.stride;
+        let wp = w.padded_hw.1;
+        let vector = out_w >= 4 && (sw == 1 || sw == 2);
+        let divisor_cols = w.divisors.as_ref().map(|_| {
+            let data = kb.data();
+            kb.offset(data, (out_h * 4) as i64)
+        });
+        kb.for_range(out_h, |kb, oh| {
+            let row = kb.index(plane, oh, (sh * wp * 4) as i64);
+            let out_row = kb.index(dst, oh, (out_w * 4) as i64);
+            let row_divisor = w.divisors.as_ref().map(|_| {
+                let data = kb.data();
+                let addr = kb.index(data, oh, 4);
+                kb.load_weight(F32, addr, 0)
+            });
+            let (ty, group) = if vector { (F32X4, 4) } else { (F32, 1) };
+            let groups = out_w.div_ceil(group);
+            kb.for_range(groups, |kb, g| {
+                // The last group of four overlaps its predecessor rather than run past
+                // the row.
+                let first = kb.fb.ins().imul_imm_s(g, group as i64);
+                let last = kb.iconst((out_w - group) as i64);
+                let ow = kb.fb.ins().umin(first, last);
+                let window = kb.index(row, ow, (sw * 4) as i64);
+                let mut acc = self.initial(kb, ty);
+                for i in 0..kh {
+                    for j in 0..kw {
+                        let offset = ((i * wp + j) * 4) as i64;
+                        let v = match (vector, sw) {
+                            (false, _) | (true, 1) => kb.load(ty, window, offset),
+                            _ => {
+                                // Stride 2: elements 0, 2 of one load and 1, 3 of another
+                                // three floats on (the last tap read is the last needed).
+                                let a = kb.load(F32X4, window, offset);
+                                let b = kb.load(F32X4, window, offset + 12);
+                                evens(kb, a, b)
+                            }
+                        };
+                        acc = self.accumulate(kb, acc, v);
+                    }
+                }
+                if self.kind == PoolKind::Avg {
+                    let divisor = match (row_divisor, divisor_cols) {
+                        (Some(r), Some(cols)) => {
+                            let addr = kb.index(cols, ow, 4);
+                            let c = kb.load_weight(ty, addr, 0);
+                            let r = if ty == F32 { r } else { kb.fb.ins().splat(F32X4, r) };
+                            kb.fb.ins().fmul(r, c)
+                        }
+                        _ => kb.constant(ty, (kh * kw) as f32),
+                    };
+                    acc = kb.fb.ins().fdiv(acc, divisor);
+                }
+                let out = kb.index(out_row, ow, 4);
+                kb.store(acc, out, 0);
+            });
+        });
+    }
+
+    /// Windows from the tables (adaptive bins), one output at a time.
+    fn emit_tabled(&self, kb: &mut Kb, src: Value, dst: Value) {
+        let (out_h, out_w) = self.out_hw;
+        let in_w = self.in_hw.1;
+        let data = kb.data();
+        let cols_table = kb.offset(data, (out_h * 12) as i64);
+        kb.for_range(out_h, |kb, oh| {
+            let row_entry = kb.index(data, oh, 12);
+            let row_start = kb.load_index(row_entry, 0);
+            let row_len = kb.load_index(row_entry, 4);
+            let row_divisor = kb.load_index(row_entry, 8);
+            let first_row = kb.index(src, row_start, (in_w * 4) as i64);
+            let out_row = kb.index(dst, oh, (out_w * 4) as i64);
+            kb.for_range(out_w, |kb, ow| {
+                let col_entry = kb.index(cols_table, ow, 12);
+                let col_start = kb.load_index(col_entry, 0);
+                let col_len = kb.load_index(col_entry, 4);
+                let first = kb.index(first_row, col_start, 4);
+                let acc_var = kb.fb.declare_var(F32);
+                let init = self.initial(kb, F32);
+                kb.fb.def_var(acc_var, init);
+                kb.for_dynamic(row_len, |kb, i| {
+                    let row = kb.index(first, i, (in_w * 4) as i64);
+                    kb.for_dynamic(col_len, |kb, j| {
+                        let addr = kb.index(row, j, 4);
+                        let v = kb.load(F32, addr, 0);
+                        let acc = kb.fb.use_var(acc_var);
+                        let acc = self.accumulate(kb, acc, v);
+                        kb.fb.def_var(acc_var, acc);
+                    });
+                });
+                let mut acc = kb.fb.use_var(acc_var);
+                if self.kind == PoolKind::Avg {
+                    let col_divisor = kb.load_index(col_entry, 8);
+                    let divisor = kb.fb.ins().imul(row_divisor, col_divisor);
+                    let divisor = kb.fb.ins().fcvt_from_uint(F32, divisor);
+                    acc = kb.fb.ins().fdiv(acc, divisor);
+                }
+                let out = kb.index(out_row, ow, 4);
+                kb.store(acc, out, 0);
+            });
+        });
+    }
+
+    /// One output per plane: f32x4 partial results over the plane, then the lanes.
+    fn emit_global(&self, kb: &mut Kb, src: Value, dst: Value) {
+        let count = self.in_hw.0 * self.in_hw.1;
+        let vectors = count / 4;
+        let mut acc = self.initial(kb, F32);
+        if vectors > 0 {
+            let acc_var = kb.fb.declare_var(F32X4);
+            let init = self.initial(kb, F32X4);
+            kb.fb.def_var(acc_var, init);
+            kb.for_range(vectors, |kb, i| {
+                let addr = kb.index(src, i, 16);
+                let v = kb.load(F32X4, addr, 0);
+                let a = kb.fb.use_var(acc_var);
+                let a = self.accumulate(kb, a, v);
+                kb.fb.def_var(acc_var, a);
+            });
+            let partial = kb.fb.use_var(acc_var);
+            for lane in 0..4u8 {
+                let v = kb.fb.ins().extractlane(partial, lane);
+                acc = self.accumulate(kb, acc, v);
+            }
+        }
+        for i in vectors * 4..count {
+            let v = kb.load(F32, src, 4 * i as i64);
+            acc = self.accumulate(kb, acc, v);
+        }
+        if self.kind == PoolKind::Avg {
+            let divisor = kb.f32(count as f32);
+            acc = kb.fb.ins().fdiv(acc, divisor);
+        }
+        kb.store(acc, dst, 0);
+    }
+}
+
+/// Lanes 0 and 2 of `a` and 1 and 3 of `b` (`shufps` on x86-64).
+fn evens(kb: &mut Kb, a: Value, b: Value) -> Value {
+    const MASK: [u8; 16] = [0, 1, 2, 3, 8, 9, 10, 11, 20, 21, 22, 23, 28, 29, 30, 31];
+    let little = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+    let a = kb.fb.ins().bitcast(cranelift_codegen::ir::types::I8X16, little, a);
+    let b = kb.fb.ins().bitcast(cranelift_codegen::ir::types::I8X16, little, b);
+    let mask = kb.fb.func.dfg.immediates.push(MASK.to_vec().into());
+    let shuffled = kb.fb.ins().shuffle(a, b, mask);
+    kb.fb.ins().bitcast(F32X4, little, shuffled)
+}
