@@ -9,12 +9,20 @@
 //! 2. [`ir`]: the result is a [`ir::Graph`], a petgraph `StableDiGraph` with one node per
 //!    op. Its invariants are written next to the type and checked by [`ir::verify`].
 //!    [`ir::print`] is its deterministic text form.
-//! 3. [`summary`]: per-layer cost (parameters, MACs, bytes) of a graph.
+//! 3. [`passes`]: the optimizing pipeline (`-O0/-O1/-O2`), each pass a plain function
+//!    over the graph, `ir::verify` after each.
+//! 4. [`interp`] (the reference), [`backend::clif`] (native code through Cranelift: JIT
+//!    and object files) and [`backend::wgsl`] (WGSL through wgpu) execute the graph;
+//!    [`exec`] puts them behind one interface and [`build`] embeds the native code in a
+//!    Rust crate from its build script.
+//! 5. [`summary`]: per-layer cost (parameters, MACs, bytes) of a graph.
 //!
 //! Every error in a user's input is a [`diag::Diag`] with a span, rendered against the
 //! source by [`diag::render`]; nothing a user writes makes the compiler panic.
 
 pub mod backend;
+pub mod build_script;
+pub mod compare;
 pub mod diag;
 pub mod exec;
 pub mod export;
@@ -30,3 +38,6 @@ pub mod weights;
 
 /// The GPU runtime: WGSL kernels run through wgpu.
 pub use backend::wgsl as gpu;
+
+/// The build-script API: `cnnc::build::Model::new("net.cnn").weights(..).compile()`.
+pub use build_script as build;

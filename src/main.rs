@@ -47,6 +47,11 @@ struct RunArgs {
     /// Executor: native code (cpu, the default), the GPU (gpu), or the reference interpreter.
     #[arg(long, value_enum, default_value = "cpu")]
     target: Target,
+    /// Run on every listed target (e.g. cpu,gpu,reference) and report, layer by layer,
+    /// each one's relative L2 error against the reference and the first layer where one
+    /// disagrees beyond 1e-4 (exit status 1 then).
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "TARGETS")]
+    compare: Vec<Target>,
     #[command(flatten)]
     opt: OptArgs,
     /// Print the K most likely classes of each batch item.
@@ -55,10 +60,10 @@ struct RunArgs {
     /// Class names, one per line, for --top.
     #[arg(long, value_name = "FILE")]
     labels: Option<PathBuf>,
-    /// Per-channel mean for image inputs (default: ImageNet's).
+    /// Per-channel mean for image inputs (default: ImageNet's for RGB, 0 otherwise).
     #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
     mean: Option<Vec<f32>>,
-    /// Per-channel standard deviation for image inputs (default: ImageNet's).
+    /// Per-channel standard deviation for image inputs (default: ImageNet's for RGB, 1 otherwise).
     #[arg(long, value_delimiter = ',')]
     std: Option<Vec<f32>>,
     #[command(flatten)]
@@ -69,7 +74,8 @@ struct RunArgs {
 enum BuildTarget {
     /// A relocatable object and a C header (Cranelift).
     Cpu,
-    /// WGSL shaders and a dispatch plan (not written to files yet).
+    /// WGSL shader modules (NET.wgsl/), a dispatch plan (NET.plan.json) and the weights
+    /// blob (NET.weights), loaded by `cnnc::gpu::GpuModel::load(DIR, NET)`.
     Gpu,
 }
 
@@ -535,8 +541,9 @@ fn read_inputs(
                 return Err(located(&format!("input `{name}` is {} values per item, not an image", chw[0])));
             }
             let c = chw[0];
-            let default_mean = if c == 3 { cnnc::io::IMAGENET_MEAN.to_vec() } else { vec![0.5; c] };
-            let default_std = if c == 3 { cnnc::io::IMAGENET_STD.to_vec() } else { vec![0.5; c] };
+            // ImageNet's statistics for RGB; other channel counts are only scaled to [0, 1].
+            let default_mean = if c == 3 { cnnc::io::IMAGENET_MEAN.to_vec() } else { vec![0.0; c] };
+            let default_std = if c == 3 { cnnc::io::IMAGENET_STD.to_vec() } else { vec![1.0; c] };
             let mean = mean.map(<[f32]>::to_vec).unwrap_or(default_mean);
             let std = std.map(<[f32]>::to_vec).unwrap_or(default_std);
             if mean.len() != c || std.len() != c || std.iter().any(|&s| s <= 0.0 || !s.is_finite()) {
@@ -560,7 +567,7 @@ fn not_built(what: &str) -> UserError {
 }
 
 fn run_command(args: &RunArgs) -> Result<(), UserError> {
-    let RunArgs { net, weights, input: specs, output, target, opt, top, labels, mean, std, shape } = args;
+    let RunArgs { net, weights, input: specs, output, target, compare, opt, top, labels, mean, std, shape } = args;
     let (net, output, level, labels) = (net.as_path(), output.as_deref(), opt.level(), labels.as_deref());
     let (mean, std, top) = (mean.as_deref(), std.as_deref(), *top);
     // Build once to learn the inputs, then again for the input files' batch.
@@ -572,6 +579,20 @@ fn run_command(args: &RunArgs) -> Result<(), UserError> {
     }
     let mut graph = prepare(net, shape, batch, Some(weights))?;
     passes::optimize(&mut graph, level)?;
+    if !compare.is_empty() {
+        let targets: Vec<cnnc::exec::Target> = compare.iter().map(|t| t.to_exec()).collect();
+        let report = cnnc::compare::compare(&graph, &inputs, &targets).map_err(|e| UserError(format!("error: {e}")))?;
+        print!("{report}");
+        return match report.first_divergence() {
+            None => Ok(()),
+            Some(d) => Err(UserError(format!(
+                "error: target {} first disagrees with the reference at layer `{}` (relative L2 error {:.2e})",
+                d.target.name(),
+                d.name,
+                d.error
+            ))),
+        };
+    }
     let output_names: Vec<String> = graph.outputs.iter().map(|o| o.name.clone()).collect();
     let executor = cnnc::exec::compile(graph, target.to_exec()).map_err(|e| UserError(format!("error: {e}")))?;
     let started = std::time::Instant::now();
@@ -647,7 +668,7 @@ fn write_outputs(path: &Path, names: &[String], outputs: &[cnnc::tensor::Tensor]
 fn build_command(args: &BuildArgs) -> Result<(), UserError> {
     let BuildArgs { net, weights, shape, opt, target, emit, target_triple, output: dir } = args;
     let default_emit = [Emit::Obj, Emit::Header];
-    let emit: &[Emit] = if emit.is_empty() { &default_emit } else { emit };
+    let emit: &[Emit] = if emit.is_empty() && *target == BuildTarget::Cpu { &default_emit } else { emit };
     if *target == BuildTarget::Gpu
         && emit.iter().any(|e| matches!(e, Emit::Obj | Emit::Header))
         && !args.emit.is_empty()
@@ -656,9 +677,6 @@ fn build_command(args: &BuildArgs) -> Result<(), UserError> {
     }
     if let Some(missing) = emit.iter().find(|e| matches!(e, Emit::Rust | Emit::Wgsl | Emit::Plan)) {
         return Err(not_built(&format!("--emit {missing:?}").to_lowercase()));
-    }
-    if *target == BuildTarget::Gpu && args.emit.is_empty() {
-        return Err(not_built("--target gpu artifacts (NET.wgsl, NET.plan.json)"));
     }
     let mut graph = prepare(net, shape, shape.batch as usize, Some(weights))?;
     std::fs::create_dir_all(dir).map_err(|e| UserError(format!("error: cannot create {}: {e}", dir.display())))?;
@@ -681,6 +699,13 @@ fn build_command(args: &BuildArgs) -> Result<(), UserError> {
     }
     if emit.contains(&Emit::Dot) {
         write(format!("{}.dot", graph.name), cnnc::graphviz::to_dot(&graph).as_bytes())?;
+    }
+    if *target == BuildTarget::Gpu && args.emit.is_empty() {
+        let name = graph.name.clone();
+        let written = cnnc::gpu::write_artifacts(&graph, dir, &name).map_err(|e| UserError(format!("error: {e}")))?;
+        for path in written {
+            eprintln!("wrote {}", path.display());
+        }
     }
     if emit.contains(&Emit::Obj) || emit.contains(&Emit::Header) {
         let started = std::time::Instant::now();
@@ -751,9 +776,16 @@ fn ensure_runtime_dir() {
 }
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, which turns `cnnc run ... | head` into a panic on the next
+    // print; a command-line tool should end quietly instead, as cat and grep do.
+    #[cfg(unix)]
+    // SAFETY: restoring a signal's default action before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let uses_gpu = match &cli.command {
-        Command::Run(args) => args.target == Target::Gpu,
+        Command::Run(args) => args.target == Target::Gpu || args.compare.contains(&Target::Gpu),
         Command::Bench(args) => args.target == Target::Gpu,
         _ => false,
     };

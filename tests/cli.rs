@@ -267,3 +267,21 @@ fn bench_reports_median_and_gflops() {
     assert!(json["median_ms"].as_f64().unwrap() >= json["min_ms"].as_f64().unwrap());
     assert!(json["gflops"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn compare_runs_every_target_layer_by_layer() {
+    let out = cnnc(&[
+        "run",
+        "examples/lenet5.cnn",
+        "--random-weights",
+        "--input",
+        "examples/digits/3.png",
+        "--input-shape",
+        "1x28x28",
+        "--compare",
+        "cpu,reference",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("conv1") && stdout.contains("cpu: max error") && stdout.contains("agrees"), "{stdout}");
+}

@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ir::{Activation, Epilogue, Graph, NodeId, Op, Pool};
 
@@ -51,7 +51,7 @@ const WORKGROUP_SIZE: u64 = 64;
 const IO_ALIGNMENT: u64 = 256;
 
 /// The device limits the layout has to respect.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceLimits {
     pub max_storage_buffer_binding_size: u64,
     pub max_buffer_size: u64,
@@ -74,7 +74,7 @@ impl Default for DeviceLimits {
 }
 
 /// Which template computes convolutions.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConvKernel {
     /// `conv.wgsl`: each invocation keeps an 8-channel x 4-column block in registers.
     /// The faster one on CPU drivers such as lavapipe, where workgroup memory is plain
@@ -87,7 +87,7 @@ pub enum ConvKernel {
 }
 
 /// A GPU buffer of the plan.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum BufferId {
     /// The arena, the inputs and the outputs.
     Activations,
@@ -97,7 +97,7 @@ pub enum BufferId {
 
 /// Elements `first .. first + count` of a tensor, stored contiguously in one buffer
 /// from `byte_offset` on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Segment {
     pub buffer: BufferId,
     pub byte_offset: u64,
@@ -107,7 +107,7 @@ pub struct Segment {
 
 /// A tensor's place in the buffers: one segment, or several for a weight larger than a
 /// buffer may be.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Placement {
     pub name: String,
     pub shape: Vec<usize>,
@@ -115,7 +115,7 @@ pub struct Placement {
 }
 
 /// A storage binding of a kernel: `size` bytes of `buffer` from `offset`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Binding {
     pub buffer: BufferId,
     pub offset: u64,

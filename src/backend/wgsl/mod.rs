@@ -4,10 +4,13 @@
 //! [`emit::plan`] turns an optimized graph into a [`emit::Plan`]: buffer layout and one
 //! specialized, naga-validated kernel per node. [`runtime`] creates the device, uploads
 //! the weights, builds every pipeline once and runs all dispatches of an inference in
-//! one compute pass.
+//! one compute pass. [`artifacts`] writes a plan to disk (modules, dispatch plan,
+//! weights) and [`GpuModel::load`] runs it without the source.
 
+pub mod artifacts;
 pub mod emit;
 pub mod runtime;
 
+pub use artifacts::{ArtifactPlan, write_artifacts, write_artifacts_with};
 pub use emit::{ConvKernel, DeviceLimits, Kernel, Plan, plan, validate_wgsl};
 pub use runtime::{GpuModel, GpuOptions, adapter_available, compile_gpu, compile_gpu_with};

@@ -80,11 +80,52 @@ pub fn compile_gpu(graph: &Graph) -> Result<GpuModel, String> {
 
 /// [`compile_gpu`] with choices.
 pub fn compile_gpu_with(graph: &Graph, options: &GpuOptions) -> Result<GpuModel, String> {
-    let adapter = request_adapter()?;
-    let descriptor =
-        wgpu::DeviceDescriptor { label: Some("cnnc"), required_limits: adapter.limits(), ..Default::default() };
-    let (device, queue) = pollster::block_on(adapter.request_device(&descriptor))
-        .map_err(|e| format!("cannot open the GPU device: {e}"))?;
+    let (device, queue, info, limits) = open_device(options)?;
+    let conv_kernel = options.conv_kernel.unwrap_or(if info.device_type == wgpu::DeviceType::Cpu {
+        ConvKernel::Direct
+    } else {
+        ConvKernel::Tiled
+    });
+    let plan = emit::plan(graph, &limits, conv_kernel)?;
+    // Check every weight before touching the device.
+    let mut tensors = Vec::with_capacity(plan.weights.len());
+    for placement in &plan.weights {
+        let tensor =
+            graph.weights.get(&placement.name).ok_or_else(|| format!("missing weight `{}`", placement.name))?;
+        if tensor.shape != placement.shape || tensor.data.len() != placement.shape.iter().product::<usize>() {
+            return Err(format!(
+                "weight `{}` has shape {}, the graph needs {:?}",
+                placement.name,
+                tensor.shape_string(),
+                placement.shape
+            ));
+        }
+        tensors.push(tensor);
+    }
+    let placements = plan.weights.clone();
+    let mut fill = |buffer: usize, write: &mut dyn FnMut(usize, &[u8])| -> Result<(), String> {
+        for (placement, tensor) in placements.iter().zip(&tensors) {
+            for segment in &placement.segments {
+                if segment.buffer != BufferId::Weights(buffer) {
+                    continue;
+                }
+                let values = &tensor.data[segment.first as usize..][..segment.count as usize];
+                // In chunks, so that a 400 MB tensor does not need a 400 MB copy.
+                let mut offset = segment.byte_offset as usize;
+                for chunk in values.chunks(1 << 18) {
+                    let bytes = f32_bytes(chunk);
+                    write(offset, &bytes);
+                    offset += bytes.len();
+                }
+            }
+        }
+        Ok(())
+    };
+    GpuModel::build(device, queue, info, plan, &mut fill)
+}
+
+/// The limits of `device`, lowered to `lower` where given.
+pub(crate) fn device_limits(device: &wgpu::Device, lower: Option<&DeviceLimits>) -> DeviceLimits {
     let device_limits = device.limits();
     let mut limits = DeviceLimits {
         max_storage_buffer_binding_size: device_limits.max_storage_buffer_binding_size,
@@ -93,7 +134,7 @@ pub fn compile_gpu_with(graph: &Graph, options: &GpuOptions) -> Result<GpuModel,
         max_storage_buffers_per_shader_stage: device_limits.max_storage_buffers_per_shader_stage,
         max_compute_workgroups_per_dimension: device_limits.max_compute_workgroups_per_dimension,
     };
-    if let Some(lower) = &options.limits {
+    if let Some(lower) = lower {
         limits = DeviceLimits {
             max_storage_buffer_binding_size: limits
                 .max_storage_buffer_binding_size
@@ -110,15 +151,24 @@ pub fn compile_gpu_with(graph: &Graph, options: &GpuOptions) -> Result<GpuModel,
                 .min(lower.max_compute_workgroups_per_dimension),
         };
     }
-    let info = adapter.get_info();
-    let conv_kernel = options.conv_kernel.unwrap_or(if info.device_type == wgpu::DeviceType::Cpu {
-        ConvKernel::Direct
-    } else {
-        ConvKernel::Tiled
-    });
-    let plan = emit::plan(graph, &limits, conv_kernel)?;
-    GpuModel::load(device, queue, info, plan, graph)
+    limits
 }
+
+/// Opens the first high-performance adapter's device with all its limits.
+pub(crate) fn open_device(
+    options: &GpuOptions,
+) -> Result<(wgpu::Device, wgpu::Queue, wgpu::AdapterInfo, DeviceLimits), String> {
+    let adapter = request_adapter()?;
+    let descriptor =
+        wgpu::DeviceDescriptor { label: Some("cnnc"), required_limits: adapter.limits(), ..Default::default() };
+    let (device, queue) = pollster::block_on(adapter.request_device(&descriptor))
+        .map_err(|e| format!("cannot open the GPU device: {e}"))?;
+    let limits = device_limits(&device, options.limits.as_ref());
+    Ok((device, queue, adapter.get_info(), limits))
+}
+
+/// Writes the `k`th weights buffer's contents through `write(byte_offset, bytes)`.
+pub(crate) type FillWeights<'a> = dyn FnMut(usize, &mut dyn FnMut(usize, &[u8])) -> Result<(), String> + 'a;
 
 /// Runs `work` inside validation, out-of-memory and internal error scopes; the first
 /// error caught becomes `Err`.
@@ -144,29 +194,15 @@ fn f32_bytes(values: &[f32]) -> Vec<u8> {
 }
 
 impl GpuModel {
-    fn load(
+    /// Creates the buffers, pipelines and bind groups of `plan`; `fill(k, write)` writes
+    /// the `k`th weights buffer's contents through `write(byte_offset, bytes)`.
+    pub(crate) fn build(
         device: wgpu::Device,
         queue: wgpu::Queue,
         adapter: wgpu::AdapterInfo,
         plan: Plan,
-        graph: &Graph,
+        fill: &mut FillWeights<'_>,
     ) -> Result<GpuModel, String> {
-        // Check every weight before touching the device.
-        let mut tensors = Vec::with_capacity(plan.weights.len());
-        for placement in &plan.weights {
-            let tensor =
-                graph.weights.get(&placement.name).ok_or_else(|| format!("missing weight `{}`", placement.name))?;
-            if tensor.shape != placement.shape || tensor.data.len() != placement.shape.iter().product::<usize>() {
-                return Err(format!(
-                    "weight `{}` has shape {}, the graph needs {:?}",
-                    placement.name,
-                    tensor.shape_string(),
-                    placement.shape
-                ));
-            }
-            tensors.push(tensor);
-        }
-
         let (activations, weights) = catching_errors(&device, "uploading the weights", || {
             let activations = device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("cnnc activations"),
@@ -193,18 +229,8 @@ impl GpuModel {
             for buffer in &weights {
                 views.push(buffer.get_mapped_range_mut(..).map_err(|e| format!("cannot map a weights buffer: {e}"))?);
             }
-            for (placement, tensor) in plan.weights.iter().zip(&tensors) {
-                for segment in &placement.segments {
-                    let BufferId::Weights(index) = segment.buffer else { continue };
-                    let values = &tensor.data[segment.first as usize..][..segment.count as usize];
-                    // In chunks, so that a 400 MB tensor does not need a 400 MB copy.
-                    let mut offset = segment.byte_offset as usize;
-                    for chunk in values.chunks(1 << 18) {
-                        let bytes = f32_bytes(chunk);
-                        views[index].slice(offset..offset + bytes.len()).copy_from_slice(&bytes);
-                        offset += bytes.len();
-                    }
-                }
+            for (index, view) in views.iter_mut().enumerate() {
+                fill(index, &mut |offset, bytes| view.slice(offset..offset + bytes.len()).copy_from_slice(bytes))?;
             }
         }
         for buffer in &weights {

@@ -1,0 +1,82 @@
+//! Builds and runs `examples/embed_rust` (a crate whose `build.rs` compiles LeNet-5 with
+//! `cnnc::build` and links it) and compares what it prints with the reference
+//! interpreter on the same graph, weights and input.
+//!
+//! The example is its own crate (not a workspace member), built with its own target
+//! directory under ours (`target/embed_rust`), so reruns are incremental; the first run
+//! compiles cnnc and its dependencies once more, as a build dependency.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cnnc::front::BuildOptions;
+use cnnc::tensor::{Tensor, argmax_rows, relative_l2};
+
+const SEED: u64 = 1;
+
+fn example_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/embed_rust")
+}
+
+/// Runs the example (built first if needed) with `args` and parses one float per line.
+fn run_example(args: &[&Path]) -> Vec<f32> {
+    let target_dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("target/tmp has a parent").join("embed_rust");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(cargo)
+        .current_dir(example_dir())
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .args(["run", "--offline", "--quiet", "--"])
+        .args(args)
+        .output()
+        .expect("cannot run cargo");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "cargo run in examples/embed_rust failed ({}):\n{stderr}\n{stdout}",
+        output.status
+    );
+    stdout
+        .lines()
+        .map(|line| line.trim().parse::<f32>().unwrap_or_else(|e| panic!("not a float: {line:?} ({e})\n{stdout}")))
+        .collect()
+}
+
+/// The reference: LeNet-5 as written (not optimized) in the interpreter, with the same
+/// random weights as the example's build script.
+fn reference(input: &[f32]) -> Tensor {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/lenet5.cnn");
+    let source = std::fs::read(&path).expect("examples/lenet5.cnn");
+    let graph = cnnc::front::compile_bytes(&source, &BuildOptions::default()).expect("lenet5 compiles");
+    let weights = cnnc::weights::random_weights(&graph, SEED);
+    let shape = graph.node(graph.inputs[0]).shape.clone();
+    let input = Tensor::new(shape, input.to_vec()).expect("the input has the network's size");
+    let mut outputs = cnnc::interp::run(&graph, &weights, &[input]).expect("the interpreter runs lenet5");
+    assert_eq!(outputs.len(), 1);
+    outputs.remove(0)
+}
+
+fn check(got: &[f32], expected: &Tensor) {
+    assert_eq!(got.len(), expected.len(), "the example printed {} values, expected {}", got.len(), expected.len());
+    let error = relative_l2(got, &expected.data);
+    assert!(error <= 1e-4, "relative L2 {error:e} > 1e-4\ngot {got:?}\nexpected {:?}", expected.data);
+    let got = Tensor::new(expected.shape.clone(), got.to_vec()).expect("same length");
+    assert_eq!(argmax_rows(&got), argmax_rows(expected));
+}
+
+#[test]
+fn embedded_lenet5_matches_the_interpreter() {
+    // An input from a file.
+    let input = cnnc::weights::random_normal(&[1, 1, 28, 28], 7);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("embed_rust_test");
+    std::fs::create_dir_all(&dir).expect("create the test directory");
+    let file = dir.join("input.f32");
+    let bytes: Vec<u8> = input.data.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    std::fs::write(&file, bytes).expect("write the input");
+    check(&run_example(&[&file]), &reference(&input.data));
+
+    // The example's own made-up input (`deterministic_input` in its main.rs).
+    let made_up: Vec<f32> = (0..784).map(|i| ((i % 97) as f32 / 48.0) - 1.0).collect();
+    check(&run_example(&[]), &reference(&made_up));
+}

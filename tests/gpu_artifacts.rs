@@ -1,0 +1,173 @@
+//! GPU build artifacts: LeNet-5 and ResNet-18, optimized at O2 with random weights, are
+//! written to a directory (`write_artifacts`), loaded back without their source
+//! (`GpuModel::load`) and run; the outputs must match the reference interpreter's
+//! (relative L2 error <= 1e-4, same argmax). Also: what is written, and bad artifacts.
+//!
+//! Without an adapter the GPU tests print a loud skip line and pass, unless
+//! `CNNC_REQUIRE_GPU=1` (CI). Writing needs no adapter.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, Once};
+use std::time::Instant;
+
+use cnnc::backend::wgsl::{self, ArtifactPlan, GpuModel};
+use cnnc::front::{BuildOptions, compile_source};
+use cnnc::ir::Graph;
+use cnnc::passes::{OptLevel, optimize};
+use cnnc::tensor::{Tensor, argmax_rows, relative_l2};
+
+const TOLERANCE: f64 = 1e-4;
+const WEIGHT_SEED: u64 = 0x5eed;
+const INPUT_SEED: u64 = 0x1e9;
+
+fn example(name: &str, batch: usize) -> Graph {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples").join(name);
+    let source = std::fs::read_to_string(&path).expect("read the example");
+    let mut graph = compile_source(&source, &BuildOptions { batch, ..Default::default() }).expect("compiles");
+    graph.weights = cnnc::weights::random_weights(&graph, WEIGHT_SEED);
+    optimize(&mut graph, OptLevel::O2).expect("optimize");
+    graph
+}
+
+fn random_inputs(graph: &Graph) -> Vec<Tensor> {
+    graph
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(k, &id)| cnnc::weights::random_normal(&graph.node(id).shape, INPUT_SEED + k as u64))
+        .collect()
+}
+
+/// A fresh, empty directory for one test.
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cnnc-gpu-artifacts-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the scratch directory");
+    dir
+}
+
+/// wgpu's Vulkan loader warns when XDG_RUNTIME_DIR is unset; give it a private one.
+fn quiet_environment() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+            let dir = std::env::temp_dir().join(format!("cnnc-gpu-xdg-{}", std::process::id()));
+            if std::fs::create_dir_all(&dir).is_ok() {
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+                }
+                // SAFETY: called once, before this test binary starts any wgpu thread.
+                unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
+            }
+        }
+    });
+}
+
+static GPU: Mutex<()> = Mutex::new(());
+
+fn gpu_present(test: &str) -> Option<MutexGuard<'static, ()>> {
+    quiet_environment();
+    let guard = GPU.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if wgsl::adapter_available() {
+        return Some(guard);
+    }
+    if std::env::var("CNNC_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+        panic!("{test}: no GPU adapter, and CNNC_REQUIRE_GPU=1 requires one (install mesa-vulkan-drivers)");
+    }
+    eprintln!("\n!!!!! SKIPPED {test}: no GPU adapter (Vulkan, Metal or DX12) found. !!!!!\n");
+    None
+}
+
+/// Writes, loads and runs `example` at `batch`; compares with the interpreter.
+fn round_trip(example_name: &str, batch: usize, test: &str) {
+    let Some(_gpu) = gpu_present(test) else { return };
+    let graph = example(example_name, batch);
+    let inputs = random_inputs(&graph);
+    let dir = scratch(test);
+    let name = example_name.trim_end_matches(".cnn");
+    let started = Instant::now();
+    let written = wgsl::write_artifacts(&graph, &dir, name).expect("write the artifacts");
+    let write_seconds = started.elapsed().as_secs_f64();
+    assert!(written.iter().all(|p| p.exists()), "{written:?}");
+    let started = Instant::now();
+    let model = GpuModel::load(&dir, name).expect("load the artifacts");
+    let load_seconds = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let got = model.run(&inputs).expect("run");
+    let run_seconds = started.elapsed().as_secs_f64();
+    let want = cnnc::interp::run(&graph, &graph.weights, &inputs).expect("reference");
+    assert_eq!(got.len(), want.len());
+    for (got, want) in got.iter().zip(&want) {
+        assert_eq!(got.shape, want.shape);
+        let error = relative_l2(&got.data, &want.data);
+        assert!(error <= TOLERANCE, "{example_name}: relative L2 error {error:.3e}");
+        assert_eq!(argmax_rows(got), argmax_rows(want), "{example_name}: argmax");
+    }
+    eprintln!(
+        "{example_name} batch {batch}: {} files, write {write_seconds:.2} s, load {load_seconds:.2} s, \
+         run {run_seconds:.2} s, {} dispatches, {} pipelines",
+        written.len(),
+        model.plan().kernels.len(),
+        model.pipeline_count()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn lenet5_artifacts_round_trip() {
+    round_trip("lenet5.cnn", 1, "lenet5_artifacts_round_trip");
+}
+
+#[test]
+fn lenet5_artifacts_round_trip_batch4() {
+    round_trip("lenet5.cnn", 4, "lenet5_artifacts_round_trip_batch4");
+}
+
+#[test]
+fn resnet18_artifacts_round_trip() {
+    round_trip("resnet18.cnn", 1, "resnet18_artifacts_round_trip");
+}
+
+/// Needs no adapter: the files, the plan's contents, every module valid WGSL on its own.
+#[test]
+fn artifacts_are_self_contained() {
+    let graph = example("lenet5.cnn", 1);
+    let dir = scratch("self_contained");
+    let written = wgsl::write_artifacts(&graph, &dir, "lenet5").expect("write");
+    let plan_text = std::fs::read_to_string(dir.join("lenet5.plan.json")).expect("the plan");
+    let plan: ArtifactPlan = serde_json::from_str(&plan_text).expect("the plan parses");
+    assert!(!plan.dispatches.is_empty());
+    let weights_len = std::fs::metadata(dir.join("lenet5.weights")).expect("the weights").len();
+    assert_eq!(weights_len, plan.weight_buffers.iter().map(|r| r.bytes).sum::<u64>());
+    for dispatch in &plan.dispatches {
+        let source = std::fs::read_to_string(dir.join(&dispatch.module)).expect("the module");
+        assert!(source.starts_with("// kernel "), "{}", dispatch.module);
+        wgsl::validate_wgsl(&source).expect("valid WGSL");
+        assert!(dispatch.workgroups.iter().all(|&n| n >= 1));
+    }
+    let modules = written.iter().filter(|p| p.extension().is_some_and(|e| e == "wgsl")).count();
+    assert!(modules >= 1 && modules <= plan.dispatches.len());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_artifacts_are_errors() {
+    let graph = example("lenet5.cnn", 1);
+    let dir = scratch("bad");
+    let missing = GpuModel::load(&dir, "lenet5").err().expect("no plan is an error");
+    assert!(missing.contains("lenet5.plan.json"), "{missing}");
+    wgsl::write_artifacts(&graph, &dir, "lenet5").expect("write");
+    // A truncated weights file.
+    let weights = dir.join("lenet5.weights");
+    let bytes = std::fs::read(&weights).expect("read");
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).expect("truncate");
+    let truncated = GpuModel::load(&dir, "lenet5").err().expect("a truncated weights file is an error");
+    assert!(truncated.contains("shorter") || truncated.contains("adapter"), "{truncated}");
+    // A broken plan.
+    std::fs::write(dir.join("lenet5.plan.json"), "{").expect("write");
+    let broken = GpuModel::load(&dir, "lenet5").err().expect("a broken plan is an error");
+    assert!(broken.contains("not a cnnc GPU plan"), "{broken}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
