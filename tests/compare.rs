@@ -7,7 +7,10 @@
 //! adapter they print a loud skip line and pass, unless `CNNC_REQUIRE_GPU=1`.
 
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard, Once};
+#[allow(dead_code)]
+mod common;
+use common::gpu_present;
+use std::sync::MutexGuard;
 use std::time::Instant;
 
 use cnnc::compare::{compare, compare_graphs};
@@ -36,42 +39,6 @@ fn random_inputs(graph: &Graph) -> Vec<Tensor> {
         .enumerate()
         .map(|(k, &id)| cnnc::weights::random_normal(&graph.node(id).shape, INPUT_SEED + k as u64))
         .collect()
-}
-
-/// wgpu's Vulkan loader warns when XDG_RUNTIME_DIR is unset; give it a private one.
-fn quiet_environment() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
-            let dir = std::env::temp_dir().join(format!("cnnc-gpu-xdg-{}", std::process::id()));
-            if std::fs::create_dir_all(&dir).is_ok() {
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::PermissionsExt;
-                    let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
-                }
-                // SAFETY: called once, before this test binary starts any wgpu thread.
-                unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
-            }
-        }
-    });
-}
-
-static GPU: Mutex<()> = Mutex::new(());
-
-/// The GPU lock if there is an adapter; without one, fails under `CNNC_REQUIRE_GPU=1`
-/// and otherwise says loudly that the GPU part skips.
-fn gpu_present(test: &str) -> Option<MutexGuard<'static, ()>> {
-    quiet_environment();
-    let guard = GPU.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if cnnc::backend::wgsl::adapter_available() {
-        return Some(guard);
-    }
-    if std::env::var("CNNC_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-        panic!("{test}: no GPU adapter, and CNNC_REQUIRE_GPU=1 requires one (install mesa-vulkan-drivers)");
-    }
-    eprintln!("\n!!!!! SKIPPED the GPU part of {test}: no GPU adapter (Vulkan, Metal or DX12) found. !!!!!\n");
-    None
 }
 
 /// The CPU always; the GPU when there is an adapter (holding its lock).

@@ -19,7 +19,9 @@
 //! device (a lock), so the times they print are not disturbed by each other.
 
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard, Once};
+#[allow(dead_code)]
+mod common;
+use common::gpu_present;
 use std::time::Instant;
 
 use cnnc::backend::wgsl::{self, ConvKernel, DeviceLimits, GpuOptions};
@@ -54,44 +56,6 @@ fn programs(directory: &str) -> Vec<(String, String)> {
             (name, std::fs::read_to_string(&path).expect("read the program"))
         })
         .collect()
-}
-
-/// wgpu's Vulkan loader warns when XDG_RUNTIME_DIR is unset; give it a private one.
-fn quiet_environment() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
-            let dir = std::env::temp_dir().join(format!("cnnc-gpu-xdg-{}", std::process::id()));
-            if std::fs::create_dir_all(&dir).is_ok() {
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::PermissionsExt;
-                    let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
-                }
-                // SAFETY: called once, before this test binary starts any wgpu thread.
-                unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
-            }
-        }
-    });
-}
-
-/// Held by every test that runs on the GPU: one software device at a time gets all the
-/// cores (lavapipe runs a dispatch on every core), and the times printed mean something.
-static GPU: Mutex<()> = Mutex::new(());
-
-/// The GPU, for the calling test: the lock, if there is an adapter. Without one, fails
-/// under `CNNC_REQUIRE_GPU=1` and otherwise says loudly that the test skips.
-fn gpu_present(test: &str) -> Option<MutexGuard<'static, ()>> {
-    quiet_environment();
-    let guard = GPU.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if wgsl::adapter_available() {
-        return Some(guard);
-    }
-    if std::env::var("CNNC_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-        panic!("{test}: no GPU adapter, and CNNC_REQUIRE_GPU=1 requires one (install mesa-vulkan-drivers)");
-    }
-    eprintln!("\n!!!!! SKIPPED {test}: no GPU adapter (Vulkan, Metal or DX12) found. !!!!!\n");
-    None
 }
 
 /// The source compiled at `batch`, bound to random weights, optimized at `level`.

@@ -1,5 +1,8 @@
 //! Helpers shared by the test files that include this module (`mod common;`).
 
+use std::sync::{Mutex, MutexGuard, Once};
+
+use cnnc::backend::wgsl;
 use cnnc::ir::{Graph, NodeId, Op};
 
 /// Replays the memory plan in the order the backends run the graph (topological), with
@@ -69,4 +72,42 @@ pub fn replay_memory_plan(graph: &Graph) -> Result<(), String> {
         }
     }
     if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }
+}
+
+/// wgpu's Vulkan loader warns when XDG_RUNTIME_DIR is unset; give it a private one.
+pub fn quiet_environment() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+            let dir = std::env::temp_dir().join(format!("cnnc-gpu-xdg-{}", std::process::id()));
+            if std::fs::create_dir_all(&dir).is_ok() {
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+                }
+                // SAFETY: called once, before this test binary starts any wgpu thread.
+                unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
+            }
+        }
+    });
+}
+
+/// Held by every test that runs on the GPU: one software device at a time gets all the
+/// cores (lavapipe runs a dispatch on every core), and the times printed mean something.
+pub static GPU: Mutex<()> = Mutex::new(());
+
+/// The GPU, for the calling test: the lock, if there is an adapter. Without one, fails
+/// under `CNNC_REQUIRE_GPU=1` and otherwise says loudly that the test skips.
+pub fn gpu_present(test: &str) -> Option<MutexGuard<'static, ()>> {
+    quiet_environment();
+    let guard = GPU.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if wgsl::adapter_available() {
+        return Some(guard);
+    }
+    if std::env::var("CNNC_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+        panic!("{test}: no GPU adapter, and CNNC_REQUIRE_GPU=1 requires one (install mesa-vulkan-drivers)");
+    }
+    eprintln!("\n!!!!! SKIPPED {test}: no GPU adapter (Vulkan, Metal or DX12) found. !!!!!\n");
+    None
 }
