@@ -675,8 +675,8 @@ fn build_command(args: &BuildArgs) -> Result<(), UserError> {
     {
         return Err(UserError("error: --emit obj,header are for --target cpu".into()));
     }
-    if let Some(missing) = emit.iter().find(|e| matches!(e, Emit::Rust | Emit::Wgsl | Emit::Plan)) {
-        return Err(not_built(&format!("--emit {missing:?}").to_lowercase()));
+    if emit.contains(&Emit::Rust) {
+        return Err(not_built("--emit rust (use the build-script API, cnnc::build::Model, from build.rs)"));
     }
     let mut graph = prepare(net, shape, shape.batch as usize, Some(weights))?;
     std::fs::create_dir_all(dir).map_err(|e| UserError(format!("error: cannot create {}: {e}", dir.display())))?;
@@ -700,7 +700,10 @@ fn build_command(args: &BuildArgs) -> Result<(), UserError> {
     if emit.contains(&Emit::Dot) {
         write(format!("{}.dot", graph.name), cnnc::graphviz::to_dot(&graph).as_bytes())?;
     }
-    if *target == BuildTarget::Gpu && args.emit.is_empty() {
+    // The GPU artifacts go together: the plan references the modules and the weights blob.
+    if (*target == BuildTarget::Gpu && args.emit.is_empty())
+        || emit.iter().any(|e| matches!(e, Emit::Wgsl | Emit::Plan))
+    {
         let name = graph.name.clone();
         let written = cnnc::gpu::write_artifacts(&graph, dir, &name).map_err(|e| UserError(format!("error: {e}")))?;
         for path in written {

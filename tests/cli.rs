@@ -224,6 +224,12 @@ fn build_emits_onnx_ir_and_dot() {
     let object = std::fs::read(dir.join("lenet5.o")).unwrap();
     // e_machine 183 = EM_AARCH64.
     assert_eq!(u16::from_le_bytes([object[18], object[19]]), 183);
+    // The GPU artifacts: modules, plan and weights blob (no adapter needed to write them).
+    let out =
+        cnnc(&["build", "examples/lenet5.cnn", "--random-weights", "--emit", "wgsl,plan", "-o", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(dir.join("lenet5.plan.json").exists() && dir.join("lenet5.weights").exists());
+    assert!(dir.join("lenet5.wgsl").join("kernel_000.wgsl").exists());
     // What is not built yet says so.
     let out =
         cnnc(&["build", "examples/lenet5.cnn", "--random-weights", "--emit", "rust", "-o", dir.to_str().unwrap()]);
