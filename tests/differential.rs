@@ -8,12 +8,12 @@
 //! To keep the run near a minute, batch 2 skips `-O1` ([`levels`]) and the largest
 //! networks ([`BATCH_2_LIMIT`]); `CNNC_DIFFERENTIAL_FULL=1` runs the whole matrix.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 #[allow(dead_code)]
 mod common;
-use common::replay_memory_plan;
+use common::{cnn_files, replay_memory_plan};
 
 use cnnc::front::{BuildOptions, compile_bytes};
 use cnnc::interp;
@@ -27,18 +27,6 @@ const TOLERANCE: f64 = 1e-5;
 
 /// The seed of the random weights; inputs use `SEED + 1 + input index`.
 const SEED: u64 = 20_240_611;
-
-/// The `.cnn` files of a directory of the crate, sorted.
-fn cnn_files(dir: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "cnn"))
-        .collect();
-    files.sort();
-    files
-}
 
 fn display_name(path: &Path) -> String {
     let parent = path.parent().and_then(Path::file_name).unwrap_or_default().to_string_lossy();

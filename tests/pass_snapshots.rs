@@ -6,7 +6,10 @@
 
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::path::{Path, PathBuf};
+#[allow(dead_code)]
+mod common;
+use common::cnn_files;
+use std::path::Path;
 
 use cnnc::front::{BuildOptions, compile_bytes};
 use cnnc::ir::{Graph, print};
@@ -51,17 +54,6 @@ fn ir_after_each_pass() {
             insta::assert_snapshot!(name, text);
         }
     });
-}
-
-fn cnn_files(dir: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "cnn"))
-        .collect();
-    files.sort();
-    files
 }
 
 /// Runs the `-O2` pipeline on the program with random weights and, right after each

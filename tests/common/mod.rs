@@ -1,5 +1,6 @@
 //! Helpers shared by the test files that include this module (`mod common;`).
 
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, Once};
 
 use cnnc::backend::wgsl;
@@ -110,4 +111,16 @@ pub fn gpu_present(test: &str) -> Option<MutexGuard<'static, ()>> {
     }
     eprintln!("\n!!!!! SKIPPED {test}: no GPU adapter (Vulkan, Metal or DX12) found. !!!!!\n");
     None
+}
+
+/// The `.cnn` files of a directory of the crate, sorted.
+pub fn cnn_files(dir: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "cnn"))
+        .collect();
+    files.sort();
+    files
 }

@@ -94,16 +94,7 @@ pub fn write_artifacts_with(
     // The weights, checked before anything is written.
     let mut images: Vec<Vec<u8>> = plan.weight_buffer_bytes.iter().map(|&b| vec![0u8; b as usize]).collect();
     for placement in &plan.weights {
-        let tensor =
-            graph.weights.get(&placement.name).ok_or_else(|| format!("missing weight `{}`", placement.name))?;
-        if tensor.shape != placement.shape || tensor.data.len() != placement.shape.iter().product::<usize>() {
-            return Err(format!(
-                "weight `{}` has shape {}, the graph needs {:?}",
-                placement.name,
-                tensor.shape_string(),
-                placement.shape
-            ));
-        }
+        let tensor = emit::placed_weight(graph, placement)?;
         for segment in &placement.segments {
             let BufferId::Weights(index) = segment.buffer else { continue };
             let values = &tensor.data[segment.first as usize..][..segment.count as usize];

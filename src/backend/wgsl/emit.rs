@@ -901,3 +901,17 @@ fn emit_concat<'a>(
     }
     Ok(())
 }
+
+/// The weight a placement refers to, checked against the shape the plan laid out.
+pub(crate) fn placed_weight<'g>(graph: &'g Graph, placement: &Placement) -> Result<&'g crate::tensor::Tensor, String> {
+    let tensor = graph.weights.get(&placement.name).ok_or_else(|| format!("missing weight `{}`", placement.name))?;
+    if tensor.shape != placement.shape || tensor.data.len() != placement.shape.iter().product::<usize>() {
+        return Err(format!(
+            "weight `{}` has shape {}, the graph needs {:?}",
+            placement.name,
+            tensor.shape_string(),
+            placement.shape
+        ));
+    }
+    Ok(tensor)
+}

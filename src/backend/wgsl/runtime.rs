@@ -90,16 +90,7 @@ pub fn compile_gpu_with(graph: &Graph, options: &GpuOptions) -> Result<GpuModel,
     // Check every weight before touching the device.
     let mut tensors = Vec::with_capacity(plan.weights.len());
     for placement in &plan.weights {
-        let tensor =
-            graph.weights.get(&placement.name).ok_or_else(|| format!("missing weight `{}`", placement.name))?;
-        if tensor.shape != placement.shape || tensor.data.len() != placement.shape.iter().product::<usize>() {
-            return Err(format!(
-                "weight `{}` has shape {}, the graph needs {:?}",
-                placement.name,
-                tensor.shape_string(),
-                placement.shape
-            ));
-        }
+        let tensor = emit::placed_weight(graph, placement)?;
         tensors.push(tensor);
     }
     let placements = plan.weights.clone();
