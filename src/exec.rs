@@ -63,11 +63,39 @@ impl Executor for crate::backend::wgsl::GpuModel {
     }
 }
 
+/// How an executor runs.
+#[derive(Clone, Copy, Debug)]
+pub struct ExecOptions {
+    /// Threads of the CPU target per run.
+    pub threads: usize,
+}
+
+impl Default for ExecOptions {
+    fn default() -> ExecOptions {
+        ExecOptions { threads: default_threads() }
+    }
+}
+
+/// The CPU target's threads unless told otherwise: one per core this process may use
+/// (at most `MAX_THREADS`).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(crate::backend::clif::MAX_THREADS)
+}
+
 /// Compiles a graph (optimized as the caller chose, weights bound) for a target.
 pub fn compile(graph: Graph, target: Target) -> Result<Box<dyn Executor>, String> {
+    compile_with(graph, target, &ExecOptions::default())
+}
+
+/// Same, with the given options.
+pub fn compile_with(graph: Graph, target: Target, options: &ExecOptions) -> Result<Box<dyn Executor>, String> {
     match target {
         Target::Reference => Ok(Box::new(Reference { graph })),
         Target::Gpu => Ok(Box::new(crate::backend::wgsl::compile_gpu(&graph)?)),
-        Target::Cpu => Ok(Box::new(crate::backend::clif::compile_jit(&graph)?)),
+        Target::Cpu => {
+            let mut model = crate::backend::clif::compile_jit(&graph)?;
+            model.set_threads(options.threads);
+            Ok(Box::new(model))
+        }
     }
 }

@@ -54,6 +54,8 @@ struct RunArgs {
     compare: Vec<Target>,
     #[command(flatten)]
     opt: OptArgs,
+    #[command(flatten)]
+    threads: ThreadArgs,
     /// Print the K most likely classes of each batch item.
     #[arg(long, value_name = "K")]
     top: Option<usize>,
@@ -120,11 +122,29 @@ struct BenchArgs {
     /// Timed runs after the warm-up.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100000))]
     runs: u32,
+    #[command(flatten)]
+    threads: ThreadArgs,
     /// Untimed runs first.
     #[arg(long, default_value_t = 2)]
     warmup: u32,
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
+}
+
+#[derive(clap::Args)]
+struct ThreadArgs {
+    /// Threads that share each run on the cpu target (1 to 16; default: one per core).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=16))]
+    threads: Option<u32>,
+}
+
+impl ThreadArgs {
+    fn options(&self) -> cnnc::exec::ExecOptions {
+        match self.threads {
+            Some(n) => cnnc::exec::ExecOptions { threads: n as usize },
+            None => cnnc::exec::ExecOptions::default(),
+        }
+    }
 }
 
 #[derive(serde::Serialize)]
@@ -134,6 +154,7 @@ struct BenchReport {
     batch: usize,
     opt_level: String,
     macs: u64,
+    threads: usize,
     compile_ms: f64,
     runs: u32,
     median_ms: f64,
@@ -164,7 +185,9 @@ fn bench_command(args: &BenchArgs) -> Result<(), UserError> {
     let network = graph.name.clone();
     let started = std::time::Instant::now();
     passes::optimize(&mut graph, args.opt.level())?;
-    let executor = cnnc::exec::compile(graph, args.target.to_exec()).map_err(|e| UserError(format!("error: {e}")))?;
+    let options = args.threads.options();
+    let executor = cnnc::exec::compile_with(graph, args.target.to_exec(), &options)
+        .map_err(|e| UserError(format!("error: {e}")))?;
     let compile_ms = started.elapsed().as_secs_f64() * 1e3;
     for _ in 0..args.warmup {
         executor.run(&inputs).map_err(|e| UserError(format!("error: {e}")))?;
@@ -187,6 +210,7 @@ fn bench_command(args: &BenchArgs) -> Result<(), UserError> {
         batch,
         opt_level: format!("-O{}", args.opt.opt_level),
         macs,
+        threads: if args.target == Target::Cpu { options.threads } else { 1 },
         compile_ms,
         runs: args.runs,
         median_ms,
@@ -198,11 +222,13 @@ fn bench_command(args: &BenchArgs) -> Result<(), UserError> {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report).map_err(|e| UserError(e.to_string()))?),
         Format::Table => {
             println!(
-                "{} on {} (batch {}, {}): {} MACs",
+                "{} on {} (batch {}, {}, {} thread{}): {} MACs",
                 report.network,
                 report.target,
                 report.batch,
                 report.opt_level,
+                report.threads,
+                if report.threads == 1 { "" } else { "s" },
                 cnnc::summary::thousands(report.macs)
             );
             println!("  compile  {:10.2} ms (passes and code generation)", report.compile_ms);
@@ -567,7 +593,8 @@ fn not_built(what: &str) -> UserError {
 }
 
 fn run_command(args: &RunArgs) -> Result<(), UserError> {
-    let RunArgs { net, weights, input: specs, output, target, compare, opt, top, labels, mean, std, shape } = args;
+    let RunArgs { net, weights, input: specs, output, target, compare, opt, threads, top, labels, mean, std, shape } =
+        args;
     let (net, output, level, labels) = (net.as_path(), output.as_deref(), opt.level(), labels.as_deref());
     let (mean, std, top) = (mean.as_deref(), std.as_deref(), *top);
     // Build once to learn the inputs, then again for the input files' batch.
@@ -594,7 +621,8 @@ fn run_command(args: &RunArgs) -> Result<(), UserError> {
         };
     }
     let output_names: Vec<String> = graph.outputs.iter().map(|o| o.name.clone()).collect();
-    let executor = cnnc::exec::compile(graph, target.to_exec()).map_err(|e| UserError(format!("error: {e}")))?;
+    let executor = cnnc::exec::compile_with(graph, target.to_exec(), &threads.options())
+        .map_err(|e| UserError(format!("error: {e}")))?;
     let started = std::time::Instant::now();
     let outputs = executor.run(&inputs).map_err(|e| UserError(format!("error: {e}")))?;
     let elapsed = started.elapsed();

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 
+use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{AbiParam, Function, GlobalValueData, InstBuilder, Signature, Type, UserFuncName, types};
 use cranelift_codegen::isa::{CallConv, OwnedTargetIsa, TargetIsa};
 use cranelift_codegen::settings::{self, Configurable};
@@ -172,6 +173,7 @@ impl Layout {
 /// What [`define_model`] defined.
 pub(crate) struct DefinedModel {
     pub infer: FuncId,
+    pub infer_part: FuncId,
     pub arena_bytes: usize,
     /// What each kernel computes (`name (op)`), in the order `infer` calls them.
     pub kernel_names: Vec<String>,
@@ -206,7 +208,8 @@ impl Kernel {
     fn scratch_bytes(&self) -> usize {
         match self {
             Kernel::Conv(k) => k.scratch_bytes(),
-            Kernel::Pool(p) => p.scratch_bytes(),
+            // A pool pads one plane at a time into each part's own plane.
+            Kernel::Pool(p) => p.scratch_bytes() * MAX_PARTS,
             _ => 0,
         }
     }
@@ -327,11 +330,16 @@ fn prepare(graph: &Graph, id: NodeId, options: &CodegenOptions) -> Result<Kernel
     Ok(kernel)
 }
 
-/// The signature of `infer` and of every kernel: `(in, out, arena)`, plus `-> i32` for
-/// `infer`.
-fn signature(ptr: Type, call_conv: CallConv, returns: bool) -> Signature {
+/// The most parts (threads) `infer_part` accepts: pooling kernels keep a scratch plane
+/// per part.
+pub const MAX_PARTS: usize = 16;
+
+/// The signatures: `infer(in, out, arena) -> i32`, every kernel's and
+/// `infer_part`'s `(in, out, arena, part, parts, sync, sync_ctx)` (`-> i32` for
+/// `infer_part`), and `sync(sync_ctx)`.
+fn signature(ptr: Type, call_conv: CallConv, params: usize, returns: bool) -> Signature {
     let mut sig = Signature::new(call_conv);
-    for _ in 0..3 {
+    for _ in 0..params {
         sig.params.push(AbiParam::new(ptr));
     }
     if returns {
@@ -345,6 +353,7 @@ pub(crate) struct Symbols<'a> {
     /// The prefix of the local symbols (kernels, data).
     pub prefix: &'a str,
     pub infer_name: &'a str,
+    pub infer_part_name: &'a str,
     pub infer_linkage: Linkage,
     /// Whether the weights may lie more than 2 GiB from the code (the JIT allocates them
     /// apart), so that kernels must reach them by absolute address.
@@ -358,7 +367,7 @@ pub(crate) fn define_model<M: Module>(
     options: &CodegenOptions,
     symbols: &Symbols,
 ) -> Result<DefinedModel, String> {
-    let Symbols { prefix, infer_name, infer_linkage: linkage, far_data } = *symbols;
+    let Symbols { prefix, infer_name, infer_part_name, infer_linkage: linkage, far_data } = *symbols;
     let order = graph.topo_order().ok_or("the graph has a cycle")?;
     let layout = Layout::new(graph)?;
     let ptr = module.target_config().pointer_type();
@@ -376,7 +385,8 @@ pub(crate) fn define_model<M: Module>(
     let powf = module.declare_function("powf", Linkage::Import, &binary).map_err(module_error)?;
 
     let call_conv = module.isa().default_call_conv();
-    let kernel_sig = signature(ptr, call_conv, false);
+    let kernel_sig = signature(ptr, call_conv, 7, false);
+    let sync_sig = signature(ptr, call_conv, 1, false);
     let mut ctx = module.make_context();
     let mut builder_ctx = FunctionBuilderContext::new();
     let mut kernels: Vec<(FuncId, String)> = Vec::new();
@@ -406,12 +416,18 @@ pub(crate) fn define_model<M: Module>(
                 }
                 fb.ins().symbol_value(ptr, gv)
             });
+            let sync_sig = fb.import_signature(sync_sig.clone());
             let mut kb = Kb {
                 fb,
                 ptr,
                 fma,
                 micro_kernel: options.micro_kernel,
                 bases: [params[0], params[1], params[2]],
+                part: params[3],
+                parts: params[4],
+                sync: params[5],
+                sync_ctx: params[6],
+                sync_sig,
                 math,
                 data,
             };
@@ -468,7 +484,9 @@ pub(crate) fn define_model<M: Module>(
         if home != target {
             let floats = graph.node(output.node).shape.iter().product();
             let name = format!("{prefix}_output{position}");
-            let func = define_kernel(module, name, None, &mut |kb| elementwise::emit_copy(kb, home, target, floats))?;
+            let func = define_kernel(module, name, None, &mut |kb| {
+                kb.on_last_part(|kb| elementwise::emit_copy(kb, home, target, floats))
+            })?;
             kernels.push((func, format!("{} (output copy)", output.name)));
         }
     }
@@ -482,16 +500,41 @@ pub(crate) fn define_model<M: Module>(
     } else {
         None
     };
-    let infer_sig = signature(ptr, call_conv, true);
+    // `infer` runs every kernel as the only part; `infer_part` runs this part's share
+    // of each and waits at the barrier after it.
+    let infer_sig = signature(ptr, call_conv, 3, true);
+    let infer_part_sig = signature(ptr, call_conv, 7, true);
     let infer = module.declare_function(infer_name, linkage, &infer_sig).map_err(module_error)?;
-    ctx.func = Function::with_name_signature(UserFuncName::user(0, infer.as_u32()), infer_sig);
-    {
+    let infer_part = module.declare_function(infer_part_name, linkage, &infer_part_sig).map_err(module_error)?;
+    for (func_id, sig, parallel) in [(infer, infer_sig, false), (infer_part, infer_part_sig, true)] {
+        ctx.func = Function::with_name_signature(UserFuncName::user(0, func_id.as_u32()), sig);
         let mut fb = FunctionBuilder::new(&mut ctx.func, &mut builder_ctx);
         let entry = fb.create_block();
         fb.append_block_params_for_function_params(entry);
         fb.switch_to_block(entry);
         fb.seal_block(entry);
-        let params = fb.block_params(entry).to_vec();
+        let mut params = fb.block_params(entry).to_vec();
+        if parallel {
+            // part < parts <= MAX_PARTS, else status 1.
+            let (part, parts) = (params[3], params[4]);
+            let part_ok = fb.ins().icmp(IntCC::UnsignedLessThan, part, parts);
+            let parts_ok = fb.ins().icmp_imm_u(IntCC::UnsignedLessThanOrEqual, parts, MAX_PARTS as i64);
+            let ok = fb.ins().band(part_ok, parts_ok);
+            let run = fb.create_block();
+            let fail = fb.create_block();
+            fb.ins().brif(ok, run, &[], fail, &[]);
+            fb.switch_to_block(fail);
+            fb.seal_block(fail);
+            let one = fb.ins().iconst(types::I32, 1);
+            fb.ins().return_(&[one]);
+            fb.switch_to_block(run);
+            fb.seal_block(run);
+        } else {
+            let zero = fb.ins().iconst(ptr, 0);
+            let one = fb.ins().iconst(ptr, 1);
+            params.extend([zero, one, zero, zero]);
+        }
+        let sync = fb.import_signature(sync_sig.clone());
         let tick = match profile_tick {
             Some(id) => Some(module.declare_func_in_func(id, fb.func)),
             None => None,
@@ -503,6 +546,9 @@ pub(crate) fn define_model<M: Module>(
             }
             let callee = module.declare_func_in_func(*kernel, fb.func);
             fb.ins().call(callee, &params);
+            if parallel {
+                fb.ins().call_indirect(sync, params[5], &[params[6]]);
+            }
         }
         if let Some(tick) = tick {
             let index = fb.ins().iconst(types::I32, kernels.len() as i64);
@@ -511,9 +557,9 @@ pub(crate) fn define_model<M: Module>(
         let zero = fb.ins().iconst(types::I32, 0);
         fb.ins().return_(&[zero]);
         fb.finalize(module.target_config());
+        module.define_function(func_id, &mut ctx).map_err(|e| format!("internal error: Cranelift: {e:?}"))?;
+        module.clear_context(&mut ctx);
     }
-    module.define_function(infer, &mut ctx).map_err(|e| format!("internal error: Cranelift: {e:?}"))?;
-    module.clear_context(&mut ctx);
 
     let arena_bytes = if scratch_bytes > 0 {
         layout.scratch_offset + scratch_bytes
@@ -524,7 +570,7 @@ pub(crate) fn define_model<M: Module>(
         return Err("the model's arena exceeds 2 GiB, more than the CPU backend supports".into());
     }
     let kernel_names = kernels.into_iter().map(|(_, name)| name).collect();
-    Ok(DefinedModel { infer, arena_bytes, kernel_names })
+    Ok(DefinedModel { infer, infer_part, arena_bytes, kernel_names })
 }
 
 /// Emits the body of one node's kernel.
@@ -538,12 +584,22 @@ fn emit_kernel(
     scratch: Loc,
 ) {
     let epilogue: &Epilogue = &node.epilogue;
-    let count: usize = node.shape.iter().product();
     match kernel {
         Kernel::Conv(conv) => conv.emit(kb, operands[0].0, out, residual, scratch, epilogue),
         Kernel::Linear(linear) => linear.emit(kb, operands[0].0, out, residual, epilogue),
-        Kernel::ScaleShift(_) => elementwise::emit_scale_shift(kb, &node.shape, operands[0].0, out, epilogue),
         Kernel::Pool(pool) => pool.emit(kb, operands[0].0, out, scratch),
+        // The rest move few bytes per flop: one part runs them.
+        _ => kb.on_last_part(|kb| emit_serial_kernel(kb, kernel, node, operands, out)),
+    }
+}
+
+/// Emits the body of a kernel that one part runs alone.
+fn emit_serial_kernel(kb: &mut Kb, kernel: &Kernel, node: &Node, operands: &[(Loc, &[usize])], out: Loc) {
+    let epilogue: &Epilogue = &node.epilogue;
+    let count: usize = node.shape.iter().product();
+    match kernel {
+        Kernel::Conv(_) | Kernel::Linear(_) | Kernel::Pool(_) => unreachable!("shared kernels"),
+        Kernel::ScaleShift(_) => elementwise::emit_scale_shift(kb, &node.shape, operands[0].0, out, epilogue),
         Kernel::Activation(activation) => elementwise::emit_activation(kb, *activation, operands[0].0, out, count),
         Kernel::Copy => elementwise::emit_copy(kb, operands[0].0, out, count),
         Kernel::Broadcast(combine) => elementwise::emit_broadcast(kb, *combine, &node.shape, operands, out, epilogue),

@@ -4,7 +4,11 @@
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::Linkage;
 
-use super::codegen::{self, CodegenOptions, Symbols};
+use super::codegen::{self, CodegenOptions, MAX_PARTS, Symbols};
+use super::threads::{Barrier, Pool, barrier_wait};
+
+/// The most threads a run can use.
+pub const MAX_THREADS: usize = MAX_PARTS;
 use crate::ir::Graph;
 use crate::tensor::Tensor;
 
@@ -33,11 +37,38 @@ extern "C" fn cnnc_profile_tick(kernel: u32) {
 /// The signature of the generated `infer`.
 type InferFn = unsafe extern "C" fn(*const f32, *mut f32, *mut u8) -> i32;
 
+/// The signature of the generated `infer_part`.
+type InferPartFn =
+    unsafe extern "C" fn(*const f32, *mut f32, *mut u8, usize, usize, extern "C" fn(*mut u8), *mut u8) -> i32;
+
+/// The buffers of one run, shared by its threads.
+struct RunBuffers {
+    input: *const f32,
+    output: *mut f32,
+    arena: *mut u8,
+}
+
+// SAFETY: the threads of a run write disjoint parts of `output` and `arena` between
+// barriers (the kernels split their work by part), and only read `input`.
+unsafe impl Sync for RunBuffers {}
+
+impl RunBuffers {
+    /// The pointers (a method, so that closures capture the whole `Sync` struct).
+    fn get(&self) -> (*const f32, *mut f32, *mut u8) {
+        (self.input, self.output, self.arena)
+    }
+}
+
 /// A model compiled to native code in this process.
 pub struct JitModel {
     /// Owns the code and the weights; `None` only while dropping.
     module: Option<JITModule>,
     infer: InferFn,
+    infer_part: InferPartFn,
+    /// Threads per run, and their pool (started on the first multithreaded run; busy
+    /// while a run holds it, when other runs at the same time go single-threaded).
+    threads: usize,
+    pool: std::sync::Mutex<Option<Pool>>,
     arena_bytes: usize,
     input_shapes: Vec<Vec<usize>>,
     output_shapes: Vec<Vec<usize>>,
@@ -98,7 +129,7 @@ impl JitModel {
         // SAFETY: `infer` reads exactly the input floats of the model's inputs (checked
         // above), writes exactly `output_floats` floats and at most `arena_bytes` bytes of
         // the arena, all of which these buffers hold.
-        let status = unsafe { (self.infer)(input.as_ptr(), output.as_mut_ptr(), arena.as_mut_ptr().cast::<u8>()) };
+        let status = unsafe { self.run_raw(input.as_ptr(), output.as_mut_ptr(), arena.as_mut_ptr().cast::<u8>()) };
         if status != 0 {
             return Err(format!("the compiled model failed with status {status}"));
         }
@@ -152,8 +183,46 @@ impl JitModel {
     /// writing [`Self::output_floats`] floats and `arena` for writing
     /// [`Self::arena_bytes`] bytes (any alignment); the three must not overlap.
     pub unsafe fn run_raw(&self, input: *const f32, output: *mut f32, arena: *mut u8) -> i32 {
+        if self.threads > 1
+            && let Ok(mut pool) = self.pool.try_lock()
+        {
+            if pool.as_ref().is_none_or(|p| p.threads() != self.threads) {
+                match Pool::new(self.threads) {
+                    Ok(p) => *pool = Some(p),
+                    // No threads to be had: run on this one.
+                    Err(_) => return unsafe { (self.infer)(input, output, arena) },
+                }
+            }
+            let pool = pool.as_mut().expect("started above");
+            let parts = pool.threads();
+            let barrier = Barrier::new(parts);
+            let buffers = RunBuffers { input, output, arena };
+            let status = std::sync::atomic::AtomicI32::new(0);
+            let infer_part = self.infer_part;
+            pool.run(&|part| {
+                let context = &barrier as *const Barrier as *mut u8;
+                let (input, output, arena) = buffers.get();
+                // SAFETY: the caller's buffer contract, shared by `parts` threads that all
+                // call `infer_part` with the same buffers and barrier.
+                let s = unsafe { infer_part(input, output, arena, part, parts, barrier_wait, context) };
+                if s != 0 {
+                    status.store(s, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+            return status.into_inner();
+        }
         // SAFETY: the caller upholds the buffer contract `infer` relies on.
         unsafe { (self.infer)(input, output, arena) }
+    }
+
+    /// Sets how many threads share each run (1 to [`MAX_THREADS`]; more are clamped).
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads.clamp(1, MAX_THREADS);
+    }
+
+    /// Threads per run.
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     /// The bytes of scratch memory a run needs (the memory plan's arena plus the
@@ -184,7 +253,13 @@ pub fn compile_jit_with(graph: &Graph, options: &CodegenOptions) -> Result<JitMo
     builder.symbol("powf", cnnc_powf as *const u8);
     builder.symbol("cnnc_profile_tick", cnnc_profile_tick as *const u8);
     let mut module = JITModule::new(builder);
-    let symbols = Symbols { prefix: "cnnc", infer_name: "cnnc_infer", infer_linkage: Linkage::Local, far_data: true };
+    let symbols = Symbols {
+        prefix: "cnnc",
+        infer_name: "cnnc_infer",
+        infer_part_name: "cnnc_infer_part",
+        infer_linkage: Linkage::Local,
+        far_data: true,
+    };
     let defined = codegen::define_model(&mut module, graph, options, &symbols);
     let defined = match defined {
         Ok(d) => d,
@@ -203,9 +278,15 @@ pub fn compile_jit_with(graph: &Graph, options: &CodegenOptions) -> Result<JitMo
     // SAFETY: `infer` was defined with the signature `(ptr, ptr, ptr) -> i32` in the
     // host's default calling convention, which is `extern "C"`.
     let infer = unsafe { std::mem::transmute::<*const u8, InferFn>(code) };
+    let code = module.get_finalized_function(defined.infer_part);
+    // SAFETY: `infer_part` was defined with `(ptr, ptr, ptr, ptr, ptr, ptr, ptr) -> i32`.
+    let infer_part = unsafe { std::mem::transmute::<*const u8, InferPartFn>(code) };
     Ok(JitModel {
         module: Some(module),
         infer,
+        infer_part,
+        threads: 1,
+        pool: std::sync::Mutex::new(None),
         arena_bytes: defined.arena_bytes,
         input_shapes: graph.inputs.iter().map(|&id| graph.node(id).shape.clone()).collect(),
         output_shapes: graph.outputs.iter().map(|o| graph.node(o.node).shape.clone()).collect(),

@@ -1,7 +1,8 @@
 //! Ahead of time: the model as a relocatable object file (`cranelift-object`) and a C
 //! header, to link into a C, C++ or Rust program.
 //!
-//! The object exports `NAME_infer` and `NAME_arena_bytes`; every other symbol (kernels,
+//! The object exports `NAME_infer`, `NAME_infer_part` (the same run shared by several
+//! threads) and `NAME_arena_bytes`; every other symbol (kernels,
 //! weights) is local, the weights are in read-only data and there is no writable global
 //! state, so threads may run the model at once, each with its own arena. It imports
 //! `expf`, `tanhf` and `powf` (link with `-lm`).
@@ -9,7 +10,7 @@
 use cranelift_module::Linkage;
 use cranelift_object::{ObjectBuilder, ObjectModule};
 
-use super::codegen::{self, CodegenOptions, Symbols};
+use super::codegen::{self, CodegenOptions, MAX_PARTS, Symbols};
 use crate::ir::shape::fmt_shape;
 use crate::ir::{Graph, Op};
 
@@ -64,7 +65,14 @@ pub fn compile_object_with(
     let mut module = ObjectModule::new(builder);
     let prefix = format!("__cnnc_{name}");
     let infer_name = format!("{name}_infer");
-    let symbols = Symbols { prefix: &prefix, infer_name: &infer_name, infer_linkage: Linkage::Export, far_data: false };
+    let infer_part_name = format!("{name}_infer_part");
+    let symbols = Symbols {
+        prefix: &prefix,
+        infer_name: &infer_name,
+        infer_part_name: &infer_part_name,
+        infer_linkage: Linkage::Export,
+        far_data: false,
+    };
     let defined = codegen::define_model(&mut module, graph, options, &symbols)?;
     codegen::define_constant_function(&mut module, &format!("{name}_arena_bytes"), defined.arena_bytes)?;
     let object = module.finish().emit().map_err(|e| format!("cannot write the object file: {e}"))?;
@@ -131,6 +139,14 @@ fn header(graph: &Graph, name: &str, target: &str, arena_bytes: usize) -> String
     line(format!("   {name}_arena_bytes() bytes) as scratch. No global state: threads may call it at"));
     line("   once with their own arenas. Returns 0. */".into());
     line(format!("int {name}_infer(const float *in, float *out, void *arena);"));
+    line(String::new());
+    line(format!("/* The same run shared by `parts` threads (1 to {MAX_PARTS}) that call this at once with"));
+    line("   the same buffers and their own `part` (0 to parts - 1). Between layers each calls".into());
+    line("   `sync(sync_ctx)`, which must return only once all `parts` threads have called it (a".into());
+    line("   barrier). When every call has returned, `out` holds the result. The arena must".into());
+    line(format!("   hold {name}_arena_bytes() bytes. Returns 0, or 1 if `part` or `parts` is out of range. */"));
+    line(format!("int {name}_infer_part(const float *in, float *out, void *arena, size_t part, size_t parts,"));
+    line("    void (*sync)(void *sync_ctx), void *sync_ctx);".into());
     line(String::new());
     line("#ifdef __cplusplus".into());
     line("}".into());

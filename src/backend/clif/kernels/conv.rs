@@ -32,6 +32,10 @@ use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, types};
 use super::{F32, F32X4, Kb, Loc, MicroKernel};
 use crate::ir::{Conv, Epilogue};
 
+/// The fewest chunks a plane is cut into when it has that many units (rows or tiles):
+/// the parts of a multithreaded run share a convolution's chunks.
+const MIN_CHUNKS: usize = 16;
+
 /// How output channels are split into register blocks for one group.
 #[derive(Clone, Copy, Debug)]
 struct Blocking {
@@ -375,6 +379,7 @@ impl ConvKernel {
             let x_n = kb.index(x_base, n, in_image);
             let input = if self.padded() {
                 self.emit_pad_copy(kb, x_n, scratch_base);
+                kb.sync();
                 scratch_base
             } else {
                 x_n
@@ -392,9 +397,12 @@ impl ConvKernel {
                 let b_g = kb.index(bias_data, g, (group_lanes * 4) as i64);
                 let lanes = 4 * self.blocking.vectors;
                 let (chunks, chunk_size) = self.chunking();
-                kb.for_range(chunks, |kb, chunk_index| {
+                // The parts share the chunks of pixels or, with one chunk, the blocks of
+                // output channels.
+                let split_blocks = chunks == 1;
+                kb.for_share_if(!split_blocks, chunks, |kb, chunk_index| {
                     let chunk = Chunk { index: chunk_index, size: chunk_size };
-                    kb.for_range(self.blocking.full_blocks, |kb, ob| {
+                    kb.for_share_if(split_blocks, self.blocking.full_blocks, |kb, ob| {
                         let block = Block {
                             vectors: self.blocking.vectors,
                             channels: lanes,
@@ -406,19 +414,26 @@ impl ConvKernel {
                         self.emit_pixels(kb, &reduction, in_g, &block, chunk, epilogue);
                     });
                     if self.blocking.tail_vectors > 0 {
-                        let first = self.blocking.full_blocks * lanes;
-                        let block = Block {
-                            vectors: self.blocking.tail_vectors,
-                            channels: self.blocking.tail_channels,
-                            weights: kb.offset(w_g, (first * k * 4) as i64),
-                            bias: kb.offset(b_g, first as i64 * 4),
-                            out: kb.offset(out_g, first as i64 * out_plane),
-                            residual: res_g.map(|r| kb.offset(r, first as i64 * out_plane)),
+                        let tail = |kb: &mut Kb| {
+                            let first = self.blocking.full_blocks * lanes;
+                            let block = Block {
+                                vectors: self.blocking.tail_vectors,
+                                channels: self.blocking.tail_channels,
+                                weights: kb.offset(w_g, (first * k * 4) as i64),
+                                bias: kb.offset(b_g, first as i64 * 4),
+                                out: kb.offset(out_g, first as i64 * out_plane),
+                                residual: res_g.map(|r| kb.offset(r, first as i64 * out_plane)),
+                            };
+                            self.emit_pixels(kb, &reduction, in_g, &block, chunk, epilogue);
                         };
-                        self.emit_pixels(kb, &reduction, in_g, &block, chunk, epilogue);
+                        if split_blocks { kb.on_last_part(tail) } else { tail(kb) }
                     }
                 });
             });
+            if self.padded() && s.batch > 1 {
+                // The next batch element's padded copy overwrites the scratch buffer.
+                kb.sync();
+            }
         });
     }
 
@@ -454,23 +469,28 @@ impl ConvKernel {
         } else {
             (s.out_h, 4 * in_per_group * c.stride.h * wp)
         };
-        if weight_bytes > 512 << 10 || input_bytes <= 256 << 10 {
-            return (1, units);
-        }
-        let target = ((64 << 10) / unit_bytes.max(1)).max(1);
-        let chunks = units.div_ceil(target);
-        (chunks, units.div_ceil(chunks))
+        let chunks = if weight_bytes > 512 << 10 || input_bytes <= 256 << 10 {
+            1
+        } else {
+            units.div_ceil(((64 << 10) / unit_bytes.max(1)).max(1))
+        };
+        // At least MIN_CHUNKS chunks (when there are that many units), so that threads
+        // can share the plane.
+        let chunks = chunks.max(units.min(MIN_CHUNKS));
+        let size = units.div_ceil(chunks);
+        (units.div_ceil(size), size)
     }
 
-    /// Copies one batch element's input into the scratch buffer with zero borders.
+    /// Copies one batch element's input into the scratch buffer with zero borders (this
+    /// part's share of the channels).
     fn emit_pad_copy(&self, kb: &mut Kb, x_n: Value, scratch: Value) {
         let s = &self.shape;
         let p = self.conv.pad;
         let (hp, wp) = self.padded_hw();
-        kb.zero_floats(scratch, s.in_channels * hp * wp);
-        kb.for_range(s.in_channels, |kb, channel| {
+        kb.for_share(s.in_channels, |kb, channel| {
             let src_plane = kb.index(x_n, channel, (s.in_h * s.in_w * 4) as i64);
             let dst_plane = kb.index(scratch, channel, (hp * wp * 4) as i64);
+            kb.zero_floats(dst_plane, hp * wp);
             let dst_plane = kb.offset(dst_plane, ((p.top * wp + p.left) * 4) as i64);
             kb.for_range(s.in_h, |kb, row| {
                 let src = kb.index(src_plane, row, (s.in_w * 4) as i64);
@@ -597,7 +617,8 @@ impl LinearKernel {
                 emit_tile(kb, &reduction, &tile, block, 4, epilogue)
             });
         };
-        kb.for_range(self.blocking.full_blocks, |kb, ob| {
+        // The parts share the blocks of output features.
+        kb.for_share(self.blocking.full_blocks, |kb, ob| {
             let block = Block {
                 vectors: self.blocking.vectors,
                 channels: lanes,
@@ -609,16 +630,18 @@ impl LinearKernel {
             run(kb, &block);
         });
         if self.blocking.tail_vectors > 0 {
-            let first = self.blocking.full_blocks * lanes;
-            let block = Block {
-                vectors: self.blocking.tail_vectors,
-                channels: self.blocking.tail_channels,
-                weights: kb.offset(data, (first * k * 4) as i64),
-                bias: kb.offset(bias_data, first as i64 * 4),
-                out: kb.offset(out_base, first as i64 * 4),
-                residual: residual_base.map(|r| kb.offset(r, first as i64 * 4)),
-            };
-            run(kb, &block);
+            kb.on_last_part(|kb| {
+                let first = self.blocking.full_blocks * lanes;
+                let block = Block {
+                    vectors: self.blocking.tail_vectors,
+                    channels: self.blocking.tail_channels,
+                    weights: kb.offset(data, (first * k * 4) as i64),
+                    bias: kb.offset(bias_data, first as i64 * 4),
+                    out: kb.offset(out_base, first as i64 * 4),
+                    residual: residual_base.map(|r| kb.offset(r, first as i64 * 4)),
+                };
+                run(kb, &block);
+            });
         }
     }
 }

@@ -13,7 +13,7 @@ pub(crate) mod normalize;
 pub(crate) mod pool;
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{FuncRef, InstBuilder, MemFlagsData, Type, Value, types};
+use cranelift_codegen::ir::{FuncRef, InstBuilder, MemFlagsData, SigRef, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
 
 use crate::ir::{Activation, Epilogue};
@@ -78,6 +78,13 @@ pub(crate) struct Kb<'a> {
     pub micro_kernel: MicroKernel,
     /// The input, output and arena pointers.
     pub bases: [Value; 3],
+    /// Which share of the work this call does, of how many (see [`Kb::for_share`]).
+    pub part: Value,
+    pub parts: Value,
+    /// The barrier every part calls at once (`sync(sync_ctx)`), and its signature.
+    pub sync: Value,
+    pub sync_ctx: Value,
+    pub sync_sig: SigRef,
     pub math: MathFns,
     /// The address of the kernel's read-only data (packed weights, tables), if any.
     pub data: Option<Value>,
@@ -175,6 +182,61 @@ impl<'a> Kb<'a> {
                 self.fb.seal_block(exit);
             }
         }
+    }
+
+    /// Emits `body(i)` for this part's share of `0..count`: the `i` from
+    /// `count * part / parts` up to `count * (part + 1) / parts`. Every part running the
+    /// same kernel together covers `0..count` once.
+    pub fn for_share(&mut self, count: usize, body: impl FnOnce(&mut Self, Value)) {
+        if count == 0 {
+            return;
+        }
+        let total = self.iconst(count as i64);
+        let start = self.fb.ins().imul(total, self.part);
+        let start = self.fb.ins().udiv(start, self.parts);
+        let next = self.fb.ins().iadd_imm_s(self.part, 1);
+        let end = self.fb.ins().imul(total, next);
+        let end = self.fb.ins().udiv(end, self.parts);
+        let len = self.fb.ins().isub(end, start);
+        self.for_dynamic(len, |kb, i| {
+            let i = kb.fb.ins().iadd(start, i);
+            body(kb, i)
+        });
+    }
+
+    /// [`Kb::for_share`] when `shared`, else [`Kb::for_range`] (every part runs it all).
+    pub fn for_share_if(&mut self, shared: bool, count: usize, body: impl FnOnce(&mut Self, Value)) {
+        if shared { self.for_share(count, body) } else { self.for_range(count, body) }
+    }
+
+    /// Emits `body` for one part only (the last one, which `for_share` gives the
+    /// largest share's end).
+    pub fn on_last_part(&mut self, body: impl FnOnce(&mut Self)) {
+        let last = self.fb.ins().iadd_imm_s(self.part, 1);
+        let is_last = self.fb.ins().icmp(IntCC::Equal, last, self.parts);
+        let then = self.fb.create_block();
+        let done = self.fb.create_block();
+        self.fb.ins().brif(is_last, then, &[], done, &[]);
+        self.fb.switch_to_block(then);
+        self.fb.seal_block(then);
+        body(self);
+        self.fb.ins().jump(done, &[]);
+        self.fb.switch_to_block(done);
+        self.fb.seal_block(done);
+    }
+
+    /// Waits until every part has reached this point (nothing when there is one part).
+    pub fn sync(&mut self) {
+        let many = self.fb.ins().icmp_imm_u(IntCC::UnsignedGreaterThan, self.parts, 1);
+        let call = self.fb.create_block();
+        let done = self.fb.create_block();
+        self.fb.ins().brif(many, call, &[], done, &[]);
+        self.fb.switch_to_block(call);
+        self.fb.seal_block(call);
+        self.fb.ins().call_indirect(self.sync_sig, self.sync, &[self.sync_ctx]);
+        self.fb.ins().jump(done, &[]);
+        self.fb.switch_to_block(done);
+        self.fb.seal_block(done);
     }
 
     /// Emits `body(i)` for `i` in `0..count` where `count` is only known at run time

@@ -177,7 +177,7 @@ impl PoolKernel {
         w.pad != (0, 0) || w.padded_hw != in_hw
     }
 
-    /// Scratch bytes for one padded plane.
+    /// Scratch bytes for one padded plane (each part of a run needs its own).
     pub fn scratch_bytes(&self) -> usize {
         match &self.mode {
             Mode::Windowed(w) if Self::padded(w, self.in_hw) => 4 * w.padded_hw.0 * w.padded_hw.1,
@@ -191,7 +191,9 @@ impl PoolKernel {
         let scratch = kb.addr(scratch);
         let in_plane = (self.in_hw.0 * self.in_hw.1 * 4) as i64;
         let out_plane = (self.out_hw.0 * self.out_hw.1 * 4) as i64;
-        kb.for_range(self.planes, |kb, plane| {
+        // Each part pads into a plane of its own.
+        let scratch = kb.index(scratch, kb.part, self.scratch_bytes() as i64);
+        kb.for_share(self.planes, |kb, plane| {
             let src = kb.index(src, plane, in_plane);
             let dst = kb.index(dst, plane, out_plane);
             match &self.mode {
