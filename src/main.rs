@@ -124,6 +124,10 @@ struct BenchArgs {
     runs: u32,
     #[command(flatten)]
     threads: ThreadArgs,
+    /// Also time every kernel (cpu target): time, share, GFLOP/s and the algorithm
+    /// chosen, medians over the timed runs.
+    #[arg(long)]
+    profile: bool,
     /// Untimed runs first.
     #[arg(long, default_value_t = 2)]
     warmup: u32,
@@ -171,6 +175,92 @@ fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// One kernel's line in `bench --profile`.
+#[derive(serde::Serialize)]
+struct KernelProfile {
+    kernel: String,
+    algorithm: String,
+    median_ms: f64,
+    share: f64,
+    gflops: f64,
+}
+
+/// `bench --profile`: every kernel's median time over the timed runs.
+fn profile_cpu(
+    args: &BenchArgs,
+    graph: &cnnc::ir::Graph,
+    inputs: &[cnnc::tensor::Tensor],
+    options: &cnnc::exec::ExecOptions,
+) -> Result<(), UserError> {
+    let fail = |e: String| UserError(format!("error: {e}"));
+    let codegen = cnnc::backend::clif::CodegenOptions { profile: true, ..Default::default() };
+    let mut model = cnnc::backend::clif::compile_jit_with(graph, &codegen).map_err(fail)?;
+    model.set_threads(options.threads);
+    for _ in 0..args.warmup {
+        model.run(inputs).map_err(fail)?;
+    }
+    let kernels = model.kernels().to_vec();
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); kernels.len()];
+    for _ in 0..args.runs {
+        for (index, (_, seconds)) in model.profile(inputs).map_err(fail)?.into_iter().enumerate() {
+            if let Some(s) = samples.get_mut(index) {
+                s.push(seconds * 1e3);
+            }
+        }
+    }
+    let medians: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
+    let total: f64 = medians.iter().sum();
+    let rows: Vec<KernelProfile> = kernels
+        .iter()
+        .zip(&medians)
+        .map(|(k, &ms)| KernelProfile {
+            kernel: k.name.clone(),
+            algorithm: k.algorithm.clone(),
+            median_ms: ms,
+            share: if total > 0.0 { ms / total } else { 0.0 },
+            gflops: if ms > 0.0 { 2.0 * k.macs as f64 / (ms * 1e6) } else { 0.0 },
+        })
+        .collect();
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&rows).map_err(|e| UserError(e.to_string()))?),
+        Format::Table => {
+            println!(
+                "{} on cpu (batch {}, -O{}, {} thread{}): kernels, medians of {} runs",
+                graph.name,
+                graph.node(graph.inputs[0]).shape[0],
+                args.opt.opt_level,
+                model.threads(),
+                if model.threads() == 1 { "" } else { "s" },
+                args.runs
+            );
+            let width = rows.iter().map(|r| r.kernel.len()).max().unwrap_or(6).max(6);
+            println!("  {:<width$}  {:>9}  {:>6}  {:>8}  algorithm", "kernel", "ms", "share", "GFLOP/s");
+            for r in &rows {
+                println!(
+                    "  {:<width$}  {:>9.3}  {:>5.1}%  {:>8.1}  {}",
+                    r.kernel,
+                    r.median_ms,
+                    100.0 * r.share,
+                    r.gflops,
+                    r.algorithm
+                );
+            }
+            println!("  {:<width$}  {:>9.3}", "total", total);
+        }
+    }
+    Ok(())
+}
+
+/// The median of samples (sorted in place); 0 for none.
+fn median(samples: &mut [f64]) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    samples.sort_by(f64::total_cmp);
+    let n = samples.len();
+    if n % 2 == 1 { samples[n / 2] } else { (samples[n / 2 - 1] + samples[n / 2]) / 2.0 }
+}
+
 fn bench_command(args: &BenchArgs) -> Result<(), UserError> {
     let weights = WeightArgs {
         source: WeightSource { weights: args.weights.clone(), random_weights: args.weights.is_none() },
@@ -186,6 +276,12 @@ fn bench_command(args: &BenchArgs) -> Result<(), UserError> {
     let started = std::time::Instant::now();
     passes::optimize(&mut graph, args.opt.level())?;
     let options = args.threads.options();
+    if args.profile {
+        if args.target != Target::Cpu {
+            return Err(UserError("error: --profile times the kernels of the cpu target only".into()));
+        }
+        return profile_cpu(args, &graph, &inputs, &options);
+    }
     let executor = cnnc::exec::compile_with(graph, args.target.to_exec(), &options)
         .map_err(|e| UserError(format!("error: {e}")))?;
     let compile_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -198,12 +294,7 @@ fn bench_command(args: &BenchArgs) -> Result<(), UserError> {
         executor.run(&inputs).map_err(|e| UserError(format!("error: {e}")))?;
         times.push(start.elapsed().as_secs_f64() * 1e3);
     }
-    times.sort_by(f64::total_cmp);
-    let median_ms = if times.len() % 2 == 1 {
-        times[times.len() / 2]
-    } else {
-        (times[times.len() / 2 - 1] + times[times.len() / 2]) / 2.0
-    };
+    let median_ms = median(&mut times);
     let report = BenchReport {
         network,
         target: args.target.to_exec().name().to_string(),

@@ -25,6 +25,7 @@ use super::kernels::conv::{ConvKernel, ConvShape, LinearKernel};
 use super::kernels::elementwise::{self, Combine};
 use super::kernels::normalize::{self, Lrn};
 use super::kernels::pool::{PoolKernel, PoolKind};
+use super::kernels::x86::{self, TileSpec};
 use super::kernels::{Base, Kb, Loc, MathFns, MicroKernel};
 use crate::ir::{Activation, Epilogue, Graph, Node, NodeId, Op, ParamRole};
 use crate::tensor::Tensor;
@@ -57,6 +58,9 @@ pub struct CodegenOptions {
     pub micro_kernel: MicroKernel,
     /// Output features per fully connected block, in f32x4 vectors.
     pub linear_vectors: usize,
+    /// Run convolutions and linear layers on the x86-64 machine-code micro-kernels with
+    /// 512-bit vectors (`kernels/x86.rs`) when the target has AVX-512F.
+    pub wide: bool,
     /// Run Cranelift's IR verifier on every function (slower compiles).
     pub verify: bool,
     /// Call `cnnc_profile_tick(kernel index)` between kernels (JIT only; see
@@ -72,6 +76,7 @@ impl Default for CodegenOptions {
             conv_vectors: 3,
             micro_kernel: MicroKernel::Shared,
             linear_vectors: 3,
+            wide: true,
             verify: cfg!(debug_assertions),
             profile: false,
         }
@@ -112,13 +117,14 @@ pub(crate) fn build_isa(triple: Option<&str>, options: &CodegenOptions, pic: boo
     builder.finish(settings::Flags::new(flags)).map_err(|e| format!("cannot configure Cranelift: {e}"))
 }
 
+/// Whether an x86-64 ISA has a CPU feature (`has_fma`, `has_avx512f`, ...).
+fn x64_has(isa: &dyn TargetIsa, flag: &str) -> bool {
+    isa.name() == "x64" && isa.isa_flags().iter().any(|f| f.name == flag && f.as_bool() == Some(true))
+}
+
 /// Whether `fma` compiles to one instruction on this ISA.
 pub(crate) fn has_native_fma(isa: &dyn TargetIsa) -> bool {
-    match isa.name() {
-        "aarch64" => true,
-        "x64" => isa.isa_flags().iter().any(|f| f.name == "has_fma" && f.as_bool() == Some(true)),
-        _ => false,
-    }
+    isa.name() == "aarch64" || x64_has(isa, "has_fma")
 }
 
 /// Where the model's values live, and the sizes of the buffers.
@@ -175,8 +181,18 @@ pub(crate) struct DefinedModel {
     pub infer: FuncId,
     pub infer_part: FuncId,
     pub arena_bytes: usize,
-    /// What each kernel computes (`name (op)`), in the order `infer` calls them.
-    pub kernel_names: Vec<String>,
+    /// What each kernel computes, in the order `infer` calls them.
+    pub kernels: Vec<KernelInfo>,
+}
+
+/// What one kernel of the generated code computes, and how.
+#[derive(Clone, Debug)]
+pub struct KernelInfo {
+    /// `layer (op)`.
+    pub name: String,
+    /// The algorithm and micro-kernel chosen for it.
+    pub algorithm: String,
+    pub macs: u64,
 }
 
 /// A kernel's work, with its packed data.
@@ -241,7 +257,7 @@ fn required<'g>(graph: &'g Graph, node: &Node, input_shape: &[usize], role: Para
 }
 
 /// Chooses and prepares the kernel of a node.
-fn prepare(graph: &Graph, id: NodeId, options: &CodegenOptions) -> Result<Kernel, String> {
+fn prepare(graph: &Graph, id: NodeId, options: &CodegenOptions, wide: bool) -> Result<Kernel, String> {
     let node = graph.node(id);
     let operands = graph.op_operands(id);
     let x_shape = operands.first().map(|&o| graph.node(o).shape.clone()).unwrap_or_default();
@@ -260,7 +276,7 @@ fn prepare(graph: &Graph, id: NodeId, options: &CodegenOptions) -> Result<Kernel
                 out_w: node.shape[3],
             };
             let bias = bias.map(|b| b.data.as_slice());
-            Kernel::Conv(ConvKernel::new(conv, shape, &weight.data, bias, options.conv_vectors.max(1)))
+            Kernel::Conv(ConvKernel::new(conv, shape, &weight.data, bias, options.conv_vectors.max(1), wide))
         }
         Op::Linear { out_features, .. } => {
             let weight = required(graph, node, &x_shape, ParamRole::Weight)?;
@@ -271,6 +287,7 @@ fn prepare(graph: &Graph, id: NodeId, options: &CodegenOptions) -> Result<Kernel
                 bias,
                 *out_features,
                 options.linear_vectors.max(1),
+                wide,
             ))
         }
         Op::ScaleShift => {
@@ -372,6 +389,9 @@ pub(crate) fn define_model<M: Module>(
     let layout = Layout::new(graph)?;
     let ptr = module.target_config().pointer_type();
     let fma = options.fma && has_native_fma(module.isa());
+    let wide = options.wide && fma && x64_has(module.isa(), "has_avx512f");
+    // The micro-kernels are written for the System V convention.
+    let tile_sig = signature(ptr, CallConv::SystemV, 4, false);
     let module_error = |e: cranelift_module::ModuleError| format!("internal error: Cranelift: {e:?}");
 
     // The C math functions.
@@ -389,55 +409,62 @@ pub(crate) fn define_model<M: Module>(
     let sync_sig = signature(ptr, call_conv, 1, false);
     let mut ctx = module.make_context();
     let mut builder_ctx = FunctionBuilderContext::new();
-    let mut kernels: Vec<(FuncId, String)> = Vec::new();
+    let mut kernels: Vec<(FuncId, KernelInfo)> = Vec::new();
     let mut scratch_bytes = 0usize;
 
     // Defines one kernel function; `emit` fills its body.
-    let mut define_kernel =
-        |module: &mut M, name: String, data: Option<DataId>, emit: &mut dyn FnMut(&mut Kb)| -> Result<FuncId, String> {
-            let func_id = module.declare_function(&name, Linkage::Local, &kernel_sig).map_err(module_error)?;
-            ctx.func = Function::with_name_signature(UserFuncName::user(0, func_id.as_u32()), kernel_sig.clone());
-            let mut fb = FunctionBuilder::new(&mut ctx.func, &mut builder_ctx);
-            let entry = fb.create_block();
-            fb.append_block_params_for_function_params(entry);
-            fb.switch_to_block(entry);
-            fb.seal_block(entry);
-            let params = fb.block_params(entry).to_vec();
-            let math = MathFns {
-                expf: module.declare_func_in_func(expf, fb.func),
-                tanhf: module.declare_func_in_func(tanhf, fb.func),
-                powf: module.declare_func_in_func(powf, fb.func),
-            };
-            let data = data.map(|d| {
-                let gv = module.declare_data_in_func(d, fb.func);
-                if far_data && let GlobalValueData::Symbol { colocated, .. } = &mut fb.func.global_values[gv] {
-                    // A 64-bit absolute address instead of a 32-bit PC-relative one.
-                    *colocated = false;
-                }
-                fb.ins().symbol_value(ptr, gv)
-            });
-            let sync_sig = fb.import_signature(sync_sig.clone());
-            let mut kb = Kb {
-                fb,
-                ptr,
-                fma,
-                micro_kernel: options.micro_kernel,
-                bases: [params[0], params[1], params[2]],
-                part: params[3],
-                parts: params[4],
-                sync: params[5],
-                sync_ctx: params[6],
-                sync_sig,
-                math,
-                data,
-            };
-            emit(&mut kb);
-            kb.fb.ins().return_(&[]);
-            kb.fb.finalize(module.target_config());
-            module.define_function(func_id, &mut ctx).map_err(|e| format!("internal error: Cranelift: {e:?}"))?;
-            module.clear_context(&mut ctx);
-            Ok(func_id)
+    let mut define_kernel = |module: &mut M,
+                             name: String,
+                             data: Option<DataId>,
+                             tiles: &[(TileSpec, FuncId)],
+                             emit: &mut dyn FnMut(&mut Kb)|
+     -> Result<FuncId, String> {
+        let func_id = module.declare_function(&name, Linkage::Local, &kernel_sig).map_err(module_error)?;
+        ctx.func = Function::with_name_signature(UserFuncName::user(0, func_id.as_u32()), kernel_sig.clone());
+        let mut fb = FunctionBuilder::new(&mut ctx.func, &mut builder_ctx);
+        let entry = fb.create_block();
+        fb.append_block_params_for_function_params(entry);
+        fb.switch_to_block(entry);
+        fb.seal_block(entry);
+        let params = fb.block_params(entry).to_vec();
+        let math = MathFns {
+            expf: module.declare_func_in_func(expf, fb.func),
+            tanhf: module.declare_func_in_func(tanhf, fb.func),
+            powf: module.declare_func_in_func(powf, fb.func),
         };
+        let data = data.map(|d| {
+            let gv = module.declare_data_in_func(d, fb.func);
+            if far_data && let GlobalValueData::Symbol { colocated, .. } = &mut fb.func.global_values[gv] {
+                // A 64-bit absolute address instead of a 32-bit PC-relative one.
+                *colocated = false;
+            }
+            fb.ins().symbol_value(ptr, gv)
+        });
+        let sync_sig = fb.import_signature(sync_sig.clone());
+        let tiles = tiles.iter().map(|(spec, id)| (spec.clone(), module.declare_func_in_func(*id, fb.func))).collect();
+        let mut kb = Kb {
+            fb,
+            ptr,
+            fma,
+            micro_kernel: options.micro_kernel,
+            bases: [params[0], params[1], params[2]],
+            part: params[3],
+            parts: params[4],
+            sync: params[5],
+            sync_ctx: params[6],
+            sync_sig,
+            math,
+            data,
+            tiles,
+            tile_slot: None,
+        };
+        emit(&mut kb);
+        kb.fb.ins().return_(&[]);
+        kb.fb.finalize(module.target_config());
+        module.define_function(func_id, &mut ctx).map_err(|e| format!("internal error: Cranelift: {e:?}"))?;
+        module.clear_context(&mut ctx);
+        Ok(func_id)
+    };
 
     for (index, &id) in order.iter().enumerate() {
         let node = graph.node(id);
@@ -447,7 +474,21 @@ pub(crate) fn define_model<M: Module>(
         if bytes_of(&node.shape) >= 1 << 31 {
             return Err(format!("layer `{}` is larger than 2 GiB, more than the CPU backend supports", node.name));
         }
-        let mut kernel = prepare(graph, id, options)?;
+        let mut kernel = prepare(graph, id, options, wide)?;
+        // The kernel's machine-code micro-kernels.
+        let mut tiles = Vec::new();
+        let specs = match &kernel {
+            Kernel::Conv(k) if wide => k.tile_specs(),
+            Kernel::Linear(k) if wide => k.tile_specs(),
+            _ => Vec::new(),
+        };
+        for spec in specs.into_iter().filter(TileSpec::fits) {
+            let bytes = x86::assemble(&spec)?;
+            let name = format!("{prefix}_k{index}_tile{}", tiles.len());
+            let func = module.declare_function(&name, Linkage::Local, &tile_sig).map_err(module_error)?;
+            module.define_function_bytes(func, 64, &bytes, &[]).map_err(module_error)?;
+            tiles.push((spec, func));
+        }
         let data = match kernel.take_data() {
             Some(bytes) => {
                 let data_id = module
@@ -471,10 +512,21 @@ pub(crate) fn define_model<M: Module>(
         let out = layout.loc(id)?;
         let scratch = Loc { base: Base::Arena, offset: layout.scratch_offset };
         let name = format!("{prefix}_k{index}_{}", node.op.mnemonic());
-        let func = define_kernel(module, name, data, &mut |kb| {
+        let func = define_kernel(module, name, data, &tiles, &mut |kb| {
             emit_kernel(kb, &kernel, node, &operands, residual, out, scratch)
         })?;
-        kernels.push((func, format!("{} ({})", node.name, node.op.mnemonic())));
+        let algorithm = match &kernel {
+            Kernel::Conv(k) => k.algorithm(!tiles.is_empty()),
+            Kernel::Linear(k) => k.algorithm(!tiles.is_empty()),
+            Kernel::Pool(_) => "pooling".into(),
+            _ => "elementwise (one thread)".into(),
+        };
+        let info = KernelInfo {
+            name: format!("{} ({})", node.name, node.op.mnemonic()),
+            algorithm,
+            macs: crate::summary::macs(graph, id),
+        };
+        kernels.push((func, info));
     }
 
     // Outputs whose value lives elsewhere (an input, or a node listed twice): copies.
@@ -484,10 +536,11 @@ pub(crate) fn define_model<M: Module>(
         if home != target {
             let floats = graph.node(output.node).shape.iter().product();
             let name = format!("{prefix}_output{position}");
-            let func = define_kernel(module, name, None, &mut |kb| {
+            let func = define_kernel(module, name, None, &[], &mut |kb| {
                 kb.on_last_part(|kb| elementwise::emit_copy(kb, home, target, floats))
             })?;
-            kernels.push((func, format!("{} (output copy)", output.name)));
+            let info = KernelInfo { name: format!("{} (output copy)", output.name), algorithm: "copy".into(), macs: 0 };
+            kernels.push((func, info));
         }
     }
 
@@ -569,8 +622,8 @@ pub(crate) fn define_model<M: Module>(
     if arena_bytes >= 1 << 31 {
         return Err("the model's arena exceeds 2 GiB, more than the CPU backend supports".into());
     }
-    let kernel_names = kernels.into_iter().map(|(_, name)| name).collect();
-    Ok(DefinedModel { infer, infer_part, arena_bytes, kernel_names })
+    let kernels = kernels.into_iter().map(|(_, info)| info).collect();
+    Ok(DefinedModel { infer, infer_part, arena_bytes, kernels })
 }
 
 /// Emits the body of one node's kernel.

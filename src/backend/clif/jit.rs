@@ -4,7 +4,7 @@
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::Linkage;
 
-use super::codegen::{self, CodegenOptions, MAX_PARTS, Symbols};
+use super::codegen::{self, CodegenOptions, KernelInfo, MAX_PARTS, Symbols};
 use super::threads::{Barrier, Pool, barrier_wait};
 
 /// The most threads a run can use.
@@ -73,7 +73,7 @@ pub struct JitModel {
     input_shapes: Vec<Vec<usize>>,
     output_shapes: Vec<Vec<usize>>,
     /// What each kernel computes, in call order.
-    kernel_names: Vec<String>,
+    kernels: Vec<KernelInfo>,
     profiled: bool,
 }
 
@@ -156,10 +156,15 @@ impl JitModel {
         Ok(ticks
             .windows(2)
             .map(|pair| {
-                let name = self.kernel_names.get(pair[0].0 as usize).cloned().unwrap_or_default();
+                let name = self.kernels.get(pair[0].0 as usize).map(|k| k.name.clone()).unwrap_or_default();
                 (name, pair[1].1.duration_since(pair[0].1).as_secs_f64())
             })
             .collect())
+    }
+
+    /// The kernels the model runs, in call order (as [`Self::profile`] reports them).
+    pub fn kernels(&self) -> &[KernelInfo] {
+        &self.kernels
     }
 
     /// Floats of the input buffer: every input, one after another in `Graph::inputs`
@@ -290,7 +295,7 @@ pub fn compile_jit_with(graph: &Graph, options: &CodegenOptions) -> Result<JitMo
         arena_bytes: defined.arena_bytes,
         input_shapes: graph.inputs.iter().map(|&id| graph.node(id).shape.clone()).collect(),
         output_shapes: graph.outputs.iter().map(|o| graph.node(o.node).shape.clone()).collect(),
-        kernel_names: defined.kernel_names,
+        kernels: defined.kernels,
         profiled: options.profile,
     })
 }

@@ -29,6 +29,7 @@
 
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, types};
 
+use super::x86::{self, TileSpec};
 use super::{F32, F32X4, Kb, Loc, MicroKernel};
 use crate::ir::{Conv, Epilogue};
 
@@ -49,10 +50,25 @@ struct Blocking {
 }
 
 impl Blocking {
-    fn new(out_per_group: usize, vectors: usize) -> Blocking {
+    /// Blocks of `vectors` f32x4 vectors; a partial block's vectors are rounded up to a
+    /// multiple of `quantum` (4 for the 16-lane micro-kernels).
+    fn new(out_per_group: usize, vectors: usize, quantum: usize) -> Blocking {
         let lanes = 4 * vectors;
         let rest = out_per_group % lanes;
-        Blocking { vectors, full_blocks: out_per_group / lanes, tail_vectors: rest.div_ceil(4), tail_channels: rest }
+        let tail_vectors = rest.div_ceil(4 * quantum) * quantum;
+        Blocking { vectors, full_blocks: out_per_group / lanes, tail_vectors, tail_channels: rest }
+    }
+
+    /// The (f32x4 vectors, channels) of each kind of block: the full one, the tail.
+    fn kinds(&self) -> Vec<usize> {
+        let mut kinds = Vec::new();
+        if self.full_blocks > 0 {
+            kinds.push(self.vectors);
+        }
+        if self.tail_vectors > 0 {
+            kinds.push(self.tail_vectors);
+        }
+        kinds
     }
 
     /// Packed lanes per group (output channels rounded up to whole vectors).
@@ -132,6 +148,14 @@ struct Block {
 /// The micro-kernel: `pixels x vectors` accumulators over the reduction, then the
 /// epilogue and the stores.
 fn emit_tile(kb: &mut Kb, reduction: &Reduction, tile: &Tile, block: &Block, oc_stride: i64, epilogue: &Epilogue) {
+    if let Some(func) = kb.tile_kernel(&tile_spec(reduction, tile.pixels, tile.in_stride, block.vectors)) {
+        // The machine-code micro-kernel leaves the tile pixel-major in a stack buffer.
+        let buffer = kb.tile_buffer();
+        kb.fb.ins().call(func, &[tile.in_base, block.weights, block.bias, buffer]);
+        let acc: Vec<Value> = (0..tile.pixels * block.vectors).map(|i| kb.load(F32X4, buffer, 16 * i as i64)).collect();
+        store_tile(kb, &acc, tile, block, oc_stride, epilogue);
+        return;
+    }
     let style = kb.micro_kernel;
     let lanes = 4 * block.vectors as i64;
     let taps = reduction.taps.len();
@@ -217,6 +241,18 @@ fn emit_tile(kb: &mut Kb, reduction: &Reduction, tile: &Tile, block: &Block, oc_
 
     let acc: Vec<Value> = accumulators.iter().map(|&a| kb.fb.use_var(a)).collect();
     store_tile(kb, &acc, tile, block, oc_stride, epilogue);
+}
+
+/// The machine-code micro-kernel of a tile (`vectors` in f32x4 units).
+fn tile_spec(reduction: &Reduction, pixels: usize, pixel_stride: i64, vectors: usize) -> TileSpec {
+    TileSpec {
+        pixels,
+        vectors: vectors / 4,
+        pixel_stride,
+        steps: reduction.count,
+        in_step: reduction.in_step,
+        taps: reduction.taps.clone(),
+    }
 }
 
 /// Applies the epilogue to a tile's accumulators and stores them.
@@ -324,10 +360,19 @@ pub(crate) struct ConvKernel {
 }
 
 impl ConvKernel {
-    pub fn new(conv: &Conv, shape: ConvShape, weight: &[f32], bias: Option<&[f32]>, vectors: usize) -> ConvKernel {
+    /// `vectors` f32x4 vectors per block of output channels, or with `wide`, blocks for
+    /// the 16-lane machine-code micro-kernels (see `x86`).
+    pub fn new(
+        conv: &Conv,
+        shape: ConvShape,
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        vectors: usize,
+        wide: bool,
+    ) -> ConvKernel {
         let out_per_group = shape.out_channels / conv.groups;
         let k = shape.in_channels / conv.groups * conv.kernel.h * conv.kernel.w;
-        let blocking = Blocking::new(out_per_group, vectors);
+        let blocking = if wide { wide_blocking(out_per_group) } else { Blocking::new(out_per_group, vectors, 1) };
         let data = pack(weight, bias, conv.groups, k, blocking);
         let bias_start = conv.groups * blocking.group_lanes() * k;
         ConvKernel { conv: conv.clone(), shape, blocking, bias_start, data }
@@ -352,6 +397,40 @@ impl ConvKernel {
         4 * self.shape.in_channels * hp * wp
     }
 
+    /// The algorithm, for profiles: `tiled` when the machine-code micro-kernels run it.
+    pub fn algorithm(&self, tiled: bool) -> String {
+        let c = &self.conv;
+        let mut text = format!("direct {}x{}/s{}", c.kernel.h, c.kernel.w, c.stride.h);
+        if c.groups > 1 {
+            text.push_str(&format!(" g{}", c.groups));
+        }
+        text + ", " + &block_text(self.blocking, tiled)
+    }
+
+    fn reduction(&self) -> Reduction {
+        let c = &self.conv;
+        let (hp, wp) = self.padded_hw();
+        Reduction {
+            count: self.shape.in_channels / c.groups,
+            in_step: (hp * wp) as i64 * 4,
+            taps: (0..c.kernel.h)
+                .flat_map(|kh| (0..c.kernel.w).map(move |kw| ((kh * c.dilation.h * wp + kw * c.dilation.w) * 4) as i64))
+                .collect(),
+        }
+    }
+
+    /// The micro-kernels the tiles of this convolution can use.
+    pub fn tile_specs(&self) -> Vec<TileSpec> {
+        let s = &self.shape;
+        let (pixels, pixel_stride) = if self.line_mode() {
+            ((s.out_h * s.out_w).min(4), 4)
+        } else {
+            (s.out_w.min(4), (self.conv.stride.w * 4) as i64)
+        };
+        let reduction = self.reduction();
+        self.blocking.kinds().into_iter().map(|v| tile_spec(&reduction, pixels, pixel_stride, v)).collect()
+    }
+
     pub fn emit(&self, kb: &mut Kb, x: Loc, out: Loc, residual: Option<Loc>, scratch: Loc, epilogue: &Epilogue) {
         let s = &self.shape;
         let c = &self.conv;
@@ -362,13 +441,7 @@ impl ConvKernel {
         let out_plane = (s.out_h * s.out_w) as i64 * 4;
         let k = in_per_group * c.kernel.h * c.kernel.w;
         let group_lanes = self.blocking.group_lanes();
-        let reduction = Reduction {
-            count: in_per_group,
-            in_step: (hp * wp) as i64 * 4,
-            taps: (0..c.kernel.h)
-                .flat_map(|kh| (0..c.kernel.w).map(move |kw| ((kh * c.dilation.h * wp + kw * c.dilation.w) * 4) as i64))
-                .collect(),
-        };
+        let reduction = self.reduction();
 
         let x_base = kb.addr(x);
         let out_base = kb.addr(out);
@@ -575,6 +648,19 @@ fn emit_line(
     });
 }
 
+/// How a kernel's tiles run, for profiles.
+fn block_text(blocking: Blocking, tiled: bool) -> String {
+    let lanes = 4 * blocking.vectors;
+    if tiled { format!("AVX-512 tiles 4 px x {lanes} ch") } else { format!("f32x4 tiles 4 px x {lanes} ch") }
+}
+
+/// Blocks for the 16-lane micro-kernels: up to 4 zmm vectors (64 channels), fewer when
+/// the group has fewer channels.
+fn wide_blocking(out_per_group: usize) -> Blocking {
+    let zmm = out_per_group.div_ceil(x86::LANES).clamp(1, 4);
+    Blocking::new(out_per_group, 4 * zmm, 4)
+}
+
 /// A fully connected layer ready to emit: `[batch, in] -> [batch, out]`.
 pub(crate) struct LinearKernel {
     batch: usize,
@@ -593,17 +679,34 @@ impl LinearKernel {
         bias: Option<&[f32]>,
         out_features: usize,
         vectors: usize,
+        wide: bool,
     ) -> LinearKernel {
         let in_features = weight.len() / out_features;
-        let blocking = Blocking::new(out_features, vectors);
+        let blocking = if wide { wide_blocking(out_features) } else { Blocking::new(out_features, vectors, 1) };
         let data = pack(weight, bias, 1, in_features, blocking);
         let bias_start = blocking.group_lanes() * in_features;
         LinearKernel { batch, in_features, out_features, blocking, bias_start, data }
     }
 
+    fn reduction(&self) -> Reduction {
+        Reduction { count: self.in_features, in_step: 4, taps: vec![0] }
+    }
+
+    /// The algorithm, for profiles: `tiled` when the machine-code micro-kernels run it.
+    pub fn algorithm(&self, tiled: bool) -> String {
+        format!("gemm, {}", block_text(self.blocking, tiled))
+    }
+
+    /// The micro-kernels the tiles of this layer can use.
+    pub fn tile_specs(&self) -> Vec<TileSpec> {
+        let reduction = self.reduction();
+        let (pixels, stride) = (self.batch.min(4), (self.in_features * 4) as i64);
+        self.blocking.kinds().into_iter().map(|v| tile_spec(&reduction, pixels, stride, v)).collect()
+    }
+
     pub fn emit(&self, kb: &mut Kb, x: Loc, out: Loc, residual: Option<Loc>, epilogue: &Epilogue) {
         let k = self.in_features;
-        let reduction = Reduction { count: k, in_step: 4, taps: vec![0] };
+        let reduction = self.reduction();
         let x_base = kb.addr(x);
         let out_base = kb.addr(out);
         let residual_base = residual.map(|r| kb.addr(r));

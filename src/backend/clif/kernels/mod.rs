@@ -11,9 +11,12 @@ pub(crate) mod conv;
 pub(crate) mod elementwise;
 pub(crate) mod normalize;
 pub(crate) mod pool;
+pub(crate) mod x86;
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{FuncRef, InstBuilder, MemFlagsData, SigRef, Type, Value, types};
+use cranelift_codegen::ir::{
+    FuncRef, InstBuilder, MemFlagsData, SigRef, StackSlot, StackSlotData, StackSlotKind, Type, Value, types,
+};
 use cranelift_frontend::FunctionBuilder;
 
 use crate::ir::{Activation, Epilogue};
@@ -88,6 +91,10 @@ pub(crate) struct Kb<'a> {
     pub math: MathFns,
     /// The address of the kernel's read-only data (packed weights, tables), if any.
     pub data: Option<Value>,
+    /// The machine-code micro-kernels defined for this kernel's tiles (`x86`).
+    pub tiles: Vec<(x86::TileSpec, FuncRef)>,
+    /// The stack buffer the micro-kernels store their tiles to, once created.
+    pub tile_slot: Option<StackSlot>,
 }
 
 impl<'a> Kb<'a> {
@@ -99,6 +106,25 @@ impl<'a> Kb<'a> {
             Base::Arena => self.bases[2],
         };
         self.offset(base, loc.offset as i64)
+    }
+
+    /// The machine-code micro-kernel for a tile, if one was defined.
+    pub fn tile_kernel(&self, spec: &x86::TileSpec) -> Option<FuncRef> {
+        self.tiles.iter().find(|(s, _)| s == spec).map(|&(_, f)| f)
+    }
+
+    /// The address of the micro-kernels' tile buffer (`TILE_BUFFER_BYTES`, 64-aligned).
+    pub fn tile_buffer(&mut self) -> Value {
+        let slot = match self.tile_slot {
+            Some(slot) => slot,
+            None => {
+                let data = StackSlotData::new(StackSlotKind::ExplicitSlot, x86::TILE_BUFFER_BYTES as u32, 6);
+                let slot = self.fb.create_sized_stack_slot(data);
+                self.tile_slot = Some(slot);
+                slot
+            }
+        };
+        self.fb.ins().stack_addr(self.ptr, slot, 0)
     }
 
     /// The kernel's data pointer; kernels ask only when they defined data.

@@ -1,0 +1,132 @@
+//! Convolution micro-kernels in x86-64 machine code with 512-bit vectors (AVX-512F),
+//! assembled per layer with iced-x86 and defined in the Cranelift module next to the
+//! kernels that call them (`Module::define_function_bytes`), so the JIT and object files
+//! both get them. Cranelift's x86-64 backend lowers 128-bit vectors only; these run the
+//! same tile at four times the width (the way oneDNN generates kernels with Xbyak).
+//!
+//! One micro-kernel computes the reduction of one tile, `pixels` output pixels by
+//! `vectors` x 16 output channels, in `pixels * vectors` zmm accumulators:
+//!
+//! ```text
+//! void ukernel(const float *in, const float *weights, const float *bias, float *tile);
+//! ```
+//!
+//! `in` is the tile's first pixel's window origin (pixel `p` at `in + p * pixel_stride`
+//! bytes), `weights` the block's packed weights (`[step][tap][lane]`, the layout of
+//! `conv::pack` with 16-lane vectors), `bias` the block's bias. The accumulators start at
+//! the bias, take `steps` reduction steps (the input advancing `in_step` bytes, each step
+//! `taps.len()` multiply-adds per accumulator), and are stored pixel-major to `tile`
+//! (`[pixel][lane]`), where the Cranelift side applies the epilogue and stores the
+//! channels into the NCHW output. System V calling convention; only caller-saved
+//! registers are used (rdi, rsi, r8, zmm0-31), and the code has no relocations.
+
+use iced_x86::code_asm::*;
+
+/// Lanes of one zmm register.
+pub(crate) const LANES: usize = 16;
+
+/// The most pixels and vectors of a tile, and the bytes of the buffer it is stored to.
+pub(crate) const MAX_PIXELS: usize = 4;
+pub(crate) const MAX_VECTORS: usize = 4;
+pub(crate) const TILE_BUFFER_BYTES: usize = MAX_PIXELS * MAX_VECTORS * LANES * 4;
+
+/// What one micro-kernel computes; equal specs assemble to equal code.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct TileSpec {
+    pub pixels: usize,
+    /// zmm vectors of output channels.
+    pub vectors: usize,
+    /// Bytes between consecutive pixels' windows in the input.
+    pub pixel_stride: i64,
+    pub steps: usize,
+    /// Bytes the input advances per step.
+    pub in_step: i64,
+    /// Byte offset of each tap from the window origin.
+    pub taps: Vec<i64>,
+}
+
+impl TileSpec {
+    /// Whether the tile fits the register file: the accumulators, the weights of one tap
+    /// and two broadcast registers.
+    pub fn fits(&self) -> bool {
+        (1..=MAX_PIXELS).contains(&self.pixels)
+            && (1..=MAX_VECTORS).contains(&self.vectors)
+            && self.pixels * self.vectors + self.vectors + 2 <= 32
+    }
+}
+
+const ZMM: [AsmRegisterZmm; 32] = [
+    zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7, zmm8, zmm9, zmm10, zmm11, zmm12, zmm13, zmm14, zmm15, zmm16, zmm17,
+    zmm18, zmm19, zmm20, zmm21, zmm22, zmm23, zmm24, zmm25, zmm26, zmm27, zmm28, zmm29, zmm30, zmm31,
+];
+
+fn disp(bytes: i64) -> Result<i32, String> {
+    i32::try_from(bytes).map_err(|_| format!("internal error: micro-kernel displacement {bytes} exceeds 32 bits"))
+}
+
+/// Assembles the micro-kernel of `spec`.
+pub(crate) fn assemble(spec: &TileSpec) -> Result<Vec<u8>, String> {
+    assert!(spec.fits(), "micro-kernel tile does not fit the registers: {spec:?}");
+    let err = |e: IcedError| format!("internal error: assembling a micro-kernel: {e}");
+    let mut a = CodeAssembler::new(64).map_err(err)?;
+    let (p_count, v_count) = (spec.pixels, spec.vectors);
+    let acc = |p: usize, v: usize| ZMM[p * v_count + v];
+    let weight = |v: usize| ZMM[p_count * v_count + v];
+    let broadcast = |i: usize| ZMM[p_count * v_count + v_count + i % 2];
+    let tap_bytes = (v_count * LANES * 4) as i64;
+    let step_bytes = tap_bytes * spec.taps.len() as i64;
+
+    for p in 0..p_count {
+        for v in 0..v_count {
+            a.vmovups(acc(p, v), zmmword_ptr(rdx + disp(64 * v as i64)?)).map_err(err)?;
+        }
+    }
+    // One step: `taps` rounds of weight loads, broadcasts and multiply-adds, `u` steps
+    // past the current pointers.
+    let step = |a: &mut CodeAssembler, u: i64| -> Result<(), String> {
+        let mut b = 0;
+        for (t, &tap) in spec.taps.iter().enumerate() {
+            let w_offset = u * step_bytes + t as i64 * tap_bytes;
+            for v in 0..v_count {
+                a.vmovups(weight(v), zmmword_ptr(rsi + disp(w_offset + 64 * v as i64)?)).map_err(err)?;
+            }
+            for p in 0..p_count {
+                let x = broadcast(b);
+                b += 1;
+                let offset = u * spec.in_step + tap + p as i64 * spec.pixel_stride;
+                a.vbroadcastss(x, dword_ptr(rdi + disp(offset)?)).map_err(err)?;
+                for v in 0..v_count {
+                    a.vfmadd231ps(acc(p, v), weight(v), x).map_err(err)?;
+                }
+            }
+        }
+        Ok(())
+    };
+    // Steps unrolled so that an iteration has at least 4 taps.
+    let unroll = 4usize.div_ceil(spec.taps.len()).clamp(1, spec.steps.max(1));
+    let iterations = spec.steps / unroll;
+    if iterations > 0 {
+        a.mov(r8, iterations as u64).map_err(err)?;
+        let mut head = a.create_label();
+        a.set_label(&mut head).map_err(err)?;
+        for u in 0..unroll {
+            step(&mut a, u as i64)?;
+        }
+        a.add(rdi, disp(unroll as i64 * spec.in_step)?).map_err(err)?;
+        a.add(rsi, disp(unroll as i64 * step_bytes)?).map_err(err)?;
+        a.dec(r8).map_err(err)?;
+        a.jnz(head).map_err(err)?;
+    }
+    for u in 0..spec.steps % unroll {
+        step(&mut a, u as i64)?;
+    }
+    for p in 0..p_count {
+        for v in 0..v_count {
+            let offset = ((p * v_count + v) * LANES * 4) as i64;
+            a.vmovups(zmmword_ptr(rcx + disp(offset)?), acc(p, v)).map_err(err)?;
+        }
+    }
+    a.vzeroupper().map_err(err)?;
+    a.ret().map_err(err)?;
+    a.assemble(0).map_err(err)
+}

@@ -1,0 +1,201 @@
+//! The CPU backend's kernel variants, each against the reference or against a variant
+//! checked against it:
+//! - threads: every example and feature program, run by several threads sharing each
+//!   layer (`infer_part`), gives bit for bit the result of one thread (`infer`), which
+//!   `tests/cpu_backend.rs` checks against the reference interpreter. Bitwise, because
+//!   threads only share out the same tiles: each output value is computed by the same
+//!   instructions either way. Thread counts 2 and 3 (uneven shares), batch 1 and 2
+//!   (padded convolutions synchronize per batch element). `CNNC_CPU_FILTER=NAME`
+//!   restricts the networks.
+//! - micro-kernels: random convolutions and linear layers (channels, kernel, stride,
+//!   padding, dilation, groups, batch; proptest, shrinking to the smallest failing
+//!   layer) through the default code (the AVX-512 machine-code tiles where the host has
+//!   AVX-512F) and through the portable f32x4 tiles, each against the interpreter:
+//!   relative L2 at most 1e-4 (the backends' tolerance; f32 against f64 accumulation).
+
+#[allow(dead_code)]
+mod common;
+
+use cnnc::backend::clif::{CodegenOptions, compile_jit_with};
+use cnnc::front::{BuildOptions, compile_source};
+use cnnc::passes::{OptLevel, optimize};
+use cnnc::tensor::{Tensor, relative_l2};
+use proptest::prelude::*;
+
+const TOLERANCE: f64 = 1e-4;
+
+fn bits(tensors: &[Tensor]) -> Vec<Vec<u32>> {
+    tensors.iter().map(|t| t.data.iter().map(|x| x.to_bits()).collect()).collect()
+}
+
+fn check(name: &str, source: &str, batch: usize) -> Result<(), String> {
+    let mut graph = compile_source(source, &BuildOptions { batch, input_shape: None })
+        .map_err(|d| format!("{name}: does not compile: {:?}", d.first().map(|d| &d.message)))?;
+    graph.weights = cnnc::weights::random_weights(&graph, 7);
+    optimize(&mut graph, OptLevel::O2)?;
+    let inputs: Vec<Tensor> = graph
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| cnnc::weights::random_normal(&graph.node(id).shape, 100 + i as u64))
+        .collect();
+    let mut model = cnnc::backend::clif::compile_jit(&graph)?;
+    let single = bits(&model.run(&inputs)?);
+    for threads in [2, 3] {
+        model.set_threads(threads);
+        // Twice: the second run reuses the pool.
+        for run in 0..2 {
+            let got = bits(&model.run(&inputs)?);
+            if got != single {
+                let differing: usize =
+                    got.iter().zip(&single).map(|(a, b)| a.iter().zip(b).filter(|(x, y)| x != y).count()).sum();
+                return Err(format!(
+                    "{name} batch {batch}: {threads} threads (run {run}) differ from one thread in {differing} values"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn threads_share_layers_without_changing_results() {
+    let filter = std::env::var("CNNC_CPU_FILTER").unwrap_or_default();
+    let mut failures = Vec::new();
+    let mut files = common::cnn_files("examples");
+    files.extend(common::cnn_files("tests/programs"));
+    for path in files {
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        if !name.contains(&filter) {
+            continue;
+        }
+        let source = std::fs::read_to_string(&path).unwrap();
+        // The big ImageNet models at batch 1 only: they cost seconds per run here.
+        let big = ["vgg16", "alexnet", "alexnet_original", "resnet50", "densenet121", "googlenet", "resnet34"]
+            .contains(&name.as_str());
+        let batches: &[usize] = if big { &[1] } else { &[1, 2] };
+        for &batch in batches {
+            match check(&name, &source, batch) {
+                Ok(()) => println!("{name} batch {batch}: identical on 1, 2 and 3 threads"),
+                Err(e) => failures.push(e),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// One layer under test, rendered as a program.
+#[derive(Clone, Debug)]
+struct Layer {
+    batch: usize,
+    in_channels: usize,
+    hw: (usize, usize),
+    out_channels: usize,
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    pad: (usize, usize),
+    dilation: (usize, usize),
+    groups: usize,
+    relu: bool,
+    /// A linear layer on the flattened input instead of a convolution.
+    linear: bool,
+}
+
+impl Layer {
+    fn source(&self) -> String {
+        let (c, (h, w)) = (self.in_channels, self.hw);
+        let body = if self.linear {
+            format!("flatten\n    linear({})", self.out_channels)
+        } else {
+            format!(
+                "conv({}, ({}, {}), stride=({}, {}), pad=({}, {}), dilation=({}, {}), groups={})",
+                self.out_channels * self.groups,
+                self.kernel.0,
+                self.kernel.1,
+                self.stride.0,
+                self.stride.1,
+                self.pad.0,
+                self.pad.1,
+                self.dilation.0,
+                self.dilation.1,
+                self.groups
+            )
+        };
+        let relu = if self.relu { "\n    relu" } else { "" };
+        format!("network layer {{\n    input x: [{}, {h}, {w}]\n    {body}{relu}\n}}\n", c * self.groups)
+    }
+}
+
+fn layer() -> impl Strategy<Value = Layer> {
+    (
+        (1usize..=3, 1usize..=20, (1usize..=12, 1usize..=12), 1usize..=80),
+        ((1usize..=5, 1usize..=5), (1usize..=3, 1usize..=3), (0usize..=2, 0usize..=2), (1usize..=2, 1usize..=2)),
+        (
+            prop_oneof![3 => Just(1usize), 1 => 2usize..=4],
+            any::<bool>(),
+            prop_oneof![5 => Just(false), 1 => Just(true)],
+        ),
+    )
+        .prop_map(
+            |((batch, in_channels, hw, out_channels), (kernel, stride, pad, dilation), (groups, relu, linear))| Layer {
+                batch,
+                in_channels,
+                hw,
+                out_channels,
+                kernel,
+                stride,
+                pad,
+                dilation,
+                groups,
+                relu,
+                linear,
+            },
+        )
+        // The window must fit the padded input.
+        .prop_filter("the window fits", |l| {
+            l.linear
+                || (l.hw.0 + 2 * l.pad.0 >= l.dilation.0 * (l.kernel.0 - 1) + 1
+                    && l.hw.1 + 2 * l.pad.1 >= l.dilation.1 * (l.kernel.1 - 1) + 1)
+        })
+}
+
+/// The layer through the default code generator and the portable one, against the
+/// interpreter.
+fn check_layer(layer: &Layer) -> Result<(), String> {
+    let source = layer.source();
+    let mut graph = compile_source(&source, &BuildOptions { batch: layer.batch, input_shape: None })
+        .map_err(|d| format!("does not compile: {:?}\n{source}", d.first().map(|d| &d.message)))?;
+    graph.weights = cnnc::weights::random_weights(&graph, 11);
+    optimize(&mut graph, OptLevel::O2)?;
+    let inputs = vec![cnnc::weights::random_normal(&graph.node(graph.inputs[0]).shape, 12)];
+    let reference = cnnc::interp::run(&graph, &graph.weights, &inputs).map_err(|e| e.to_string())?;
+    for (variant, options) in
+        [("default", CodegenOptions::default()), ("f32x4", CodegenOptions { wide: false, ..CodegenOptions::default() })]
+    {
+        let mut model = compile_jit_with(&graph, &options)?;
+        for threads in [1, 2] {
+            model.set_threads(threads);
+            let got = model.run(&inputs)?;
+            let error = relative_l2(&got[0].data, &reference[0].data);
+            if !(error <= TOLERANCE) {
+                return Err(format!("{variant} code, {threads} thread(s): relative L2 {error:.3e}\n{source}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(256),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn micro_kernels_compute_what_the_interpreter_computes(layer in layer()) {
+        if let Err(e) = check_layer(&layer) {
+            prop_assert!(false, "{e}\nbatch {}", layer.batch);
+        }
+    }
+}
