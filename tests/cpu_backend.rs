@@ -1,20 +1,28 @@
-//! The Cranelift CPU backend against the reference interpreter: one program, two
+//! The Cranelift CPU backend against the reference interpreter: one program, several
 //! executors.
 //!
-//! - Every `examples/*.cnn` at batch 1 and 4 (batch 2 for VGG-16 and the AlexNets, whose
-//!   reference run is slow), and every `tests/programs/*.cnn` plus the small programs
-//!   below (one per op variant) at batch 1 and 3: random weights and inputs from fixed
-//!   seeds, the JIT's outputs equal the interpreter's on the same O2 graph (relative L2
-//!   error <= 1e-4, the same argmax per row). Failures are collected and reported
-//!   together, each with the first node whose value diverges.
-//! - The object file, linked into `examples/embed_c/main.c` with `cc`, for LeNet-5 and
-//!   ResNet-18; an AArch64 object is produced and checked.
+//! - Every `examples/*.cnn` at batch 1 and 4, random weights and inputs from fixed seeds,
+//!   the reference interpreter run once on the O2 graph and three executors compared with
+//!   it (relative L2 error <= 1e-4 per output, the same argmax per row): the JIT; the
+//!   object file and header, linked with `cc` into `examples/embed_c/main.c`; the Rust
+//!   wrapper, built by `cnnc::build` in `examples/embed_rust`'s build script (the example
+//!   network, batch and weight seed passed in environment variables, so each one is a
+//!   build-script rerun and a relink) and run by its `network` binary. Failures are
+//!   collected and reported together, the JIT's with the first node whose value diverges.
+//!   Batch 4 for every example, VGG-16 and the AlexNets included: their reference runs at
+//!   batch 4 took 8.7 s and 3 s each (the whole file 5.3 min, of which the reference runs
+//!   81 s, the JIT 18 s, C 36 s, the Rust wrapper 143 s, measured warm on the 2-core
+//!   development machine while other work ran on it).
+//! - Every `tests/programs/*.cnn` plus the small programs below (one per op variant) at
+//!   batch 1 and 3 (and at -O0), through the JIT.
+//! - An AArch64 object is produced and checked.
 //! - Every example runs with its input, output and arena against `PROT_NONE` pages.
 //! - Timings: ResNet-50's compile time, ResNet-18's JIT run against the interpreter's.
 //!
-//! `CNNC_CPU_FILTER=substring` limits the example runs to matching file names. Benchmarks
-//! of code generator variants are `#[ignore]`d: `cargo test --test cpu_backend bench --
-//! --ignored --nocapture`.
+//! `CNNC_CPU_FILTER=substring` limits the example runs to matching file names. The first
+//! run builds `examples/embed_rust`, with cnnc as its build dependency, in
+//! `target/embed_rust` (minutes, once). Benchmarks of code generator variants are
+//! `#[ignore]`d: `cargo test --test cpu_backend bench -- --ignored --nocapture`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,6 +33,9 @@ use cnnc::front::{BuildOptions, compile_source};
 use cnnc::ir::{Graph, Op, Output};
 use cnnc::passes::{OptLevel, optimize};
 use cnnc::tensor::{Tensor, argmax_rows, relative_l2};
+
+#[allow(dead_code)]
+mod common;
 
 const TOLERANCE: f64 = 1e-4;
 const WEIGHT_SEED: u64 = 0x5eed;
@@ -121,28 +132,12 @@ fn first_bad_node(graph: &Graph, inputs: &[Tensor]) -> String {
     "every node agrees when traced".into()
 }
 
-/// What one JIT-vs-reference run measured.
-struct Run {
-    max_error: f64,
-    compile_ms: f64,
-    jit_ms: f64,
-    reference_ms: f64,
-}
-
-/// JIT against the interpreter on one graph.
-fn check_graph(graph: &Graph) -> Result<Run, String> {
+/// JIT against the interpreter on one graph: the largest relative error.
+fn check_graph(graph: &Graph) -> Result<f64, String> {
     let inputs = random_inputs(graph);
-    let started = Instant::now();
     let reference = cnnc::interp::run(graph, &graph.weights, &inputs).map_err(|e| format!("interpreter: {e}"))?;
-    let reference_ms = started.elapsed().as_secs_f64() * 1e3;
-    let started = Instant::now();
-    let model = clif::compile_jit(graph)?;
-    let compile_ms = started.elapsed().as_secs_f64() * 1e3;
-    let started = Instant::now();
-    let got = model.run(&inputs)?;
-    let jit_ms = started.elapsed().as_secs_f64() * 1e3;
-    let max_error = compare(graph, &got, &reference).map_err(|e| format!("{e}; {}", first_bad_node(graph, &inputs)))?;
-    Ok(Run { max_error, compile_ms, jit_ms, reference_ms })
+    let (got, _) = run_jit(graph, &inputs)?;
+    compare(graph, &got, &reference).map_err(|e| format!("{e}; {}", first_bad_node(graph, &inputs)))
 }
 
 fn cnn_files(dir: &Path) -> Vec<PathBuf> {
@@ -159,28 +154,190 @@ fn stem(path: &Path) -> String {
     path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string()
 }
 
+/// One executor's outputs for an example, with what it measured, or why it failed.
+type Executed = Result<(Vec<Tensor>, String), String>;
+
+/// An executor bound to one example's graph and inputs.
+type Execute<'a> = Box<dyn Fn() -> Executed + 'a>;
+
+/// Every example at batch 1 and 4, one reference run each, against the three ways to run
+/// native code: the JIT, the object file linked into C (skipped, loudly, without a C
+/// compiler outside CI), the Rust wrapper.
 #[test]
 fn examples_match_the_reference() {
+    let cc = c_compiler();
+    let tmp = TempDir::new("examples");
     let mut failures = Vec::new();
+    let mut worst: std::collections::BTreeMap<&str, (f64, String)> = Default::default();
     for path in cnn_files(&repo().join("examples")) {
         let name = stem(&path);
         if !name.contains(&filter()) {
             continue;
         }
         let source = std::fs::read_to_string(&path).expect("readable");
-        // The reference takes seconds per image on these; batch 2 still covers batching.
-        let big = name == "vgg16" || name.starts_with("alexnet");
-        for batch in [1, if big { 2 } else { 4 }] {
-            match optimized(&source, batch).and_then(|g| check_graph(&g)) {
-                Ok(run) => println!(
-                    "{name} batch {batch}: max relative L2 {:.2e}; JIT compile {:.0} ms, run {:.1} ms; reference {:.0} ms",
-                    run.max_error, run.compile_ms, run.jit_ms, run.reference_ms
-                ),
-                Err(e) => failures.push(format!("{name} batch {batch}: {e}")),
+        for batch in [1, 4] {
+            let graph = match optimized(&source, batch) {
+                Ok(graph) => graph,
+                Err(e) => {
+                    failures.push(format!("{name} batch {batch}: {e}"));
+                    continue;
+                }
+            };
+            let inputs = random_inputs(&graph);
+            let started = Instant::now();
+            let reference = match cnnc::interp::run(&graph, &graph.weights, &inputs) {
+                Ok(reference) => reference,
+                Err(e) => {
+                    failures.push(format!("{name} batch {batch}: the interpreter failed: {e}"));
+                    continue;
+                }
+            };
+            let mut line = format!("{name} batch {batch}: reference {:.0} ms", started.elapsed().as_secs_f64() * 1e3);
+            let mut executors: Vec<(&str, Execute)> = vec![("JIT", Box::new(|| run_jit(&graph, &inputs)))];
+            if let Some(cc) = &cc {
+                executors.push(("C", Box::new(|| run_c(cc, &graph, &name, &inputs, &tmp.0))));
             }
+            executors.push(("Rust", Box::new(|| run_rust(&path, batch, &graph, &inputs, &tmp.0))));
+            for (label, execute) in executors {
+                let outcome = execute().and_then(|(got, measured)| {
+                    compare(&graph, &got, &reference).map(|error| (error, measured)).map_err(|e| match label {
+                        "JIT" => format!("{e}; {}", first_bad_node(&graph, &inputs)),
+                        _ => e,
+                    })
+                });
+                match outcome {
+                    Ok((error, measured)) => {
+                        line += &format!("; {label} {error:.1e} ({measured})");
+                        let worst = worst.entry(label).or_insert((0.0, String::new()));
+                        if error >= worst.0 {
+                            *worst = (error, format!("{name} batch {batch}"));
+                        }
+                    }
+                    Err(e) => failures.push(format!("{name} batch {batch} through {label}: {e}")),
+                }
+            }
+            println!("{line}");
         }
     }
+    // Leave the example crate built for its defaults (LeNet-5), not holding the last
+    // network's object, archive and binary (1.6 GB for VGG-16).
+    let rebuild = common::embed_rust_cargo("build").args(["--bin", "network"]).output().expect("run cargo");
+    assert!(rebuild.status.success(), "rebuilding examples/embed_rust: {}", String::from_utf8_lossy(&rebuild.stderr));
+    for (label, (error, case)) in &worst {
+        println!("largest relative L2 error through {label}: {error:.2e} ({case})");
+    }
     assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
+}
+
+/// The outputs of the JIT.
+fn run_jit(graph: &Graph, inputs: &[Tensor]) -> Executed {
+    let started = Instant::now();
+    let model = clif::compile_jit(graph)?;
+    let compile_ms = started.elapsed().as_secs_f64() * 1e3;
+    let started = Instant::now();
+    let got = model.run(inputs)?;
+    Ok((got, format!("compile {compile_ms:.0} ms, run {:.1} ms", started.elapsed().as_secs_f64() * 1e3)))
+}
+
+/// The outputs of the object file, linked with `cc` into `examples/embed_c/main.c` and
+/// run on the inputs written to a file; its files are removed afterwards.
+fn run_c(cc: &str, graph: &Graph, name: &str, inputs: &[Tensor], dir: &Path) -> Executed {
+    let started = Instant::now();
+    let artifacts = clif::compile_object(graph, name, None)?;
+    let object_ms = started.elapsed().as_secs_f64() * 1e3;
+    for declaration in [
+        format!("int {name}_infer(const float *in, float *out, void *arena);"),
+        format!("size_t {name}_arena_bytes(void);"),
+    ] {
+        if !artifacts.header.contains(&declaration) {
+            return Err(format!("the header does not declare `{declaration}`"));
+        }
+    }
+    let object = dir.join(format!("{name}.o"));
+    let header = dir.join(format!("{name}.h"));
+    let (program, input_path, output_path) = (dir.join(name), dir.join("input.f32"), dir.join("output.f32"));
+    std::fs::write(&object, &artifacts.object).expect("write the object");
+    std::fs::write(&header, &artifacts.header).expect("write the header");
+    let object_kib = artifacts.object.len() >> 10;
+    drop(artifacts);
+    common::write_f32_file(&input_path, &inputs.iter().flat_map(|t| t.data.iter().copied()).collect::<Vec<f32>>());
+    let started = Instant::now();
+    let build = Command::new(cc)
+        .args(["-O2", "-Wall", "-Werror", "-I"])
+        .arg(dir)
+        .arg(format!("-DMODEL={name}"))
+        .arg(format!("-DMODEL_HEADER=\"{name}.h\""))
+        .arg(repo().join("examples/embed_c/main.c"))
+        .arg(&object)
+        .args(["-lm", "-o"])
+        .arg(&program)
+        .output()
+        .expect("run the C compiler");
+    let link_ms = started.elapsed().as_secs_f64() * 1e3;
+    let run = build.status.success().then(|| Command::new(&program).arg(&input_path).arg(&output_path).output());
+    let floats = common::read_f32_file(&output_path);
+    for file in [&object, &header, &program, &input_path, &output_path] {
+        let _ = std::fs::remove_file(file);
+    }
+    if !build.status.success() {
+        return Err(format!("cc failed:\n{}", String::from_utf8_lossy(&build.stderr)));
+    }
+    let run = run.expect("built").expect("run the C program");
+    if !run.status.success() {
+        return Err(format!("the C program failed ({}):\n{}", run.status, String::from_utf8_lossy(&run.stderr)));
+    }
+    let measured = format!("object {object_kib} KiB in {object_ms:.0} ms, cc {link_ms:.0} ms");
+    Ok((split_outputs(graph, &floats?)?, measured))
+}
+
+/// The outputs of the Rust wrapper: `examples/embed_rust`'s build script compiles the
+/// example with `cnnc::build` at this batch size and weight seed (the same weights as
+/// `optimized`'s), and its `network` binary runs it on the inputs written to a file.
+fn run_rust(source: &Path, batch: usize, graph: &Graph, inputs: &[Tensor], dir: &Path) -> Executed {
+    let (input_path, output_path) = (dir.join("input.f32"), dir.join("output.f32"));
+    common::write_f32_file(&input_path, &inputs.iter().flat_map(|t| t.data.iter().copied()).collect::<Vec<f32>>());
+    let started = Instant::now();
+    let run = common::embed_rust_cargo("run")
+        .env("EMBED_RUST_NETWORK", source)
+        .env("EMBED_RUST_BATCH", batch.to_string())
+        .env("EMBED_RUST_SEED", WEIGHT_SEED.to_string())
+        .args(["--bin", "network", "--"])
+        .arg(&input_path)
+        .arg(&output_path)
+        .output()
+        .expect("run cargo");
+    let build_and_run_ms = started.elapsed().as_secs_f64() * 1e3;
+    let floats = common::read_f32_file(&output_path);
+    for file in [&input_path, &output_path] {
+        let _ = std::fs::remove_file(file);
+    }
+    if !run.status.success() {
+        return Err(format!(
+            "cargo run --bin network in examples/embed_rust failed ({}):\n{}",
+            run.status,
+            String::from_utf8_lossy(&run.stderr)
+        ));
+    }
+    Ok((split_outputs(graph, &floats?)?, format!("build script, link and run {build_and_run_ms:.0} ms")))
+}
+
+/// The graph's outputs, one after another in `floats` (the embedding examples' output).
+fn split_outputs(graph: &Graph, floats: &[f32]) -> Result<Vec<Tensor>, String> {
+    let mut outputs = Vec::new();
+    let mut rest = floats;
+    for output in &graph.outputs {
+        let shape = graph.node(output.node).shape.clone();
+        let n: usize = shape.iter().product();
+        if rest.len() < n {
+            return Err(format!("{} floats written, the outputs have more", floats.len()));
+        }
+        outputs.push(Tensor { shape, data: rest[..n].to_vec() });
+        rest = &rest[n..];
+    }
+    if !rest.is_empty() {
+        return Err(format!("{} floats written, {} more than the outputs", floats.len(), rest.len()));
+    }
+    Ok(outputs)
 }
 
 /// Small programs, one per op variant the examples may not reach.
@@ -262,13 +419,13 @@ fn programs_match_the_reference() {
     for (name, source) in &programs {
         for batch in [1, 3] {
             match optimized(source, batch).and_then(|g| check_graph(&g)) {
-                Ok(run) => println!("{name} batch {batch}: max relative L2 {:.2e}", run.max_error),
+                Ok(max_error) => println!("{name} batch {batch}: max relative L2 {max_error:.2e}"),
                 Err(e) => failures.push(format!("{name} batch {batch}: {e}")),
             }
         }
         // The backend also takes unoptimized graphs (batch norm, dropout, no fusion).
         match compile(source, 2, OptLevel::O0).and_then(|g| check_graph(&g)) {
-            Ok(run) => println!("{name} -O0 batch 2: max relative L2 {:.2e}", run.max_error),
+            Ok(max_error) => println!("{name} -O0 batch 2: max relative L2 {max_error:.2e}"),
             Err(e) => failures.push(format!("{name} -O0 batch 2: {e}")),
         }
     }
@@ -344,10 +501,6 @@ impl Drop for TempDir {
     }
 }
 
-fn f32_bytes(data: &[f32]) -> Vec<u8> {
-    data.iter().flat_map(|v| v.to_ne_bytes()).collect()
-}
-
 /// Whether a C compiler is here; without one the C test is skipped, loudly, unless `CI`
 /// is set.
 fn c_compiler() -> Option<String> {
@@ -360,71 +513,6 @@ fn c_compiler() -> Option<String> {
             None
         }
     }
-}
-
-#[test]
-fn object_files_link_into_c_and_match_the_reference() {
-    let Some(cc) = c_compiler() else { return };
-    let tmp = TempDir::new("c");
-    let mut failures = Vec::new();
-    for (name, batch) in [("lenet5", 2), ("resnet18", 1)] {
-        let graph = optimized(&example(name), batch).expect("compiles");
-        let inputs = random_inputs(&graph);
-        let reference = cnnc::interp::run(&graph, &graph.weights, &inputs).expect("the reference runs");
-        let started = Instant::now();
-        let artifacts = clif::compile_object(&graph, name, None).expect("an object");
-        let object_ms = started.elapsed().as_secs_f64() * 1e3;
-        let dir = &tmp.0;
-        std::fs::write(dir.join(format!("{name}.o")), &artifacts.object).expect("write the object");
-        std::fs::write(dir.join(format!("{name}.h")), &artifacts.header).expect("write the header");
-        let input: Vec<f32> = inputs.iter().flat_map(|t| t.data.iter().copied()).collect();
-        std::fs::write(dir.join("input.f32"), f32_bytes(&input)).expect("write the input");
-        let program = dir.join(name);
-        let build = Command::new(&cc)
-            .args(["-O2", "-Wall", "-Werror", "-I"])
-            .arg(dir)
-            .arg(format!("-DMODEL={name}"))
-            .arg(format!("-DMODEL_HEADER=\"{name}.h\""))
-            .arg(repo().join("examples/embed_c/main.c"))
-            .arg(dir.join(format!("{name}.o")))
-            .args(["-lm", "-o"])
-            .arg(&program)
-            .output()
-            .expect("run the C compiler");
-        if !build.status.success() {
-            failures.push(format!("{name}: cc failed:\n{}", String::from_utf8_lossy(&build.stderr)));
-            continue;
-        }
-        let output_path = dir.join("output.f32");
-        let run = Command::new(&program).arg(dir.join("input.f32")).arg(&output_path).output().expect("run it");
-        if !run.status.success() {
-            failures.push(format!("{name}: the C program failed:\n{}", String::from_utf8_lossy(&run.stderr)));
-            continue;
-        }
-        let bytes = std::fs::read(&output_path).expect("the output file");
-        let floats: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect();
-        let mut got = Vec::new();
-        let mut rest = floats.as_slice();
-        for output in &graph.outputs {
-            let shape = graph.node(output.node).shape.clone();
-            let n: usize = shape.iter().product();
-            if rest.len() < n {
-                break;
-            }
-            got.push(Tensor { shape, data: rest[..n].to_vec() });
-            rest = &rest[n..];
-        }
-        match compare(&graph, &got, &reference) {
-            Ok(error) => println!(
-                "{name} batch {batch} through C: max relative L2 {error:.2e} (object {} KiB in {object_ms:.0} ms)",
-                artifacts.object.len() >> 10
-            ),
-            Err(e) => failures.push(format!("{name} through C: {e}")),
-        }
-        assert!(artifacts.header.contains(&format!("int {name}_infer(const float *in, float *out, void *arena);")));
-        assert!(artifacts.header.contains(&format!("size_t {name}_arena_bytes(void);")));
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// The ELF machine of an object file (`e_machine`, little-endian targets).

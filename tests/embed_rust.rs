@@ -1,35 +1,26 @@
 //! Builds and runs `examples/embed_rust` (a crate whose `build.rs` compiles LeNet-5 with
-//! `cnnc::build` and links it) and compares what it prints with the reference
-//! interpreter on the same graph, weights and input.
+//! `cnnc::build` and links it) as a user would, `cargo run`, and compares what it prints
+//! with the reference interpreter on the same graph, weights and input.
 //!
 //! The example is its own crate (not a workspace member), built with its own target
-//! directory under ours (`target/embed_rust`), so reruns are incremental; the first run
-//! compiles cnnc and its dependencies once more, as a build dependency.
+//! directory under ours (`target/embed_rust`, see `common::embed_rust_cargo`), so reruns
+//! are incremental; the first run compiles cnnc and its dependencies once more, as a build
+//! dependency. Every other example network goes through the same crate's `network`
+//! binary in `tests/cpu_backend.rs`.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use cnnc::front::BuildOptions;
 use cnnc::tensor::{Tensor, argmax_rows, relative_l2};
 
-const SEED: u64 = 1;
+#[allow(dead_code)]
+mod common;
 
-fn example_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/embed_rust")
-}
+const SEED: u64 = 1;
 
 /// Runs the example (built first if needed) with `args` and parses one float per line.
 fn run_example(args: &[&Path]) -> Vec<f32> {
-    let target_dir =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("target/tmp has a parent").join("embed_rust");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(cargo)
-        .current_dir(example_dir())
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .args(["run", "--offline", "--quiet", "--"])
-        .args(args)
-        .output()
-        .expect("cannot run cargo");
+    let output = common::embed_rust_cargo("run").arg("--").args(args).output().expect("cannot run cargo");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -72,8 +63,7 @@ fn embedded_lenet5_matches_the_interpreter() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("embed_rust_test");
     std::fs::create_dir_all(&dir).expect("create the test directory");
     let file = dir.join("input.f32");
-    let bytes: Vec<u8> = input.data.iter().flat_map(|v| v.to_ne_bytes()).collect();
-    std::fs::write(&file, bytes).expect("write the input");
+    common::write_f32_file(&file, &input.data);
     check(&run_example(&[&file]), &reference(&input.data));
 
     // The example's own made-up input (`deterministic_input` in its main.rs).

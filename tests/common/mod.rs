@@ -124,3 +124,38 @@ pub fn cnn_files(dir: &str) -> Vec<PathBuf> {
     files.sort();
     files
 }
+
+/// `cargo SUBCOMMAND --offline --quiet` in `examples/embed_rust` (a crate of its own, with
+/// cnnc as a build dependency), with its own target directory under ours
+/// (`target/embed_rust`): cnnc is compiled there once, later builds rerun only the
+/// example's build script and relink. The build script's settings
+/// (`EMBED_RUST_NETWORK`, `EMBED_RUST_BATCH`, `EMBED_RUST_SEED`) start unset.
+pub fn embed_rust_cargo(subcommand: &str) -> std::process::Command {
+    let target_dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("target/tmp has a parent").join("embed_rust");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = std::process::Command::new(cargo);
+    command
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/embed_rust"))
+        .env("CARGO_TARGET_DIR", target_dir)
+        .env_remove("EMBED_RUST_NETWORK")
+        .env_remove("EMBED_RUST_BATCH")
+        .env_remove("EMBED_RUST_SEED")
+        .args([subcommand, "--offline", "--quiet"]);
+    command
+}
+
+/// Writes floats as raw native-endian float32, the format of the embedding examples.
+pub fn write_f32_file(path: &Path, data: &[f32]) {
+    let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    std::fs::write(path, bytes).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+}
+
+/// Reads a raw native-endian float32 file.
+pub fn read_f32_file(path: &Path) -> Result<Vec<f32>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.len() % 4 != 0 {
+        return Err(format!("{}: {} bytes, not whole float32 values", path.display(), bytes.len()));
+    }
+    Ok(bytes.chunks_exact(4).map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
