@@ -152,8 +152,7 @@ fn emit_tile(kb: &mut Kb, reduction: &Reduction, tile: &Tile, block: &Block, oc_
         // The machine-code micro-kernel leaves the tile pixel-major in a stack buffer.
         let buffer = kb.tile_buffer();
         kb.fb.ins().call(func, &[tile.in_base, block.weights, block.bias, buffer]);
-        let acc: Vec<Value> = (0..tile.pixels * block.vectors).map(|i| kb.load(F32X4, buffer, 16 * i as i64)).collect();
-        store_tile(kb, &acc, tile, block, oc_stride, epilogue);
+        store_buffered_tile(kb, buffer, tile, block, oc_stride, epilogue);
         return;
     }
     let style = kb.micro_kernel;
@@ -255,6 +254,40 @@ fn tile_spec(reduction: &Reduction, pixels: usize, pixel_stride: i64, vectors: u
     }
 }
 
+/// Stores a tile the micro-kernel left pixel-major in `buffer`: groups of 4 pixels
+/// through [`store_tile`]'s transposes, a last group of fewer straight from the buffer.
+fn store_buffered_tile(kb: &mut Kb, buffer: Value, tile: &Tile, block: &Block, oc_stride: i64, epilogue: &Epilogue) {
+    let lanes = 4 * block.vectors;
+    for first in (0..tile.pixels).step_by(4) {
+        let pixels = (tile.pixels - first).min(4);
+        let out_offset = kb.fb.ins().iadd_imm_s(tile.out_offset, first as i64 * tile.out_stride);
+        if pixels == 4 || oc_stride == 4 {
+            let acc: Vec<Value> = (0..pixels * block.vectors)
+                .map(|i| kb.load(F32X4, buffer, 16 * (first * block.vectors + i) as i64))
+                .collect();
+            let sub = Tile {
+                pixels,
+                in_base: tile.in_base,
+                in_stride: tile.in_stride,
+                out_offset,
+                out_stride: tile.out_stride,
+            };
+            store_tile(kb, &acc, &sub, block, oc_stride, epilogue);
+            continue;
+        }
+        let out = kb.fb.ins().iadd(block.out, out_offset);
+        let residual = block.residual.map(|r| kb.fb.ins().iadd(r, out_offset));
+        for p in 0..pixels {
+            for channel in 0..block.channels {
+                let x = kb.load(F32, buffer, 4 * ((first + p) * lanes + channel) as i64);
+                let offset = channel as i64 * oc_stride + p as i64 * tile.out_stride;
+                let x = kb.epilogue(epilogue, x, residual.map(|r| (r, offset)));
+                kb.store(x, out, offset);
+            }
+        }
+    }
+}
+
 /// Applies the epilogue to a tile's accumulators and stores them.
 fn store_tile(kb: &mut Kb, acc: &[Value], tile: &Tile, block: &Block, oc_stride: i64, epilogue: &Epilogue) {
     let vectors = block.vectors;
@@ -353,6 +386,8 @@ pub(crate) struct ConvKernel {
     conv: Conv,
     shape: ConvShape,
     blocking: Blocking,
+    /// Pixels per tile (4 for the f32x4 code; up to 8 for the machine-code tiles).
+    tile_width: usize,
     /// Where the bias starts in the packed data, in floats.
     bias_start: usize,
     /// The packed weights and bias, little-endian f32.
@@ -372,10 +407,16 @@ impl ConvKernel {
     ) -> ConvKernel {
         let out_per_group = shape.out_channels / conv.groups;
         let k = shape.in_channels / conv.groups * conv.kernel.h * conv.kernel.w;
-        let blocking = if wide { wide_blocking(out_per_group) } else { Blocking::new(out_per_group, vectors, 1) };
+        // The pixels tiled in one line: the whole plane or a row (see `line_mode`).
+        let padded_w = shape.in_w + conv.pad.left + conv.pad.right;
+        let line = conv.stride.h == 1 && conv.stride.w == 1 && padded_w == shape.out_w;
+        let line_pixels = if line { shape.out_h * shape.out_w } else { shape.out_w };
+        let tile_width = if wide { wide_tile_width(line_pixels) } else { 4 };
+        let blocking =
+            if wide { wide_blocking(out_per_group, tile_width) } else { Blocking::new(out_per_group, vectors, 1) };
         let data = pack(weight, bias, conv.groups, k, blocking);
         let bias_start = conv.groups * blocking.group_lanes() * k;
-        ConvKernel { conv: conv.clone(), shape, blocking, bias_start, data }
+        ConvKernel { conv: conv.clone(), shape, blocking, tile_width, bias_start, data }
     }
 
     fn padded(&self) -> bool {
@@ -404,7 +445,9 @@ impl ConvKernel {
         if c.groups > 1 {
             text.push_str(&format!(" g{}", c.groups));
         }
-        text + ", " + &block_text(self.blocking, tiled)
+        let s = &self.shape;
+        let line = if self.line_mode() { s.out_h * s.out_w } else { s.out_w };
+        text + ", " + &block_text(self.blocking, self.tile_width.min(line), tiled)
     }
 
     fn reduction(&self) -> Reduction {
@@ -423,9 +466,9 @@ impl ConvKernel {
     pub fn tile_specs(&self) -> Vec<TileSpec> {
         let s = &self.shape;
         let (pixels, pixel_stride) = if self.line_mode() {
-            ((s.out_h * s.out_w).min(4), 4)
+            ((s.out_h * s.out_w).min(self.tile_width), 4)
         } else {
-            (s.out_w.min(4), (self.conv.stride.w * 4) as i64)
+            (s.out_w.min(self.tile_width), (self.conv.stride.w * 4) as i64)
         };
         let reduction = self.reduction();
         self.blocking.kinds().into_iter().map(|v| tile_spec(&reduction, pixels, pixel_stride, v)).collect()
@@ -535,10 +578,10 @@ impl ConvKernel {
         let input_bytes = 4 * in_per_group * hp * wp;
         let pixels = s.out_h * s.out_w;
         let (units, unit_bytes) = if self.line_mode() {
-            if pixels < 4 {
+            if pixels < self.tile_width {
                 return (1, 1);
             }
-            (pixels.div_ceil(4), 4 * 4 * in_per_group)
+            (pixels.div_ceil(self.tile_width), 4 * self.tile_width * in_per_group)
         } else {
             (s.out_h, 4 * in_per_group * c.stride.h * wp)
         };
@@ -583,7 +626,7 @@ impl ConvKernel {
             // Output pixel q reads its window at input offset q: tile the plane as a line.
             let total = s.out_h * s.out_w;
             let tile = |kb: &mut Kb, tile: Tile| emit_tile(kb, reduction, &tile, block, oc_stride, ep);
-            emit_line(kb, total, in_g, 4, 4, Some(chunk), tile);
+            emit_line(kb, self.tile_width, total, in_g, 4, 4, Some(chunk), tile);
         } else {
             kb.for_range(chunk.size, |kb, r| {
                 // The chunk's rows; the last chunk may repeat the last row.
@@ -594,7 +637,7 @@ impl ConvKernel {
                 let in_row = kb.index(in_g, oh, (c.stride.h * wp * 4) as i64);
                 let out_row = kb.fb.ins().imul_imm_s(oh, (s.out_w * 4) as i64);
                 let col_in = (c.stride.w * 4) as i64;
-                emit_line(kb, s.out_w, in_row, col_in, 4, None, |kb, mut tile| {
+                emit_line(kb, self.tile_width, s.out_w, in_row, col_in, 4, None, |kb, mut tile| {
                     tile.out_offset = kb.fb.ins().iadd(tile.out_offset, out_row);
                     emit_tile(kb, reduction, &tile, block, oc_stride, ep)
                 });
@@ -613,9 +656,10 @@ struct Chunk {
 
 /// Tiles `count` pixels laid out in a line (input `in_stride`, output `out_stride` bytes
 /// apart) into tiles of 4, the last one overlapping its predecessor, or only the tiles
-/// of `chunk`; fewer than 4 pixels make one partial tile.
+/// of `chunk`; fewer than `width` pixels make one partial tile.
 fn emit_line(
     kb: &mut Kb,
+    width: usize,
     count: usize,
     in_base: Value,
     in_stride: i64,
@@ -623,12 +667,12 @@ fn emit_line(
     chunk: Option<Chunk>,
     emit: impl Fn(&mut Kb, Tile),
 ) {
-    if count < 4 {
+    if count < width {
         let zero = kb.iconst(0);
         emit(kb, Tile { pixels: count, in_base, in_stride, out_offset: zero, out_stride });
         return;
     }
-    let tiles = count.div_ceil(4);
+    let tiles = count.div_ceil(width);
     kb.for_range(chunk.map_or(tiles, |c| c.size), |kb, t| {
         let index = match chunk {
             Some(c) => {
@@ -639,31 +683,46 @@ fn emit_line(
             }
             None => t,
         };
-        let first = kb.fb.ins().imul_imm_s(index, 4);
-        let last_start = kb.iconst(count as i64 - 4);
+        let first = kb.fb.ins().imul_imm_s(index, width as i64);
+        let last_start = kb.iconst((count - width) as i64);
         let first = kb.fb.ins().umin(first, last_start);
         let tile_in = kb.index(in_base, first, in_stride);
         let out_offset = kb.fb.ins().imul_imm_s(first, out_stride);
-        emit(kb, Tile { pixels: 4, in_base: tile_in, in_stride, out_offset, out_stride });
+        emit(kb, Tile { pixels: width, in_base: tile_in, in_stride, out_offset, out_stride });
     });
 }
 
 /// How a kernel's tiles run, for profiles.
-fn block_text(blocking: Blocking, tiled: bool) -> String {
+fn block_text(blocking: Blocking, pixels: usize, tiled: bool) -> String {
     let lanes = 4 * blocking.vectors;
-    if tiled { format!("AVX-512 tiles 4 px x {lanes} ch") } else { format!("f32x4 tiles 4 px x {lanes} ch") }
+    let code = if tiled { "AVX-512" } else { "f32x4" };
+    format!("{code} tiles {pixels} px x {lanes} ch")
 }
 
-/// Blocks for the 16-lane micro-kernels: up to 4 zmm vectors (64 channels), fewer when
-/// the group has fewer channels.
-fn wide_blocking(out_per_group: usize) -> Blocking {
-    let zmm = out_per_group.div_ceil(x86::LANES).clamp(1, 4);
+/// Pixels per machine-code tile for a line of `count` pixels: the whole line up to 8,
+/// else the width from 4 to 8 that computes the fewest pixels (the last tile of a line
+/// overlaps the one before it), the widest of those.
+fn wide_tile_width(count: usize) -> usize {
+    if count <= x86::MAX_PIXELS {
+        return count.max(1);
+    }
+    (4..=x86::MAX_PIXELS).min_by_key(|&p| (count.div_ceil(p) * p, std::cmp::Reverse(p))).unwrap_or(4)
+}
+
+/// Blocks for the 16-lane micro-kernels with tiles of `pixels` pixels: as many zmm
+/// vectors (up to 4, 64 channels) as the registers hold next to the accumulators, fewer
+/// when the group has fewer channels.
+fn wide_blocking(out_per_group: usize, pixels: usize) -> Blocking {
+    let fit = (30 / (pixels + 1)).min(x86::MAX_VECTORS);
+    let zmm = out_per_group.div_ceil(x86::LANES).clamp(1, fit);
     Blocking::new(out_per_group, 4 * zmm, 4)
 }
 
 /// A fully connected layer ready to emit: `[batch, in] -> [batch, out]`.
 pub(crate) struct LinearKernel {
     batch: usize,
+    /// Batch rows per tile.
+    tile_width: usize,
     in_features: usize,
     out_features: usize,
     blocking: Blocking,
@@ -682,10 +741,12 @@ impl LinearKernel {
         wide: bool,
     ) -> LinearKernel {
         let in_features = weight.len() / out_features;
-        let blocking = if wide { wide_blocking(out_features) } else { Blocking::new(out_features, vectors, 1) };
+        let tile_width = if wide { wide_tile_width(batch) } else { 4 };
+        let blocking =
+            if wide { wide_blocking(out_features, tile_width) } else { Blocking::new(out_features, vectors, 1) };
         let data = pack(weight, bias, 1, in_features, blocking);
         let bias_start = blocking.group_lanes() * in_features;
-        LinearKernel { batch, in_features, out_features, blocking, bias_start, data }
+        LinearKernel { batch, tile_width, in_features, out_features, blocking, bias_start, data }
     }
 
     fn reduction(&self) -> Reduction {
@@ -694,13 +755,13 @@ impl LinearKernel {
 
     /// The algorithm, for profiles: `tiled` when the machine-code micro-kernels run it.
     pub fn algorithm(&self, tiled: bool) -> String {
-        format!("gemm, {}", block_text(self.blocking, tiled))
+        format!("gemm, {}", block_text(self.blocking, self.tile_width.min(self.batch), tiled))
     }
 
     /// The micro-kernels the tiles of this layer can use.
     pub fn tile_specs(&self) -> Vec<TileSpec> {
         let reduction = self.reduction();
-        let (pixels, stride) = (self.batch.min(4), (self.in_features * 4) as i64);
+        let (pixels, stride) = (self.batch.min(self.tile_width), (self.in_features * 4) as i64);
         self.blocking.kinds().into_iter().map(|v| tile_spec(&reduction, pixels, stride, v)).collect()
     }
 
@@ -716,7 +777,7 @@ impl LinearKernel {
         let in_stride = (k * 4) as i64;
         let out_stride = (self.out_features * 4) as i64;
         let run = |kb: &mut Kb, block: &Block| {
-            emit_line(kb, self.batch, x_base, in_stride, out_stride, None, |kb, tile| {
+            emit_line(kb, self.tile_width, self.batch, x_base, in_stride, out_stride, None, |kb, tile| {
                 emit_tile(kb, &reduction, &tile, block, 4, epilogue)
             });
         };

@@ -26,7 +26,7 @@ use iced_x86::code_asm::*;
 pub(crate) const LANES: usize = 16;
 
 /// The most pixels and vectors of a tile, and the bytes of the buffer it is stored to.
-pub(crate) const MAX_PIXELS: usize = 4;
+pub(crate) const MAX_PIXELS: usize = 8;
 pub(crate) const MAX_VECTORS: usize = 4;
 pub(crate) const TILE_BUFFER_BYTES: usize = MAX_PIXELS * MAX_VECTORS * LANES * 4;
 
