@@ -5,9 +5,13 @@
 //! relative L2 error <= 1e-4 and the same argmax in every batch row.
 //!
 //! The example is its own crate, built in the same target directory as
-//! `examples/embed_rust` (`target/embed_rust`) with the same profile, so cnnc and its
-//! dependencies are compiled once for both examples. Without an adapter the test prints
-//! a loud skip line and passes, unless `CNNC_REQUIRE_GPU=1` (CI).
+//! `examples/embed_rust` (`target/embed_rust`) with the same profile, so most of cnnc's
+//! dependencies (wgpu, naga, Cranelift, image, ...) are compiled once for both examples.
+//! cnnc itself and a dozen small crates are compiled once more (about 13 s on 2 cores):
+//! embed_rust builds cnnc as a build dependency, where `object` gets the features of
+//! both cranelift-object and psm's build script, and everything above it (psm, pest,
+//! cnnc) another hash. Without an adapter the test prints a loud skip line and passes,
+//! unless `CNNC_REQUIRE_GPU=1` (CI).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
