@@ -125,7 +125,8 @@ struct BenchArgs {
     #[command(flatten)]
     threads: ThreadArgs,
     /// Also time every kernel (cpu target): time, share, GFLOP/s and the algorithm
-    /// chosen, medians over the timed runs.
+    /// chosen, medians over the timed runs. (The gpu target always reports its
+    /// per-dispatch times.)
     #[arg(long)]
     profile: bool,
     /// Untimed runs first.
@@ -275,6 +276,9 @@ fn bench_command(args: &BenchArgs) -> Result<(), UserError> {
     let network = graph.name.clone();
     let started = std::time::Instant::now();
     passes::optimize(&mut graph, args.opt.level())?;
+    if args.target == Target::Gpu {
+        return bench_gpu_command(args, &graph, &inputs, macs);
+    }
     let options = args.threads.options();
     if args.profile {
         if args.target != Target::Cpu {
@@ -330,6 +334,65 @@ fn bench_command(args: &BenchArgs) -> Result<(), UserError> {
                 println!("  peak RSS {mb:10.1} MB");
             }
         }
+    }
+    Ok(())
+}
+
+/// `bench --target gpu`: load, first run and warm runs apart, per-dispatch times where
+/// the adapter has timestamp queries (`cnnc::gpu::bench_gpu`).
+fn bench_gpu_command(
+    args: &BenchArgs,
+    graph: &cnnc::ir::Graph,
+    inputs: &[cnnc::tensor::Tensor],
+    macs: u64,
+) -> Result<(), UserError> {
+    let report =
+        cnnc::gpu::bench_gpu(graph, inputs, args.warmup, args.runs).map_err(|e| UserError(format!("error: {e}")))?;
+    let gflops = 2.0 * macs as f64 / (report.median_ms * 1e6);
+    if args.format == Format::Json {
+        let mut json = serde_json::to_value(&report).map_err(|e| UserError(e.to_string()))?;
+        json["network"] = graph.name.clone().into();
+        json["target"] = "gpu".into();
+        json["batch"] = args.shape.batch.into();
+        json["opt_level"] = format!("-O{}", args.opt.opt_level).into();
+        json["macs"] = macs.into();
+        json["gflops"] = gflops.into();
+        println!("{}", serde_json::to_string_pretty(&json).map_err(|e| UserError(e.to_string()))?);
+        return Ok(());
+    }
+    println!(
+        "{} on gpu, {} (batch {}, -O{}): {} MACs, {} dispatches, {} pipelines",
+        graph.name,
+        report.adapter,
+        args.shape.batch,
+        args.opt.opt_level,
+        cnnc::summary::thousands(macs),
+        report.dispatches,
+        report.pipelines
+    );
+    println!("  load      {:10.2} ms (kernels, weights upload, pipelines)", report.load_ms);
+    println!("  first run {:10.3} ms", report.first_run_ms);
+    println!(
+        "  median    {:10.3} ms over {} warm runs after {} warm-up (wall)",
+        report.median_ms, report.runs, report.warmup
+    );
+    println!("  min       {:10.3} ms", report.min_ms);
+    println!("  speed     {gflops:10.2} GFLOP/s (2 x MACs / median)");
+    match report.gpu_median_ms {
+        Some(gpu_ms) => {
+            println!("  on GPU    {gpu_ms:10.3} ms (sum of dispatches, median; timestamps {})", report.dispatch_timing);
+            println!("  {:>10} {:>10}  {:<16} layer", "median ms", "min ms", "kernel");
+            for dispatch in &report.dispatch_times {
+                println!(
+                    "  {:10.4} {:10.4}  {:<16} {}",
+                    dispatch.median_ms, dispatch.min_ms, dispatch.template, dispatch.layer
+                );
+            }
+        }
+        None if report.timestamp_query => {
+            println!("  no per-dispatch times: more dispatches than a query set holds (wall time only)")
+        }
+        None => println!("  no per-dispatch times: the adapter has no timestamp queries (wall time only)"),
     }
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! GPU build artifacts: LeNet-5 and ResNet-18, optimized at O2 with random weights, are
 //! written to a directory (`write_artifacts`), loaded back without their source
 //! (`GpuModel::load`) and run; the outputs must match the reference interpreter's
-//! (relative L2 error <= 1e-4, same argmax). Also: what is written, and bad artifacts.
+//! (relative L2 error <= 1e-4, same argmax). Also: what is written, bad artifacts, and
+//! models compiled and loaded on a device the caller opened (`compile_gpu_on`,
+//! `GpuModel::load_on`) with WebGPU's default limits.
 //!
 //! Without an adapter the GPU tests print a loud skip line and pass, unless
 //! `CNNC_REQUIRE_GPU=1` (CI). Writing needs no adapter.
@@ -12,7 +14,7 @@ mod common;
 use common::gpu_present;
 use std::time::Instant;
 
-use cnnc::backend::wgsl::{self, ArtifactPlan, GpuModel};
+use cnnc::backend::wgsl::{self, ArtifactPlan, ConvKernel, DeviceLimits, GpuModel};
 use cnnc::front::{BuildOptions, compile_source};
 use cnnc::ir::Graph;
 use cnnc::passes::{OptLevel, optimize};
@@ -137,5 +139,61 @@ fn bad_artifacts_are_errors() {
     std::fs::write(dir.join("lenet5.plan.json"), "{").expect("write");
     let broken = GpuModel::load(&dir, "lenet5").err().expect("a broken plan is an error");
     assert!(broken.contains("not a cnnc GPU plan"), "{broken}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A device of the caller's own, as a user's wgpu program opens it: WebGPU's default
+/// limits, no optional features.
+fn own_device() -> (wgpu::Device, wgpu::Queue) {
+    use cnnc::gpu::wgpu;
+    let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
+    descriptor.backends = wgpu::Backends::PRIMARY;
+    let instance = wgpu::Instance::new(descriptor.with_env());
+    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+        .expect("an adapter (gpu_present found one)");
+    let descriptor = wgpu::DeviceDescriptor { required_limits: wgpu::Limits::default(), ..Default::default() };
+    pollster::block_on(adapter.request_device(&descriptor)).expect("a device")
+}
+
+/// Checks `got` against the interpreter on `graph` and `inputs`.
+fn assert_matches_reference(what: &str, graph: &Graph, inputs: &[Tensor], got: &[Tensor]) {
+    let want = cnnc::interp::run(graph, &graph.weights, inputs).expect("reference");
+    assert_eq!(got.len(), want.len());
+    for (got, want) in got.iter().zip(&want) {
+        assert_eq!(got.shape, want.shape);
+        let error = relative_l2(&got.data, &want.data);
+        assert!(error <= TOLERANCE, "{what}: relative L2 error {error:.3e}");
+        assert_eq!(argmax_rows(got), argmax_rows(want), "{what}: argmax");
+    }
+}
+
+#[test]
+fn models_run_on_the_callers_device() {
+    let Some(_gpu) = gpu_present("models_run_on_the_callers_device") else { return };
+    let (device, queue) = own_device();
+    let graph = example("lenet5.cnn", 2);
+    let inputs = random_inputs(&graph);
+
+    // From the graph.
+    let compiled = wgsl::compile_gpu_on(&graph, &device, &queue, &wgsl::GpuOptions::default()).expect("compile_gpu_on");
+    assert!(compiled.device().0 == &device, "the model must run on the caller's device");
+    assert_matches_reference("compile_gpu_on", &graph, &inputs, &compiled.run(&inputs).expect("run"));
+
+    // From the artifacts; the same device and queue serve both models.
+    let dir = scratch("callers_device");
+    wgsl::write_artifacts(&graph, &dir, "lenet5").expect("write");
+    let loaded = GpuModel::load_on(&dir, "lenet5", &device, &queue).expect("load_on");
+    assert!(loaded.device().0 == &device);
+    assert_matches_reference("load_on", &graph, &inputs, &loaded.run(&inputs).expect("run"));
+    assert_matches_reference("compile_gpu_on, again", &graph, &inputs, &compiled.run(&inputs).expect("run"));
+
+    // A plan laid out for more than the device offers is refused, not run.
+    let greedy = DeviceLimits {
+        max_storage_buffers_per_shader_stage: device.limits().max_storage_buffers_per_shader_stage + 1,
+        ..DeviceLimits::default()
+    };
+    wgsl::write_artifacts_with(&graph, &dir, "greedy", &greedy, ConvKernel::Direct).expect("write");
+    let error = GpuModel::load_on(&dir, "greedy", &device, &queue).err().expect("too much for the device");
+    assert!(error.contains("needs device limits"), "{error}");
     let _ = std::fs::remove_dir_all(&dir);
 }

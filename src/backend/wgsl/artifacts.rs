@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::emit::{self, Binding, BufferId, ConvKernel, DeviceLimits, Kernel, Placement, Plan};
-use super::runtime::{GpuModel, GpuOptions, device_limits, open_device};
+use super::runtime::{GpuModel, device_limits, open_device};
 use crate::ir::Graph;
 
 /// The version of the artifact format `write_artifacts` writes and `load` reads.
@@ -188,6 +188,16 @@ impl GpuModel {
     /// Loads the artifacts `NAME.plan.json` (with its modules and weights) from `dir` on
     /// the first high-performance adapter; every module is validated by naga first.
     pub fn load(dir: &Path, name: &str) -> Result<GpuModel, String> {
+        let (device, queue) = open_device(wgpu::Features::empty())?;
+        GpuModel::load_on(dir, name, &device, &queue)
+    }
+
+    /// [`GpuModel::load`] on a device the caller opened, e.g. in its own wgpu program.
+    /// The model keeps a handle to the device and queue (wgpu's handles are shared) and
+    /// submits its work to that queue. The device must offer the limits the plan was
+    /// laid out for (`cnnc build --target gpu` uses WebGPU's defaults, which
+    /// `wgpu::Limits::default()` requests); no optional features are needed.
+    pub fn load_on(dir: &Path, name: &str, device: &wgpu::Device, queue: &wgpu::Queue) -> Result<GpuModel, String> {
         let plan_path = dir.join(format!("{name}.plan.json"));
         let text = std::fs::read_to_string(&plan_path).map_err(|e| io_error("read", &plan_path, e))?;
         let artifact: ArtifactPlan =
@@ -238,8 +248,7 @@ impl GpuModel {
             kernels,
         };
 
-        let (device, queue, info, _) = open_device(&GpuOptions::default())?;
-        let have = device_limits(&device, None);
+        let have = device_limits(device, None);
         let need = &plan.limits;
         if have.max_storage_buffer_binding_size < need.max_storage_buffer_binding_size
             || have.max_buffer_size < need.max_buffer_size
@@ -258,6 +267,6 @@ impl GpuModel {
             }
             Ok(())
         };
-        GpuModel::build(device, queue, info, plan, &mut fill)
+        GpuModel::build(device.clone(), queue.clone(), device.adapter_info(), plan, &mut fill)
     }
 }

@@ -54,6 +54,11 @@ fn request_adapter() -> Result<wgpu::Adapter, String> {
     })
 }
 
+/// The optional features the first high-performance adapter offers.
+pub(crate) fn adapter_features() -> Result<wgpu::Features, String> {
+    Ok(request_adapter()?.features())
+}
+
 /// Whether a Vulkan, Metal or DX12 adapter is present.
 pub fn adapter_available() -> bool {
     request_adapter().is_ok()
@@ -80,7 +85,23 @@ pub fn compile_gpu(graph: &Graph) -> Result<GpuModel, String> {
 
 /// [`compile_gpu`] with choices.
 pub fn compile_gpu_with(graph: &Graph, options: &GpuOptions) -> Result<GpuModel, String> {
-    let (device, queue, info, limits) = open_device(options)?;
+    let (device, queue) = open_device(wgpu::Features::empty())?;
+    compile_gpu_on(graph, &device, &queue, options)
+}
+
+/// [`compile_gpu_with`] on a device the caller opened, e.g. in its own wgpu program:
+/// the model lays itself out for `device.limits()` (lowered to `options.limits` where
+/// given), keeps a handle to the device and queue (wgpu's handles are shared, so the
+/// caller keeps using them) and submits its work to that queue. Only WebGPU's default
+/// limits and no optional features are needed.
+pub fn compile_gpu_on(
+    graph: &Graph,
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    options: &GpuOptions,
+) -> Result<GpuModel, String> {
+    let info = device.adapter_info();
+    let limits = device_limits(device, options.limits.as_ref());
     let conv_kernel = options.conv_kernel.unwrap_or(if info.device_type == wgpu::DeviceType::Cpu {
         ConvKernel::Direct
     } else {
@@ -112,7 +133,7 @@ pub fn compile_gpu_with(graph: &Graph, options: &GpuOptions) -> Result<GpuModel,
         }
         Ok(())
     };
-    GpuModel::build(device, queue, info, plan, &mut fill)
+    GpuModel::build(device.clone(), queue.clone(), info, plan, &mut fill)
 }
 
 /// The limits of `device`, lowered to `lower` where given.
@@ -145,17 +166,17 @@ pub(crate) fn device_limits(device: &wgpu::Device, lower: Option<&DeviceLimits>)
     limits
 }
 
-/// Opens the first high-performance adapter's device with all its limits.
-pub(crate) fn open_device(
-    options: &GpuOptions,
-) -> Result<(wgpu::Device, wgpu::Queue, wgpu::AdapterInfo, DeviceLimits), String> {
+/// Opens the first high-performance adapter's device with all its limits and those of
+/// `wanted_features` it offers.
+pub(crate) fn open_device(wanted_features: wgpu::Features) -> Result<(wgpu::Device, wgpu::Queue), String> {
     let adapter = request_adapter()?;
-    let descriptor =
-        wgpu::DeviceDescriptor { label: Some("cnnc"), required_limits: adapter.limits(), ..Default::default() };
-    let (device, queue) = pollster::block_on(adapter.request_device(&descriptor))
-        .map_err(|e| format!("cannot open the GPU device: {e}"))?;
-    let limits = device_limits(&device, options.limits.as_ref());
-    Ok((device, queue, adapter.get_info(), limits))
+    let descriptor = wgpu::DeviceDescriptor {
+        label: Some("cnnc"),
+        required_limits: adapter.limits(),
+        required_features: adapter.features() & wanted_features,
+        ..Default::default()
+    };
+    pollster::block_on(adapter.request_device(&descriptor)).map_err(|e| format!("cannot open the GPU device: {e}"))
 }
 
 /// Writes the `k`th weights buffer's contents through `write(byte_offset, bytes)`.
@@ -331,6 +352,22 @@ impl GpuModel {
     /// Runs one inference: the inputs in `Graph::inputs` order, each of exactly its input
     /// node's shape (batch included); returns the outputs in `Graph::outputs` order.
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
+        Ok(self.run_with_timestamps(inputs, None)?.0)
+    }
+
+    /// The device and queue the model runs on.
+    pub fn device(&self) -> (&wgpu::Device, &wgpu::Queue) {
+        (&self.device, &self.queue)
+    }
+
+    /// [`GpuModel::run`], with the timestamps `queries` asks for: besides the outputs,
+    /// the raw timestamp ticks (times `Queue::get_timestamp_period` nanoseconds) that
+    /// bound every dispatch, in `TimestampQueries::pairs` order.
+    pub(crate) fn run_with_timestamps(
+        &self,
+        inputs: &[Tensor],
+        queries: Option<&TimestampQueries>,
+    ) -> Result<(Vec<Tensor>, Vec<u64>), String> {
         if inputs.len() != self.plan.inputs.len() {
             return Err(format!(
                 "network `{}` takes {} input(s), got {}",
@@ -352,7 +389,9 @@ impl GpuModel {
         let _running = self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let output_bytes: Vec<u64> =
             self.plan.outputs.iter().map(|p| 4 * p.shape.iter().product::<usize>() as u64).collect();
-        let staging_size = output_bytes.iter().sum::<u64>().max(4);
+        let outputs_size = output_bytes.iter().sum::<u64>();
+        let timestamp_bytes = queries.map_or(0, |q| 8 * q.count as u64);
+        let staging_size = (outputs_size + timestamp_bytes).max(4);
 
         let staging = catching_errors(&self.device, "running the network", || {
             for (tensor, placement) in inputs.iter().zip(&self.plan.inputs) {
@@ -368,15 +407,52 @@ impl GpuModel {
                 mapped_at_creation: false,
             });
             let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-            {
-                let mut pass = encoder
-                    .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("cnnc"), timestamp_writes: None });
-                for dispatch in &self.dispatches {
-                    pass.set_pipeline(&self.pipelines[dispatch.pipeline]);
-                    pass.set_bind_group(0, &dispatch.bind_group, &[]);
-                    let [x, y, z] = dispatch.workgroups;
-                    pass.dispatch_workgroups(x, y, z);
+            let record = |pass: &mut wgpu::ComputePass, dispatch: &Dispatch| {
+                pass.set_pipeline(&self.pipelines[dispatch.pipeline]);
+                pass.set_bind_group(0, &dispatch.bind_group, &[]);
+                let [x, y, z] = dispatch.workgroups;
+                pass.dispatch_workgroups(x, y, z);
+            };
+            match queries {
+                None => {
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("cnnc"),
+                        timestamp_writes: None,
+                    });
+                    for dispatch in &self.dispatches {
+                        record(&mut pass, dispatch);
+                    }
                 }
+                // Timestamps between the dispatches of the one pass: n + 1 of them.
+                Some(TimestampQueries { method: TimestampMethod::InsidePass, set, .. }) => {
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("cnnc"),
+                        timestamp_writes: None,
+                    });
+                    pass.write_timestamp(set, 0);
+                    for (index, dispatch) in self.dispatches.iter().enumerate() {
+                        record(&mut pass, dispatch);
+                        pass.write_timestamp(set, index as u32 + 1);
+                    }
+                }
+                // One pass per dispatch, each with a start and an end timestamp.
+                Some(TimestampQueries { method: TimestampMethod::PerPass, set, .. }) => {
+                    for (index, dispatch) in self.dispatches.iter().enumerate() {
+                        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                            label: Some(&self.plan.kernels[index].layer),
+                            timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                                query_set: set,
+                                beginning_of_pass_write_index: Some(2 * index as u32),
+                                end_of_pass_write_index: Some(2 * index as u32 + 1),
+                            }),
+                        });
+                        record(&mut pass, dispatch);
+                    }
+                }
+            }
+            if let Some(queries) = queries {
+                encoder.resolve_query_set(&queries.set, 0..queries.count, &queries.resolved, 0);
+                encoder.copy_buffer_to_buffer(&queries.resolved, 0, &staging, outputs_size, timestamp_bytes);
             }
             let mut staging_offset = 0;
             for (placement, &bytes) in self.plan.outputs.iter().zip(&output_bytes) {
@@ -402,6 +478,7 @@ impl GpuModel {
             .map_err(|_| "the GPU never finished the network".to_string())?
             .map_err(|e| format!("cannot read the outputs back: {e}"))?;
         let mut outputs = Vec::with_capacity(self.plan.outputs.len());
+        let timestamps;
         {
             let view = staging.get_mapped_range(..).map_err(|e| format!("cannot read the outputs back: {e}"))?;
             let mut offset = 0usize;
@@ -413,8 +490,75 @@ impl GpuModel {
                 outputs.push(Tensor { shape: placement.shape.clone(), data });
                 offset += bytes as usize;
             }
+            timestamps = view[offset..offset + timestamp_bytes as usize]
+                .chunks_exact(8)
+                .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .collect();
         }
         staging.unmap();
-        Ok(outputs)
+        Ok((outputs, timestamps))
+    }
+}
+
+/// How [`TimestampQueries`] time the dispatches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TimestampMethod {
+    /// `ComputePass::write_timestamp` between the dispatches of the one pass
+    /// (`Features::TIMESTAMP_QUERY_INSIDE_PASSES`).
+    InsidePass,
+    /// One pass per dispatch with a start and an end timestamp
+    /// (`Features::TIMESTAMP_QUERY` alone).
+    PerPass,
+}
+
+/// A query set for timing every dispatch of a model, and the buffer its values are
+/// resolved into.
+pub(crate) struct TimestampQueries {
+    pub method: TimestampMethod,
+    set: wgpu::QuerySet,
+    resolved: wgpu::Buffer,
+    count: u32,
+}
+
+impl TimestampQueries {
+    /// Queries for `model`'s dispatches, or `None` when its device has no timestamp
+    /// queries or a query set cannot hold them all.
+    pub fn new(model: &GpuModel) -> Option<TimestampQueries> {
+        let features = model.device.features();
+        let n = model.dispatches.len() as u32;
+        let (method, count) = if features.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES) {
+            (TimestampMethod::InsidePass, n + 1)
+        } else if features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+            (TimestampMethod::PerPass, 2 * n)
+        } else {
+            return None;
+        };
+        if count > wgpu::QUERY_SET_MAX_QUERIES {
+            return None;
+        }
+        let set = model.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("cnnc timestamps"),
+            ty: wgpu::QueryType::Timestamp,
+            count,
+        });
+        let resolved = model.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("cnnc timestamps"),
+            size: 8 * count as u64,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        Some(TimestampQueries { method, set, resolved, count })
+    }
+
+    /// The (start, end) indices of every dispatch's timestamps.
+    pub fn pairs(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let n = match self.method {
+            TimestampMethod::InsidePass => self.count as usize - 1,
+            TimestampMethod::PerPass => self.count as usize / 2,
+        };
+        (0..n).map(move |k| match self.method {
+            TimestampMethod::InsidePass => (k, k + 1),
+            TimestampMethod::PerPass => (2 * k, 2 * k + 1),
+        })
     }
 }
