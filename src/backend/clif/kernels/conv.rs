@@ -626,7 +626,8 @@ impl ConvKernel {
             // Output pixel q reads its window at input offset q: tile the plane as a line.
             let total = s.out_h * s.out_w;
             let tile = |kb: &mut Kb, tile: Tile| emit_tile(kb, reduction, &tile, block, oc_stride, ep);
-            emit_line(kb, self.tile_width, total, in_g, 4, 4, Some(chunk), tile);
+            let line = Line { count: total, width: self.tile_width, in_stride: 4, out_stride: 4 };
+            emit_line(kb, line, in_g, Some(chunk), tile);
         } else {
             kb.for_range(chunk.size, |kb, r| {
                 // The chunk's rows; the last chunk may repeat the last row.
@@ -637,7 +638,8 @@ impl ConvKernel {
                 let in_row = kb.index(in_g, oh, (c.stride.h * wp * 4) as i64);
                 let out_row = kb.fb.ins().imul_imm_s(oh, (s.out_w * 4) as i64);
                 let col_in = (c.stride.w * 4) as i64;
-                emit_line(kb, self.tile_width, s.out_w, in_row, col_in, 4, None, |kb, mut tile| {
+                let line = Line { count: s.out_w, width: self.tile_width, in_stride: col_in, out_stride: 4 };
+                emit_line(kb, line, in_row, None, |kb, mut tile| {
                     tile.out_offset = kb.fb.ins().iadd(tile.out_offset, out_row);
                     emit_tile(kb, reduction, &tile, block, oc_stride, ep)
                 });
@@ -654,19 +656,20 @@ struct Chunk {
     size: usize,
 }
 
-/// Tiles `count` pixels laid out in a line (input `in_stride`, output `out_stride` bytes
-/// apart) into tiles of 4, the last one overlapping its predecessor, or only the tiles
-/// of `chunk`; fewer than `width` pixels make one partial tile.
-fn emit_line(
-    kb: &mut Kb,
-    width: usize,
+/// `count` pixels laid out in a line, input `in_stride` and output `out_stride` bytes
+/// apart, cut into tiles of `width` pixels.
+#[derive(Clone, Copy)]
+struct Line {
     count: usize,
-    in_base: Value,
+    width: usize,
     in_stride: i64,
     out_stride: i64,
-    chunk: Option<Chunk>,
-    emit: impl Fn(&mut Kb, Tile),
-) {
+}
+
+/// Tiles a line starting at `in_base`, the last tile overlapping its predecessor, or only
+/// the tiles of `chunk`; fewer than `width` pixels make one partial tile.
+fn emit_line(kb: &mut Kb, line: Line, in_base: Value, chunk: Option<Chunk>, emit: impl Fn(&mut Kb, Tile)) {
+    let Line { count, width, in_stride, out_stride } = line;
     if count < width {
         let zero = kb.iconst(0);
         emit(kb, Tile { pixels: count, in_base, in_stride, out_offset: zero, out_stride });
@@ -777,9 +780,8 @@ impl LinearKernel {
         let in_stride = (k * 4) as i64;
         let out_stride = (self.out_features * 4) as i64;
         let run = |kb: &mut Kb, block: &Block| {
-            emit_line(kb, self.tile_width, self.batch, x_base, in_stride, out_stride, None, |kb, tile| {
-                emit_tile(kb, &reduction, &tile, block, 4, epilogue)
-            });
+            let line = Line { count: self.batch, width: self.tile_width, in_stride, out_stride };
+            emit_line(kb, line, x_base, None, |kb, tile| emit_tile(kb, &reduction, &tile, block, 4, epilogue));
         };
         // The parts share the blocks of output features.
         kb.for_share(self.blocking.full_blocks, |kb, ob| {
