@@ -68,11 +68,13 @@ impl Executor for crate::backend::wgsl::GpuModel {
 pub struct ExecOptions {
     /// Threads of the CPU target per run.
     pub threads: usize,
+    /// The x86-64 level the CPU target compiles for (default: the host's CPU).
+    pub cpu: Option<crate::backend::clif::CpuLevel>,
 }
 
 impl Default for ExecOptions {
     fn default() -> ExecOptions {
-        ExecOptions { threads: default_threads() }
+        ExecOptions { threads: default_threads(), cpu: None }
     }
 }
 
@@ -93,7 +95,8 @@ pub fn compile_with(graph: Graph, target: Target, options: &ExecOptions) -> Resu
         Target::Reference => Ok(Box::new(Reference { graph })),
         Target::Gpu => Ok(Box::new(crate::backend::wgsl::compile_gpu(&graph)?)),
         Target::Cpu => {
-            let mut model = crate::backend::clif::compile_jit(&graph)?;
+            let codegen = crate::backend::clif::CodegenOptions { cpu: options.cpu, ..Default::default() };
+            let mut model = crate::backend::clif::compile_jit_with(&graph, &codegen)?;
             model.set_threads(options.threads);
             Ok(Box::new(model))
         }

@@ -99,6 +99,10 @@ struct BuildArgs {
     /// x86_64-unknown-linux-gnu (baseline x86-64-v2); default: this machine's CPU.
     #[arg(long, value_name = "TRIPLE")]
     target_triple: Option<String>,
+    /// x86-64 level of the object's code: only instructions of that level (default: this
+    /// machine's CPU, or the triple's baseline, x86-64-v2).
+    #[arg(long, value_enum)]
+    cpu: Option<CpuArg>,
     /// Output directory.
     #[arg(short, long, default_value = ".")]
     output: PathBuf,
@@ -141,13 +145,41 @@ struct ThreadArgs {
     /// Threads that share each run on the cpu target (1 to 16; default: one per core).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=16))]
     threads: Option<u32>,
+    /// x86-64 level of the cpu target's code (default: everything this CPU has).
+    #[arg(long, value_enum)]
+    cpu: Option<CpuArg>,
 }
 
 impl ThreadArgs {
     fn options(&self) -> cnnc::exec::ExecOptions {
-        match self.threads {
-            Some(n) => cnnc::exec::ExecOptions { threads: n as usize },
-            None => cnnc::exec::ExecOptions::default(),
+        let default = cnnc::exec::ExecOptions::default();
+        cnnc::exec::ExecOptions {
+            threads: self.threads.map_or(default.threads, |n| n as usize),
+            cpu: self.cpu.map(CpuArg::level),
+        }
+    }
+}
+
+/// `--cpu`: an x86-64 micro-architecture level.
+#[derive(Clone, Copy, ValueEnum)]
+enum CpuArg {
+    /// SSE4.2: 128-bit vectors (Cranelift's f32x4 code only).
+    #[value(name = "x86-64-v2")]
+    V2,
+    /// AVX2 and FMA: 256-bit micro-kernels.
+    #[value(name = "x86-64-v3")]
+    V3,
+    /// AVX-512: 512-bit micro-kernels.
+    #[value(name = "x86-64-v4")]
+    V4,
+}
+
+impl CpuArg {
+    fn level(self) -> cnnc::backend::clif::CpuLevel {
+        match self {
+            CpuArg::V2 => cnnc::backend::clif::CpuLevel::X86_64V2,
+            CpuArg::V3 => cnnc::backend::clif::CpuLevel::X86_64V3,
+            CpuArg::V4 => cnnc::backend::clif::CpuLevel::X86_64V4,
         }
     }
 }
@@ -194,7 +226,7 @@ fn profile_cpu(
     options: &cnnc::exec::ExecOptions,
 ) -> Result<(), UserError> {
     let fail = |e: String| UserError(format!("error: {e}"));
-    let codegen = cnnc::backend::clif::CodegenOptions { profile: true, ..Default::default() };
+    let codegen = cnnc::backend::clif::CodegenOptions { profile: true, cpu: options.cpu, ..Default::default() };
     let mut model = cnnc::backend::clif::compile_jit_with(graph, &codegen).map_err(fail)?;
     model.set_threads(options.threads);
     for _ in 0..args.warmup {
@@ -848,7 +880,7 @@ fn write_outputs(path: &Path, names: &[String], outputs: &[cnnc::tensor::Tensor]
 }
 
 fn build_command(args: &BuildArgs) -> Result<(), UserError> {
-    let BuildArgs { net, weights, shape, opt, target, emit, target_triple, output: dir } = args;
+    let BuildArgs { net, weights, shape, opt, target, emit, target_triple, cpu, output: dir } = args;
     let default_emit = [Emit::Obj, Emit::Header];
     let emit: &[Emit] = if emit.is_empty() && *target == BuildTarget::Cpu { &default_emit } else { emit };
     if *target == BuildTarget::Gpu
@@ -894,8 +926,11 @@ fn build_command(args: &BuildArgs) -> Result<(), UserError> {
     }
     if emit.contains(&Emit::Obj) || emit.contains(&Emit::Header) {
         let started = std::time::Instant::now();
-        let artifacts = cnnc::backend::clif::compile_object(&graph, &graph.name, target_triple.as_deref())
-            .map_err(|e| UserError(format!("error: {e}")))?;
+        let options =
+            cnnc::backend::clif::CodegenOptions { verify: false, cpu: cpu.map(CpuArg::level), ..Default::default() };
+        let artifacts =
+            cnnc::backend::clif::compile_object_with(&graph, &graph.name, target_triple.as_deref(), &options)
+                .map_err(|e| UserError(format!("error: {e}")))?;
         eprintln!("compiled {} to native code in {:.1} ms", graph.name, started.elapsed().as_secs_f64() * 1e3);
         if emit.contains(&Emit::Obj) {
             write(format!("{}.o", graph.name), &artifacts.object)?;

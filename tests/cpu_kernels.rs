@@ -10,13 +10,17 @@
 //! - micro-kernels: random convolutions and linear layers (channels, kernel, stride,
 //!   padding, dilation, groups, batch; proptest, shrinking to the smallest failing
 //!   layer) through the default code (the AVX-512 machine-code tiles where the host has
-//!   AVX-512F) and through the portable f32x4 tiles, each against the interpreter:
+//!   AVX-512F), the AVX2 tiles (`x86-64-v3`, where the host has AVX2) and the portable
+//!   f32x4 tiles, each on 1 and 2 threads, against the interpreter:
 //!   relative L2 at most 1e-4 (the backends' tolerance; f32 against f64 accumulation).
+//! - CPU levels: an object built with `--cpu x86-64-v2|v3|v4` holds only instructions of
+//!   that level (decoded with iced-x86 and classified by the CPUID feature they need),
+//!   and the v3 and v4 objects do use their vectors.
 
 #[allow(dead_code)]
 mod common;
 
-use cnnc::backend::clif::{CodegenOptions, compile_jit_with};
+use cnnc::backend::clif::{CodegenOptions, CpuLevel, compile_jit_with};
 use cnnc::front::{BuildOptions, compile_source};
 use cnnc::passes::{OptLevel, optimize};
 use cnnc::tensor::{Tensor, relative_l2};
@@ -169,9 +173,15 @@ fn check_layer(layer: &Layer) -> Result<(), String> {
     optimize(&mut graph, OptLevel::O2)?;
     let inputs = vec![cnnc::weights::random_normal(&graph.node(graph.inputs[0]).shape, 12)];
     let reference = cnnc::interp::run(&graph, &graph.weights, &inputs).map_err(|e| e.to_string())?;
-    for (variant, options) in
-        [("default", CodegenOptions::default()), ("f32x4", CodegenOptions { wide: false, ..CodegenOptions::default() })]
-    {
+    let mut variants = vec![
+        ("default", CodegenOptions::default()),
+        ("f32x4", CodegenOptions { wide: false, ..CodegenOptions::default() }),
+    ];
+    // The AVX2 tiles, where this CPU runs them (the default is AVX-512 where it has it).
+    if CpuLevel::X86_64V3.host_has() {
+        variants.push(("x86-64-v3", CodegenOptions { cpu: Some(CpuLevel::X86_64V3), ..CodegenOptions::default() }));
+    }
+    for (variant, options) in variants {
         let mut model = compile_jit_with(&graph, &options)?;
         for threads in [1, 2] {
             model.set_threads(threads);
@@ -199,4 +209,65 @@ proptest! {
             prop_assert!(false, "{e}\nbatch {}", layer.batch);
         }
     }
+}
+
+/// The executable sections of an ELF64 little-endian object.
+fn code_sections(object: &[u8]) -> Vec<&[u8]> {
+    let u16_at = |at: usize| u16::from_le_bytes(object[at..at + 2].try_into().unwrap()) as usize;
+    let u64_at = |at: usize| u64::from_le_bytes(object[at..at + 8].try_into().unwrap()) as usize;
+    assert_eq!(&object[..4], b"\x7fELF", "not an ELF object");
+    let (offset, entry, count) = (u64_at(0x28), u16_at(0x3a), u16_at(0x3c));
+    (0..count)
+        .map(|i| offset + i * entry)
+        .filter(|&header| u64_at(header + 8) & 0x4 != 0) // SHF_EXECINSTR
+        .map(|header| &object[u64_at(header + 24)..][..u64_at(header + 32)])
+        .collect()
+}
+
+/// The CPUID features the object's instructions need, by name (`AVX512F`, `FMA`, ...).
+fn cpuid_features(object: &[u8]) -> std::collections::BTreeSet<String> {
+    use iced_x86::{Decoder, DecoderOptions};
+    let mut features = std::collections::BTreeSet::new();
+    for code in code_sections(object) {
+        let mut decoder = Decoder::new(64, code, DecoderOptions::NONE);
+        for instruction in &mut decoder {
+            for feature in instruction.cpuid_features() {
+                features.insert(format!("{feature:?}"));
+            }
+        }
+    }
+    features
+}
+
+#[test]
+fn objects_for_a_cpu_level_hold_only_its_instructions() {
+    let source = std::fs::read_to_string(
+        common::cnn_files("examples").into_iter().find(|p| p.ends_with("allcnn_c.cnn")).unwrap(),
+    )
+    .unwrap();
+    let mut graph = compile_source(&source, &BuildOptions::default()).expect("compiles");
+    graph.weights = cnnc::weights::random_weights(&graph, 3);
+    optimize(&mut graph, OptLevel::O2).unwrap();
+    let build = |level: CpuLevel| {
+        let options = CodegenOptions { cpu: Some(level), verify: false, ..CodegenOptions::default() };
+        let object =
+            cnnc::backend::clif::compile_object_with(&graph, "net", Some("x86_64-unknown-linux-gnu"), &options)
+                .expect("builds");
+        cpuid_features(&object.object)
+    };
+    let v3_only = |f: &String| ["AVX", "AVX2", "FMA", "BMI1", "BMI2", "LZCNT", "F16C", "MOVBE"].contains(&f.as_str());
+    let v4_only = |f: &String| f.starts_with("AVX512");
+
+    let v2 = build(CpuLevel::X86_64V2);
+    let beyond: Vec<&String> = v2.iter().filter(|f| v3_only(f) || v4_only(f)).collect();
+    assert!(beyond.is_empty(), "x86-64-v2 object uses {beyond:?}");
+
+    let v3 = build(CpuLevel::X86_64V3);
+    let beyond: Vec<&String> = v3.iter().filter(|f| v4_only(f)).collect();
+    assert!(beyond.is_empty(), "x86-64-v3 object uses {beyond:?}");
+    assert!(v3.contains("AVX2") || v3.contains("FMA"), "x86-64-v3 object has no AVX2 tiles: {v3:?}");
+
+    let v4 = build(CpuLevel::X86_64V4);
+    assert!(v4.contains("AVX512F"), "x86-64-v4 object has no AVX-512 tiles: {v4:?}");
+    println!("v2 {v2:?}\nv3 {v3:?}\nv4 {v4:?}");
 }

@@ -25,7 +25,7 @@ use super::kernels::conv::{ConvKernel, ConvShape, LinearKernel};
 use super::kernels::elementwise::{self, Combine};
 use super::kernels::normalize::{self, Lrn};
 use super::kernels::pool::{PoolKernel, PoolKind};
-use super::kernels::x86::{self, TileSpec};
+use super::kernels::x86::{self, Simd, TileSpec};
 use super::kernels::{Base, Kb, Loc, MathFns, MicroKernel};
 use crate::ir::{Activation, Epilogue, Graph, Node, NodeId, Op, ParamRole};
 use crate::tensor::Tensor;
@@ -58,9 +58,13 @@ pub struct CodegenOptions {
     pub micro_kernel: MicroKernel,
     /// Output features per fully connected block, in f32x4 vectors.
     pub linear_vectors: usize,
-    /// Run convolutions and linear layers on the x86-64 machine-code micro-kernels with
-    /// 512-bit vectors (`kernels/x86.rs`) when the target has AVX-512F.
+    /// Run convolutions and linear layers on the x86-64 machine-code micro-kernels
+    /// (`kernels/x86.rs`) with the widest vectors the target has: AVX-512F, else AVX2
+    /// with FMA.
     pub wide: bool,
+    /// The x86-64 level to compile for (instead of the host's CPU, or a named triple's
+    /// baseline).
+    pub cpu: Option<CpuLevel>,
     /// Run Cranelift's IR verifier on every function (slower compiles).
     pub verify: bool,
     /// Call `cnnc_profile_tick(kernel index)` between kernels (JIT only; see
@@ -77,14 +81,67 @@ impl Default for CodegenOptions {
             micro_kernel: MicroKernel::Shared,
             linear_vectors: 3,
             wide: true,
+            cpu: None,
             verify: cfg!(debug_assertions),
             profile: false,
         }
     }
 }
 
+/// An x86-64 micro-architecture level: which vector instructions the code may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuLevel {
+    /// SSE4.2 and POPCNT: 128-bit vectors only.
+    X86_64V2,
+    /// + AVX, AVX2, FMA, BMI1/2, LZCNT: the AVX2 micro-kernels.
+    X86_64V3,
+    /// + AVX-512F/DQ/VL: the AVX-512 micro-kernels.
+    X86_64V4,
+}
+
+impl CpuLevel {
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuLevel::X86_64V2 => "x86-64-v2",
+            CpuLevel::X86_64V3 => "x86-64-v3",
+            CpuLevel::X86_64V4 => "x86-64-v4",
+        }
+    }
+
+    /// Cranelift's settings for the level.
+    fn settings(self) -> &'static [&'static str] {
+        match self {
+            CpuLevel::X86_64V2 => &["x86-64-v2"],
+            CpuLevel::X86_64V3 => &["x86-64-v3", "has_avx"],
+            CpuLevel::X86_64V4 => &["x86-64-v4", "has_avx", "has_avx512f"],
+        }
+    }
+
+    /// Whether this process's CPU runs code of the level.
+    pub fn host_has(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            match self {
+                CpuLevel::X86_64V2 => has!("sse4.2") && has!("popcnt"),
+                CpuLevel::X86_64V3 => {
+                    has!("avx2") && has!("fma") && has!("bmi1") && has!("bmi2") && has!("lzcnt") && has!("popcnt")
+                }
+                CpuLevel::X86_64V4 => {
+                    CpuLevel::X86_64V3.host_has() && has!("avx512f") && has!("avx512dq") && has!("avx512vl")
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+}
+
 /// The target ISA: the host's, with every feature it has, or a named triple's
-/// baseline (x86-64 with SSE4.2, the x86-64-v2 level; AArch64 with NEON).
+/// baseline (x86-64 with SSE4.2, the x86-64-v2 level; AArch64 with NEON), or either at
+/// the x86-64 level `options.cpu`.
 pub(crate) fn build_isa(triple: Option<&str>, options: &CodegenOptions, pic: bool) -> Result<OwnedTargetIsa, String> {
     let mut flags = settings::builder();
     let set = |flags: &mut settings::Builder, name: &str, value: &str| {
@@ -98,7 +155,9 @@ pub(crate) fn build_isa(triple: Option<&str>, options: &CodegenOptions, pic: boo
     set(&mut flags, "is_pic", if pic { "true" } else { "false" })?;
     set(&mut flags, "use_colocated_libcalls", "false")?;
     set(&mut flags, "enable_verifier", if options.verify { "true" } else { "false" })?;
-    let builder = match triple {
+    let mut builder = match triple {
+        None if options.cpu.is_some() => cranelift_native::builder_with_options(false)
+            .map_err(|e| format!("the host is not supported by Cranelift: {e}"))?,
         None => cranelift_native::builder().map_err(|e| format!("the host is not supported by Cranelift: {e}"))?,
         Some(name) => {
             let mut builder = cranelift_codegen::isa::lookup_by_name(name)
@@ -114,6 +173,14 @@ pub(crate) fn build_isa(triple: Option<&str>, options: &CodegenOptions, pic: boo
             builder
         }
     };
+    if let Some(level) = options.cpu {
+        if builder.triple().architecture.to_string() != "x86_64" {
+            return Err(format!("--cpu {} needs an x86-64 target, not {}", level.name(), builder.triple()));
+        }
+        for setting in level.settings() {
+            builder.enable(setting).map_err(|e| format!("internal error: {setting}: {e}"))?;
+        }
+    }
     builder.finish(settings::Flags::new(flags)).map_err(|e| format!("cannot configure Cranelift: {e}"))
 }
 
@@ -257,7 +324,7 @@ fn required<'g>(graph: &'g Graph, node: &Node, input_shape: &[usize], role: Para
 }
 
 /// Chooses and prepares the kernel of a node.
-fn prepare(graph: &Graph, id: NodeId, options: &CodegenOptions, wide: bool) -> Result<Kernel, String> {
+fn prepare(graph: &Graph, id: NodeId, options: &CodegenOptions, simd: Option<Simd>) -> Result<Kernel, String> {
     let node = graph.node(id);
     let operands = graph.op_operands(id);
     let x_shape = operands.first().map(|&o| graph.node(o).shape.clone()).unwrap_or_default();
@@ -276,7 +343,7 @@ fn prepare(graph: &Graph, id: NodeId, options: &CodegenOptions, wide: bool) -> R
                 out_w: node.shape[3],
             };
             let bias = bias.map(|b| b.data.as_slice());
-            Kernel::Conv(ConvKernel::new(conv, shape, &weight.data, bias, options.conv_vectors.max(1), wide))
+            Kernel::Conv(ConvKernel::new(conv, shape, &weight.data, bias, options.conv_vectors.max(1), simd))
         }
         Op::Linear { out_features, .. } => {
             let weight = required(graph, node, &x_shape, ParamRole::Weight)?;
@@ -287,7 +354,7 @@ fn prepare(graph: &Graph, id: NodeId, options: &CodegenOptions, wide: bool) -> R
                 bias,
                 *out_features,
                 options.linear_vectors.max(1),
-                wide,
+                simd,
             ))
         }
         Op::ScaleShift => {
@@ -389,7 +456,11 @@ pub(crate) fn define_model<M: Module>(
     let layout = Layout::new(graph)?;
     let ptr = module.target_config().pointer_type();
     let fma = options.fma && has_native_fma(module.isa());
-    let wide = options.wide && fma && x64_has(module.isa(), "has_avx512f");
+    let simd = match (options.wide && fma, module.isa()) {
+        (true, isa) if x64_has(isa, "has_avx512f") => Some(Simd::Avx512),
+        (true, isa) if x64_has(isa, "has_avx2") => Some(Simd::Avx2),
+        _ => None,
+    };
     // The micro-kernels are written for the System V convention.
     let tile_sig = signature(ptr, CallConv::SystemV, 4, false);
     let module_error = |e: cranelift_module::ModuleError| format!("internal error: Cranelift: {e:?}");
@@ -456,6 +527,7 @@ pub(crate) fn define_model<M: Module>(
             math,
             data,
             tiles,
+            simd,
             tile_slot: None,
         };
         emit(&mut kb);
@@ -474,12 +546,12 @@ pub(crate) fn define_model<M: Module>(
         if bytes_of(&node.shape) >= 1 << 31 {
             return Err(format!("layer `{}` is larger than 2 GiB, more than the CPU backend supports", node.name));
         }
-        let mut kernel = prepare(graph, id, options, wide)?;
+        let mut kernel = prepare(graph, id, options, simd)?;
         // The kernel's machine-code micro-kernels.
         let mut tiles = Vec::new();
         let specs = match &kernel {
-            Kernel::Conv(k) if wide => k.tile_specs(),
-            Kernel::Linear(k) if wide => k.tile_specs(),
+            Kernel::Conv(k) => k.tile_specs(),
+            Kernel::Linear(k) => k.tile_specs(),
             _ => Vec::new(),
         };
         for spec in specs.into_iter().filter(TileSpec::fits) {

@@ -251,6 +251,11 @@ pub fn compile_jit_with(graph: &Graph, options: &CodegenOptions) -> Result<JitMo
         return compile_jit_with(&planned, options);
     }
     crate::ir::verify(graph).map_err(|e| format!("internal error: the graph is not valid:\n{e}"))?;
+    if let Some(level) = options.cpu
+        && !level.host_has()
+    {
+        return Err(format!("this CPU cannot run {} code", level.name()));
+    }
     let isa = codegen::build_isa(None, options, false)?;
     let mut builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
     builder.symbol("expf", cnnc_expf as *const u8);

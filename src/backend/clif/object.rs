@@ -56,9 +56,10 @@ pub fn compile_object_with(
     }
     crate::ir::verify(graph).map_err(|e| format!("internal error: the graph is not valid:\n{e}"))?;
     let isa = codegen::build_isa(triple, options, true)?;
-    let target = match triple {
-        Some(_) => format!("{} (baseline CPU features)", isa.triple()),
-        None => format!("{} (the CPU features of the machine that built it)", isa.triple()),
+    let target = match (triple, options.cpu) {
+        (_, Some(level)) => format!("{} ({} instructions only)", isa.triple(), level.name()),
+        (Some(_), None) => format!("{} (baseline CPU features)", isa.triple()),
+        (None, None) => format!("{} (the CPU features of the machine that built it)", isa.triple()),
     };
     let builder = ObjectBuilder::new(isa, format!("{name}.o"), cranelift_module::default_libcall_names())
         .map_err(|e| format!("cannot write an object for this target: {e:?}"))?;

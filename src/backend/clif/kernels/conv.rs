@@ -29,7 +29,7 @@
 
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, types};
 
-use super::x86::{self, TileSpec};
+use super::x86::{Simd, TileSpec};
 use super::{F32, F32X4, Kb, Loc, MicroKernel};
 use crate::ir::{Conv, Epilogue};
 
@@ -148,7 +148,8 @@ struct Block {
 /// The micro-kernel: `pixels x vectors` accumulators over the reduction, then the
 /// epilogue and the stores.
 fn emit_tile(kb: &mut Kb, reduction: &Reduction, tile: &Tile, block: &Block, oc_stride: i64, epilogue: &Epilogue) {
-    if let Some(func) = kb.tile_kernel(&tile_spec(reduction, tile.pixels, tile.in_stride, block.vectors)) {
+    let spec = kb.simd.map(|simd| tile_spec(simd, reduction, tile.pixels, tile.in_stride, block.vectors));
+    if let Some(func) = spec.and_then(|spec| kb.tile_kernel(&spec)) {
         // The machine-code micro-kernel leaves the tile pixel-major in a stack buffer.
         let buffer = kb.tile_buffer();
         kb.fb.ins().call(func, &[tile.in_base, block.weights, block.bias, buffer]);
@@ -243,10 +244,11 @@ fn emit_tile(kb: &mut Kb, reduction: &Reduction, tile: &Tile, block: &Block, oc_
 }
 
 /// The machine-code micro-kernel of a tile (`vectors` in f32x4 units).
-fn tile_spec(reduction: &Reduction, pixels: usize, pixel_stride: i64, vectors: usize) -> TileSpec {
+fn tile_spec(simd: Simd, reduction: &Reduction, pixels: usize, pixel_stride: i64, vectors: usize) -> TileSpec {
     TileSpec {
+        simd,
         pixels,
-        vectors: vectors / 4,
+        vectors: vectors / (simd.lanes() / 4),
         pixel_stride,
         steps: reduction.count,
         in_step: reduction.in_step,
@@ -388,6 +390,8 @@ pub(crate) struct ConvKernel {
     blocking: Blocking,
     /// Pixels per tile (4 for the f32x4 code; up to 8 for the machine-code tiles).
     tile_width: usize,
+    /// The machine-code tiles' vectors, if they run this kernel.
+    simd: Option<Simd>,
     /// Where the bias starts in the packed data, in floats.
     bias_start: usize,
     /// The packed weights and bias, little-endian f32.
@@ -395,7 +399,7 @@ pub(crate) struct ConvKernel {
 }
 
 impl ConvKernel {
-    /// `vectors` f32x4 vectors per block of output channels, or with `wide`, blocks for
+    /// `vectors` f32x4 vectors per block of output channels, or with `simd`, blocks for
     /// the 16-lane machine-code micro-kernels (see `x86`).
     pub fn new(
         conv: &Conv,
@@ -403,7 +407,7 @@ impl ConvKernel {
         weight: &[f32],
         bias: Option<&[f32]>,
         vectors: usize,
-        wide: bool,
+        simd: Option<Simd>,
     ) -> ConvKernel {
         let out_per_group = shape.out_channels / conv.groups;
         let k = shape.in_channels / conv.groups * conv.kernel.h * conv.kernel.w;
@@ -411,12 +415,16 @@ impl ConvKernel {
         let padded_w = shape.in_w + conv.pad.left + conv.pad.right;
         let line = conv.stride.h == 1 && conv.stride.w == 1 && padded_w == shape.out_w;
         let line_pixels = if line { shape.out_h * shape.out_w } else { shape.out_w };
-        let tile_width = if wide { wide_tile_width(line_pixels) } else { 4 };
-        let blocking =
-            if wide { wide_blocking(out_per_group, tile_width) } else { Blocking::new(out_per_group, vectors, 1) };
+        let (tile_width, blocking) = match simd {
+            Some(simd) => {
+                let width = wide_tile_width(line_pixels, simd);
+                (width, wide_blocking(out_per_group, width, simd))
+            }
+            None => (4, Blocking::new(out_per_group, vectors, 1)),
+        };
         let data = pack(weight, bias, conv.groups, k, blocking);
         let bias_start = conv.groups * blocking.group_lanes() * k;
-        ConvKernel { conv: conv.clone(), shape, blocking, tile_width, bias_start, data }
+        ConvKernel { conv: conv.clone(), shape, blocking, tile_width, simd, bias_start, data }
     }
 
     fn padded(&self) -> bool {
@@ -440,6 +448,7 @@ impl ConvKernel {
 
     /// The algorithm, for profiles: `tiled` when the machine-code micro-kernels run it.
     pub fn algorithm(&self, tiled: bool) -> String {
+        let simd = self.simd.filter(|_| tiled);
         let c = &self.conv;
         let mut text = format!("direct {}x{}/s{}", c.kernel.h, c.kernel.w, c.stride.h);
         if c.groups > 1 {
@@ -447,7 +456,7 @@ impl ConvKernel {
         }
         let s = &self.shape;
         let line = if self.line_mode() { s.out_h * s.out_w } else { s.out_w };
-        text + ", " + &block_text(self.blocking, self.tile_width.min(line), tiled)
+        text + ", " + &block_text(self.blocking, self.tile_width.min(line), simd)
     }
 
     fn reduction(&self) -> Reduction {
@@ -471,7 +480,8 @@ impl ConvKernel {
             (s.out_w.min(self.tile_width), (self.conv.stride.w * 4) as i64)
         };
         let reduction = self.reduction();
-        self.blocking.kinds().into_iter().map(|v| tile_spec(&reduction, pixels, pixel_stride, v)).collect()
+        let Some(simd) = self.simd else { return Vec::new() };
+        self.blocking.kinds().into_iter().map(|v| tile_spec(simd, &reduction, pixels, pixel_stride, v)).collect()
     }
 
     pub fn emit(&self, kb: &mut Kb, x: Loc, out: Loc, residual: Option<Loc>, scratch: Loc, epilogue: &Epilogue) {
@@ -696,29 +706,30 @@ fn emit_line(kb: &mut Kb, line: Line, in_base: Value, chunk: Option<Chunk>, emit
 }
 
 /// How a kernel's tiles run, for profiles.
-fn block_text(blocking: Blocking, pixels: usize, tiled: bool) -> String {
+fn block_text(blocking: Blocking, pixels: usize, simd: Option<Simd>) -> String {
     let lanes = 4 * blocking.vectors;
-    let code = if tiled { "AVX-512" } else { "f32x4" };
+    let code = simd.map_or("f32x4", Simd::name);
     format!("{code} tiles {pixels} px x {lanes} ch")
 }
 
-/// Pixels per machine-code tile for a line of `count` pixels: the whole line up to 8,
-/// else the width from 4 to 8 that computes the fewest pixels (the last tile of a line
+/// Pixels per machine-code tile for a line of `count` pixels: the whole line up to the
+/// most a tile holds, else the width from 4 up that computes the fewest pixels (the last tile of a line
 /// overlaps the one before it), the widest of those.
-fn wide_tile_width(count: usize) -> usize {
-    if count <= x86::MAX_PIXELS {
+fn wide_tile_width(count: usize, simd: Simd) -> usize {
+    let most = simd.max_pixels();
+    if count <= most {
         return count.max(1);
     }
-    (4..=x86::MAX_PIXELS).min_by_key(|&p| (count.div_ceil(p) * p, std::cmp::Reverse(p))).unwrap_or(4)
+    (4..=most).min_by_key(|&p| (count.div_ceil(p) * p, std::cmp::Reverse(p))).unwrap_or(4)
 }
 
-/// Blocks for the 16-lane micro-kernels with tiles of `pixels` pixels: as many zmm
-/// vectors (up to 4, 64 channels) as the registers hold next to the accumulators, fewer
-/// when the group has fewer channels.
-fn wide_blocking(out_per_group: usize, pixels: usize) -> Blocking {
-    let fit = (30 / (pixels + 1)).min(x86::MAX_VECTORS);
-    let zmm = out_per_group.div_ceil(x86::LANES).clamp(1, fit);
-    Blocking::new(out_per_group, 4 * zmm, 4)
+/// Blocks for the machine-code micro-kernels with tiles of `pixels` pixels: as many full
+/// vectors (up to 4) as the registers hold next to the accumulators, fewer when the group
+/// has fewer channels.
+fn wide_blocking(out_per_group: usize, pixels: usize, simd: Simd) -> Blocking {
+    let quantum = simd.lanes() / 4;
+    let vectors = out_per_group.div_ceil(simd.lanes()).clamp(1, simd.max_vectors(pixels));
+    Blocking::new(out_per_group, quantum * vectors, quantum)
 }
 
 /// A fully connected layer ready to emit: `[batch, in] -> [batch, out]`.
@@ -726,6 +737,7 @@ pub(crate) struct LinearKernel {
     batch: usize,
     /// Batch rows per tile.
     tile_width: usize,
+    simd: Option<Simd>,
     in_features: usize,
     out_features: usize,
     blocking: Blocking,
@@ -741,15 +753,19 @@ impl LinearKernel {
         bias: Option<&[f32]>,
         out_features: usize,
         vectors: usize,
-        wide: bool,
+        simd: Option<Simd>,
     ) -> LinearKernel {
         let in_features = weight.len() / out_features;
-        let tile_width = if wide { wide_tile_width(batch) } else { 4 };
-        let blocking =
-            if wide { wide_blocking(out_features, tile_width) } else { Blocking::new(out_features, vectors, 1) };
+        let (tile_width, blocking) = match simd {
+            Some(simd) => {
+                let width = wide_tile_width(batch, simd);
+                (width, wide_blocking(out_features, width, simd))
+            }
+            None => (4, Blocking::new(out_features, vectors, 1)),
+        };
         let data = pack(weight, bias, 1, in_features, blocking);
         let bias_start = blocking.group_lanes() * in_features;
-        LinearKernel { batch, tile_width, in_features, out_features, blocking, bias_start, data }
+        LinearKernel { batch, tile_width, simd, in_features, out_features, blocking, bias_start, data }
     }
 
     fn reduction(&self) -> Reduction {
@@ -758,14 +774,16 @@ impl LinearKernel {
 
     /// The algorithm, for profiles: `tiled` when the machine-code micro-kernels run it.
     pub fn algorithm(&self, tiled: bool) -> String {
-        format!("gemm, {}", block_text(self.blocking, self.tile_width.min(self.batch), tiled))
+        let simd = self.simd.filter(|_| tiled);
+        format!("gemm, {}", block_text(self.blocking, self.tile_width.min(self.batch), simd))
     }
 
     /// The micro-kernels the tiles of this layer can use.
     pub fn tile_specs(&self) -> Vec<TileSpec> {
         let reduction = self.reduction();
         let (pixels, stride) = (self.batch.min(self.tile_width), (self.in_features * 4) as i64);
-        self.blocking.kinds().into_iter().map(|v| tile_spec(&reduction, pixels, stride, v)).collect()
+        let Some(simd) = self.simd else { return Vec::new() };
+        self.blocking.kinds().into_iter().map(|v| tile_spec(simd, &reduction, pixels, stride, v)).collect()
     }
 
     pub fn emit(&self, kb: &mut Kb, x: Loc, out: Loc, residual: Option<Loc>, epilogue: &Epilogue) {

@@ -91,7 +91,9 @@ pub(crate) struct Kb<'a> {
     pub math: MathFns,
     /// The address of the kernel's read-only data (packed weights, tables), if any.
     pub data: Option<Value>,
-    /// The machine-code micro-kernels defined for this kernel's tiles (`x86`).
+    /// The vectors of the machine-code micro-kernels, when the target has them, and
+    /// those defined for this kernel's tiles (`x86`).
+    pub simd: Option<x86::Simd>,
     pub tiles: Vec<(x86::TileSpec, FuncRef)>,
     /// The stack buffer the micro-kernels store their tiles to, once created.
     pub tile_slot: Option<StackSlot>,

@@ -1,11 +1,12 @@
-//! Convolution micro-kernels in x86-64 machine code with 512-bit vectors (AVX-512F),
-//! assembled per layer with iced-x86 and defined in the Cranelift module next to the
-//! kernels that call them (`Module::define_function_bytes`), so the JIT and object files
-//! both get them. Cranelift's x86-64 backend lowers 128-bit vectors only; these run the
-//! same tile at four times the width (the way oneDNN generates kernels with Xbyak).
+//! Convolution micro-kernels in x86-64 machine code with full-width vectors: 512-bit
+//! (AVX-512F, 32 zmm registers) or 256-bit (AVX2 with FMA, 16 ymm registers), assembled
+//! per layer with iced-x86 and defined in the Cranelift module next to the kernels that
+//! call them (`Module::define_function_bytes`), so the JIT and object files both get
+//! them. Cranelift's x86-64 backend lowers 128-bit vectors only; these run the same tile
+//! at two or four times the width (the way oneDNN generates kernels with Xbyak).
 //!
 //! One micro-kernel computes the reduction of one tile, `pixels` output pixels by
-//! `vectors` x 16 output channels, in `pixels * vectors` zmm accumulators:
+//! `vectors` full vectors of output channels, in `pixels * vectors` accumulators:
 //!
 //! ```text
 //! void ukernel(const float *in, const float *weights, const float *bias, float *tile);
@@ -13,28 +14,74 @@
 //!
 //! `in` is the tile's first pixel's window origin (pixel `p` at `in + p * pixel_stride`
 //! bytes), `weights` the block's packed weights (`[step][tap][lane]`, the layout of
-//! `conv::pack` with 16-lane vectors), `bias` the block's bias. The accumulators start at
-//! the bias, take `steps` reduction steps (the input advancing `in_step` bytes, each step
-//! `taps.len()` multiply-adds per accumulator), and are stored pixel-major to `tile`
-//! (`[pixel][lane]`), where the Cranelift side applies the epilogue and stores the
+//! `conv::pack` with full-width vectors), `bias` the block's bias. The accumulators
+//! start at the bias, take `steps` reduction steps (the input advancing `in_step` bytes,
+//! each step `taps.len()` multiply-adds per accumulator), and are stored pixel-major to
+//! `tile` (`[pixel][lane]`), where the Cranelift side applies the epilogue and stores the
 //! channels into the NCHW output. System V calling convention; only caller-saved
-//! registers are used (rdi, rsi, r8, zmm0-31), and the code has no relocations.
+//! registers are used (rdi, rsi, r8, the vector registers), and the code has no
+//! relocations.
 
+use iced_x86::code_asm::asm_traits::{CodeAsmVbroadcastss, CodeAsmVfmadd231ps, CodeAsmVmovups};
 use iced_x86::code_asm::*;
 
-/// Lanes of one zmm register.
-pub(crate) const LANES: usize = 16;
+/// The vector extension a micro-kernel is written for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Simd {
+    /// AVX2 and FMA: 16 ymm registers of 8 lanes (x86-64-v3).
+    Avx2,
+    /// AVX-512F: 32 zmm registers of 16 lanes (x86-64-v4).
+    Avx512,
+}
+
+impl Simd {
+    pub fn lanes(self) -> usize {
+        match self {
+            Simd::Avx2 => 8,
+            Simd::Avx512 => 16,
+        }
+    }
+
+    fn registers(self) -> usize {
+        match self {
+            Simd::Avx2 => 16,
+            Simd::Avx512 => 32,
+        }
+    }
+
+    /// The most vectors per tile row next to `pixels` rows of accumulators, the weights
+    /// of one tap and two broadcast registers.
+    pub fn max_vectors(self, pixels: usize) -> usize {
+        ((self.registers() - 2) / (pixels + 1)).min(MAX_VECTORS)
+    }
+
+    /// The most pixels per tile: AVX2's 16 registers hold 6 rows of two vectors.
+    pub fn max_pixels(self) -> usize {
+        match self {
+            Simd::Avx2 => 6,
+            Simd::Avx512 => MAX_PIXELS,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Simd::Avx2 => "AVX2",
+            Simd::Avx512 => "AVX-512",
+        }
+    }
+}
 
 /// The most pixels and vectors of a tile, and the bytes of the buffer it is stored to.
 pub(crate) const MAX_PIXELS: usize = 8;
 pub(crate) const MAX_VECTORS: usize = 4;
-pub(crate) const TILE_BUFFER_BYTES: usize = MAX_PIXELS * MAX_VECTORS * LANES * 4;
+pub(crate) const TILE_BUFFER_BYTES: usize = MAX_PIXELS * MAX_VECTORS * 16 * 4;
 
 /// What one micro-kernel computes; equal specs assemble to equal code.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct TileSpec {
+    pub simd: Simd,
     pub pixels: usize,
-    /// zmm vectors of output channels.
+    /// Full-width vectors of output channels.
     pub vectors: usize,
     /// Bytes between consecutive pixels' windows in the input.
     pub pixel_stride: i64,
@@ -46,12 +93,9 @@ pub(crate) struct TileSpec {
 }
 
 impl TileSpec {
-    /// Whether the tile fits the register file: the accumulators, the weights of one tap
-    /// and two broadcast registers.
+    /// Whether the tile fits the register file and the tile buffer.
     pub fn fits(&self) -> bool {
-        (1..=MAX_PIXELS).contains(&self.pixels)
-            && (1..=MAX_VECTORS).contains(&self.vectors)
-            && self.pixels * self.vectors + self.vectors + 2 <= 32
+        (1..=MAX_PIXELS).contains(&self.pixels) && (1..=self.simd.max_vectors(self.pixels)).contains(&self.vectors)
     }
 }
 
@@ -60,25 +104,52 @@ const ZMM: [AsmRegisterZmm; 32] = [
     zmm18, zmm19, zmm20, zmm21, zmm22, zmm23, zmm24, zmm25, zmm26, zmm27, zmm28, zmm29, zmm30, zmm31,
 ];
 
+const YMM: [AsmRegisterYmm; 16] =
+    [ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14, ymm15];
+
 fn disp(bytes: i64) -> Result<i32, String> {
     i32::try_from(bytes).map_err(|_| format!("internal error: micro-kernel displacement {bytes} exceeds 32 bits"))
+}
+
+fn err(e: IcedError) -> String {
+    format!("internal error: assembling a micro-kernel: {e}")
 }
 
 /// Assembles the micro-kernel of `spec`.
 pub(crate) fn assemble(spec: &TileSpec) -> Result<Vec<u8>, String> {
     assert!(spec.fits(), "micro-kernel tile does not fit the registers: {spec:?}");
-    let err = |e: IcedError| format!("internal error: assembling a micro-kernel: {e}");
+    match spec.simd {
+        Simd::Avx512 => assemble_with(spec, &ZMM, zmmword_ptr),
+        Simd::Avx2 => assemble_with(spec, &YMM, ymmword_ptr),
+    }
+}
+
+/// The micro-kernel over one register file; `vector_ptr` makes a full-width memory
+/// operand.
+fn assemble_with<R>(
+    spec: &TileSpec,
+    regs: &[R],
+    vector_ptr: fn(AsmMemoryOperand) -> AsmMemoryOperand,
+) -> Result<Vec<u8>, String>
+where
+    R: Copy,
+    CodeAssembler: CodeAsmVmovups<R, AsmMemoryOperand>
+        + CodeAsmVmovups<AsmMemoryOperand, R>
+        + CodeAsmVbroadcastss<R, AsmMemoryOperand>
+        + CodeAsmVfmadd231ps<R, R, R>,
+{
     let mut a = CodeAssembler::new(64).map_err(err)?;
     let (p_count, v_count) = (spec.pixels, spec.vectors);
-    let acc = |p: usize, v: usize| ZMM[p * v_count + v];
-    let weight = |v: usize| ZMM[p_count * v_count + v];
-    let broadcast = |i: usize| ZMM[p_count * v_count + v_count + i % 2];
-    let tap_bytes = (v_count * LANES * 4) as i64;
+    let vector_bytes = (spec.simd.lanes() * 4) as i64;
+    let acc = |p: usize, v: usize| regs[p * v_count + v];
+    let weight = |v: usize| regs[p_count * v_count + v];
+    let broadcast = |i: usize| regs[p_count * v_count + v_count + i % 2];
+    let tap_bytes = v_count as i64 * vector_bytes;
     let step_bytes = tap_bytes * spec.taps.len() as i64;
 
     for p in 0..p_count {
         for v in 0..v_count {
-            a.vmovups(acc(p, v), zmmword_ptr(rdx + disp(64 * v as i64)?)).map_err(err)?;
+            a.vmovups(acc(p, v), vector_ptr(rdx + disp(vector_bytes * v as i64)?)).map_err(err)?;
         }
     }
     // One step: `taps` rounds of weight loads, broadcasts and multiply-adds, `u` steps
@@ -88,7 +159,7 @@ pub(crate) fn assemble(spec: &TileSpec) -> Result<Vec<u8>, String> {
         for (t, &tap) in spec.taps.iter().enumerate() {
             let w_offset = u * step_bytes + t as i64 * tap_bytes;
             for v in 0..v_count {
-                a.vmovups(weight(v), zmmword_ptr(rsi + disp(w_offset + 64 * v as i64)?)).map_err(err)?;
+                a.vmovups(weight(v), vector_ptr(rsi + disp(w_offset + vector_bytes * v as i64)?)).map_err(err)?;
             }
             for p in 0..p_count {
                 let x = broadcast(b);
@@ -122,8 +193,8 @@ pub(crate) fn assemble(spec: &TileSpec) -> Result<Vec<u8>, String> {
     }
     for p in 0..p_count {
         for v in 0..v_count {
-            let offset = ((p * v_count + v) * LANES * 4) as i64;
-            a.vmovups(zmmword_ptr(rcx + disp(offset)?), acc(p, v)).map_err(err)?;
+            let offset = (p * v_count + v) as i64 * vector_bytes;
+            a.vmovups(vector_ptr(rcx + disp(offset)?), acc(p, v)).map_err(err)?;
         }
     }
     a.vzeroupper().map_err(err)?;
