@@ -4,7 +4,7 @@
 For each network: `cnnc build --emit onnx` writes the model with random weights (fixed
 seed); ONNX Runtime (all graph optimizations on) times it with 1 and 2 threads in a child
 process (session creation time and peak RSS included); `cnnc bench --format json` times
-cnnc's target on the same weights. Prints a Markdown table with medians and the ratio
+cnnc's target on the same weights, with 1 and 2 threads. Prints a Markdown table with medians and the ratio
 cnnc / ORT (below 1.0: cnnc is faster). Run from the repository root:
 
     .venv/bin/python bench/compare.py [--target cpu] [--batch 1] [--runs 20] [net ...]
@@ -61,23 +61,29 @@ def main():
                 out = subprocess.run([sys.executable, "-c", ORT_CHILD, model, str(threads), str(args.runs),
                                       str(args.warmup), "x"], check=True, capture_output=True, text=True, env=env)
                 ort_results[threads] = json.loads(out.stdout)
-            out = subprocess.run([args.cnnc, "bench", source, "--seed", "0", "--batch", str(args.batch), "--target",
-                                  args.target, "--runs", str(args.runs), "--warmup", str(args.warmup),
-                                  "--format", "json"], capture_output=True, text=True)
-            if out.returncode != 0:
-                print(f"{net}: cnnc bench failed: {out.stderr.strip()}", file=sys.stderr)
-                continue
-            cnnc = json.loads(out.stdout)
-            rows.append((net, cnnc, ort_results))
+            cnnc = {}
+            for threads in (1, 2):
+                out = subprocess.run([args.cnnc, "bench", source, "--seed", "0", "--batch", str(args.batch),
+                                      "--target", args.target, "--threads", str(threads), "--runs", str(args.runs),
+                                      "--warmup", str(args.warmup), "--format", "json"], capture_output=True, text=True)
+                if out.returncode != 0:
+                    print(f"{net}: cnnc bench failed: {out.stderr.strip()}", file=sys.stderr)
+                    break
+                cnnc[threads] = json.loads(out.stdout)
+            if len(cnnc) == 2:
+                rows.append((net, cnnc, ort_results))
             os.remove(model)
-    print(f"| model | GMACs | cnnc {args.target} b{args.batch} | ORT 1 thread | ORT 2 threads | ratio to ORT 2 threads "
-          f"| cnnc compile | ORT session | cnnc peak RSS | ORT peak RSS |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(f"| model | GMACs | cnnc {args.target}, 1 thread | ORT, 1 thread | ratio | cnnc {args.target}, 2 threads "
+          f"| ORT, 2 threads | ratio | cnnc compile | ORT session | cnnc peak RSS | ORT peak RSS |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for net, c, o in rows:
-        print(f"| {net} | {c['macs'] / 1e9:.3f} | {c['median_ms']:.3f} ms ({c['gflops']:.1f} GFLOP/s) "
-              f"| {o[1]['median_ms']:.3f} ms | {o[2]['median_ms']:.3f} ms | {c['median_ms'] / o[2]['median_ms']:.2f} "
-              f"| {c['compile_ms']:.1f} ms | {o[2]['create_ms']:.1f} ms | {c['peak_rss_mb'] or 0:.0f} MB "
-              f"| {o[2]['peak_rss_mb']:.0f} MB |")
+        cells = [net, f"{c[1]['macs'] / 1e9:.3f}"]
+        for t in (1, 2):
+            cells += [f"{c[t]['median_ms']:.3f} ms ({c[t]['gflops']:.0f} GFLOP/s)", f"{o[t]['median_ms']:.3f} ms",
+                      f"**{c[t]['median_ms'] / o[t]['median_ms']:.2f}**"]
+        cells += [f"{c[2]['compile_ms']:.1f} ms", f"{o[2]['create_ms']:.1f} ms", f"{c[2]['peak_rss_mb'] or 0:.0f} MB",
+                  f"{o[2]['peak_rss_mb']:.0f} MB"]
+        print("| " + " | ".join(cells) + " |")
 
 if __name__ == "__main__":
     main()

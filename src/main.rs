@@ -142,7 +142,8 @@ struct BenchArgs {
 
 #[derive(clap::Args)]
 struct ThreadArgs {
-    /// Threads that share each run on the cpu target (1 to 16; default: one per core).
+    /// Threads that share each run on the cpu target (1 to 16; default: one per core, or
+    /// one for networks under 20 M multiply-adds).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=16))]
     threads: Option<u32>,
     /// x86-64 level of the cpu target's code (default: everything this CPU has).
@@ -152,11 +153,7 @@ struct ThreadArgs {
 
 impl ThreadArgs {
     fn options(&self) -> cnnc::exec::ExecOptions {
-        let default = cnnc::exec::ExecOptions::default();
-        cnnc::exec::ExecOptions {
-            threads: self.threads.map_or(default.threads, |n| n as usize),
-            cpu: self.cpu.map(CpuArg::level),
-        }
+        cnnc::exec::ExecOptions { threads: self.threads.map(|n| n as usize), cpu: self.cpu.map(CpuArg::level) }
     }
 }
 
@@ -228,7 +225,7 @@ fn profile_cpu(
     let fail = |e: String| UserError(format!("error: {e}"));
     let codegen = cnnc::backend::clif::CodegenOptions { profile: true, cpu: options.cpu, ..Default::default() };
     let mut model = cnnc::backend::clif::compile_jit_with(graph, &codegen).map_err(fail)?;
-    model.set_threads(options.threads);
+    model.set_threads(cnnc::exec::threads_for(graph, options));
     for _ in 0..args.warmup {
         model.run(inputs).map_err(fail)?;
     }
@@ -312,6 +309,7 @@ fn bench_command(args: &BenchArgs) -> Result<(), UserError> {
         return bench_gpu_command(args, &graph, &inputs, macs);
     }
     let options = args.threads.options();
+    let threads = cnnc::exec::threads_for(&graph, &options);
     if args.profile {
         if args.target != Target::Cpu {
             return Err(UserError("error: --profile times the kernels of the cpu target only".into()));
@@ -337,7 +335,7 @@ fn bench_command(args: &BenchArgs) -> Result<(), UserError> {
         batch,
         opt_level: format!("-O{}", args.opt.opt_level),
         macs,
-        threads: if args.target == Target::Cpu { options.threads } else { 1 },
+        threads: if args.target == Target::Cpu { threads } else { 1 },
         compile_ms,
         runs: args.runs,
         median_ms,

@@ -591,7 +591,8 @@ pub(crate) fn define_model<M: Module>(
             Kernel::Conv(k) => k.algorithm(!tiles.is_empty()),
             Kernel::Linear(k) => k.algorithm(!tiles.is_empty()),
             Kernel::Pool(_) => "pooling".into(),
-            _ => "elementwise (one thread)".into(),
+            Kernel::Broadcast(_) | Kernel::Softmax | Kernel::Lrn(_) => "elementwise (one thread)".into(),
+            _ => "elementwise".into(),
         };
         let info = KernelInfo {
             name: format!("{} ({})", node.name, node.op.mnemonic()),
@@ -608,9 +609,8 @@ pub(crate) fn define_model<M: Module>(
         if home != target {
             let floats = graph.node(output.node).shape.iter().product();
             let name = format!("{prefix}_output{position}");
-            let func = define_kernel(module, name, None, &[], &mut |kb| {
-                kb.on_last_part(|kb| elementwise::emit_copy(kb, home, target, floats))
-            })?;
+            let func =
+                define_kernel(module, name, None, &[], &mut |kb| elementwise::emit_copy(kb, home, target, floats))?;
             let info = KernelInfo { name: format!("{} (output copy)", output.name), algorithm: "copy".into(), macs: 0 };
             kernels.push((func, info));
         }
@@ -709,11 +709,21 @@ fn emit_kernel(
     scratch: Loc,
 ) {
     let epilogue: &Epilogue = &node.epilogue;
+    let count: usize = node.shape.iter().product();
     match kernel {
         Kernel::Conv(conv) => conv.emit(kb, operands[0].0, out, residual, scratch, epilogue),
         Kernel::Linear(linear) => linear.emit(kb, operands[0].0, out, residual, epilogue),
         Kernel::Pool(pool) => pool.emit(kb, operands[0].0, out, scratch),
-        // The rest move few bytes per flop: one part runs them.
+        Kernel::ScaleShift(_) => elementwise::emit_scale_shift(kb, &node.shape, operands[0].0, out, epilogue),
+        Kernel::Activation(activation) => elementwise::emit_activation(kb, *activation, operands[0].0, out, count),
+        Kernel::Copy => elementwise::emit_copy(kb, operands[0].0, out, count),
+        Kernel::Concat => {
+            let batch = node.shape[0];
+            let parts: Vec<(Loc, usize)> =
+                operands.iter().map(|(loc, shape)| (*loc, shape.iter().product::<usize>() / batch.max(1))).collect();
+            elementwise::emit_concat(kb, batch, &parts, out);
+        }
+        // The rest are rare or small: one part runs them.
         _ => kb.on_last_part(|kb| emit_serial_kernel(kb, kernel, node, operands, out)),
     }
 }
@@ -721,21 +731,11 @@ fn emit_kernel(
 /// Emits the body of a kernel that one part runs alone.
 fn emit_serial_kernel(kb: &mut Kb, kernel: &Kernel, node: &Node, operands: &[(Loc, &[usize])], out: Loc) {
     let epilogue: &Epilogue = &node.epilogue;
-    let count: usize = node.shape.iter().product();
     match kernel {
-        Kernel::Conv(_) | Kernel::Linear(_) | Kernel::Pool(_) => unreachable!("shared kernels"),
-        Kernel::ScaleShift(_) => elementwise::emit_scale_shift(kb, &node.shape, operands[0].0, out, epilogue),
-        Kernel::Activation(activation) => elementwise::emit_activation(kb, *activation, operands[0].0, out, count),
-        Kernel::Copy => elementwise::emit_copy(kb, operands[0].0, out, count),
         Kernel::Broadcast(combine) => elementwise::emit_broadcast(kb, *combine, &node.shape, operands, out, epilogue),
-        Kernel::Concat => {
-            let batch = node.shape[0];
-            let parts: Vec<(Loc, usize)> =
-                operands.iter().map(|(loc, shape)| (*loc, shape.iter().product::<usize>() / batch.max(1))).collect();
-            elementwise::emit_concat(kb, batch, &parts, out);
-        }
         Kernel::Softmax => normalize::emit_softmax(kb, &node.shape, operands[0].0, out),
         Kernel::Lrn(lrn) => normalize::emit_lrn(kb, lrn, &node.shape, operands[0].0, out),
+        _ => unreachable!("shared kernels are emitted by emit_kernel"),
     }
 }
 

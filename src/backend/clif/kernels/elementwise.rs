@@ -8,21 +8,65 @@ use cranelift_codegen::ir::{InstBuilder, Value};
 use super::{F32, F32X4, Kb, Loc};
 use crate::ir::{Activation, Epilogue};
 
-/// `out = activation(x)` over `count` floats.
+/// `out = activation(x)` over `count` floats (this part's share).
 pub(crate) fn emit_activation(kb: &mut Kb, activation: Activation, x: Loc, out: Loc, count: usize) {
     let src = kb.addr(x);
     let dst = kb.addr(out);
-    kb.map_floats(count, &[src], dst, |kb, _, v| kb.activation(activation, v[0]));
+    share_floats(kb, count, |kb, offset, len| {
+        let src = kb.fb.ins().iadd(src, offset);
+        let dst = kb.fb.ins().iadd(dst, offset);
+        kb.map_floats(len, &[src], dst, |kb, _, v| kb.activation(activation, v[0]));
+    });
 }
 
-/// Copies `count` floats (identity ops: flatten, dropout); nothing when in place.
+/// Copies `count` floats (identity ops: flatten, dropout; this part's share); nothing
+/// when in place.
 pub(crate) fn emit_copy(kb: &mut Kb, x: Loc, out: Loc, count: usize) {
     if x == out {
         return;
     }
     let src = kb.addr(x);
     let dst = kb.addr(out);
-    kb.copy_floats(src, dst, count);
+    share_copy(kb, src, dst, count);
+}
+
+/// Copies `count` floats from `src` to `dst`, this part's share.
+fn share_copy(kb: &mut Kb, src: Value, dst: Value, count: usize) {
+    share_floats(kb, count, |kb, offset, len| {
+        let src = kb.fb.ins().iadd(src, offset);
+        let dst = kb.fb.ins().iadd(dst, offset);
+        kb.copy_floats(src, dst, len);
+    });
+}
+
+/// Floats under which one part does a whole elementwise sweep.
+const SHARED_MIN_FLOATS: usize = 8192;
+/// Slices a larger sweep is cut into for the parts to share.
+const SLICES: usize = 16;
+
+/// Emits `body(byte offset, floats)` over this part's share of `count` floats: equal
+/// slices (multiples of 8 floats) shared by the parts, the remainder on the last part;
+/// all on the last part when the sweep is short.
+fn share_floats(kb: &mut Kb, count: usize, body: impl Fn(&mut Kb, Value, usize)) {
+    if count < SHARED_MIN_FLOATS {
+        kb.on_last_part(|kb| {
+            let zero = kb.iconst(0);
+            body(kb, zero, count)
+        });
+        return;
+    }
+    let len = count.div_ceil(SLICES).div_ceil(8) * 8;
+    let (slices, rest) = (count / len, count % len);
+    kb.for_share(slices, |kb, i| {
+        let offset = kb.fb.ins().imul_imm_s(i, 4 * len as i64);
+        body(kb, offset, len)
+    });
+    if rest > 0 {
+        kb.on_last_part(|kb| {
+            let offset = kb.iconst(4 * (slices * len) as i64);
+            body(kb, offset, rest)
+        });
+    }
 }
 
 /// `out[n, c, i] = x[n, c, i] * scale[c] + shift[c]`, then the epilogue's activation.
@@ -36,7 +80,7 @@ pub(crate) fn emit_scale_shift(kb: &mut Kb, shape: &[usize], x: Loc, out: Loc, e
     let shift_offset = 4 * channels as i64;
     if inner == 1 {
         // [N, C]: the channels are contiguous, so scale and shift load as vectors.
-        kb.for_range(batch, |kb, n| {
+        kb.for_share(batch, |kb, n| {
             let row_src = kb.index(src, n, 4 * channels as i64);
             let row_dst = kb.index(dst, n, 4 * channels as i64);
             // `data` and `data + shift` are read alongside the row, in step.
@@ -48,7 +92,7 @@ pub(crate) fn emit_scale_shift(kb: &mut Kb, shape: &[usize], x: Loc, out: Loc, e
         });
         return;
     }
-    kb.for_range(batch * channels, |kb, plane| {
+    kb.for_share(batch * channels, |kb, plane| {
         let channel = kb.fb.ins().urem_imm_u(plane, channels as i64);
         let scale_addr = kb.index(data, channel, 4);
         let scale = kb.load_weight(F32, scale_addr, 0);
@@ -213,7 +257,8 @@ fn emit_outer(
     });
 }
 
-/// Concatenation along dimension 1: per batch element, each operand's block in turn.
+/// Concatenation along dimension 1: per batch element, each operand's block in turn,
+/// every copy shared by the parts.
 pub(crate) fn emit_concat(kb: &mut Kb, batch: usize, operands: &[(Loc, usize)], out: Loc) {
     let total: usize = operands.iter().map(|(_, floats)| floats).sum();
     let dst = kb.addr(out);
@@ -224,7 +269,7 @@ pub(crate) fn emit_concat(kb: &mut Kb, batch: usize, operands: &[(Loc, usize)], 
         for (&src, &(_, floats)) in srcs.iter().zip(operands) {
             let from = kb.index(src, n, 4 * floats as i64);
             let to = kb.offset(row, 4 * offset as i64);
-            kb.copy_floats(from, to, floats);
+            share_copy(kb, from, to, floats);
             offset += floats;
         }
     });
