@@ -64,7 +64,7 @@ impl Executor for crate::backend::wgsl::GpuModel {
 }
 
 /// How an executor runs.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct ExecOptions {
     /// Threads of the CPU target per run; `None` chooses by the network's size
     /// ([`threads_for`]).
@@ -73,11 +73,6 @@ pub struct ExecOptions {
     pub cpu: Option<crate::backend::clif::CpuLevel>,
 }
 
-impl Default for ExecOptions {
-    fn default() -> ExecOptions {
-        ExecOptions { threads: None, cpu: None }
-    }
-}
 
 /// The CPU target's threads unless told otherwise: one per core this process may use
 /// (at most `MAX_THREADS`).
