@@ -595,7 +595,12 @@ impl ConvKernel {
         } else {
             (s.out_h, 4 * in_per_group * c.stride.h * wp)
         };
-        let chunks = if weight_bytes > 512 << 10 || input_bytes <= 256 << 10 {
+        if weight_bytes > 512 << 10 {
+            // One pass over the weights, block by block (threads share the blocks): every
+            // chunk would fetch all of them again from beyond the L2 cache.
+            return (1, units);
+        }
+        let chunks = if input_bytes <= 256 << 10 {
             1
         } else {
             units.div_ceil(((64 << 10) / unit_bytes.max(1)).max(1))
