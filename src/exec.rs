@@ -73,7 +73,6 @@ pub struct ExecOptions {
     pub cpu: Option<crate::backend::clif::CpuLevel>,
 }
 
-
 /// The CPU target's threads unless told otherwise: one per core this process may use
 /// (at most `MAX_THREADS`).
 pub fn default_threads() -> usize {

@@ -21,17 +21,7 @@ const SEED: u64 = 1;
 /// Runs the example (built first if needed) with `args` and parses one float per line.
 fn run_example(args: &[&Path]) -> Vec<f32> {
     let output = common::embed_rust_cargo("run").arg("--").args(args).output().expect("cannot run cargo");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "cargo run in examples/embed_rust failed ({}):\n{stderr}\n{stdout}",
-        output.status
-    );
-    stdout
-        .lines()
-        .map(|line| line.trim().parse::<f32>().unwrap_or_else(|e| panic!("not a float: {line:?} ({e})\n{stdout}")))
-        .collect()
+    common::printed_floats(&output, "cargo run in examples/embed_rust")
 }
 
 /// The reference: LeNet-5 as written (not optimized) in the interpreter, with the same

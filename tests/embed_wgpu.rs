@@ -46,27 +46,8 @@ fn build_artifacts(dir: &Path, batch: usize) {
 
 /// Runs the example (built first if needed) with `args` and parses one float per line.
 fn run_example(args: &[&Path]) -> Vec<f32> {
-    let target_dir =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("target/tmp has a parent").join("embed_rust");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(cargo)
-        .current_dir(repo().join("examples/embed_wgpu"))
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .args(["run", "--offline", "--quiet", "--"])
-        .args(args)
-        .output()
-        .expect("cannot run cargo");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "cargo run in examples/embed_wgpu failed ({}):\n{stderr}\n{stdout}",
-        output.status
-    );
-    stdout
-        .lines()
-        .map(|line| line.trim().parse::<f32>().unwrap_or_else(|e| panic!("not a float: {line:?} ({e})\n{stdout}")))
-        .collect()
+    let output = common::example_cargo("embed_wgpu", "run").arg("--").args(args).output().expect("cannot run cargo");
+    common::printed_floats(&output, "cargo run in examples/embed_wgpu")
 }
 
 /// The reference: LeNet-5 as written at `batch` in the interpreter, with the weights

@@ -131,18 +131,35 @@ pub fn cnn_files(dir: &str) -> Vec<PathBuf> {
 /// example's build script and relink. The build script's settings
 /// (`EMBED_RUST_NETWORK`, `EMBED_RUST_BATCH`, `EMBED_RUST_SEED`) start unset.
 pub fn embed_rust_cargo(subcommand: &str) -> std::process::Command {
+    let mut command = example_cargo("embed_rust", subcommand);
+    command.env_remove("EMBED_RUST_NETWORK").env_remove("EMBED_RUST_BATCH").env_remove("EMBED_RUST_SEED");
+    command
+}
+
+/// `cargo SUBCOMMAND --offline --quiet` in `examples/NAME`, built in `target/embed_rust`
+/// (shared by the embedding examples, so that cnnc and its dependencies build once).
+pub fn example_cargo(name: &str, subcommand: &str) -> std::process::Command {
     let target_dir =
         Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("target/tmp has a parent").join("embed_rust");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = std::process::Command::new(cargo);
     command
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/embed_rust"))
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name))
         .env("CARGO_TARGET_DIR", target_dir)
-        .env_remove("EMBED_RUST_NETWORK")
-        .env_remove("EMBED_RUST_BATCH")
-        .env_remove("EMBED_RUST_SEED")
         .args([subcommand, "--offline", "--quiet"]);
     command
+}
+
+/// The floats a run printed, one per line; panics with its output when it failed or
+/// printed anything else.
+pub fn printed_floats(output: &std::process::Output, what: &str) -> Vec<f32> {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{what} failed ({}):\n{stderr}\n{stdout}", output.status);
+    stdout
+        .lines()
+        .map(|line| line.trim().parse::<f32>().unwrap_or_else(|e| panic!("not a float: {line:?} ({e})\n{stdout}")))
+        .collect()
 }
 
 /// Writes floats as raw native-endian float32, the format of the embedding examples.

@@ -600,11 +600,7 @@ impl ConvKernel {
             // chunk would fetch all of them again from beyond the L2 cache.
             return (1, units);
         }
-        let chunks = if input_bytes <= 256 << 10 {
-            1
-        } else {
-            units.div_ceil(((64 << 10) / unit_bytes.max(1)).max(1))
-        };
+        let chunks = if input_bytes <= 256 << 10 { 1 } else { units.div_ceil(((64 << 10) / unit_bytes.max(1)).max(1)) };
         // At least MIN_CHUNKS chunks (when there are that many units), so that threads
         // can share the plane.
         let chunks = chunks.max(units.min(MIN_CHUNKS));
