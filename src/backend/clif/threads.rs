@@ -2,12 +2,14 @@
 //! `infer_part` on every thread at once, and the barrier that code calls between layers.
 //!
 //! A run hands the pool's workers one job (a closure over the part index) and runs part 0
-//! itself; the workers sleep on a condition variable between runs. Inside a run the
-//! threads meet at [`Barrier`] after every layer: a counter and a generation number,
-//! waited on by spinning (layers take microseconds) and then by yielding, so that more
-//! threads than cores still make progress.
+//! itself. Between runs a worker spins for a while (back-to-back runs then start without
+//! a wake-up through the kernel) and then sleeps on a condition variable; the caller
+//! spins until the workers are done. Inside a run the threads meet at [`Barrier`] after
+//! every layer: a counter and a generation number, waited on by spinning (layers take
+//! microseconds) and then by yielding, so that more threads than cores still make
+//! progress.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -33,17 +35,25 @@ impl Barrier {
             self.generation.fetch_add(1, Ordering::Release);
             return;
         }
-        let mut spins = 0u32;
-        while self.generation.load(Ordering::Acquire) == generation {
-            if spins < 1 << 16 {
-                std::hint::spin_loop();
-                spins += 1;
-            } else {
-                std::thread::yield_now();
-            }
+        spin_until(|| self.generation.load(Ordering::Acquire) != generation);
+    }
+}
+
+/// Spins (about 100 microseconds), then yields, until `done()`.
+fn spin_until(done: impl Fn() -> bool) {
+    let mut spins = 0u32;
+    while !done() {
+        if spins < SPINS {
+            std::hint::spin_loop();
+            spins += 1;
+        } else {
+            std::thread::yield_now();
         }
     }
 }
+
+/// Spin-loop hints before a waiting thread yields or sleeps (a `pause` takes up to ~40 ns).
+const SPINS: u32 = 1 << 12;
 
 /// The barrier as the generated code calls it: `sync(sync_ctx)`.
 pub(crate) extern "C" fn barrier_wait(ctx: *mut u8) {
@@ -61,15 +71,16 @@ unsafe impl Send for Job {}
 
 struct State {
     job: Option<Job>,
-    generation: u64,
-    pending: usize,
     shutdown: bool,
 }
 
 struct Shared {
     state: Mutex<State>,
     wake: Condvar,
-    done: Condvar,
+    /// Bumped, under the `state` lock, for every run.
+    generation: AtomicU64,
+    /// Workers still running the current job.
+    pending: AtomicUsize,
 }
 
 /// Worker threads that run one closure on every thread at once.
@@ -82,9 +93,10 @@ impl Pool {
     /// A pool for runs of `threads` parts: `threads - 1` workers (the caller is part 0).
     pub fn new(threads: usize) -> Result<Pool, String> {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { job: None, generation: 0, pending: 0, shutdown: false }),
+            state: Mutex::new(State { job: None, shutdown: false }),
             wake: Condvar::new(),
-            done: Condvar::new(),
+            generation: AtomicU64::new(0),
+            pending: AtomicUsize::new(0),
         });
         let mut pool = Pool { shared: shared.clone(), workers: Vec::new() };
         for part in 1..threads.max(1) {
@@ -116,42 +128,41 @@ impl Pool {
         {
             let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
             state.job = Some(job);
-            state.generation += 1;
-            state.pending = self.workers.len();
+            self.shared.pending.store(self.workers.len(), Ordering::Relaxed);
+            self.shared.generation.fetch_add(1, Ordering::Release);
             self.shared.wake.notify_all();
         }
         f(0);
-        let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        while state.pending > 0 {
-            state = self.shared.done.wait(state).unwrap_or_else(|e| e.into_inner());
-        }
-        state.job = None;
+        spin_until(|| self.shared.pending.load(Ordering::Acquire) == 0);
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner()).job = None;
     }
 }
 
 fn work(shared: &Shared, part: usize) {
     let mut seen = 0u64;
     loop {
+        // A new run soon after the last one is seen while spinning.
+        let mut spins = 0;
+        while shared.generation.load(Ordering::Acquire) == seen && spins < SPINS {
+            std::hint::spin_loop();
+            spins += 1;
+        }
         let job = {
             let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-            while state.generation == seen && !state.shutdown {
+            while shared.generation.load(Ordering::Acquire) == seen && !state.shutdown {
                 state = shared.wake.wait(state).unwrap_or_else(|e| e.into_inner());
             }
             if state.shutdown {
                 return;
             }
-            seen = state.generation;
+            seen = shared.generation.load(Ordering::Acquire);
             state.job
         };
         if let Some(Job(f)) = job {
             // SAFETY: `Pool::run` keeps the closure alive until `pending` reaches 0.
             unsafe { (*f)(part) };
         }
-        let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.pending -= 1;
-        if state.pending == 0 {
-            shared.done.notify_all();
-        }
+        shared.pending.fetch_sub(1, Ordering::Release);
     }
 }
 
