@@ -4,7 +4,9 @@
 //! - Every `examples/*.cnn` at batch 1 and 4, random weights and inputs from fixed seeds,
 //!   the reference interpreter run once on the O2 graph and three executors compared with
 //!   it (relative L2 error <= 1e-4 per output, the same argmax per row): the JIT; the
-//!   object file and header, linked with `cc` into `examples/embed_c/main.c`; the Rust
+//!   object file and header, linked with `cc` into `examples/embed_c/main.c` (run on one
+//!   thread, and on two through `NAME_infer_part` and a pthread barrier, which must give
+//!   the same bits); the Rust
 //!   wrapper, built by `cnnc::build` in `examples/embed_rust`'s build script (the example
 //!   network, batch and weight seed passed in environment variables, so each one is a
 //!   build-script rerun and a relink) and run by its `network` binary. Failures are
@@ -248,6 +250,7 @@ fn run_c(cc: &str, graph: &Graph, name: &str, inputs: &[Tensor], dir: &Path) -> 
     for declaration in [
         format!("int {name}_infer(const float *in, float *out, void *arena);"),
         format!("size_t {name}_arena_bytes(void);"),
+        format!("int {name}_infer_part(const float *in, float *out, void *arena, size_t part, size_t parts,"),
     ] {
         if !artifacts.header.contains(&declaration) {
             return Err(format!("the header does not declare `{declaration}`"));
@@ -256,6 +259,7 @@ fn run_c(cc: &str, graph: &Graph, name: &str, inputs: &[Tensor], dir: &Path) -> 
     let object = dir.join(format!("{name}.o"));
     let header = dir.join(format!("{name}.h"));
     let (program, input_path, output_path) = (dir.join(name), dir.join("input.f32"), dir.join("output.f32"));
+    let threaded_path = dir.join("output2.f32");
     std::fs::write(&object, &artifacts.object).expect("write the object");
     std::fs::write(&header, &artifacts.header).expect("write the header");
     let object_kib = artifacts.object.len() >> 10;
@@ -263,7 +267,7 @@ fn run_c(cc: &str, graph: &Graph, name: &str, inputs: &[Tensor], dir: &Path) -> 
     common::write_f32_file(&input_path, &inputs.iter().flat_map(|t| t.data.iter().copied()).collect::<Vec<f32>>());
     let started = Instant::now();
     let build = Command::new(cc)
-        .args(["-O2", "-Wall", "-Werror", "-I"])
+        .args(["-O2", "-Wall", "-Werror", "-pthread", "-I"])
         .arg(dir)
         .arg(format!("-DMODEL={name}"))
         .arg(format!("-DMODEL_HEADER=\"{name}.h\""))
@@ -275,8 +279,12 @@ fn run_c(cc: &str, graph: &Graph, name: &str, inputs: &[Tensor], dir: &Path) -> 
         .expect("run the C compiler");
     let link_ms = started.elapsed().as_secs_f64() * 1e3;
     let run = build.status.success().then(|| Command::new(&program).arg(&input_path).arg(&output_path).output());
+    // The same run on two threads through `NAME_infer_part` and a pthread barrier.
+    let threaded =
+        build.status.success().then(|| Command::new(&program).arg(&input_path).arg(&threaded_path).arg("2").output());
     let floats = common::read_f32_file(&output_path);
-    for file in [&object, &header, &program, &input_path, &output_path] {
+    let threaded_floats = common::read_f32_file(&threaded_path);
+    for file in [&object, &header, &program, &input_path, &output_path, &threaded_path] {
         let _ = std::fs::remove_file(file);
     }
     if !build.status.success() {
@@ -285,6 +293,16 @@ fn run_c(cc: &str, graph: &Graph, name: &str, inputs: &[Tensor], dir: &Path) -> 
     let run = run.expect("built").expect("run the C program");
     if !run.status.success() {
         return Err(format!("the C program failed ({}):\n{}", run.status, String::from_utf8_lossy(&run.stderr)));
+    }
+    let threaded = threaded.expect("built").expect("run the C program on two threads");
+    if !threaded.status.success() {
+        let stderr = String::from_utf8_lossy(&threaded.stderr);
+        return Err(format!("the C program on two threads failed ({}):\n{stderr}", threaded.status));
+    }
+    // Threads share out the same tiles: bit for bit the one-thread result.
+    let (one, two) = (floats.clone()?, threaded_floats?);
+    if one.iter().map(|x| x.to_bits()).ne(two.iter().map(|x| x.to_bits())) {
+        return Err("the C program's output on two threads differs from one thread's".into());
     }
     let measured = format!("object {object_kib} KiB in {object_ms:.0} ms, cc {link_ms:.0} ms");
     Ok((split_outputs(graph, &floats?)?, measured))
