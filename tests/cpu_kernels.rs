@@ -8,8 +8,8 @@
 //!   (padded convolutions synchronize per batch element). `CNNC_CPU_FILTER=NAME`
 //!   restricts the networks.
 //! - micro-kernels: random convolutions and linear layers (channels, kernel, stride,
-//!   padding, dilation, groups, batch; proptest, shrinking to the smallest failing
-//!   layer) through the default code (the AVX-512 machine-code tiles where the host has
+//!   padding, dilation, groups, batch; a quarter of them pointwise, for the pixel-lane
+//!   tiles; proptest, shrinking to the smallest failing layer) through the default code (the AVX-512 machine-code tiles where the host has
 //!   AVX-512F), the AVX2 tiles (`x86-64-v3`, where the host has AVX2) and the portable
 //!   f32x4 tiles, each on 1 and 2 threads, against the interpreter:
 //!   relative L2 at most 1e-4 (the backends' tolerance; f32 against f64 accumulation).
@@ -130,7 +130,7 @@ impl Layer {
     }
 }
 
-fn layer() -> impl Strategy<Value = Layer> {
+fn any_layer() -> impl Strategy<Value = Layer> {
     (
         (1usize..=3, 1usize..=20, (1usize..=12, 1usize..=12), 1usize..=80),
         ((1usize..=5, 1usize..=5), (1usize..=3, 1usize..=3), (0usize..=2, 0usize..=2), (1usize..=2, 1usize..=2)),
@@ -161,6 +161,30 @@ fn layer() -> impl Strategy<Value = Layer> {
                 || (l.hw.0 + 2 * l.pad.0 > l.dilation.0 * (l.kernel.0 - 1)
                     && l.hw.1 + 2 * l.pad.1 > l.dilation.1 * (l.kernel.1 - 1))
         })
+}
+
+/// Pointwise layers (1x1, stride 1, no padding, one group), which have kernels of their
+/// own, on planes up to 40x40 (several 64-pixel tiles, shared by the threads).
+fn pointwise_layer() -> impl Strategy<Value = Layer> {
+    (1usize..=3, 1usize..=40, (1usize..=40, 1usize..=40), 1usize..=40, any::<bool>()).prop_map(
+        |(batch, in_channels, hw, out_channels, relu)| Layer {
+            batch,
+            in_channels,
+            hw,
+            out_channels,
+            kernel: (1, 1),
+            stride: (1, 1),
+            pad: (0, 0),
+            dilation: (1, 1),
+            groups: 1,
+            relu,
+            linear: false,
+        },
+    )
+}
+
+fn layer() -> impl Strategy<Value = Layer> {
+    prop_oneof![3 => any_layer(), 1 => pointwise_layer()]
 }
 
 /// The layer through the default code generator and the portable one, against the

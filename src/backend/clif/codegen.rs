@@ -24,8 +24,9 @@ use cranelift_module::{DataDescription, DataId, FuncId, Linkage, Module};
 use super::kernels::conv::{ConvKernel, ConvShape, LinearKernel};
 use super::kernels::elementwise::{self, Combine};
 use super::kernels::normalize::{self, Lrn};
+use super::kernels::pointwise::PointwiseKernel;
 use super::kernels::pool::{PoolKernel, PoolKind};
-use super::kernels::x86::{self, Simd, TileSpec};
+use super::kernels::x86::{Simd, Ukernel};
 use super::kernels::{Base, Kb, Loc, MathFns, MicroKernel};
 use crate::ir::{Activation, Epilogue, Graph, Node, NodeId, Op, ParamRole};
 use crate::tensor::Tensor;
@@ -265,6 +266,7 @@ pub struct KernelInfo {
 /// A kernel's work, with its packed data.
 enum Kernel {
     Conv(ConvKernel),
+    Pointwise(PointwiseKernel),
     Linear(LinearKernel),
     ScaleShift(Vec<f32>),
     Pool(PoolKernel),
@@ -281,6 +283,7 @@ impl Kernel {
     fn take_data(&mut self) -> Option<Vec<u8>> {
         match self {
             Kernel::Conv(k) => Some(std::mem::take(&mut k.data)),
+            Kernel::Pointwise(k) => Some(std::mem::take(&mut k.data)),
             Kernel::Linear(k) => Some(std::mem::take(&mut k.data)),
             Kernel::ScaleShift(d) => Some(d.iter().flat_map(|x| x.to_le_bytes()).collect()),
             Kernel::Pool(p) => p.data(),
@@ -343,6 +346,10 @@ fn prepare(graph: &Graph, id: NodeId, options: &CodegenOptions, simd: Option<Sim
                 out_w: node.shape[3],
             };
             let bias = bias.map(|b| b.data.as_slice());
+            if simd == Some(Simd::Avx512) && PointwiseKernel::applies(conv, &node.epilogue) {
+                let shape = (x_shape[0], x_shape[1], node.shape[1], node.shape[2] * node.shape[3]);
+                return Ok(Kernel::Pointwise(PointwiseKernel::new(shape, &weight.data, bias, &node.epilogue)));
+            }
             Kernel::Conv(ConvKernel::new(conv, shape, &weight.data, bias, options.conv_vectors.max(1), simd))
         }
         Op::Linear { out_features, .. } => {
@@ -400,7 +407,7 @@ fn prepare(graph: &Graph, id: NodeId, options: &CodegenOptions, simd: Option<Sim
     };
     // Only convolutions and linear layers carry a residual; others at most activations.
     let epilogue_ok = match kernel {
-        Kernel::Conv(_) | Kernel::Linear(_) => true,
+        Kernel::Conv(_) | Kernel::Linear(_) | Kernel::Pointwise(_) => true,
         Kernel::ScaleShift(_) | Kernel::Broadcast(_) => !node.epilogue.residual,
         _ => node.epilogue.is_empty(),
     };
@@ -462,7 +469,7 @@ pub(crate) fn define_model<M: Module>(
         _ => None,
     };
     // The micro-kernels are written for the System V convention.
-    let tile_sig = signature(ptr, CallConv::SystemV, 4, false);
+    let tile_sig = |arguments: usize| signature(ptr, CallConv::SystemV, arguments, false);
     let module_error = |e: cranelift_module::ModuleError| format!("internal error: Cranelift: {e:?}");
 
     // The C math functions.
@@ -487,7 +494,7 @@ pub(crate) fn define_model<M: Module>(
     let mut define_kernel = |module: &mut M,
                              name: String,
                              data: Option<DataId>,
-                             tiles: &[(TileSpec, FuncId)],
+                             tiles: &[(Ukernel, FuncId)],
                              emit: &mut dyn FnMut(&mut Kb)|
      -> Result<FuncId, String> {
         let func_id = module.declare_function(&name, Linkage::Local, &kernel_sig).map_err(module_error)?;
@@ -551,13 +558,15 @@ pub(crate) fn define_model<M: Module>(
         let mut tiles = Vec::new();
         let specs = match &kernel {
             Kernel::Conv(k) => k.tile_specs(),
+            Kernel::Pointwise(k) => k.tile_specs(),
             Kernel::Linear(k) => k.tile_specs(),
             _ => Vec::new(),
         };
-        for spec in specs.into_iter().filter(TileSpec::fits) {
-            let bytes = x86::assemble(&spec)?;
+        for spec in specs.into_iter().filter(Ukernel::fits) {
+            let bytes = spec.assemble()?;
             let name = format!("{prefix}_k{index}_tile{}", tiles.len());
-            let func = module.declare_function(&name, Linkage::Local, &tile_sig).map_err(module_error)?;
+            let func =
+                module.declare_function(&name, Linkage::Local, &tile_sig(spec.arguments())).map_err(module_error)?;
             module.define_function_bytes(func, 64, &bytes, &[]).map_err(module_error)?;
             tiles.push((spec, func));
         }
@@ -589,6 +598,7 @@ pub(crate) fn define_model<M: Module>(
         })?;
         let algorithm = match &kernel {
             Kernel::Conv(k) => k.algorithm(!tiles.is_empty()),
+            Kernel::Pointwise(k) => k.algorithm(),
             Kernel::Linear(k) => k.algorithm(!tiles.is_empty()),
             Kernel::Pool(_) => "pooling".into(),
             Kernel::Broadcast(_) | Kernel::Softmax | Kernel::Lrn(_) => "elementwise (one thread)".into(),
@@ -712,6 +722,7 @@ fn emit_kernel(
     let count: usize = node.shape.iter().product();
     match kernel {
         Kernel::Conv(conv) => conv.emit(kb, operands[0].0, out, residual, scratch, epilogue),
+        Kernel::Pointwise(k) => k.emit(kb, operands[0].0, out, residual),
         Kernel::Linear(linear) => linear.emit(kb, operands[0].0, out, residual, epilogue),
         Kernel::Pool(pool) => pool.emit(kb, operands[0].0, out, scratch),
         Kernel::ScaleShift(_) => elementwise::emit_scale_shift(kb, &node.shape, operands[0].0, out, epilogue),

@@ -29,7 +29,7 @@
 
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, types};
 
-use super::x86::{Simd, TileSpec};
+use super::x86::{Simd, TileSpec, Ukernel};
 use super::{F32, F32X4, Kb, Loc, MicroKernel};
 use crate::ir::{Conv, Epilogue};
 
@@ -149,7 +149,7 @@ struct Block {
 /// epilogue and the stores.
 fn emit_tile(kb: &mut Kb, reduction: &Reduction, tile: &Tile, block: &Block, oc_stride: i64, epilogue: &Epilogue) {
     let spec = kb.simd.map(|simd| tile_spec(simd, reduction, tile.pixels, tile.in_stride, block.vectors));
-    if let Some(func) = spec.and_then(|spec| kb.tile_kernel(&spec)) {
+    if let Some(func) = spec.and_then(|spec| kb.tile_kernel(&Ukernel::Tile(spec))) {
         // The machine-code micro-kernel leaves the tile pixel-major in a stack buffer.
         let buffer = kb.tile_buffer();
         kb.fb.ins().call(func, &[tile.in_base, block.weights, block.bias, buffer]);
@@ -472,7 +472,7 @@ impl ConvKernel {
     }
 
     /// The micro-kernels the tiles of this convolution can use.
-    pub fn tile_specs(&self) -> Vec<TileSpec> {
+    pub fn tile_specs(&self) -> Vec<Ukernel> {
         let s = &self.shape;
         let (pixels, pixel_stride) = if self.line_mode() {
             ((s.out_h * s.out_w).min(self.tile_width), 4)
@@ -481,7 +481,8 @@ impl ConvKernel {
         };
         let reduction = self.reduction();
         let Some(simd) = self.simd else { return Vec::new() };
-        self.blocking.kinds().into_iter().map(|v| tile_spec(simd, &reduction, pixels, pixel_stride, v)).collect()
+        let kinds = self.blocking.kinds().into_iter();
+        kinds.map(|v| Ukernel::Tile(tile_spec(simd, &reduction, pixels, pixel_stride, v))).collect()
     }
 
     pub fn emit(&self, kb: &mut Kb, x: Loc, out: Loc, residual: Option<Loc>, scratch: Loc, epilogue: &Epilogue) {
@@ -780,11 +781,15 @@ impl LinearKernel {
     }
 
     /// The micro-kernels the tiles of this layer can use.
-    pub fn tile_specs(&self) -> Vec<TileSpec> {
+    pub fn tile_specs(&self) -> Vec<Ukernel> {
         let reduction = self.reduction();
         let (pixels, stride) = (self.batch.min(self.tile_width), (self.in_features * 4) as i64);
         let Some(simd) = self.simd else { return Vec::new() };
-        self.blocking.kinds().into_iter().map(|v| tile_spec(simd, &reduction, pixels, stride, v)).collect()
+        self.blocking
+            .kinds()
+            .into_iter()
+            .map(|v| Ukernel::Tile(tile_spec(simd, &reduction, pixels, stride, v)))
+            .collect()
     }
 
     pub fn emit(&self, kb: &mut Kb, x: Loc, out: Loc, residual: Option<Loc>, epilogue: &Epilogue) {

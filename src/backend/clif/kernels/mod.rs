@@ -10,6 +10,7 @@
 pub(crate) mod conv;
 pub(crate) mod elementwise;
 pub(crate) mod normalize;
+pub(crate) mod pointwise;
 pub(crate) mod pool;
 pub(crate) mod x86;
 
@@ -94,7 +95,7 @@ pub(crate) struct Kb<'a> {
     /// The vectors of the machine-code micro-kernels, when the target has them, and
     /// those defined for this kernel's tiles (`x86`).
     pub simd: Option<x86::Simd>,
-    pub tiles: Vec<(x86::TileSpec, FuncRef)>,
+    pub tiles: Vec<(x86::Ukernel, FuncRef)>,
     /// The stack buffer the micro-kernels store their tiles to, once created.
     pub tile_slot: Option<StackSlot>,
 }
@@ -111,7 +112,7 @@ impl<'a> Kb<'a> {
     }
 
     /// The machine-code micro-kernel for a tile, if one was defined.
-    pub fn tile_kernel(&self, spec: &x86::TileSpec) -> Option<FuncRef> {
+    pub fn tile_kernel(&self, spec: &x86::Ukernel) -> Option<FuncRef> {
         self.tiles.iter().find(|(s, _)| s == spec).map(|&(_, f)| f)
     }
 

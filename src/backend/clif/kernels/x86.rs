@@ -201,3 +201,149 @@ where
     a.ret().map_err(err)?;
     a.assemble(0).map_err(err)
 }
+
+/// A pointwise (1x1, stride 1, one group) convolution tile with pixels in the vector
+/// lanes (AVX-512): `channels` output channels by `vectors` x 16 consecutive pixels, so
+/// that results store straight into the NCHW output with the epilogue applied in
+/// registers: no transposes. Layers with short reductions (16 to 64 input channels),
+/// where the channel-lane tiles spend as long storing as computing, run on these.
+///
+/// ```text
+/// void ukernel(const float *in, const float *weights, const float *bias, float *out,
+///              const float *residual);
+/// ```
+///
+/// `in` and `out` (and `residual`) point at the tile's first pixel of channel 0 of the
+/// input and of the tile's first output channel; channels are `plane_bytes` apart.
+/// `weights` holds `[step][channel]`, `bias` `[channel]`. The last vector keeps only
+/// `last_lanes` lanes (masked loads and stores, which never touch the lanes past them).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct PointwiseSpec {
+    pub channels: usize,
+    pub vectors: usize,
+    pub last_lanes: usize,
+    pub steps: usize,
+    pub plane_bytes: i64,
+    /// Epilogue: relu before the residual add, the residual add, relu after it.
+    pub relu: bool,
+    pub residual: bool,
+    pub post_relu: bool,
+}
+
+impl PointwiseSpec {
+    /// Accumulators, the input vectors of one step, a broadcast and a zero register.
+    pub fn fits(&self) -> bool {
+        self.channels >= 1
+            && (1..=4).contains(&self.vectors)
+            && (1..=16).contains(&self.last_lanes)
+            && self.channels * self.vectors + self.vectors + 2 <= 32
+    }
+}
+
+/// Assembles a pointwise tile.
+pub(crate) fn assemble_pointwise(spec: &PointwiseSpec) -> Result<Vec<u8>, String> {
+    assert!(spec.fits(), "pointwise tile does not fit the registers: {spec:?}");
+    let mut a = CodeAssembler::new(64).map_err(err)?;
+    let (r_count, q_count) = (spec.channels, spec.vectors);
+    let acc = |r: usize, q: usize| ZMM[r * q_count + q];
+    let input = |q: usize| ZMM[r_count * q_count + q];
+    let broadcast = ZMM[r_count * q_count + q_count];
+    let zero = ZMM[r_count * q_count + q_count + 1];
+    let masked = |q: usize| q + 1 == q_count && spec.last_lanes < LANES_512;
+    if spec.last_lanes < LANES_512 {
+        a.mov(eax, (1u32 << spec.last_lanes) - 1).map_err(err)?;
+        a.kmovw(k1, eax).map_err(err)?;
+    }
+    for r in 0..r_count {
+        a.vbroadcastss(broadcast, dword_ptr(rdx + disp(4 * r as i64)?)).map_err(err)?;
+        for q in 0..q_count {
+            a.vmovaps(acc(r, q), broadcast).map_err(err)?;
+        }
+    }
+    a.mov(r9, spec.steps as u64).map_err(err)?;
+    let mut head = a.create_label();
+    a.set_label(&mut head).map_err(err)?;
+    for q in 0..q_count {
+        let source = zmmword_ptr(rdi + disp(64 * q as i64)?);
+        if masked(q) {
+            a.vmovups(input(q).k1().z(), source).map_err(err)?;
+        } else {
+            a.vmovups(input(q), source).map_err(err)?;
+        }
+    }
+    for r in 0..r_count {
+        a.vbroadcastss(broadcast, dword_ptr(rsi + disp(4 * r as i64)?)).map_err(err)?;
+        for q in 0..q_count {
+            a.vfmadd231ps(acc(r, q), input(q), broadcast).map_err(err)?;
+        }
+    }
+    a.add(rdi, disp(spec.plane_bytes)?).map_err(err)?;
+    a.add(rsi, disp(4 * r_count as i64)?).map_err(err)?;
+    a.dec(r9).map_err(err)?;
+    a.jnz(head).map_err(err)?;
+    // The epilogue. `max(0, x)` is x for NaN and -0.0, as the interpreter's relu.
+    a.vpxord(zero, zero, zero).map_err(err)?;
+    for r in 0..r_count {
+        for q in 0..q_count {
+            let x = acc(r, q);
+            let offset = r as i64 * spec.plane_bytes + 64 * q as i64;
+            if spec.relu {
+                a.vmaxps(x, zero, x).map_err(err)?;
+            }
+            if spec.residual {
+                let source = zmmword_ptr(r8 + disp(offset)?);
+                if masked(q) {
+                    a.vmovups(broadcast.k1().z(), source).map_err(err)?;
+                } else {
+                    a.vmovups(broadcast, source).map_err(err)?;
+                }
+                a.vaddps(x, x, broadcast).map_err(err)?;
+            }
+            if spec.post_relu {
+                a.vmaxps(x, zero, x).map_err(err)?;
+            }
+            let target = zmmword_ptr(rcx + disp(offset)?);
+            if masked(q) {
+                a.vmovups(target.k1(), x).map_err(err)?;
+            } else {
+                a.vmovups(target, x).map_err(err)?;
+            }
+        }
+    }
+    a.vzeroupper().map_err(err)?;
+    a.ret().map_err(err)?;
+    a.assemble(0).map_err(err)
+}
+
+const LANES_512: usize = 16;
+
+/// A machine-code micro-kernel of either kind.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Ukernel {
+    Tile(TileSpec),
+    Pointwise(PointwiseSpec),
+}
+
+impl Ukernel {
+    pub fn fits(&self) -> bool {
+        match self {
+            Ukernel::Tile(spec) => spec.fits(),
+            Ukernel::Pointwise(spec) => spec.fits(),
+        }
+    }
+
+    pub fn assemble(&self) -> Result<Vec<u8>, String> {
+        match self {
+            Ukernel::Tile(spec) => assemble(spec),
+            Ukernel::Pointwise(spec) => assemble_pointwise(spec),
+        }
+    }
+
+    /// Pointer arguments: `(in, weights, bias, tile)` or `(in, weights, bias, out, residual)`.
+    pub fn arguments(&self) -> usize {
+        match self {
+            Ukernel::Tile(_) => 4,
+            Ukernel::Pointwise(_) => 5,
+        }
+    }
+}

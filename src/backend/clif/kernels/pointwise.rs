@@ -1,0 +1,216 @@
+//! Pointwise convolutions (1x1, stride 1, no padding, one group) on AVX-512, with the
+//! pixels in the vector lanes (`x86::assemble_pointwise`): a tile is 6 output channels
+//! by 64 consecutive pixels of one image, and its results, epilogue applied in
+//! registers, store straight into the NCHW output. The channel-lane tiles of `conv`
+//! store through a buffer and transposes, which costs as much as the multiply-adds when
+//! the reduction is short (a 1x1 layer over 16 to 64 channels).
+//!
+//! Weights are packed per block of output channels as `[in_channel][channel]`, then the
+//! bias. Tiles of pixels run outermost (a tile's input stays in the caches while every
+//! block of channels reads it), shared by the threads; small planes share the blocks
+//! instead. The last, partial tile of a plane masks its last vector.
+
+use cranelift_codegen::ir::{InstBuilder, Value};
+
+use super::x86::{PointwiseSpec, Ukernel};
+use super::{Kb, Loc};
+use crate::ir::{Activation, Conv, Epilogue};
+
+/// Output channels per tile, and pixel vectors (16 lanes) per full tile.
+const CHANNELS: usize = 6;
+const VECTORS: usize = 4;
+const TILE_PIXELS: usize = 16 * VECTORS;
+/// Full tiles of pixels from which the parts share the tiles rather than the blocks.
+const SHARED_TILES: usize = 8;
+
+/// A pointwise convolution ready to emit.
+pub(crate) struct PointwiseKernel {
+    batch: usize,
+    in_channels: usize,
+    out_channels: usize,
+    /// Pixels of one channel's plane.
+    plane: usize,
+    relu: bool,
+    residual: bool,
+    post_relu: bool,
+    bias_start: usize,
+    /// The packed weights and bias, little-endian f32.
+    pub data: Vec<u8>,
+}
+
+impl PointwiseKernel {
+    /// Whether the pointwise tiles can run a convolution: 1x1, stride 1, no padding, one
+    /// group, an epilogue of relus and a residual add at most.
+    pub fn applies(conv: &Conv, epilogue: &Epilogue) -> bool {
+        let relu_or_none = |a: Option<Activation>| matches!(a, None | Some(Activation::Relu));
+        conv.kernel.h == 1
+            && conv.kernel.w == 1
+            && conv.stride.h == 1
+            && conv.stride.w == 1
+            && conv.pad.is_zero()
+            && conv.groups == 1
+            && relu_or_none(epilogue.activation)
+            && relu_or_none(epilogue.post_activation)
+    }
+
+    /// `weight` is `[out][in]`, `shape` `(batch, in_channels, out_channels, plane)`.
+    pub fn new(
+        shape: (usize, usize, usize, usize),
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        epilogue: &Epilogue,
+    ) -> PointwiseKernel {
+        let (batch, in_channels, out_channels, plane) = shape;
+        let mut packed: Vec<u8> = Vec::with_capacity(4 * (out_channels * in_channels + out_channels));
+        for first in (0..out_channels).step_by(CHANNELS) {
+            let last = (first + CHANNELS).min(out_channels);
+            for ic in 0..in_channels {
+                for oc in first..last {
+                    packed.extend_from_slice(&weight[oc * in_channels + ic].to_le_bytes());
+                }
+            }
+        }
+        let bias_start = packed.len() / 4;
+        for oc in 0..out_channels {
+            packed.extend_from_slice(&bias.map_or(0.0, |b| b[oc]).to_le_bytes());
+        }
+        PointwiseKernel {
+            batch,
+            in_channels,
+            out_channels,
+            plane,
+            relu: epilogue.activation.is_some(),
+            residual: epilogue.residual,
+            post_relu: epilogue.post_activation.is_some(),
+            bias_start,
+            data: packed,
+        }
+    }
+
+    fn spec(&self, channels: usize, pixels: usize) -> PointwiseSpec {
+        PointwiseSpec {
+            channels,
+            vectors: pixels.div_ceil(16),
+            last_lanes: (pixels - 1) % 16 + 1,
+            steps: self.in_channels,
+            plane_bytes: 4 * self.plane as i64,
+            relu: self.relu,
+            residual: self.residual,
+            post_relu: self.post_relu,
+        }
+    }
+
+    /// (channels, pixels) of each kind of tile: full and partial blocks of channels,
+    /// full and partial tiles of pixels.
+    fn tile_kinds(&self) -> Vec<(usize, usize)> {
+        let mut channels = Vec::new();
+        if self.out_channels >= CHANNELS {
+            channels.push(CHANNELS);
+        }
+        if !self.out_channels.is_multiple_of(CHANNELS) {
+            channels.push(self.out_channels % CHANNELS);
+        }
+        let mut pixels = Vec::new();
+        if self.plane >= TILE_PIXELS {
+            pixels.push(TILE_PIXELS);
+        }
+        if !self.plane.is_multiple_of(TILE_PIXELS) {
+            pixels.push(self.plane % TILE_PIXELS);
+        }
+        channels.iter().flat_map(|&c| pixels.iter().map(move |&p| (c, p))).collect()
+    }
+
+    /// The micro-kernels this layer needs.
+    pub fn tile_specs(&self) -> Vec<Ukernel> {
+        self.tile_kinds().into_iter().map(|(c, p)| Ukernel::Pointwise(self.spec(c, p))).collect()
+    }
+
+    pub fn algorithm(&self) -> String {
+        format!("pointwise, AVX-512 pixel tiles {TILE_PIXELS} px x {CHANNELS} ch")
+    }
+
+    pub fn emit(&self, kb: &mut Kb, x: Loc, out: Loc, residual: Option<Loc>) {
+        let plane_bytes = 4 * self.plane as i64;
+        let x_base = kb.addr(x);
+        let out_base = kb.addr(out);
+        let residual_base = residual.map(|r| kb.addr(r));
+        let data = kb.data();
+        let bias_data = kb.offset(data, 4 * self.bias_start as i64);
+        let full_tiles = self.plane / TILE_PIXELS;
+        let rest = self.plane % TILE_PIXELS;
+        let full_blocks = self.out_channels / CHANNELS;
+        let tail = self.out_channels % CHANNELS;
+        // (pixels, first pixel) of the plane's tiles.
+        let tiles: Vec<(usize, usize)> = (0..full_tiles)
+            .map(|t| (TILE_PIXELS, t * TILE_PIXELS))
+            .chain((rest > 0).then_some((rest, full_tiles * TILE_PIXELS)))
+            .collect();
+        kb.for_range(self.batch, |kb, n| {
+            let x_n = kb.index(x_base, n, self.in_channels as i64 * plane_bytes);
+            let out_n = kb.index(out_base, n, self.out_channels as i64 * plane_bytes);
+            let res_n = residual_base.map(|r| kb.index(r, n, self.out_channels as i64 * plane_bytes));
+            // One tile: `channels` channels from channel `first`, `pixels` pixels from
+            // byte `offset` of the plane.
+            let tile = |kb: &mut Kb, first: Value, channels: usize, pixels: usize, offset: Value| {
+                let func = kb
+                    .tile_kernel(&Ukernel::Pointwise(self.spec(channels, pixels)))
+                    .expect("pointwise micro-kernels are defined for every tile kind");
+                let weights = kb.index(data, first, 4 * self.in_channels as i64);
+                let bias = kb.index(bias_data, first, 4);
+                let input = kb.fb.ins().iadd(x_n, offset);
+                let channel = kb.fb.ins().imul_imm_s(first, plane_bytes);
+                let at = kb.fb.ins().iadd(channel, offset);
+                let output = kb.fb.ins().iadd(out_n, at);
+                let residual = match res_n {
+                    Some(r) => kb.fb.ins().iadd(r, at),
+                    None => kb.iconst(0),
+                };
+                kb.fb.ins().call(func, &[input, weights, bias, output, residual]);
+            };
+            // Every block of channels over one tile of pixels.
+            let column = |kb: &mut Kb, pixels: usize, offset: Value| {
+                kb.for_range(full_blocks, |kb, b| {
+                    let first = kb.fb.ins().imul_imm_s(b, CHANNELS as i64);
+                    tile(kb, first, CHANNELS, pixels, offset);
+                });
+                if tail > 0 {
+                    let first = kb.iconst((full_blocks * CHANNELS) as i64);
+                    tile(kb, first, tail, pixels, offset);
+                }
+            };
+            // Every tile of pixels for one block of channels.
+            let row = |kb: &mut Kb, first: Value, channels: usize| {
+                for &(pixels, start) in &tiles {
+                    let offset = kb.iconst(4 * start as i64);
+                    tile(kb, first, channels, pixels, offset);
+                }
+            };
+            if full_tiles >= SHARED_TILES {
+                // Tiles outer: a tile's input (every channel of 64 pixels) stays in the
+                // caches while all the blocks read it. The parts share the tiles.
+                kb.for_share(full_tiles, |kb, t| {
+                    let offset = kb.fb.ins().imul_imm_s(t, 4 * TILE_PIXELS as i64);
+                    column(kb, TILE_PIXELS, offset);
+                });
+                if rest > 0 {
+                    kb.on_last_part(|kb| {
+                        let offset = kb.iconst(4 * (full_tiles * TILE_PIXELS) as i64);
+                        column(kb, rest, offset);
+                    });
+                }
+            } else {
+                // Few tiles (small planes): the parts share the blocks of channels.
+                kb.for_share(full_blocks, |kb, b| {
+                    let first = kb.fb.ins().imul_imm_s(b, CHANNELS as i64);
+                    row(kb, first, CHANNELS);
+                });
+                if tail > 0 {
+                    kb.on_last_part(|kb| {
+                        let first = kb.iconst((full_blocks * CHANNELS) as i64);
+                        row(kb, first, tail);
+                    });
+                }
+            }
+        });
+    }
+}
