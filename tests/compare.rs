@@ -15,9 +15,8 @@ use std::time::Instant;
 
 use cnnc::compare::{compare, compare_graphs};
 use cnnc::exec::Target;
-use cnnc::front::{BuildOptions, compile_source};
 use cnnc::ir::{Graph, Op, ParamRole};
-use cnnc::passes::{OptLevel, optimize};
+use cnnc::passes::OptLevel;
 use cnnc::tensor::Tensor;
 
 const WEIGHT_SEED: u64 = 0x5eed;
@@ -26,19 +25,11 @@ const INPUT_SEED: u64 = 0x1e9;
 fn example(name: &str) -> Graph {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples").join(name);
     let source = std::fs::read_to_string(&path).expect("read the example");
-    let mut graph = compile_source(&source, &BuildOptions::default()).expect("the example compiles");
-    graph.weights = cnnc::weights::random_weights(&graph, WEIGHT_SEED);
-    optimize(&mut graph, OptLevel::O2).expect("optimize");
-    graph
+    common::random_graph(&source, 1, WEIGHT_SEED, OptLevel::O2).expect("the example compiles")
 }
 
 fn random_inputs(graph: &Graph) -> Vec<Tensor> {
-    graph
-        .inputs
-        .iter()
-        .enumerate()
-        .map(|(k, &id)| cnnc::weights::random_normal(&graph.node(id).shape, INPUT_SEED + k as u64))
-        .collect()
+    common::random_inputs(graph, INPUT_SEED)
 }
 
 /// The CPU always; the GPU when there is an adapter (holding its lock).

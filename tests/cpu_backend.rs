@@ -31,9 +31,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use cnnc::backend::clif;
-use cnnc::front::{BuildOptions, compile_source};
 use cnnc::ir::{Graph, Op, Output};
-use cnnc::passes::{OptLevel, optimize};
+use cnnc::passes::OptLevel;
 use cnnc::tensor::{Tensor, argmax_rows, relative_l2};
 
 #[allow(dead_code)]
@@ -52,11 +51,7 @@ fn filter() -> String {
 }
 
 fn compile(source: &str, batch: usize, level: OptLevel) -> Result<Graph, String> {
-    let mut graph = compile_source(source, &BuildOptions { batch, input_shape: None })
-        .map_err(|d| format!("does not compile: {:?}", d.first().map(|d| &d.message)))?;
-    graph.weights = cnnc::weights::random_weights(&graph, WEIGHT_SEED);
-    optimize(&mut graph, level)?;
-    Ok(graph)
+    common::random_graph(source, batch, WEIGHT_SEED, level)
 }
 
 fn optimized(source: &str, batch: usize) -> Result<Graph, String> {
@@ -64,12 +59,7 @@ fn optimized(source: &str, batch: usize) -> Result<Graph, String> {
 }
 
 fn random_inputs(graph: &Graph) -> Vec<Tensor> {
-    graph
-        .inputs
-        .iter()
-        .enumerate()
-        .map(|(i, &id)| cnnc::weights::random_normal(&graph.node(id).shape, INPUT_SEED + i as u64))
-        .collect()
+    common::random_inputs(graph, INPUT_SEED)
 }
 
 /// Compares outputs one by one; the largest relative error, or the disagreements.

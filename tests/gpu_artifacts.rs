@@ -15,9 +15,8 @@ use common::gpu_present;
 use std::time::Instant;
 
 use cnnc::backend::wgsl::{self, ArtifactPlan, ConvKernel, DeviceLimits, GpuModel};
-use cnnc::front::{BuildOptions, compile_source};
 use cnnc::ir::Graph;
-use cnnc::passes::{OptLevel, optimize};
+use cnnc::passes::OptLevel;
 use cnnc::tensor::{Tensor, argmax_rows, relative_l2};
 
 const TOLERANCE: f64 = 1e-4;
@@ -27,19 +26,11 @@ const INPUT_SEED: u64 = 0x1e9;
 fn example(name: &str, batch: usize) -> Graph {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples").join(name);
     let source = std::fs::read_to_string(&path).expect("read the example");
-    let mut graph = compile_source(&source, &BuildOptions { batch, ..Default::default() }).expect("compiles");
-    graph.weights = cnnc::weights::random_weights(&graph, WEIGHT_SEED);
-    optimize(&mut graph, OptLevel::O2).expect("optimize");
-    graph
+    common::random_graph(&source, batch, WEIGHT_SEED, OptLevel::O2).expect("the example compiles")
 }
 
 fn random_inputs(graph: &Graph) -> Vec<Tensor> {
-    graph
-        .inputs
-        .iter()
-        .enumerate()
-        .map(|(k, &id)| cnnc::weights::random_normal(&graph.node(id).shape, INPUT_SEED + k as u64))
-        .collect()
+    common::random_inputs(graph, INPUT_SEED)
 }
 
 /// A fresh, empty directory for one test.

@@ -35,7 +35,7 @@ use std::time::Instant;
 use cnnc::backend::wgsl::{self, ConvKernel, DeviceLimits, GpuOptions};
 use cnnc::front::{BuildOptions, compile_source};
 use cnnc::ir::Graph;
-use cnnc::passes::{OptLevel, optimize};
+use cnnc::passes::OptLevel;
 use cnnc::tensor::{Tensor, argmax_rows, relative_l2};
 
 const TOLERANCE: f64 = 1e-4;
@@ -68,11 +68,7 @@ fn programs(directory: &str) -> Vec<(String, String)> {
 
 /// The source compiled at `batch`, bound to random weights, optimized at `level`.
 fn graph_at(source: &str, batch: usize, level: OptLevel) -> Result<Graph, String> {
-    let mut graph = compile_source(source, &BuildOptions { batch, ..Default::default() })
-        .map_err(|d| format!("does not compile: {:?}", d.first().map(|d| &d.message)))?;
-    graph.weights = cnnc::weights::random_weights(&graph, WEIGHT_SEED);
-    optimize(&mut graph, level)?;
-    Ok(graph)
+    common::random_graph(source, batch, WEIGHT_SEED, level)
 }
 
 fn optimized_graph(source: &str, batch: usize) -> Result<Graph, String> {
@@ -80,12 +76,7 @@ fn optimized_graph(source: &str, batch: usize) -> Result<Graph, String> {
 }
 
 fn random_inputs(graph: &Graph) -> Vec<Tensor> {
-    graph
-        .inputs
-        .iter()
-        .enumerate()
-        .map(|(k, &id)| cnnc::weights::random_normal(&graph.node(id).shape, INPUT_SEED + k as u64))
-        .collect()
+    common::random_inputs(graph, INPUT_SEED)
 }
 
 /// Whether a network is small enough for the tiled kernel's run too (inputs of at most

@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, Once};
 
 use cnnc::backend::wgsl;
+use cnnc::front::{BuildOptions, compile_source};
 use cnnc::ir::{Graph, NodeId, Op};
+use cnnc::passes::{OptLevel, optimize};
+use cnnc::tensor::Tensor;
 
 /// Replays the memory plan in the order the backends run the graph (topological), with
 /// an owner for every 4-byte word of the arena: each value a node reads must still own
@@ -175,4 +178,24 @@ pub fn read_f32_file(path: &Path) -> Result<Vec<f32>, String> {
         return Err(format!("{}: {} bytes, not whole float32 values", path.display(), bytes.len()));
     }
     Ok(bytes.chunks_exact(4).map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+/// A program compiled at `batch`, bound to random weights drawn from `weight_seed` and
+/// optimized at `level`; the first diagnostic when it does not compile.
+pub fn random_graph(source: &str, batch: usize, weight_seed: u64, level: OptLevel) -> Result<Graph, String> {
+    let mut graph = compile_source(source, &BuildOptions { batch, ..Default::default() })
+        .map_err(|d| format!("does not compile: {:?}", d.first().map(|d| &d.message)))?;
+    graph.weights = cnnc::weights::random_weights(&graph, weight_seed);
+    optimize(&mut graph, level)?;
+    Ok(graph)
+}
+
+/// Random normal values for every input of `graph`, drawn from `seed`, `seed + 1`, ...
+pub fn random_inputs(graph: &Graph, seed: u64) -> Vec<Tensor> {
+    graph
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(k, &id)| cnnc::weights::random_normal(&graph.node(id).shape, seed + k as u64))
+        .collect()
 }
