@@ -308,8 +308,10 @@ fn bench_command(args: &BenchArgs) -> Result<(), UserError> {
     if args.target == Target::Gpu {
         return bench_gpu_command(args, &graph, &inputs, macs);
     }
-    let options = args.threads.options();
-    let threads = cnnc::exec::threads_for(&graph, &options);
+    // The thread count resolved once (the default depends on the network's size).
+    let asked = args.threads.options();
+    let threads = cnnc::exec::threads_for(&graph, &asked);
+    let options = cnnc::exec::ExecOptions { threads: Some(threads), ..asked };
     if args.profile {
         if args.target != Target::Cpu {
             return Err(UserError("error: --profile times the kernels of the cpu target only".into()));

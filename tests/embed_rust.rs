@@ -10,7 +10,6 @@
 
 use std::path::Path;
 
-use cnnc::front::BuildOptions;
 use cnnc::tensor::{Tensor, argmax_rows, relative_l2};
 
 #[allow(dead_code)]
@@ -22,20 +21,6 @@ const SEED: u64 = 1;
 fn run_example(args: &[&Path]) -> Vec<f32> {
     let output = common::embed_rust_cargo("run").arg("--").args(args).output().expect("cannot run cargo");
     common::printed_floats(&output, "cargo run in examples/embed_rust")
-}
-
-/// The reference: LeNet-5 as written (not optimized) in the interpreter, with the same
-/// random weights as the example's build script.
-fn reference(input: &[f32]) -> Tensor {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/lenet5.cnn");
-    let source = std::fs::read(&path).expect("examples/lenet5.cnn");
-    let graph = cnnc::front::compile_bytes(&source, &BuildOptions::default()).expect("lenet5 compiles");
-    let weights = cnnc::weights::random_weights(&graph, SEED);
-    let shape = graph.node(graph.inputs[0]).shape.clone();
-    let input = Tensor::new(shape, input.to_vec()).expect("the input has the network's size");
-    let mut outputs = cnnc::interp::run(&graph, &weights, &[input]).expect("the interpreter runs lenet5");
-    assert_eq!(outputs.len(), 1);
-    outputs.remove(0)
 }
 
 fn check(got: &[f32], expected: &Tensor) {
@@ -54,9 +39,9 @@ fn embedded_lenet5_matches_the_interpreter() {
     std::fs::create_dir_all(&dir).expect("create the test directory");
     let file = dir.join("input.f32");
     common::write_f32_file(&file, &input.data);
-    check(&run_example(&[&file]), &reference(&input.data));
+    check(&run_example(&[&file]), &common::lenet5_reference(1, SEED, &input.data));
 
     // The example's own made-up input (`deterministic_input` in its main.rs).
     let made_up: Vec<f32> = (0..784).map(|i| ((i % 97) as f32 / 48.0) - 1.0).collect();
-    check(&run_example(&[]), &reference(&made_up));
+    check(&run_example(&[]), &common::lenet5_reference(1, SEED, &made_up));
 }

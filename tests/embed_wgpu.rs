@@ -20,7 +20,6 @@ use std::process::Command;
 mod common;
 use common::gpu_present;
 
-use cnnc::front::BuildOptions;
 use cnnc::tensor::{Tensor, argmax_rows, relative_l2};
 
 const SEED: u64 = 11;
@@ -50,20 +49,6 @@ fn run_example(args: &[&Path]) -> Vec<f32> {
     common::printed_floats(&output, "cargo run in examples/embed_wgpu")
 }
 
-/// The reference: LeNet-5 as written at `batch` in the interpreter, with the weights
-/// `cnnc build --random-weights --seed SEED` binds.
-fn reference(batch: usize, input: &[f32]) -> Tensor {
-    let source = std::fs::read(repo().join("examples/lenet5.cnn")).expect("examples/lenet5.cnn");
-    let graph =
-        cnnc::front::compile_bytes(&source, &BuildOptions { batch, ..Default::default() }).expect("lenet5 compiles");
-    let weights = cnnc::weights::random_weights(&graph, SEED);
-    let shape = graph.node(graph.inputs[0]).shape.clone();
-    let input = Tensor::new(shape, input.to_vec()).expect("the input has the network's size");
-    let mut outputs = cnnc::interp::run(&graph, &weights, &[input]).expect("the interpreter runs lenet5");
-    assert_eq!(outputs.len(), 1);
-    outputs.remove(0)
-}
-
 fn check(got: &[f32], expected: &Tensor) -> f64 {
     assert_eq!(got.len(), expected.len(), "the example printed {} values, expected {}", got.len(), expected.len());
     let error = relative_l2(got, &expected.data);
@@ -83,7 +68,7 @@ fn embedded_gpu_lenet5_matches_the_interpreter() {
     let dir = scratch.join("batch1");
     build_artifacts(&dir, 1);
     let made_up: Vec<f32> = (0..784).map(|i| ((i % 97) as f32 / 48.0) - 1.0).collect();
-    let error = check(&run_example(&[&dir]), &reference(1, &made_up));
+    let error = check(&run_example(&[&dir]), &common::lenet5_reference(1, SEED, &made_up));
     eprintln!("batch 1: relative L2 {error:.2e} (with the example's build: {:.1} s)", started.elapsed().as_secs_f64());
 
     // Batch 3, an input from a file.
@@ -93,7 +78,7 @@ fn embedded_gpu_lenet5_matches_the_interpreter() {
     let file = scratch.join("input.f32");
     let bytes: Vec<u8> = input.data.iter().flat_map(|v| v.to_ne_bytes()).collect();
     std::fs::write(&file, bytes).expect("write the input");
-    let error = check(&run_example(&[&dir, &file]), &reference(3, &input.data));
+    let error = check(&run_example(&[&dir, &file]), &common::lenet5_reference(3, SEED, &input.data));
     eprintln!("batch 3: relative L2 {error:.2e}");
     let _ = std::fs::remove_dir_all(&scratch);
 }

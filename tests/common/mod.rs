@@ -199,3 +199,19 @@ pub fn random_inputs(graph: &Graph, seed: u64) -> Vec<Tensor> {
         .map(|(k, &id)| cnnc::weights::random_normal(&graph.node(id).shape, seed + k as u64))
         .collect()
 }
+
+/// The reference for the embedding examples: LeNet-5 as written, at `batch`, in the
+/// interpreter with the random weights that `seed` draws (those `cnnc build
+/// --random-weights --seed SEED` and the examples' build scripts bind), on `input`.
+pub fn lenet5_reference(batch: usize, seed: u64, input: &[f32]) -> Tensor {
+    let source =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/lenet5.cnn")).expect("examples/lenet5.cnn");
+    let graph =
+        cnnc::front::compile_bytes(&source, &BuildOptions { batch, ..Default::default() }).expect("lenet5 compiles");
+    let weights = cnnc::weights::random_weights(&graph, seed);
+    let shape = graph.node(graph.inputs[0]).shape.clone();
+    let input = Tensor::new(shape, input.to_vec()).expect("the input has the network's size");
+    let mut outputs = cnnc::interp::run(&graph, &weights, &[input]).expect("the interpreter runs lenet5");
+    assert_eq!(outputs.len(), 1);
+    outputs.remove(0)
+}
