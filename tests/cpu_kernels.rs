@@ -8,11 +8,14 @@
 //!   (padded convolutions synchronize per batch element). `CNNC_CPU_FILTER=NAME`
 //!   restricts the networks.
 //! - micro-kernels: random convolutions and linear layers (channels, kernel, stride,
-//!   padding, dilation, groups, batch; a quarter of them pointwise, for the pixel-lane
-//!   tiles; proptest, shrinking to the smallest failing layer) through the default code (the AVX-512 machine-code tiles where the host has
-//!   AVX-512F), the AVX2 tiles (`x86-64-v3`, where the host has AVX2) and the portable
-//!   f32x4 tiles, each on 1 and 2 threads, against the interpreter:
-//!   relative L2 at most 1e-4 (the backends' tolerance; f32 against f64 accumulation).
+//!   padding, dilation, groups, batch; a fifth of them pointwise, for the pixel-lane
+//!   tiles, and a fifth 3x3 stride-1 with 32 to 48 channels, odd and even sizes and
+//!   sometimes a fused residual, for the Winograd kernel; proptest, shrinking to the
+//!   smallest failing layer) through the default code (the AVX-512 machine-code tiles
+//!   and Winograd where the host has AVX-512F; 3x3 stride-1 layers also with Winograd
+//!   off), the AVX2 tiles (`x86-64-v3`, where the host has AVX2) and the portable f32x4
+//!   tiles, each on 1 and 2 threads, against the interpreter: relative L2 at most 1e-4
+//!   (the backends' tolerance; f32 against f64 accumulation).
 //! - CPU levels: an object built with `--cpu x86-64-v2|v3|v4` holds only instructions of
 //!   that level (decoded with iced-x86 and classified by the CPUID feature they need),
 //!   and the v3 and v4 objects do use their vectors.
@@ -103,6 +106,9 @@ struct Layer {
     relu: bool,
     /// A linear layer on the flattened input instead of a convolution.
     linear: bool,
+    /// `relu; add(x); relu` after the convolution (a fused residual epilogue; the
+    /// output must have the input's shape).
+    residual: bool,
 }
 
 impl Layer {
@@ -126,7 +132,8 @@ impl Layer {
             )
         };
         let relu = if self.relu { "\n    relu" } else { "" };
-        format!("network layer {{\n    input x: [{}, {h}, {w}]\n    {body}{relu}\n}}\n", c * self.groups)
+        let residual = if self.residual { "\n    add(x)\n    relu" } else { "" };
+        format!("network layer {{\n    input x: [{}, {h}, {w}]\n    {body}{relu}{residual}\n}}\n", c * self.groups)
     }
 }
 
@@ -153,6 +160,7 @@ fn any_layer() -> impl Strategy<Value = Layer> {
                 groups,
                 relu,
                 linear,
+                residual: false,
             },
         )
         // The window must fit the padded input.
@@ -179,12 +187,40 @@ fn pointwise_layer() -> impl Strategy<Value = Layer> {
             groups: 1,
             relu,
             linear: false,
+            residual: false,
         },
     )
 }
 
+/// 3x3 stride-1 convolutions with the channels (32 and more on both sides) that select
+/// the Winograd kernel on AVX-512, on planes up to 20x20: odd and even sizes (partial
+/// tiles at the right and bottom edges), padding 0 and 1, several chunks of tile rows
+/// (shared by the threads), and with padding 1 and as many outputs as inputs, sometimes
+/// a fused `relu; add(x); relu`.
+fn winograd_layer() -> impl Strategy<Value = Layer> {
+    (1usize..=2, 32usize..=48, (1usize..=20, 1usize..=20), 32usize..=48, 0usize..=1, any::<bool>(), any::<bool>())
+        .prop_map(|(batch, in_channels, hw, out_channels, pad, relu, residual)| {
+            let residual = residual && pad == 1;
+            Layer {
+                batch,
+                in_channels,
+                hw,
+                out_channels: if residual { in_channels } else { out_channels },
+                kernel: (3, 3),
+                stride: (1, 1),
+                pad: (pad, pad),
+                dilation: (1, 1),
+                groups: 1,
+                relu: relu || residual,
+                linear: false,
+                residual,
+            }
+        })
+        .prop_filter("the window fits", |l| l.hw.0 + 2 * l.pad.0 >= 3 && l.hw.1 + 2 * l.pad.1 >= 3)
+}
+
 fn layer() -> impl Strategy<Value = Layer> {
-    prop_oneof![3 => any_layer(), 1 => pointwise_layer()]
+    prop_oneof![3 => any_layer(), 1 => pointwise_layer(), 1 => winograd_layer()]
 }
 
 /// The layer through the default code generator and the portable one, against the
@@ -201,6 +237,10 @@ fn check_layer(layer: &Layer) -> Result<(), String> {
         ("default", CodegenOptions::default()),
         ("f32x4", CodegenOptions { wide: false, ..CodegenOptions::default() }),
     ];
+    // The direct AVX-512 tiles on the shapes that select Winograd by default.
+    if layer.kernel == (3, 3) && layer.stride == (1, 1) && !layer.linear {
+        variants.push(("direct", CodegenOptions { winograd: false, ..CodegenOptions::default() }));
+    }
     // The AVX2 tiles, where this CPU runs them (the default is AVX-512 where it has it).
     if CpuLevel::X86_64V3.host_has() {
         variants.push(("x86-64-v3", CodegenOptions { cpu: Some(CpuLevel::X86_64V3), ..CodegenOptions::default() }));

@@ -26,6 +26,7 @@ use super::kernels::elementwise::{self, Combine};
 use super::kernels::normalize::{self, Lrn};
 use super::kernels::pointwise::PointwiseKernel;
 use super::kernels::pool::{PoolKernel, PoolKind};
+use super::kernels::winograd::WinogradKernel;
 use super::kernels::x86::{Simd, Ukernel};
 use super::kernels::{Base, Kb, Loc, MathFns, MicroKernel};
 use crate::ir::{Activation, Epilogue, Graph, Node, NodeId, Op, ParamRole};
@@ -66,6 +67,11 @@ pub struct CodegenOptions {
     /// The x86-64 level to compile for (instead of the host's CPU, or a named triple's
     /// baseline).
     pub cpu: Option<CpuLevel>,
+    /// Run 3x3 stride-1 convolutions with 32 or more input and output channels by
+    /// Winograd's F(2x2, 3x3) (`kernels/winograd.rs`) on AVX-512 targets, instead of
+    /// directly: 1.3 to 2 times faster on every such layer of VGG-16 and ResNet-18/34
+    /// (7x7 to 224x224 planes, 32 to 512 channels), on par on tiny planes.
+    pub winograd: bool,
     /// Run Cranelift's IR verifier on every function (slower compiles).
     pub verify: bool,
     /// Call `cnnc_profile_tick(kernel index)` between kernels (JIT only; see
@@ -82,6 +88,7 @@ impl Default for CodegenOptions {
             micro_kernel: MicroKernel::Shared,
             linear_vectors: 3,
             wide: true,
+            winograd: true,
             cpu: None,
             verify: cfg!(debug_assertions),
             profile: false,
@@ -267,6 +274,7 @@ pub struct KernelInfo {
 enum Kernel {
     Conv(ConvKernel),
     Pointwise(PointwiseKernel),
+    Winograd(WinogradKernel),
     Linear(LinearKernel),
     ScaleShift(Vec<f32>),
     Pool(PoolKernel),
@@ -284,6 +292,7 @@ impl Kernel {
         match self {
             Kernel::Conv(k) => Some(std::mem::take(&mut k.data)),
             Kernel::Pointwise(k) => Some(std::mem::take(&mut k.data)),
+            Kernel::Winograd(k) => Some(std::mem::take(&mut k.data)),
             Kernel::Linear(k) => Some(std::mem::take(&mut k.data)),
             Kernel::ScaleShift(d) => Some(d.iter().flat_map(|x| x.to_le_bytes()).collect()),
             Kernel::Pool(p) => p.data(),
@@ -296,6 +305,7 @@ impl Kernel {
             Kernel::Conv(k) => k.scratch_bytes(),
             // A pool pads one plane at a time into each part's own plane.
             Kernel::Pool(p) => p.scratch_bytes() * MAX_PARTS,
+            Kernel::Winograd(k) => k.scratch_bytes(),
             _ => 0,
         }
     }
@@ -349,6 +359,9 @@ fn prepare(graph: &Graph, id: NodeId, options: &CodegenOptions, simd: Option<Sim
             if simd == Some(Simd::Avx512) && PointwiseKernel::applies(conv, &node.epilogue) {
                 let shape = (x_shape[0], x_shape[1], node.shape[1], node.shape[2] * node.shape[3]);
                 return Ok(Kernel::Pointwise(PointwiseKernel::new(shape, &weight.data, bias, &node.epilogue)));
+            }
+            if options.winograd && simd == Some(Simd::Avx512) && WinogradKernel::applies(conv, &shape) {
+                return Ok(Kernel::Winograd(WinogradKernel::new(conv, shape, &weight.data, bias)));
             }
             Kernel::Conv(ConvKernel::new(conv, shape, &weight.data, bias, options.conv_vectors.max(1), simd))
         }
@@ -407,7 +420,7 @@ fn prepare(graph: &Graph, id: NodeId, options: &CodegenOptions, simd: Option<Sim
     };
     // Only convolutions and linear layers carry a residual; others at most activations.
     let epilogue_ok = match kernel {
-        Kernel::Conv(_) | Kernel::Linear(_) | Kernel::Pointwise(_) => true,
+        Kernel::Conv(_) | Kernel::Linear(_) | Kernel::Pointwise(_) | Kernel::Winograd(_) => true,
         Kernel::ScaleShift(_) | Kernel::Broadcast(_) => !node.epilogue.residual,
         _ => node.epilogue.is_empty(),
     };
@@ -559,6 +572,7 @@ pub(crate) fn define_model<M: Module>(
         let specs = match &kernel {
             Kernel::Conv(k) => k.tile_specs(),
             Kernel::Pointwise(k) => k.tile_specs(),
+            Kernel::Winograd(k) => k.tile_specs(),
             Kernel::Linear(k) => k.tile_specs(),
             _ => Vec::new(),
         };
@@ -599,6 +613,7 @@ pub(crate) fn define_model<M: Module>(
         let algorithm = match &kernel {
             Kernel::Conv(k) => k.algorithm(!tiles.is_empty()),
             Kernel::Pointwise(k) => k.algorithm(),
+            Kernel::Winograd(k) => k.algorithm(),
             Kernel::Linear(k) => k.algorithm(!tiles.is_empty()),
             Kernel::Pool(_) => "pooling".into(),
             Kernel::Broadcast(_) | Kernel::Softmax | Kernel::Lrn(_) => "elementwise (one thread)".into(),
@@ -723,6 +738,7 @@ fn emit_kernel(
     match kernel {
         Kernel::Conv(conv) => conv.emit(kb, operands[0].0, out, residual, scratch, epilogue),
         Kernel::Pointwise(k) => k.emit(kb, operands[0].0, out, residual),
+        Kernel::Winograd(k) => k.emit(kb, operands[0].0, out, residual, scratch, epilogue),
         Kernel::Linear(linear) => linear.emit(kb, operands[0].0, out, residual, epilogue),
         Kernel::Pool(pool) => pool.emit(kb, operands[0].0, out, scratch),
         Kernel::ScaleShift(_) => elementwise::emit_scale_shift(kb, &node.shape, operands[0].0, out, epilogue),

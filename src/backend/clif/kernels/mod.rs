@@ -12,6 +12,7 @@ pub(crate) mod elementwise;
 pub(crate) mod normalize;
 pub(crate) mod pointwise;
 pub(crate) mod pool;
+pub(crate) mod winograd;
 pub(crate) mod x86;
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
