@@ -192,13 +192,13 @@ fn pointwise_layer() -> impl Strategy<Value = Layer> {
     )
 }
 
-/// 3x3 stride-1 convolutions with the channels (32 and more on both sides) that select
-/// the Winograd kernel on AVX-512, on planes up to 20x20: odd and even sizes (partial
-/// tiles at the right and bottom edges), padding 0 and 1, several chunks of tile rows
-/// (shared by the threads), and with padding 1 and as many outputs as inputs, sometimes
-/// a fused `relu; add(x); relu`.
+/// 3x3 stride-1 convolutions with the channels (32 and more on both sides) and tiles (36
+/// and more 2x2 output tiles) that select the Winograd kernel on AVX-512, on planes up to
+/// 40x40: odd and even sizes (partial tiles at the right and bottom edges), rows of fewer
+/// than four tiles, padding 0 and 1, and with padding 1 and as many outputs as inputs,
+/// sometimes a fused `relu; add(x); relu`.
 fn winograd_layer() -> impl Strategy<Value = Layer> {
-    (1usize..=2, 32usize..=48, (1usize..=20, 1usize..=20), 32usize..=48, 0usize..=1, any::<bool>(), any::<bool>())
+    (1usize..=2, 32usize..=48, (1usize..=40, 1usize..=40), 32usize..=48, 0usize..=1, any::<bool>(), any::<bool>())
         .prop_map(|(batch, in_channels, hw, out_channels, pad, relu, residual)| {
             let residual = residual && pad == 1;
             Layer {
@@ -216,7 +216,10 @@ fn winograd_layer() -> impl Strategy<Value = Layer> {
                 residual,
             }
         })
-        .prop_filter("the window fits", |l| l.hw.0 + 2 * l.pad.0 >= 3 && l.hw.1 + 2 * l.pad.1 >= 3)
+        .prop_filter("the window fits, 36 tiles or more", |l| {
+            let (oh, ow) = (l.hw.0 + 2 * l.pad.0, l.hw.1 + 2 * l.pad.1);
+            oh >= 3 && ow >= 3 && (oh - 2).div_ceil(2) * (ow - 2).div_ceil(2) >= 36
+        })
 }
 
 fn layer() -> impl Strategy<Value = Layer> {
