@@ -243,3 +243,61 @@ fn memory_plan_replay_catches_a_conv_writing_over_its_input() {
 fn verify_rejects_a_conv_planned_over_its_input() {
     assert!(verify(&conv_planned_over_its_input()).is_err());
 }
+
+/// A fire module (SqueezeNet) before a conv: the two expand convs are computed in their
+/// channel slices of the concat, which then has no kernel.
+const FIRE: &str = "network fire {
+    input x: [8, 6, 6]
+    s = squeeze: conv(4, 1) |> relu
+    e1 = s |> expand1x1: conv(5, 1) |> relu
+    e3 = s |> expand3x3: conv(3, 3, pad=1) |> relu
+    concat(e1, e3)
+    head: conv(2, 1)
+}";
+
+fn planned(source: &str, batch: usize) -> Graph {
+    let options = BuildOptions { batch, ..BuildOptions::default() };
+    let mut graph = cnnc::front::compile_source(source, &options).unwrap();
+    passes::optimize(&mut graph, OptLevel::O2).unwrap();
+    graph
+}
+
+fn node_named(graph: &Graph, name: &str) -> cnnc::ir::NodeId {
+    graph.node_ids().into_iter().find(|id| graph.node(*id).name == name).unwrap()
+}
+
+#[test]
+fn concat_operands_are_computed_in_their_slices() {
+    let graph = planned(FIRE, 1);
+    verify(&graph).unwrap();
+    replay_memory_plan(&graph).unwrap();
+    let plan = graph.memory.as_ref().unwrap();
+    let concat = graph.node_ids().into_iter().find(|id| matches!(graph.node(*id).op, Op::Concat)).unwrap();
+    let (e1, e3) = (node_named(&graph, "expand1x1"), node_named(&graph, "expand3x3"));
+    assert_eq!(plan.in_concat.get(&e1), Some(&concat));
+    assert_eq!(plan.in_concat.get(&e3), Some(&concat));
+    // expand1x1 holds channels 0..5 of the concat, expand3x3 channels 5..8, of 6x6 planes.
+    assert_eq!(plan.slots[&e1].offset, plan.slots[&concat].offset);
+    assert_eq!(plan.slots[&e3].offset, plan.slots[&concat].offset + 4 * 5 * 36);
+    assert!(cnnc::passes::plan_memory::concat_is_free(&graph, concat));
+    assert_eq!(cnnc::summary::optimized_stats(&graph, 0).eliminated_concats, 1);
+}
+
+#[test]
+fn concats_at_batch_2_copy() {
+    // At batch 2 each channel slice is two pieces, one per image: the concat copies.
+    let graph = planned(FIRE, 2);
+    replay_memory_plan(&graph).unwrap();
+    assert!(graph.memory.as_ref().unwrap().in_concat.is_empty());
+}
+
+#[test]
+fn a_concat_operand_off_its_slice_is_caught() {
+    let mut graph = planned(FIRE, 1);
+    let e3 = node_named(&graph, "expand3x3");
+    graph.memory.as_mut().unwrap().slots.get_mut(&e3).unwrap().offset += 4;
+    let error = verify(&graph).unwrap_err();
+    assert!(error.contains("expand3x3 is not placed at its channel slice"), "{error}");
+    let error = replay_memory_plan(&graph).unwrap_err();
+    assert!(error.contains("writes over the bytes of its operand expand3x3"), "{error}");
+}

@@ -22,15 +22,20 @@ fn compile(path: &Path) -> Graph {
 }
 
 /// The IR text, followed by the memory plan when there is one, with values numbered as
-/// `ir::print` numbers them.
+/// `ir::print` numbers them (`in %N`: computed in its slice of concat %N).
 fn print_with_memory_plan(graph: &Graph) -> String {
     let mut text = print(graph);
     let (Some(plan), Some(order)) = (&graph.memory, graph.topo_order()) else { return text };
     writeln!(text, "memory plan: arena {} bytes, intermediates {} bytes", plan.arena_bytes, plan.unplanned_bytes)
         .unwrap();
+    let numbers: HashMap<_, _> = order.iter().enumerate().map(|(number, id)| (*id, number)).collect();
     for (number, id) in order.iter().enumerate() {
         if let Some(slot) = plan.slots.get(id) {
-            writeln!(text, "  %{number} at {}..{}", slot.offset, slot.offset + slot.bytes).unwrap();
+            write!(text, "  %{number} at {}..{}", slot.offset, slot.offset + slot.bytes).unwrap();
+            match plan.in_concat.get(id) {
+                Some(concat) => writeln!(text, " in %{}", numbers[concat]).unwrap(),
+                None => writeln!(text).unwrap(),
+            }
         }
     }
     text

@@ -102,10 +102,15 @@ pub struct Slot {
 /// The arena layout of a graph. Inputs and outputs are not in it: they live in the
 /// caller's buffers (outputs one after another in `Graph::outputs` order).
 /// Invariant: two values whose lifetimes overlap have disjoint slots, except a value
-/// computed in place over an operand that dies at that node (same slot).
+/// computed in place over an operand that dies at that node (same slot), and a value
+/// computed in place in its channel slice of a concat (`in_concat`; its slot is that
+/// slice of the concat's slot, at batch 1).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MemoryPlan {
     pub slots: std::collections::BTreeMap<NodeId, Slot>,
+    /// Concat elimination: the values computed straight into their slice of a concat's
+    /// slot, each mapped to that concat, which copies only its other operands.
+    pub in_concat: std::collections::BTreeMap<NodeId, NodeId>,
     /// Size of the arena in bytes.
     pub arena_bytes: usize,
     /// Sum of the sizes of all planned values, for comparison.

@@ -29,6 +29,7 @@ use super::kernels::pool::{PoolKernel, PoolKind};
 use super::kernels::x86::{Simd, Ukernel};
 use super::kernels::{Base, Kb, Loc, MathFns, MicroKernel};
 use crate::ir::{Activation, Epilogue, Graph, Node, NodeId, Op, ParamRole};
+use crate::passes::plan_memory::concat_is_free;
 use crate::tensor::Tensor;
 
 /// Cranelift's optimization level for the generated code.
@@ -547,7 +548,9 @@ pub(crate) fn define_model<M: Module>(
 
     for (index, &id) in order.iter().enumerate() {
         let node = graph.node(id);
-        if matches!(node.op, Op::Input { .. }) {
+        // Inputs have no kernel, nor do concats whose operands were all computed in
+        // their slices (concat elimination).
+        if matches!(node.op, Op::Input { .. }) || concat_is_free(graph, id) {
             continue;
         }
         if bytes_of(&node.shape) >= 1 << 31 {

@@ -854,12 +854,33 @@ fn emit_concat<'a>(
     };
     let budget = limits.max_storage_buffers_per_shader_stage as usize;
     let output_bindings = bindings_for(element_count(&node.shape)?);
+    let segment_of =
+        |id: NodeId| {
+            activations.values.get(&id).copied().ok_or_else(|| {
+                format!("internal error: layer `{}` reads a value that has no place in memory", node.name)
+            })
+        };
+    // Where each operand's row starts in the output's row.
+    let starts: Vec<usize> = rows.iter().scan(0, |start, row| Some(std::mem::replace(start, *start + row))).collect();
+    // Operands the memory plan computed in their slice of the output already (concat
+    // elimination, batch 1) are not copied; runs of the others are.
+    let output = segment_of(id)?;
+    let mut copied = Vec::new();
+    for (position, &operand) in operands.iter().enumerate() {
+        let segment = segment_of(operand)?;
+        let in_place = batch == 1
+            && segment.buffer == output.buffer
+            && segment.byte_offset == output.byte_offset + 4 * starts[position] as u64;
+        if !in_place {
+            copied.push(position);
+        }
+    }
     let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
     let mut used = output_bindings;
-    for (position, &operand) in operands.iter().enumerate() {
-        let need = bindings_for(element_count(&graph.node(operand).shape)?);
+    for position in copied {
+        let need = bindings_for(element_count(&graph.node(operands[position]).shape)?);
         match runs.last_mut() {
-            Some(run) if used + need <= budget => run.end = position + 1,
+            Some(run) if run.end == position && used + need <= budget => run.end = position + 1,
             _ => {
                 runs.push(position..position + 1);
                 used = output_bindings;
@@ -867,8 +888,8 @@ fn emit_concat<'a>(
         }
         used += need;
     }
-    let mut part_offset = 0;
     for run in runs {
+        let part_offset = starts[run.start];
         let layer = if operands.len() == run.len() {
             node.name.clone()
         } else {
@@ -879,10 +900,7 @@ fn emit_concat<'a>(
         let mut before = 0;
         for (k, position) in run.clone().enumerate() {
             let name = if k == 0 { "x".to_string() } else { format!("x{k}") };
-            let segment = activations.values.get(&operands[position]).copied().ok_or_else(|| {
-                format!("internal error: layer `{}` reads a value that has no place in memory", node.name)
-            })?;
-            b.loader(&name, &[segment], false);
+            b.loader(&name, &[segment_of(operands[position])?], false);
             let row = rows[position];
             let read = format!("return load_{name}(n * {row}u + r - {before}u);");
             if k + 1 < run.len() {
@@ -896,7 +914,6 @@ fn emit_concat<'a>(
         b.uint("OUT_ROW", out_row);
         b.uint("PART_ROW", before);
         b.uint("PART_OFFSET", part_offset);
-        part_offset += before;
         kernels.extend(b.finish("concat", Grid::Invocations((batch * before) as u64))?);
     }
     Ok(())
