@@ -1,6 +1,8 @@
-//! Property test of the passes: random valid networks, written as `.cnn` source, compute
-//! the same outputs in the reference interpreter before and after `-O2` (relative L2 at
-//! most 1e-5) on random weights and inputs.
+//! Property test of the passes and the CPU backend: random valid networks, written as
+//! `.cnn` source, compute the same outputs in the reference interpreter before and after
+//! `-O2` (relative L2 at most 1e-5), and the CPU backend's code for the `-O2` graph, on
+//! one and two threads, computes the interpreter's (at most 1e-4), on random weights and
+//! inputs.
 //!
 //! A network is generated as data (an input shape and a list of layer descriptions) and
 //! rendered to source by tracking the current shape, so proptest shrinks the list and the
@@ -477,35 +479,22 @@ fn check_equivalence(
         return Ok(Checked::Overflowed);
     }
     let actual = interp::run(&optimized, &optimized.weights, &inputs).map_err(|e| format!("-O2 run: {e}"))?;
-    if reference.len() != actual.len() {
-        return Err(format!("{} outputs at -O2, {} at -O0", actual.len(), reference.len()));
-    }
-    let mut failures = Vec::new();
-    for (position, ((output, expected), actual)) in original.outputs.iter().zip(&reference).zip(&actual).enumerate() {
-        if expected.shape != actual.shape {
-            return Err(format!(
-                "output {}: shape {} at -O2, {} at -O0",
-                output.name,
-                actual.shape_string(),
-                expected.shape_string()
-            ));
-        }
-        let error = relative_l2(&actual.data, &expected.data);
-        let within = error <= TOLERANCE; // false for NaN
-        if !within {
-            failures.push((
-                position,
-                format!("output {}: relative L2 {error:.3e} > {TOLERANCE:e}", output.name),
-                error,
-            ));
-        }
+    let mut failures = compare(&original, "-O2", &reference, &actual, TOLERANCE)?;
+    // The CPU backend runs the -O2 graph (concat elimination, fused epilogues, its
+    // kernels) on one and on two threads.
+    let mut jit = cnnc::backend::clif::compile_jit(&optimized).map_err(|e| format!("CPU backend: {e}"))?;
+    for threads in [1, 2] {
+        jit.set_threads(threads);
+        let native = jit.run(&inputs).map_err(|e| format!("CPU backend run: {e}"))?;
+        failures.extend(compare(&original, &format!("cpu, {threads} threads"), &actual, &native, CPU_TOLERANCE)?);
     }
     if failures.is_empty() {
         return Ok(Checked::Agree);
     }
     // An output that nearly cancels out (a single logit close to zero, say) can move by
-    // more than the tolerance when the folded weights are rounded to f32. Such a failure
-    // is excused when rounding noise alone moves the unoptimized graph's output as far.
+    // more than the tolerance when the folded weights are rounded to f32, or summed in
+    // f32. Such a failure is excused when rounding noise alone moves the unoptimized
+    // graph's output as far.
     let sensitivity = |position: usize| -> f64 {
         (0..3u64)
             .map(|sample| {
@@ -525,6 +514,45 @@ fn check_equivalence(
         })
         .collect();
     if unexplained.is_empty() { Ok(Checked::Agree) } else { Err(unexplained.join("\n")) }
+}
+
+/// The largest relative L2 error of the CPU backend against the interpreter (f32 sums
+/// against f64), as in `tests/cpu_backend.rs`.
+const CPU_TOLERANCE: f64 = 1e-4;
+
+/// The outputs of `actual` (named `what`) that differ from `expected` by more than
+/// `tolerance`: (position, message, error). Different shapes are an error.
+fn compare(
+    graph: &cnnc::ir::Graph,
+    what: &str,
+    expected: &[Tensor],
+    actual: &[Tensor],
+    tolerance: f64,
+) -> Result<Vec<(usize, String, f64)>, String> {
+    if expected.len() != actual.len() {
+        return Err(format!("{what}: {} outputs, expected {}", actual.len(), expected.len()));
+    }
+    let mut failures = Vec::new();
+    for (position, ((output, expected), actual)) in graph.outputs.iter().zip(expected).zip(actual).enumerate() {
+        if expected.shape != actual.shape {
+            return Err(format!(
+                "{what}: output {} has shape {}, expected {}",
+                output.name,
+                actual.shape_string(),
+                expected.shape_string()
+            ));
+        }
+        let error = relative_l2(&actual.data, &expected.data);
+        let within = error <= tolerance; // false for NaN
+        if !within {
+            failures.push((
+                position,
+                format!("{what}: output {}: relative L2 {error:.3e} > {tolerance:e}", output.name),
+                error,
+            ));
+        }
+    }
+    Ok(failures)
 }
 
 /// How many times the effect of rounding noise a difference may be and still count as
