@@ -15,6 +15,7 @@ fn learnable_parameter_totals_match_the_published_ones() {
     for (file, total) in [
         ("examples/vgg16.cnn", 138_357_544),
         ("examples/resnet18.cnn", 11_689_512),
+        ("examples/resnet18_cifar.cnn", 11_173_962),
         ("examples/resnet34.cnn", 21_797_672),
         ("examples/resnet50.cnn", 25_557_032),
         ("examples/alexnet.cnn", 61_100_840),
