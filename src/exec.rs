@@ -105,7 +105,7 @@ pub fn compile_with(graph: Graph, target: Target, options: &ExecOptions) -> Resu
         Target::Cpu => {
             let threads = threads_for(&graph, options);
             let codegen = crate::backend::clif::CodegenOptions { cpu: options.cpu, ..Default::default() };
-            let mut model = crate::backend::clif::compile_jit_with(&graph, &codegen)?;
+            let mut model = crate::backend::clif::compile_jit_owned(graph, &codegen)?;
             model.set_threads(threads);
             Ok(Box::new(model))
         }

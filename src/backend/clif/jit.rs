@@ -250,6 +250,25 @@ pub fn compile_jit_with(graph: &Graph, options: &CodegenOptions) -> Result<JitMo
         crate::passes::plan_memory(&mut planned);
         return compile_jit_with(&planned, options);
     }
+    compile(graph, None, options)
+}
+
+/// [`compile_jit_with`] on a graph the caller gives up: each layer's weights are freed as
+/// soon as they are packed into the model, which lowers the peak memory of compiling a
+/// large network by about the size of its weights.
+pub fn compile_jit_owned(mut graph: Graph, options: &CodegenOptions) -> Result<JitModel, String> {
+    if graph.memory.is_none() {
+        crate::passes::plan_memory(&mut graph);
+    }
+    let mut weights = std::mem::take(&mut graph.weights);
+    compile(&graph, Some(&mut weights), options)
+}
+
+fn compile(
+    graph: &Graph,
+    weights: Option<&mut crate::weights::Weights>,
+    options: &CodegenOptions,
+) -> Result<JitModel, String> {
     crate::ir::verify(graph).map_err(|e| format!("internal error: the graph is not valid:\n{e}"))?;
     if let Some(level) = options.cpu
         && !level.host_has()
@@ -270,7 +289,7 @@ pub fn compile_jit_with(graph: &Graph, options: &CodegenOptions) -> Result<JitMo
         infer_linkage: Linkage::Local,
         far_data: true,
     };
-    let defined = codegen::define_model(&mut module, graph, options, &symbols);
+    let defined = codegen::define_model(&mut module, graph, weights, options, &symbols);
     let defined = match defined {
         Ok(d) => d,
         Err(e) => {
