@@ -1,8 +1,9 @@
-//! Property test of the passes and the CPU backend: random valid networks, written as
+//! Property test of the passes and the backends: random valid networks, written as
 //! `.cnn` source, compute the same outputs in the reference interpreter before and after
 //! `-O2` (relative L2 at most 1e-5), and the CPU backend's code for the `-O2` graph, on
 //! one and two threads, computes the interpreter's (at most 1e-4), on random weights and
-//! inputs.
+//! inputs. An eighth as many networks run on the GPU (lavapipe here) against the
+//! interpreter (at most 1e-4).
 //!
 //! A network is generated as data (an input shape and a list of layer descriptions) and
 //! rendered to source by tracking the current shape, so proptest shrinks the list and the
@@ -727,4 +728,64 @@ fn renderer_adapts_layers_to_the_shape() {
     let (source, shapes) = network.render();
     let checked = check_equivalence(&source, &shapes, 2, 1, 2).unwrap_or_else(|e| panic!("{e}\n{source}"));
     assert_eq!(checked, Checked::Agree);
+}
+
+/// The largest relative L2 error of the GPU backend against the interpreter, as in
+/// `tests/gpu_backend.rs`.
+const GPU_TOLERANCE: f64 = 1e-4;
+
+/// Runs the `-O2` graph of a random network on the GPU (one device for the whole run,
+/// opened as a user's program opens one) against the interpreter on the same graph.
+fn check_gpu(source: &str, batch: usize, weight_seed: u64, input_seed: u64) -> Result<Checked, String> {
+    static DEVICE: std::sync::OnceLock<(cnnc::gpu::wgpu::Device, cnnc::gpu::wgpu::Queue)> = std::sync::OnceLock::new();
+    let (device, queue) = DEVICE.get_or_init(common::own_device);
+    let options = BuildOptions { batch, ..BuildOptions::default() };
+    let mut graph = compile_source(source, &options).map_err(|diags| format!("does not compile: {diags:?}"))?;
+    graph.weights = random_weights(&graph, weight_seed);
+    let inputs: Vec<Tensor> = graph
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, id)| random_normal(&graph.node(*id).shape, input_seed.wrapping_add(i as u64)))
+        .collect();
+    passes::optimize(&mut graph, OptLevel::O2)?;
+    let expected = interp::run(&graph, &graph.weights, &inputs).map_err(|e| format!("-O2 run: {e}"))?;
+    if expected.iter().any(|t| t.data.iter().any(|v| !v.is_finite() || v.abs() > 1e30)) {
+        return Ok(Checked::Overflowed);
+    }
+    let model = cnnc::backend::wgsl::compile_gpu_on(&graph, device, queue, &Default::default())
+        .map_err(|e| format!("GPU backend: {e}"))?;
+    let actual = model.run(&inputs).map_err(|e| format!("GPU run: {e}"))?;
+    let failures = compare(&graph, "gpu", &expected, &actual, GPU_TOLERANCE)?;
+    if failures.is_empty() {
+        Ok(Checked::Agree)
+    } else {
+        Err(failures.into_iter().map(|(_, message, _)| message).collect::<Vec<_>>().join("\n"))
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        // An eighth of the interpreter's cases: each one builds its pipelines on
+        // lavapipe.
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(1024) / 8,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn gpu_computes_what_the_interpreter_computes(
+        network in network(),
+        batch in 1usize..=2,
+        weight_seed in any::<u64>(),
+        input_seed in any::<u64>(),
+    ) {
+        let Some(_gpu) = common::gpu_present("gpu_computes_what_the_interpreter_computes") else { return Ok(()) };
+        let (source, _) = network.render();
+        match check_gpu(&source, batch, weight_seed, input_seed) {
+            Ok(Checked::Agree) => {}
+            Ok(Checked::Overflowed) => return Err(TestCaseError::reject("the outputs overflow")),
+            Err(e) => prop_assert!(false, "{e}\nbatch {batch}, weight seed {weight_seed}, input seed {input_seed}, source:\n{source}"),
+        }
+    }
 }

@@ -144,6 +144,19 @@ pub fn gpu_present(test: &str) -> Option<MutexGuard<'static, ()>> {
     None
 }
 
+/// A device of the caller's own, as a user's wgpu program opens it: WebGPU's default
+/// limits, no optional features.
+pub fn own_device() -> (wgpu::Device, wgpu::Queue) {
+    use cnnc::gpu::wgpu;
+    let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
+    descriptor.backends = wgpu::Backends::PRIMARY;
+    let instance = wgpu::Instance::new(descriptor.with_env());
+    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+        .expect("an adapter (gpu_present found one)");
+    let descriptor = wgpu::DeviceDescriptor { required_limits: wgpu::Limits::default(), ..Default::default() };
+    pollster::block_on(adapter.request_device(&descriptor)).expect("a device")
+}
+
 /// The `.cnn` files of a directory of the crate, sorted.
 pub fn cnn_files(dir: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
