@@ -675,11 +675,12 @@ fn run(cli: Cli) -> Result<(), UserError> {
             passes::run_pipeline(&mut graph, &pipeline, &mut |name, graph| {
                 if print_after_all {
                     println!("; after {name}");
-                    print!("{}", cnnc::ir::print(graph));
+                    print!("{}{}", cnnc::ir::print(graph), cnnc::ir::print::print_memory_plan(graph));
                 }
             })?;
             if !print_after_all {
-                print!("{}", cnnc::ir::print(&graph));
+                // The memory plan too, once planned: where concat elimination shows.
+                print!("{}{}", cnnc::ir::print(&graph), cnnc::ir::print::print_memory_plan(&graph));
             }
         }
         Command::Run(args) => run_command(&args)?,

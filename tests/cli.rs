@@ -93,6 +93,20 @@ fn ir_is_deterministic() {
     assert!(String::from_utf8_lossy(&a.stdout).contains("layer2.0.downsample.1.running_var"));
 }
 
+#[test]
+fn ir_shows_the_memory_plan_and_concat_elimination() {
+    let out = cnnc(&["ir", "examples/squeezenet1_1.cnn"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("memory plan: arena"), "{text}");
+    // Each fire module's two expand convs are computed in their slices of its concat.
+    let placed = text.lines().filter(|line| line.contains(" in %")).count();
+    assert_eq!(placed, 16, "{text}");
+    // -O0 plans nothing.
+    let out = cnnc(&["ir", "examples/squeezenet1_1.cnn", "-O0"]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("memory plan"));
+}
+
 fn temp_dir(tag: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("cnnc-cli-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -5,13 +5,13 @@
 //! nothing.
 
 use std::collections::HashMap;
-use std::fmt::Write;
 #[allow(dead_code)]
 mod common;
 use common::cnn_files;
 use std::path::Path;
 
 use cnnc::front::{BuildOptions, compile_bytes};
+use cnnc::ir::print::print_memory_plan;
 use cnnc::ir::{Graph, print};
 use cnnc::passes::{self, OptLevel};
 use cnnc::weights::random_weights;
@@ -21,24 +21,9 @@ fn compile(path: &Path) -> Graph {
     compile_bytes(&bytes, &BuildOptions::default()).unwrap_or_else(|d| panic!("{}: {d:?}", path.display()))
 }
 
-/// The IR text, followed by the memory plan when there is one, with values numbered as
-/// `ir::print` numbers them (`in %N`: computed in its slice of concat %N).
+/// The IR text, followed by the memory plan when there is one.
 fn print_with_memory_plan(graph: &Graph) -> String {
-    let mut text = print(graph);
-    let (Some(plan), Some(order)) = (&graph.memory, graph.topo_order()) else { return text };
-    writeln!(text, "memory plan: arena {} bytes, intermediates {} bytes", plan.arena_bytes, plan.unplanned_bytes)
-        .unwrap();
-    let numbers: HashMap<_, _> = order.iter().enumerate().map(|(number, id)| (*id, number)).collect();
-    for (number, id) in order.iter().enumerate() {
-        if let Some(slot) = plan.slots.get(id) {
-            write!(text, "  %{number} at {}..{}", slot.offset, slot.offset + slot.bytes).unwrap();
-            match plan.in_concat.get(id) {
-                Some(concat) => writeln!(text, " in %{}", numbers[concat]).unwrap(),
-                None => writeln!(text).unwrap(),
-            }
-        }
-    }
-    text
+    print(graph) + &print_memory_plan(graph)
 }
 
 #[test]

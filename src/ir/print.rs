@@ -50,3 +50,24 @@ pub fn print(graph: &Graph) -> String {
     }
     out
 }
+
+/// Prints the memory plan, if the graph has one, with values numbered as [`print`]
+/// numbers them: the arena's size against the sum of the intermediates, then each
+/// planned value's byte range (`in %N`: computed in its channel slice of concat %N).
+pub fn print_memory_plan(graph: &Graph) -> String {
+    let mut out = String::new();
+    let (Some(plan), Some(order)) = (&graph.memory, graph.topo_order()) else { return out };
+    let numbers: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    let _ =
+        writeln!(out, "memory plan: arena {} bytes, intermediates {} bytes", plan.arena_bytes, plan.unplanned_bytes);
+    for id in &order {
+        if let Some(slot) = plan.slots.get(id) {
+            let _ = write!(out, "  %{} at {}..{}", numbers[id], slot.offset, slot.offset + slot.bytes);
+            let _ = match plan.in_concat.get(id) {
+                Some(concat) => writeln!(out, " in %{}", numbers[concat]),
+                None => writeln!(out),
+            };
+        }
+    }
+    out
+}
