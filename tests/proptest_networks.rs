@@ -1,6 +1,7 @@
 //! Property test of the passes: random valid networks, written as `.cnn` source, compute
-//! the same outputs in the reference interpreter before and after `-O2` (relative L2 at
-//! most 1e-5) on random weights and inputs.
+//! the same outputs in the reference interpreter before and after `-O2`, the generic
+//! pipeline's and the GPU's (fused pooling), (relative L2 at most 1e-5) on random weights
+//! and inputs.
 //!
 //! A network is generated as data (an input shape and a list of layer descriptions) and
 //! rendered to source by tracking the current shape, so proptest shrinks the list and the
@@ -18,7 +19,7 @@ use common::replay_memory_plan;
 use cnnc::front::{BuildOptions, compile_source};
 use cnnc::interp;
 use cnnc::ir::verify;
-use cnnc::passes::{self, OptLevel};
+use cnnc::passes::{self, Capabilities, OptLevel};
 use cnnc::tensor::{Tensor, relative_l2};
 use cnnc::weights::{Weights, random_normal, random_weights};
 use proptest::prelude::*;
@@ -443,8 +444,9 @@ enum Checked {
     Overflowed,
 }
 
-/// Compiles the source at `batch`, binds random weights, optimizes a copy at `-O2` and
-/// compares the interpreter's outputs; the error says what differs.
+/// Compiles the source at `batch`, binds random weights, optimizes a copy at `-O2` with
+/// the generic pipeline and one with the GPU's, and compares the interpreter's outputs;
+/// the error says what differs.
 fn check_equivalence(
     source: &str,
     expected_shapes: &[Vec<usize>],
@@ -467,37 +469,40 @@ fn check_equivalence(
         .enumerate()
         .map(|(i, id)| random_normal(&original.node(*id).shape, input_seed.wrapping_add(i as u64)))
         .collect();
-    let mut optimized = original.clone();
-    passes::optimize(&mut optimized, OptLevel::O2)?;
-    verify(&optimized).map_err(|e| format!("the optimized graph does not verify:\n{e}"))?;
-    replay_memory_plan(&optimized).map_err(|e| format!("the memory plan does not replay:\n{e}"))?;
     let reference = interp::run(&original, &original.weights, &inputs).map_err(|e| format!("-O0 run: {e}"))?;
     // Products of products (`mul(t, t, t)` twice) overflow f32; nothing to compare then.
     if reference.iter().any(|t| t.data.iter().any(|v| !v.is_finite() || v.abs() > 1e30)) {
         return Ok(Checked::Overflowed);
     }
-    let actual = interp::run(&optimized, &optimized.weights, &inputs).map_err(|e| format!("-O2 run: {e}"))?;
-    if reference.len() != actual.len() {
-        return Err(format!("{} outputs at -O2, {} at -O0", actual.len(), reference.len()));
-    }
     let mut failures = Vec::new();
-    for (position, ((output, expected), actual)) in original.outputs.iter().zip(&reference).zip(&actual).enumerate() {
-        if expected.shape != actual.shape {
-            return Err(format!(
-                "output {}: shape {} at -O2, {} at -O0",
-                output.name,
-                actual.shape_string(),
-                expected.shape_string()
-            ));
+    for (capabilities, level) in [(Capabilities::GENERIC, "-O2"), (Capabilities::GPU, "-O2 (GPU pipeline)")] {
+        let mut optimized = original.clone();
+        passes::optimize_for(&mut optimized, OptLevel::O2, capabilities)?;
+        verify(&optimized).map_err(|e| format!("the {level} graph does not verify:\n{e}"))?;
+        replay_memory_plan(&optimized).map_err(|e| format!("the {level} memory plan does not replay:\n{e}"))?;
+        let actual = interp::run(&optimized, &optimized.weights, &inputs).map_err(|e| format!("{level} run: {e}"))?;
+        if reference.len() != actual.len() {
+            return Err(format!("{} outputs at {level}, {} at -O0", actual.len(), reference.len()));
         }
-        let error = relative_l2(&actual.data, &expected.data);
-        let within = error <= TOLERANCE; // false for NaN
-        if !within {
-            failures.push((
-                position,
-                format!("output {}: relative L2 {error:.3e} > {TOLERANCE:e}", output.name),
-                error,
-            ));
+        for (position, ((output, expected), actual)) in original.outputs.iter().zip(&reference).zip(&actual).enumerate()
+        {
+            if expected.shape != actual.shape {
+                return Err(format!(
+                    "output {}: shape {} at {level}, {} at -O0",
+                    output.name,
+                    actual.shape_string(),
+                    expected.shape_string()
+                ));
+            }
+            let error = relative_l2(&actual.data, &expected.data);
+            let within = error <= TOLERANCE; // false for NaN
+            if !within {
+                failures.push((
+                    position,
+                    format!("output {} at {level}: relative L2 {error:.3e} > {TOLERANCE:e}", output.name),
+                    error,
+                ));
+            }
         }
     }
     if failures.is_empty() {
