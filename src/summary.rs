@@ -73,7 +73,17 @@ pub fn optimized_stats(graph: &Graph, nodes_before: usize) -> OptimizedStats {
 /// Multiply-accumulates of one node.
 pub fn macs(graph: &Graph, id: NodeId) -> u64 {
     let node = graph.node(id);
-    let out: u64 = node.shape.iter().map(|&d| d as u64).product();
+    // A conv whose epilogue pools computes every value of its unpooled shape.
+    let unpooled = match node.epilogue.pool {
+        Some(_) => {
+            let operands: Vec<Vec<usize>> =
+                graph.op_operands(id).iter().map(|&o| graph.node(o).shape.clone()).collect();
+            let operands: Vec<&[usize]> = operands.iter().map(Vec::as_slice).collect();
+            crate::ir::shape::infer(&node.op, &operands).ok()
+        }
+        None => None,
+    };
+    let out: u64 = unpooled.as_ref().unwrap_or(&node.shape).iter().map(|&d| d as u64).product();
     match &node.op {
         Op::Conv(c) => {
             let operands = graph.operands(id);

@@ -1,9 +1,10 @@
 //! Property test of the passes and the backends: random valid networks, written as
 //! `.cnn` source, compute the same outputs in the reference interpreter before and after
-//! `-O2` (relative L2 at most 1e-5), and the CPU backend's code for the `-O2` graph, on
-//! one and two threads, computes the interpreter's (at most 1e-4), on random weights and
-//! inputs. An eighth as many networks run on the GPU (lavapipe here) against the
-//! interpreter (at most 1e-4).
+//! `-O2`, the generic pipeline's and the GPU's (fused pooling), (relative L2 at most
+//! 1e-5), and the CPU backend's code for the generic `-O2` graph, on one and two
+//! threads, computes the interpreter's (at most 1e-4), on random weights and inputs. An
+//! eighth as many networks run on the GPU (lavapipe here) through the GPU pipeline
+//! against the interpreter (at most 1e-4).
 //!
 //! A network is generated as data (an input shape and a list of layer descriptions) and
 //! rendered to source by tracking the current shape, so proptest shrinks the list and the
@@ -21,7 +22,7 @@ use common::replay_memory_plan;
 use cnnc::front::{BuildOptions, compile_source};
 use cnnc::interp;
 use cnnc::ir::verify;
-use cnnc::passes::{self, OptLevel};
+use cnnc::passes::{self, Capabilities, OptLevel};
 use cnnc::tensor::{Tensor, relative_l2};
 use cnnc::weights::{Weights, random_normal, random_weights};
 use proptest::prelude::*;
@@ -446,8 +447,9 @@ enum Checked {
     Overflowed,
 }
 
-/// Compiles the source at `batch`, binds random weights, optimizes a copy at `-O2` and
-/// compares the interpreter's outputs; the error says what differs.
+/// Compiles the source at `batch`, binds random weights, optimizes a copy at `-O2` with
+/// the generic pipeline and one with the GPU's, and compares the interpreter's outputs;
+/// the error says what differs.
 fn check_equivalence(
     source: &str,
     expected_shapes: &[Vec<usize>],
@@ -470,24 +472,35 @@ fn check_equivalence(
         .enumerate()
         .map(|(i, id)| random_normal(&original.node(*id).shape, input_seed.wrapping_add(i as u64)))
         .collect();
-    let mut optimized = original.clone();
-    passes::optimize(&mut optimized, OptLevel::O2)?;
-    verify(&optimized).map_err(|e| format!("the optimized graph does not verify:\n{e}"))?;
-    replay_memory_plan(&optimized).map_err(|e| format!("the memory plan does not replay:\n{e}"))?;
     let reference = interp::run(&original, &original.weights, &inputs).map_err(|e| format!("-O0 run: {e}"))?;
     // Products of products (`mul(t, t, t)` twice) overflow f32; nothing to compare then.
     if reference.iter().any(|t| t.data.iter().any(|v| !v.is_finite() || v.abs() > 1e30)) {
         return Ok(Checked::Overflowed);
     }
-    let actual = interp::run(&optimized, &optimized.weights, &inputs).map_err(|e| format!("-O2 run: {e}"))?;
-    let mut failures = compare(&original, "-O2", &reference, &actual, TOLERANCE)?;
-    // The CPU backend runs the -O2 graph (concat elimination, fused epilogues, its
-    // kernels) on one and on two threads.
-    let mut jit = cnnc::backend::clif::compile_jit(&optimized).map_err(|e| format!("CPU backend: {e}"))?;
-    for threads in [1, 2] {
-        jit.set_threads(threads);
-        let native = jit.run(&inputs).map_err(|e| format!("CPU backend run: {e}"))?;
-        failures.extend(compare(&original, &format!("cpu, {threads} threads"), &actual, &native, CPU_TOLERANCE)?);
+    let mut failures = Vec::new();
+    for (capabilities, level) in [(Capabilities::GENERIC, "-O2"), (Capabilities::GPU, "-O2 (GPU pipeline)")] {
+        let mut optimized = original.clone();
+        passes::optimize_for(&mut optimized, OptLevel::O2, capabilities)?;
+        verify(&optimized).map_err(|e| format!("the {level} graph does not verify:\n{e}"))?;
+        replay_memory_plan(&optimized).map_err(|e| format!("the {level} memory plan does not replay:\n{e}"))?;
+        let actual = interp::run(&optimized, &optimized.weights, &inputs).map_err(|e| format!("{level} run: {e}"))?;
+        failures.extend(compare(&original, level, &reference, &actual, TOLERANCE)?);
+        if capabilities == Capabilities::GENERIC {
+            // The CPU backend runs the generic -O2 graph (concat elimination, fused
+            // epilogues, its kernels) on one and on two threads.
+            let mut jit = cnnc::backend::clif::compile_jit(&optimized).map_err(|e| format!("CPU backend: {e}"))?;
+            for threads in [1, 2] {
+                jit.set_threads(threads);
+                let native = jit.run(&inputs).map_err(|e| format!("CPU backend run: {e}"))?;
+                failures.extend(compare(
+                    &original,
+                    &format!("cpu, {threads} threads"),
+                    &actual,
+                    &native,
+                    CPU_TOLERANCE,
+                )?);
+            }
+        }
     }
     if failures.is_empty() {
         return Ok(Checked::Agree);
@@ -740,7 +753,7 @@ fn renderer_adapts_layers_to_the_shape() {
 /// `tests/gpu_backend.rs`.
 const GPU_TOLERANCE: f64 = 1e-4;
 
-/// Runs the `-O2` graph of a random network on the GPU (one device for the whole run,
+/// Runs the GPU pipeline's `-O2` graph of a random network on the GPU (one device for the whole run,
 /// opened as a user's program opens one) against the interpreter on the same graph.
 fn check_gpu(source: &str, batch: usize, weight_seed: u64, input_seed: u64) -> Result<Checked, String> {
     static DEVICE: std::sync::OnceLock<(cnnc::gpu::wgpu::Device, cnnc::gpu::wgpu::Queue)> = std::sync::OnceLock::new();
@@ -754,7 +767,7 @@ fn check_gpu(source: &str, batch: usize, weight_seed: u64, input_seed: u64) -> R
         .enumerate()
         .map(|(i, id)| random_normal(&graph.node(*id).shape, input_seed.wrapping_add(i as u64)))
         .collect();
-    passes::optimize(&mut graph, OptLevel::O2)?;
+    passes::optimize_for(&mut graph, OptLevel::O2, Capabilities::GPU)?;
     let expected = interp::run(&graph, &graph.weights, &inputs).map_err(|e| format!("-O2 run: {e}"))?;
     if expected.iter().any(|t| t.data.iter().any(|v| !v.is_finite() || v.abs() > 1e30)) {
         return Ok(Checked::Overflowed);

@@ -66,3 +66,19 @@ fn vgg16_layer_sizes_and_macs() {
     // About 15.5 GMACs.
     assert_eq!(summary.total_macs, 15_470_264_320);
 }
+
+/// A conv that pools in its epilogue (the GPU pipeline) still does its unpooled work.
+#[test]
+fn fused_pooling_keeps_the_multiply_adds() {
+    use cnnc::passes::{Capabilities, OptLevel, optimize_for};
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/vgg16.cnn");
+    let source = std::fs::read(path).unwrap();
+    let graph = cnnc::front::compile_bytes(&source, &cnnc::front::BuildOptions::default()).unwrap();
+    let total = |capabilities| {
+        let mut graph = graph.clone();
+        optimize_for(&mut graph, OptLevel::O2, capabilities).unwrap();
+        graph.node_ids().into_iter().map(|id| cnnc::summary::macs(&graph, id)).sum::<u64>()
+    };
+    assert_eq!(total(Capabilities::GPU), total(Capabilities::GENERIC));
+    assert_eq!(total(Capabilities::GENERIC), summary_of("examples/vgg16.cnn").total_macs);
+}

@@ -9,6 +9,9 @@ use super::{Graph, NodeId};
 
 /// Prints the graph, e.g.
 /// `%1 = conv(%0) out=64 kernel=7x7 stride=2x2 pad=3x3 bias=false : [1, 64, 112, 112]  # conv1 {conv1.weight}`.
+/// A fused epilogue follows the attributes stage by stage, in the order it runs:
+/// `-> relu -> add %3 -> relu -> max_pool kernel=2x2 stride=2x2 pad=0x0`; the shape is
+/// the node's (pooled) output.
 pub fn print(graph: &Graph) -> String {
     let mut out = String::new();
     let Some(order) = graph.topo_order() else {
@@ -36,6 +39,10 @@ pub fn print(graph: &Graph) -> String {
         }
         if let Some(activation) = epilogue.post_activation {
             let _ = write!(out, " -> {}", activation.name());
+        }
+        if let Some(pool) = &epilogue.pool {
+            let op = pool.op();
+            let _ = write!(out, " -> {} {}", op.mnemonic(), op.attributes());
         }
         let _ = write!(out, " : {}  # {}", fmt_shape(&node.shape), node.name);
         if !node.params.is_empty() {

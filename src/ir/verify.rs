@@ -31,18 +31,30 @@ pub fn verify(graph: &Graph) -> Result<(), String> {
             }
             op => {
                 let own = graph.op_operands(id);
-                if let Some(residual) = graph.residual(id)
-                    && graph.node(residual).shape != node.shape
+                let shapes: Vec<&[usize]> = own.iter().map(|o| graph.node(*o).shape.as_slice()).collect();
+                if node.epilogue.pool.is_some() && !matches!(op, Op::Conv(_)) {
+                    problems.push(format!(
+                        "{}: a {} with a pooling epilogue (only convs take one)",
+                        node.name,
+                        op.mnemonic()
+                    ));
+                }
+                // The residual is added before any pooling: it has the op's own output shape.
+                let kernel_shape = match node.epilogue.pool {
+                    Some(_) => shape::infer(op, &shapes).ok(),
+                    None => Some(node.shape.clone()),
+                };
+                if let (Some(residual), Some(kernel_shape)) = (graph.residual(id), &kernel_shape)
+                    && graph.node(residual).shape != *kernel_shape
                 {
                     problems.push(format!(
                         "{}: residual {} but the output is {}",
                         node.name,
                         fmt_shape(&graph.node(residual).shape),
-                        fmt_shape(&node.shape)
+                        fmt_shape(kernel_shape)
                     ));
                 }
-                let shapes: Vec<&[usize]> = own.iter().map(|o| graph.node(*o).shape.as_slice()).collect();
-                match shape::infer(op, &shapes) {
+                match shape::infer_node(op, &node.epilogue, &shapes) {
                     Ok(expected) if expected == node.shape => {}
                     Ok(expected) => problems.push(format!(
                         "{}: shape {} but its operands give {}",

@@ -343,6 +343,10 @@ fn prepare(
     simd: Option<Simd>,
 ) -> Result<Kernel, String> {
     let node = graph.node(id);
+    // Graphs for this backend come from the generic pipeline, which has no fuse_pooling.
+    if node.epilogue.pool.is_some() {
+        return Err(format!("internal error: layer `{}`: the CPU backend cannot fuse pooling", node.name));
+    }
     let operands = graph.op_operands(id);
     let x_shape = operands.first().map(|&o| graph.node(o).shape.clone()).unwrap_or_default();
     let kernel = match &node.op {
