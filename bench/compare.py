@@ -4,14 +4,16 @@
 For each network: `cnnc build --emit onnx` writes the model with random weights (fixed
 seed); ONNX Runtime (all graph optimizations on) times it with 1 and 2 threads in a child
 process (session creation time and peak RSS included); `cnnc bench --format json` times
-cnnc's target on the same weights, with 1 and 2 threads. Prints a Markdown table with medians and the ratio
+cnnc's target on the same weights, with 1 and 2 threads. Prints one Markdown table per
+batch size (batch 1 and 8 unless `--batch` says otherwise) with medians and the ratio
 cnnc / ORT (below 1.0: cnnc is faster). Run from the repository root:
 
-    .venv/bin/python bench/compare.py [--target cpu] [--batch 1] [--runs 20] [net ...]
+    .venv/bin/python bench/compare.py [--target cpu] [--batch 1 8] [--runs 10] [net ...]
 """
 import argparse, json, os, pathlib, subprocess, sys, tempfile
 
-DEFAULT = ["lenet5", "allcnn_c", "nin", "inception3a", "squeezenet1_1", "resnet18", "alexnet", "resnet50", "vgg16"]
+DEFAULT = ["lenet5", "allcnn_c", "nin", "inception3a", "resnet18_cifar", "squeezenet1_1", "resnet18", "alexnet",
+           "resnet50", "vgg16"]
 
 ORT_CHILD = r"""
 import json, resource, sys, time
@@ -40,40 +42,47 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--cnnc", default="target/release/cnnc")
     parser.add_argument("--target", default="cpu")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("nets", nargs="*", default=DEFAULT)
     args = parser.parse_args()
     env = dict(os.environ)
     # OPENBLAS settings some machines carry slow numpy down; ORT does not use them.
-    rows = []
+    for batch in args.batch:
+        rows = [measure(args, net, batch, env) for net in args.nets]
+        print_table(args.target, batch, [row for row in rows if row is not None])
+
+
+def measure(args, net, batch, env):
+    """ORT and cnnc on one network at one batch size, 1 and 2 threads each."""
     with tempfile.TemporaryDirectory() as tmp:
-        for net in args.nets:
-            source = f"examples/{net}.cnn"
-            subprocess.run([args.cnnc, "build", source, "--random-weights", "--seed", "0", "--batch", str(args.batch),
-                            "--emit", "onnx", "-o", tmp], check=True, stderr=subprocess.DEVNULL)
-            name = json.loads(subprocess.run([args.cnnc, "summary", source, "--format", "json"], check=True,
-                                             capture_output=True, text=True).stdout)["network"]
-            model = str(pathlib.Path(tmp) / f"{name}.onnx")
-            ort_results = {}
-            for threads in (1, 2):
-                out = subprocess.run([sys.executable, "-c", ORT_CHILD, model, str(threads), str(args.runs),
-                                      str(args.warmup), "x"], check=True, capture_output=True, text=True, env=env)
-                ort_results[threads] = json.loads(out.stdout)
-            cnnc = {}
-            for threads in (1, 2):
-                out = subprocess.run([args.cnnc, "bench", source, "--seed", "0", "--batch", str(args.batch),
-                                      "--target", args.target, "--threads", str(threads), "--runs", str(args.runs),
-                                      "--warmup", str(args.warmup), "--format", "json"], capture_output=True, text=True)
-                if out.returncode != 0:
-                    print(f"{net}: cnnc bench failed: {out.stderr.strip()}", file=sys.stderr)
-                    break
-                cnnc[threads] = json.loads(out.stdout)
-            if len(cnnc) == 2:
-                rows.append((net, cnnc, ort_results))
-            os.remove(model)
-    print(f"| model | GMACs | cnnc {args.target}, 1 thread | ORT, 1 thread | ratio | cnnc {args.target}, 2 threads "
+        source = f"examples/{net}.cnn"
+        subprocess.run([args.cnnc, "build", source, "--random-weights", "--seed", "0", "--batch", str(batch),
+                        "--emit", "onnx", "-o", tmp], check=True, stderr=subprocess.DEVNULL)
+        name = json.loads(subprocess.run([args.cnnc, "summary", source, "--format", "json"], check=True,
+                                         capture_output=True, text=True).stdout)["network"]
+        model = str(pathlib.Path(tmp) / f"{name}.onnx")
+        ort_results = {}
+        for threads in (1, 2):
+            out = subprocess.run([sys.executable, "-c", ORT_CHILD, model, str(threads), str(args.runs),
+                                  str(args.warmup), "x"], check=True, capture_output=True, text=True, env=env)
+            ort_results[threads] = json.loads(out.stdout)
+        cnnc = {}
+        for threads in (1, 2):
+            out = subprocess.run([args.cnnc, "bench", source, "--seed", "0", "--batch", str(batch),
+                                  "--target", args.target, "--threads", str(threads), "--runs", str(args.runs),
+                                  "--warmup", str(args.warmup), "--format", "json"], capture_output=True, text=True)
+            if out.returncode != 0:
+                print(f"{net}: cnnc bench failed: {out.stderr.strip()}", file=sys.stderr)
+                return None
+            cnnc[threads] = json.loads(out.stdout)
+    return net, cnnc, ort_results
+
+
+def print_table(target, batch, rows):
+    print(f"\n## Batch {batch}\n")
+    print(f"| model | GMACs | cnnc {target}, 1 thread | ORT, 1 thread | ratio | cnnc {target}, 2 threads "
           f"| ORT, 2 threads | ratio | cnnc compile | ORT session | cnnc peak RSS | ORT peak RSS |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for net, c, o in rows:
@@ -83,7 +92,7 @@ def main():
                       f"**{c[t]['median_ms'] / o[t]['median_ms']:.2f}**"]
         cells += [f"{c[2]['compile_ms']:.1f} ms", f"{o[2]['create_ms']:.1f} ms", f"{c[2]['peak_rss_mb'] or 0:.0f} MB",
                   f"{o[2]['peak_rss_mb']:.0f} MB"]
-        print("| " + " | ".join(cells) + " |")
+        print("| " + " | ".join(cells) + " |", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -151,7 +151,9 @@ pub fn with_every_node_as_output(graph: &Graph, nodes: &[NodeId]) -> (Graph, Vec
 
 /// Runs `graph` (optimized, weights bound) on the reference interpreter and on every
 /// target of `targets` (the reference among them is ignored), and compares every node's
-/// value with the reference's.
+/// value with the reference's. Every target runs this one graph, so it should come from
+/// the generic pipeline (`passes::optimize`): a target's own pipeline (the GPU's fused
+/// pooling) would leave the others nodes they cannot run.
 pub fn compare(graph: &Graph, inputs: &[Tensor], targets: &[Target]) -> Result<CompareReport, String> {
     let graphs: Vec<(Target, Graph)> = targets
         .iter()

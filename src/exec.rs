@@ -2,6 +2,7 @@
 //! `run`, `bench` and the cross-target tests treat them alike.
 
 use crate::ir::Graph;
+use crate::passes::Capabilities;
 use crate::tensor::Tensor;
 
 /// Where a network runs.
@@ -21,6 +22,18 @@ impl Target {
             Target::Cpu => "cpu",
             Target::Gpu => "gpu",
             Target::Reference => "reference",
+        }
+    }
+
+    /// What the target's backend runs beyond the generic IR: the pass pipeline a graph
+    /// compiled for it gets (`passes::optimize_for`). The CPU backend's tiles (pixels x
+    /// channel blocks shared among threads) cannot take a pooling window; the GPU's
+    /// direct convolution kernel can. The reference interpreter gets the generic
+    /// pipeline: it is the ground truth the others are compared with.
+    pub fn capabilities(self) -> Capabilities {
+        match self {
+            Target::Cpu | Target::Reference => Capabilities::GENERIC,
+            Target::Gpu => Capabilities::GPU,
         }
     }
 }
@@ -92,7 +105,9 @@ pub fn threads_for(graph: &Graph, options: &ExecOptions) -> usize {
     })
 }
 
-/// Compiles a graph (optimized as the caller chose, weights bound) for a target.
+/// Compiles a graph (optimized as the caller chose, weights bound) for a target. The
+/// graph must be one the target runs: optimized with the generic pipeline or with the
+/// target's own (`passes::optimize_for(graph, level, target.capabilities())`).
 pub fn compile(graph: Graph, target: Target) -> Result<Box<dyn Executor>, String> {
     compile_with(graph, target, &ExecOptions::default())
 }
@@ -105,7 +120,7 @@ pub fn compile_with(graph: Graph, target: Target, options: &ExecOptions) -> Resu
         Target::Cpu => {
             let threads = threads_for(&graph, options);
             let codegen = crate::backend::clif::CodegenOptions { cpu: options.cpu, ..Default::default() };
-            let mut model = crate::backend::clif::compile_jit_with(&graph, &codegen)?;
+            let mut model = crate::backend::clif::compile_jit_owned(graph, &codegen)?;
             model.set_threads(threads);
             Ok(Box::new(model))
         }

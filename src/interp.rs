@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use crate::ir::shape::{self, fmt_shape};
-use crate::ir::{Activation, Conv, Epilogue, Graph, Node, NodeId, Op, ParamRole, Pool};
+use crate::ir::{Activation, Conv, Epilogue, Graph, Node, NodeId, Op, ParamRole, Pool, PoolKind};
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 
@@ -91,8 +91,8 @@ pub fn run_traced(
                     InterpError(format!("layer `{}`: operand {:?} has no value", node.name, operand))
                 })?);
             }
-            check_node_shape(node, &operands)?;
-            let mut value = eval_node(node, &operands, weights)?;
+            let kernel_shape = check_node_shape(node, &operands)?;
+            let mut value = eval_node(node, &operands, weights, kernel_shape)?;
             if !node.epilogue.is_empty() {
                 let residual =
                     match graph.residual(id) {
@@ -151,13 +151,14 @@ fn check_tensor_data(tensor: &Tensor, what: &str) -> Result<(), InterpError> {
     }
 }
 
-/// Checks that the node's stored output shape is what its op makes of its operands'
-/// shapes, so that every loop below can index with the node's shape without bound
-/// failures.
-fn check_node_shape(node: &Node, operands: &[&Tensor]) -> Result<(), InterpError> {
+/// Checks that the node's stored output shape is what its op and epilogue make of its
+/// operands' shapes, so that every loop below can index with the shapes without bound
+/// failures; returns the op's own output shape (before an epilogue's pooling).
+fn check_node_shape(node: &Node, operands: &[&Tensor]) -> Result<Vec<usize>, InterpError> {
     let operand_shapes: Vec<&[usize]> = operands.iter().map(|t| t.shape.as_slice()).collect();
-    let inferred = shape::infer(&node.op, &operand_shapes)
-        .map_err(|e| InterpError(format!("layer `{}`: {}", node.name, e.message)))?;
+    let located = |e: shape::ShapeError| InterpError(format!("layer `{}`: {}", node.name, e.message));
+    let kernel_shape = shape::infer(&node.op, &operand_shapes).map_err(located)?;
+    let inferred = shape::infer_node(&node.op, &node.epilogue, &operand_shapes).map_err(located)?;
     if inferred != node.shape {
         return Err(InterpError(format!(
             "layer `{}`: the graph says its output is {}, but its operands make {}",
@@ -166,7 +167,7 @@ fn check_node_shape(node: &Node, operands: &[&Tensor]) -> Result<(), InterpError
             fmt_shape(&inferred)
         )));
     }
-    Ok(())
+    Ok(kernel_shape)
 }
 
 /// The weight tensors a weighted node reads, by role, each checked against the shape
@@ -209,10 +210,15 @@ impl<'a> NodeParams<'a> {
     }
 }
 
-/// Computes one node's value from its operands' values.
-fn eval_node(node: &Node, operands: &[&Tensor], weights: &Weights) -> Result<Tensor, InterpError> {
+/// Computes one node's op from its operands' values, into `out_shape` (the op's own
+/// output shape; the epilogue comes after).
+fn eval_node(
+    node: &Node,
+    operands: &[&Tensor],
+    weights: &Weights,
+    out_shape: Vec<usize>,
+) -> Result<Tensor, InterpError> {
     let x = operands[0];
-    let out_shape = node.shape.clone();
     let out = match &node.op {
         Op::Input { .. } => unreachable!("inputs are handled by run_traced"),
         Op::Conv(conv) => {
@@ -284,7 +290,8 @@ fn activate(activation: Activation, v: f32) -> f32 {
 }
 
 /// Applies a fused epilogue exactly as the unfused ops would: activation, then the
-/// residual add (in f32, as `add` of two operands), then the post-activation.
+/// residual add (in f32, as `add` of two operands), then the post-activation, then the
+/// pooling (by the pooling ops' own functions, over the whole activated tensor).
 fn apply_epilogue(epilogue: &Epilogue, value: &mut Tensor, residual: Option<&Tensor>) -> Result<(), InterpError> {
     if let Some(activation) = epilogue.activation {
         value.data.iter_mut().for_each(|v| *v = activate(activation, *v));
@@ -301,6 +308,13 @@ fn apply_epilogue(epilogue: &Epilogue, value: &mut Tensor, residual: Option<&Ten
     }
     if let Some(activation) = epilogue.post_activation {
         value.data.iter_mut().for_each(|v| *v = activate(activation, *v));
+    }
+    if let Some(pool) = &epilogue.pool {
+        let pooled_shape = shape::infer(&pool.op(), &[&value.shape]).map_err(|e| InterpError(e.message))?;
+        *value = match pool.kind {
+            PoolKind::Max => max_pool(&pool.window, value, pooled_shape),
+            PoolKind::Avg => avg_pool(&pool.window, value, pooled_shape),
+        };
     }
     Ok(())
 }

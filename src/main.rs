@@ -304,7 +304,7 @@ fn bench_command(args: &BenchArgs) -> Result<(), UserError> {
         graph.inputs.iter().map(|&i| cnnc::weights::random_normal(&graph.node(i).shape, args.seed + 1)).collect();
     let network = graph.name.clone();
     let started = std::time::Instant::now();
-    passes::optimize(&mut graph, args.opt.level())?;
+    passes::optimize_for(&mut graph, args.opt.level(), args.target.to_exec().capabilities())?;
     if args.target == Target::Gpu {
         return bench_gpu_command(args, &graph, &inputs, macs);
     }
@@ -524,12 +524,20 @@ enum Command {
         optimized: bool,
     },
     /// Print the IR as text (the form the snapshot tests hold).
+    ///
+    /// The IR after the pass pipeline of a target (--target): the generic one by default,
+    /// which the reference interpreter and the cpu target run; the gpu target's also fuses
+    /// pooling into convolutions (`cnnc ir net.cnn --target gpu --after fuse_pooling`).
     Ir {
         net: PathBuf,
         #[command(flatten)]
         shape: ShapeArgs,
         #[command(flatten)]
         opt: OptArgs,
+        /// Whose pass pipeline to run: the passes depend on what the target's backend can
+        /// run (reference and cpu: the generic pipeline; gpu: plus fuse_pooling at -O2).
+        #[arg(long, value_enum, default_value = "reference")]
+        target: Target,
         /// Print the IR after this pass of the pipeline (and stop there).
         #[arg(long, value_name = "PASS", conflicts_with = "print_after_all")]
         after: Option<String>,
@@ -654,16 +662,17 @@ fn run(cli: Cli) -> Result<(), UserError> {
                 }
             }
         }
-        Command::Ir { net, shape, opt, after, print_after_all } => {
+        Command::Ir { net, shape, opt, target, after, print_after_all } => {
             let mut graph = prepare(&net, &shape, shape.batch as usize, None)?;
-            let mut pipeline = passes::pipeline(opt.level());
+            let mut pipeline = passes::pipeline_for(opt.level(), target.to_exec().capabilities());
             if let Some(after) = &after {
                 let Some(position) = pipeline.iter().position(|p| p.name == after.as_str()) else {
-                    let names: Vec<&str> = passes::ALL_PASSES.iter().map(|p| p.name).collect();
+                    let names: Vec<&str> = pipeline.iter().map(|p| p.name).collect();
                     return Err(UserError(format!(
-                        "error: no pass `{after}` at -O{}; passes: {}",
+                        "error: no pass `{after}` in the -O{} pipeline of target {}; it runs: {}",
                         opt.opt_level,
-                        names.join(", ")
+                        target.to_exec().name(),
+                        if names.is_empty() { "no passes".to_string() } else { names.join(", ") }
                     )));
                 };
                 pipeline.truncate(position + 1);
@@ -675,11 +684,12 @@ fn run(cli: Cli) -> Result<(), UserError> {
             passes::run_pipeline(&mut graph, &pipeline, &mut |name, graph| {
                 if print_after_all {
                     println!("; after {name}");
-                    print!("{}", cnnc::ir::print(graph));
+                    print!("{}{}", cnnc::ir::print(graph), cnnc::ir::print::print_memory_plan(graph));
                 }
             })?;
             if !print_after_all {
-                print!("{}", cnnc::ir::print(&graph));
+                // The memory plan too, once planned: where concat elimination shows.
+                print!("{}{}", cnnc::ir::print(&graph), cnnc::ir::print::print_memory_plan(&graph));
             }
         }
         Command::Run(args) => run_command(&args)?,
@@ -791,8 +801,10 @@ fn run_command(args: &RunArgs) -> Result<(), UserError> {
         return Err(UserError(format!("error: --batch {} but the input holds {batch} items", shape.batch)));
     }
     let mut graph = prepare(net, shape, batch, Some(weights))?;
-    passes::optimize(&mut graph, level)?;
     if !compare.is_empty() {
+        // One graph for every target, so that each node's value can be compared: the
+        // generic pipeline's, which every target runs (no pooling fused for the gpu).
+        passes::optimize(&mut graph, level)?;
         let targets: Vec<cnnc::exec::Target> = compare.iter().map(|t| t.to_exec()).collect();
         let report = cnnc::compare::compare(&graph, &inputs, &targets).map_err(|e| UserError(format!("error: {e}")))?;
         print!("{report}");
@@ -806,6 +818,7 @@ fn run_command(args: &RunArgs) -> Result<(), UserError> {
             ))),
         };
     }
+    passes::optimize_for(&mut graph, level, target.to_exec().capabilities())?;
     let output_names: Vec<String> = graph.outputs.iter().map(|o| o.name.clone()).collect();
     let executor = cnnc::exec::compile_with(graph, target.to_exec(), &threads.options())
         .map_err(|e| UserError(format!("error: {e}")))?;
@@ -907,7 +920,13 @@ fn build_command(args: &BuildArgs) -> Result<(), UserError> {
             cnnc::export::onnx::to_onnx(&graph, &graph.weights, false).map_err(|e| UserError(format!("error: {e}")))?;
         write(format!("{}.onnx", graph.name), &model)?;
     }
-    passes::optimize(&mut graph, opt.level())?;
+    // The pipeline of the backend built for: with --target cpu, --emit wgsl,plan write
+    // kernels for the generic graph (the GPU runs it too, without fused pooling).
+    let capabilities = match target {
+        BuildTarget::Cpu => passes::Capabilities::GENERIC,
+        BuildTarget::Gpu => passes::Capabilities::GPU,
+    };
+    passes::optimize_for(&mut graph, opt.level(), capabilities)?;
     if emit.contains(&Emit::Ir) {
         write(format!("{}.ir", graph.name), cnnc::ir::print(&graph).as_bytes())?;
     }

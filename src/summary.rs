@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::ir::shape::fmt_shape;
 use crate::ir::{Graph, NodeId, Op};
+use crate::passes::plan_memory::concat_is_free;
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct LayerCost {
@@ -37,8 +38,11 @@ pub struct Summary {
 pub struct OptimizedStats {
     pub nodes_before: usize,
     pub nodes_after: usize,
-    /// Nodes that are kernels (everything but inputs).
+    /// Nodes that are kernels (everything but inputs and the concats the memory plan
+    /// eliminated).
     pub kernels: usize,
+    /// Concats with nothing left to copy: their operands are computed in their slices.
+    pub eliminated_concats: usize,
     /// Kernels that carry a fused epilogue.
     pub fused_kernels: usize,
     /// The memory plan's arena, in bytes.
@@ -49,7 +53,9 @@ pub struct OptimizedStats {
 
 /// Node, kernel and memory figures of an optimized graph.
 pub fn optimized_stats(graph: &Graph, nodes_before: usize) -> OptimizedStats {
-    let kernels = graph.node_ids().iter().filter(|&&id| !matches!(graph.node(id).op, Op::Input { .. })).count();
+    let eliminated_concats = graph.node_ids().into_iter().filter(|&id| concat_is_free(graph, id)).count();
+    let kernels = graph.node_ids().iter().filter(|&&id| !matches!(graph.node(id).op, Op::Input { .. })).count()
+        - eliminated_concats;
     let fused_kernels = graph.node_ids().iter().filter(|&&id| !graph.node(id).epilogue.is_empty()).count();
     let (arena_bytes, intermediate_bytes) =
         graph.memory.as_ref().map(|m| (m.arena_bytes as u64, m.unplanned_bytes as u64)).unwrap_or((0, 0));
@@ -57,6 +63,7 @@ pub fn optimized_stats(graph: &Graph, nodes_before: usize) -> OptimizedStats {
         nodes_before,
         nodes_after: graph.node_count(),
         kernels,
+        eliminated_concats,
         fused_kernels,
         arena_bytes,
         intermediate_bytes,
@@ -66,7 +73,17 @@ pub fn optimized_stats(graph: &Graph, nodes_before: usize) -> OptimizedStats {
 /// Multiply-accumulates of one node.
 pub fn macs(graph: &Graph, id: NodeId) -> u64 {
     let node = graph.node(id);
-    let out: u64 = node.shape.iter().map(|&d| d as u64).product();
+    // A conv whose epilogue pools computes every value of its unpooled shape.
+    let unpooled = match node.epilogue.pool {
+        Some(_) => {
+            let operands: Vec<Vec<usize>> =
+                graph.op_operands(id).iter().map(|&o| graph.node(o).shape.clone()).collect();
+            let operands: Vec<&[usize]> = operands.iter().map(Vec::as_slice).collect();
+            crate::ir::shape::infer(&node.op, &operands).ok()
+        }
+        None => None,
+    };
+    let out: u64 = unpooled.as_ref().unwrap_or(&node.shape).iter().map(|&d| d as u64).product();
     match &node.op {
         Op::Conv(c) => {
             let operands = graph.operands(id);
@@ -185,11 +202,15 @@ pub fn render_table(summary: &Summary) -> String {
     }
     if let Some(o) = &summary.optimized {
         out += &format!(
-            "optimized: {} nodes -> {} ({} kernels, {} with fused epilogues); arena {} bytes for {} bytes of intermediates\n",
+            "optimized: {} nodes -> {} ({} kernels, {} with fused epilogues{}); arena {} bytes for {} bytes of intermediates\n",
             o.nodes_before,
             o.nodes_after,
             o.kernels,
             o.fused_kernels,
+            match o.eliminated_concats {
+                0 => String::new(),
+                n => format!(", {n} concats eliminated"),
+            },
             thousands(o.arena_bytes),
             thousands(o.intermediate_bytes)
         );

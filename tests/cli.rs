@@ -93,6 +93,45 @@ fn ir_is_deterministic() {
     assert!(String::from_utf8_lossy(&a.stdout).contains("layer2.0.downsample.1.running_var"));
 }
 
+#[test]
+fn ir_shows_the_memory_plan_and_concat_elimination() {
+    let out = cnnc(&["ir", "examples/squeezenet1_1.cnn"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("memory plan: arena"), "{text}");
+    // Each fire module's two expand convs are computed in their slices of its concat.
+    let placed = text.lines().filter(|line| line.contains(" in %")).count();
+    assert_eq!(placed, 16, "{text}");
+    // -O0 plans nothing.
+    let out = cnnc(&["ir", "examples/squeezenet1_1.cnn", "-O0"]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("memory plan"));
+}
+
+#[test]
+fn ir_runs_the_pipeline_of_the_target() {
+    let stdout = |args: &[&str]| {
+        let output = cnnc(args);
+        assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    // The GPU fuses VGG-16's five 2x2 max pools into the convolutions before them.
+    let gpu = stdout(&["ir", "examples/vgg16.cnn", "--target", "gpu"]);
+    assert_eq!(gpu.matches("-> relu -> max_pool kernel=2x2 stride=2x2 pad=0x0").count(), 5, "{gpu}");
+    assert!(!gpu.contains("= max_pool("), "{gpu}");
+    let after = stdout(&["ir", "examples/vgg16.cnn", "--target", "gpu", "--after", "fuse_pooling"]);
+    let rewritten = gpu.split("memory plan:").next().unwrap_or_default();
+    assert_eq!(after, rewritten, "fuse_pooling is the GPU pipeline's last rewrite");
+    // The CPU and the reference (the default) get the generic pipeline: no fused pools.
+    let cpu = stdout(&["ir", "examples/vgg16.cnn", "--target", "cpu"]);
+    assert_eq!(cpu.matches("= max_pool(").count(), 5, "{cpu}");
+    assert!(!cpu.contains("-> max_pool"), "{cpu}");
+    assert_eq!(stdout(&["ir", "examples/vgg16.cnn"]), cpu);
+    let output = cnnc(&["ir", "examples/vgg16.cnn", "--target", "cpu", "--after", "fuse_pooling"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no pass `fuse_pooling` in the -O2 pipeline of target cpu"), "{stderr}");
+}
+
 fn temp_dir(tag: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("cnnc-cli-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -5,8 +5,9 @@
 //!   `tests/cpu_backend.rs` checks against the reference interpreter. Bitwise, because
 //!   threads only share out the same tiles: each output value is computed by the same
 //!   instructions either way. Thread counts 2 and 3 (uneven shares), batch 1 and 2
-//!   (padded convolutions synchronize per batch element). `CNNC_CPU_FILTER=NAME`
-//!   restricts the networks.
+//!   (padded convolutions synchronize per batch element). The threads run the model
+//!   compiled from a graph given up (`compile_jit_owned`, which frees each layer's
+//!   weights once packed). `CNNC_CPU_FILTER=NAME` restricts the networks.
 //! - micro-kernels: random convolutions and linear layers (channels, kernel, stride,
 //!   padding, dilation, groups, batch; a fifth of them pointwise, for the pixel-lane
 //!   tiles, and a fifth 3x3 stride-1 with 32 to 48 channels, odd and even sizes and
@@ -46,8 +47,10 @@ fn check(name: &str, source: &str, batch: usize) -> Result<(), String> {
         .enumerate()
         .map(|(i, &id)| cnnc::weights::random_normal(&graph.node(id).shape, 100 + i as u64))
         .collect();
-    let mut model = cnnc::backend::clif::compile_jit(&graph)?;
-    let single = bits(&model.run(&inputs)?);
+    let single = bits(&cnnc::backend::clif::compile_jit(&graph)?.run(&inputs)?);
+    // Several threads on the model compiled from a graph given up (`cnnc run` and `bench`
+    // compile so, freeing each layer's weights once packed): the same code.
+    let mut model = cnnc::backend::clif::compile_jit_owned(graph, &CodegenOptions::default())?;
     for threads in [2, 3] {
         model.set_threads(threads);
         // Twice: the second run reuses the pool.

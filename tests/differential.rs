@@ -1,9 +1,10 @@
 //! Differential tests of the passes: the reference interpreter on the IR as written and on
-//! the `-O1` and `-O2` IR gives the same outputs (relative L2 at most 1e-5, the same
-//! argmax per row of 2-D outputs), on random weights and inputs, for every example
-//! network and every program of `tests/programs`, at batch 1 and 2. Also checks that
-//! every optimized graph verifies, that its memory plan replays (no value is overwritten
-//! while it is still to be read) and that the arena is no larger than the intermediates.
+//! the `-O1` and `-O2` IR of the generic pipeline and the `-O2` IR of the GPU's (fused
+//! pooling) gives the same outputs (relative L2 at most 1e-5, the same argmax per row of
+//! 2-D outputs), on random weights and inputs, for every example network and every
+//! program of `tests/programs`, at batch 1 and 2. Also checks that every optimized graph
+//! verifies, that its memory plan replays (no value is overwritten while it is still to
+//! be read) and that the arena is no larger than the intermediates.
 //!
 //! To keep the run near a minute, batch 2 skips `-O1` ([`levels`]) and the largest
 //! networks ([`BATCH_2_LIMIT`]); `CNNC_DIFFERENTIAL_FULL=1` runs the whole matrix.
@@ -18,7 +19,7 @@ use common::{cnn_files, replay_memory_plan};
 use cnnc::front::{BuildOptions, compile_bytes};
 use cnnc::interp;
 use cnnc::ir::{Graph, Op, Slot, verify};
-use cnnc::passes::{self, OptLevel};
+use cnnc::passes::{self, Capabilities, OptLevel};
 use cnnc::tensor::{Tensor, argmax_rows, relative_l2};
 use cnnc::weights::{random_normal, random_weights};
 
@@ -102,15 +103,21 @@ fn compare_outputs(what: &str, graph: &Graph, reference: &[Tensor], optimized: &
     problems
 }
 
-/// The optimization levels checked at a batch size. `-O1` runs a prefix of `-O2`'s
-/// pipeline, so at batch 2 only `-O2` is checked (one interpreter run fewer per program)
-/// unless `CNNC_DIFFERENTIAL_FULL` is set.
-fn levels(batch: usize) -> Vec<OptLevel> {
-    if batch == 1 || full_matrix() { vec![OptLevel::O1, OptLevel::O2] } else { vec![OptLevel::O2] }
+/// The pipelines checked at a batch size: optimization level and target capabilities.
+/// `-O1` runs a prefix of `-O2`'s pipeline, so at batch 2 only `-O2` is checked (one
+/// interpreter run fewer per program) unless `CNNC_DIFFERENTIAL_FULL` is set. The GPU's
+/// `-O2` (the generic one plus `fuse_pooling`) is checked at every batch size.
+fn levels(batch: usize) -> Vec<(OptLevel, Capabilities)> {
+    let mut levels = vec![(OptLevel::O2, Capabilities::GENERIC), (OptLevel::O2, Capabilities::GPU)];
+    if batch == 1 || full_matrix() {
+        levels.insert(0, (OptLevel::O1, Capabilities::GENERIC));
+    }
+    levels
 }
 
 /// Checks one program, built at one batch size with weights bound; returns the problems
-/// found and, at `-O2`, the memory plan's (arena, sum of intermediates) in bytes.
+/// found and, at the generic `-O2`, the memory plan's (arena, sum of intermediates) in
+/// bytes.
 fn check_program(name: &str, original: &Graph, batch: usize) -> (Vec<String>, Option<(usize, usize)>) {
     let inputs = random_inputs(original);
     let reference = match interp::run(original, &original.weights, &inputs) {
@@ -119,10 +126,11 @@ fn check_program(name: &str, original: &Graph, batch: usize) -> (Vec<String>, Op
     };
     let mut problems = Vec::new();
     let mut memory = None;
-    for level in levels(batch) {
-        let what = format!("{name} batch {batch} {level:?}");
+    for (level, capabilities) in levels(batch) {
+        let pipeline = if capabilities == Capabilities::GENERIC { "" } else { " (GPU pipeline)" };
+        let what = format!("{name} batch {batch} {level:?}{pipeline}");
         let mut optimized = original.clone();
-        if let Err(e) = passes::optimize(&mut optimized, level) {
+        if let Err(e) = passes::optimize_for(&mut optimized, level, capabilities) {
             problems.push(format!("{what}: {e}"));
             continue;
         }
@@ -143,7 +151,9 @@ fn check_program(name: &str, original: &Graph, batch: usize) -> (Vec<String>, Op
                             plan.arena_bytes, plan.unplanned_bytes
                         ));
                     }
-                    memory = Some((plan.arena_bytes, plan.unplanned_bytes));
+                    if capabilities == Capabilities::GENERIC {
+                        memory = Some((plan.arena_bytes, plan.unplanned_bytes));
+                    }
                 }
             }
         }
@@ -242,4 +252,62 @@ fn memory_plan_replay_catches_a_conv_writing_over_its_input() {
 #[test]
 fn verify_rejects_a_conv_planned_over_its_input() {
     assert!(verify(&conv_planned_over_its_input()).is_err());
+}
+
+/// A fire module (SqueezeNet) before a conv: the two expand convs are computed in their
+/// channel slices of the concat, which then has no kernel.
+const FIRE: &str = "network fire {
+    input x: [8, 6, 6]
+    s = squeeze: conv(4, 1) |> relu
+    e1 = s |> expand1x1: conv(5, 1) |> relu
+    e3 = s |> expand3x3: conv(3, 3, pad=1) |> relu
+    concat(e1, e3)
+    head: conv(2, 1)
+}";
+
+fn planned(source: &str, batch: usize) -> Graph {
+    let options = BuildOptions { batch, ..BuildOptions::default() };
+    let mut graph = cnnc::front::compile_source(source, &options).unwrap();
+    passes::optimize(&mut graph, OptLevel::O2).unwrap();
+    graph
+}
+
+fn node_named(graph: &Graph, name: &str) -> cnnc::ir::NodeId {
+    graph.node_ids().into_iter().find(|id| graph.node(*id).name == name).unwrap()
+}
+
+#[test]
+fn concat_operands_are_computed_in_their_slices() {
+    let graph = planned(FIRE, 1);
+    verify(&graph).unwrap();
+    replay_memory_plan(&graph).unwrap();
+    let plan = graph.memory.as_ref().unwrap();
+    let concat = graph.node_ids().into_iter().find(|id| matches!(graph.node(*id).op, Op::Concat)).unwrap();
+    let (e1, e3) = (node_named(&graph, "expand1x1"), node_named(&graph, "expand3x3"));
+    assert_eq!(plan.in_concat.get(&e1), Some(&concat));
+    assert_eq!(plan.in_concat.get(&e3), Some(&concat));
+    // expand1x1 holds channels 0..5 of the concat, expand3x3 channels 5..8, of 6x6 planes.
+    assert_eq!(plan.slots[&e1].offset, plan.slots[&concat].offset);
+    assert_eq!(plan.slots[&e3].offset, plan.slots[&concat].offset + 4 * 5 * 36);
+    assert!(cnnc::passes::plan_memory::concat_is_free(&graph, concat));
+    assert_eq!(cnnc::summary::optimized_stats(&graph, 0).eliminated_concats, 1);
+}
+
+#[test]
+fn concats_at_batch_2_copy() {
+    // At batch 2 each channel slice is two pieces, one per image: the concat copies.
+    let graph = planned(FIRE, 2);
+    replay_memory_plan(&graph).unwrap();
+    assert!(graph.memory.as_ref().unwrap().in_concat.is_empty());
+}
+
+#[test]
+fn a_concat_operand_off_its_slice_is_caught() {
+    let mut graph = planned(FIRE, 1);
+    let e3 = node_named(&graph, "expand3x3");
+    graph.memory.as_mut().unwrap().slots.get_mut(&e3).unwrap().offset += 4;
+    let error = verify(&graph).unwrap_err();
+    assert!(error.contains("expand3x3 is not placed at its channel slice"), "{error}");
+    let error = replay_memory_plan(&graph).unwrap_err();
+    assert!(error.contains("writes over the bytes of its operand expand3x3"), "{error}");
 }

@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 #[allow(dead_code)]
 mod common;
-use common::gpu_present;
+use common::{gpu_present, own_device};
 use std::time::Instant;
 
 use cnnc::backend::wgsl::{self, ArtifactPlan, ConvKernel, DeviceLimits, GpuModel};
@@ -131,19 +131,6 @@ fn bad_artifacts_are_errors() {
     let broken = GpuModel::load(&dir, "lenet5").err().expect("a broken plan is an error");
     assert!(broken.contains("not a cnnc GPU plan"), "{broken}");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A device of the caller's own, as a user's wgpu program opens it: WebGPU's default
-/// limits, no optional features.
-fn own_device() -> (wgpu::Device, wgpu::Queue) {
-    use cnnc::gpu::wgpu;
-    let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
-    descriptor.backends = wgpu::Backends::PRIMARY;
-    let instance = wgpu::Instance::new(descriptor.with_env());
-    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
-        .expect("an adapter (gpu_present found one)");
-    let descriptor = wgpu::DeviceDescriptor { required_limits: wgpu::Limits::default(), ..Default::default() };
-    pollster::block_on(adapter.request_device(&descriptor)).expect("a device")
 }
 
 /// Checks `got` against the interpreter on `graph` and `inputs`.

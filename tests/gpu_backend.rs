@@ -1,17 +1,19 @@
 //! The GPU backend against the reference interpreter, and naga on every emitted kernel.
 //!
-//! For every `examples/*.cnn` and `tests/programs/*.cnn`, optimized at O2 with random
-//! weights and inputs from fixed seeds: the outputs of the WGSL kernels run through wgpu
-//! must match the interpreter's on the same graph (relative L2 error <= 1e-4 on every
-//! output, the same argmax in every batch row) on every run.
+//! For every `examples/*.cnn` and `tests/programs/*.cnn`, optimized with the GPU's O2
+//! pipeline (pooling fused into convolutions, `fuse_pooling`) with random weights and
+//! inputs from fixed seeds: the outputs of the WGSL kernels run through wgpu must match
+//! the interpreter's on the same graph (relative L2 error <= 1e-4 on every output, the
+//! same argmax in every batch row) on every run.
 //! Every network runs at batch 1 and at batch 4 with the direct convolution kernel (the
 //! default on CPU adapters); the small ones (inputs of at most 32x32, i.e. the CIFAR and
 //! LeNet networks, and the test programs) also at batch 1 with the tiled kernel (the
 //! default on GPUs). The interpreter runs once per network and batch. Besides: VGG-16
 //! (its 411 MB fc weight spans several bindings), LeNet-5 laid out for tiny limits
 //! (every large tensor split over bindings and buffers), unoptimized graphs (batch
-//! norms, dropouts, no memory plan), a deterministic sweep of convolution shapes and
-//! epilogues on both kernels, and bad inputs.
+//! norms, dropouts, no memory plan), deterministic sweeps of convolution shapes and
+//! epilogues and of fused poolings (overlapping windows too, which the pass leaves
+//! alone) on both kernels, and bad inputs.
 //!
 //! Batch 4 runs once, batch 1 twice (the second run's check, that a run leaves nothing
 //! behind that disturbs the next, does not need repeating at batch 4). Measured with
@@ -34,8 +36,8 @@ use std::time::Instant;
 
 use cnnc::backend::wgsl::{self, ConvKernel, DeviceLimits, GpuOptions};
 use cnnc::front::{BuildOptions, compile_source};
-use cnnc::ir::Graph;
-use cnnc::passes::OptLevel;
+use cnnc::ir::{Graph, Op, PoolEpilogue};
+use cnnc::passes::{self, Capabilities, OptLevel};
 use cnnc::tensor::{Tensor, argmax_rows, relative_l2};
 
 const TOLERANCE: f64 = 1e-4;
@@ -66,9 +68,17 @@ fn programs(directory: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The source compiled at `batch`, bound to random weights, optimized at `level`.
+/// The source compiled at `batch`, bound to random weights, optimized at `level` with
+/// the GPU's pipeline.
 fn graph_at(source: &str, batch: usize, level: OptLevel) -> Result<Graph, String> {
-    common::random_graph(source, batch, WEIGHT_SEED, level)
+    let mut graph = common::random_graph(source, batch, WEIGHT_SEED, OptLevel::O0)?;
+    passes::optimize_for(&mut graph, level, Capabilities::GPU)?;
+    Ok(graph)
+}
+
+/// The convolutions of a graph that pool in their epilogue.
+fn fused_pools(graph: &Graph) -> usize {
+    graph.node_ids().into_iter().filter(|&id| graph.node(id).epilogue.pool.is_some()).count()
 }
 
 fn optimized_graph(source: &str, batch: usize) -> Result<Graph, String> {
@@ -228,11 +238,12 @@ fn check_directory(directory: &str, test: &str, skip: &[&str]) {
                 let run = format!("{name} batch {batch} {conv_kernel:?}");
                 match check_against(&graph, &reference, &options, batch == 1) {
                     Ok(o) => eprintln!(
-                        "{run}: relative L2 {:.2e}, {} dispatches ({} pipelines), load {:.2}s, \
+                        "{run}: relative L2 {:.2e}, {} dispatches ({} pipelines, {} fused pools), load {:.2}s, \
                          first run {:.3}s{}, interpreter {:.3}s",
                         o.error,
                         o.dispatches,
                         o.pipelines,
+                        fused_pools(&graph),
                         o.compile_seconds,
                         o.first_run_seconds,
                         second_run_time(&o),
@@ -300,7 +311,10 @@ fn vgg16_runs_with_its_large_weight_split_over_bindings() {
     let Some(_gpu) = gpu_present("vgg16_runs_with_its_large_weight_split_over_bindings") else { return };
     let source = std::fs::read_to_string(repo().join("examples/vgg16.cnn")).expect("read vgg16.cnn");
     let graph = optimized_graph(&source, 1).expect("vgg16 compiles");
+    // Its five 2x2 max pools run inside the convolutions before them.
+    assert_eq!(fused_pools(&graph), 5, "VGG-16 on the GPU pipeline");
     let plan = wgsl::plan(&graph, &DeviceLimits::default(), ConvKernel::Direct).expect("vgg16 plans");
+    assert!(plan.kernels.iter().all(|k| k.template != "pool"), "no pooling dispatch is left");
     let fc1 = plan.kernels.iter().find(|k| k.template == "linear").expect("a linear layer");
     assert!(fc1.bindings.len() >= 6, "fc1's 411 MB weight must span several bindings: {:?}", fc1.bindings);
     drop(plan);
@@ -445,6 +459,100 @@ fn convolution_variants_match() {
     }
     eprintln!("{cases} convolution variants, {fused_residuals} with a fused residual");
     assert!(fused_residuals >= 20, "the sweep should exercise fused residuals");
+    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
+}
+
+/// Fuses every windowed pool that is a conv's only user into the conv, as
+/// `fuse_pooling` does but overlapping windows too (the pass leaves those alone for
+/// speed; the kernel must still compute them right); returns how many it fused.
+fn fuse_every_pool(graph: &mut Graph) -> usize {
+    let mut fused = 0;
+    for id in graph.topo_order().expect("acyclic") {
+        if !graph.contains(id) {
+            continue;
+        }
+        let users = graph.users(id);
+        let node = graph.node(id);
+        let [user] = users[..] else { continue };
+        if !matches!(node.op, Op::Conv(_)) || node.epilogue.pool.is_some() || graph.is_output(id) {
+            continue;
+        }
+        let Some(pool) = PoolEpilogue::of(&graph.node(user).op) else { continue };
+        let shape = graph.node(user).shape.clone();
+        graph.node_mut(id).epilogue.pool = Some(pool);
+        graph.node_mut(id).shape = shape;
+        graph.replace_all_uses(user, id);
+        graph.remove_node(user);
+        fused += 1;
+    }
+    passes::plan_memory(graph);
+    fused
+}
+
+#[test]
+fn fused_pooling_variants_match() {
+    // Convolutions whose epilogue pools, on both kernel choices (the tiled one hands
+    // them to the direct kernel): max and average, windows that overlap or not, padding,
+    // ceil mode, count_pad, blocks of 4 pooled columns that run past the output, channel
+    // counts that are not multiples of 8, groups, and epilogues with a residual.
+    let Some(_gpu) = gpu_present("fused_pooling_variants_match") else { return };
+    let mut rng = Lcg(0x9001);
+    let activations = ["relu", "leaky_relu(0.2)", "sigmoid", "tanh"];
+    let mut failures = Vec::new();
+    let (mut cases, mut overlapping, mut averages, mut residuals) = (0, 0, 0, 0);
+    while cases < 40 {
+        let groups = [1, 1, 2][rng.below(3)];
+        let in_channels = groups * (1 + rng.below(4));
+        let out_channels = groups * (1 + rng.below(10));
+        let k = 1 + 2 * rng.below(2);
+        let stride = 1 + rng.below(2);
+        let (h, w) = (4 + rng.below(10), 4 + rng.below(10));
+        let (pkh, pkw) = (1 + rng.below(3), 1 + rng.below(3));
+        let (psh, psw) = (1 + rng.below(3), 1 + rng.below(3));
+        let (pph, ppw) = (rng.below(pkh / 2 + 1), rng.below(pkw / 2 + 1));
+        if (pkh, pkw, psh, psw) == (1, 1, 1, 1) {
+            continue; // the identity, which eliminate_identities removes
+        }
+        let max = rng.below(2) == 0;
+        let ceil = rng.below(2) == 0;
+        let count_pad = rng.below(2) == 0;
+        let activation = activations[rng.below(activations.len())];
+        let conv = format!("conv({out_channels}, {k}, stride={stride}, pad={}, groups={groups})", k / 2);
+        let pool = format!(
+            "{}(({pkh}, {pkw}), stride=({psh}, {psw}), pad=({pph}, {ppw}), ceil={ceil}{})",
+            if max { "max_pool" } else { "avg_pool" },
+            if max { String::new() } else { format!(", count_pad={count_pad}") }
+        );
+        let residual = cases % 3 == 2;
+        let body = if residual {
+            let shortcut = format!("conv({out_channels}, 1, stride={stride}, bias=false)");
+            format!(
+                "    a = x |> {conv} |> {activation}\n    b = x |> {shortcut}\n    y = add(a, b) |> relu |> {pool}\n"
+            )
+        } else {
+            format!("    y = x |> {conv} |> {activation} |> {pool}\n")
+        };
+        let source = format!("network sweep {{\n    input x: [{in_channels}, {h}, {w}]\n{body}    output y\n}}\n");
+        let batch = 1 + rng.below(2);
+        let Ok(mut graph) = graph_at(&source, batch, OptLevel::O2) else { continue };
+        fuse_every_pool(&mut graph);
+        if fused_pools(&graph) != 1 {
+            failures.push(format!("the pool did not fuse:\n{source}"));
+            continue;
+        }
+        cases += 1;
+        overlapping += usize::from(psh < pkh || psw < pkw);
+        averages += usize::from(!max);
+        residuals += usize::from(residual);
+        for conv_kernel in [ConvKernel::Direct, ConvKernel::Tiled] {
+            let options = GpuOptions { conv_kernel: Some(conv_kernel), ..Default::default() };
+            if let Err(e) = check_graph(graph.clone(), &options) {
+                failures.push(format!("{conv_kernel:?}, batch {batch}, {source}: {e}"));
+            }
+        }
+    }
+    eprintln!("{cases} fused poolings: {overlapping} overlapping, {averages} averages, {residuals} with a residual");
+    assert!(overlapping >= 10 && averages >= 10 && residuals >= 10, "the sweep should cover every kind");
     assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
 }
 

@@ -1,19 +1,20 @@
-//! The IR of every example after each pass of the `-O2` pipeline, as insta snapshots
-//! (`pass_snapshots__{pass}@{example}.snap`, plus `source` for the IR as written; the
-//! `plan_memory` snapshot lists the memory plan under the IR), and idempotence: each pass,
-//! run again right after it first ran in the pipeline, reports no change and changes
-//! nothing.
+//! The IR of every example after each pass of the generic `-O2` pipeline, as insta
+//! snapshots (`pass_snapshots__{pass}@{example}.snap`, plus `source` for the IR as
+//! written; the `plan_memory` snapshot lists the memory plan under the IR), and after the
+//! GPU pipeline's own pass (`pass_snapshots__gpu_fuse_pooling@{example}.snap`); and
+//! idempotence on both pipelines: each pass, run again right after it first ran in the
+//! pipeline, reports no change and changes nothing.
 
 use std::collections::HashMap;
-use std::fmt::Write;
 #[allow(dead_code)]
 mod common;
 use common::cnn_files;
 use std::path::Path;
 
 use cnnc::front::{BuildOptions, compile_bytes};
+use cnnc::ir::print::print_memory_plan;
 use cnnc::ir::{Graph, print};
-use cnnc::passes::{self, OptLevel};
+use cnnc::passes::{self, Capabilities, OptLevel};
 use cnnc::weights::random_weights;
 
 fn compile(path: &Path) -> Graph {
@@ -21,19 +22,9 @@ fn compile(path: &Path) -> Graph {
     compile_bytes(&bytes, &BuildOptions::default()).unwrap_or_else(|d| panic!("{}: {d:?}", path.display()))
 }
 
-/// The IR text, followed by the memory plan when there is one, with values numbered as
-/// `ir::print` numbers them.
+/// The IR text, followed by the memory plan when there is one.
 fn print_with_memory_plan(graph: &Graph) -> String {
-    let mut text = print(graph);
-    let (Some(plan), Some(order)) = (&graph.memory, graph.topo_order()) else { return text };
-    writeln!(text, "memory plan: arena {} bytes, intermediates {} bytes", plan.arena_bytes, plan.unplanned_bytes)
-        .unwrap();
-    for (number, id) in order.iter().enumerate() {
-        if let Some(slot) = plan.slots.get(id) {
-            writeln!(text, "  %{number} at {}..{}", slot.offset, slot.offset + slot.bytes).unwrap();
-        }
-    }
-    text
+    print(graph) + &print_memory_plan(graph)
 }
 
 #[test]
@@ -56,17 +47,31 @@ fn ir_after_each_pass() {
     });
 }
 
-/// Runs the `-O2` pipeline on the program with random weights and, right after each
-/// pass, runs that pass again on a copy; returns what the second run changed.
-fn second_runs_that_change_something(path: &Path) -> Vec<String> {
+#[test]
+fn ir_after_fuse_pooling_on_the_gpu_pipeline() {
+    insta::glob!("../examples", "*.cnn", |path| {
+        let mut graph = compile(path);
+        let mut pipeline = passes::pipeline_for(OptLevel::O2, Capabilities::GPU);
+        let position = pipeline.iter().position(|p| p.name == "fuse_pooling").expect("the GPU pipeline pools");
+        pipeline.truncate(position + 1);
+        passes::run_pipeline(&mut graph, &pipeline, &mut |_, _| {})
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        insta::assert_snapshot!("gpu_fuse_pooling", print(&graph));
+    });
+}
+
+/// Runs the `-O2` pipeline for `capabilities` on the program with random weights and,
+/// right after each pass, runs that pass again on a copy; returns what the second run
+/// changed.
+fn second_runs_that_change_something(path: &Path, capabilities: Capabilities) -> Vec<String> {
     let mut graph = compile(path);
     graph.weights = random_weights(&graph, 7);
-    let pipeline = passes::pipeline(OptLevel::O2);
+    let pipeline = passes::pipeline_for(OptLevel::O2, capabilities);
     let mut problems = Vec::new();
     let result = passes::run_pipeline(&mut graph, &pipeline, &mut |name, graph| {
         let pass = pipeline.iter().find(|p| p.name == name).expect("the callback names a pipeline pass");
         let mut again = graph.clone();
-        let what = format!("{}: {name}", path.display());
+        let what = format!("{} ({capabilities:?}): {name}", path.display());
         if (pass.run)(&mut again) {
             problems.push(format!("{what}: a second run reports a change"));
         }
@@ -88,6 +93,10 @@ fn second_runs_that_change_something(path: &Path) -> Vec<String> {
 fn every_pass_is_idempotent_right_after_it_runs() {
     let mut files = cnn_files("examples");
     files.extend(cnn_files("tests/programs"));
-    let problems: Vec<String> = files.iter().flat_map(|path| second_runs_that_change_something(path)).collect();
+    let problems: Vec<String> = files
+        .iter()
+        .flat_map(|path| [Capabilities::GENERIC, Capabilities::GPU].map(|c| second_runs_that_change_something(path, c)))
+        .flatten()
+        .collect();
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

@@ -3,7 +3,7 @@
 
 use cnnc::front::{BuildOptions, compile_bytes, compile_source};
 use cnnc::ir::{Graph, print, verify};
-use cnnc::passes::{self, ALL_PASSES, OptLevel};
+use cnnc::passes::{self, ALL_PASSES, Capabilities, OptLevel};
 
 fn compile(source: &str) -> Graph {
     compile_source(source, &BuildOptions::default()).unwrap_or_else(|d| panic!("{d:?}"))
@@ -132,6 +132,129 @@ fn fusion_stops_at_values_used_twice_and_at_broadcasting_adds() {
     );
 }
 
+/// The GPU pipeline's fusions in its order: the elementwise ones, then pooling.
+fn fuse_epilogues_then_pooling(graph: &mut Graph) -> bool {
+    let fused = passes::fuse_epilogues(graph);
+    passes::fuse_pooling(graph) | fused
+}
+
+#[test]
+fn a_pool_after_a_conv_and_its_relu_fuses_into_the_conv() {
+    check_pass(
+        fuse_epilogues_then_pooling,
+        "network n { input x: [3, 8, 8]; c: conv(4, 3, pad=1); relu; max_pool(2) }",
+        "network n
+        %0 = input x : [1, 3, 8, 8]  # x
+        %1 = conv(%0) out=4 kernel=3x3 stride=1x1 pad=1x1 -> relu -> max_pool kernel=2x2 stride=2x2 pad=0x0 : [1, 4, 4, 4]  # c {c.weight, c.bias}
+        output output = %1",
+    );
+}
+
+#[test]
+fn an_average_pool_fuses_after_a_residual_add() {
+    // The residual keeps the conv's own 7x7 shape; the node takes the pooled 4x4.
+    check_pass(
+        fuse_epilogues_then_pooling,
+        "network n { input x: [4, 7, 7]; b: conv(4, 3, pad=1); add(x); relu; avg_pool(2, pad=1, ceil=true, count_pad=true) }",
+        "network n
+        %0 = input x : [1, 4, 7, 7]  # x
+        %1 = conv(%0) out=4 kernel=3x3 stride=1x1 pad=1x1 -> add %0 -> relu -> avg_pool kernel=2x2 stride=2x2 pad=1x1 ceil=true count_pad=true : [1, 4, 4, 4]  # b {b.weight, b.bias}
+        output output = %1",
+    );
+}
+
+#[test]
+fn pooling_stays_apart_from_shared_and_output_values_and_unless_windowed_and_disjoint() {
+    check_pass(
+        passes::fuse_pooling,
+        "network n { input x: [4, 8, 8]
+            a: conv(4, 1); p = a |> max_pool(2); q = a |> relu
+            b: conv(4, 1); r = b |> max_pool(2)
+            g = x |> conv(4, 1) |> global_max_pool
+            h = x |> conv(4, 1) |> adaptive_avg_pool(2)
+            o = x |> conv(4, 1) |> max_pool(3, stride=2)
+            s = x |> max_pool(2)
+            output p, q, b, r, g, h, o, s }",
+        "network n
+        %0 = input x : [1, 4, 8, 8]  # x
+        %1 = conv(%0) out=4 kernel=1x1 stride=1x1 pad=0x0 : [1, 4, 8, 8]  # a {a.weight, a.bias}
+        %2 = max_pool(%1) kernel=2x2 stride=2x2 pad=0x0 : [1, 4, 4, 4]  # max_pool_0
+        %3 = relu(%1) : [1, 4, 8, 8]  # relu_0
+        %4 = conv(%3) out=4 kernel=1x1 stride=1x1 pad=0x0 : [1, 4, 8, 8]  # b {b.weight, b.bias}
+        %5 = max_pool(%4) kernel=2x2 stride=2x2 pad=0x0 : [1, 4, 4, 4]  # max_pool_1
+        %6 = conv(%0) out=4 kernel=1x1 stride=1x1 pad=0x0 : [1, 4, 8, 8]  # conv_0 {conv_0.weight, conv_0.bias}
+        %7 = global_max_pool(%6) : [1, 4, 1, 1]  # global_max_pool_0
+        %8 = conv(%0) out=4 kernel=1x1 stride=1x1 pad=0x0 : [1, 4, 8, 8]  # conv_1 {conv_1.weight, conv_1.bias}
+        %9 = adaptive_avg_pool(%8) out=2x2 : [1, 4, 2, 2]  # adaptive_avg_pool_0
+        %10 = conv(%0) out=4 kernel=1x1 stride=1x1 pad=0x0 : [1, 4, 8, 8]  # conv_2 {conv_2.weight, conv_2.bias}
+        %11 = max_pool(%10) kernel=3x3 stride=2x2 pad=0x0 : [1, 4, 3, 3]  # max_pool_2
+        %12 = max_pool(%0) kernel=2x2 stride=2x2 pad=0x0 : [1, 4, 4, 4]  # max_pool_3
+        output p = %2
+        output q = %3
+        output b = %4
+        output r = %5
+        output g = %7
+        output h = %9
+        output o = %11
+        output s = %12",
+    );
+}
+
+#[test]
+fn nothing_fuses_after_a_pool_in_the_epilogue() {
+    // Once the pool is in the conv's epilogue, the relu after it cannot join (the
+    // epilogue's activations run before the pooling), nor can a BatchNorm fold.
+    check_pass(
+        fuse_epilogues_then_pooling,
+        "network n { input x: [3, 8, 8]; c: conv(4, 3, pad=1); avg_pool(2); relu }",
+        "network n
+        %0 = input x : [1, 3, 8, 8]  # x
+        %1 = conv(%0) out=4 kernel=3x3 stride=1x1 pad=1x1 -> avg_pool kernel=2x2 stride=2x2 pad=0x0 : [1, 4, 4, 4]  # c {c.weight, c.bias}
+        %2 = relu(%1) : [1, 4, 4, 4]  # relu_0
+        output output = %2",
+    );
+    let mut graph = compile("network n { input x: [3, 8, 8]; c: conv(4, 3, pad=1); max_pool(2); bn: batch_norm }");
+    assert!(passes::fuse_pooling(&mut graph));
+    passes::fold_batchnorm(&mut graph);
+    verify(&graph).unwrap();
+    assert!(print(&graph).contains("= scale_shift("), "{}", print(&graph));
+}
+
+#[test]
+fn verify_checks_the_pooled_shape_and_the_residual_shape() {
+    let mut graph = compile("network n { input x: [4, 8, 8]; c: conv(4, 3, pad=1); add(x); max_pool(2) }");
+    passes::optimize_for(&mut graph, OptLevel::O2, Capabilities::GPU).unwrap();
+    let conv = graph.node_ids().into_iter().find(|&id| graph.node(id).name == "c").unwrap();
+    assert!(graph.node(conv).epilogue.pool.is_some(), "{}", print(&graph));
+    let mut unpooled = graph.clone();
+    unpooled.node_mut(conv).shape = vec![1, 4, 8, 8];
+    let error = verify(&unpooled).unwrap_err();
+    assert!(error.contains("c: shape [1, 4, 8, 8] but its operands give [1, 4, 4, 4]"), "{error}");
+    let mut on_a_pool = compile("network n { input x: [4, 8, 8]; p: max_pool(2) }");
+    let pool = on_a_pool.node_ids().into_iter().find(|&id| on_a_pool.node(id).name == "p").unwrap();
+    on_a_pool.node_mut(pool).epilogue.pool = graph.node(conv).epilogue.pool.clone();
+    on_a_pool.node_mut(pool).shape = vec![1, 4, 2, 2];
+    let error = verify(&on_a_pool).unwrap_err();
+    assert!(error.contains("only convs take one"), "{error}");
+}
+
+#[test]
+fn vgg16_fuses_its_five_pools_on_the_gpu_pipeline_only() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/vgg16.cnn");
+    let source = std::fs::read(path).unwrap();
+    let mut generic = compile_bytes(&source, &BuildOptions::default()).unwrap();
+    passes::optimize(&mut generic, OptLevel::O2).unwrap();
+    let text = print(&generic);
+    assert_eq!(text.matches("= max_pool(").count(), 5, "{text}");
+    assert!(!text.contains("-> max_pool"), "{text}");
+    let mut gpu = compile_bytes(&source, &BuildOptions::default()).unwrap();
+    passes::optimize_for(&mut gpu, OptLevel::O2, Capabilities::GPU).unwrap();
+    let text = print(&gpu);
+    assert_eq!(text.matches("-> relu -> max_pool kernel=2x2 stride=2x2").count(), 5, "{text}");
+    assert!(!text.contains("= max_pool("), "{text}");
+    assert_eq!(gpu.node_count() + 5, generic.node_count());
+}
+
 #[test]
 fn dead_branches_go_away() {
     check_pass(
@@ -158,13 +281,16 @@ fn examples() -> Vec<std::path::PathBuf> {
 #[test]
 fn every_pass_is_idempotent_on_every_example() {
     for path in examples() {
-        let mut graph = compile_bytes(&std::fs::read(&path).unwrap(), &BuildOptions::default()).unwrap();
-        passes::optimize(&mut graph, OptLevel::O2).unwrap();
-        for pass in ALL_PASSES {
-            // Passes outside -O2 (convert_fc_to_conv) get their first run here.
-            (pass.run)(&mut graph);
-            verify(&graph).unwrap();
-            assert!(!(pass.run)(&mut graph), "{} changed {} on a second run", pass.name, path.display());
+        for capabilities in [Capabilities::GENERIC, Capabilities::GPU] {
+            let mut graph = compile_bytes(&std::fs::read(&path).unwrap(), &BuildOptions::default()).unwrap();
+            passes::optimize_for(&mut graph, OptLevel::O2, capabilities).unwrap();
+            for pass in ALL_PASSES {
+                // Passes outside the pipeline (convert_fc_to_conv, and fuse_pooling in the
+                // generic one) get their first run here.
+                (pass.run)(&mut graph);
+                verify(&graph).unwrap();
+                assert!(!(pass.run)(&mut graph), "{} changed {} on a second run", pass.name, path.display());
+            }
         }
     }
 }

@@ -1,6 +1,10 @@
-//! Property test of the passes: random valid networks, written as `.cnn` source, compute
-//! the same outputs in the reference interpreter before and after `-O2` (relative L2 at
-//! most 1e-5) on random weights and inputs.
+//! Property test of the passes and the backends: random valid networks, written as
+//! `.cnn` source, compute the same outputs in the reference interpreter before and after
+//! `-O2`, the generic pipeline's and the GPU's (fused pooling), (relative L2 at most
+//! 1e-5), and the CPU backend's code for the generic `-O2` graph, on one and two
+//! threads, computes the interpreter's (at most 1e-4), on random weights and inputs. An
+//! eighth as many networks run on the GPU (lavapipe here) through the GPU pipeline
+//! against the interpreter (at most 1e-4).
 //!
 //! A network is generated as data (an input shape and a list of layer descriptions) and
 //! rendered to source by tracking the current shape, so proptest shrinks the list and the
@@ -18,7 +22,7 @@ use common::replay_memory_plan;
 use cnnc::front::{BuildOptions, compile_source};
 use cnnc::interp;
 use cnnc::ir::verify;
-use cnnc::passes::{self, OptLevel};
+use cnnc::passes::{self, Capabilities, OptLevel};
 use cnnc::tensor::{Tensor, relative_l2};
 use cnnc::weights::{Weights, random_normal, random_weights};
 use proptest::prelude::*;
@@ -443,8 +447,9 @@ enum Checked {
     Overflowed,
 }
 
-/// Compiles the source at `batch`, binds random weights, optimizes a copy at `-O2` and
-/// compares the interpreter's outputs; the error says what differs.
+/// Compiles the source at `batch`, binds random weights, optimizes a copy at `-O2` with
+/// the generic pipeline and one with the GPU's, and compares the interpreter's outputs;
+/// the error says what differs.
 fn check_equivalence(
     source: &str,
     expected_shapes: &[Vec<usize>],
@@ -467,45 +472,43 @@ fn check_equivalence(
         .enumerate()
         .map(|(i, id)| random_normal(&original.node(*id).shape, input_seed.wrapping_add(i as u64)))
         .collect();
-    let mut optimized = original.clone();
-    passes::optimize(&mut optimized, OptLevel::O2)?;
-    verify(&optimized).map_err(|e| format!("the optimized graph does not verify:\n{e}"))?;
-    replay_memory_plan(&optimized).map_err(|e| format!("the memory plan does not replay:\n{e}"))?;
     let reference = interp::run(&original, &original.weights, &inputs).map_err(|e| format!("-O0 run: {e}"))?;
     // Products of products (`mul(t, t, t)` twice) overflow f32; nothing to compare then.
     if reference.iter().any(|t| t.data.iter().any(|v| !v.is_finite() || v.abs() > 1e30)) {
         return Ok(Checked::Overflowed);
     }
-    let actual = interp::run(&optimized, &optimized.weights, &inputs).map_err(|e| format!("-O2 run: {e}"))?;
-    if reference.len() != actual.len() {
-        return Err(format!("{} outputs at -O2, {} at -O0", actual.len(), reference.len()));
-    }
     let mut failures = Vec::new();
-    for (position, ((output, expected), actual)) in original.outputs.iter().zip(&reference).zip(&actual).enumerate() {
-        if expected.shape != actual.shape {
-            return Err(format!(
-                "output {}: shape {} at -O2, {} at -O0",
-                output.name,
-                actual.shape_string(),
-                expected.shape_string()
-            ));
-        }
-        let error = relative_l2(&actual.data, &expected.data);
-        let within = error <= TOLERANCE; // false for NaN
-        if !within {
-            failures.push((
-                position,
-                format!("output {}: relative L2 {error:.3e} > {TOLERANCE:e}", output.name),
-                error,
-            ));
+    for (capabilities, level) in [(Capabilities::GENERIC, "-O2"), (Capabilities::GPU, "-O2 (GPU pipeline)")] {
+        let mut optimized = original.clone();
+        passes::optimize_for(&mut optimized, OptLevel::O2, capabilities)?;
+        verify(&optimized).map_err(|e| format!("the {level} graph does not verify:\n{e}"))?;
+        replay_memory_plan(&optimized).map_err(|e| format!("the {level} memory plan does not replay:\n{e}"))?;
+        let actual = interp::run(&optimized, &optimized.weights, &inputs).map_err(|e| format!("{level} run: {e}"))?;
+        failures.extend(compare(&original, level, &reference, &actual, TOLERANCE)?);
+        if capabilities == Capabilities::GENERIC {
+            // The CPU backend runs the generic -O2 graph (concat elimination, fused
+            // epilogues, its kernels) on one and on two threads.
+            let mut jit = cnnc::backend::clif::compile_jit(&optimized).map_err(|e| format!("CPU backend: {e}"))?;
+            for threads in [1, 2] {
+                jit.set_threads(threads);
+                let native = jit.run(&inputs).map_err(|e| format!("CPU backend run: {e}"))?;
+                failures.extend(compare(
+                    &original,
+                    &format!("cpu, {threads} threads"),
+                    &actual,
+                    &native,
+                    CPU_TOLERANCE,
+                )?);
+            }
         }
     }
     if failures.is_empty() {
         return Ok(Checked::Agree);
     }
     // An output that nearly cancels out (a single logit close to zero, say) can move by
-    // more than the tolerance when the folded weights are rounded to f32. Such a failure
-    // is excused when rounding noise alone moves the unoptimized graph's output as far.
+    // more than the tolerance when the folded weights are rounded to f32, or summed in
+    // f32. Such a failure is excused when rounding noise alone moves the unoptimized
+    // graph's output as far.
     let sensitivity = |position: usize| -> f64 {
         (0..3u64)
             .map(|sample| {
@@ -525,6 +528,45 @@ fn check_equivalence(
         })
         .collect();
     if unexplained.is_empty() { Ok(Checked::Agree) } else { Err(unexplained.join("\n")) }
+}
+
+/// The largest relative L2 error of the CPU backend against the interpreter (f32 sums
+/// against f64), as in `tests/cpu_backend.rs`.
+const CPU_TOLERANCE: f64 = 1e-4;
+
+/// The outputs of `actual` (named `what`) that differ from `expected` by more than
+/// `tolerance`: (position, message, error). Different shapes are an error.
+fn compare(
+    graph: &cnnc::ir::Graph,
+    what: &str,
+    expected: &[Tensor],
+    actual: &[Tensor],
+    tolerance: f64,
+) -> Result<Vec<(usize, String, f64)>, String> {
+    if expected.len() != actual.len() {
+        return Err(format!("{what}: {} outputs, expected {}", actual.len(), expected.len()));
+    }
+    let mut failures = Vec::new();
+    for (position, ((output, expected), actual)) in graph.outputs.iter().zip(expected).zip(actual).enumerate() {
+        if expected.shape != actual.shape {
+            return Err(format!(
+                "{what}: output {} has shape {}, expected {}",
+                output.name,
+                actual.shape_string(),
+                expected.shape_string()
+            ));
+        }
+        let error = relative_l2(&actual.data, &expected.data);
+        let within = error <= tolerance; // false for NaN
+        if !within {
+            failures.push((
+                position,
+                format!("{what}: output {}: relative L2 {error:.3e} > {tolerance:e}", output.name),
+                error,
+            ));
+        }
+    }
+    Ok(failures)
 }
 
 /// How many times the effect of rounding noise a difference may be and still count as
@@ -649,14 +691,20 @@ fn network() -> impl Strategy<Value = Network> {
     (input, body, head).prop_map(|(input, body, head)| Network { input, body, head })
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
-        // `PROPTEST_CASES=100000 cargo test --test proptest_networks` searches longer.
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(1024),
+/// The configuration of a property: `PROPTEST_CASES` (default 1024) networks divided by
+/// `share`. `PROPTEST_CASES=100000 cargo test --test proptest_networks` searches longer.
+fn config(share: u32) -> ProptestConfig {
+    let cases: u32 = std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(1024);
+    ProptestConfig {
+        cases: (cases / share).max(1),
         // Failing cases are kept as plain tests below, not in a regressions file.
         failure_persistence: None,
         ..ProptestConfig::default()
-    })]
+    }
+}
+
+proptest! {
+    #![proptest_config(config(1))]
 
     #[test]
     fn o2_computes_what_o0_computes(
@@ -699,4 +747,64 @@ fn renderer_adapts_layers_to_the_shape() {
     let (source, shapes) = network.render();
     let checked = check_equivalence(&source, &shapes, 2, 1, 2).unwrap_or_else(|e| panic!("{e}\n{source}"));
     assert_eq!(checked, Checked::Agree);
+}
+
+/// The largest relative L2 error of the GPU backend against the interpreter, as in
+/// `tests/gpu_backend.rs`.
+const GPU_TOLERANCE: f64 = 1e-4;
+
+/// Runs the GPU pipeline's `-O2` graph of a random network on the GPU (one device for the whole run,
+/// opened as a user's program opens one) against the interpreter on the same graph.
+fn check_gpu(source: &str, batch: usize, weight_seed: u64, input_seed: u64) -> Result<Checked, String> {
+    static DEVICE: std::sync::OnceLock<(cnnc::gpu::wgpu::Device, cnnc::gpu::wgpu::Queue)> = std::sync::OnceLock::new();
+    let (device, queue) = DEVICE.get_or_init(common::own_device);
+    let options = BuildOptions { batch, ..BuildOptions::default() };
+    let mut graph = compile_source(source, &options).map_err(|diags| format!("does not compile: {diags:?}"))?;
+    graph.weights = random_weights(&graph, weight_seed);
+    let inputs: Vec<Tensor> = graph
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, id)| random_normal(&graph.node(*id).shape, input_seed.wrapping_add(i as u64)))
+        .collect();
+    passes::optimize_for(&mut graph, OptLevel::O2, Capabilities::GPU)?;
+    let expected = interp::run(&graph, &graph.weights, &inputs).map_err(|e| format!("-O2 run: {e}"))?;
+    if expected.iter().any(|t| t.data.iter().any(|v| !v.is_finite() || v.abs() > 1e30)) {
+        return Ok(Checked::Overflowed);
+    }
+    let model = cnnc::backend::wgsl::compile_gpu_on(&graph, device, queue, &Default::default())
+        .map_err(|e| format!("GPU backend: {e}"))?;
+    let actual = model.run(&inputs).map_err(|e| format!("GPU run: {e}"))?;
+    let failures = compare(&graph, "gpu", &expected, &actual, GPU_TOLERANCE)?;
+    if failures.is_empty() {
+        Ok(Checked::Agree)
+    } else {
+        Err(failures.into_iter().map(|(_, message, _)| message).collect::<Vec<_>>().join("\n"))
+    }
+}
+
+proptest! {
+    // An eighth of the interpreter's cases: each one builds its pipelines on lavapipe.
+    #![proptest_config(config(8))]
+
+    #[test]
+    fn gpu_computes_what_the_interpreter_computes(
+        network in network(),
+        batch in 1usize..=2,
+        weight_seed in any::<u64>(),
+        input_seed in any::<u64>(),
+    ) {
+        // Asked once: looking for an adapter costs more than a case. (The lock
+        // `gpu_present` returns is for binaries with several GPU tests; this has one.)
+        static PRESENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if !*PRESENT.get_or_init(|| common::gpu_present("gpu_computes_what_the_interpreter_computes").is_some()) {
+            return Ok(());
+        }
+        let (source, _) = network.render();
+        match check_gpu(&source, batch, weight_seed, input_seed) {
+            Ok(Checked::Agree) => {}
+            Ok(Checked::Overflowed) => return Err(TestCaseError::reject("the outputs overflow")),
+            Err(e) => prop_assert!(false, "{e}\nbatch {batch}, weight seed {weight_seed}, input seed {input_seed}, source:\n{source}"),
+        }
+    }
 }

@@ -15,6 +15,7 @@ fn learnable_parameter_totals_match_the_published_ones() {
     for (file, total) in [
         ("examples/vgg16.cnn", 138_357_544),
         ("examples/resnet18.cnn", 11_689_512),
+        ("examples/resnet18_cifar.cnn", 11_173_962),
         ("examples/resnet34.cnn", 21_797_672),
         ("examples/resnet50.cnn", 25_557_032),
         ("examples/alexnet.cnn", 61_100_840),
@@ -64,4 +65,20 @@ fn vgg16_layer_sizes_and_macs() {
     assert_eq!(last_pool.shape, vec![1, 512, 7, 7]);
     // About 15.5 GMACs.
     assert_eq!(summary.total_macs, 15_470_264_320);
+}
+
+/// A conv that pools in its epilogue (the GPU pipeline) still does its unpooled work.
+#[test]
+fn fused_pooling_keeps_the_multiply_adds() {
+    use cnnc::passes::{Capabilities, OptLevel, optimize_for};
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/vgg16.cnn");
+    let source = std::fs::read(path).unwrap();
+    let graph = cnnc::front::compile_bytes(&source, &cnnc::front::BuildOptions::default()).unwrap();
+    let total = |capabilities| {
+        let mut graph = graph.clone();
+        optimize_for(&mut graph, OptLevel::O2, capabilities).unwrap();
+        graph.node_ids().into_iter().map(|id| cnnc::summary::macs(&graph, id)).sum::<u64>()
+    };
+    assert_eq!(total(Capabilities::GPU), total(Capabilities::GENERIC));
+    assert_eq!(total(Capabilities::GENERIC), summary_of("examples/vgg16.cnn").total_macs);
 }

@@ -7,9 +7,10 @@
 //! - `Op::Input` nodes have no operands and are listed, in order, in `Graph::inputs`;
 //!   every other op has the operand count its kind needs (merge ops at least two), plus
 //!   one when its epilogue has a residual.
-//! - `Node::shape` is what [`shape::infer`] computes from the op's own operands' shapes
-//!   (all operands but an epilogue's residual), batch dimension included; a residual has
-//!   exactly the node's shape.
+//! - `Node::shape` is what [`shape::infer_node`] computes from the op's own operands'
+//!   shapes (all operands but an epilogue's residual), batch dimension included: the
+//!   op's output, pooled when the epilogue has a pool stage (only a conv's may). A
+//!   residual has exactly the op's own output shape (the node's shape unless pooled).
 //! - `Node::params` lists exactly the tensors `Op::param_shapes` asks for, in that order,
 //!   with those shapes; no two nodes read the same parameter name.
 //! - Every output names an existing node; output names are unique.
@@ -26,7 +27,7 @@ use petgraph::Direction;
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::visit::EdgeRef;
 
-pub use ops::{Activation, Conv, Epilogue, Hw, Op, Pad, ParamRole, Pool};
+pub use ops::{Activation, Conv, Epilogue, Hw, Op, Pad, ParamRole, Pool, PoolEpilogue, PoolKind};
 pub use print::print;
 pub use verify::verify;
 
@@ -102,10 +103,15 @@ pub struct Slot {
 /// The arena layout of a graph. Inputs and outputs are not in it: they live in the
 /// caller's buffers (outputs one after another in `Graph::outputs` order).
 /// Invariant: two values whose lifetimes overlap have disjoint slots, except a value
-/// computed in place over an operand that dies at that node (same slot).
+/// computed in place over an operand that dies at that node (same slot), and a value
+/// computed in place in its channel slice of a concat (`in_concat`; its slot is that
+/// slice of the concat's slot, at batch 1).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MemoryPlan {
     pub slots: std::collections::BTreeMap<NodeId, Slot>,
+    /// Concat elimination: the values computed straight into their slice of a concat's
+    /// slot, each mapped to that concat, which copies only its other operands.
+    pub in_concat: std::collections::BTreeMap<NodeId, NodeId>,
     /// Size of the arena in bytes.
     pub arena_bytes: usize,
     /// Sum of the sizes of all planned values, for comparison.

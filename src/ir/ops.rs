@@ -107,18 +107,60 @@ impl Activation {
 }
 
 /// What a kernel does to its result before storing it, in this order: `activation`,
-/// then `+ residual` (the node's last operand, of the output's shape), then
-/// `post_activation`. Written by `fuse_epilogues`; empty as elaborated.
+/// then `+ residual` (the node's last operand, of the kernel's own output shape), then
+/// `post_activation`, then `pool`. Written by `fuse_epilogues` and, for backends that
+/// can run it, `fuse_pooling`; empty as elaborated.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Epilogue {
     pub activation: Option<Activation>,
     pub residual: bool,
     pub post_activation: Option<Activation>,
+    /// Pooling over the kernel's values after everything above.
+    /// Invariant (`ir::verify`): only a conv carries one, and the node's shape is then
+    /// the POOLED shape (`shape::infer_node`); its residual, if any, has the conv's own
+    /// output shape, since the add comes before the pooling.
+    pub pool: Option<PoolEpilogue>,
 }
 
 impl Epilogue {
     pub fn is_empty(&self) -> bool {
         *self == Epilogue::default()
+    }
+}
+
+/// A windowed max or average pooling run as the last stage of an epilogue: exactly the
+/// `max_pool`/`avg_pool` op it replaced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolEpilogue {
+    pub kind: PoolKind,
+    pub window: Pool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolKind {
+    Max,
+    Avg,
+}
+
+impl PoolEpilogue {
+    /// The pooling an op computes, if it is a windowed one (global and adaptive pools
+    /// are not).
+    pub fn of(op: &Op) -> Option<PoolEpilogue> {
+        match op {
+            Op::MaxPool(window) => Some(PoolEpilogue { kind: PoolKind::Max, window: window.clone() }),
+            Op::AvgPool(window) => Some(PoolEpilogue { kind: PoolKind::Avg, window: window.clone() }),
+            _ => None,
+        }
+    }
+
+    /// The standalone op that computes the same pooling: shape inference, the
+    /// interpreter and the printer go through it, so that the fused stage and the op
+    /// cannot drift apart.
+    pub fn op(&self) -> Op {
+        match self.kind {
+            PoolKind::Max => Op::MaxPool(self.window.clone()),
+            PoolKind::Avg => Op::AvgPool(self.window.clone()),
+        }
     }
 }
 

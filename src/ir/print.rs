@@ -9,6 +9,9 @@ use super::{Graph, NodeId};
 
 /// Prints the graph, e.g.
 /// `%1 = conv(%0) out=64 kernel=7x7 stride=2x2 pad=3x3 bias=false : [1, 64, 112, 112]  # conv1 {conv1.weight}`.
+/// A fused epilogue follows the attributes stage by stage, in the order it runs:
+/// `-> relu -> add %3 -> relu -> max_pool kernel=2x2 stride=2x2 pad=0x0`; the shape is
+/// the node's (pooled) output.
 pub fn print(graph: &Graph) -> String {
     let mut out = String::new();
     let Some(order) = graph.topo_order() else {
@@ -37,6 +40,10 @@ pub fn print(graph: &Graph) -> String {
         if let Some(activation) = epilogue.post_activation {
             let _ = write!(out, " -> {}", activation.name());
         }
+        if let Some(pool) = &epilogue.pool {
+            let op = pool.op();
+            let _ = write!(out, " -> {} {}", op.mnemonic(), op.attributes());
+        }
         let _ = write!(out, " : {}  # {}", fmt_shape(&node.shape), node.name);
         if !node.params.is_empty() {
             let names: Vec<&str> = node.params.iter().map(|p| p.name.as_str()).collect();
@@ -47,6 +54,27 @@ pub fn print(graph: &Graph) -> String {
     for output in &graph.outputs {
         let number = numbers.get(&output.node).map(|n| format!("%{n}")).unwrap_or_else(|| "%?".into());
         let _ = writeln!(out, "  output {} = {}", output.name, number);
+    }
+    out
+}
+
+/// Prints the memory plan, if the graph has one, with values numbered as [`print`]
+/// numbers them: the arena's size against the sum of the intermediates, then each
+/// planned value's byte range (`in %N`: computed in its channel slice of concat %N).
+pub fn print_memory_plan(graph: &Graph) -> String {
+    let mut out = String::new();
+    let (Some(plan), Some(order)) = (&graph.memory, graph.topo_order()) else { return out };
+    let numbers: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    let _ =
+        writeln!(out, "memory plan: arena {} bytes, intermediates {} bytes", plan.arena_bytes, plan.unplanned_bytes);
+    for id in &order {
+        if let Some(slot) = plan.slots.get(id) {
+            let _ = write!(out, "  %{} at {}..{}", numbers[id], slot.offset, slot.offset + slot.bytes);
+            let _ = match plan.in_concat.get(id) {
+                Some(concat) => writeln!(out, " in %{}", numbers[concat]),
+                None => writeln!(out),
+            };
+        }
     }
     out
 }

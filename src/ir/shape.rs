@@ -1,7 +1,7 @@
 //! Shape inference: the output shape of every op from its operands' shapes, with the
 //! formulas of the language contract (`same`, `valid`, dilation, groups, `ceil`, adaptive bins).
 
-use super::ops::{Hw, Op, Pad, Pool};
+use super::ops::{Epilogue, Hw, Op, Pad, Pool};
 
 /// Why an op cannot take the shapes it was given. `message` names the shapes; `help`
 /// suggests a fix where one is obvious.
@@ -213,6 +213,16 @@ pub fn infer(op: &Op, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
         )));
     }
     Ok(out)
+}
+
+/// The shape of a node: its op's output ([`infer`]), pooled by its epilogue's pool
+/// stage when it has one (the stage's standalone op applied to the op's output).
+pub fn infer_node(op: &Op, epilogue: &Epilogue, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
+    let out = infer(op, inputs)?;
+    match &epilogue.pool {
+        None => Ok(out),
+        Some(pool) => infer(&pool.op(), &[&out]),
+    }
 }
 
 fn infer_unchecked(op: &Op, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {

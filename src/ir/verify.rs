@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use super::shape::{self, fmt_shape};
-use super::{Graph, Op};
+use super::{Graph, NodeId, Op};
 
 /// Checks the graph's invariants; the error lists every violation found.
 pub fn verify(graph: &Graph) -> Result<(), String> {
@@ -31,18 +31,30 @@ pub fn verify(graph: &Graph) -> Result<(), String> {
             }
             op => {
                 let own = graph.op_operands(id);
-                if let Some(residual) = graph.residual(id)
-                    && graph.node(residual).shape != node.shape
+                let shapes: Vec<&[usize]> = own.iter().map(|o| graph.node(*o).shape.as_slice()).collect();
+                if node.epilogue.pool.is_some() && !matches!(op, Op::Conv(_)) {
+                    problems.push(format!(
+                        "{}: a {} with a pooling epilogue (only convs take one)",
+                        node.name,
+                        op.mnemonic()
+                    ));
+                }
+                // The residual is added before any pooling: it has the op's own output shape.
+                let kernel_shape = match node.epilogue.pool {
+                    Some(_) => shape::infer(op, &shapes).ok(),
+                    None => Some(node.shape.clone()),
+                };
+                if let (Some(residual), Some(kernel_shape)) = (graph.residual(id), &kernel_shape)
+                    && graph.node(residual).shape != *kernel_shape
                 {
                     problems.push(format!(
                         "{}: residual {} but the output is {}",
                         node.name,
                         fmt_shape(&graph.node(residual).shape),
-                        fmt_shape(&node.shape)
+                        fmt_shape(kernel_shape)
                     ));
                 }
-                let shapes: Vec<&[usize]> = own.iter().map(|o| graph.node(*o).shape.as_slice()).collect();
-                match shape::infer(op, &shapes) {
+                match shape::infer_node(op, &node.epilogue, &shapes) {
                     Ok(expected) if expected == node.shape => {}
                     Ok(expected) => problems.push(format!(
                         "{}: shape {} but its operands give {}",
@@ -116,6 +128,19 @@ fn verify_memory_plan(graph: &Graph, plan: &super::MemoryPlan, problems: &mut Ve
             (false, None) => {}
         }
     }
+    for (&member, &concat) in &plan.in_concat {
+        verify_concat_slice(graph, plan, member, concat, problems);
+    }
+    // Whether `inner` is computed inside `outer`'s slot through a chain of concats.
+    let inside = |mut inner: NodeId, outer: NodeId| {
+        while let Some(&concat) = plan.in_concat.get(&inner) {
+            if concat == outer {
+                return true;
+            }
+            inner = concat;
+        }
+        false
+    };
     for (i, &(a, slot_a, birth_a, death_a)) in planned.iter().enumerate() {
         for &(b, slot_b, birth_b, death_b) in &planned[i + 1..] {
             let disjoint_bytes =
@@ -127,7 +152,7 @@ fn verify_memory_plan(graph: &Graph, plan: &super::MemoryPlan, problems: &mut Ve
                 && death_a == birth_b
                 && graph.op_operands(b).first() == Some(&a)
                 && crate::passes::plan_memory::can_run_in_place(&graph.node(b).op);
-            if overlap_in_time && !disjoint_bytes && !in_place {
+            if overlap_in_time && !disjoint_bytes && !in_place && !inside(a, b) && !inside(b, a) {
                 problems.push(format!(
                     "{} and {} are alive together but share arena bytes",
                     graph.node(a).name,
@@ -135,5 +160,39 @@ fn verify_memory_plan(graph: &Graph, plan: &super::MemoryPlan, problems: &mut Ve
                 ));
             }
         }
+    }
+}
+
+/// Checks that a value the plan computes inside a concat's slot is an operand of that
+/// concat, read once, at batch 1, and placed exactly at its channel slice.
+fn verify_concat_slice(
+    graph: &Graph,
+    plan: &super::MemoryPlan,
+    member: NodeId,
+    concat: NodeId,
+    problems: &mut Vec<String>,
+) {
+    if !graph.contains(member) || !graph.contains(concat) {
+        problems.push("the memory plan places a removed node in a concat".to_string());
+        return;
+    }
+    let (member_node, concat_node) = (graph.node(member), graph.node(concat));
+    let operands = graph.operands(concat);
+    let position = operands.iter().position(|&o| o == member);
+    let once = operands.iter().filter(|&&o| o == member).count() == 1;
+    if !matches!(concat_node.op, Op::Concat) || position.is_none() || !once || concat_node.shape.first() != Some(&1) {
+        problems.push(format!(
+            "{} is placed inside {}, which is not a batch-1 concat reading it once",
+            member_node.name, concat_node.name
+        ));
+        return;
+    }
+    let offset = crate::passes::plan_memory::concat_offsets(graph, concat)[position.unwrap_or(0)];
+    match (plan.slots.get(&member), plan.slots.get(&concat)) {
+        (Some(m), Some(c)) if m.offset == c.offset + offset && m.offset + m.bytes <= c.offset + c.bytes => {}
+        _ => problems.push(format!(
+            "{} is not placed at its channel slice (byte {offset}) of {}'s slot",
+            member_node.name, concat_node.name
+        )),
     }
 }

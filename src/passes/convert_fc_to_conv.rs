@@ -68,7 +68,8 @@ pub fn reinfer_shapes(graph: &mut Graph) -> Result<(), String> {
         let shapes: Vec<Vec<usize>> = operands.iter().map(|o| graph.node(*o).shape.clone()).collect();
         let refs: Vec<&[usize]> = shapes.iter().map(Vec::as_slice).collect();
         let node = graph.node(id);
-        let shape = shape::infer(&node.op, &refs).map_err(|e| format!("layer `{}`: {}", node.name, e.message))?;
+        let shape = shape::infer_node(&node.op, &node.epilogue, &refs)
+            .map_err(|e| format!("layer `{}`: {}", node.name, e.message))?;
         let wanted = node.op.param_shapes(&shapes[0]);
         for (param, (_, wanted_shape)) in node.params.iter().zip(&wanted) {
             if param.shape != *wanted_shape {

@@ -6,8 +6,9 @@
 //! of a conv that had none is named `<conv>.bias`. When the graph carries no weight values
 //! (`cnnc ir` without weights), only the structure changes.
 //! A BatchNorm with nothing to fold into (its operand is not a conv or linear, or has
-//! other users, or is a network output) becomes a `scale_shift` with
-//! scale = γ/√(σ²+ε) and shift = β − μ·scale, named `<bn>.scale` and `<bn>.shift`.
+//! other users, or is a network output, or already has a fused epilogue) becomes a
+//! `scale_shift` with scale = γ/√(σ²+ε) and shift = β − μ·scale, named `<bn>.scale` and
+//! `<bn>.shift`.
 //! Leaves alone: every other op.
 
 use crate::ir::{Graph, Op, Param, ParamRole};
@@ -26,7 +27,10 @@ pub fn fold_batchnorm(graph: &mut Graph) -> bool {
             Op::Linear { bias, .. } => Some(*bias),
             _ => None,
         };
-        let Some(had_bias) = had_bias.filter(|_| graph.users(layer_id).len() == 1 && !graph.is_output(layer_id)) else {
+        // A layer with a fused epilogue computes more than its weights say: scaling them
+        // would scale before the activation or pooling instead of after.
+        let foldable = graph.users(layer_id).len() == 1 && !graph.is_output(layer_id) && layer.epilogue.is_empty();
+        let Some(had_bias) = had_bias.filter(|_| foldable) else {
             to_scale_shift(graph, bn_id, eps);
             changed = true;
             continue;

@@ -10,8 +10,9 @@
 //!   depend on N; then the add's own following activation fuses as `post_activation`.
 //!
 //! Leaves alone: adds that broadcast, merges of three or more operands, values with
-//! several users or that are outputs (their unfused value is observable), pooling
-//! (fusing it needs backend support that does not exist yet) and `concat`.
+//! several users or that are outputs (their unfused value is observable), kernels whose
+//! epilogue already pools (what follows the pooling cannot run before it), pooling
+//! itself (`fuse_pooling`, for the backends that run it) and `concat`.
 
 use std::collections::HashSet;
 
@@ -50,7 +51,10 @@ fn reaches(graph: &Graph, from: NodeId, target: NodeId) -> bool {
 /// Fuses the activation that follows `id` into its epilogue; true if it did.
 fn fuse_activation(graph: &mut Graph, id: NodeId) -> bool {
     let node = graph.node(id);
-    if !fusable_kernel(&node.op) || (matches!(node.op, Op::Add) && graph.op_operands(id).len() != 2) {
+    if !fusable_kernel(&node.op)
+        || (matches!(node.op, Op::Add) && graph.op_operands(id).len() != 2)
+        || node.epilogue.pool.is_some()
+    {
         return false;
     }
     let Some(user) = sole_user(graph, id) else { return false };
@@ -77,6 +81,7 @@ fn fuse_residual(graph: &mut Graph, add: NodeId) -> Option<NodeId> {
         let node = graph.node(kernel);
         let fits = matches!(node.op, Op::Conv(_) | Op::Linear { .. })
             && !node.epilogue.residual
+            && node.epilogue.pool.is_none()
             && node.shape == add_node.shape
             && graph.node(residual).shape == node.shape
             && sole_user(graph, kernel) == Some(add)

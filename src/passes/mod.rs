@@ -1,12 +1,19 @@
 //! Inference passes over the IR: plain functions `fn(&mut Graph) -> bool` (true when they
 //! changed something), run in an explicit order. Each pass's doc says what it rewrites and
 //! what it leaves alone; `ir::verify` runs after every pass in tests and debug builds.
+//!
+//! Pipelines are target-aware: a fusion that only some backends can run is in the
+//! pipeline of those backends only. A backend states what it runs beyond the generic IR
+//! as [`Capabilities`] (`exec::Target::capabilities`); [`pipeline`] and [`optimize`] are
+//! the generic pipeline (the reference interpreter and the CPU backend),
+//! [`pipeline_for`] and [`optimize_for`] a backend's.
 
 pub mod convert_fc_to_conv;
 pub mod eliminate_dead_nodes;
 pub mod eliminate_identities;
 pub mod fold_batchnorm;
 pub mod fuse_epilogues;
+pub mod fuse_pooling;
 pub mod plan_memory;
 
 pub use convert_fc_to_conv::{convert_fc_to_conv, make_fully_convolutional};
@@ -14,6 +21,7 @@ pub use eliminate_dead_nodes::eliminate_dead_nodes;
 pub use eliminate_identities::eliminate_identities;
 pub use fold_batchnorm::fold_batchnorm;
 pub use fuse_epilogues::fuse_epilogues;
+pub use fuse_pooling::fuse_pooling;
 pub use plan_memory::plan_memory;
 
 use crate::ir::{self, Graph};
@@ -41,11 +49,35 @@ pub const ALL_PASSES: &[Pass] = &[
     Pass { name: "eliminate_dead_nodes", run: eliminate_dead_nodes },
     Pass { name: "convert_fc_to_conv", run: convert_fc_to_conv },
     Pass { name: "fuse_epilogues", run: fuse_epilogues },
+    Pass { name: "fuse_pooling", run: fuse_pooling },
     Pass { name: "plan_memory", run: plan_memory },
 ];
 
-/// The passes of an optimization level, in order.
+/// What a backend can run beyond the generic IR, which decides the passes of its
+/// pipeline. Stated per fused form rather than per backend, so that the passes need not
+/// know the backends: a new backend lists what it runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Convolutions whose epilogue pools (`ir::PoolEpilogue`, written by `fuse_pooling`).
+    pub fused_pooling: bool,
+}
+
+impl Capabilities {
+    /// The generic IR only: what every executor runs. The reference interpreter runs
+    /// anything, but gets this pipeline so that `cnnc ir` and the ground truth show the
+    /// network without backend-specific rewrites.
+    pub const GENERIC: Capabilities = Capabilities { fused_pooling: false };
+    /// The GPU backend: fused pooling in its direct convolution kernel.
+    pub const GPU: Capabilities = Capabilities { fused_pooling: true };
+}
+
+/// The passes of an optimization level, in order: the generic pipeline.
 pub fn pipeline(level: OptLevel) -> Vec<Pass> {
+    pipeline_for(level, Capabilities::GENERIC)
+}
+
+/// The passes of an optimization level for a backend that runs `capabilities`, in order.
+pub fn pipeline_for(level: OptLevel, capabilities: Capabilities) -> Vec<Pass> {
     let by_name = |name: &str| *ALL_PASSES.iter().find(|p| p.name == name).expect("pass exists");
     match level {
         OptLevel::O0 => Vec::new(),
@@ -55,14 +87,22 @@ pub fn pipeline(level: OptLevel) -> Vec<Pass> {
             vec![by_name("eliminate_identities"), by_name("fold_batchnorm"), by_name("eliminate_dead_nodes")]
         }
         // Fusion after folding (a BatchNorm between a conv and its ReLU would block it);
-        // memory planning last, over the final graph.
-        OptLevel::O2 => vec![
-            by_name("eliminate_identities"),
-            by_name("fold_batchnorm"),
-            by_name("eliminate_dead_nodes"),
-            by_name("fuse_epilogues"),
-            by_name("plan_memory"),
-        ],
+        // pooling after the elementwise fusions (the ReLU between a conv and its pool must
+        // be in the conv's epilogue first, or the conv's sole user is the ReLU); memory
+        // planning last, over the final graph.
+        OptLevel::O2 => {
+            let mut passes = vec![
+                by_name("eliminate_identities"),
+                by_name("fold_batchnorm"),
+                by_name("eliminate_dead_nodes"),
+                by_name("fuse_epilogues"),
+            ];
+            if capabilities.fused_pooling {
+                passes.push(by_name("fuse_pooling"));
+            }
+            passes.push(by_name("plan_memory"));
+            passes
+        }
     }
 }
 
@@ -79,7 +119,12 @@ pub fn run_pipeline(graph: &mut Graph, passes: &[Pass], after: &mut dyn FnMut(&s
     Ok(())
 }
 
-/// Optimizes a graph at the given level.
+/// Optimizes a graph at the given level with the generic pipeline.
 pub fn optimize(graph: &mut Graph, level: OptLevel) -> Result<(), String> {
-    run_pipeline(graph, &pipeline(level), &mut |_, _| {})
+    optimize_for(graph, level, Capabilities::GENERIC)
+}
+
+/// Optimizes a graph at the given level for a backend that runs `capabilities`.
+pub fn optimize_for(graph: &mut Graph, level: OptLevel, capabilities: Capabilities) -> Result<(), String> {
+    run_pipeline(graph, &pipeline_for(level, capabilities), &mut |_, _| {})
 }

@@ -6,6 +6,7 @@ use std::sync::{Mutex, MutexGuard, Once};
 use cnnc::backend::wgsl;
 use cnnc::front::{BuildOptions, compile_source};
 use cnnc::ir::{Graph, NodeId, Op};
+use cnnc::passes::plan_memory::concat_offsets;
 use cnnc::passes::{OptLevel, optimize};
 use cnnc::tensor::Tensor;
 
@@ -14,7 +15,9 @@ use cnnc::tensor::Tensor;
 /// its bytes when the node runs, and a node may only write over an operand's bytes when
 /// it computes elementwise in place over exactly that operand's slot (an activation,
 /// scale-shift, flatten, dropout or same-shape merge over its first operand, or a fused
-/// residual add over the residual). Independent of `ir::verify`'s pairwise check.
+/// residual add over the residual), or when a concat finds an operand already computed
+/// at its channel slice (concat elimination: the operand's words then stay readable while
+/// the concat owns them). Independent of `ir::verify`'s pairwise check.
 pub fn replay_memory_plan(graph: &Graph) -> Result<(), String> {
     let plan = graph.memory.as_ref().ok_or("no memory plan")?;
     let order = graph.topo_order().ok_or("the graph has a cycle")?;
@@ -27,7 +30,25 @@ pub fn replay_memory_plan(graph: &Graph) -> Result<(), String> {
         for &operand in &operands {
             let Some(slot) = plan.slots.get(&operand) else { continue };
             let words = slot.offset / 4..slot.offset / 4 + elements(operand);
-            if let Some(other) = owner[words].iter().find(|o| **o != Some(operand)) {
+            // A value computed inside a concat's slot is still there while the concat
+            // (or the concat that holds that one) owns the words.
+            let holds = |owner: NodeId| {
+                let mut value = operand;
+                loop {
+                    if value == owner {
+                        return true;
+                    }
+                    match plan.in_concat.get(&value) {
+                        Some(&concat) => value = concat,
+                        None => return false,
+                    }
+                }
+            };
+            let Some(owners) = owner.get(words) else {
+                problems.push(format!("{} reads {} past the arena's end", node.name, graph.node(operand).name));
+                continue;
+            };
+            if let Some(other) = owners.iter().find(|o| !o.is_some_and(holds)) {
                 let other = other.map(|o| graph.node(o).name.clone()).unwrap_or_else(|| "nothing".into());
                 problems.push(format!(
                     "{} reads {}, whose bytes hold {other} by then",
@@ -50,6 +71,13 @@ pub fn replay_memory_plan(graph: &Graph) -> Result<(), String> {
                 continue;
             }
             let is_residual = graph.residual(id) == Some(operand) && position == operands.len() - 1;
+            // Concat elimination: the operand was computed in its slice of the concat.
+            if plan.in_concat.get(&operand) == Some(&id) {
+                let start = words.start + concat_offsets(graph, id)[position] / 4;
+                if operand_words == (start..start + elements(operand)) {
+                    continue;
+                }
+            }
             let elementwise = match node.op {
                 Op::Relu
                 | Op::LeakyRelu { .. }
@@ -114,6 +142,19 @@ pub fn gpu_present(test: &str) -> Option<MutexGuard<'static, ()>> {
     }
     eprintln!("\n!!!!! SKIPPED {test}: no GPU adapter (Vulkan, Metal or DX12) found. !!!!!\n");
     None
+}
+
+/// A device of the caller's own, as a user's wgpu program opens it: WebGPU's default
+/// limits, no optional features.
+pub fn own_device() -> (wgpu::Device, wgpu::Queue) {
+    use cnnc::gpu::wgpu;
+    let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
+    descriptor.backends = wgpu::Backends::PRIMARY;
+    let instance = wgpu::Instance::new(descriptor.with_env());
+    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+        .expect("an adapter (gpu_present found one)");
+    let descriptor = wgpu::DeviceDescriptor { required_limits: wgpu::Limits::default(), ..Default::default() };
+    pollster::block_on(adapter.request_device(&descriptor)).expect("a device")
 }
 
 /// The `.cnn` files of a directory of the crate, sorted.

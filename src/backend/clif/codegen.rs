@@ -30,7 +30,9 @@ use super::kernels::winograd::WinogradKernel;
 use super::kernels::x86::{Simd, Ukernel};
 use super::kernels::{Base, Kb, Loc, MathFns, MicroKernel};
 use crate::ir::{Activation, Epilogue, Graph, Node, NodeId, Op, ParamRole};
+use crate::passes::plan_memory::concat_is_free;
 use crate::tensor::Tensor;
+use crate::weights::Weights;
 
 /// Cranelift's optimization level for the generated code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -314,7 +316,7 @@ impl Kernel {
 /// The tensor of a node's parameter with the given role, checked against the shape the
 /// op needs.
 fn param<'g>(
-    graph: &'g Graph,
+    weights: &'g Weights,
     node: &Node,
     input_shape: &[usize],
     role: ParamRole,
@@ -325,27 +327,43 @@ fn param<'g>(
     let Some(p) = node.params.iter().find(|p| p.role == role) else {
         return Err(format!("layer `{}` has no `{}` parameter", node.name, role.suffix()));
     };
-    let tensor = graph.weights.get(&p.name).ok_or_else(|| format!("missing weight `{}`", p.name))?;
+    let tensor = weights.get(&p.name).ok_or_else(|| format!("missing weight `{}`", p.name))?;
     if tensor.shape != expected || tensor.data.len() != expected.iter().product::<usize>() {
         return Err(format!("weight `{}` has shape {:?}, expected {:?}", p.name, tensor.shape, expected));
     }
     Ok(Some(tensor))
 }
 
-fn required<'g>(graph: &'g Graph, node: &Node, input_shape: &[usize], role: ParamRole) -> Result<&'g Tensor, String> {
-    param(graph, node, input_shape, role)?.ok_or_else(|| format!("layer `{}` reads no `{}`", node.name, role.suffix()))
+fn required<'g>(
+    weights: &'g Weights,
+    node: &Node,
+    input_shape: &[usize],
+    role: ParamRole,
+) -> Result<&'g Tensor, String> {
+    param(weights, node, input_shape, role)?
+        .ok_or_else(|| format!("layer `{}` reads no `{}`", node.name, role.suffix()))
 }
 
-/// Chooses and prepares the kernel of a node.
-fn prepare(graph: &Graph, id: NodeId, options: &CodegenOptions, simd: Option<Simd>) -> Result<Kernel, String> {
+/// Chooses and prepares the kernel of a node, its weights read from `weights`.
+fn prepare(
+    graph: &Graph,
+    weights: &Weights,
+    id: NodeId,
+    options: &CodegenOptions,
+    simd: Option<Simd>,
+) -> Result<Kernel, String> {
     let node = graph.node(id);
+    // Graphs for this backend come from the generic pipeline, which has no fuse_pooling.
+    if node.epilogue.pool.is_some() {
+        return Err(format!("internal error: layer `{}`: the CPU backend cannot fuse pooling", node.name));
+    }
     let operands = graph.op_operands(id);
     let x_shape = operands.first().map(|&o| graph.node(o).shape.clone()).unwrap_or_default();
     let kernel = match &node.op {
         Op::Input { .. } => return Err("internal error: inputs have no kernel".into()),
         Op::Conv(conv) => {
-            let weight = required(graph, node, &x_shape, ParamRole::Weight)?;
-            let bias = param(graph, node, &x_shape, ParamRole::Bias)?;
+            let weight = required(weights, node, &x_shape, ParamRole::Weight)?;
+            let bias = param(weights, node, &x_shape, ParamRole::Bias)?;
             let shape = ConvShape {
                 batch: x_shape[0],
                 in_channels: x_shape[1],
@@ -366,8 +384,8 @@ fn prepare(graph: &Graph, id: NodeId, options: &CodegenOptions, simd: Option<Sim
             Kernel::Conv(ConvKernel::new(conv, shape, &weight.data, bias, options.conv_vectors.max(1), simd))
         }
         Op::Linear { out_features, .. } => {
-            let weight = required(graph, node, &x_shape, ParamRole::Weight)?;
-            let bias = param(graph, node, &x_shape, ParamRole::Bias)?.map(|b| b.data.as_slice());
+            let weight = required(weights, node, &x_shape, ParamRole::Weight)?;
+            let bias = param(weights, node, &x_shape, ParamRole::Bias)?.map(|b| b.data.as_slice());
             Kernel::Linear(LinearKernel::new(
                 x_shape[0],
                 &weight.data,
@@ -378,16 +396,16 @@ fn prepare(graph: &Graph, id: NodeId, options: &CodegenOptions, simd: Option<Sim
             ))
         }
         Op::ScaleShift => {
-            let scale = required(graph, node, &x_shape, ParamRole::Scale)?;
-            let shift = required(graph, node, &x_shape, ParamRole::Shift)?;
+            let scale = required(weights, node, &x_shape, ParamRole::Scale)?;
+            let shift = required(weights, node, &x_shape, ParamRole::Shift)?;
             Kernel::ScaleShift(scale.data.iter().chain(&shift.data).copied().collect())
         }
         Op::BatchNorm { eps } => {
             // Unoptimized graphs: the same per-channel affine map, computed here.
-            let gamma = required(graph, node, &x_shape, ParamRole::Weight)?;
-            let beta = required(graph, node, &x_shape, ParamRole::Bias)?;
-            let mean = required(graph, node, &x_shape, ParamRole::RunningMean)?;
-            let var = required(graph, node, &x_shape, ParamRole::RunningVar)?;
+            let gamma = required(weights, node, &x_shape, ParamRole::Weight)?;
+            let beta = required(weights, node, &x_shape, ParamRole::Bias)?;
+            let mean = required(weights, node, &x_shape, ParamRole::RunningMean)?;
+            let var = required(weights, node, &x_shape, ParamRole::RunningVar)?;
             let scale: Vec<f32> =
                 gamma.data.iter().zip(&var.data).map(|(g, v)| (*g as f64 / (*v as f64 + eps).sqrt()) as f32).collect();
             let shift: Vec<f32> = beta
@@ -465,9 +483,15 @@ pub(crate) struct Symbols<'a> {
 }
 
 /// Defines the model's kernels, data and `infer` in `module`.
+///
+/// The weights are read from `graph.weights`, or from `owned` when given: the weights
+/// taken out of the graph, each layer's tensors dropped as soon as they are packed, so
+/// that a large network is not held three times over (as given, packed, and in the
+/// module's data) while it compiles.
 pub(crate) fn define_model<M: Module>(
     module: &mut M,
     graph: &Graph,
+    mut owned: Option<&mut Weights>,
     options: &CodegenOptions,
     symbols: &Symbols,
 ) -> Result<DefinedModel, String> {
@@ -560,13 +584,20 @@ pub(crate) fn define_model<M: Module>(
 
     for (index, &id) in order.iter().enumerate() {
         let node = graph.node(id);
-        if matches!(node.op, Op::Input { .. }) {
+        // Inputs have no kernel, nor do concats whose operands were all computed in
+        // their slices (concat elimination).
+        if matches!(node.op, Op::Input { .. }) || concat_is_free(graph, id) {
             continue;
         }
         if bytes_of(&node.shape) >= 1 << 31 {
             return Err(format!("layer `{}` is larger than 2 GiB, more than the CPU backend supports", node.name));
         }
-        let mut kernel = prepare(graph, id, options, simd)?;
+        let mut kernel = prepare(graph, owned.as_deref().unwrap_or(&graph.weights), id, options, simd)?;
+        if let Some(weights) = owned.as_deref_mut() {
+            for param in &node.params {
+                weights.tensors.remove(&param.name);
+            }
+        }
         // The kernel's machine-code micro-kernels.
         let mut tiles = Vec::new();
         let specs = match &kernel {

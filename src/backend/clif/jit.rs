@@ -70,6 +70,10 @@ pub struct JitModel {
     threads: usize,
     pool: std::sync::Mutex<Option<Pool>>,
     arena_bytes: usize,
+    /// The arena of the last run, kept for the next: a fresh one would cost a page fault
+    /// per 4 KiB touched on every run (the kernels write every value before reading it,
+    /// so it needs no clearing).
+    spare_arena: std::sync::Mutex<Option<Vec<Line>>>,
     input_shapes: Vec<Vec<usize>>,
     output_shapes: Vec<Vec<usize>>,
     /// What each kernel computes, in call order.
@@ -125,11 +129,16 @@ impl JitModel {
         };
         let output_floats = self.output_floats();
         let mut output = vec![0.0f32; output_floats];
-        let mut arena = vec![Line([0; 64]); self.arena_bytes.div_ceil(64)];
+        // The spare arena, unless another run has it.
+        let spare = self.spare_arena.try_lock().ok().and_then(|mut spare| spare.take());
+        let mut arena = spare.unwrap_or_else(|| vec![Line([0; 64]); self.arena_bytes.div_ceil(64)]);
         // SAFETY: `infer` reads exactly the input floats of the model's inputs (checked
         // above), writes exactly `output_floats` floats and at most `arena_bytes` bytes of
         // the arena, all of which these buffers hold.
         let status = unsafe { self.run_raw(input.as_ptr(), output.as_mut_ptr(), arena.as_mut_ptr().cast::<u8>()) };
+        if let Ok(mut spare) = self.spare_arena.try_lock() {
+            *spare = Some(arena);
+        }
         if status != 0 {
             return Err(format!("the compiled model failed with status {status}"));
         }
@@ -250,6 +259,25 @@ pub fn compile_jit_with(graph: &Graph, options: &CodegenOptions) -> Result<JitMo
         crate::passes::plan_memory(&mut planned);
         return compile_jit_with(&planned, options);
     }
+    compile(graph, None, options)
+}
+
+/// [`compile_jit_with`] on a graph the caller gives up: each layer's weights are freed as
+/// soon as they are packed into the model, which lowers the peak memory of compiling a
+/// large network by about the size of its weights.
+pub fn compile_jit_owned(mut graph: Graph, options: &CodegenOptions) -> Result<JitModel, String> {
+    if graph.memory.is_none() {
+        crate::passes::plan_memory(&mut graph);
+    }
+    let mut weights = std::mem::take(&mut graph.weights);
+    compile(&graph, Some(&mut weights), options)
+}
+
+fn compile(
+    graph: &Graph,
+    weights: Option<&mut crate::weights::Weights>,
+    options: &CodegenOptions,
+) -> Result<JitModel, String> {
     crate::ir::verify(graph).map_err(|e| format!("internal error: the graph is not valid:\n{e}"))?;
     if let Some(level) = options.cpu
         && !level.host_has()
@@ -270,7 +298,7 @@ pub fn compile_jit_with(graph: &Graph, options: &CodegenOptions) -> Result<JitMo
         infer_linkage: Linkage::Local,
         far_data: true,
     };
-    let defined = codegen::define_model(&mut module, graph, options, &symbols);
+    let defined = codegen::define_model(&mut module, graph, weights, options, &symbols);
     let defined = match defined {
         Ok(d) => d,
         Err(e) => {
@@ -298,6 +326,7 @@ pub fn compile_jit_with(graph: &Graph, options: &CodegenOptions) -> Result<JitMo
         threads: 1,
         pool: std::sync::Mutex::new(None),
         arena_bytes: defined.arena_bytes,
+        spare_arena: std::sync::Mutex::new(None),
         input_shapes: graph.inputs.iter().map(|&id| graph.node(id).shape.clone()).collect(),
         output_shapes: graph.outputs.iter().map(|o| graph.node(o.node).shape.clone()).collect(),
         kernels: defined.kernels,

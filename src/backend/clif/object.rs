@@ -74,7 +74,7 @@ pub fn compile_object_with(
         infer_linkage: Linkage::Export,
         far_data: false,
     };
-    let defined = codegen::define_model(&mut module, graph, options, &symbols)?;
+    let defined = codegen::define_model(&mut module, graph, None, options, &symbols)?;
     codegen::define_constant_function(&mut module, &format!("{name}_arena_bytes"), defined.arena_bytes)?;
     let object = module.finish().emit().map_err(|e| format!("cannot write the object file: {e}"))?;
     Ok(ObjectArtifacts { object, header: header(graph, name, &target, defined.arena_bytes) })

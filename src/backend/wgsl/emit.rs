@@ -10,7 +10,12 @@
 //! binding that holds the element. Every module is parsed and validated by naga before
 //! it leaves this file; a module naga rejects is a bug in the emitter or a template.
 //! Convolutions have two templates ([`ConvKernel`]): a register-blocked direct one for
-//! CPU drivers and a workgroup-memory tiled one for GPUs.
+//! CPU drivers and a workgroup-memory tiled one for GPUs. A convolution whose epilogue
+//! pools (`fuse_pooling`) always takes the direct one, which pools in registers: each
+//! invocation's 4 output columns are then 4 pooling windows, and every value of a window
+//! is computed by the invocation that reduces it. The tiled one spreads an output's
+//! values over the invocations of a workgroup (32 positions per tile), so pooling there
+//! would need a reduction through workgroup memory and tiles aligned to windows.
 //!
 //! Buffers: one activations buffer holds the memory plan's arena (`Graph::memory`, or
 //! one slot per value when the graph was not planned), then the inputs, then the
@@ -23,7 +28,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ir::{Activation, Epilogue, Graph, NodeId, Op, Pool};
+use crate::ir::{Activation, Epilogue, Graph, NodeId, Op, Pool, PoolKind};
 
 /// The text every module shares, between the prelude and the template.
 const COMMON: &str = include_str!("../../../shaders/common.wgsl");
@@ -372,7 +377,8 @@ impl<'a> KernelBuilder<'a> {
 
     /// `fn epilogue(i: u32, value: f32) -> f32`: `leading` (a standalone activation
     /// op), then the node's epilogue in its order: activation, `+ residual`,
-    /// post-activation.
+    /// post-activation. `i` indexes the kernel's own output (the residual's shape); a
+    /// pooling stage is not here but in the conv template, over these values.
     fn epilogue(&mut self, leading: Option<Activation>, epilogue: &Epilogue) {
         let mut body = String::from("    var v = value;\n");
         for activation in [leading, epilogue.activation].into_iter().flatten() {
@@ -550,6 +556,9 @@ fn emit_node<'a>(
     if matches!(node.op, Op::Input { .. }) {
         return Ok(());
     }
+    if node.epilogue.pool.is_some() && !matches!(node.op, Op::Conv(_)) {
+        return Err(format!("internal error: layer `{}`: only convolutions pool in their epilogue", node.name));
+    }
     let operands = graph.op_operands(id);
     let value =
         |operand: NodeId| -> Result<Segment, String> {
@@ -598,7 +607,25 @@ fn emit_node<'a>(
         Op::Input { .. } => None,
         Op::Conv(conv) => {
             let [_, c, h, w] = dims4(&first_shape)?;
+            // The stored output (pooled when the epilogue pools) and the conv's own.
             let [n, o, oh, ow] = dims4(shape)?;
+            let conv_shape = crate::ir::shape::infer(&node.op, &[&first_shape])
+                .map_err(|e| format!("internal error: layer `{}`: {}", node.name, e.message))?;
+            let [_, _, conv_h, conv_w] = dims4(&conv_shape)?;
+            // Without pooling, the direct kernel's window is the single value it stores.
+            let (window, pool_max) = match &node.epilogue.pool {
+                Some(pool) => (pool.window.clone(), pool.kind == PoolKind::Max),
+                None => (
+                    Pool {
+                        kernel: crate::ir::Hw::square(1),
+                        stride: crate::ir::Hw::square(1),
+                        pad: crate::ir::Pad::symmetric(crate::ir::Hw::square(0)),
+                        ceil: false,
+                        count_pad: false,
+                    },
+                    true,
+                ),
+            };
             // Each invocation computes 8 channels at 4 columns (see conv.wgsl).
             let ow_blocks = ow.div_ceil(4);
             let positions = n * oh * ow_blocks;
@@ -627,9 +654,23 @@ fn emit_node<'a>(
                 ("O_PER_G", o / conv.groups.max(1)),
                 ("OW_BLOCKS", ow_blocks),
                 ("BLOCKS", positions),
+                ("CH", conv_h),
+                ("CW", conv_w),
+                ("PKH", window.kernel.h),
+                ("PKW", window.kernel.w),
+                ("PSH", window.stride.h),
+                ("PSW", window.stride.w),
+                ("PPT", window.pad.top),
+                ("PPL", window.pad.left),
+                ("PPB", window.pad.bottom),
+                ("PPR", window.pad.right),
             ] {
                 b.uint(name, v);
             }
+            b.boolean("POOL_MAX", pool_max);
+            b.boolean("COUNT_PAD", window.count_pad);
+            // Pooling runs in the direct kernel only (see the module's doc).
+            let conv_kernel = if node.epilogue.pool.is_some() { ConvKernel::Direct } else { conv_kernel };
             match conv_kernel {
                 ConvKernel::Direct => {
                     let count = (positions as u64).div_ceil(WORKGROUP_SIZE);
@@ -854,12 +895,33 @@ fn emit_concat<'a>(
     };
     let budget = limits.max_storage_buffers_per_shader_stage as usize;
     let output_bindings = bindings_for(element_count(&node.shape)?);
+    let segment_of =
+        |id: NodeId| {
+            activations.values.get(&id).copied().ok_or_else(|| {
+                format!("internal error: layer `{}` reads a value that has no place in memory", node.name)
+            })
+        };
+    // Where each operand's row starts in the output's row.
+    let starts: Vec<usize> = rows.iter().scan(0, |start, row| Some(std::mem::replace(start, *start + row))).collect();
+    // Operands the memory plan computed in their slice of the output already (concat
+    // elimination, batch 1) are not copied; runs of the others are.
+    let output = segment_of(id)?;
+    let mut copied = Vec::new();
+    for (position, &operand) in operands.iter().enumerate() {
+        let segment = segment_of(operand)?;
+        let in_place = batch == 1
+            && segment.buffer == output.buffer
+            && segment.byte_offset == output.byte_offset + 4 * starts[position] as u64;
+        if !in_place {
+            copied.push(position);
+        }
+    }
     let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
     let mut used = output_bindings;
-    for (position, &operand) in operands.iter().enumerate() {
-        let need = bindings_for(element_count(&graph.node(operand).shape)?);
+    for position in copied {
+        let need = bindings_for(element_count(&graph.node(operands[position]).shape)?);
         match runs.last_mut() {
-            Some(run) if used + need <= budget => run.end = position + 1,
+            Some(run) if run.end == position && used + need <= budget => run.end = position + 1,
             _ => {
                 runs.push(position..position + 1);
                 used = output_bindings;
@@ -867,8 +929,8 @@ fn emit_concat<'a>(
         }
         used += need;
     }
-    let mut part_offset = 0;
     for run in runs {
+        let part_offset = starts[run.start];
         let layer = if operands.len() == run.len() {
             node.name.clone()
         } else {
@@ -879,10 +941,7 @@ fn emit_concat<'a>(
         let mut before = 0;
         for (k, position) in run.clone().enumerate() {
             let name = if k == 0 { "x".to_string() } else { format!("x{k}") };
-            let segment = activations.values.get(&operands[position]).copied().ok_or_else(|| {
-                format!("internal error: layer `{}` reads a value that has no place in memory", node.name)
-            })?;
-            b.loader(&name, &[segment], false);
+            b.loader(&name, &[segment_of(operands[position])?], false);
             let row = rows[position];
             let read = format!("return load_{name}(n * {row}u + r - {before}u);");
             if k + 1 < run.len() {
@@ -896,7 +955,6 @@ fn emit_concat<'a>(
         b.uint("OUT_ROW", out_row);
         b.uint("PART_ROW", before);
         b.uint("PART_OFFSET", part_offset);
-        part_offset += before;
         kernels.extend(b.finish("concat", Grid::Invocations((batch * before) as u64))?);
     }
     Ok(())

@@ -145,6 +145,45 @@ struct Block {
     residual: Option<Value>,
 }
 
+/// Where one group's blocks read and write: the packed weights and bias, the output
+/// (and residual) of its first channel, and the bytes from one output channel to the
+/// next.
+struct BlockBases {
+    weights: Value,
+    bias: Value,
+    out: Value,
+    residual: Option<Value>,
+    channel_bytes: i64,
+}
+
+impl Blocking {
+    /// The full block `index` (a run-time value) of a reduction of `k`.
+    fn full_block(&self, kb: &mut Kb, bases: &BlockBases, k: usize, index: Value) -> Block {
+        let lanes = 4 * self.vectors;
+        Block {
+            vectors: self.vectors,
+            channels: lanes,
+            weights: kb.index(bases.weights, index, (k * lanes * 4) as i64),
+            bias: kb.index(bases.bias, index, (lanes * 4) as i64),
+            out: kb.index(bases.out, index, lanes as i64 * bases.channel_bytes),
+            residual: bases.residual.map(|r| kb.index(r, index, lanes as i64 * bases.channel_bytes)),
+        }
+    }
+
+    /// The partial block after the full ones.
+    fn tail_block(&self, kb: &mut Kb, bases: &BlockBases, k: usize) -> Block {
+        let first = self.full_blocks * 4 * self.vectors;
+        Block {
+            vectors: self.tail_vectors,
+            channels: self.tail_channels,
+            weights: kb.offset(bases.weights, (first * k * 4) as i64),
+            bias: kb.offset(bases.bias, first as i64 * 4),
+            out: kb.offset(bases.out, first as i64 * bases.channel_bytes),
+            residual: bases.residual.map(|r| kb.offset(r, first as i64 * bases.channel_bytes)),
+        }
+    }
+}
+
 /// The micro-kernel: `pixels x vectors` accumulators over the reduction, then the
 /// epilogue and the stores.
 fn emit_tile(kb: &mut Kb, reduction: &Reduction, tile: &Tile, block: &Block, oc_stride: i64, epilogue: &Epilogue) {
@@ -519,10 +558,14 @@ impl ConvKernel {
                 let out_channel = kb.fb.ins().iadd(out_channel, group_channel);
                 let out_g = kb.index(out_base, out_channel, out_plane);
                 let res_g = residual_base.map(|r| kb.index(r, out_channel, out_plane));
-                let w_g = kb.index(data, g, (group_lanes * k * 4) as i64);
                 let bias_data = kb.offset(data, self.bias_start as i64 * 4);
-                let b_g = kb.index(bias_data, g, (group_lanes * 4) as i64);
-                let lanes = 4 * self.blocking.vectors;
+                let bases = BlockBases {
+                    weights: kb.index(data, g, (group_lanes * k * 4) as i64),
+                    bias: kb.index(bias_data, g, (group_lanes * 4) as i64),
+                    out: out_g,
+                    residual: res_g,
+                    channel_bytes: out_plane,
+                };
                 let (chunks, chunk_size) = self.chunking();
                 // The parts share the chunks of pixels or, with one chunk, the blocks of
                 // output channels.
@@ -530,27 +573,12 @@ impl ConvKernel {
                 kb.for_share_if(!split_blocks, chunks, |kb, chunk_index| {
                     let chunk = Chunk { index: chunk_index, size: chunk_size };
                     kb.for_share_if(split_blocks, self.blocking.full_blocks, |kb, ob| {
-                        let block = Block {
-                            vectors: self.blocking.vectors,
-                            channels: lanes,
-                            weights: kb.index(w_g, ob, (k * lanes * 4) as i64),
-                            bias: kb.index(b_g, ob, (lanes * 4) as i64),
-                            out: kb.index(out_g, ob, lanes as i64 * out_plane),
-                            residual: res_g.map(|r| kb.index(r, ob, lanes as i64 * out_plane)),
-                        };
+                        let block = self.blocking.full_block(kb, &bases, k, ob);
                         self.emit_pixels(kb, &reduction, in_g, &block, chunk, epilogue);
                     });
                     if self.blocking.tail_vectors > 0 {
                         let tail = |kb: &mut Kb| {
-                            let first = self.blocking.full_blocks * lanes;
-                            let block = Block {
-                                vectors: self.blocking.tail_vectors,
-                                channels: self.blocking.tail_channels,
-                                weights: kb.offset(w_g, (first * k * 4) as i64),
-                                bias: kb.offset(b_g, first as i64 * 4),
-                                out: kb.offset(out_g, first as i64 * out_plane),
-                                residual: res_g.map(|r| kb.offset(r, first as i64 * out_plane)),
-                            };
+                            let block = self.blocking.tail_block(kb, &bases, k);
                             self.emit_pixels(kb, &reduction, in_g, &block, chunk, epilogue);
                         };
                         if split_blocks { kb.on_last_part(tail) } else { tail(kb) }
@@ -799,8 +827,14 @@ impl LinearKernel {
         let out_base = kb.addr(out);
         let residual_base = residual.map(|r| kb.addr(r));
         let data = kb.data();
-        let bias_data = kb.offset(data, self.bias_start as i64 * 4);
-        let lanes = 4 * self.blocking.vectors;
+        // A row per batch element: the features of one output are 4 bytes apart.
+        let bases = BlockBases {
+            weights: data,
+            bias: kb.offset(data, self.bias_start as i64 * 4),
+            out: out_base,
+            residual: residual_base,
+            channel_bytes: 4,
+        };
         let in_stride = (k * 4) as i64;
         let out_stride = (self.out_features * 4) as i64;
         let run = |kb: &mut Kb, block: &Block| {
@@ -809,27 +843,12 @@ impl LinearKernel {
         };
         // The parts share the blocks of output features.
         kb.for_share(self.blocking.full_blocks, |kb, ob| {
-            let block = Block {
-                vectors: self.blocking.vectors,
-                channels: lanes,
-                weights: kb.index(data, ob, (k * lanes * 4) as i64),
-                bias: kb.index(bias_data, ob, (lanes * 4) as i64),
-                out: kb.index(out_base, ob, (lanes * 4) as i64),
-                residual: residual_base.map(|r| kb.index(r, ob, (lanes * 4) as i64)),
-            };
+            let block = self.blocking.full_block(kb, &bases, k, ob);
             run(kb, &block);
         });
         if self.blocking.tail_vectors > 0 {
             kb.on_last_part(|kb| {
-                let first = self.blocking.full_blocks * lanes;
-                let block = Block {
-                    vectors: self.blocking.tail_vectors,
-                    channels: self.blocking.tail_channels,
-                    weights: kb.offset(data, (first * k * 4) as i64),
-                    bias: kb.offset(bias_data, first as i64 * 4),
-                    out: kb.offset(out_base, first as i64 * 4),
-                    residual: residual_base.map(|r| kb.offset(r, first as i64 * 4)),
-                };
+                let block = self.blocking.tail_block(kb, &bases, k);
                 run(kb, &block);
             });
         }

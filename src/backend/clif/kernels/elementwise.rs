@@ -258,19 +258,27 @@ fn emit_outer(
 }
 
 /// Concatenation along dimension 1: per batch element, each operand's block in turn,
-/// every copy shared by the parts.
+/// every copy shared by the parts. Operands the memory plan computed in their slice of
+/// the output already (concat elimination, batch 1: the operand's place is the slice's)
+/// are not copied.
 pub(crate) fn emit_concat(kb: &mut Kb, batch: usize, operands: &[(Loc, usize)], out: Loc) {
     let total: usize = operands.iter().map(|(_, floats)| floats).sum();
     let dst = kb.addr(out);
-    let srcs: Vec<Value> = operands.iter().map(|(loc, _)| kb.addr(*loc)).collect();
+    let mut offset = 0usize;
+    let mut copies = Vec::new();
+    for &(loc, floats) in operands {
+        let in_place = batch == 1 && loc == Loc { offset: out.offset + 4 * offset, ..out };
+        if !in_place {
+            copies.push((kb.addr(loc), floats, offset));
+        }
+        offset += floats;
+    }
     kb.for_range(batch, |kb, n| {
-        let mut offset = 0usize;
         let row = kb.index(dst, n, 4 * total as i64);
-        for (&src, &(_, floats)) in srcs.iter().zip(operands) {
+        for &(src, floats, offset) in &copies {
             let from = kb.index(src, n, 4 * floats as i64);
             let to = kb.offset(row, 4 * offset as i64);
             share_copy(kb, from, to, floats);
-            offset += floats;
         }
     });
 }
