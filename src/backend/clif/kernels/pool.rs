@@ -6,6 +6,8 @@
 //! it never wins) or 0 (sums), wide enough for the last window. Four outputs of a row are
 //! then computed at once in f32x4 registers, with one vector load per tap at stride 1
 //! and two loads and a `shufps` at stride 2 (other strides run one output at a time).
+//! Max pooling does this in two passes per output row (`separable`): the maxima of the
+//! window's rows, column by column, into a row buffer, then the windows over that row.
 //! Average divisors follow PyTorch's clipping rules (the interpreter's `window`): a
 //! constant when every window is whole, else per-row and per-column factors from tables
 //! in read-only data. Adaptive pools read their uneven bins from tables; global pools
@@ -177,10 +179,28 @@ impl PoolKernel {
         w.pad != (0, 0) || w.padded_hw != in_hw
     }
 
-    /// Scratch bytes for one padded plane (each part of a run needs its own).
+    /// Whether a max pooling runs in two passes per output row: the maximum of the
+    /// window's rows, column by column, into a row of scratch, then the maximum of each
+    /// window's columns of that row. A k x k window then takes about 2k maxima per output
+    /// instead of k^2 (the maximum is exact, so the result is the same).
+    fn separable(&self, w: &Windowed) -> bool {
+        self.kind == PoolKind::Max && w.kernel.0 > 1 && self.vector(w)
+    }
+
+    /// Whether four outputs of a row are computed at once (see `emit_windowed`).
+    fn vector(&self, w: &Windowed) -> bool {
+        self.out_hw.1 >= 4 && (w.stride.1 == 1 || w.stride.1 == 2)
+    }
+
+    /// Scratch bytes for one padded plane and, for a separable pooling, one row of it
+    /// (each part of a run needs its own).
     pub fn scratch_bytes(&self) -> usize {
         match &self.mode {
-            Mode::Windowed(w) if Self::padded(w, self.in_hw) => 4 * w.padded_hw.0 * w.padded_hw.1,
+            Mode::Windowed(w) => {
+                let plane = if Self::padded(w, self.in_hw) { 4 * w.padded_hw.0 * w.padded_hw.1 } else { 0 };
+                let row = if self.separable(w) { 4 * w.padded_hw.1 } else { 0 };
+                plane + row
+            }
             _ => 0,
         }
     }
@@ -200,13 +220,16 @@ impl PoolKernel {
                 Mode::Global => self.emit_global(kb, src, dst),
                 Mode::Tabled { .. } => self.emit_tabled(kb, src, dst),
                 Mode::Windowed(w) => {
-                    let plane = if Self::padded(w, self.in_hw) {
+                    let padded = Self::padded(w, self.in_hw);
+                    let plane = if padded {
                         self.emit_pad_copy(kb, w, src, scratch);
                         scratch
                     } else {
                         src
                     };
-                    self.emit_windowed(kb, w, plane, dst);
+                    let row = if padded { 4 * w.padded_hw.0 * w.padded_hw.1 } else { 0 };
+                    let row = kb.offset(scratch, row as i64);
+                    self.emit_windowed(kb, w, plane, row, dst);
                 }
             }
         });
@@ -256,19 +279,44 @@ impl PoolKernel {
     }
 
     /// Whole windows over `plane` (`padded_hw` wide): four outputs at a time when the
-    /// column stride is 1 or 2 and the row has at least four, else one at a time.
-    fn emit_windowed(&self, kb: &mut Kb, w: &Windowed, plane: Value, dst: Value) {
+    /// column stride is 1 or 2 and the row has at least four, else one at a time. A
+    /// separable pooling first reduces each output row's window rows into `row_buffer`.
+    fn emit_windowed(&self, kb: &mut Kb, w: &Windowed, plane: Value, row_buffer: Value, dst: Value) {
         let (out_h, out_w) = self.out_hw;
-        let (kh, kw) = w.kernel;
         let (sh, sw) = w.stride;
         let wp = w.padded_hw.1;
-        let vector = out_w >= 4 && (sw == 1 || sw == 2);
+        let vector = self.vector(w);
+        let separable = self.separable(w);
+        // The window's rows as the output loop reads them: one, from the buffer, when
+        // separable.
+        let (kh, kw) = if separable { (1, w.kernel.1) } else { w.kernel };
         let divisor_cols = w.divisors.as_ref().map(|_| {
             let data = kb.data();
             kb.offset(data, (out_h * 4) as i64)
         });
         kb.for_range(out_h, |kb, oh| {
             let row = kb.index(plane, oh, (sh * wp * 4) as i64);
+            let row = if separable {
+                // Column maxima of the window's rows, four columns at a time (the last
+                // four overlap their predecessors rather than run past the row).
+                let columns = wp.div_ceil(4);
+                kb.for_range(columns, |kb, c| {
+                    let first = kb.fb.ins().imul_imm_s(c, 4);
+                    let last = kb.iconst(wp as i64 - 4);
+                    let x = kb.fb.ins().umin(first, last);
+                    let at = kb.index(row, x, 4);
+                    let mut acc = kb.load(F32X4, at, 0);
+                    for i in 1..w.kernel.0 {
+                        let v = kb.load(F32X4, at, (i * wp * 4) as i64);
+                        acc = self.accumulate(kb, acc, v);
+                    }
+                    let to = kb.index(row_buffer, x, 4);
+                    kb.store(acc, to, 0);
+                });
+                row_buffer
+            } else {
+                row
+            };
             let out_row = kb.index(dst, oh, (out_w * 4) as i64);
             let row_divisor = w.divisors.as_ref().map(|_| {
                 let data = kb.data();
