@@ -244,9 +244,14 @@ impl<'a> Kb<'a> {
     pub fn on_last_part(&mut self, body: impl FnOnce(&mut Self)) {
         let last = self.fb.ins().iadd_imm_s(self.part, 1);
         let is_last = self.fb.ins().icmp(IntCC::Equal, last, self.parts);
+        self.when(is_last, body);
+    }
+
+    /// Emits `body` under `condition` (an `icmp` result).
+    pub fn when(&mut self, condition: Value, body: impl FnOnce(&mut Self)) {
         let then = self.fb.create_block();
         let done = self.fb.create_block();
-        self.fb.ins().brif(is_last, then, &[], done, &[]);
+        self.fb.ins().brif(condition, then, &[], done, &[]);
         self.fb.switch_to_block(then);
         self.fb.seal_block(then);
         body(self);
@@ -258,15 +263,9 @@ impl<'a> Kb<'a> {
     /// Waits until every part has reached this point (nothing when there is one part).
     pub fn sync(&mut self) {
         let many = self.fb.ins().icmp_imm_u(IntCC::UnsignedGreaterThan, self.parts, 1);
-        let call = self.fb.create_block();
-        let done = self.fb.create_block();
-        self.fb.ins().brif(many, call, &[], done, &[]);
-        self.fb.switch_to_block(call);
-        self.fb.seal_block(call);
-        self.fb.ins().call_indirect(self.sync_sig, self.sync, &[self.sync_ctx]);
-        self.fb.ins().jump(done, &[]);
-        self.fb.switch_to_block(done);
-        self.fb.seal_block(done);
+        self.when(many, |kb| {
+            kb.fb.ins().call_indirect(kb.sync_sig, kb.sync, &[kb.sync_ctx]);
+        });
     }
 
     /// Emits `body(i)` for `i` in `0..count` where `count` is only known at run time

@@ -653,7 +653,7 @@ fn output_tiles(
             }
         };
         match (r, store.second) {
-            (1, Some(condition)) => if_then(kb, condition, emit_row),
+            (1, Some(condition)) => kb.when(condition, emit_row),
             _ => emit_row(kb),
         }
     }
@@ -672,19 +672,6 @@ fn if_else(kb: &mut Kb, condition: Value, then: impl FnOnce(&mut Kb), otherwise:
     kb.fb.switch_to_block(else_block);
     kb.fb.seal_block(else_block);
     otherwise(kb);
-    kb.fb.ins().jump(done, &[]);
-    kb.fb.switch_to_block(done);
-    kb.fb.seal_block(done);
-}
-
-/// Emits `body` under `condition` (an `icmp` result).
-fn if_then(kb: &mut Kb, condition: Value, body: impl FnOnce(&mut Kb)) {
-    let then = kb.fb.create_block();
-    let done = kb.fb.create_block();
-    kb.fb.ins().brif(condition, then, &[], done, &[]);
-    kb.fb.switch_to_block(then);
-    kb.fb.seal_block(then);
-    body(kb);
     kb.fb.ins().jump(done, &[]);
     kb.fb.switch_to_block(done);
     kb.fb.seal_block(done);
