@@ -23,6 +23,20 @@ const TILE_PIXELS: usize = 16 * VECTORS;
 /// Full tiles of pixels from which the parts share the tiles rather than the blocks.
 const SHARED_TILES: usize = 8;
 
+/// Appends `[out][in]` weights packed for the pixel-lane tiles: per block of `channels`
+/// output channels (the last one maybe partial), `[in_channel][channel]`.
+pub(crate) fn pack_blocks(packed: &mut Vec<u8>, weight: &[f32], in_channels: usize, channels: usize) {
+    let out_channels = weight.len() / in_channels.max(1);
+    for first in (0..out_channels).step_by(channels) {
+        let last = (first + channels).min(out_channels);
+        for ic in 0..in_channels {
+            for oc in first..last {
+                packed.extend_from_slice(&weight[oc * in_channels + ic].to_le_bytes());
+            }
+        }
+    }
+}
+
 /// A pointwise convolution ready to emit.
 pub(crate) struct PointwiseKernel {
     batch: usize,
@@ -62,14 +76,7 @@ impl PointwiseKernel {
     ) -> PointwiseKernel {
         let (batch, in_channels, out_channels, plane) = shape;
         let mut packed: Vec<u8> = Vec::with_capacity(4 * (out_channels * in_channels + out_channels));
-        for first in (0..out_channels).step_by(CHANNELS) {
-            let last = (first + CHANNELS).min(out_channels);
-            for ic in 0..in_channels {
-                for oc in first..last {
-                    packed.extend_from_slice(&weight[oc * in_channels + ic].to_le_bytes());
-                }
-            }
-        }
+        pack_blocks(&mut packed, weight, in_channels, CHANNELS);
         let bias_start = packed.len() / 4;
         for oc in 0..out_channels {
             packed.extend_from_slice(&bias.map_or(0.0, |b| b[oc]).to_le_bytes());

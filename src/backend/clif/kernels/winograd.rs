@@ -50,6 +50,7 @@ use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, Type, Value, 
 
 use super::super::codegen::MAX_PARTS;
 use super::conv::ConvShape;
+use super::pointwise::pack_blocks;
 use super::x86::{PointwiseSpec, Ukernel};
 use super::{F32, F32X4, Kb, Loc};
 use crate::ir::{Conv, Epilogue, Pad};
@@ -148,14 +149,7 @@ impl WinogradKernel {
         }
         let mut data: Vec<u8> = Vec::with_capacity(4 * (16 * cout * cin + 2 * cout));
         for u_xi in u.chunks_exact(cout * cin) {
-            for first in (0..cout).step_by(channels) {
-                let last = (first + channels).min(cout);
-                for ic in 0..cin {
-                    for oc in first..last {
-                        data.extend_from_slice(&u_xi[oc * cin + ic].to_le_bytes());
-                    }
-                }
-            }
+            pack_blocks(&mut data, u_xi, cin, channels);
         }
         let bias_start = data.len() / 4;
         for oc in 0..cout {
