@@ -260,6 +260,24 @@ impl<'a> Kb<'a> {
         self.fb.seal_block(done);
     }
 
+    /// Emits `then` when `condition` (an `icmp` result) holds, else `otherwise`.
+    pub fn when_else(&mut self, condition: Value, then: impl FnOnce(&mut Self), otherwise: impl FnOnce(&mut Self)) {
+        let then_block = self.fb.create_block();
+        let else_block = self.fb.create_block();
+        let done = self.fb.create_block();
+        self.fb.ins().brif(condition, then_block, &[], else_block, &[]);
+        self.fb.switch_to_block(then_block);
+        self.fb.seal_block(then_block);
+        then(self);
+        self.fb.ins().jump(done, &[]);
+        self.fb.switch_to_block(else_block);
+        self.fb.seal_block(else_block);
+        otherwise(self);
+        self.fb.ins().jump(done, &[]);
+        self.fb.switch_to_block(done);
+        self.fb.seal_block(done);
+    }
+
     /// Waits until every part has reached this point (nothing when there is one part).
     pub fn sync(&mut self) {
         let many = self.fb.ins().icmp_imm_u(IntCC::UnsignedGreaterThan, self.parts, 1);

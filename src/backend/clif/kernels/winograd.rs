@@ -321,8 +321,7 @@ impl WinogradKernel {
             let y = kb.fb.ins().iadd_imm_s(padded_row, -(self.pad.top as i64));
             let inside = kb.fb.ins().icmp_imm_u(IntCC::UnsignedLessThan, y, s.in_h as i64);
             let to = kb.index(dst, k, (wv * 4) as i64);
-            if_else(
-                kb,
+            kb.when_else(
                 inside,
                 |kb| {
                     let from = kb.index(plane, y, (s.in_w * 4) as i64);
@@ -651,22 +650,4 @@ fn output_tiles(
             _ => emit_row(kb),
         }
     }
-}
-
-/// Emits `then` when `condition` (an `icmp` result) holds, else `otherwise`.
-fn if_else(kb: &mut Kb, condition: Value, then: impl FnOnce(&mut Kb), otherwise: impl FnOnce(&mut Kb)) {
-    let then_block = kb.fb.create_block();
-    let else_block = kb.fb.create_block();
-    let done = kb.fb.create_block();
-    kb.fb.ins().brif(condition, then_block, &[], else_block, &[]);
-    kb.fb.switch_to_block(then_block);
-    kb.fb.seal_block(then_block);
-    then(kb);
-    kb.fb.ins().jump(done, &[]);
-    kb.fb.switch_to_block(else_block);
-    kb.fb.seal_block(else_block);
-    otherwise(kb);
-    kb.fb.ins().jump(done, &[]);
-    kb.fb.switch_to_block(done);
-    kb.fb.seal_block(done);
 }
