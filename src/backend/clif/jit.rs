@@ -70,10 +70,10 @@ pub struct JitModel {
     threads: usize,
     pool: std::sync::Mutex<Option<Pool>>,
     arena_bytes: usize,
-    /// The arena of the last run, kept for the next: a fresh one would cost a page fault
-    /// per 4 KiB touched on every run (the kernels write every value before reading it,
-    /// so it needs no clearing).
-    spare_arena: std::sync::Mutex<Option<Vec<Line>>>,
+    /// The arena and output buffer of the last run, kept for the next: fresh ones would
+    /// cost a page fault per 4 KiB touched on every run (the kernels write every value
+    /// before reading it, so they need no clearing).
+    spare: std::sync::Mutex<Option<Buffers>>,
     input_shapes: Vec<Vec<usize>>,
     output_shapes: Vec<Vec<usize>>,
     /// What each kernel computes, in call order.
@@ -95,6 +95,12 @@ impl Drop for JitModel {
             unsafe { module.free_memory() };
         }
     }
+}
+
+/// A run's scratch: the arena and the output buffer.
+struct Buffers {
+    arena: Vec<Line>,
+    output: Vec<f32>,
 }
 
 /// An arena allocation aligned to a cache line.
@@ -127,27 +133,28 @@ impl JitModel {
             joined = inputs.iter().flat_map(|t| t.data.iter().copied()).collect();
             &joined
         };
-        let output_floats = self.output_floats();
-        let mut output = vec![0.0f32; output_floats];
-        // The spare arena, unless another run has it.
-        let spare = self.spare_arena.try_lock().ok().and_then(|mut spare| spare.take());
-        let mut arena = spare.unwrap_or_else(|| vec![Line([0; 64]); self.arena_bytes.div_ceil(64)]);
+        // The spare buffers, unless another run has them.
+        let spare = self.spare.try_lock().ok().and_then(|mut spare| spare.take());
+        let Buffers { mut arena, mut output } = spare.unwrap_or_else(|| Buffers {
+            arena: vec![Line([0; 64]); self.arena_bytes.div_ceil(64)],
+            output: vec![0.0; self.output_floats()],
+        });
         // SAFETY: `infer` reads exactly the input floats of the model's inputs (checked
         // above), writes exactly `output_floats` floats and at most `arena_bytes` bytes of
         // the arena, all of which these buffers hold.
         let status = unsafe { self.run_raw(input.as_ptr(), output.as_mut_ptr(), arena.as_mut_ptr().cast::<u8>()) };
-        if let Ok(mut spare) = self.spare_arena.try_lock() {
-            *spare = Some(arena);
-        }
-        if status != 0 {
-            return Err(format!("the compiled model failed with status {status}"));
-        }
         let mut outputs = Vec::with_capacity(self.output_shapes.len());
         let mut rest = output.as_slice();
         for shape in &self.output_shapes {
             let (head, tail) = rest.split_at(shape.iter().product());
             outputs.push(Tensor { shape: shape.clone(), data: head.to_vec() });
             rest = tail;
+        }
+        if let Ok(mut spare) = self.spare.try_lock() {
+            *spare = Some(Buffers { arena, output });
+        }
+        if status != 0 {
+            return Err(format!("the compiled model failed with status {status}"));
         }
         Ok(outputs)
     }
@@ -326,7 +333,7 @@ fn compile(
         threads: 1,
         pool: std::sync::Mutex::new(None),
         arena_bytes: defined.arena_bytes,
-        spare_arena: std::sync::Mutex::new(None),
+        spare: std::sync::Mutex::new(None),
         input_shapes: graph.inputs.iter().map(|&id| graph.node(id).shape.clone()).collect(),
         output_shapes: graph.outputs.iter().map(|o| graph.node(o.node).shape.clone()).collect(),
         kernels: defined.kernels,

@@ -6,8 +6,11 @@
 //! it never wins) or 0 (sums), wide enough for the last window. Four outputs of a row are
 //! then computed at once in f32x4 registers, with one vector load per tap at stride 1
 //! and two loads and a `shufps` at stride 2 (other strides run one output at a time).
-//! Max pooling does this in two passes per output row (`separable`): the maxima of the
-//! window's rows, column by column, into a row buffer, then the windows over that row.
+//! Max pooling (k x k, k > 1) runs in two passes per output row instead (`separable`),
+//! reading the input in place: the maxima of the window's rows inside the input, column
+//! by column, into a row buffer whose border columns are -inf, then the windows over
+//! that row. Padding only leaves rows out of the first pass (the edge rows are emitted
+//! one by one), so nothing is copied.
 //! Average divisors follow PyTorch's clipping rules (the interpreter's `window`): a
 //! constant when every window is whole, else per-row and per-column factors from tables
 //! in read-only data. Adaptive pools read their uneven bins from tables; global pools
@@ -183,8 +186,10 @@ impl PoolKernel {
     /// window's rows, column by column, into a row of scratch, then the maximum of each
     /// window's columns of that row. A k x k window then takes about 2k maxima per output
     /// instead of k^2 (the maximum is exact, so the result is the same).
+    /// It reads the input plane in place: the window rows that padding clips are left
+    /// out, and the row buffer carries the border of -inf columns (no padded copy).
     fn separable(&self, w: &Windowed) -> bool {
-        self.kind == PoolKind::Max && w.kernel.0 > 1 && self.vector(w)
+        self.kind == PoolKind::Max && w.kernel.0 > 1 && self.vector(w) && self.in_hw.1 >= 4
     }
 
     /// Whether four outputs of a row are computed at once (see `emit_windowed`).
@@ -192,12 +197,19 @@ impl PoolKernel {
         self.out_hw.1 >= 4 && (w.stride.1 == 1 || w.stride.1 == 2)
     }
 
-    /// Scratch bytes for one padded plane and, for a separable pooling, one row of it
-    /// (each part of a run needs its own).
+    /// Scratch bytes for one padded plane or, for a separable pooling, one row of it
+    /// (each part of a run needs its own), rounded to two cache lines so that the parts'
+    /// scratch shares no line (nor an adjacent-line prefetch pair): a row buffer shared
+    /// by two threads ran the pooling at half the speed of one.
     pub fn scratch_bytes(&self) -> usize {
+        self.part_scratch_bytes().div_ceil(128) * 128
+    }
+
+    fn part_scratch_bytes(&self) -> usize {
         match &self.mode {
             Mode::Windowed(w) => {
-                let plane = if Self::padded(w, self.in_hw) { 4 * w.padded_hw.0 * w.padded_hw.1 } else { 0 };
+                let copied = Self::padded(w, self.in_hw) && !self.separable(w);
+                let plane = if copied { 4 * w.padded_hw.0 * w.padded_hw.1 } else { 0 };
                 let row = if self.separable(w) { 4 * w.padded_hw.1 } else { 0 };
                 plane + row
             }
@@ -219,6 +231,7 @@ impl PoolKernel {
             match &self.mode {
                 Mode::Global => self.emit_global(kb, src, dst),
                 Mode::Tabled { .. } => self.emit_tabled(kb, src, dst),
+                Mode::Windowed(w) if self.separable(w) => self.emit_separable(kb, w, src, scratch, dst),
                 Mode::Windowed(w) => {
                     let padded = Self::padded(w, self.in_hw);
                     let plane = if padded {
@@ -227,9 +240,7 @@ impl PoolKernel {
                     } else {
                         src
                     };
-                    let row = if padded { 4 * w.padded_hw.0 * w.padded_hw.1 } else { 0 };
-                    let row = kb.offset(scratch, row as i64);
-                    self.emit_windowed(kb, w, plane, row, dst);
+                    self.emit_windowed(kb, w, plane, dst);
                 }
             }
         });
@@ -278,92 +289,140 @@ impl PoolKernel {
         });
     }
 
+    /// Separable max pooling over the unpadded input plane `src`: per output row, the
+    /// maxima of the window's rows inside the input (`emit_column_maxima`) into the
+    /// interior of `row_buffer` (`padded_hw.1` wide, its border columns -inf), then the
+    /// windows over that row. Rows whose windows padding clips are emitted one by one
+    /// with their own row counts; the rows between them run in a loop.
+    fn emit_separable(&self, kb: &mut Kb, w: &Windowed, src: Value, row_buffer: Value, dst: Value) {
+        let (in_h, in_w) = self.in_hw;
+        let out_h = self.out_hw.0;
+        let (kh, sh) = (w.kernel.0, w.stride.0);
+        let (top, left) = w.pad;
+        let wp = w.padded_hw.1;
+        let border = kb.constant(F32, f32::NEG_INFINITY);
+        for column in (0..left).chain(left + in_w..wp) {
+            kb.store(border, row_buffer, 4 * column as i64);
+        }
+        let interior = kb.offset(row_buffer, 4 * left as i64);
+        let row_bytes = (in_w * 4) as i64;
+        // The window rows of output row `oh` inside the input: `start..end`.
+        let rows = |oh: usize| {
+            let first = (oh * sh) as isize - top as isize;
+            (first.max(0) as usize, ((first + kh as isize).max(0) as usize).min(in_h))
+        };
+        let whole = |oh: usize| (oh * sh) >= top && oh * sh - top + kh <= in_h;
+        let begin = (0..out_h).find(|&oh| oh * sh >= top).unwrap_or(out_h);
+        let end = (begin..out_h).find(|&oh| !whole(oh)).unwrap_or(out_h);
+        let clipped = |kb: &mut Kb, oh: usize| {
+            let (start, stop) = rows(oh);
+            let first = kb.offset(src, start as i64 * row_bytes);
+            self.emit_column_maxima(kb, first, stop.saturating_sub(start), interior);
+            let oh = kb.iconst(oh as i64);
+            self.emit_row(kb, w, row_buffer, dst, oh, (1, w.kernel.1));
+        };
+        for oh in 0..begin {
+            clipped(kb, oh);
+        }
+        kb.for_range(end - begin, |kb, i| {
+            let oh = kb.fb.ins().iadd_imm_s(i, begin as i64);
+            let start = kb.fb.ins().imul_imm_s(oh, sh as i64);
+            let start = kb.fb.ins().iadd_imm_s(start, -(top as i64));
+            let first = kb.index(src, start, row_bytes);
+            self.emit_column_maxima(kb, first, kh, interior);
+            self.emit_row(kb, w, row_buffer, dst, oh, (1, w.kernel.1));
+        });
+        for oh in end..out_h {
+            clipped(kb, oh);
+        }
+    }
+
+    /// The maxima of `rows` consecutive input rows from `first`, column by column, into
+    /// `to` (-inf when no row is left), four columns at a time: the last four overlap
+    /// their predecessors rather than run past the row (the input is at least 4 wide).
+    fn emit_column_maxima(&self, kb: &mut Kb, first: Value, rows: usize, to: Value) {
+        let in_w = self.in_hw.1;
+        kb.for_range(in_w.div_ceil(4), |kb, c| {
+            let start = kb.fb.ins().imul_imm_s(c, 4);
+            let last = kb.iconst(in_w as i64 - 4);
+            let x = kb.fb.ins().umin(start, last);
+            let at = kb.index(first, x, 4);
+            let mut acc = self.initial(kb, F32X4);
+            for i in 0..rows {
+                let v = kb.load(F32X4, at, (i * in_w * 4) as i64);
+                acc = if i == 0 { v } else { self.accumulate(kb, acc, v) };
+            }
+            let to = kb.index(to, x, 4);
+            kb.store(acc, to, 0);
+        });
+    }
+
     /// Whole windows over `plane` (`padded_hw` wide): four outputs at a time when the
-    /// column stride is 1 or 2 and the row has at least four, else one at a time. A
-    /// separable pooling first reduces each output row's window rows into `row_buffer`.
-    fn emit_windowed(&self, kb: &mut Kb, w: &Windowed, plane: Value, row_buffer: Value, dst: Value) {
-        let (out_h, out_w) = self.out_hw;
-        let (sh, sw) = w.stride;
+    /// column stride is 1 or 2 and the row has at least four, else one at a time.
+    fn emit_windowed(&self, kb: &mut Kb, w: &Windowed, plane: Value, dst: Value) {
+        let (sh, wp) = (w.stride.0, w.padded_hw.1);
+        kb.for_range(self.out_hw.0, |kb, oh| {
+            let row = kb.index(plane, oh, (sh * wp * 4) as i64);
+            self.emit_row(kb, w, row, dst, oh, w.kernel);
+        });
+    }
+
+    /// Output row `oh` from the `kh x kw` windows whose first row starts at `row`.
+    fn emit_row(&self, kb: &mut Kb, w: &Windowed, row: Value, dst: Value, oh: Value, (kh, kw): (usize, usize)) {
+        let out_w = self.out_hw.1;
+        let sw = w.stride.1;
         let wp = w.padded_hw.1;
         let vector = self.vector(w);
-        let separable = self.separable(w);
-        // The window's rows as the output loop reads them: one, from the buffer, when
-        // separable.
-        let (kh, kw) = if separable { (1, w.kernel.1) } else { w.kernel };
         let divisor_cols = w.divisors.as_ref().map(|_| {
             let data = kb.data();
-            kb.offset(data, (out_h * 4) as i64)
+            kb.offset(data, (self.out_hw.0 * 4) as i64)
         });
-        kb.for_range(out_h, |kb, oh| {
-            let row = kb.index(plane, oh, (sh * wp * 4) as i64);
-            let row = if separable {
-                // Column maxima of the window's rows, four columns at a time (the last
-                // four overlap their predecessors rather than run past the row).
-                let columns = wp.div_ceil(4);
-                kb.for_range(columns, |kb, c| {
-                    let first = kb.fb.ins().imul_imm_s(c, 4);
-                    let last = kb.iconst(wp as i64 - 4);
-                    let x = kb.fb.ins().umin(first, last);
-                    let at = kb.index(row, x, 4);
-                    let mut acc = kb.load(F32X4, at, 0);
-                    for i in 1..w.kernel.0 {
-                        let v = kb.load(F32X4, at, (i * wp * 4) as i64);
-                        acc = self.accumulate(kb, acc, v);
-                    }
-                    let to = kb.index(row_buffer, x, 4);
-                    kb.store(acc, to, 0);
-                });
-                row_buffer
-            } else {
-                row
-            };
-            let out_row = kb.index(dst, oh, (out_w * 4) as i64);
-            let row_divisor = w.divisors.as_ref().map(|_| {
-                let data = kb.data();
-                let addr = kb.index(data, oh, 4);
-                kb.load_weight(F32, addr, 0)
-            });
-            let (ty, group) = if vector { (F32X4, 4) } else { (F32, 1) };
-            let groups = out_w.div_ceil(group);
-            kb.for_range(groups, |kb, g| {
-                // The last group of four overlaps its predecessor rather than run past
-                // the row.
-                let first = kb.fb.ins().imul_imm_s(g, group as i64);
-                let last = kb.iconst((out_w - group) as i64);
-                let ow = kb.fb.ins().umin(first, last);
-                let window = kb.index(row, ow, (sw * 4) as i64);
-                let mut acc = self.initial(kb, ty);
-                for i in 0..kh {
-                    for j in 0..kw {
-                        let offset = ((i * wp + j) * 4) as i64;
-                        let v = match (vector, sw) {
-                            (false, _) | (true, 1) => kb.load(ty, window, offset),
-                            _ => {
-                                // Stride 2: elements 0, 2 of one load and 1, 3 of another
-                                // three floats on (the last tap read is the last needed).
-                                let a = kb.load(F32X4, window, offset);
-                                let b = kb.load(F32X4, window, offset + 12);
-                                evens(kb, a, b)
-                            }
-                        };
-                        acc = self.accumulate(kb, acc, v);
-                    }
-                }
-                if self.kind == PoolKind::Avg {
-                    let divisor = match (row_divisor, divisor_cols) {
-                        (Some(r), Some(cols)) => {
-                            let addr = kb.index(cols, ow, 4);
-                            let c = kb.load_weight(ty, addr, 0);
-                            let r = if ty == F32 { r } else { kb.fb.ins().splat(F32X4, r) };
-                            kb.fb.ins().fmul(r, c)
+        let out_row = kb.index(dst, oh, (out_w * 4) as i64);
+        let row_divisor = w.divisors.as_ref().map(|_| {
+            let data = kb.data();
+            let addr = kb.index(data, oh, 4);
+            kb.load_weight(F32, addr, 0)
+        });
+        let (ty, group) = if vector { (F32X4, 4) } else { (F32, 1) };
+        let groups = out_w.div_ceil(group);
+        kb.for_range(groups, |kb, g| {
+            // The last group of four overlaps its predecessor rather than run past
+            // the row.
+            let first = kb.fb.ins().imul_imm_s(g, group as i64);
+            let last = kb.iconst((out_w - group) as i64);
+            let ow = kb.fb.ins().umin(first, last);
+            let window = kb.index(row, ow, (sw * 4) as i64);
+            let mut acc = self.initial(kb, ty);
+            for i in 0..kh {
+                for j in 0..kw {
+                    let offset = ((i * wp + j) * 4) as i64;
+                    let v = match (vector, sw) {
+                        (false, _) | (true, 1) => kb.load(ty, window, offset),
+                        _ => {
+                            // Stride 2: elements 0, 2 of one load and 1, 3 of another
+                            // three floats on (the last tap read is the last needed).
+                            let a = kb.load(F32X4, window, offset);
+                            let b = kb.load(F32X4, window, offset + 12);
+                            evens(kb, a, b)
                         }
-                        _ => kb.constant(ty, (kh * kw) as f32),
                     };
-                    acc = kb.fb.ins().fdiv(acc, divisor);
+                    acc = self.accumulate(kb, acc, v);
                 }
-                let out = kb.index(out_row, ow, 4);
-                kb.store(acc, out, 0);
-            });
+            }
+            if self.kind == PoolKind::Avg {
+                let divisor = match (row_divisor, divisor_cols) {
+                    (Some(r), Some(cols)) => {
+                        let addr = kb.index(cols, ow, 4);
+                        let c = kb.load_weight(ty, addr, 0);
+                        let r = if ty == F32 { r } else { kb.fb.ins().splat(F32X4, r) };
+                        kb.fb.ins().fmul(r, c)
+                    }
+                    _ => kb.constant(ty, (kh * kw) as f32),
+                };
+                acc = kb.fb.ins().fdiv(acc, divisor);
+            }
+            let out = kb.index(out_row, ow, 4);
+            kb.store(acc, out, 0);
         });
     }
 
