@@ -198,11 +198,11 @@ impl PoolKernel {
     }
 
     /// Scratch bytes for one padded plane or, for a separable pooling, one row of it
-    /// (each part of a run needs its own), rounded to two cache lines so that the parts'
-    /// scratch shares no line (nor an adjacent-line prefetch pair): a row buffer shared
-    /// by two threads ran the pooling at half the speed of one.
+    /// (each part of a run needs its own), rounded to a page so that the parts' scratch
+    /// shares no cache line. Measured on Inception's 3x3 pool with two threads: 0.35 ms
+    /// with the row buffers adjacent, 0.13-0.17 rounded to 128 bytes, 0.11 to 4 KiB.
     pub fn scratch_bytes(&self) -> usize {
-        self.part_scratch_bytes().div_ceil(128) * 128
+        self.part_scratch_bytes().div_ceil(4096) * 4096
     }
 
     fn part_scratch_bytes(&self) -> usize {
