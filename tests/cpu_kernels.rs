@@ -281,6 +281,37 @@ proptest! {
     }
 }
 
+/// Layers whose weights pass the direct kernel's one-pass threshold (512 KiB of packed
+/// weights), where the threads share the blocks of output channels, each cut into runs
+/// of pixels: full blocks and a tail, strided rows, a residual, two images.
+#[test]
+fn layers_with_large_weights_share_their_blocks() {
+    let layer = |in_channels, hw, out_channels, kernel, stride, pad, batch, residual| Layer {
+        batch,
+        in_channels,
+        hw,
+        out_channels,
+        kernel,
+        stride,
+        pad,
+        dilation: (1, 1),
+        groups: 1,
+        relu: true,
+        linear: false,
+        residual,
+    };
+    let layers = [
+        layer(144, (11, 11), 112, (3, 3), (2, 2), (1, 1), 1, false),
+        layer(1400, (9, 9), 100, (1, 1), (2, 2), (0, 0), 2, false),
+        layer(130, (7, 7), 130, (3, 3), (1, 1), (1, 1), 1, true),
+    ];
+    for layer in &layers {
+        if let Err(e) = check_layer(layer) {
+            panic!("{e}");
+        }
+    }
+}
+
 /// The executable sections of an ELF64 little-endian object.
 fn code_sections(object: &[u8]) -> Vec<&[u8]> {
     let u16_at = |at: usize| u16::from_le_bytes(object[at..at + 2].try_into().unwrap()) as usize;

@@ -36,6 +36,8 @@ use crate::ir::{Conv, Epilogue};
 /// The fewest chunks a plane is cut into when it has that many units (rows or tiles):
 /// the parts of a multithreaded run share a convolution's chunks.
 const MIN_CHUNKS: usize = 16;
+/// Runs of pixels per block of output channels when the parts share the blocks.
+const BLOCK_PIECES: usize = 4;
 
 /// How output channels are split into register blocks for one group.
 #[derive(Clone, Copy, Debug)]
@@ -567,23 +569,39 @@ impl ConvKernel {
                     channel_bytes: out_plane,
                 };
                 let (chunks, chunk_size) = self.chunking();
-                // The parts share the chunks of pixels or, with one chunk, the blocks of
-                // output channels.
-                let split_blocks = chunks == 1;
-                kb.for_share_if(!split_blocks, chunks, |kb, chunk_index| {
-                    let chunk = Chunk { index: chunk_index, size: chunk_size };
-                    kb.for_share_if(split_blocks, self.blocking.full_blocks, |kb, ob| {
-                        let block = self.blocking.full_block(kb, &bases, k, ob);
-                        self.emit_pixels(kb, &reduction, in_g, &block, chunk, epilogue);
-                    });
-                    if self.blocking.tail_vectors > 0 {
-                        let tail = |kb: &mut Kb| {
+                if chunks > 1 {
+                    // The parts share the chunks of pixels, each running every block.
+                    kb.for_share(chunks, |kb, chunk_index| {
+                        let chunk = Chunk { index: chunk_index, size: chunk_size };
+                        kb.for_range(self.blocking.full_blocks, |kb, ob| {
+                            let block = self.blocking.full_block(kb, &bases, k, ob);
+                            self.emit_pixels(kb, &reduction, in_g, &block, chunk, epilogue);
+                        });
+                        if self.blocking.tail_vectors > 0 {
                             let block = self.blocking.tail_block(kb, &bases, k);
                             self.emit_pixels(kb, &reduction, in_g, &block, chunk, epilogue);
-                        };
-                        if split_blocks { kb.on_last_part(tail) } else { tail(kb) }
+                        }
+                    });
+                } else {
+                    // One pass over the weights: the parts share the blocks of output
+                    // channels, each cut into `pieces` runs of pixels so that the share
+                    // stays even when the blocks are few (two parts over 2 blocks and a
+                    // tail once got 48 and 80 channels). A part reads a block's weights
+                    // once, a block split between two parts is read by both.
+                    let (pieces, size) = block_pieces(chunk_size);
+                    kb.for_share(self.blocking.full_blocks * pieces, |kb, i| {
+                        let ob = kb.fb.ins().udiv_imm_u(i, pieces as i64);
+                        let piece = kb.fb.ins().urem_imm_u(i, pieces as i64);
+                        let block = self.blocking.full_block(kb, &bases, k, ob);
+                        self.emit_pixels(kb, &reduction, in_g, &block, Chunk { index: piece, size }, epilogue);
+                    });
+                    if self.blocking.tail_vectors > 0 {
+                        kb.for_share(pieces, |kb, piece| {
+                            let block = self.blocking.tail_block(kb, &bases, k);
+                            self.emit_pixels(kb, &reduction, in_g, &block, Chunk { index: piece, size }, epilogue);
+                        });
                     }
-                });
+                }
             });
             if self.padded() && s.batch > 1 {
                 // The next batch element's padded copy overwrites the scratch buffer.
@@ -686,6 +704,13 @@ impl ConvKernel {
             });
         }
     }
+}
+
+/// Runs of pixels per block when the parts share the blocks: up to `BLOCK_PIECES` runs
+/// of `size` units out of `units`, (pieces, size), none of them empty.
+fn block_pieces(units: usize) -> (usize, usize) {
+    let size = units.div_ceil(BLOCK_PIECES.min(units).max(1)).max(1);
+    (units.div_ceil(size), size)
 }
 
 /// A run of units (tiles of a line, or rows) out of a plane: `size` units from unit

@@ -234,11 +234,6 @@ impl<'a> Kb<'a> {
         });
     }
 
-    /// [`Kb::for_share`] when `shared`, else [`Kb::for_range`] (every part runs it all).
-    pub fn for_share_if(&mut self, shared: bool, count: usize, body: impl FnOnce(&mut Self, Value)) {
-        if shared { self.for_share(count, body) } else { self.for_range(count, body) }
-    }
-
     /// Emits `body` for one part only (the last one, which `for_share` gives the
     /// largest share's end).
     pub fn on_last_part(&mut self, body: impl FnOnce(&mut Self)) {
