@@ -258,16 +258,21 @@ impl PoolKernel {
     fn accumulate(&self, kb: &mut Kb, acc: Value, v: Value) -> Value {
         match self.kind {
             PoolKind::Avg => kb.fb.ins().fadd(acc, v),
-            PoolKind::Max => {
+            PoolKind::Max if kb.fb.func.dfg.value_type(v) == F32 => {
                 let greater = kb.fb.ins().fcmp(FloatCC::GreaterThan, v, acc);
                 let nan = kb.fb.ins().fcmp(FloatCC::Unordered, v, v);
                 let take = kb.fb.ins().bor(greater, nan);
-                if kb.fb.func.dfg.value_type(v) == F32 {
-                    kb.fb.ins().select(take, v, acc)
-                } else {
-                    let take = kb.fb.ins().bitcast(F32X4, MemFlagsData::new(), take);
-                    kb.fb.ins().bitselect(take, v, acc)
-                }
+                kb.fb.ins().select(take, v, acc)
+            }
+            PoolKind::Max => {
+                // `acc < v ? v : acc` (one `maxps`, which keeps a NaN already in `acc`),
+                // then a NaN in `v` blended in.
+                let less = kb.fb.ins().fcmp(FloatCC::LessThan, acc, v);
+                let less = kb.fb.ins().bitcast(F32X4, MemFlagsData::new(), less);
+                let max = kb.fb.ins().bitselect(less, v, acc);
+                let nan = kb.fb.ins().fcmp(FloatCC::Unordered, v, v);
+                let nan = kb.fb.ins().bitcast(F32X4, MemFlagsData::new(), nan);
+                kb.fb.ins().bitselect(nan, v, max)
             }
         }
     }
@@ -392,7 +397,7 @@ impl PoolKernel {
             let last = kb.iconst((out_w - group) as i64);
             let ow = kb.fb.ins().umin(first, last);
             let window = kb.index(row, ow, (sw * 4) as i64);
-            let mut acc = self.initial(kb, ty);
+            let mut acc = None;
             for i in 0..kh {
                 for j in 0..kw {
                     let offset = ((i * wp + j) * 4) as i64;
@@ -406,9 +411,13 @@ impl PoolKernel {
                             evens(kb, a, b)
                         }
                     };
-                    acc = self.accumulate(kb, acc, v);
+                    acc = Some(match acc {
+                        Some(acc) => self.accumulate(kb, acc, v),
+                        None => v,
+                    });
                 }
             }
+            let mut acc = acc.expect("a window has a tap");
             if self.kind == PoolKind::Avg {
                 let divisor = match (row_divisor, divisor_cols) {
                     (Some(r), Some(cols)) => {
