@@ -213,6 +213,8 @@ struct KernelProfile {
     median_ms: f64,
     share: f64,
     gflops: f64,
+    /// Multiply-adds the kernel does (a pooling conv counts its unpooled work).
+    macs: u64,
 }
 
 /// `bench --profile`: every kernel's median time over the timed runs.
@@ -249,6 +251,7 @@ fn profile_cpu(
             median_ms: ms,
             share: if total > 0.0 { ms / total } else { 0.0 },
             gflops: if ms > 0.0 { 2.0 * k.macs as f64 / (ms * 1e6) } else { 0.0 },
+            macs: k.macs,
         })
         .collect();
     match args.format {

@@ -314,6 +314,20 @@ fn bench_reports_median_and_gflops() {
 }
 
 #[test]
+fn bench_profile_reports_each_kernels_multiply_adds() {
+    let args = ["bench", "examples/lenet5.cnn", "--runs", "3", "--warmup", "1", "--profile", "--format", "json"];
+    let out = cnnc(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let kernels: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let macs = |name: &str| kernels.iter().find(|k| k["kernel"] == name).map(|k| k["macs"].as_u64().unwrap());
+    // conv1: 6 channels of 28x28 outputs, each over 1x5x5 inputs.
+    assert_eq!(macs("conv1 (conv)"), Some(6 * 28 * 28 * 25));
+    assert_eq!(macs("max_pool_0 (max_pool)"), Some(0));
+    // bench/layers.py pairs cnnc's kernels with ORT's nodes by these counts.
+    assert_eq!(kernels.iter().map(|k| k["macs"].as_u64().unwrap()).sum::<u64>(), 416_520);
+}
+
+#[test]
 fn compare_runs_every_target_layer_by_layer() {
     let out = cnnc(&[
         "run",

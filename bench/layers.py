@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""cnnc against ONNX Runtime layer by layer, on the same weights, batch and threads.
+
+`cnnc build --emit onnx` writes the model with random weights (fixed seed); ONNX Runtime
+(all graph optimizations on, its profiler on) runs it, and `cnnc bench --profile --format
+json` times cnnc's kernels. Each cnnc convolution or linear layer is paired with the ORT
+node that does the same multiply-adds (ORT fuses BatchNorm, activations and residual adds
+into its convolutions and names a fused node after the last node it swallowed, so names do
+not match); pools pair in order. Prints one Markdown table (medians per kernel, ratio
+cnnc / ORT) and the time of what did not pair on each side. Run from the repository root:
+
+    .venv/bin/python bench/layers.py resnet50 [--batch 1] [--threads 1] [--runs 20]
+
+ORT's profiler adds a little time per node; the totals of both sides are printed next to
+each other, and `bench/compare.py` gives the end-to-end ratios without profilers.
+"""
+import argparse, json, math, os, pathlib, subprocess, sys, tempfile
+
+ORT_CHILD = r"""
+import collections, json, sys
+import numpy as np, onnxruntime as ort
+model, threads, runs, prefix = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+options = ort.SessionOptions()
+options.intra_op_num_threads = threads
+options.inter_op_num_threads = 1
+options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+options.enable_profiling = True
+options.profile_file_prefix = prefix
+session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+feed = {i.name: np.random.default_rng(1).standard_normal(i.shape).astype(np.float32) for i in session.get_inputs()}
+for _ in range(2):
+    session.run(None, feed)
+for _ in range(runs):
+    session.run(None, feed)
+events = json.load(open(session.end_profiling()))
+nodes = collections.OrderedDict()
+for e in events:
+    if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
+        continue
+    node = nodes.setdefault(e["name"][: -len("_kernel_time")], {"op": e["args"].get("op_name"), "times": [],
+                                                                 "inputs": e["args"].get("input_type_shape", []),
+                                                                 "outputs": e["args"].get("output_type_shape", [])})
+    node["times"].append(e["dur"] / 1e3)
+print(json.dumps([dict(name=name, **node) for name, node in nodes.items()]))
+"""
+
+
+def median(values):
+    values = sorted(values)
+    n = len(values)
+    return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+
+
+def shape(entry):
+    return next(iter(entry.values()))
+
+
+def ort_macs(node):
+    """Multiply-adds of an ORT Conv/Gemm node from its weight and output shapes."""
+    if node["op"] not in ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul") or len(node["inputs"]) < 2:
+        return None
+    weight, out = shape(node["inputs"][1]), shape(node["outputs"][0])
+    if node["op"] in ("Gemm", "FusedGemm", "MatMul"):
+        # The weight holds in x out values in either orientation.
+        return math.prod(out) * math.prod(weight) // out[-1]
+    return math.prod(out) * math.prod(weight) // weight[0]
+
+
+def kind(kernel):
+    op = kernel["kernel"].rsplit("(", 1)[-1].rstrip(")")
+    if op in ("conv", "linear"):
+        return "mac"
+    return "pool" if op.endswith("pool") else "other"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("net")
+    parser.add_argument("--cnnc", default="target/release/cnnc")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=20)
+    args = parser.parse_args()
+    source = f"examples/{args.net}.cnn" if not args.net.endswith(".cnn") else args.net
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([args.cnnc, "build", source, "--random-weights", "--seed", "0", "--batch", str(args.batch),
+                        "--emit", "onnx", "-o", tmp], check=True, stderr=subprocess.DEVNULL)
+        name = json.loads(subprocess.run([args.cnnc, "summary", source, "--format", "json"], check=True,
+                                         capture_output=True, text=True).stdout)["network"]
+        model = str(pathlib.Path(tmp) / f"{name}.onnx")
+        out = subprocess.run([sys.executable, "-c", ORT_CHILD, model, str(args.threads), str(args.runs),
+                              str(pathlib.Path(tmp) / "ort")], check=True, capture_output=True, text=True)
+        ort_nodes = json.loads(out.stdout)
+    out = subprocess.run([args.cnnc, "bench", source, "--seed", "0", "--batch", str(args.batch), "--threads",
+                          str(args.threads), "--runs", str(args.runs), "--profile", "--format", "json"],
+                         check=True, capture_output=True, text=True)
+    kernels = json.loads(out.stdout)
+    for node in ort_nodes:
+        node["ms"] = median(node["times"])
+        node["macs"] = ort_macs(node)
+        node["used"] = False
+    rows = []
+    for kernel in kernels:
+        match = None
+        if kind(kernel) == "mac":
+            match = next((n for n in ort_nodes if not n["used"] and n["macs"] == kernel["macs"]), None)
+        elif kind(kernel) == "pool":
+            match = next((n for n in ort_nodes if not n["used"] and "Pool" in (n["op"] or "")), None)
+        if match is not None:
+            match["used"] = True
+        rows.append((kernel, match))
+    print(f"\n### {args.net}, batch {args.batch}, {args.threads} thread(s): cnnc kernels against ORT nodes\n")
+    print("| layer | cnnc algorithm | cnnc ms | ORT node | ORT ms | ratio |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for kernel, match in rows:
+        if match is None:
+            continue
+        print(f"| {kernel['kernel']} | {kernel['algorithm']} | {kernel['median_ms']:.3f} | {match['name']} "
+              f"({match['op']}) | {match['ms']:.3f} | **{kernel['median_ms'] / match['ms']:.2f}** |")
+    paired_c = sum(k["median_ms"] for k, m in rows if m is not None)
+    paired_o = sum(m["ms"] for _, m in rows if m is not None)
+    rest_c = [k for k, m in rows if m is None and k["median_ms"] > 0]
+    rest_o = [n for n in ort_nodes if not n["used"]]
+    print(f"| paired layers | | {paired_c:.3f} | | {paired_o:.3f} | **{paired_c / paired_o:.2f}** |")
+    print(f"| not paired | {', '.join(k['kernel'] for k in rest_c)} | {sum(k['median_ms'] for k in rest_c):.3f} "
+          f"| {', '.join(n['name'] + ' (' + n['op'] + ')' for n in rest_o)} | {sum(n['ms'] for n in rest_o):.3f} | |")
+    total_c = sum(k["median_ms"] for k in kernels)
+    total_o = sum(n["ms"] for n in ort_nodes)
+    print(f"| total | | {total_c:.3f} | | {total_o:.3f} | **{total_c / total_o:.2f}** |")
+
+
+if __name__ == "__main__":
+    main()
