@@ -101,10 +101,17 @@ impl PointwiseKernel {
             last_lanes: (pixels - 1) % 16 + 1,
             steps: self.in_channels,
             plane_bytes: 4 * self.plane as i64,
+            prefetch: if self.tiles_outer() { 4 * TILE_PIXELS as i64 } else { 0 },
             relu: self.relu,
             residual: self.residual,
             post_relu: self.post_relu,
         }
+    }
+
+    /// Whether the tiles of pixels run outermost (shared by the parts), each over every
+    /// block of channels, rather than the blocks (small planes).
+    fn tiles_outer(&self) -> bool {
+        self.plane / TILE_PIXELS >= SHARED_TILES
     }
 
     /// (channels, pixels) of each kind of tile: full and partial blocks of channels,
@@ -192,7 +199,7 @@ impl PointwiseKernel {
                     tile(kb, first, channels, pixels, offset);
                 }
             };
-            if full_tiles >= SHARED_TILES {
+            if self.tiles_outer() {
                 // Tiles outer: a tile's input (every channel of 64 pixels) stays in the
                 // caches while all the blocks read it. The parts share the tiles.
                 kb.for_share(full_tiles, |kb, t| {

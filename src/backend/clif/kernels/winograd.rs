@@ -219,6 +219,7 @@ impl WinogradKernel {
             last_lanes: (pixels - 1) % 16 + 1,
             steps: self.shape.in_channels,
             plane_bytes: 4 * self.tiles() as i64,
+            prefetch: 0,
             relu: false,
             residual: false,
             post_relu: false,

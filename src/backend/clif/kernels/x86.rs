@@ -224,6 +224,12 @@ pub(crate) struct PointwiseSpec {
     pub last_lanes: usize,
     pub steps: usize,
     pub plane_bytes: i64,
+    /// When not 0, the output (and residual) lines this many bytes past the tile's are
+    /// prefetched into the L2 cache at the start: those of the next tile of pixels when
+    /// the tiles run outermost. A large layer's 64-pixel pieces of hundreds of channel
+    /// planes are more streams than the hardware prefetchers follow (ResNet-50's 56x56
+    /// 1x1 layers with a residual: 1.41 -> 0.97 ms).
+    pub prefetch: i64,
     /// Epilogue: relu before the residual add, the residual add, relu after it.
     pub relu: bool,
     pub residual: bool,
@@ -258,6 +264,17 @@ pub(crate) fn assemble_pointwise(spec: &PointwiseSpec) -> Result<Vec<u8>, String
         a.vbroadcastss(broadcast, dword_ptr(rdx + disp(4 * r as i64)?)).map_err(err)?;
         for q in 0..q_count {
             a.vmovaps(acc(r, q), broadcast).map_err(err)?;
+        }
+    }
+    if spec.prefetch != 0 {
+        for r in 0..r_count {
+            for q in 0..q_count {
+                let offset = r as i64 * spec.plane_bytes + 64 * q as i64 + spec.prefetch;
+                a.prefetcht1(byte_ptr(rcx + disp(offset)?)).map_err(err)?;
+                if spec.residual {
+                    a.prefetcht1(byte_ptr(r8 + disp(offset)?)).map_err(err)?;
+                }
+            }
         }
     }
     a.mov(r9, spec.steps as u64).map_err(err)?;
