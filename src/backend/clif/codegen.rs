@@ -422,9 +422,9 @@ fn prepare(
         }
         Op::Flatten | Op::Dropout { .. } | Op::Dropout2d { .. } => Kernel::Copy,
         Op::Softmax => Kernel::Softmax,
-        Op::MaxPool(pool) => {
-            Kernel::Pool(PoolKernel::window(PoolKind::Max, pool, &x_shape, (node.shape[2], node.shape[3])))
-        }
+        Op::MaxPool(pool) => Kernel::Pool(
+            PoolKernel::window(PoolKind::Max, pool, &x_shape, (node.shape[2], node.shape[3])).with_simd(simd),
+        ),
         Op::AvgPool(pool) => {
             Kernel::Pool(PoolKernel::window(PoolKind::Avg, pool, &x_shape, (node.shape[2], node.shape[3])))
         }
@@ -605,6 +605,7 @@ pub(crate) fn define_model<M: Module>(
             Kernel::Pointwise(k) => k.tile_specs(),
             Kernel::Winograd(k) => k.tile_specs(),
             Kernel::Linear(k) => k.tile_specs(),
+            Kernel::Pool(k) => k.tile_specs(),
             _ => Vec::new(),
         };
         for spec in specs.into_iter().filter(Ukernel::fits) {
@@ -646,7 +647,7 @@ pub(crate) fn define_model<M: Module>(
             Kernel::Pointwise(k) => k.algorithm(),
             Kernel::Winograd(k) => k.algorithm(),
             Kernel::Linear(k) => k.algorithm(!tiles.is_empty()),
-            Kernel::Pool(_) => "pooling".into(),
+            Kernel::Pool(p) => p.algorithm(),
             Kernel::Broadcast(_) | Kernel::Softmax | Kernel::Lrn(_) => "elementwise (one thread)".into(),
             _ => "elementwise".into(),
         };

@@ -19,6 +19,7 @@
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value};
 
+use super::x86::{PoolSpec, Simd, Ukernel};
 use super::{F32, F32X4, Kb, Loc};
 use crate::ir::Pool;
 
@@ -103,6 +104,8 @@ pub(crate) struct PoolKernel {
     in_hw: (usize, usize),
     out_hw: (usize, usize),
     mode: Mode,
+    /// Separable max pooling runs its two passes as AVX-512 micro-kernels.
+    avx512: bool,
 }
 
 impl PoolKernel {
@@ -136,6 +139,7 @@ impl PoolKernel {
             in_hw: (in_h, in_w),
             out_hw,
             mode: Mode::Windowed(windowed),
+            avx512: false,
         }
     }
 
@@ -146,7 +150,14 @@ impl PoolKernel {
         } else {
             Mode::Tabled { rows: adaptive_windows(out_hw.0, in_h), cols: adaptive_windows(out_hw.1, in_w) }
         };
-        PoolKernel { kind: PoolKind::Avg, planes: in_shape[0] * in_shape[1], in_hw: (in_h, in_w), out_hw, mode }
+        PoolKernel {
+            kind: PoolKind::Avg,
+            planes: in_shape[0] * in_shape[1],
+            in_hw: (in_h, in_w),
+            out_hw,
+            mode,
+            avx512: false,
+        }
     }
 
     pub fn global(kind: PoolKind, in_shape: &[usize]) -> PoolKernel {
@@ -156,6 +167,61 @@ impl PoolKernel {
             in_hw: (in_shape[2], in_shape[3]),
             out_hw: (1, 1),
             mode: Mode::Global,
+            avx512: false,
+        }
+    }
+
+    /// Runs a separable max pooling's passes on AVX-512 micro-kernels when `simd` is
+    /// AVX-512.
+    pub fn with_simd(mut self, simd: Option<Simd>) -> PoolKernel {
+        self.avx512 = simd == Some(Simd::Avx512);
+        self
+    }
+
+    /// Whether the micro-kernels run this pooling.
+    fn tiled(&self) -> Option<&Windowed> {
+        match &self.mode {
+            Mode::Windowed(w) if self.avx512 && self.separable(w) => Some(w),
+            _ => None,
+        }
+    }
+
+    /// The micro-kernels: the column pass for each count of window rows inside the
+    /// input, and the window pass.
+    pub fn tile_specs(&self) -> Vec<Ukernel> {
+        let Some(w) = self.tiled() else { return Vec::new() };
+        let mut rows: Vec<usize> = (0..self.out_hw.0).map(|oh| self.rows_of(w, oh).1).collect();
+        rows.sort_unstable();
+        rows.dedup();
+        rows.into_iter()
+            .map(|rows| Ukernel::Pool(self.columns_spec(rows)))
+            .chain(std::iter::once(Ukernel::Pool(self.windows_spec(w))))
+            .collect()
+    }
+
+    fn columns_spec(&self, rows: usize) -> PoolSpec {
+        PoolSpec::Columns { width: self.in_hw.1, rows, row_bytes: (4 * self.in_hw.1) as i64 }
+    }
+
+    fn windows_spec(&self, w: &Windowed) -> PoolSpec {
+        PoolSpec::Windows { outputs: self.out_hw.1, taps: w.kernel.1, stride: w.stride.1 }
+    }
+
+    /// The first input row of output row `oh`'s window inside the input, and how many.
+    fn rows_of(&self, w: &Windowed, oh: usize) -> (usize, usize) {
+        let first = (oh * w.stride.0) as isize - w.pad.0 as isize;
+        let start = first.max(0) as usize;
+        let end = ((first + w.kernel.0 as isize).max(0) as usize).min(self.in_hw.0);
+        (start, end.saturating_sub(start))
+    }
+
+    pub fn algorithm(&self) -> String {
+        match &self.mode {
+            Mode::Windowed(_) if self.tiled().is_some() => "separable max, AVX-512 rows".into(),
+            Mode::Windowed(w) if self.separable(w) => "separable max, f32x4 rows".into(),
+            Mode::Windowed(_) => "windows, f32x4".into(),
+            Mode::Tabled { .. } => "adaptive bins".into(),
+            Mode::Global => "global, f32x4".into(),
         }
     }
 
@@ -210,7 +276,11 @@ impl PoolKernel {
             Mode::Windowed(w) => {
                 let copied = Self::padded(w, self.in_hw) && !self.separable(w);
                 let plane = if copied { 4 * w.padded_hw.0 * w.padded_hw.1 } else { 0 };
-                let row = if self.separable(w) { 4 * w.padded_hw.1 } else { 0 };
+                let row = match self.tiled() {
+                    Some(w) => 4 * w.padded_hw.1.max(self.windows_spec(w).reach()),
+                    None if self.separable(w) => 4 * w.padded_hw.1,
+                    None => 0,
+                };
                 plane + row
             }
             _ => 0,
@@ -311,20 +381,29 @@ impl PoolKernel {
         }
         let interior = kb.offset(row_buffer, 4 * left as i64);
         let row_bytes = (in_w * 4) as i64;
-        // The window rows of output row `oh` inside the input: `start..end`.
-        let rows = |oh: usize| {
-            let first = (oh * sh) as isize - top as isize;
-            (first.max(0) as usize, ((first + kh as isize).max(0) as usize).min(in_h))
+        let tiled = self.tiled().is_some();
+        // One output row from the window rows `first..first + rows` of the input.
+        let row = |kb: &mut Kb, first: Value, rows: usize, oh: Value| {
+            if tiled {
+                let columns = Ukernel::Pool(self.columns_spec(rows));
+                let columns = kb.tile_kernel(&columns).expect("a column pass for every count of rows");
+                kb.fb.ins().call(columns, &[first, interior]);
+                let windows = kb.tile_kernel(&Ukernel::Pool(self.windows_spec(w))).expect("the window pass");
+                let out_row = kb.index(dst, oh, (self.out_hw.1 * 4) as i64);
+                kb.fb.ins().call(windows, &[row_buffer, out_row]);
+            } else {
+                self.emit_column_maxima(kb, first, rows, interior);
+                self.emit_row(kb, w, row_buffer, dst, oh, (1, w.kernel.1));
+            }
         };
         let whole = |oh: usize| (oh * sh) >= top && oh * sh - top + kh <= in_h;
         let begin = (0..out_h).find(|&oh| oh * sh >= top).unwrap_or(out_h);
         let end = (begin..out_h).find(|&oh| !whole(oh)).unwrap_or(out_h);
         let clipped = |kb: &mut Kb, oh: usize| {
-            let (start, stop) = rows(oh);
+            let (start, rows) = self.rows_of(w, oh);
             let first = kb.offset(src, start as i64 * row_bytes);
-            self.emit_column_maxima(kb, first, stop.saturating_sub(start), interior);
             let oh = kb.iconst(oh as i64);
-            self.emit_row(kb, w, row_buffer, dst, oh, (1, w.kernel.1));
+            row(kb, first, rows, oh);
         };
         for oh in 0..begin {
             clipped(kb, oh);
@@ -334,8 +413,7 @@ impl PoolKernel {
             let start = kb.fb.ins().imul_imm_s(oh, sh as i64);
             let start = kb.fb.ins().iadd_imm_s(start, -(top as i64));
             let first = kb.index(src, start, row_bytes);
-            self.emit_column_maxima(kb, first, kh, interior);
-            self.emit_row(kb, w, row_buffer, dst, oh, (1, w.kernel.1));
+            row(kb, first, kh, oh);
         });
         for oh in end..out_h {
             clipped(kb, oh);

@@ -334,11 +334,134 @@ pub(crate) fn assemble_pointwise(spec: &PointwiseSpec) -> Result<Vec<u8>, String
 
 const LANES_512: usize = 16;
 
-/// A machine-code micro-kernel of either kind.
+/// The two passes of a separable max pooling over one output row, on AVX-512 (the
+/// passes are described in `pool.rs`). A maximum takes the new value when it is greater
+/// or NaN, as the interpreter's does: `vmaxps` (which keeps the running maximum when
+/// either is NaN), then the new value's NaN lanes moved in under a `vcmpunordps` mask.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum PoolSpec {
+    /// `void f(const float *first_row, float *to)`: the maxima of `rows` input rows
+    /// (`row_bytes` apart) over `width` columns into `to` (-inf for no rows). The last
+    /// 16 columns or fewer load and store under a mask, so nothing past a row is read.
+    Columns { width: usize, rows: usize, row_bytes: i64 },
+    /// `void f(const float *row, float *out)`: `outputs` maxima of `taps` floats of `row`,
+    /// output `o` from float `stride * o` on (stride 1 or 2; at stride 2 two loads and a
+    /// `vpermt2ps` gather the even floats). Reads up to [`PoolSpec::reach`] floats of
+    /// `row` whatever `outputs` is (the lanes past the last output are not stored).
+    Windows { outputs: usize, taps: usize, stride: usize },
+}
+
+impl PoolSpec {
+    pub fn fits(&self) -> bool {
+        match *self {
+            PoolSpec::Columns { width, .. } => width >= 1,
+            PoolSpec::Windows { outputs, taps, stride } => outputs >= 1 && taps >= 1 && (1..=2).contains(&stride),
+        }
+    }
+
+    /// Floats of the row a `Windows` kernel may read.
+    pub fn reach(&self) -> usize {
+        match *self {
+            PoolSpec::Columns { width, .. } => width,
+            PoolSpec::Windows { outputs, taps, stride } => {
+                stride * LANES_512 * (outputs.div_ceil(LANES_512) - 1) + taps - 1 + stride * LANES_512
+            }
+        }
+    }
+}
+
+/// Assembles a pooling pass.
+pub(crate) fn assemble_pool(spec: &PoolSpec) -> Result<Vec<u8>, String> {
+    assert!(spec.fits(), "pooling micro-kernel out of range: {spec:?}");
+    let mut a = CodeAssembler::new(64).map_err(err)?;
+    // acc = max(acc, v), NaN in v taken.
+    let max = |a: &mut CodeAssembler, acc: AsmRegisterZmm, v: AsmRegisterZmm| -> Result<(), String> {
+        a.vmaxps(acc, v, acc).map_err(err)?;
+        a.vcmpps(k2, v, v, 3).map_err(err)?;
+        a.vmovaps(acc.k2(), v).map_err(err)?;
+        Ok(())
+    };
+    let (count, rest) = match *spec {
+        PoolSpec::Columns { width, .. } => (width / LANES_512, width % LANES_512),
+        PoolSpec::Windows { outputs, .. } => (outputs / LANES_512, outputs % LANES_512),
+    };
+    if rest > 0 {
+        a.mov(eax, (1u32 << rest) - 1).map_err(err)?;
+        a.kmovw(k1, eax).map_err(err)?;
+    }
+    let mut index = a.create_label();
+    // One vector of results from the current pointers, masked or not.
+    let body = |a: &mut CodeAssembler, masked: bool| -> Result<(), String> {
+        let load = |a: &mut CodeAssembler, to: AsmRegisterZmm, at: AsmMemoryOperand| -> Result<(), String> {
+            if masked { a.vmovups(to.k1().z(), at) } else { a.vmovups(to, at) }.map_err(err)
+        };
+        match *spec {
+            PoolSpec::Columns { rows, row_bytes, .. } => {
+                if rows == 0 {
+                    a.mov(eax, f32::NEG_INFINITY.to_bits()).map_err(err)?;
+                    a.vpbroadcastd(zmm0, eax).map_err(err)?;
+                }
+                for r in 0..rows {
+                    let to = if r == 0 { zmm0 } else { zmm1 };
+                    load(a, to, zmmword_ptr(rdi + disp(r as i64 * row_bytes)?))?;
+                    if r > 0 {
+                        max(a, zmm0, zmm1)?;
+                    }
+                }
+            }
+            PoolSpec::Windows { taps, stride, .. } => {
+                // Whole vectors: the caller's buffer holds `reach` floats.
+                for j in 0..taps {
+                    let to = if j == 0 { zmm0 } else { zmm1 };
+                    a.vmovups(to, zmmword_ptr(rdi + disp(4 * j as i64)?)).map_err(err)?;
+                    if stride == 2 {
+                        a.vpermt2ps(to, zmm7, zmmword_ptr(rdi + disp(4 * j as i64 + 64)?)).map_err(err)?;
+                    }
+                    if j > 0 {
+                        max(a, zmm0, zmm1)?;
+                    }
+                }
+            }
+        }
+        if masked { a.vmovups(zmmword_ptr(rsi).k1(), zmm0) } else { a.vmovups(zmmword_ptr(rsi), zmm0) }.map_err(err)
+    };
+    let step = match *spec {
+        PoolSpec::Columns { .. } => 64,
+        PoolSpec::Windows { stride, .. } => 64 * stride as i32,
+    };
+    if matches!(spec, PoolSpec::Windows { stride: 2, .. }) {
+        a.vmovups(zmm7, zmmword_ptr(index)).map_err(err)?;
+    }
+    if count > 0 {
+        a.mov(rcx, count as u64).map_err(err)?;
+        let mut head = a.create_label();
+        a.set_label(&mut head).map_err(err)?;
+        body(&mut a, false)?;
+        a.add(rdi, step).map_err(err)?;
+        a.add(rsi, 64).map_err(err)?;
+        a.dec(rcx).map_err(err)?;
+        a.jnz(head).map_err(err)?;
+    }
+    if rest > 0 {
+        body(&mut a, true)?;
+    }
+    a.vzeroupper().map_err(err)?;
+    a.ret().map_err(err)?;
+    if matches!(spec, PoolSpec::Windows { stride: 2, .. }) {
+        // The even floats of two vectors.
+        a.set_label(&mut index).map_err(err)?;
+        let evens: Vec<u8> = (0..16u32).flat_map(|i| (2 * i).to_le_bytes()).collect();
+        a.db(&evens).map_err(err)?;
+    }
+    a.assemble(0).map_err(err)
+}
+
+/// A machine-code micro-kernel of any kind.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Ukernel {
     Tile(TileSpec),
     Pointwise(PointwiseSpec),
+    Pool(PoolSpec),
 }
 
 impl Ukernel {
@@ -346,6 +469,7 @@ impl Ukernel {
         match self {
             Ukernel::Tile(spec) => spec.fits(),
             Ukernel::Pointwise(spec) => spec.fits(),
+            Ukernel::Pool(spec) => spec.fits(),
         }
     }
 
@@ -353,14 +477,17 @@ impl Ukernel {
         match self {
             Ukernel::Tile(spec) => assemble(spec),
             Ukernel::Pointwise(spec) => assemble_pointwise(spec),
+            Ukernel::Pool(spec) => assemble_pool(spec),
         }
     }
 
-    /// Pointer arguments: `(in, weights, bias, tile)` or `(in, weights, bias, out, residual)`.
+    /// Pointer arguments: `(in, weights, bias, tile)`, `(in, weights, bias, out,
+    /// residual)` or `(from, to)`.
     pub fn arguments(&self) -> usize {
         match self {
             Ukernel::Tile(_) => 4,
             Ukernel::Pointwise(_) => 5,
+            Ukernel::Pool(_) => 2,
         }
     }
 }
