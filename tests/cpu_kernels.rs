@@ -243,9 +243,12 @@ fn check_layer(layer: &Layer) -> Result<(), String> {
         ("default", CodegenOptions::default()),
         ("f32x4", CodegenOptions { wide: false, ..CodegenOptions::default() }),
     ];
-    // The direct AVX-512 tiles on the shapes that select Winograd by default.
+    // The direct AVX-512 tiles on the shapes that select Winograd by default, and both
+    // Winograd variants whichever the default picks.
     if layer.kernel == (3, 3) && layer.stride == (1, 1) && !layer.linear {
         variants.push(("direct", CodegenOptions { winograd: false, ..CodegenOptions::default() }));
+        variants.push(("winograd F(2x2)", CodegenOptions { winograd_f4: Some(false), ..CodegenOptions::default() }));
+        variants.push(("winograd F(4x4)", CodegenOptions { winograd_f4: Some(true), ..CodegenOptions::default() }));
     }
     // The AVX2 tiles, where this CPU runs them (the default is AVX-512 where it has it).
     if CpuLevel::X86_64V3.host_has() {
