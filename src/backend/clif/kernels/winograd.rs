@@ -1,49 +1,58 @@
-//! 3x3 stride-1 convolutions by Winograd's minimal filtering, F(2x2, 3x3) (Lavin and
-//! Gray, "Fast Algorithms for Convolutional Neural Networks", 2016), on AVX-512: each 2x2
-//! block of output pixels (a *tile*) comes from the 4x4 input window around it as
-//! `Y = A^T [ sum over input channels of (G g G^T) . (B^T d B) ] A`, 16 multiplies per
-//! tile, channel pair and input window instead of the direct method's 36 (2.25 times
-//! fewer).
+//! 3x3 stride-1 convolutions by Winograd's minimal filtering, F(m x m, 3x3) with m = 2
+//! or 4 (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", 2016), on
+//! AVX-512: each m x m block of output pixels (a *tile*) comes from the `alpha x alpha`
+//! input window around it (`alpha = m + 2`) as
+//! `Y = A^T [ sum over input channels of (G g G^T) . (B^T d B) ] A`, `alpha^2`
+//! multiplies per tile, channel pair and input window instead of the direct method's
+//! `9 m^2`: F(2x2, 3x3) 16 for 4 outputs (2.25 times fewer), F(4x4, 3x3) 36 for 16 (4
+//! times fewer, with larger transforms, more waste in partial tiles at the edges, and
+//! transformed weights 4 times the weights instead of 16/9). One code path serves both:
+//! the transforms are the matrices `G`, `B^T`, `A^T` of each variant (points 0, 1, -1,
+//! infinity; and 0, 1, -1, 2, -2, infinity), applied row by row in f32 or f32x4 code.
+//! `WinogradKernel::tile_size` picks the variant per layer by shape (`prefers_f4`, with
+//! the measurements behind it), unless `CodegenOptions::winograd_f4` says which.
 //!
 //! The filters are transformed at build time, `U = G g G^T` in f64 rounded once to f32,
-//! and packed per element `xi` of the 4x4 tile (`xi = 4 * row + column`) as the
-//! pointwise tiles want their weights: blocks of `channels` output channels,
-//! `[in_channel][channel]`. Then the bias, then as many zeros.
+//! and packed per element `xi` of the `alpha x alpha` tile (`xi = alpha * row +
+//! column`) as the pointwise tiles want their weights: blocks of `channels` output
+//! channels, `[in_channel][channel]`. Then the bias, then as many zeros.
 //!
 //! The output is computed in *chunks* of `rows` whole rows of tiles (`T` tiles, `V`
 //! and `M` within `CHUNK_BYTES`), one after another; every part of a run takes a share
 //! of each step of a chunk, with a barrier after the first two:
 //! 1. input transform (the parts share the input channels):
-//!    `V[xi][in_channel][tile] = (B^T d B)[xi]`, f32x4 over four tiles of a row: the
-//!    vertical sums first (elementwise on input rows), then the even and odd columns
-//!    split by shuffles, then the horizontal sums;
-//! 2. 16 GEMMs `M[xi] = U[xi] x V[xi]` (the parts share the pairs of element and pixel
-//!    tile, or of element and block of output channels: see `emit_gemms`), which are
-//!    pointwise convolutions over a "plane" of `T` pixels: the AVX-512 pixel-lane tiles
-//!    of `x86::assemble_pointwise` at full width.
-//!    The bias rides on `M[5]` (the element at row 1, column 1 of the tile enters all
-//!    four outputs with weight 1), the other 15 start from zeros;
+//!    `V[xi][in_channel][tile] = (B^T d B)[xi]`, f32x4 over four tiles of a row, row by
+//!    row of `B^T d`: the vertical sums first (elementwise on input vectors), then each
+//!    tile's columns gathered into lanes by shuffles (F(2x2): even and odd columns;
+//!    F(4x4): 4x4 transposes), then the horizontal sums;
+//! 2. `alpha^2` GEMMs `M[xi] = U[xi] x V[xi]` (the parts share the pairs of element and
+//!    pixel tile, or of element and block of output channels: see `emit_gemms`), which
+//!    are pointwise convolutions over a "plane" of `T` pixels: the AVX-512 pixel-lane
+//!    tiles of `x86::assemble_pointwise` at full width. The bias rides on the element at
+//!    row 1, column 1 (column 1 of `A^T` is all ones in both variants, so it enters
+//!    every output of the tile with weight 1), the others start from zeros;
 //! 3. output transform `A^T M A` (the parts share the output channels), the epilogue,
-//!    and the stores into the NCHW output, f32x4 over four tiles (two shuffles
-//!    interleave the two columns of a row of tiles) or one tile at a time at the right
-//!    edge of an odd width; the second row of the last tile row of an odd height is not
-//!    stored.
+//!    and the stores into the NCHW output, f32x4 over four tiles (shuffles interleave
+//!    the tiles' columns: two for F(2x2), a 4x4 transpose for F(4x4)) or one tile at a
+//!    time at the right edge of a width that is not a multiple of m (its first
+//!    `out_w % m` columns); in the last tile row of such a height, only the first
+//!    `out_h % m` rows are stored.
 //!
-//! Large chunks matter most: each chunk reads all of `U` (16/9 the size of the weights)
-//! once, so sharing a chunk between the parts, rather than giving each part chunks of
-//! its own, keeps `V` and `M` single and the chunks as large as they can be.
+//! Large chunks matter most: each chunk reads all of `U` (16/9 or 4 times the size of
+//! the weights) once, so sharing a chunk between the parts, rather than giving each part
+//! chunks of its own, keeps `V` and `M` single and the chunks as large as they can be.
 //!
-//! Padding and odd sizes: before its transform, each input channel's rows of the chunk
-//! are copied into the part's own small buffer with zero borders that covers every
-//! tile's 4x4 window (in the L1 cache when the transform reads it), unless the input
-//! already does (no padding and even output sizes).
+//! Padding and partial tiles: before its transform, each input channel's rows of the
+//! chunk are copied into the part's own small buffer with zero borders that covers every
+//! tile's `alpha x alpha` window (in the L1 cache when the transform reads it), unless
+//! the input already does (no padding and output sizes multiples of m).
 //!
 //! Threads: a tile's arithmetic is the same whichever part or vector lane computes it
-//! (the transforms have no FMA and use the same operations in the same order in their
-//! f32x4 and f32 forms; a pixel-lane tile does the same multiply-adds in every lane), and
-//! the chunks do not depend on the number of parts, so any split gives the bits of one
-//! thread. The last chunk starts early enough to stay inside the plane, recomputing rows
-//! of the one before it (the same values).
+//! (the transforms have no FMA and apply each matrix row with the same operations in
+//! the same order in their f32x4 and f32 forms, see `dot`; a pixel-lane tile does the
+//! same multiply-adds in every lane), and the chunks do not depend on the number of
+//! parts, so any split gives the bits of one thread. The last chunk starts early enough
+//! to stay inside the plane, recomputing rows of the one before it (the same values).
 
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, Type, Value, types};
@@ -574,10 +583,48 @@ impl WinogradKernel {
     }
 }
 
-/// Whether F(4x4, 3x3) runs a layer by default rather than F(2x2, 3x3). TODO measure.
+/// Whether F(4x4, 3x3) runs a layer by default rather than F(2x2, 3x3): 64 or more 4x4
+/// tiles per image; or 36 or more where F(4x4)'s transformed weights take at most
+/// `F4_WEIGHT_BYTES` or F(2x2) would take more than one chunk.
+///
+/// F(4x4) does 36 multiplies per tile and channel pair for 16 outputs, 2.25 times fewer
+/// than F(2x2)'s 16 for 4, but its transforms cost more per output, its partial tiles at
+/// the edges waste more (13x13 and 14x14 outputs: 16 tiles compute 256 pixels, and the
+/// GEMMs save 27% instead of 44%), and each chunk reads all of `U`, 4 times the weights
+/// (F(2x2): 16/9), once per chunk, with fewer pixels per weight: the fewer the tiles, the
+/// more the GEMMs wait for `U` (from L3 in a network, where the other layers' weights
+/// evict it from L2). Measured on one thread, medians of 20 runs, the least of 2 or 3
+/// alternating rounds (`cnnc bench --threads 1 --profile`), F(2x2) -> F(4x4) in ms, as
+/// in -> out channels @ output size:
+/// - 64 or more tiles, faster everywhere: ResNet-18 64@56 1.31/1.06/1.00/1.03 ->
+///   1.01/0.89/0.86/0.87, ResNet-50 64@56 1.74/1.26/1.12 -> 1.13/0.94/0.90, its CIFAR
+///   variant 64@32 0.33/0.30/0.30/0.30 -> 0.27/0.29/0.27/0.28, VGG-16 64@224 20.7 ->
+///   14.7, 128@112 7.6/13.7 -> 6.1/11.2, 256@56 7.7/14.9/14.9 -> 5.7/9.8/9.9;
+/// - 36 to 63 tiles (28x28): faster with small weights or where F(2x2) takes two
+///   chunks (Inception 3a 96->128 0.68 -> 0.52, SqueezeNet 32->128@27 0.285/0.268 ->
+///   0.262/0.254, VGG-16's 512@28, two F(2x2) chunks, 7.2/14.5/13.9 -> 5.5/10.7/10.4),
+///   slower with 128@28's 2.4 MB (ResNet-18 1.00/0.98/1.00 -> 1.03/1.06/1.07, ResNet-50
+///   1.07/1.06/1.04 -> 1.08/1.08/1.06);
+/// - fewer than 36 tiles, slower everywhere: ResNet-18 and -50 256@14 1.10 to 1.17 ->
+///   1.69 to 1.74, VGG-16 512@14 4.35/4.41/4.38 -> 5.92/5.88/5.88, the CIFAR ResNet's
+///   128@16 0.36/0.40/0.42 -> 0.42/0.42/0.43, SqueezeNet 48->192@13 0.154/0.153 ->
+///   0.237/0.234 and 64->256@13 0.27/0.31 -> 0.38/0.41.
+///
+/// Single layers, where `U` stays in L2 and L3 from one run to the next, favour F(4x4)
+/// more (128@28 0.87 -> 0.67, 256@14 0.98 -> 0.76): the rule follows the networks.
 fn prefers_f4(shape: &ConvShape) -> bool {
-    shape.in_channels >= 64 && shape.out_channels >= 64 && shape.out_h.div_ceil(4) * shape.out_w.div_ceil(4) >= 36
+    let tiles = shape.out_h.div_ceil(4) * shape.out_w.div_ceil(4);
+    let weight_bytes = 36 * 4 * shape.in_channels * shape.out_channels;
+    let (tiles_h2, tiles_w2) = (shape.out_h.div_ceil(2), shape.out_w.div_ceil(2));
+    let rows2 = choose_rows(tiles_h2, tiles_w2, 16 * (shape.in_channels + shape.out_channels), CHUNK_BYTES);
+    let f2_chunks = tiles_h2.div_ceil(rows2);
+    tiles >= 64 || (tiles >= 36 && (weight_bytes <= F4_WEIGHT_BYTES || f2_chunks > 1))
 }
+
+/// The most bytes of F(4x4)'s transformed weights `U` for 36 to 63 tiles (between
+/// SqueezeNet's 32->128, 0.6 MB, and Inception's 96->128, 1.8 MB, which ran faster, and
+/// ResNet's 128->128, 2.4 MB, which ran slower).
+const F4_WEIGHT_BYTES: usize = 2 << 20;
 
 /// Where a chunk's values are: its first row of tiles, `M`, and the batch element's
 /// output and residual.
