@@ -107,8 +107,11 @@ const AT4: &[&[f32]] = &[
     &[0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
 ];
 
+/// A transform matrix of `B^T` or `A^T`, by rows.
+type Matrix = &'static [&'static [f32]];
+
 /// The transforms of F(m x m, 3x3): `G`, `B^T`, `A^T`.
-fn matrices(m: usize) -> (&'static [[f64; 3]], &'static [&'static [f32]], &'static [&'static [f32]]) {
+fn matrices(m: usize) -> (&'static [[f64; 3]], Matrix, Matrix) {
     match m {
         2 => (G2, BT2, AT2),
         4 => (G4, BT4, AT4),
