@@ -70,9 +70,11 @@ pub struct CodegenOptions {
     /// baseline).
     pub cpu: Option<CpuLevel>,
     /// Run 3x3 stride-1 convolutions with 32 or more input and output channels and 36
-    /// or more 2x2 output tiles by Winograd's F(2x2, 3x3) (`kernels/winograd.rs`) on
-    /// AVX-512 targets, instead of directly: 1.2 to 2 times faster on the 14x14 to
-    /// 224x224 layers of VGG-16 and ResNet-18 (2 threads).
+    /// or more 2x2 output tiles by Winograd's F(2x2, 3x3) or F(4x4, 3x3)
+    /// (`kernels/winograd.rs`) on AVX-512 targets, instead of directly: F(2x2) 1.2 to 2
+    /// times faster on the 14x14 to 224x224 layers of VGG-16 and ResNet-18 (2 threads),
+    /// F(4x4), where chosen, another 1.2 to 1.5 times on the 28x28 to 224x224 ones (one
+    /// thread).
     pub winograd: bool,
     /// Which Winograd variant such a convolution runs: `None` chooses per layer by its
     /// shape (`WinogradKernel::tile_size`), `Some(true)` always F(4x4, 3x3), `Some(false)`
