@@ -13,8 +13,9 @@
 //!   tiles, and a fifth 3x3 stride-1 with 32 to 48 channels, odd and even sizes and
 //!   sometimes a fused residual, for the Winograd kernel; proptest, shrinking to the
 //!   smallest failing layer) through the default code (the AVX-512 machine-code tiles
-//!   and Winograd where the host has AVX-512F; 3x3 stride-1 layers also with Winograd
-//!   off), the AVX2 tiles (`x86-64-v3`, where the host has AVX2) and the portable f32x4
+//!   and Winograd where the host has AVX-512F, F(4x4) on the larger planes; 3x3
+//!   stride-1 layers also with Winograd off and with each of F(2x2) and F(4x4) forced),
+//!   the AVX2 tiles (`x86-64-v3`, where the host has AVX2) and the portable f32x4
 //!   tiles, each on 1 and 2 threads, against the interpreter: relative L2 at most 1e-4
 //!   (the backends' tolerance; f32 against f64 accumulation).
 //! - CPU levels: an object built with `--cpu x86-64-v2|v3|v4` holds only instructions of
@@ -197,9 +198,10 @@ fn pointwise_layer() -> impl Strategy<Value = Layer> {
 
 /// 3x3 stride-1 convolutions with the channels (32 and more on both sides) and tiles (36
 /// and more 2x2 output tiles) that select the Winograd kernel on AVX-512, on planes up to
-/// 40x40: odd and even sizes (partial tiles at the right and bottom edges), rows of fewer
-/// than four tiles, padding 0 and 1, and with padding 1 and as many outputs as inputs,
-/// sometimes a fused `relu; add(x); relu`.
+/// 40x40 (from about 21x21 outputs on, 36 or more 4x4 tiles: F(4x4) by default): sizes
+/// of every remainder modulo 2 and 4 (partial tiles at the right and bottom edges), rows
+/// of fewer than four tiles, padding 0 and 1, and with padding 1 and as many outputs as
+/// inputs, sometimes a fused `relu; add(x); relu`.
 fn winograd_layer() -> impl Strategy<Value = Layer> {
     (1usize..=2, 32usize..=48, (1usize..=40, 1usize..=40), 32usize..=48, 0usize..=1, any::<bool>(), any::<bool>())
         .prop_map(|(batch, in_channels, hw, out_channels, pad, relu, residual)| {
@@ -243,9 +245,12 @@ fn check_layer(layer: &Layer) -> Result<(), String> {
         ("default", CodegenOptions::default()),
         ("f32x4", CodegenOptions { wide: false, ..CodegenOptions::default() }),
     ];
-    // The direct AVX-512 tiles on the shapes that select Winograd by default.
+    // The direct AVX-512 tiles on the shapes that select Winograd by default, and both
+    // Winograd variants whichever the default picks.
     if layer.kernel == (3, 3) && layer.stride == (1, 1) && !layer.linear {
         variants.push(("direct", CodegenOptions { winograd: false, ..CodegenOptions::default() }));
+        variants.push(("winograd F(2x2)", CodegenOptions { winograd_f4: Some(false), ..CodegenOptions::default() }));
+        variants.push(("winograd F(4x4)", CodegenOptions { winograd_f4: Some(true), ..CodegenOptions::default() }));
     }
     // The AVX2 tiles, where this CPU runs them (the default is AVX-512 where it has it).
     if CpuLevel::X86_64V3.host_has() {

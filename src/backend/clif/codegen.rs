@@ -70,10 +70,16 @@ pub struct CodegenOptions {
     /// baseline).
     pub cpu: Option<CpuLevel>,
     /// Run 3x3 stride-1 convolutions with 32 or more input and output channels and 36
-    /// or more 2x2 output tiles by Winograd's F(2x2, 3x3) (`kernels/winograd.rs`) on
-    /// AVX-512 targets, instead of directly: 1.2 to 2 times faster on the 14x14 to
-    /// 224x224 layers of VGG-16 and ResNet-18 (2 threads).
+    /// or more 2x2 output tiles by Winograd's F(2x2, 3x3) or F(4x4, 3x3)
+    /// (`kernels/winograd.rs`) on AVX-512 targets, instead of directly: F(2x2) 1.2 to 2
+    /// times faster on the 14x14 to 224x224 layers of VGG-16 and ResNet-18 (2 threads),
+    /// F(4x4), where chosen, another 1.2 to 1.5 times on the 28x28 to 224x224 ones (one
+    /// thread).
     pub winograd: bool,
+    /// Which Winograd variant such a convolution runs: `None` chooses per layer by its
+    /// shape (`WinogradKernel::tile_size`), `Some(true)` always F(4x4, 3x3), `Some(false)`
+    /// always F(2x2, 3x3).
+    pub winograd_f4: Option<bool>,
     /// Run Cranelift's IR verifier on every function (slower compiles).
     pub verify: bool,
     /// Call `cnnc_profile_tick(kernel index)` between kernels (JIT only; see
@@ -91,6 +97,7 @@ impl Default for CodegenOptions {
             linear_vectors: 3,
             wide: true,
             winograd: true,
+            winograd_f4: None,
             cpu: None,
             verify: cfg!(debug_assertions),
             profile: false,
@@ -379,7 +386,8 @@ fn prepare(
                 return Ok(Kernel::Pointwise(PointwiseKernel::new(shape, &weight.data, bias, &node.epilogue)));
             }
             if options.winograd && simd == Some(Simd::Avx512) && WinogradKernel::applies(conv, &shape) {
-                return Ok(Kernel::Winograd(WinogradKernel::new(conv, shape, &weight.data, bias)));
+                let m = WinogradKernel::tile_size(&shape, options.winograd_f4);
+                return Ok(Kernel::Winograd(WinogradKernel::new(conv, shape, m, &weight.data, bias)));
             }
             Kernel::Conv(ConvKernel::new(conv, shape, &weight.data, bias, options.conv_vectors.max(1), simd))
         }
