@@ -127,6 +127,20 @@ def main():
     total_c = sum(k["median_ms"] for k in kernels)
     total_o = sum(n["ms"] for n in ort_nodes)
     print(f"| total | | {total_c:.3f} | | {total_o:.3f} | **{total_c / total_o:.2f}** |")
+    # The paired layers by cnnc's algorithm (up to its first comma).
+    groups = {}
+    for kernel, match in rows:
+        if match is not None:
+            group = groups.setdefault(kernel["algorithm"].split(",")[0], [0, 0.0, 0.0, 0])
+            group[0] += 1
+            group[1] += kernel["median_ms"]
+            group[2] += match["ms"]
+            group[3] += kernel["macs"]
+    print(f"\n| cnnc algorithm | layers | cnnc ms | cnnc GFLOP/s | ORT ms | ORT GFLOP/s | ratio |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, (count, c_ms, o_ms, macs) in sorted(groups.items(), key=lambda g: -g[1][1]):
+        gflops = lambda ms: f"{2 * macs / (ms * 1e6):.0f}" if macs else "-"
+        print(f"| {name} | {count} | {c_ms:.3f} | {gflops(c_ms)} | {o_ms:.3f} | {gflops(o_ms)} | **{c_ms / o_ms:.2f}** |")
 
 
 if __name__ == "__main__":
