@@ -4,10 +4,11 @@
 `cnnc build --emit onnx` writes the model with random weights (fixed seed); ONNX Runtime
 (all graph optimizations on, its profiler on) runs it, and `cnnc bench --profile --format
 json` times cnnc's kernels. Each cnnc convolution or linear layer is paired with the ORT
-node that does the same multiply-adds (ORT fuses BatchNorm, activations and residual adds
-into its convolutions and names a fused node after the last node it swallowed, so names do
-not match); pools pair in order. Prints one Markdown table (medians per kernel, ratio
-cnnc / ORT) and the time of what did not pair on each side. Run from the repository root:
+node that does the same multiply-adds, give or take ORT's padding of output channels to
+blocks of 16 (ORT fuses BatchNorm, activations and residual adds into its convolutions
+and names a fused node after the last node it swallowed, so names do not match); pools
+pair in order. Prints a Markdown table per layer (medians, ratio cnnc / ORT, the time of
+what did not pair on each side) and one per cnnc algorithm. Run from the repository root:
 
     .venv/bin/python bench/layers.py resnet50 [--batch 1] [--threads 1] [--runs 20]
 
@@ -63,7 +64,7 @@ def ort_macs(node):
     if node["op"] in ("Gemm", "FusedGemm", "MatMul"):
         # The weight holds in x out values in either orientation.
         return math.prod(out) * math.prod(weight) // out[-1]
-    return math.prod(out) * math.prod(weight) // weight[0]
+    return out[0] * weight[0] * math.prod(weight[1:]) * math.prod(out[2:4])
 
 
 def kind(kernel):
@@ -103,7 +104,10 @@ def main():
     for kernel in kernels:
         match = None
         if kind(kernel) == "mac":
-            match = next((n for n in ort_nodes if not n["used"] and n["macs"] == kernel["macs"]), None)
+            # ORT may pad a layer's output channels to its block of 16 (and its
+            # multiply-adds with them).
+            close = lambda macs: macs is not None and kernel["macs"] <= macs <= kernel["macs"] * 1.02
+            match = next((n for n in ort_nodes if not n["used"] and close(n["macs"])), None)
         elif kind(kernel) == "pool":
             match = next((n for n in ort_nodes if not n["used"] and "Pool" in (n["op"] or "")), None)
         if match is not None:
