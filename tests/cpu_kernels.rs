@@ -292,13 +292,13 @@ proptest! {
 #[test]
 fn layers_with_large_weights_share_their_blocks() {
     let layer = |in_channels, hw, out_channels, kernel, stride, pad, batch, residual| Layer {
+        kernel,
+        stride,
+        pad,
         batch,
         in_channels,
         hw,
         out_channels,
-        kernel,
-        stride,
-        pad,
         dilation: (1, 1),
         groups: 1,
         relu: true,
