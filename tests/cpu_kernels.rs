@@ -196,14 +196,16 @@ fn pointwise_layer() -> impl Strategy<Value = Layer> {
     )
 }
 
-/// 3x3 stride-1 convolutions with the channels (32 and more on both sides) and tiles (36
-/// and more 2x2 output tiles) that select the Winograd kernel on AVX-512, on planes up to
+/// 3x3 stride-1 convolutions with the channels (32 and more on both sides, or 16 to 31
+/// inputs where F(4x4) runs the layer) and tiles (36 and more 2x2 output tiles) that
+/// select the Winograd kernel on AVX-512 (the smaller inputs take the direct kernel
+/// otherwise), on planes up to
 /// 40x40 (from about 21x21 outputs on, 36 or more 4x4 tiles: F(4x4) by default): sizes
 /// of every remainder modulo 2 and 4 (partial tiles at the right and bottom edges), rows
 /// of fewer than four tiles, padding 0 and 1, and with padding 1 and as many outputs as
 /// inputs, sometimes a fused `relu; add(x); relu`.
 fn winograd_layer() -> impl Strategy<Value = Layer> {
-    (1usize..=2, 32usize..=48, (1usize..=40, 1usize..=40), 32usize..=48, 0usize..=1, any::<bool>(), any::<bool>())
+    (1usize..=2, 16usize..=48, (1usize..=40, 1usize..=40), 32usize..=48, 0usize..=1, any::<bool>(), any::<bool>())
         .prop_map(|(batch, in_channels, hw, out_channels, pad, relu, residual)| {
             let residual = residual && pad == 1;
             Layer {
