@@ -88,7 +88,7 @@ impl PointwiseKernel {
     ) -> PointwiseKernel {
         let (batch, in_channels, out_channels, plane) = shape;
         let (channels, tile_pixels) =
-            if plane / TILE_PIXELS >= SHARED_TILES { (CHANNELS, TILE_PIXELS) } else { (SMALL_CHANNELS, SMALL_PIXELS) };
+            if tiles_outer(plane) { (CHANNELS, TILE_PIXELS) } else { (SMALL_CHANNELS, SMALL_PIXELS) };
         let mut packed: Vec<u8> = Vec::with_capacity(4 * (out_channels * in_channels + out_channels));
         pack_blocks(&mut packed, weight, in_channels, channels);
         let bias_start = packed.len() / 4;
@@ -117,17 +117,11 @@ impl PointwiseKernel {
             last_lanes: (pixels - 1) % 16 + 1,
             steps: self.in_channels,
             plane_bytes: 4 * self.plane as i64,
-            prefetch: if self.tiles_outer() { 4 * self.tile_pixels as i64 } else { 0 },
+            prefetch: if tiles_outer(self.plane) { 4 * self.tile_pixels as i64 } else { 0 },
             relu: self.relu,
             residual: self.residual,
             post_relu: self.post_relu,
         }
-    }
-
-    /// Whether the tiles of pixels run outermost (shared by the parts), each over every
-    /// block of channels, rather than the blocks (small planes).
-    fn tiles_outer(&self) -> bool {
-        self.plane / TILE_PIXELS >= SHARED_TILES
     }
 
     /// (channels, pixels) of each kind of tile: full and partial blocks of channels,
@@ -216,7 +210,7 @@ impl PointwiseKernel {
                     tile(kb, first, channels, pixels, offset);
                 }
             };
-            if self.tiles_outer() {
+            if tiles_outer(self.plane) {
                 // Tiles outer: a tile's input (every channel of 64 pixels) stays in the
                 // caches while all the blocks read it. The parts share the tiles.
                 kb.for_share(full_tiles, |kb, t| {
@@ -244,4 +238,10 @@ impl PointwiseKernel {
             }
         });
     }
+}
+
+/// Whether the tiles of pixels of a `plane`-pixel plane run outermost (shared by the
+/// parts), each over every block of channels, rather than the blocks (small planes).
+fn tiles_outer(plane: usize) -> bool {
+    plane / TILE_PIXELS >= SHARED_TILES
 }

@@ -370,7 +370,7 @@ impl PoolKernel {
     /// windows over that row. Rows whose windows padding clips are emitted one by one
     /// with their own row counts; the rows between them run in a loop.
     fn emit_separable(&self, kb: &mut Kb, w: &Windowed, src: Value, row_buffer: Value, dst: Value) {
-        let (in_h, in_w) = self.in_hw;
+        let in_w = self.in_hw.1;
         let out_h = self.out_hw.0;
         let (kh, sh) = (w.kernel.0, w.stride.0);
         let (top, left) = w.pad;
@@ -396,8 +396,10 @@ impl PoolKernel {
                 self.emit_row(kb, w, row_buffer, dst, oh, (1, w.kernel.1));
             }
         };
-        let whole = |oh: usize| (oh * sh) >= top && oh * sh - top + kh <= in_h;
-        let begin = (0..out_h).find(|&oh| oh * sh >= top).unwrap_or(out_h);
+        // The rows whose windows padding does not clip, a run (the window's first row
+        // grows with `oh`).
+        let whole = |oh: usize| self.rows_of(w, oh).1 == kh;
+        let begin = (0..out_h).find(|&oh| whole(oh)).unwrap_or(out_h);
         let end = (begin..out_h).find(|&oh| !whole(oh)).unwrap_or(out_h);
         let clipped = |kb: &mut Kb, oh: usize| {
             let (start, rows) = self.rows_of(w, oh);
