@@ -82,8 +82,18 @@ fn threads_share_layers_without_changing_results() {
         }
         let source = std::fs::read_to_string(&path).unwrap();
         // The big ImageNet models at batch 1 only: they cost seconds per run here.
-        let big = ["vgg16", "alexnet", "alexnet_original", "resnet50", "densenet121", "googlenet", "resnet34"]
-            .contains(&name.as_str());
+        let big = [
+            "vgg16",
+            "alexnet",
+            "alexnet_original",
+            "resnet50",
+            "densenet121",
+            "googlenet",
+            "googlenet_paper",
+            "resnet34",
+            "resnext50_32x4d",
+        ]
+        .contains(&name.as_str());
         let batches: &[usize] = if big { &[1] } else { &[1, 2] };
         for &batch in batches {
             match check(&name, &source, batch) {

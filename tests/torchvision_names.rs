@@ -1,7 +1,7 @@
 //! A user's PyTorch weights load with no renaming: for every example with a torchvision
 //! counterpart, a safetensors file with exactly the keys, dtypes and shapes of
 //! torchvision's `state_dict` (listed in tests/data/torchvision/*.keys, written by
-//! torchvision 0.29) binds strictly, `num_batches_tracked` (int64) included.
+//! tools/torchvision_keys.py with torchvision 0.29) binds strictly, `num_batches_tracked` (int64) included.
 //!
 //! Values are arbitrary here; that the values also mean the same (cnnc reproduces
 //! PyTorch's outputs) was measured with torch installed, see the closing notes of the
@@ -57,7 +57,18 @@ fn safetensors_file(keys: &[Key]) -> Vec<u8> {
 
 #[test]
 fn torchvision_state_dicts_bind_to_the_examples() {
-    for model in ["alexnet", "vgg16", "resnet18", "resnet34", "resnet50", "squeezenet1_1", "densenet121"] {
+    for model in [
+        "alexnet",
+        "vgg16",
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "squeezenet1_1",
+        "densenet121",
+        "googlenet",
+        "resnext50_32x4d",
+        "mnasnet1_0",
+    ] {
         let keys = keys(model);
         let bytes = safetensors_file(&keys);
         let path = format!("{}/examples/{model}.cnn", env!("CARGO_MANIFEST_DIR"));

@@ -22,6 +22,10 @@ fn learnable_parameter_totals_match_the_published_ones() {
         ("examples/squeezenet1_1.cnn", 1_235_496),
         ("examples/allcnn_c.cnn", 1_369_738),
         ("examples/densenet121.cnn", 7_978_856),
+        // torchvision's efficient and later networks (issue 15), totals as torchvision counts them.
+        ("examples/googlenet.cnn", 6_624_904),
+        ("examples/resnext50_32x4d.cnn", 25_028_904),
+        ("examples/mnasnet1_0.cnn", 4_383_312),
     ] {
         assert_eq!(summary_of(file).total_params, total, "{file}");
     }
