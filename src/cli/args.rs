@@ -1,0 +1,138 @@
+//! The argument groups several commands share, each defined once and flattened in.
+
+use std::path::PathBuf;
+
+use clap::ValueEnum;
+
+use cnnc::passes::OptLevel;
+
+/// The network's shape: batch, another input size, and the fully convolutional form.
+#[derive(clap::Args, Clone)]
+pub struct ShapeArgs {
+    /// Batch size the network is built for.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub batch: u32,
+    /// Build for another input size, written CxHxW (e.g. 3x384x384).
+    #[arg(long, value_name = "CxHxW")]
+    pub input_shape: Option<String>,
+    /// Turn the classifier into convolutions and output the class-score map for the
+    /// --input-shape (the classifier slides over the image).
+    #[arg(long)]
+    pub fully_conv: bool,
+    /// With --fully-conv: average the score map into one prediction per image.
+    #[arg(long, requires = "fully_conv")]
+    pub average: bool,
+}
+
+/// `-O0|-O1|-O2`.
+#[derive(clap::Args, Clone)]
+pub struct OptArgs {
+    /// Optimization level: -O0 runs the IR as written, -O1/-O2 run the pass pipeline.
+    #[arg(short = 'O', default_value = "2", value_parser = ["0", "1", "2"])]
+    pub opt_level: String,
+}
+
+impl OptArgs {
+    pub fn level(&self) -> OptLevel {
+        match self.opt_level.as_str() {
+            "0" => OptLevel::O0,
+            "1" => OptLevel::O1,
+            _ => OptLevel::O2,
+        }
+    }
+}
+
+/// Where the weights come from: a file, or random.
+#[derive(clap::Args, Clone)]
+#[group(required = true, multiple = false)]
+pub struct WeightSource {
+    /// Weights as safetensors with PyTorch `state_dict` names.
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub weights: Option<PathBuf>,
+    /// He-normal random weights (for tests and benchmarks).
+    #[arg(long)]
+    pub random_weights: bool,
+}
+
+/// The weights and how strictly they bind.
+#[derive(clap::Args, Clone)]
+pub struct WeightArgs {
+    #[command(flatten)]
+    pub source: WeightSource,
+    /// Seed of --random-weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Accept tensors in the weights file that the network does not read.
+    #[arg(long)]
+    pub allow_unused_weights: bool,
+}
+
+/// The cpu target's threads and instruction set.
+#[derive(clap::Args)]
+pub struct ThreadArgs {
+    /// Threads that share each run on the cpu target (1 to 16; default: one per core, or
+    /// one for networks under 20 M multiply-adds).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub threads: Option<u32>,
+    /// x86-64 level of the cpu target's code (default: everything this CPU has).
+    #[arg(long, value_enum)]
+    pub cpu: Option<CpuArg>,
+}
+
+impl ThreadArgs {
+    pub fn options(&self) -> cnnc::exec::ExecOptions {
+        cnnc::exec::ExecOptions { threads: self.threads.map(|n| n as usize), cpu: self.cpu.map(CpuArg::level) }
+    }
+}
+
+/// `--cpu`: an x86-64 micro-architecture level.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum CpuArg {
+    /// SSE4.2: 128-bit vectors (Cranelift's f32x4 code only).
+    #[value(name = "x86-64-v2")]
+    V2,
+    /// AVX2 and FMA: 256-bit micro-kernels.
+    #[value(name = "x86-64-v3")]
+    V3,
+    /// AVX-512: 512-bit micro-kernels.
+    #[value(name = "x86-64-v4")]
+    V4,
+}
+
+impl CpuArg {
+    pub fn level(self) -> cnnc::backend::clif::CpuLevel {
+        match self {
+            CpuArg::V2 => cnnc::backend::clif::CpuLevel::X86_64V2,
+            CpuArg::V3 => cnnc::backend::clif::CpuLevel::X86_64V3,
+            CpuArg::V4 => cnnc::backend::clif::CpuLevel::X86_64V4,
+        }
+    }
+}
+
+/// An executor: `--target` of `run`, `bench` and `ir`, and `run --compare`.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Debug)]
+pub enum Target {
+    /// Native code through Cranelift.
+    Cpu,
+    /// WGSL compute shaders through wgpu.
+    Gpu,
+    /// The reference interpreter: plain loops, the ground truth.
+    Reference,
+}
+
+impl Target {
+    pub fn to_exec(self) -> cnnc::exec::Target {
+        match self {
+            Target::Cpu => cnnc::exec::Target::Cpu,
+            Target::Gpu => cnnc::exec::Target::Gpu,
+            Target::Reference => cnnc::exec::Target::Reference,
+        }
+    }
+}
+
+/// `--format` of `summary` and `bench`.
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+pub enum Format {
+    Table,
+    Json,
+}

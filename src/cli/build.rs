@@ -1,0 +1,127 @@
+//! `cnnc build`: native objects and C headers, GPU artifacts, ONNX, the IR and the graph.
+
+use std::path::PathBuf;
+
+use clap::ValueEnum;
+
+use cnnc::passes;
+
+use super::args::{CpuArg, OptArgs, ShapeArgs, WeightArgs};
+use super::common::{UserError, not_built, prepare};
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Debug)]
+enum BuildTarget {
+    /// A relocatable object and a C header (Cranelift).
+    Cpu,
+    /// WGSL shader modules (NET.wgsl/), a dispatch plan (NET.plan.json) and the weights
+    /// blob (NET.weights), loaded by `cnnc::gpu::GpuModel::load(DIR, NET)`.
+    Gpu,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    net: PathBuf,
+    #[command(flatten)]
+    weights: WeightArgs,
+    #[command(flatten)]
+    shape: ShapeArgs,
+    #[command(flatten)]
+    opt: OptArgs,
+    #[arg(long, value_enum, default_value = "cpu")]
+    target: BuildTarget,
+    /// What to write (default for --target cpu: obj,header).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    emit: Vec<Emit>,
+    /// Build the object for another machine, e.g. aarch64-unknown-linux-gnu or
+    /// x86_64-unknown-linux-gnu (baseline x86-64-v2); default: this machine's CPU.
+    #[arg(long, value_name = "TRIPLE")]
+    target_triple: Option<String>,
+    /// x86-64 level of the object's code: only instructions of that level (default: this
+    /// machine's CPU, or the triple's baseline, x86-64-v2).
+    #[arg(long, value_enum)]
+    cpu: Option<CpuArg>,
+    /// Output directory.
+    #[arg(short, long, default_value = ".")]
+    output: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Debug)]
+enum Emit {
+    Onnx,
+    Ir,
+    Dot,
+    Obj,
+    Header,
+    Rust,
+    Wgsl,
+    Plan,
+}
+
+pub fn exec(args: &Args) -> Result<(), UserError> {
+    let Args { net, weights, shape, opt, target, emit, target_triple, cpu, output: dir } = args;
+    let default_emit = [Emit::Obj, Emit::Header];
+    let emit: &[Emit] = if emit.is_empty() && *target == BuildTarget::Cpu { &default_emit } else { emit };
+    if *target == BuildTarget::Gpu
+        && emit.iter().any(|e| matches!(e, Emit::Obj | Emit::Header))
+        && !args.emit.is_empty()
+    {
+        return Err(UserError("error: --emit obj,header are for --target cpu".into()));
+    }
+    if emit.contains(&Emit::Rust) {
+        return Err(not_built("--emit rust (use the build-script API, cnnc::build::Model, from build.rs)"));
+    }
+    let mut graph = prepare(net, shape, shape.batch as usize, Some(weights))?;
+    std::fs::create_dir_all(dir).map_err(|e| UserError(format!("error: cannot create {}: {e}", dir.display())))?;
+    let write = |name: String, bytes: &[u8]| -> Result<(), UserError> {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).map_err(|e| UserError(format!("error: cannot write {}: {e}", path.display())))?;
+        eprintln!("wrote {}", path.display());
+        Ok(())
+    };
+    // ONNX gets the network as written (with its own BatchNorm and dropout): it is the
+    // independent oracle, so it should not inherit cnnc's rewrites.
+    if emit.contains(&Emit::Onnx) {
+        let model =
+            cnnc::export::onnx::to_onnx(&graph, &graph.weights, false).map_err(|e| UserError(format!("error: {e}")))?;
+        write(format!("{}.onnx", graph.name), &model)?;
+    }
+    // The pipeline of the backend built for: with --target cpu, --emit wgsl,plan write
+    // kernels for the generic graph (the GPU runs it too, without fused pooling).
+    let capabilities = match target {
+        BuildTarget::Cpu => passes::Capabilities::GENERIC,
+        BuildTarget::Gpu => passes::Capabilities::GPU,
+    };
+    passes::optimize_for(&mut graph, opt.level(), capabilities)?;
+    if emit.contains(&Emit::Ir) {
+        write(format!("{}.ir", graph.name), cnnc::ir::print(&graph).as_bytes())?;
+    }
+    if emit.contains(&Emit::Dot) {
+        write(format!("{}.dot", graph.name), cnnc::graphviz::to_dot(&graph).as_bytes())?;
+    }
+    // The GPU artifacts go together: the plan references the modules and the weights blob.
+    if (*target == BuildTarget::Gpu && args.emit.is_empty())
+        || emit.iter().any(|e| matches!(e, Emit::Wgsl | Emit::Plan))
+    {
+        let name = graph.name.clone();
+        let written = cnnc::gpu::write_artifacts(&graph, dir, &name).map_err(|e| UserError(format!("error: {e}")))?;
+        for path in written {
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    if emit.contains(&Emit::Obj) || emit.contains(&Emit::Header) {
+        let started = std::time::Instant::now();
+        let options =
+            cnnc::backend::clif::CodegenOptions { verify: false, cpu: cpu.map(CpuArg::level), ..Default::default() };
+        let artifacts =
+            cnnc::backend::clif::compile_object_with(&graph, &graph.name, target_triple.as_deref(), &options)
+                .map_err(|e| UserError(format!("error: {e}")))?;
+        eprintln!("compiled {} to native code in {:.1} ms", graph.name, started.elapsed().as_secs_f64() * 1e3);
+        if emit.contains(&Emit::Obj) {
+            write(format!("{}.o", graph.name), &artifacts.object)?;
+        }
+        if emit.contains(&Emit::Header) {
+            write(format!("{}.h", graph.name), artifacts.header.as_bytes())?;
+        }
+    }
+    Ok(())
+}

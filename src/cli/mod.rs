@@ -1,0 +1,117 @@
+//! The `cnnc` command line: one file per subcommand, each declaring its arguments
+//! (`Args`) and running them (`exec`); the argument groups several commands share are in
+//! `args.rs`, the steps they share (reading a program, binding weights) in `common.rs`.
+//! Argument parsing and printing only: the work is in the library.
+
+mod args;
+mod bench;
+mod build;
+mod check;
+mod common;
+mod graph;
+mod ir;
+mod run;
+mod summary;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use common::UserError;
+
+#[derive(Parser)]
+#[command(name = "cnnc", version, about = "Compile CNN architectures into inference code")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse, elaborate and infer shapes; exit 0, or 1 with located errors.
+    Check(check::Args),
+    /// Per layer: name, op, output shape, params, MACs, output bytes; totals.
+    Summary(summary::Args),
+    /// Print the IR as text (the form the snapshot tests hold).
+    ///
+    /// The IR after the pass pipeline of a target (--target): the generic one by default,
+    /// which the reference interpreter and the cpu target run; the gpu target's also fuses
+    /// pooling into convolutions (`cnnc ir net.cnn --target gpu --after fuse_pooling`).
+    Ir(ir::Args),
+    /// Run a network on an input (.npy or PNG/JPEG image).
+    Run(run::Args),
+    /// Build artifacts: today ONNX (`--emit onnx`), the IR and the graph.
+    Build(build::Args),
+    /// Time a network: warm-up, repeated runs, median and min, GFLOP/s, peak memory.
+    Bench(bench::Args),
+    /// Write the graph in Graphviz DOT (or SVG, through Graphviz's `dot`, for `-o FILE.svg`).
+    Graph(graph::Args),
+}
+
+fn exec(command: &Command) -> Result<(), UserError> {
+    match command {
+        Command::Check(args) => check::exec(args),
+        Command::Summary(args) => summary::exec(args),
+        Command::Ir(args) => ir::exec(args),
+        Command::Run(args) => run::exec(args),
+        Command::Build(args) => build::exec(args),
+        Command::Bench(args) => bench::exec(args),
+        Command::Graph(args) => graph::exec(args),
+    }
+}
+
+/// Mesa's Vulkan loader complains on stderr when XDG_RUNTIME_DIR is unset (common in
+/// containers and CI); give it a private directory before any thread starts.
+fn ensure_runtime_dir() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_some() {
+        return;
+    }
+    // One directory per user, reused across runs.
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(1).map(String::from))
+        })
+        .unwrap_or_else(|| "user".into());
+    let dir = std::env::temp_dir().join(format!("cnnc-runtime-{uid}"));
+    if std::fs::create_dir_all(&dir).is_ok() {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        }
+        // SAFETY: called first thing in `main`, before any other thread exists.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
+    }
+}
+
+/// Parses the command line, runs the command, and turns its error into exit code 1
+/// (clap's usage errors exit 2).
+pub fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, which turns `cnnc run ... | head` into a panic on the next
+    // print; a command-line tool should end quietly instead, as cat and grep do.
+    #[cfg(unix)]
+    // SAFETY: restoring a signal's default action before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = Cli::parse();
+    let uses_gpu = match &cli.command {
+        Command::Run(args) => args.uses_gpu(),
+        Command::Bench(args) => args.uses_gpu(),
+        _ => false,
+    };
+    if uses_gpu {
+        ensure_runtime_dir();
+    }
+    match exec(&cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(UserError(message)) => {
+            eprint!("{message}");
+            if !message.ends_with('\n') {
+                eprintln!();
+            }
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! `cnnc run`: run a network on .npy or image inputs, print the outputs and top classes.
+
+use std::path::{Path, PathBuf};
+
+use cnnc::ir::Graph;
+use cnnc::passes;
+
+use super::args::{OptArgs, ShapeArgs, Target, ThreadArgs, WeightArgs};
+use super::common::{MAX_INPUT_BYTES, UserError, prepare, read_limited};
+
+#[derive(clap::Args)]
+pub struct Args {
+    net: PathBuf,
+    #[command(flatten)]
+    weights: WeightArgs,
+    /// Input: FILE, or NAME=FILE for each of several inputs; .npy float32 [N,C,H,W] or [C,H,W], or an image.
+    #[arg(long, required = true, value_name = "FILE")]
+    input: Vec<String>,
+    /// Output .npy (one output) or directory (several outputs, one NAME.npy each).
+    #[arg(long, value_name = "Y.npy|DIR")]
+    output: Option<PathBuf>,
+    /// Executor: native code (cpu, the default), the GPU (gpu), or the reference interpreter.
+    #[arg(long, value_enum, default_value = "cpu")]
+    target: Target,
+    /// Run on every listed target (e.g. cpu,gpu,reference) and report, layer by layer,
+    /// each one's relative L2 error against the reference and the first layer where one
+    /// disagrees beyond 1e-4 (exit status 1 then).
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "TARGETS")]
+    compare: Vec<Target>,
+    #[command(flatten)]
+    opt: OptArgs,
+    #[command(flatten)]
+    threads: ThreadArgs,
+    /// Print the K most likely classes of each batch item.
+    #[arg(long, value_name = "K")]
+    top: Option<usize>,
+    /// Class names, one per line, for --top.
+    #[arg(long, value_name = "FILE")]
+    labels: Option<PathBuf>,
+    /// Per-channel mean for image inputs (default: ImageNet's for RGB, 0 otherwise).
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    mean: Option<Vec<f32>>,
+    /// Per-channel standard deviation for image inputs (default: ImageNet's for RGB, 1 otherwise).
+    #[arg(long, value_delimiter = ',')]
+    std: Option<Vec<f32>>,
+    #[command(flatten)]
+    shape: ShapeArgs,
+}
+
+/// Reads the inputs named on the command line, in `graph.inputs` order, conformed to
+/// the declared `[C, H, W]`.
+fn read_inputs(
+    graph: &Graph,
+    specs: &[String],
+    mean: Option<&[f32]>,
+    std: Option<&[f32]>,
+) -> Result<Vec<cnnc::tensor::Tensor>, UserError> {
+    let names: Vec<String> = graph.inputs.iter().map(|&id| graph.node(id).name.clone()).collect();
+    let mut files: Vec<Option<PathBuf>> = vec![None; names.len()];
+    for spec in specs {
+        let (name, file) = match spec.split_once('=') {
+            Some((name, file)) if names.iter().any(|n| n == name) => (name.to_string(), file),
+            _ if names.len() == 1 => (names[0].clone(), spec.as_str()),
+            _ => {
+                return Err(UserError(format!(
+                    "error: --input `{spec}`: this network has inputs {}; write NAME=FILE for each",
+                    names.join(", ")
+                )));
+            }
+        };
+        let index = names.iter().position(|n| *n == name).expect("checked above");
+        if files[index].replace(PathBuf::from(file)).is_some() {
+            return Err(UserError(format!("error: input `{name}` is given twice")));
+        }
+    }
+    let mut tensors = Vec::new();
+    for ((name, file), &id) in names.iter().zip(&files).zip(&graph.inputs) {
+        let Some(file) = file else {
+            return Err(UserError(format!("error: no --input for input `{name}`")));
+        };
+        let chw = &graph.node(id).shape[1..];
+        let bytes = read_limited(file, MAX_INPUT_BYTES, "input")?;
+        let located = |e: &dyn std::fmt::Display| UserError(format!("error: {}: {e}", file.display()));
+        let tensor = if file.extension().is_some_and(|e| e == "npy") {
+            let tensor = cnnc::io::read_npy(&bytes).map_err(|e| located(&e))?;
+            cnnc::io::conform_input(tensor, chw).map_err(|e| located(&e))?
+        } else {
+            if chw.len() != 3 {
+                return Err(located(&format!("input `{name}` is {} values per item, not an image", chw[0])));
+            }
+            let c = chw[0];
+            // ImageNet's statistics for RGB; other channel counts are only scaled to [0, 1].
+            let default_mean = if c == 3 { cnnc::io::IMAGENET_MEAN.to_vec() } else { vec![0.0; c] };
+            let default_std = if c == 3 { cnnc::io::IMAGENET_STD.to_vec() } else { vec![1.0; c] };
+            let mean = mean.map(<[f32]>::to_vec).unwrap_or(default_mean);
+            let std = std.map(<[f32]>::to_vec).unwrap_or(default_std);
+            if mean.len() != c || std.len() != c || std.iter().any(|&s| s <= 0.0 || !s.is_finite()) {
+                return Err(UserError(format!(
+                    "error: --mean and --std need {c} values (positive std) for input `{name}`"
+                )));
+            }
+            cnnc::io::load_image(&bytes, c, chw[1], chw[2], &mean, &std).map_err(|e| located(&e))?
+        };
+        tensors.push(tensor);
+    }
+    let batch = tensors[0].shape[0];
+    if let Some(other) = tensors.iter().find(|t| t.shape[0] != batch) {
+        return Err(UserError(format!("error: inputs have different batch sizes ({batch} and {})", other.shape[0])));
+    }
+    Ok(tensors)
+}
+
+impl Args {
+    /// Whether the command will open a GPU adapter.
+    pub fn uses_gpu(&self) -> bool {
+        self.target == Target::Gpu || self.compare.contains(&Target::Gpu)
+    }
+}
+
+pub fn exec(args: &Args) -> Result<(), UserError> {
+    let Args { net, weights, input: specs, output, target, compare, opt, threads, top, labels, mean, std, shape } =
+        args;
+    let (net, output, level, labels) = (net.as_path(), output.as_deref(), opt.level(), labels.as_deref());
+    let (mean, std, top) = (mean.as_deref(), std.as_deref(), *top);
+    // Build once to learn the inputs, then again for the input files' batch.
+    let probe = prepare(net, shape, 1, None)?;
+    let inputs = read_inputs(&probe, specs, mean, std)?;
+    let batch = inputs[0].shape[0];
+    if shape.batch != 1 && shape.batch as usize != batch {
+        return Err(UserError(format!("error: --batch {} but the input holds {batch} items", shape.batch)));
+    }
+    let mut graph = prepare(net, shape, batch, Some(weights))?;
+    if !compare.is_empty() {
+        // One graph for every target, so that each node's value can be compared: the
+        // generic pipeline's, which every target runs (no pooling fused for the gpu).
+        passes::optimize(&mut graph, level)?;
+        let targets: Vec<cnnc::exec::Target> = compare.iter().map(|t| t.to_exec()).collect();
+        let report = cnnc::compare::compare(&graph, &inputs, &targets).map_err(|e| UserError(format!("error: {e}")))?;
+        print!("{report}");
+        return match report.first_divergence() {
+            None => Ok(()),
+            Some(d) => Err(UserError(format!(
+                "error: target {} first disagrees with the reference at layer `{}` (relative L2 error {:.2e})",
+                d.target.name(),
+                d.name,
+                d.error
+            ))),
+        };
+    }
+    passes::optimize_for(&mut graph, level, target.to_exec().capabilities())?;
+    let output_names: Vec<String> = graph.outputs.iter().map(|o| o.name.clone()).collect();
+    let executor = cnnc::exec::compile_with(graph, target.to_exec(), &threads.options())
+        .map_err(|e| UserError(format!("error: {e}")))?;
+    let started = std::time::Instant::now();
+    let outputs = executor.run(&inputs).map_err(|e| UserError(format!("error: {e}")))?;
+    let elapsed = started.elapsed();
+    let label_names = match labels {
+        Some(path) => {
+            let bytes = read_limited(path, 64 << 20, "labels file")?;
+            Some(cnnc::io::read_labels(&String::from_utf8_lossy(&bytes)))
+        }
+        None => None,
+    };
+    for (name, tensor) in output_names.iter().zip(&outputs) {
+        println!("{name}: {}", tensor.shape_string());
+        match top {
+            Some(k) if tensor.shape.len() == 2 || tensor.shape[2..].iter().all(|&d| d == 1) => {
+                print_top(tensor, k, label_names.as_deref());
+            }
+            _ => {
+                let shown: Vec<String> = tensor.data.iter().take(8).map(|v| format!("{v:.6}")).collect();
+                println!("  [{}{}]", shown.join(", "), if tensor.len() > 8 { ", ..." } else { "" });
+            }
+        }
+    }
+    eprintln!("ran on target {} in {:.1} ms", target.to_exec().name(), elapsed.as_secs_f64() * 1e3);
+    if let Some(path) = output {
+        write_outputs(path, &output_names, &outputs)?;
+    }
+    Ok(())
+}
+
+/// Prints the K best classes of each batch item; scores that are not already
+/// probabilities go through a softmax first.
+fn print_top(tensor: &cnnc::tensor::Tensor, k: usize, labels: Option<&[String]>) {
+    let n = tensor.shape[0];
+    let classes = tensor.len() / n.max(1);
+    for item in 0..n {
+        let row = &tensor.data[item * classes..(item + 1) * classes];
+        let sum: f32 = row.iter().sum();
+        let probabilities: Vec<f32> = if row.iter().all(|&v| (0.0..=1.0).contains(&v)) && (sum - 1.0).abs() < 1e-3 {
+            row.to_vec()
+        } else {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let exps: Vec<f64> = row.iter().map(|&v| ((v - max) as f64).exp()).collect();
+            let total: f64 = exps.iter().sum();
+            exps.iter().map(|e| (e / total) as f32).collect()
+        };
+        if n > 1 {
+            println!("  item {item}:");
+        }
+        for (rank, (class, p)) in cnnc::io::top_k(&probabilities, k).into_iter().enumerate() {
+            let name = labels.and_then(|l| l.get(class)).map(|s| format!("  {s}")).unwrap_or_default();
+            println!("  {}. class {class:>4}  p={p:.4}{name}", rank + 1);
+        }
+    }
+}
+
+fn write_outputs(path: &Path, names: &[String], outputs: &[cnnc::tensor::Tensor]) -> Result<(), UserError> {
+    let write = |file: &Path, tensor: &cnnc::tensor::Tensor| {
+        std::fs::write(file, cnnc::io::write_npy(tensor))
+            .map_err(|e| UserError(format!("error: cannot write {}: {e}", file.display())))
+    };
+    if outputs.len() == 1 {
+        return write(path, &outputs[0]);
+    }
+    std::fs::create_dir_all(path).map_err(|e| UserError(format!("error: cannot create {}: {e}", path.display())))?;
+    for (name, tensor) in names.iter().zip(outputs) {
+        write(&path.join(format!("{name}.npy")), tensor)?;
+    }
+    Ok(())
+}
