@@ -90,7 +90,8 @@ impl CompareReport {
 
 impl fmt::Display for CompareReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name_width = self.nodes.iter().map(|n| n.name.len()).max().unwrap_or(4).max(4);
+        let elide = crate::summary::elide;
+        let name_width = self.nodes.iter().map(|n| elide(&n.name).len()).max().unwrap_or(4).max(4);
         let op_width = self.nodes.iter().map(|n| n.op.len()).max().unwrap_or(2).max(2);
         writeln!(
             f,
@@ -103,7 +104,7 @@ impl fmt::Display for CompareReport {
         }
         writeln!(f)?;
         for (index, node) in self.nodes.iter().enumerate() {
-            write!(f, "{index:>4}  {:<name_width$}  {:<op_width$}", node.name, node.op)?;
+            write!(f, "{index:>4}  {:<name_width$}  {:<op_width$}", elide(&node.name), node.op)?;
             for error in &node.errors {
                 let mark = if *error <= self.tolerance { ' ' } else { '!' };
                 write!(f, "  {error:>9.2e}{mark}")?;

@@ -27,6 +27,73 @@ impl fmt::Display for IoError {
 
 impl std::error::Error for IoError {}
 
+/// A file's bytes: read into memory, or mapped (see [`map_file`]).
+pub enum FileBytes {
+    Read(Vec<u8>),
+    Mapped(memmap2::Mmap),
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileBytes::Read(bytes) => bytes,
+            FileBytes::Mapped(map) => map,
+        }
+    }
+}
+
+fn open_capped(path: &std::path::Path, limit: u64, what: &str) -> Result<(std::fs::File, u64, bool), IoError> {
+    let describe = |e: std::io::Error| IoError(format!("cannot read {what} {}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(describe)?;
+    let metadata = file.metadata().map_err(describe)?;
+    if metadata.is_dir() {
+        return Err(IoError(format!("{} is a directory, not a {what}", path.display())));
+    }
+    if metadata.len() > limit {
+        return Err(too_big(path, what, limit, &format!("is {} bytes", metadata.len())));
+    }
+    Ok((file, metadata.len(), metadata.is_file()))
+}
+
+fn too_big(path: &std::path::Path, what: &str, limit: u64, how: &str) -> IoError {
+    IoError(format!("{} {how}; a {what} may be at most {limit} bytes", path.display()))
+}
+
+/// Reads a whole file of at most `limit` bytes. The limit holds for files whose size
+/// the file system does not know (a pipe, `/dev/zero`): reading stops one byte past it.
+/// `what` names the file in messages ("program", "weights file").
+pub fn read_file(path: &std::path::Path, limit: u64, what: &str) -> Result<Vec<u8>, IoError> {
+    use std::io::Read;
+    let (file, len, _) = open_capped(path, limit, what)?;
+    let mut bytes = Vec::with_capacity(len.min(limit) as usize);
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| IoError(format!("cannot read {what} {}: {e}", path.display())))?;
+    if bytes.len() as u64 > limit {
+        return Err(too_big(path, what, limit, "holds more"));
+    }
+    Ok(bytes)
+}
+
+/// Like [`read_file`], but maps a regular file into memory instead of copying it (the
+/// weights: their values are copied out once, so the file's bytes need not be in memory
+/// twice). Other files are read.
+pub fn map_file(path: &std::path::Path, limit: u64, what: &str) -> Result<FileBytes, IoError> {
+    let (file, len, regular) = open_capped(path, limit, what)?;
+    if regular && len > 0 {
+        // SAFETY: the map is read-only and private; a file truncated by another process
+        // while mapped would fault, the risk every mapped reader (and safetensors' own
+        // Python loader) takes.
+        if let Ok(map) = unsafe { memmap2::Mmap::map(&file) }
+            && map.len() as u64 == len
+        {
+            return Ok(FileBytes::Mapped(map));
+        }
+    }
+    read_file(path, limit, what).map(FileBytes::Read)
+}
+
 fn npy_error(what: impl fmt::Display) -> IoError {
     IoError(format!("not a valid .npy file: {what}"))
 }
@@ -390,6 +457,7 @@ pub fn load_image(bytes: &[u8], c: usize, h: usize, w: usize, mean: &[f32], std:
     if reader.format().is_none() {
         return Err(IoError("the file is not a PNG or JPEG image (nor a .npy array)".to_string()));
     }
+    let reader_format = reader.format();
     let mut limits = Limits::default();
     limits.max_alloc = Some(MAX_IMAGE_ALLOC);
     reader.limits(limits);
@@ -401,7 +469,11 @@ pub fn load_image(bytes: &[u8], c: usize, h: usize, w: usize, mean: &[f32], std:
             MAX_IMAGE_PIXELS >> 20
         )));
     }
-    let image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
+    let image = if reader_format == Some(image::ImageFormat::Jpeg) {
+        decode_jpeg_strict(bytes)?
+    } else {
+        DynamicImage::from_decoder(decoder).map_err(decode_error)?
+    };
 
     let rgb = image.into_rgb32f();
     let (w32, h32) = (w as u32, h as u32);
@@ -431,6 +503,117 @@ pub fn load_image(bytes: &[u8], c: usize, h: usize, w: usize, mean: &[f32], std:
         data.extend(plane.iter().map(|v| (v.clamp(0.0, 1.0) - mean[ch]) / std[ch]));
     }
     Ok(Tensor::new(vec![1, c, h, w], data).expect("c*h*w values"))
+}
+
+/// Decodes a JPEG, refusing what a lenient decoder would fill in. The `image` crate
+/// (zune-jpeg underneath) decodes as browsers do: a truncated file, or one whose header
+/// claims more pixels than its data holds, comes back with the missing part filled in
+/// gray and no error. A network input must be the picture the user meant, so here:
+/// the marker structure must reach its end-of-image marker ([`jpeg_scan_end`]), and a
+/// baseline image is decoded without that marker in zune-jpeg's strict mode, where
+/// running out of data before the last row of blocks is an error (a shortfall within the
+/// last row of blocks goes unnoticed) (with the marker
+/// present, zune-jpeg fills the remaining blocks with zeros even in strict mode). The
+/// caller has checked the dimensions against [`MAX_IMAGE_PIXELS`].
+fn decode_jpeg_strict(bytes: &[u8]) -> Result<DynamicImage, IoError> {
+    use zune_core::colorspace::ColorSpace;
+    let (end, progressive) = jpeg_scan_end(bytes)?;
+    let options = zune_core::options::DecoderOptions::default()
+        .set_strict_mode(true)
+        .set_max_width(usize::MAX)
+        .set_max_height(usize::MAX)
+        .jpeg_set_out_colorspace(ColorSpace::RGB);
+    // The decoder reads up to 8 bytes ahead of the bits it decodes: padding keeps that
+    // read-ahead from counting as running out, so only data that is really missing
+    // (more than about one row of blocks) does.
+    let data: std::borrow::Cow<[u8]> = if progressive {
+        std::borrow::Cow::Borrowed(bytes)
+    } else {
+        let mut data = bytes[..end].to_vec();
+        data.extend_from_slice(&[0; JPEG_READ_AHEAD]);
+        std::borrow::Cow::Owned(data)
+    };
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(zune_core::bytestream::ZCursor::new(&data[..]), options);
+    let error = |e: zune_jpeg::errors::DecodeErrors| {
+        IoError(format!("cannot decode the image: the JPEG's data is incomplete or corrupt ({e:?})"))
+    };
+    decoder.decode_headers().map_err(error)?;
+    let (width, height) =
+        decoder.dimensions().ok_or_else(|| IoError("cannot decode the image: no JPEG header".into()))?;
+    let pixels = decoder.decode().map_err(error)?;
+    let (w, h) = (u32::try_from(width).ok(), u32::try_from(height).ok());
+    let expected = width.checked_mul(height).and_then(|n| n.checked_mul(3));
+    match (w, h, expected) {
+        (Some(w), Some(h), Some(n)) if n == pixels.len() => image::RgbImage::from_raw(w, h, pixels)
+            .map(DynamicImage::ImageRgb8)
+            .ok_or_else(|| IoError("cannot decode the image: the JPEG decoder returned too few pixels".into())),
+        _ => Err(IoError(format!(
+            "cannot decode the image: the JPEG decoder returned {} bytes for {width}x{height} RGB pixels",
+            pixels.len()
+        ))),
+    }
+}
+
+/// Zero bytes after a baseline JPEG's scan data for the decoder's read-ahead.
+const JPEG_READ_AHEAD: usize = 16;
+
+/// Walks a JPEG's markers (segments by their lengths, entropy-coded data up to the next
+/// marker that is not a restart) to the end-of-image marker. Returns its offset and
+/// whether the image is progressive; an error if the data ends first.
+fn jpeg_scan_end(bytes: &[u8]) -> Result<(usize, bool), IoError> {
+    let truncated = || {
+        IoError("cannot decode the image: the JPEG is truncated (its data ends before the end-of-image marker)".into())
+    };
+    let corrupt = |at: usize| IoError(format!("cannot decode the image: the JPEG is corrupt (no marker at byte {at})"));
+    if !bytes.starts_with(&[0xff, 0xd8]) {
+        return Err(corrupt(0));
+    }
+    let mut progressive = false;
+    let mut i = 2;
+    loop {
+        if i >= bytes.len() {
+            return Err(truncated());
+        }
+        if bytes[i] != 0xff {
+            return Err(corrupt(i));
+        }
+        let marker_at = i;
+        while i < bytes.len() && bytes[i] == 0xff {
+            i += 1;
+        }
+        let Some(&marker) = bytes.get(i) else { return Err(truncated()) };
+        i += 1;
+        match marker {
+            0xd9 => return Ok((marker_at, progressive)),
+            // Markers without a segment.
+            0x01 | 0xd0..=0xd7 => continue,
+            0x00 => return Err(corrupt(marker_at)),
+            _ => {
+                let length = bytes.get(i..i + 2).ok_or_else(truncated)?;
+                let length = usize::from(u16::from_be_bytes([length[0], length[1]]));
+                if length < 2 {
+                    return Err(corrupt(i));
+                }
+                i += length;
+                if i > bytes.len() {
+                    return Err(truncated());
+                }
+                // SOF2, SOF6, SOF10, SOF14: progressive frames.
+                progressive |= matches!(marker, 0xc2 | 0xc6 | 0xca | 0xce);
+                if marker == 0xda {
+                    // Entropy-coded data: 0xff is followed by 0x00 (a stuffed byte), a
+                    // restart marker or more 0xff fill; anything else is the next marker.
+                    loop {
+                        match (bytes.get(i), bytes.get(i + 1)) {
+                            (Some(0xff), Some(next)) if !matches!(next, 0x00 | 0xd0..=0xd7 | 0xff) => break,
+                            (Some(_), Some(_)) => i += 1,
+                            _ => return Err(truncated()),
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The `k` largest entries of a row as (index, value), largest first, ties by lower

@@ -15,12 +15,14 @@
 //!    and object files) and [`backend::wgsl`] (WGSL through wgpu) execute the graph;
 //!    [`exec`] puts them behind one interface and [`build`] embeds the native code in a
 //!    Rust crate from its build script.
-//! 5. [`summary`]: per-layer cost (parameters, MACs, bytes) of a graph.
+//! 5. [`summary`]: per-layer cost (parameters, MACs, bytes) of a graph; [`budget`]: the
+//!    memory a network needs, checked against a limit before anything is allocated.
 //!
 //! Every error in a user's input is a [`diag::Diag`] with a span, rendered against the
 //! source by [`diag::render`]; nothing a user writes makes the compiler panic.
 
 pub mod backend;
+pub mod budget;
 pub mod build_script;
 pub mod compare;
 pub mod diag;

@@ -31,6 +31,10 @@ pub struct Summary {
     /// For an optimized graph: what the passes did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub optimized: Option<OptimizedStats>,
+    /// The memory the network needs to run ([`crate::budget::need`]); filled in by the
+    /// caller that wants it reported (`cnnc summary`), `None` from [`summarize`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<crate::budget::MemoryNeed>,
 }
 
 /// What optimization made of a network.
@@ -128,6 +132,7 @@ pub fn summarize(graph: &Graph) -> Summary {
         total_output_bytes: layers.iter().map(|l| l.output_bytes).sum(),
         layers,
         optimized: None,
+        memory: None,
     }
 }
 
@@ -144,6 +149,23 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
+/// The widest a name column of a table gets; longer names are elided in the middle.
+pub const NAME_COLUMN_CHARS: usize = 64;
+
+/// `name` for a table column: unchanged up to [`NAME_COLUMN_CHARS`] characters, else its
+/// start and end around `...` (the end tells layers of one block apart). Fixed-width
+/// formatting panics on widths past 65,535, and a name can be longer.
+pub fn elide(name: &str) -> std::borrow::Cow<'_, str> {
+    let count = name.chars().count();
+    if count <= NAME_COLUMN_CHARS {
+        return std::borrow::Cow::Borrowed(name);
+    }
+    let keep = NAME_COLUMN_CHARS - 3;
+    let head: String = name.chars().take(keep / 2).collect();
+    let tail: String = name.chars().skip(count - (keep - keep / 2)).collect();
+    std::borrow::Cow::Owned(format!("{head}...{tail}"))
+}
+
 /// The summary as an aligned text table.
 pub fn render_table(summary: &Summary) -> String {
     let header = ["layer", "op", "output shape", "params", "MACs", "output bytes"];
@@ -152,7 +174,7 @@ pub fn render_table(summary: &Summary) -> String {
         .iter()
         .map(|l| {
             [
-                l.name.clone(),
+                elide(&l.name).into_owned(),
                 l.op.clone(),
                 fmt_shape(&l.shape),
                 thousands(l.params),
@@ -214,6 +236,10 @@ pub fn render_table(summary: &Summary) -> String {
             thousands(o.arena_bytes),
             thousands(o.intermediate_bytes)
         );
+    }
+    if let Some(need) = &summary.memory {
+        out +=
+            &format!("memory to run: {} ({})\n", crate::budget::fmt_bytes(need.total), crate::budget::breakdown(need));
     }
     out
 }

@@ -276,3 +276,48 @@ fn labels_are_non_empty_lines() {
     );
     assert!(read_labels("").is_empty());
 }
+
+fn jpeg_of(image: image::DynamicImage) -> Vec<u8> {
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut bytes, image::ImageFormat::Jpeg).unwrap();
+    bytes.into_inner()
+}
+
+/// A picture with detail everywhere, so that every part of the scan holds data.
+fn noisy_rgb(w: u32, h: u32) -> image::DynamicImage {
+    image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(w, h, |x, y| {
+        let v = (x.wrapping_mul(2654435761) ^ y.wrapping_mul(40503)) as u8;
+        image::Rgb([v, v.wrapping_mul(3), v ^ 0x5a])
+    }))
+}
+
+#[test]
+fn a_truncated_jpeg_is_an_error_not_a_partial_image() {
+    let jpeg = jpeg_of(noisy_rgb(64, 64));
+    assert!(load_image(&jpeg, 3, 64, 64, &[0.0], &[1.0]).is_ok());
+    for keep in [jpeg.len() - 2, jpeg.len() - 3, jpeg.len() * 3 / 4, jpeg.len() / 2, 100, 3] {
+        match load_image(&jpeg[..keep], 3, 64, 64, &[0.0], &[1.0]) {
+            Ok(_) => panic!("{keep} of {} bytes decoded", jpeg.len()),
+            Err(e) => assert!(e.to_string().contains("cannot decode the image"), "{keep} bytes: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_jpeg_header_claiming_more_pixels_than_its_data_is_an_error() {
+    let mut jpeg = jpeg_of(noisy_rgb(64, 64));
+    // SOF0: FF C0, length (2), precision (1), height (2), width (2).
+    let sof = jpeg.windows(2).position(|w| w == [0xff, 0xc0]).expect("a baseline JPEG");
+    jpeg[sof + 5..sof + 7].copy_from_slice(&256u16.to_be_bytes());
+    match load_image(&jpeg, 3, 64, 64, &[0.0], &[1.0]) {
+        Ok(_) => panic!("a 64x256 header over 64x64 data decoded"),
+        Err(e) => assert!(e.to_string().contains("cannot decode the image"), "{e}"),
+    }
+}
+
+#[test]
+fn grayscale_jpegs_still_decode() {
+    let gray = image::DynamicImage::ImageLuma8(image::GrayImage::from_pixel(16, 16, image::Luma([200])));
+    let t = load_image(&jpeg_of(gray), 1, 16, 16, &[0.0], &[1.0]).unwrap();
+    assert!(t.data.iter().all(|v| (v - 200.0 / 255.0).abs() < 0.02), "{:?}", &t.data[..4]);
+}

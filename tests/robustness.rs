@@ -172,3 +172,133 @@ mod token_soup {
         }
     }
 }
+
+/// Elaborates on a thread and fails if it takes longer than `limit`.
+fn errors_within(source: &str, limit: std::time::Duration) -> String {
+    let (done, result) = std::sync::mpsc::channel();
+    let input = source.to_string();
+    let started = std::time::Instant::now();
+    std::thread::spawn(move || {
+        let _ = done.send(errors_of(input.as_bytes()));
+    });
+    let text = result.recv_timeout(limit).unwrap_or_else(|_| panic!("took more than {limit:?}: {source}"));
+    eprintln!("{:.0} ms: {source}", started.elapsed().as_secs_f64() * 1e3);
+    text
+}
+
+/// Issue 17, finding 1: steps after an error add no node (their values are poisoned),
+/// so the node limit alone let `repeat 1000000000` spin or grow without bound.
+#[test]
+fn the_expansion_limit_holds_after_errors() {
+    let limit = std::time::Duration::from_secs(60);
+    for source in [
+        // A typo before the repeat poisons the current tensor: no node is ever added.
+        "network n { input x: [3, 8, 8]; typo; repeat 1000000000 { relu } }",
+        // An error inside: one diagnostic per copy, before.
+        "network n { input x: [3, 8, 8]; repeat 1000000000 { rleu } }",
+        "network n { repeat 1000000000 { relu } }",
+        "block b() { typo }\nnetwork n { input x: [3, 8, 8]; repeat 1000000000 { b() } }",
+        "network n { input x: [3, 8, 8]; repeat 1000000000 { repeat 1000000000 { } } }",
+        "network n { input x: [3, 8, 8]; conv(-1, 3); repeat 1000000000 { conv(8, 3, pad=1) } }",
+    ] {
+        let text = errors_within(source, limit);
+        assert!(text.contains("more than"), "{source}\n{text}");
+        // Each place is reported once, not once per copy.
+        assert!(text.matches("error").count() < 10, "{source}\n{text}");
+    }
+}
+
+/// Finding 5: unary minus had no nesting limit; long operator chains neither.
+#[test]
+fn deep_expressions_are_refused_not_a_stack_overflow() {
+    for expr in ["- ".repeat(30_000) + "1", "1 + ".repeat(100_000) + "1", "2 * ".repeat(100_000) + "1"] {
+        let source = format!("network n {{ input x: [1, 4, 4]; conv({expr}, 3) }}");
+        let text = errors_of(source.as_bytes());
+        assert!(text.contains("expression nested more than 128 deep"), "{}", &text[..text.len().min(400)]);
+    }
+    let text =
+        errors_of(format!("network n {{ input x: [1, 4, 4]; repeat {}1 {{ relu }} }}", "-".repeat(200)).as_bytes());
+    assert!(text.contains("nested more than"), "{text}");
+    // Within the limit, expressions evaluate as before.
+    let source = format!("network n {{ input x: [1, 4, 4]; conv({}2, 1) }}", "- ".repeat(100));
+    let graph = compile_bytes(source.as_bytes(), &BuildOptions::default()).expect("100 minus signs are fine");
+    assert_eq!(graph.node(graph.outputs[0].node).shape, vec![1, 2, 4, 4]);
+}
+
+/// Finding 4: fixed-width formatting of a name of 65,536+ characters panicked.
+#[test]
+fn layer_names_of_any_length_format_in_tables() {
+    let name = "a".repeat(70_000);
+    let source = format!("network n {{ input x: [1, 4, 4]; {name}: conv(2, 3, pad=1); relu }}");
+    let mut graph = compile_bytes(source.as_bytes(), &BuildOptions::default()).expect("valid");
+    let table = cnnc::summary::render_table(&cnnc::summary::summarize(&graph));
+    assert!(table.lines().all(|l| l.len() < 200), "{}", &table[..table.len().min(400)]);
+    assert!(table.contains("aaa...aaa"), "{table}");
+    graph.weights = cnnc::weights::random_weights(&graph, 1);
+    let input = cnnc::tensor::Tensor::zeros(vec![1, 1, 4, 4]);
+    let report = cnnc::compare::compare(&graph, &[input], &[cnnc::exec::Target::Reference]).unwrap();
+    let text = report.to_string();
+    assert!(text.lines().all(|l| l.len() < 200), "{}", &text[..text.len().min(400)]);
+    assert_eq!(cnnc::summary::elide("short.name"), "short.name");
+    assert_eq!(cnnc::summary::elide(&name).len(), cnnc::summary::NAME_COLUMN_CHARS);
+}
+
+/// Finding 3: a string that is no target triple panicked inside Cranelift.
+#[test]
+fn invalid_target_triples_are_errors() {
+    let mut graph =
+        compile_bytes(b"network n { input x: [1, 4, 4]; conv(2, 3) }", &BuildOptions::default()).expect("valid");
+    graph.weights = cnnc::weights::random_weights(&graph, 1);
+    cnnc::passes::optimize(&mut graph, cnnc::passes::OptLevel::O2).unwrap();
+    for triple in ["nonsense-unknown-linux", "", "x86_64-unknown-linux-gnu-extra-parts", "riscv64gc-unknown-linux-gnu"]
+    {
+        let Err(text) = cnnc::backend::clif::compile_object(&graph, "n", Some(triple)) else {
+            panic!("`{triple}` compiled")
+        };
+        assert!(text.contains("triple") || text.contains("target"), "{triple}: {text}");
+    }
+    assert!(cnnc::backend::clif::compile_object(&graph, "n", Some("aarch64-unknown-linux-gnu")).is_ok());
+}
+
+/// Finding 2: the memory a network needs is known before anything is allocated, with
+/// checked arithmetic, and refused past a limit with the size and the flag named.
+#[test]
+fn the_memory_budget_refuses_huge_networks_before_allocating() {
+    for source in [
+        "network n { input x: [3, 65536, 65536] }",
+        "network n { input x: [3, 64, 64]; flatten; linear(16777216) }",
+        "network n { input x: [16777216]; linear(16777216); linear(16777216) }",
+    ] {
+        let graph = compile_bytes(source.as_bytes(), &BuildOptions::default()).expect("valid, but huge");
+        let need = cnnc::budget::need(&graph).unwrap();
+        assert!(need.total > 8 << 30, "{source}: {need:?}");
+        let text = cnnc::budget::check(&graph, Some(8 << 30)).unwrap_err().to_string();
+        assert!(text.contains("--max-memory") && text.contains("GiB"), "{text}");
+        assert!(text.contains("more than the limit of 8.0 GiB"), "{text}");
+    }
+    // The examples fit, and their figures add up.
+    let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/resnet18.cnn")).unwrap();
+    let graph = compile_bytes(&bytes, &BuildOptions::default()).unwrap();
+    let need = cnnc::budget::check(&graph, Some(1 << 30)).unwrap();
+    // 11,689,512 parameters and BatchNorm's running statistics.
+    assert!((46_000_000..48_000_000).contains(&need.weights), "{need:?}");
+    assert_eq!(
+        need.total,
+        need.weights + need.packed_weights + need.activations + need.inputs + need.outputs + need.code
+    );
+    assert_eq!(need.inputs, 4 * 3 * 224 * 224);
+    assert_eq!(need.outputs, 4 * 1000);
+}
+
+#[test]
+fn sizes_parse_in_binary_units() {
+    use cnnc::budget::parse_size;
+    assert_eq!(parse_size("512M"), Ok(512 << 20));
+    assert_eq!(parse_size("16G"), Ok(16 << 30));
+    assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+    assert_eq!(parse_size("4096"), Ok(4096));
+    assert_eq!(parse_size("2T"), Ok(2 << 40));
+    for bad in ["", "G", "-1G", "0", "1Q", "1e999", "99999999999T"] {
+        assert!(parse_size(bad).is_err(), "{bad}");
+    }
+}

@@ -28,6 +28,11 @@ impl Default for BuildOptions {
 /// exponentially nested block calls with an error instead of exhausting memory.
 pub const MAX_NODES: usize = 200_000;
 
+/// The most statements, steps and `repeat` iterations one elaboration may visit. Steps
+/// after an error add no node (their values are poisoned), so [`MAX_NODES`] alone would
+/// let `repeat 1000000000 { typo }` spin; this bound holds whatever errors came before.
+pub const MAX_STEPS: usize = 4 * MAX_NODES;
+
 /// The ops of the language, for name resolution and suggestions.
 pub const OP_NAMES: &[&str] = &[
     "conv",
@@ -147,19 +152,15 @@ pub fn lower(program: &Program, options: &BuildOptions) -> Result<Graph, Vec<Dia
         param_owners: HashMap::new(),
         outputs_declared: None,
         too_big: false,
+        steps: 0,
+        error_places: HashSet::new(),
     };
     lowerer.statements(&network.body);
     lowerer.finish(network);
     if lowerer.diags.is_empty() {
         return Ok(lowerer.graph);
     }
-    // A mistake inside a block body is met once per call, and one mistake can break two
-    // rules at one place (a label in `repeat` also collides with itself): report the first
-    // diagnostic at each place once.
-    let mut seen = HashSet::new();
-    let mut diags = lowerer.diags;
-    diags.retain(|d| seen.insert((d.span.start, d.span.end)));
-    Err(diags)
+    Err(lowerer.diags)
 }
 
 struct Lowerer<'a> {
@@ -172,7 +173,12 @@ struct Lowerer<'a> {
     /// Which layer owns each weight prefix, to catch collisions.
     param_owners: HashMap<String, Span>,
     outputs_declared: Option<Span>,
+    /// Set once a limit ([`MAX_NODES`], [`MAX_STEPS`]) is hit: elaboration stops.
     too_big: bool,
+    /// Statements, steps and `repeat` iterations visited so far.
+    steps: usize,
+    /// The places that already have a diagnostic.
+    error_places: HashSet<(usize, usize)>,
 }
 
 /// The kinds of argument an op takes.
@@ -303,13 +309,42 @@ impl<'a> Lowerer<'a> {
         self.frames.last_mut().expect("the network frame is never popped")
     }
 
+    /// Records a diagnostic. A mistake inside a block body is met once per call, and one
+    /// mistake can break two rules at one place (a label in `repeat` also collides with
+    /// itself): only the first diagnostic at each place is kept, so a mistake inside
+    /// `repeat 1000000000` costs one diagnostic, not one per copy.
     fn error(&mut self, diag: Diag) {
-        self.diags.push(diag);
+        if self.error_places.insert((diag.span.start, diag.span.end)) {
+            self.diags.push(diag);
+        }
+    }
+
+    /// Counts one unit of elaboration work; false (and an error, once) past [`MAX_STEPS`].
+    fn spend(&mut self, span: &Span) -> bool {
+        if self.too_big {
+            return false;
+        }
+        self.steps += 1;
+        if self.steps > MAX_STEPS {
+            self.too_big = true;
+            self.error(
+                Diag::new(
+                    format!("the network expands to more than {MAX_STEPS} steps"),
+                    span.clone(),
+                    "while expanding this",
+                )
+                .note(format!(
+                    "`repeat` counts and nested block calls multiply; at most {MAX_NODES} layers are allowed"
+                )),
+            );
+            return false;
+        }
+        true
     }
 
     fn statements(&mut self, statements: &'a [Stmt]) {
         for statement in statements {
-            if self.too_big {
+            if !self.spend(statement_span(statement)) {
                 return;
             }
             self.statement(statement);
@@ -332,7 +367,7 @@ impl<'a> Lowerer<'a> {
                 }
                 self.frame().repeat_depth += 1;
                 for _ in 0..n {
-                    if self.too_big {
+                    if !self.spend(&count.span) {
                         break;
                     }
                     self.statements(body);
@@ -605,7 +640,7 @@ impl<'a> Lowerer<'a> {
             steps = &steps[1..];
         }
         for step in steps {
-            if self.too_big {
+            if !self.spend(&step.span) {
                 return;
             }
             current = Some(self.step(step, current));
@@ -1362,6 +1397,13 @@ impl<'a> Lowerer<'a> {
 }
 
 /// Where a step's layer name is: its label, or the whole step.
+fn statement_span(statement: &Stmt) -> &Span {
+    match statement {
+        Stmt::Input { span, .. } | Stmt::Output { span, .. } | Stmt::Repeat { span, .. } => span,
+        Stmt::Chain(chain) => &chain.span,
+    }
+}
+
 fn step_name_span(step: &Step) -> Span {
     step.label.as_ref().map(|l| l.span.clone()).unwrap_or_else(|| step.span.clone())
 }

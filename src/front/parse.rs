@@ -1,5 +1,6 @@
 //! Parsing: bytes → UTF-8 check → nesting check → pest → syntax tree. Never panics and
-//! never recurses deeper than [`MAX_NESTING`] brackets, whatever the input.
+//! never recurses deeper than [`MAX_NESTING`] brackets or [`MAX_EXPR_DEPTH`] expression
+//! levels, whatever the input.
 
 use pest::Parser;
 use pest::error::{ErrorVariant, InputLocation};
@@ -17,6 +18,10 @@ struct CnnParser;
 /// handful; the limit keeps the recursive-descent parser and the elaborator far from
 /// the end of the stack.
 pub const MAX_NESTING: usize = 64;
+
+/// The deepest expression tree a program may write: operators and unary `-` each add a
+/// level. Elaboration evaluates expressions recursively.
+pub const MAX_EXPR_DEPTH: usize = 128;
 
 /// Decodes a file's bytes, pointing at the first invalid byte if they are not UTF-8.
 pub fn decode(bytes: &[u8]) -> Result<&str, Diag> {
@@ -283,14 +288,33 @@ fn arg(pair: Pair<Rule>) -> Result<Arg, Diag> {
 }
 
 fn expr(pair: Pair<Rule>) -> Result<Expr, Diag> {
+    expr_with_depth(pair).map(|(e, _)| e)
+}
+
+/// Refuses an expression tree deeper than [`MAX_EXPR_DEPTH`] (`- - - ... 1`,
+/// `1 + 1 + ... + 1`): elaboration evaluates it recursively.
+fn deeper(depth: usize, span: &Span) -> Result<usize, Diag> {
+    if depth > MAX_EXPR_DEPTH {
+        return Err(Diag::new(
+            format!("expression nested more than {MAX_EXPR_DEPTH} deep"),
+            span.clone(),
+            "too deep here",
+        )
+        .note("operators and unary `-` each add a level; split the arithmetic over block parameters"));
+    }
+    Ok(depth)
+}
+
+/// An expression and the depth of its tree.
+fn expr_with_depth(pair: Pair<Rule>) -> Result<(Expr, usize), Diag> {
     let span = span_of(&pair);
     match pair.as_rule() {
         // expr and term are left-associative chains: operand (op operand)*.
         Rule::expr | Rule::term => {
             let mut inner = pair.into_inner();
-            let mut acc = expr(inner.next().expect("grammar: operand"))?;
+            let (mut acc, mut depth) = expr_with_depth(inner.next().expect("grammar: operand"))?;
             while let Some(op) = inner.next() {
-                let rhs = expr(inner.next().expect("grammar: right operand"))?;
+                let (rhs, rhs_depth) = expr_with_depth(inner.next().expect("grammar: right operand"))?;
                 let op = match op.as_str() {
                     "+" => BinOp::Add,
                     "-" => BinOp::Sub,
@@ -298,29 +322,35 @@ fn expr(pair: Pair<Rule>) -> Result<Expr, Diag> {
                     _ => BinOp::Div,
                 };
                 let span = acc.span.start..rhs.span.end;
+                depth = deeper(depth.max(rhs_depth) + 1, &span)?;
                 acc = Expr { kind: ExprKind::Binary(op, Box::new(acc), Box::new(rhs)), span };
             }
-            Ok(acc)
+            Ok((acc, depth))
         }
         Rule::factor => {
             let parts: Vec<Pair<Rule>> = pair.into_inner().collect();
             let (negs, atom) = parts.split_at(parts.len() - 1);
-            let mut e = expr(atom[0].clone())?;
+            let (mut e, mut depth) = expr_with_depth(atom[0].clone())?;
             for neg in negs.iter().rev() {
                 let span = neg.as_span().start()..e.span.end;
+                depth = deeper(depth + 1, &(span.start..span.start + 1))?;
                 e = Expr { kind: ExprKind::Neg(Box::new(e)), span };
             }
-            Ok(e)
+            Ok((e, depth))
         }
         Rule::group => {
             let mut inner = pair.into_inner();
-            let first = expr(inner.next().expect("grammar: group expression"))?;
+            let (first, depth) = expr_with_depth(inner.next().expect("grammar: group expression"))?;
             match inner.next() {
-                None => Ok(Expr { kind: first.kind, span }),
-                Some(second) => Ok(Expr { kind: ExprKind::Pair(Box::new(first), Box::new(expr(second)?)), span }),
+                None => Ok((Expr { kind: first.kind, span }, depth)),
+                Some(second) => {
+                    let (second, second_depth) = expr_with_depth(second)?;
+                    let depth = deeper(depth.max(second_depth) + 1, &span)?;
+                    Ok((Expr { kind: ExprKind::Pair(Box::new(first), Box::new(second)), span }, depth))
+                }
             }
         }
-        Rule::ident => Ok(Expr { kind: ExprKind::Name(pair.as_str().to_string()), span }),
+        Rule::ident => Ok((Expr { kind: ExprKind::Name(pair.as_str().to_string()), span }, 1)),
         Rule::number => {
             let text = pair.as_str();
             if text.contains(['.', 'e', 'E']) {
@@ -329,12 +359,12 @@ fn expr(pair: Pair<Rule>) -> Result<Expr, Diag> {
                 if !value.is_finite() {
                     return Err(Diag::new(format!("`{text}` is too large"), span, "not a finite number"));
                 }
-                Ok(Expr { kind: ExprKind::Float(value), span })
+                Ok((Expr { kind: ExprKind::Float(value), span }, 1))
             } else {
                 let value: i64 = text.parse().map_err(|_| {
                     Diag::new(format!("integer `{text}` is too large"), span.clone(), "at most 9223372036854775807")
                 })?;
-                Ok(Expr { kind: ExprKind::Int(value), span })
+                Ok((Expr { kind: ExprKind::Int(value), span }, 1))
             }
         }
         rule => Err(Diag::new(format!("internal: unexpected {rule:?} in an expression"), span, "")),

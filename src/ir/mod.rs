@@ -254,6 +254,19 @@ impl Graph {
         (order.len() == self.graph.node_count()).then_some(order)
     }
 
+    /// A copy of the graph without its weight values (nodes, edges, inputs, outputs and
+    /// memory plan only), for analyses that must not duplicate the weights.
+    pub fn structure(&self) -> Graph {
+        Graph {
+            name: self.name.clone(),
+            graph: self.graph.clone(),
+            inputs: self.inputs.clone(),
+            outputs: self.outputs.clone(),
+            weights: Default::default(),
+            memory: self.memory.clone(),
+        }
+    }
+
     /// All parameters of the graph in topological order.
     pub fn params(&self) -> Vec<&Param> {
         let order = self.topo_order().unwrap_or_default();

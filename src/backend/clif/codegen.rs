@@ -177,7 +177,11 @@ pub(crate) fn build_isa(triple: Option<&str>, options: &CodegenOptions, pic: boo
             .map_err(|e| format!("the host is not supported by Cranelift: {e}"))?,
         None => cranelift_native::builder().map_err(|e| format!("the host is not supported by Cranelift: {e}"))?,
         Some(name) => {
-            let mut builder = cranelift_codegen::isa::lookup_by_name(name)
+            // `isa::lookup_by_name` panics on a string that is no triple; parse it first.
+            let parsed: target_lexicon::Triple = name
+                .parse()
+                .map_err(|e| format!("`{name}` is not a target triple ({e}); for example x86_64-unknown-linux-gnu"))?;
+            let mut builder = cranelift_codegen::isa::lookup(parsed)
                 .map_err(|e| format!("unsupported target triple `{name}`: {e}"))?;
             if builder.triple().endianness().is_ok_and(|e| format!("{e:?}") == "Big") {
                 return Err(format!("target `{name}` is big-endian; the CPU backend packs weights little-endian"));
