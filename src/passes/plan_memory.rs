@@ -4,8 +4,10 @@
 //! Liveness comes from the topological order the backends run: a value is live from the
 //! node that computes it to its last user. Offsets are chosen first-fit among free
 //! ranges in order of birth (freed neighbours merge), sizes rounded up to 64 bytes. An
-//! elementwise op (activation, scale-shift, flatten, a residual epilogue's add) whose
-//! first operand dies at it reuses that operand's slot (in place).
+//! elementwise op (activation, scale-shift, scale, flatten, a residual epilogue's add)
+//! whose first operand dies at it reuses that operand's slot (in place). Ops that move
+//! values (slice, channel_shuffle, permute) or read a whole row before writing it
+//! (layer_norm) get a slot of their own.
 //!
 //! Concat elimination: an operand of a channel `concat` is computed straight into its
 //! channel slice of the concat's slot (`MemoryPlan::in_concat`), so the concat copies
@@ -32,7 +34,14 @@ const ALIGN: usize = 64;
 pub fn can_run_in_place(op: &Op) -> bool {
     matches!(
         op,
-        Op::Relu | Op::LeakyRelu { .. } | Op::Sigmoid | Op::Tanh | Op::ScaleShift | Op::Flatten | Op::Dropout { .. }
+        Op::Relu
+            | Op::LeakyRelu { .. }
+            | Op::Sigmoid
+            | Op::Tanh
+            | Op::ScaleShift
+            | Op::Scale
+            | Op::Flatten
+            | Op::Dropout { .. }
     )
 }
 
