@@ -241,18 +241,15 @@ fn eval_node(
             )
         }
         // NaN passes through relu, as in PyTorch.
-        Op::Relu => map(x, |v| if v < 0.0 { 0.0 } else { v }),
-        Op::LeakyRelu { slope } => map(x, |v| if v < 0.0 { (v as f64 * slope) as f32 } else { v }),
-        Op::Sigmoid => map(x, |v| (1.0 / (1.0 + (-(v as f64)).exp())) as f32),
-        Op::Tanh => map(x, |v| (v as f64).tanh() as f32),
+        Op::Activation(activation) => map(x, |v| activate(*activation, v)),
         Op::Softmax => softmax_dim1(x),
         Op::MaxPool(pool) => max_pool(pool, x, out_shape),
         Op::AvgPool(pool) => avg_pool(pool, x, out_shape),
         Op::GlobalAvgPool => adaptive_avg_pool(x, out_shape),
         Op::GlobalMaxPool => global_max_pool(x),
         Op::AdaptiveAvgPool { .. } => adaptive_avg_pool(x, out_shape),
-        // Dropout is the identity at inference.
-        Op::Dropout { .. } | Op::Dropout2d { .. } => x.clone(),
+        // Dropout and stochastic depth are the identity at inference.
+        Op::Dropout { .. } | Op::Dropout2d { .. } | Op::StochasticDepth { .. } => x.clone(),
         // Row-major data is already in C, H, W order.
         Op::Flatten => Tensor { shape: out_shape, data: x.data.clone() },
         Op::Add => broadcast_fold(operands, out_shape, |acc, v| acc + v),
@@ -267,25 +264,39 @@ fn eval_node(
     Ok(out)
 }
 
-/// The value of an activation, computed as the standalone op computes it.
+/// The value of an activation, computed as the standalone op computes it: in f64 by
+/// PyTorch's formulas, rounded once to f32. NaN passes through every activation (as in
+/// PyTorch: relu and the clamps compare, they do not take a maximum).
 fn activate(activation: Activation, v: f32) -> f32 {
-    match activation {
-        Activation::Relu => {
-            if v < 0.0 {
-                0.0
-            } else {
-                v
-            }
+    let x = v as f64;
+    let y = match activation {
+        Activation::Relu => return if v < 0.0 { 0.0 } else { v },
+        Activation::LeakyRelu { slope } => return if v < 0.0 { (x * slope) as f32 } else { v },
+        Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        Activation::Tanh => x.tanh(),
+        Activation::Clamp { min, max } => clamp(x, min, max),
+        // `-inf * 0` is NaN for hardswish(-inf) and gelu(-inf), as in PyTorch.
+        Activation::HardSwish => x * clamp(x + 3.0, 0.0, 6.0) / 6.0,
+        Activation::HardSigmoid => clamp(x + 3.0, 0.0, 6.0) / 6.0,
+        Activation::Silu => x / (1.0 + (-x).exp()),
+        Activation::Gelu { tanh: false } => 0.5 * x * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2)),
+        Activation::Gelu { tanh: true } => {
+            // PyTorch's constants: sqrt(2 / pi) and 0.044715.
+            let inner = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
+            0.5 * x * (1.0 + inner.tanh())
         }
-        Activation::LeakyRelu { slope } => {
-            if v < 0.0 {
-                (v as f64 * slope) as f32
-            } else {
-                v
-            }
-        }
-        Activation::Sigmoid => (1.0 / (1.0 + (-(v as f64)).exp())) as f32,
-        Activation::Tanh => (v as f64).tanh() as f32,
+    };
+    y as f32
+}
+
+/// `x` limited to `[min, max]`; NaN stays NaN.
+fn clamp(x: f64, min: f64, max: f64) -> f64 {
+    if x < min {
+        min
+    } else if x > max {
+        max
+    } else {
+        x
     }
 }
 

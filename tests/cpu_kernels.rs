@@ -117,12 +117,34 @@ struct Layer {
     pad: (usize, usize),
     dilation: (usize, usize),
     groups: usize,
-    relu: bool,
+    /// The activation after the convolution, if any (fused into its epilogue).
+    activation: Option<&'static str>,
     /// A linear layer on the flattened input instead of a convolution.
     linear: bool,
-    /// `relu; add(x); relu` after the convolution (a fused residual epilogue; the
-    /// output must have the input's shape).
+    /// `add(x)` and `post_activation` after it (a fused residual epilogue; the output
+    /// must have the input's shape).
     residual: bool,
+    post_activation: &'static str,
+}
+
+/// Every activation, those that pointwise tiles apply in registers and the others.
+const ACTIVATIONS: &[&str] = &[
+    "relu",
+    "leaky_relu(0.1)",
+    "sigmoid",
+    "tanh",
+    "relu6",
+    "hardtanh(min=-0.5, max=1)",
+    "hardswish",
+    "hardsigmoid",
+    "silu",
+    "gelu",
+    "gelu(tanh=true)",
+];
+
+/// Relu half of the time (the common case), else any activation.
+fn activation() -> impl Strategy<Value = &'static str> {
+    prop_oneof![Just("relu"), proptest::sample::select(ACTIVATIONS)]
 }
 
 impl Layer {
@@ -145,9 +167,13 @@ impl Layer {
                 self.groups
             )
         };
-        let relu = if self.relu { "\n    relu" } else { "" };
-        let residual = if self.residual { "\n    add(x)\n    relu" } else { "" };
-        format!("network layer {{\n    input x: [{}, {h}, {w}]\n    {body}{relu}{residual}\n}}\n", c * self.groups)
+        let activation = self.activation.map(|a| format!("\n    {a}")).unwrap_or_default();
+        let residual =
+            if self.residual { format!("\n    add(x)\n    {}", self.post_activation) } else { String::new() };
+        format!(
+            "network layer {{\n    input x: [{}, {h}, {w}]\n    {body}{activation}{residual}\n}}\n",
+            c * self.groups
+        )
     }
 }
 
@@ -157,12 +183,16 @@ fn any_layer() -> impl Strategy<Value = Layer> {
         ((1usize..=5, 1usize..=5), (1usize..=3, 1usize..=3), (0usize..=2, 0usize..=2), (1usize..=2, 1usize..=2)),
         (
             prop_oneof![3 => Just(1usize), 1 => 2usize..=4],
-            any::<bool>(),
+            proptest::option::of(activation()),
             prop_oneof![5 => Just(false), 1 => Just(true)],
         ),
     )
         .prop_map(
-            |((batch, in_channels, hw, out_channels), (kernel, stride, pad, dilation), (groups, relu, linear))| Layer {
+            |(
+                (batch, in_channels, hw, out_channels),
+                (kernel, stride, pad, dilation),
+                (groups, activation, linear),
+            )| Layer {
                 batch,
                 in_channels,
                 hw,
@@ -172,9 +202,10 @@ fn any_layer() -> impl Strategy<Value = Layer> {
                 pad,
                 dilation,
                 groups,
-                relu,
+                activation,
                 linear,
                 residual: false,
+                post_activation: "relu",
             },
         )
         // The window must fit the padded input.
@@ -186,24 +217,28 @@ fn any_layer() -> impl Strategy<Value = Layer> {
 }
 
 /// Pointwise layers (1x1, stride 1, no padding, one group), which have kernels of their
-/// own, on planes up to 40x40 (several 64-pixel tiles, shared by the threads).
+/// own, on planes up to 40x40 (several 64-pixel tiles, shared by the threads), with
+/// every activation before and after a residual add.
 fn pointwise_layer() -> impl Strategy<Value = Layer> {
-    (1usize..=3, 1usize..=40, (1usize..=40, 1usize..=40), 1usize..=40, any::<bool>()).prop_map(
-        |(batch, in_channels, hw, out_channels, relu)| Layer {
+    (
+        (1usize..=3, 1usize..=40, (1usize..=40, 1usize..=40), 1usize..=40),
+        (proptest::option::of(activation()), any::<bool>(), activation()),
+    )
+        .prop_map(|((batch, in_channels, hw, out_channels), (activation, residual, post_activation))| Layer {
             batch,
             in_channels,
             hw,
-            out_channels,
+            out_channels: if residual { in_channels } else { out_channels },
             kernel: (1, 1),
             stride: (1, 1),
             pad: (0, 0),
             dilation: (1, 1),
             groups: 1,
-            relu,
+            activation,
             linear: false,
-            residual: false,
-        },
-    )
+            residual,
+            post_activation,
+        })
 }
 
 /// 3x3 stride-1 convolutions with the channels (32 and more on both sides, or 16 to 31
@@ -213,10 +248,13 @@ fn pointwise_layer() -> impl Strategy<Value = Layer> {
 /// 40x40 (from about 21x21 outputs on, 36 or more 4x4 tiles: F(4x4) by default): sizes
 /// of every remainder modulo 2 and 4 (partial tiles at the right and bottom edges), rows
 /// of fewer than four tiles, padding 0 and 1, and with padding 1 and as many outputs as
-/// inputs, sometimes a fused `relu; add(x); relu`.
+/// inputs, sometimes a fused `ACTIVATION; add(x); ACTIVATION`.
 fn winograd_layer() -> impl Strategy<Value = Layer> {
-    (1usize..=2, 16usize..=48, (1usize..=40, 1usize..=40), 32usize..=48, 0usize..=1, any::<bool>(), any::<bool>())
-        .prop_map(|(batch, in_channels, hw, out_channels, pad, relu, residual)| {
+    (
+        (1usize..=2, 16usize..=48, (1usize..=40, 1usize..=40), 32usize..=48, 0usize..=1),
+        (proptest::option::of(activation()), any::<bool>(), activation()),
+    )
+        .prop_map(|((batch, in_channels, hw, out_channels, pad), (activation, residual, post_activation))| {
             let residual = residual && pad == 1;
             Layer {
                 batch,
@@ -228,9 +266,10 @@ fn winograd_layer() -> impl Strategy<Value = Layer> {
                 pad: (pad, pad),
                 dilation: (1, 1),
                 groups: 1,
-                relu: relu || residual,
+                activation,
                 linear: false,
                 residual,
+                post_activation,
             }
         })
         .prop_filter("the window fits, 36 tiles or more", |l| {
@@ -313,9 +352,10 @@ fn layers_with_large_weights_share_their_blocks() {
         out_channels,
         dilation: (1, 1),
         groups: 1,
-        relu: true,
+        activation: Some("relu"),
         linear: false,
         residual,
+        post_activation: "relu",
     };
     let layers = [
         layer(144, (11, 11), 112, (3, 3), (2, 2), (1, 1), 1, false),

@@ -290,6 +290,85 @@ fn elementwise_activations() {
     assert_close(&out, &[1, 3, 1, 1], &[0.0, 0.6, -0.6]);
 }
 
+/// Like `assert_close`, where NaN must meet NaN and an infinity the same infinity.
+#[track_caller]
+fn assert_close_special(actual: &Tensor, expected: &[f32]) {
+    assert_eq!(actual.data.len(), expected.len());
+    for (i, (a, e)) in actual.data.iter().zip(expected).enumerate() {
+        let ok = if e.is_nan() {
+            a.is_nan()
+        } else if e.is_infinite() {
+            a == e
+        } else {
+            (a - e).abs() <= 1e-6 * e.abs().max(1.0)
+        };
+        assert!(ok, "element {i}: got {a}, expected {e}\nall: {:?}", actual.data);
+    }
+}
+
+/// Runs `op` alone over one channel of the values `x`.
+fn activation_of(op: &str, x: &[f32]) -> Tensor {
+    let source = format!("network t {{\n input x: [1, 1, {}]\n {op}\n}}", x.len());
+    run_single(&source, &Weights::default(), tensor(&[1, 1, 1, x.len()], x))
+}
+
+#[test]
+fn clamping_activations_with_their_edges() {
+    let (inf, nan) = (f32::INFINITY, f32::NAN);
+    // relu6 = min(max(x, 0), 6); NaN passes through (PyTorch's clamp propagates it).
+    let out = activation_of("relu6", &[-1.0, 0.0, 3.0, 6.0, 7.0, nan, inf, -inf]);
+    assert_close_special(&out, &[0.0, 0.0, 3.0, 6.0, 6.0, nan, 6.0, 0.0]);
+    // hardtanh defaults to [-1, 1]; the bounds themselves are kept.
+    let out = activation_of("hardtanh", &[-1.5, -1.0, 0.5, 1.0, 1.5]);
+    assert_close_special(&out, &[-1.0, -1.0, 0.5, 1.0, 1.0]);
+    let out = activation_of("hardtanh(min=-2, max=0.5)", &[-3.0, -2.0, 0.25, 0.5, 1.0, nan]);
+    assert_close_special(&out, &[-2.0, -2.0, 0.25, 0.5, 0.5, nan]);
+    // hardsigmoid = relu6(x + 3) / 6: -4 -> 0, -3 -> 0, 0 -> 3/6, 1.5 -> 4.5/6 = 0.75,
+    // 3 -> 6/6, 4 -> 1; inf -> 1, -inf -> 0.
+    let x = [-4.0, -3.0, 0.0, 1.5, 3.0, 4.0, inf, -inf, nan];
+    let out = activation_of("hardsigmoid", &x);
+    assert_close_special(&out, &[0.0, 0.0, 0.5, 0.75, 1.0, 1.0, 1.0, 0.0, nan]);
+    // hardswish = x * relu6(x + 3) / 6: -4 -> -4 * 0 = 0, -3 -> 0, 0 -> 0,
+    // 1.5 -> 1.5 * 4.5 / 6 = 1.125, 3 -> 3 * 6 / 6 = 3, 4 -> 4, inf -> inf;
+    // -inf -> -inf * 0 = NaN (as PyTorch's formula and ONNX Runtime's HardSwish).
+    let out = activation_of("hardswish", &x);
+    assert_close_special(&out, &[0.0, 0.0, 0.0, 1.125, 3.0, 4.0, inf, nan, nan]);
+    let out = activation_of("hardswish", &[-1.5]);
+    // -1.5 * 1.5 / 6 = -0.375
+    assert_close_special(&out, &[-0.375]);
+}
+
+#[test]
+fn smooth_activations_with_their_edges() {
+    let (inf, nan) = (f32::INFINITY, f32::NAN);
+    // silu = x * sigmoid(x): sigmoid(ln 3) = 0.75, sigmoid(-ln 3) = 0.25 (see above);
+    // inf -> inf / (1 + 0) = inf; -inf -> -inf / (1 + inf) = NaN, as PyTorch's
+    // x / (1 + exp(-x)) and ONNX Runtime's x * Sigmoid(x) (-inf * 0).
+    let ln3 = 3.0f32.ln();
+    let out = activation_of("silu", &[0.0, ln3, -ln3, inf, -inf, nan]);
+    assert_close_special(&out, &[0.0, 0.75 * ln3, -0.25 * ln3, inf, nan, nan]);
+    // gelu = x * Phi(x), Phi the standard normal CDF: Phi(1) = 0.8413447461,
+    // Phi(2) = 0.9772498681 (tables), Phi(-x) = 1 - Phi(x), so gelu(1) = 0.8413447461,
+    // gelu(-1) = -(1 - 0.8413447461) = -0.1586552539, gelu(2) = 1.9544997361,
+    // gelu(-2) = -2 * 0.0227501319 = -0.0455002639; inf -> inf; -inf -> -inf * 0 = NaN.
+    let out = activation_of("gelu", &[0.0, 1.0, -1.0, 2.0, -2.0, inf, -inf, nan]);
+    let expected = [0.0, 0.841_344_75, -0.158_655_25, 1.954_499_7, -0.045_500_264, inf, nan, nan];
+    assert_close_special(&out, &expected);
+    // gelu(tanh=true) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), PyTorch's formula,
+    // which stays within 2e-4 of the exact form at 1 and 2 here.
+    let approx =
+        |x: f64| (0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())) as f32;
+    let out = activation_of("gelu(tanh=true)", &[0.0, 1.0, -1.0, 2.0, inf, nan]);
+    assert_close_special(&out, &[0.0, approx(1.0), approx(-1.0), approx(2.0), inf, nan]);
+    assert!((approx(1.0) - 0.841_344_75).abs() < 2e-4 && (approx(2.0) - 1.954_499_7).abs() < 2e-4);
+}
+
+#[test]
+fn stochastic_depth_is_the_identity() {
+    let out = activation_of("stochastic_depth(0.2)", &[-1.0, 0.5, 2.0]);
+    assert_close_special(&out, &[-1.0, 0.5, 2.0]);
+}
+
 #[test]
 fn softmax_over_channels() {
     // 2-D: e^0 : e^ln2 : e^ln5 = 1 : 2 : 5, sum 8 -> [1/8, 2/8, 5/8]. Adding 1000 to every

@@ -43,6 +43,14 @@ enum Activation {
     LeakyRelu,
     Sigmoid,
     Tanh,
+    Relu6,
+    /// `hardtanh(min=-0.5, max=1)`: bounds that random values cross on both sides.
+    Hardtanh,
+    HardSwish,
+    HardSigmoid,
+    Silu,
+    Gelu,
+    GeluTanh,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -72,6 +80,7 @@ enum Layer {
     Dropout {
         spatial: bool,
     },
+    StochasticDepth,
     Pool {
         max: bool,
         kernel: (usize, usize),
@@ -278,10 +287,18 @@ fn render_step(layer: &Layer, shape: &[usize], mode: Mode) -> Option<(String, Ve
                 Activation::LeakyRelu => "leaky_relu(0.2)",
                 Activation::Sigmoid => "sigmoid",
                 Activation::Tanh => "tanh",
+                Activation::Relu6 => "relu6",
+                Activation::Hardtanh => "hardtanh(min=-0.5, max=1)",
+                Activation::HardSwish => "hardswish",
+                Activation::HardSigmoid => "hardsigmoid",
+                Activation::Silu => "silu",
+                Activation::Gelu => "gelu",
+                Activation::GeluTanh => "gelu(tanh=true)",
             };
             (text.into(), shape.to_vec())
         }
         Layer::Dropout { spatial: true } if feature_map => ("dropout2d".into(), shape.to_vec()),
+        Layer::StochasticDepth => ("stochastic_depth(0.3)".into(), shape.to_vec()),
         Layer::Dropout { .. } => ("dropout(0.3)".into(), shape.to_vec()),
         Layer::AdaptiveAvgPool { out } if feature_map => {
             let out = out.unwrap_or((shape[1], shape[2]));
@@ -596,7 +613,19 @@ fn pair(range: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = (usize,
 }
 
 fn activation() -> impl Strategy<Value = Activation> {
-    prop_oneof![Just(Activation::Relu), Just(Activation::LeakyRelu), Just(Activation::Sigmoid), Just(Activation::Tanh)]
+    prop_oneof![
+        Just(Activation::Relu),
+        Just(Activation::LeakyRelu),
+        Just(Activation::Sigmoid),
+        Just(Activation::Tanh),
+        Just(Activation::Relu6),
+        Just(Activation::Hardtanh),
+        Just(Activation::HardSwish),
+        Just(Activation::HardSigmoid),
+        Just(Activation::Silu),
+        Just(Activation::Gelu),
+        Just(Activation::GeluTanh),
+    ]
 }
 
 fn conv() -> impl Strategy<Value = Layer> {
@@ -641,6 +670,7 @@ fn feature_layer() -> BoxedStrategy<Layer> {
         3 => batch_norm(),
         4 => activation().prop_map(Layer::Activation),
         1 => any::<bool>().prop_map(|spatial| Layer::Dropout { spatial }),
+        1 => Just(Layer::StochasticDepth),
         3 => pool(),
         1 => proptest::option::of(pair(1..=6)).prop_map(|out| Layer::AdaptiveAvgPool { out }),
         1 => any::<bool>().prop_map(|max| Layer::GlobalPool { max }),

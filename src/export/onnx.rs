@@ -36,7 +36,7 @@ use onnx_protobuf::{
     TypeProto, ValueInfoProto, type_proto,
 };
 
-use crate::ir::{Graph, Hw, NodeId, Op, Pad, Pool};
+use crate::ir::{Activation, Graph, Hw, NodeId, Op, Pad, Pool};
 use crate::weights::Weights;
 
 /// The ONNX opset the exported models import.
@@ -375,12 +375,7 @@ impl Builder {
                     vec![("epsilon", Attr::Float(*eps as f32))],
                 );
             }
-            Op::Relu => self.node("Relu", name, &[x], &outs, vec![]),
-            Op::LeakyRelu { slope } => {
-                self.node("LeakyRelu", name, &[x], &outs, vec![("alpha", Attr::Float(*slope as f32))])
-            }
-            Op::Sigmoid => self.node("Sigmoid", name, &[x], &outs, vec![]),
-            Op::Tanh => self.node("Tanh", name, &[x], &outs, vec![]),
+            Op::Activation(activation) => self.activation(*activation, name, &x, out),
             Op::Softmax => self.node("Softmax", name, &[x], &outs, vec![("axis", Attr::Int(1))]),
             Op::MaxPool(p) => self.node("MaxPool", name, &[x], &outs, pool_attrs(p, false)),
             Op::AvgPool(p) => self.node("AveragePool", name, &[x], &outs, pool_attrs(p, true)),
@@ -393,7 +388,9 @@ impl Builder {
                 }
                 self.adaptive_avg_pool(name, &x, input, *size, out);
             }
-            Op::Dropout { .. } | Op::Dropout2d { .. } => self.node("Identity", name, &[x], &outs, vec![]),
+            Op::Dropout { .. } | Op::Dropout2d { .. } | Op::StochasticDepth { .. } => {
+                self.node("Identity", name, &[x], &outs, vec![])
+            }
             Op::Flatten => self.node("Flatten", name, &[x], &outs, vec![("axis", Attr::Int(1))]),
             Op::Add | Op::Mul => {
                 let op_type = if matches!(op, Op::Add) { "Add" } else { "Mul" };
@@ -419,6 +416,63 @@ impl Builder {
             }
         }
         Ok(())
+    }
+
+    /// An activation at opset 17: one op where ONNX has it, else PyTorch's own export
+    /// pattern (`silu` as `x * Sigmoid(x)`, `gelu` through `Erf` or `Tanh`).
+    fn activation(&mut self, activation: Activation, name: &str, x: &str, out: &str) {
+        let outs = [out.to_string()];
+        let x = x.to_string();
+        match activation {
+            Activation::Relu => self.node("Relu", name, &[x], &outs, vec![]),
+            Activation::LeakyRelu { slope } => {
+                self.node("LeakyRelu", name, &[x], &outs, vec![("alpha", Attr::Float(slope as f32))])
+            }
+            Activation::Sigmoid => self.node("Sigmoid", name, &[x], &outs, vec![]),
+            Activation::Tanh => self.node("Tanh", name, &[x], &outs, vec![]),
+            Activation::Clamp { min, max } => {
+                let min = self.const_f32(&format!("{name}/min"), min as f32);
+                let max = self.const_f32(&format!("{name}/max"), max as f32);
+                self.node("Clip", name, &[x, min, max], &outs, vec![]);
+            }
+            Activation::HardSwish => self.node("HardSwish", name, &[x], &outs, vec![]),
+            Activation::HardSigmoid => {
+                let attrs = vec![("alpha", Attr::Float(1.0 / 6.0)), ("beta", Attr::Float(0.5))];
+                self.node("HardSigmoid", name, &[x], &outs, attrs);
+            }
+            Activation::Silu => {
+                let sigmoid = self.step("Sigmoid", name, "sigmoid", std::slice::from_ref(&x), vec![]);
+                self.node("Mul", name, &[x, sigmoid], &outs, vec![]);
+            }
+            Activation::Gelu { tanh: false } => {
+                // x * 0.5 * (1 + erf(x / sqrt(2))), as torch.onnx exports nn.GELU().
+                let sqrt2 = self.const_f32(&format!("{name}/sqrt2"), std::f32::consts::SQRT_2);
+                let scaled = self.step("Div", name, "div", &[x.clone(), sqrt2], vec![]);
+                let erf = self.step("Erf", name, "erf", &[scaled], vec![]);
+                self.gelu_tail(name, &x, erf, out);
+            }
+            Activation::Gelu { tanh: true } => {
+                // x * 0.5 * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3))).
+                let square = self.step("Mul", name, "square", &[x.clone(), x.clone()], vec![]);
+                let cube = self.step("Mul", name, "cube", &[square, x.clone()], vec![]);
+                let kappa = self.const_f32(&format!("{name}/kappa"), 0.044715);
+                let scaled_cube = self.step("Mul", name, "scaled_cube", &[cube, kappa], vec![]);
+                let sum = self.step("Add", name, "sum", &[x.clone(), scaled_cube], vec![]);
+                let beta = self.const_f32(&format!("{name}/beta"), (2.0 / std::f64::consts::PI).sqrt() as f32);
+                let inner = self.step("Mul", name, "inner", &[sum, beta], vec![]);
+                let tanh = self.step("Tanh", name, "tanh", &[inner], vec![]);
+                self.gelu_tail(name, &x, tanh, out);
+            }
+        }
+    }
+
+    /// `x * 0.5 * (1 + t)` into `out`: GELU's last steps, `t` being erf's or tanh's value.
+    fn gelu_tail(&mut self, name: &str, x: &str, t: String, out: &str) {
+        let one = self.const_f32(&format!("{name}/one"), 1.0);
+        let half = self.const_f32(&format!("{name}/half"), 0.5);
+        let plus_one = self.step("Add", name, "plus_one", &[t, one], vec![]);
+        let x_half = self.step("Mul", name, "x_half", &[x.to_string(), half], vec![]);
+        self.node("Mul", name, &[x_half, plus_one], &[out.to_string()], vec![]);
     }
 
     /// PyTorch's `adaptive_avg_pool2d`: `Identity`, one `AveragePool`, or per axis one

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use super::ast::*;
 use crate::diag::Diag;
 use crate::ir::shape::{self, fmt_shape, same_pad};
-use crate::ir::{Conv, Graph, Hw, Node, NodeId, Op, Output, Pad, Param, Pool, Span};
+use crate::ir::{Activation, Conv, Graph, Hw, Node, NodeId, Op, Output, Pad, Param, Pool, Span};
 
 /// How to build the network: the batch and, optionally, a different input size.
 #[derive(Clone, Debug)]
@@ -37,6 +37,12 @@ pub const OP_NAMES: &[&str] = &[
     "leaky_relu",
     "sigmoid",
     "tanh",
+    "relu6",
+    "hardtanh",
+    "hardswish",
+    "hardsigmoid",
+    "silu",
+    "gelu",
     "softmax",
     "max_pool",
     "avg_pool",
@@ -45,6 +51,7 @@ pub const OP_NAMES: &[&str] = &[
     "adaptive_avg_pool",
     "dropout",
     "dropout2d",
+    "stochastic_depth",
     "flatten",
     "add",
     "mul",
@@ -226,6 +233,9 @@ fn op_spec(op: &str) -> &'static [ArgSpec] {
     ];
     const ADAPTIVE: &[ArgSpec] = &[req("out", IntOrPair)];
     const DROPOUT: &[ArgSpec] = &[opt("p", Float)];
+    const STOCHASTIC_DEPTH: &[ArgSpec] = &[req("p", Float)];
+    const HARDTANH: &[ArgSpec] = &[opt("min", Float), opt("max", Float)];
+    const GELU: &[ArgSpec] = &[opt("tanh", Bool)];
     const LRN: &[ArgSpec] = &[opt("size", Int), opt("alpha", Float), opt("beta", Float), opt("k", Float)];
     match op {
         "conv" => CONV,
@@ -236,6 +246,9 @@ fn op_spec(op: &str) -> &'static [ArgSpec] {
         "avg_pool" => AVG_POOL,
         "adaptive_avg_pool" => ADAPTIVE,
         "dropout" | "dropout2d" => DROPOUT,
+        "stochastic_depth" => STOCHASTIC_DEPTH,
+        "hardtanh" => HARDTANH,
+        "gelu" => GELU,
         "lrn" => LRN,
         _ => &[],
     }
@@ -272,6 +285,10 @@ impl Args {
             Some((ArgValue::Bool(v), _)) => *v,
             _ => default,
         }
+    }
+    /// Where an argument was written, if it was.
+    fn span(&self, name: &str) -> Option<Span> {
+        self.values.get(name).map(|(_, span)| span.clone())
     }
     fn is_same_pad(&self) -> bool {
         matches!(self.values.get("pad"), Some((ArgValue::Same, _)))
@@ -1201,10 +1218,31 @@ impl<'a> Lowerer<'a> {
             }
             "linear" => Op::Linear { out_features: args.int("out", 1) as usize, bias: args.bool("bias", true) },
             "batch_norm" => Op::BatchNorm { eps: args.float("eps", 1e-5) },
-            "relu" => Op::Relu,
-            "leaky_relu" => Op::LeakyRelu { slope: args.float("slope", 0.01) },
-            "sigmoid" => Op::Sigmoid,
-            "tanh" => Op::Tanh,
+            "relu" => Op::Activation(Activation::Relu),
+            "leaky_relu" => Op::Activation(Activation::LeakyRelu { slope: args.float("slope", 0.01) }),
+            "sigmoid" => Op::Activation(Activation::Sigmoid),
+            "tanh" => Op::Activation(Activation::Tanh),
+            "relu6" => Op::Activation(Activation::Clamp { min: 0.0, max: 6.0 }),
+            "hardtanh" => {
+                let (min, max) = (args.float("min", -1.0), args.float("max", 1.0));
+                if min >= max {
+                    let at = args.span("max").or_else(|| args.span("min")).unwrap_or_else(|| span.clone());
+                    self.error(
+                        Diag::new(
+                            format!("`hardtanh` needs `min` < `max`, got min={min} and max={max}"),
+                            at,
+                            "not above `min`",
+                        )
+                        .note("nn.Hardtanh(min_val, max_val) requires max_val > min_val"),
+                    );
+                    return None;
+                }
+                Op::Activation(Activation::Clamp { min, max })
+            }
+            "hardswish" => Op::Activation(Activation::HardSwish),
+            "hardsigmoid" => Op::Activation(Activation::HardSigmoid),
+            "silu" => Op::Activation(Activation::Silu),
+            "gelu" => Op::Activation(Activation::Gelu { tanh: args.bool("tanh", false) }),
             "softmax" => Op::Softmax,
             "max_pool" | "avg_pool" => {
                 let (kernel, stride, _) = window(args);
@@ -1222,6 +1260,7 @@ impl<'a> Lowerer<'a> {
             "adaptive_avg_pool" => Op::AdaptiveAvgPool { out: args.hw("out", Hw::square(1)) },
             "dropout" => Op::Dropout { p: args.float("p", 0.5) },
             "dropout2d" => Op::Dropout2d { p: args.float("p", 0.5) },
+            "stochastic_depth" => Op::StochasticDepth { p: args.float("p", 0.0) },
             "flatten" => Op::Flatten,
             "lrn" => Op::Lrn {
                 size: args.int("size", 5) as usize,

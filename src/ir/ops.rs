@@ -75,34 +75,77 @@ pub struct Pool {
     pub count_pad: bool,
 }
 
-/// An elementwise activation that can run inside another op's epilogue.
+/// An elementwise activation: a standalone op (`Op::Activation`) or a stage of another
+/// op's epilogue. Everything an activation is lives here and in its match arms: its
+/// name and attributes in the language and the IR text, and (in the interpreter, the
+/// ONNX exporter and the backends) its value.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Activation {
     Relu,
-    LeakyRelu { slope: f64 },
+    LeakyRelu {
+        slope: f64,
+    },
     Sigmoid,
     Tanh,
+    /// `hardtanh(min, max)` (nn.Hardtanh): `min(max(x, min), max)`, NaN passing
+    /// through; `relu6` is `Clamp { min: 0, max: 6 }`. Invariant: `min < max`.
+    Clamp {
+        min: f64,
+        max: f64,
+    },
+    /// nn.Hardswish: `x * relu6(x + 3) / 6`.
+    HardSwish,
+    /// nn.Hardsigmoid: `relu6(x + 3) / 6`.
+    HardSigmoid,
+    /// nn.SiLU: `x * sigmoid(x)`.
+    Silu,
+    /// nn.GELU: `x * Phi(x)` with the normal CDF through erf, or with
+    /// `approximate='tanh'` when `tanh`.
+    Gelu {
+        tanh: bool,
+    },
 }
 
 impl Activation {
     /// The activation an op computes, if it is one.
     pub fn of(op: &Op) -> Option<Activation> {
         match op {
-            Op::Relu => Some(Activation::Relu),
-            Op::LeakyRelu { slope } => Some(Activation::LeakyRelu { slope: *slope }),
-            Op::Sigmoid => Some(Activation::Sigmoid),
-            Op::Tanh => Some(Activation::Tanh),
+            Op::Activation(activation) => Some(*activation),
             _ => None,
         }
     }
 
-    pub fn name(&self) -> String {
+    /// The activation's name in the IR text: `relu6` for `Clamp { 0, 6 }`, else the
+    /// op's name in the language.
+    pub fn mnemonic(&self) -> &'static str {
         match self {
-            Activation::Relu => "relu".into(),
-            Activation::LeakyRelu { slope } => format!("leaky_relu(slope={slope})"),
-            Activation::Sigmoid => "sigmoid".into(),
-            Activation::Tanh => "tanh".into(),
+            Activation::Relu => "relu",
+            Activation::LeakyRelu { .. } => "leaky_relu",
+            Activation::Sigmoid => "sigmoid",
+            Activation::Tanh => "tanh",
+            Activation::Clamp { min, max } if *min == 0.0 && *max == 6.0 => "relu6",
+            Activation::Clamp { .. } => "hardtanh",
+            Activation::HardSwish => "hardswish",
+            Activation::HardSigmoid => "hardsigmoid",
+            Activation::Silu => "silu",
+            Activation::Gelu { .. } => "gelu",
         }
+    }
+
+    /// The attributes in the IR text (empty for none).
+    pub fn attributes(&self) -> String {
+        match self {
+            Activation::LeakyRelu { slope } => format!("slope={slope}"),
+            Activation::Clamp { min, max } if !(*min == 0.0 && *max == 6.0) => format!("min={min} max={max}"),
+            Activation::Gelu { tanh: true } => "tanh=true".into(),
+            _ => String::new(),
+        }
+    }
+
+    /// The name with its attributes, as an epilogue prints it: `leaky_relu(slope=0.2)`.
+    pub fn name(&self) -> String {
+        let attributes = self.attributes();
+        if attributes.is_empty() { self.mnemonic().into() } else { format!("{}({attributes})", self.mnemonic()) }
     }
 }
 
@@ -178,12 +221,8 @@ pub enum Op {
     BatchNorm {
         eps: f64,
     },
-    Relu,
-    LeakyRelu {
-        slope: f64,
-    },
-    Sigmoid,
-    Tanh,
+    /// An elementwise activation.
+    Activation(Activation),
     /// Softmax over dimension 1.
     Softmax,
     MaxPool(Pool),
@@ -197,6 +236,10 @@ pub enum Op {
         p: f64,
     },
     Dropout2d {
+        p: f64,
+    },
+    /// torchvision's `StochasticDepth`: the identity at inference, like dropout.
+    StochasticDepth {
         p: f64,
     },
     Flatten,
@@ -255,10 +298,7 @@ impl Op {
             Op::Conv(_) => "conv",
             Op::Linear { .. } => "linear",
             Op::BatchNorm { .. } => "batch_norm",
-            Op::Relu => "relu",
-            Op::LeakyRelu { .. } => "leaky_relu",
-            Op::Sigmoid => "sigmoid",
-            Op::Tanh => "tanh",
+            Op::Activation(activation) => activation.mnemonic(),
             Op::Softmax => "softmax",
             Op::MaxPool(_) => "max_pool",
             Op::AvgPool(_) => "avg_pool",
@@ -267,6 +307,7 @@ impl Op {
             Op::AdaptiveAvgPool { .. } => "adaptive_avg_pool",
             Op::Dropout { .. } => "dropout",
             Op::Dropout2d { .. } => "dropout2d",
+            Op::StochasticDepth { .. } => "stochastic_depth",
             Op::Flatten => "flatten",
             Op::Add => "add",
             Op::Mul => "mul",
@@ -346,7 +387,7 @@ impl Op {
                 format!("out={}{}", out_features, if *bias { "" } else { " bias=false" })
             }
             Op::BatchNorm { eps } => format!("eps={eps:e}"),
-            Op::LeakyRelu { slope } => format!("slope={slope}"),
+            Op::Activation(activation) => activation.attributes(),
             Op::MaxPool(p) | Op::AvgPool(p) => {
                 let mut s = format!("kernel={} stride={} pad={}", p.kernel, p.stride, p.pad);
                 if p.ceil {
@@ -358,7 +399,7 @@ impl Op {
                 s
             }
             Op::AdaptiveAvgPool { out } => format!("out={out}"),
-            Op::Dropout { p } | Op::Dropout2d { p } => format!("p={p}"),
+            Op::Dropout { p } | Op::Dropout2d { p } | Op::StochasticDepth { p } => format!("p={p}"),
             Op::Lrn { size, alpha, beta, k } => format!("size={size} alpha={alpha:e} beta={beta} k={k}"),
             _ => String::new(),
         }

@@ -288,7 +288,7 @@ fn infer_unchecked(op: &Op, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeErro
             }
             Ok(x.to_vec())
         }
-        Op::Relu | Op::LeakyRelu { .. } | Op::Sigmoid | Op::Tanh | Op::Dropout { .. } => Ok(x.to_vec()),
+        Op::Activation(_) | Op::Dropout { .. } | Op::StochasticDepth { .. } => Ok(x.to_vec()),
         Op::Dropout2d { .. } => {
             expect_4d(op, x)?;
             Ok(x.to_vec())

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use super::shape::{self, fmt_shape};
-use super::{Graph, NodeId, Op};
+use super::{Activation, Graph, NodeId, Op};
 
 /// Checks the graph's invariants; the error lists every violation found.
 pub fn verify(graph: &Graph) -> Result<(), String> {
@@ -38,6 +38,18 @@ pub fn verify(graph: &Graph) -> Result<(), String> {
                         node.name,
                         op.mnemonic()
                     ));
+                }
+                let activations = [Activation::of(op), node.epilogue.activation, node.epilogue.post_activation];
+                for activation in activations.into_iter().flatten() {
+                    if let Activation::Clamp { min, max } = activation
+                        && !(min < max)
+                    {
+                        problems.push(format!(
+                            "{}: {} with min {min} not below max {max}",
+                            node.name,
+                            activation.name()
+                        ));
+                    }
                 }
                 // The residual is added before any pooling: it has the op's own output shape.
                 let kernel_shape = match node.epilogue.pool {

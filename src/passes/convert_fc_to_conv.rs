@@ -23,11 +23,9 @@ use crate::ir::{Conv, Graph, Hw, Node, NodeId, Op, Output, Pad, Param, ParamRole
 fn passes_through(op: &Op) -> bool {
     matches!(
         op,
-        Op::Relu
-            | Op::LeakyRelu { .. }
-            | Op::Sigmoid
-            | Op::Tanh
+        Op::Activation(_)
             | Op::Dropout { .. }
+            | Op::StochasticDepth { .. }
             | Op::BatchNorm { .. }
             | Op::ScaleShift
             | Op::Softmax

@@ -1,6 +1,6 @@
 //! `eliminate_identities`: removes ops that compute the identity at inference.
 //!
-//! Rewrites: `dropout` and `dropout2d` (identity at inference); `adaptive_avg_pool`
+//! Rewrites: `dropout`, `dropout2d` and `stochastic_depth` (identity at inference); `adaptive_avg_pool`
 //! whose output size equals its input size (every bin is one pixel); `max_pool` and
 //! `avg_pool` with a 1x1 kernel, stride 1 and no padding. Users (and outputs) of the
 //! removed node read its operand instead.
@@ -11,7 +11,7 @@ use crate::ir::{Graph, Hw, Op, Pad};
 fn is_identity(graph: &Graph, op: &Op, input: &[usize], output: &[usize]) -> bool {
     let _ = graph;
     match op {
-        Op::Dropout { .. } | Op::Dropout2d { .. } => true,
+        Op::Dropout { .. } | Op::Dropout2d { .. } | Op::StochasticDepth { .. } => true,
         Op::AdaptiveAvgPool { .. } => input == output,
         Op::MaxPool(p) | Op::AvgPool(p) => {
             p.kernel == Hw::square(1) && p.stride == Hw::square(1) && p.pad == Pad::symmetric(Hw::square(0))

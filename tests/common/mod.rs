@@ -79,14 +79,12 @@ pub fn replay_memory_plan(graph: &Graph) -> Result<(), String> {
                 }
             }
             let elementwise = match node.op {
-                Op::Relu
-                | Op::LeakyRelu { .. }
-                | Op::Sigmoid
-                | Op::Tanh
+                Op::Activation(_)
                 | Op::ScaleShift
                 | Op::Flatten
                 | Op::Dropout { .. }
-                | Op::Dropout2d { .. } => position == 0,
+                | Op::Dropout2d { .. }
+                | Op::StochasticDepth { .. } => position == 0,
                 Op::Add | Op::Mul => position == 0 && graph.node(operand).shape == node.shape,
                 _ => false,
             };

@@ -425,10 +425,8 @@ fn prepare(
                 .collect();
             Kernel::ScaleShift(scale.into_iter().chain(shift).collect())
         }
-        Op::Relu | Op::LeakyRelu { .. } | Op::Sigmoid | Op::Tanh => {
-            Kernel::Activation(Activation::of(&node.op).expect("an activation op"))
-        }
-        Op::Flatten | Op::Dropout { .. } | Op::Dropout2d { .. } => Kernel::Copy,
+        Op::Activation(activation) => Kernel::Activation(*activation),
+        Op::Flatten | Op::Dropout { .. } | Op::Dropout2d { .. } | Op::StochasticDepth { .. } => Kernel::Copy,
         Op::Softmax => Kernel::Softmax,
         Op::MaxPool(pool) => Kernel::Pool(
             PoolKernel::window(PoolKind::Max, pool, &x_shape, (node.shape[2], node.shape[3])).with_simd(simd),

@@ -402,6 +402,14 @@ impl<'a> KernelBuilder<'a> {
             Activation::LeakyRelu { slope } => format!("leaky_relu(v, {})", self.float_literal(slope)),
             Activation::Sigmoid => "sigmoid(v)".to_string(),
             Activation::Tanh => "tanh_clamped(v)".to_string(),
+            Activation::Clamp { min, max } => {
+                format!("clamp_nan(v, {}, {})", self.float_literal(min), self.float_literal(max))
+            }
+            Activation::HardSwish => "hardswish(v)".to_string(),
+            Activation::HardSigmoid => "hardsigmoid(v)".to_string(),
+            Activation::Silu => "silu(v)".to_string(),
+            Activation::Gelu { tanh: false } => "gelu_erf(v)".to_string(),
+            Activation::Gelu { tanh: true } => "gelu_tanh(v)".to_string(),
         }
     }
 
@@ -747,13 +755,7 @@ fn emit_node<'a>(
             b.float("K", *k);
             b.finish("lrn", Grid::Invocations(total))?
         }
-        Op::Relu
-        | Op::LeakyRelu { .. }
-        | Op::Sigmoid
-        | Op::Tanh
-        | Op::Dropout { .. }
-        | Op::Dropout2d { .. }
-        | Op::Flatten => {
+        Op::Activation(_) | Op::Dropout { .. } | Op::Dropout2d { .. } | Op::StochasticDepth { .. } | Op::Flatten => {
             let copy_in_place = Activation::of(&node.op).is_none()
                 && node.epilogue.is_empty()
                 && operands.first().map(|&o| value(o)).transpose()? == Some(output);

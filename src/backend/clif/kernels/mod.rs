@@ -362,20 +362,180 @@ impl<'a> Kb<'a> {
                 }
             }
             Activation::Sigmoid => {
-                let expf = self.math.expf;
-                let exp = self.map_lanes(x, |kb, v| {
-                    let negated = kb.fb.ins().fneg(v);
-                    kb.call1(expf, negated)
-                });
+                let negated = self.fb.ins().fneg(x);
+                let exp = self.exp(negated);
                 let one = self.constant(ty, 1.0);
                 let denominator = self.fb.ins().fadd(one, exp);
                 self.fb.ins().fdiv(one, denominator)
             }
-            Activation::Tanh => {
-                let tanhf = self.math.tanhf;
-                self.map_lanes(x, |kb, v| kb.call1(tanhf, v))
+            Activation::Tanh => self.tanh(x),
+            Activation::Clamp { min, max } => self.clamp(x, min as f32, max as f32),
+            Activation::HardSwish => {
+                let gate = self.hard_sigmoid(x);
+                self.fb.ins().fmul(x, gate)
+            }
+            Activation::HardSigmoid => self.hard_sigmoid(x),
+            Activation::Silu => {
+                // x / (1 + exp(-x)), PyTorch's formula.
+                let negated = self.fb.ins().fneg(x);
+                let exp = self.exp(negated);
+                let one = self.constant(ty, 1.0);
+                let denominator = self.fb.ins().fadd(one, exp);
+                self.fb.ins().fdiv(x, denominator)
+            }
+            Activation::Gelu { tanh } => {
+                let t = if tanh {
+                    // tanh(sqrt(2 / pi) * (x + 0.044715 * x^3))
+                    let square = self.fb.ins().fmul(x, x);
+                    let kappa = self.constant(ty, 0.044715);
+                    let one = self.constant(ty, 1.0);
+                    let factor = self.mul_add(square, kappa, one);
+                    let sum = self.fb.ins().fmul(x, factor);
+                    let beta = self.constant(ty, (2.0 / std::f64::consts::PI).sqrt() as f32);
+                    let inner = self.fb.ins().fmul(sum, beta);
+                    self.tanh(inner)
+                } else {
+                    let scale = self.constant(ty, std::f32::consts::FRAC_1_SQRT_2);
+                    let scaled = self.fb.ins().fmul(x, scale);
+                    self.erf(scaled)
+                };
+                // 0.5 * x * (1 + t)
+                let one = self.constant(ty, 1.0);
+                let plus_one = self.fb.ins().fadd(t, one);
+                let half = self.constant(ty, 0.5);
+                let x_half = self.fb.ins().fmul(x, half);
+                self.fb.ins().fmul(x_half, plus_one)
             }
         }
+    }
+
+    fn tanh(&mut self, x: Value) -> Value {
+        let tanhf = self.math.tanhf;
+        self.map_lanes(x, |kb, v| kb.call1(tanhf, v))
+    }
+
+    /// `then` where `a cc b` holds, else `otherwise`, lane by lane (an f32 or an f32x4).
+    fn select_where(&mut self, cc: FloatCC, a: Value, b: Value, then: Value, otherwise: Value) -> Value {
+        let ty = self.fb.func.dfg.value_type(a);
+        let condition = self.fb.ins().fcmp(cc, a, b);
+        if ty == F32 {
+            self.fb.ins().select(condition, then, otherwise)
+        } else {
+            let mask = self.fb.ins().bitcast(ty, MemFlagsData::new(), condition);
+            self.fb.ins().bitselect(mask, then, otherwise)
+        }
+    }
+
+    /// `x` limited to `[min, max]` by comparisons, so that NaN passes through (as the
+    /// interpreter's and PyTorch's clamp; Cranelift's `fmin`/`fmax` would too, but cost
+    /// more on x86-64).
+    fn clamp(&mut self, x: Value, min: f32, max: f32) -> Value {
+        let ty = self.fb.func.dfg.value_type(x);
+        let low = self.constant(ty, min);
+        let high = self.constant(ty, max);
+        let raised = self.select_where(FloatCC::LessThan, x, low, low, x);
+        self.select_where(FloatCC::GreaterThan, raised, high, high, raised)
+    }
+
+    /// `relu6(x + 3) / 6`.
+    fn hard_sigmoid(&mut self, x: Value) -> Value {
+        let ty = self.fb.func.dfg.value_type(x);
+        let three = self.constant(ty, 3.0);
+        let shifted = self.fb.ins().fadd(x, three);
+        let clamped = self.clamp(shifted, 0.0, 6.0);
+        let sixth = self.constant(ty, 1.0 / 6.0);
+        self.fb.ins().fmul(clamped, sixth)
+    }
+
+    /// erf in single precision without calls: `x` clamped to [-4, 4] (erf is +-1 in f32
+    /// beyond), then a rational function, odd over even, of degree 13 over 8 (the
+    /// approximation of Eigen and XLA; at most 4.2e-7 from erf over the floats, exactly
+    /// +-1 at +-4). NaN passes through.
+    fn erf(&mut self, x: Value) -> Value {
+        const NUMERATOR: [f64; 7] = [
+            -2.72614225801306e-10,
+            2.77068142495902e-08,
+            -2.10102402082508e-06,
+            -5.69250639462346e-05,
+            -7.34990630326855e-04,
+            -2.95459980854025e-03,
+            -1.60960333262415e-02,
+        ];
+        const DENOMINATOR: [f64; 5] = [
+            -1.45660718464996e-05,
+            -2.13374055278905e-04,
+            -1.68282697438203e-03,
+            -7.37332916720468e-03,
+            -1.42647390514189e-02,
+        ];
+        let x = self.clamp(x, -4.0, 4.0);
+        let square = self.fb.ins().fmul(x, x);
+        let p = self.polynomial(square, &NUMERATOR);
+        let p = self.fb.ins().fmul(x, p);
+        let q = self.polynomial(square, &DENOMINATOR);
+        self.fb.ins().fdiv(p, q)
+    }
+
+    /// exp in single precision without calls (Cephes' `expf`, within 2 ulp): `x = n ln 2
+    /// + r` with `n` an integer and `|r| <= ln 2 / 2` (`ln 2` in two parts, so `r` is
+    /// exact), `exp(r)` by a degree-7 polynomial, times `2^n` built in the exponent bits.
+    /// Above 88 it is inf (exp(88.72) is the largest float), below -87 zero (the
+    /// subnormals are left out), NaN passes through: so `1 / (1 + exp(-x))` and
+    /// `x / (1 + exp(-x))` give `expf`'s answers at the ends, NaN for silu(-inf) included.
+    fn exp(&mut self, x: Value) -> Value {
+        const HIGH: f32 = 88.0;
+        const LOW: f32 = -87.0;
+        const POLYNOMIAL: [f64; 6] =
+            [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1];
+        let ty = self.fb.func.dfg.value_type(x);
+        let int_ty = if ty == F32 { I32 } else { types::I32X4 };
+        let clamped = self.clamp(x, LOW, HIGH);
+        // n = floor(x log2(e) + 1/2): truncation, less one where it rounded up.
+        let log2e = self.constant(ty, std::f32::consts::LOG2_E);
+        let half = self.constant(ty, 0.5);
+        let t = self.mul_add(clamped, log2e, half);
+        let truncated = self.fb.ins().fcvt_to_sint_sat(int_ty, t);
+        let truncated = self.fb.ins().fcvt_from_sint(ty, truncated);
+        let one = self.constant(ty, 1.0);
+        let zero = self.constant(ty, 0.0);
+        let rounded_up = self.select_where(FloatCC::GreaterThan, truncated, t, one, zero);
+        let n = self.fb.ins().fsub(truncated, rounded_up);
+        // r = x - n ln 2, with ln 2 = 0.693359375 - 2.12194440e-4 (the first part exact
+        // in a few bits, so n times it is exact).
+        let ln2_high = self.constant(ty, -0.693_359_375);
+        let ln2_low = self.constant(ty, 2.121_944_4e-4);
+        let r = self.mul_add(n, ln2_high, clamped);
+        let r = self.mul_add(n, ln2_low, r);
+        let p = self.polynomial(r, &POLYNOMIAL);
+        let r2 = self.fb.ins().fmul(r, r);
+        let r_plus_one = self.fb.ins().fadd(r, one);
+        let exp_r = self.mul_add(p, r2, r_plus_one);
+        // 2^n: (n + 127) << 23 as the bits of a float.
+        let n = self.fb.ins().fcvt_to_sint_sat(int_ty, n);
+        let bias = if ty == F32 {
+            self.fb.ins().iconst(I32, 127)
+        } else {
+            let scalar = self.fb.ins().iconst(I32, 127);
+            self.fb.ins().splat(int_ty, scalar)
+        };
+        let biased = self.fb.ins().iadd(n, bias);
+        let bits = self.fb.ins().ishl_imm_u(biased, 23);
+        let scale = self.fb.ins().bitcast(ty, MemFlagsData::new(), bits);
+        let value = self.fb.ins().fmul(exp_r, scale);
+        let infinity = self.constant(ty, f32::INFINITY);
+        let value = self.select_where(FloatCC::GreaterThan, x, clamped, infinity, value);
+        self.select_where(FloatCC::LessThan, x, clamped, zero, value)
+    }
+
+    /// `c[0] * x^(n-1) + ... + c[n-1]` by Horner's rule.
+    fn polynomial(&mut self, x: Value, coefficients: &[f64]) -> Value {
+        let ty = self.fb.func.dfg.value_type(x);
+        let mut acc = self.constant(ty, coefficients[0] as f32);
+        for &c in &coefficients[1..] {
+            let c = self.constant(ty, c as f32);
+            acc = self.mul_add(acc, x, c);
+        }
+        acc
     }
 
     /// A fused epilogue on a computed value: activation, `+ residual` (loaded with the

@@ -13,7 +13,7 @@
 
 use cranelift_codegen::ir::{InstBuilder, Value};
 
-use super::x86::{PointwiseSpec, Ukernel};
+use super::x86::{PointwiseSpec, RegisterActivation, Ukernel};
 use super::{Kb, Loc};
 use crate::ir::{Activation, Conv, Epilogue};
 
@@ -56,9 +56,9 @@ pub(crate) struct PointwiseKernel {
     /// Output channels and pixels of a full tile.
     channels: usize,
     tile_pixels: usize,
-    relu: bool,
+    activation: Option<RegisterActivation>,
     residual: bool,
-    post_relu: bool,
+    post_activation: Option<RegisterActivation>,
     bias_start: usize,
     /// The packed weights and bias, little-endian f32.
     pub data: Vec<u8>,
@@ -66,17 +66,18 @@ pub(crate) struct PointwiseKernel {
 
 impl PointwiseKernel {
     /// Whether the pointwise tiles can run a convolution: 1x1, stride 1, no padding, one
-    /// group, an epilogue of relus and a residual add at most.
+    /// group, an epilogue of activations that run in registers and a residual add at
+    /// most (a sigmoid, silu or gelu runs on the channel-lane tiles instead).
     pub fn applies(conv: &Conv, epilogue: &Epilogue) -> bool {
-        let relu_or_none = |a: Option<Activation>| matches!(a, None | Some(Activation::Relu));
+        let in_registers = |a: Option<Activation>| a.is_none_or(|a| RegisterActivation::of(a).is_some());
         conv.kernel.h == 1
             && conv.kernel.w == 1
             && conv.stride.h == 1
             && conv.stride.w == 1
             && conv.pad.is_zero()
             && conv.groups == 1
-            && relu_or_none(epilogue.activation)
-            && relu_or_none(epilogue.post_activation)
+            && in_registers(epilogue.activation)
+            && in_registers(epilogue.post_activation)
     }
 
     /// `weight` is `[out][in]`, `shape` `(batch, in_channels, out_channels, plane)`.
@@ -102,9 +103,9 @@ impl PointwiseKernel {
             plane,
             channels,
             tile_pixels,
-            relu: epilogue.activation.is_some(),
+            activation: epilogue.activation.and_then(RegisterActivation::of),
             residual: epilogue.residual,
-            post_relu: epilogue.post_activation.is_some(),
+            post_activation: epilogue.post_activation.and_then(RegisterActivation::of),
             bias_start,
             data: packed,
         }
@@ -118,9 +119,9 @@ impl PointwiseKernel {
             steps: self.in_channels,
             plane_bytes: 4 * self.plane as i64,
             prefetch: if tiles_outer(self.plane) { 4 * self.tile_pixels as i64 } else { 0 },
-            relu: self.relu,
+            activation: self.activation,
             residual: self.residual,
-            post_relu: self.post_relu,
+            post_activation: self.post_activation,
         }
     }
 

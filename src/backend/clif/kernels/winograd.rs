@@ -308,9 +308,9 @@ impl WinogradKernel {
             steps: self.shape.in_channels,
             plane_bytes: 4 * self.tiles() as i64,
             prefetch: 0,
-            relu: false,
+            activation: None,
             residual: false,
-            post_relu: false,
+            post_activation: None,
         }
     }
 

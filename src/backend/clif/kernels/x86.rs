@@ -25,6 +25,8 @@
 use iced_x86::code_asm::asm_traits::{CodeAsmVbroadcastss, CodeAsmVfmadd231ps, CodeAsmVmovups};
 use iced_x86::code_asm::*;
 
+use crate::ir::Activation;
+
 /// The vector extension a micro-kernel is written for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Simd {
@@ -230,10 +232,103 @@ pub(crate) struct PointwiseSpec {
     /// planes are more streams than the hardware prefetchers follow (ResNet-50's 56x56
     /// 1x1 layers with a residual: 1.41 -> 0.97 ms).
     pub prefetch: i64,
-    /// Epilogue: relu before the residual add, the residual add, relu after it.
-    pub relu: bool,
+    /// Epilogue: an activation before the residual add, the residual add, an
+    /// activation after it.
+    pub activation: Option<RegisterActivation>,
     pub residual: bool,
-    pub post_relu: bool,
+    pub post_activation: Option<RegisterActivation>,
+}
+
+/// An activation the pointwise tile applies in registers: those made of comparisons,
+/// adds and multiplies. The others (sigmoid, tanh, silu, gelu...) run on other kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum RegisterActivation {
+    Relu,
+    LeakyRelu {
+        slope: u32,
+    },
+    /// Bounds as f32 bits.
+    Clamp {
+        min: u32,
+        max: u32,
+    },
+    HardSigmoid,
+    HardSwish,
+}
+
+impl RegisterActivation {
+    pub fn of(activation: Activation) -> Option<RegisterActivation> {
+        let bits = |v: f64| (v as f32).to_bits();
+        match activation {
+            Activation::Relu => Some(RegisterActivation::Relu),
+            Activation::LeakyRelu { slope } => Some(RegisterActivation::LeakyRelu { slope: bits(slope) }),
+            Activation::Clamp { min, max } => Some(RegisterActivation::Clamp { min: bits(min), max: bits(max) }),
+            Activation::HardSigmoid => Some(RegisterActivation::HardSigmoid),
+            Activation::HardSwish => Some(RegisterActivation::HardSwish),
+            Activation::Sigmoid | Activation::Tanh | Activation::Silu | Activation::Gelu { .. } => None,
+        }
+    }
+
+    /// The constants the code reads from its red-zone slots.
+    fn constants(self) -> Vec<u32> {
+        match self {
+            RegisterActivation::Relu => vec![],
+            RegisterActivation::LeakyRelu { slope } => vec![slope],
+            RegisterActivation::Clamp { min, max } => vec![min, max],
+            RegisterActivation::HardSigmoid | RegisterActivation::HardSwish => {
+                vec![3f32.to_bits(), 6f32.to_bits(), (1.0f32 / 6.0).to_bits()]
+            }
+        }
+    }
+
+    /// Applies the activation to `x` in place, with `k` and `t` as scratch and the
+    /// constants in the 4-byte stack slots from `first_slot` on (slot `i` at
+    /// `[rsp + 4 * i]`). Maxima and minima take `x` as their second source, which
+    /// `vmaxps`/`vminps` return when either is NaN: NaN passes through, as in the
+    /// interpreter.
+    fn emit(
+        self,
+        a: &mut CodeAssembler,
+        x: AsmRegisterZmm,
+        k: AsmRegisterZmm,
+        t: AsmRegisterZmm,
+        first_slot: usize,
+    ) -> Result<(), String> {
+        let slot = |i: usize| rsp + (4 * (first_slot + i)) as i32;
+        match self {
+            RegisterActivation::Relu => {
+                a.vpxord(k, k, k).map_err(err)?;
+                a.vmaxps(x, k, x).map_err(err)?;
+            }
+            RegisterActivation::LeakyRelu { .. } => {
+                // x < 0 (false for NaN) takes x * slope.
+                a.vpxord(k, k, k).map_err(err)?;
+                a.vcmpps(k2, x, k, 1).map_err(err)?; // LT_OS
+                a.vmulps(x.k2(), x, dword_bcst(slot(0))).map_err(err)?;
+            }
+            RegisterActivation::Clamp { .. } => {
+                a.vbroadcastss(k, dword_ptr(slot(0))).map_err(err)?;
+                a.vmaxps(x, k, x).map_err(err)?;
+                a.vbroadcastss(k, dword_ptr(slot(1))).map_err(err)?;
+                a.vminps(x, k, x).map_err(err)?;
+            }
+            RegisterActivation::HardSigmoid | RegisterActivation::HardSwish => {
+                // relu6(x + 3) / 6, into t for hardswish (then x * t).
+                let swish = self == RegisterActivation::HardSwish;
+                let gate = if swish { t } else { x };
+                a.vaddps(gate, x, dword_bcst(slot(0))).map_err(err)?;
+                a.vpxord(k, k, k).map_err(err)?;
+                a.vmaxps(gate, k, gate).map_err(err)?;
+                a.vbroadcastss(k, dword_ptr(slot(1))).map_err(err)?;
+                a.vminps(gate, k, gate).map_err(err)?;
+                a.vmulps(gate, gate, dword_bcst(slot(2))).map_err(err)?;
+                if swish {
+                    a.vmulps(x, x, gate).map_err(err)?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl PointwiseSpec {
@@ -298,14 +393,28 @@ pub(crate) fn assemble_pointwise(spec: &PointwiseSpec) -> Result<Vec<u8>, String
     a.add(rsi, disp(4 * r_count as i64)?).map_err(err)?;
     a.dec(r9).map_err(err)?;
     a.jnz(head).map_err(err)?;
-    // The epilogue. `max(0, x)` is x for NaN and -0.0, as the interpreter's relu.
-    a.vpxord(zero, zero, zero).map_err(err)?;
+    // The epilogue, with the registers of the loop's inputs and broadcasts as scratch.
+    // `max(0, x)` is x for NaN and -0.0, as the interpreter's relu. The activations'
+    // constants go to the stack (`CONSTANT_BYTES` reserved below the return address),
+    // the post-activation's after the activation's.
+    let temp = input(0);
+    let post_slot = spec.activation.map_or(0, |f| f.constants().len());
+    let constants: Vec<u32> =
+        spec.activation.into_iter().chain(spec.post_activation).flat_map(|f| f.constants()).collect();
+    const CONSTANT_BYTES: i32 = 32;
+    assert!(4 * constants.len() <= CONSTANT_BYTES as usize, "pointwise epilogue constants overflow their slots");
+    if !constants.is_empty() {
+        a.sub(rsp, CONSTANT_BYTES).map_err(err)?;
+    }
+    for (i, &bits) in constants.iter().enumerate() {
+        a.mov(dword_ptr(rsp + 4 * i as i32), bits as i32).map_err(err)?;
+    }
     for r in 0..r_count {
         for q in 0..q_count {
             let x = acc(r, q);
             let offset = r as i64 * spec.plane_bytes + 64 * q as i64;
-            if spec.relu {
-                a.vmaxps(x, zero, x).map_err(err)?;
+            if let Some(activation) = spec.activation {
+                activation.emit(&mut a, x, zero, temp, 0)?;
             }
             if spec.residual {
                 let source = zmmword_ptr(r8 + disp(offset)?);
@@ -316,8 +425,8 @@ pub(crate) fn assemble_pointwise(spec: &PointwiseSpec) -> Result<Vec<u8>, String
                 }
                 a.vaddps(x, x, broadcast).map_err(err)?;
             }
-            if spec.post_relu {
-                a.vmaxps(x, zero, x).map_err(err)?;
+            if let Some(activation) = spec.post_activation {
+                activation.emit(&mut a, x, zero, temp, post_slot)?;
             }
             let target = zmmword_ptr(rcx + disp(offset)?);
             if masked(q) {
@@ -326,6 +435,9 @@ pub(crate) fn assemble_pointwise(spec: &PointwiseSpec) -> Result<Vec<u8>, String
                 a.vmovups(target, x).map_err(err)?;
             }
         }
+    }
+    if !constants.is_empty() {
+        a.add(rsp, CONSTANT_BYTES).map_err(err)?;
     }
     a.vzeroupper().map_err(err)?;
     a.ret().map_err(err)?;
