@@ -68,6 +68,7 @@ fn torchvision_state_dicts_bind_to_the_examples() {
         "googlenet",
         "resnext50_32x4d",
         "mnasnet1_0",
+        "mobilenet_v2",
     ] {
         let keys = keys(model);
         let bytes = safetensors_file(&keys);

@@ -26,6 +26,7 @@ fn learnable_parameter_totals_match_the_published_ones() {
         ("examples/googlenet.cnn", 6_624_904),
         ("examples/resnext50_32x4d.cnn", 25_028_904),
         ("examples/mnasnet1_0.cnn", 4_383_312),
+        ("examples/mobilenet_v2.cnn", 3_504_872),
     ] {
         assert_eq!(summary_of(file).total_params, total, "{file}");
     }
