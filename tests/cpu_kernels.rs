@@ -14,7 +14,9 @@
 //!   sometimes a fused residual, for the Winograd kernel; proptest, shrinking to the
 //!   smallest failing layer) through the default code (the AVX-512 machine-code tiles
 //!   and Winograd where the host has AVX-512F, F(4x4) on the larger planes; 3x3
-//!   stride-1 layers also with Winograd off and with each of F(2x2) and F(4x4) forced),
+//!   stride-1 layers also with Winograd off and with each of F(2x2) and F(4x4) forced;
+//!   a sixth depthwise, for the AVX-512 depthwise bands, and a few depthwise layers with
+//!   epilogues of every activation and MobileNet v2's shapes),
 //!   the AVX2 tiles (`x86-64-v3`, where the host has AVX2) and the portable f32x4
 //!   tiles, each on 1 and 2 threads, against the interpreter: relative L2 at most 1e-4
 //!   (the backends' tolerance; f32 against f64 accumulation).
@@ -278,15 +280,58 @@ fn winograd_layer() -> impl Strategy<Value = Layer> {
         })
 }
 
+/// Depthwise convolutions (groups = channels, one channel per group), which have
+/// kernels of their own on AVX-512: kernels 1x1 to 7x7 and (3, 5), strides 1 and 2 on
+/// each axis, padding up to half the kernel, channel counts below and past 16, planes up
+/// to 40 wide (rows of one to three vectors, partial last ones), two images; with
+/// "same" padding at stride 1 sometimes a fused `relu; add(x); relu`.
+fn depthwise_layer() -> impl Strategy<Value = Layer> {
+    (
+        (1usize..=2, 1usize..=40, (1usize..=40, 1usize..=40)),
+        (
+            prop_oneof![Just((3usize, 3usize)), Just((5, 5)), Just((7, 7)), Just((1, 1)), Just((3, 5))],
+            (1usize..=2, 1usize..=2),
+        ),
+        (0usize..=3, 0usize..=3, any::<bool>(), any::<bool>()),
+    )
+        .prop_map(|((batch, channels, hw), (kernel, stride), (pad_h, pad_w, relu, residual))| {
+            let pad = (pad_h.min(kernel.0 / 2), pad_w.min(kernel.1 / 2));
+            let residual = residual && stride == (1, 1) && pad == (kernel.0 / 2, kernel.1 / 2);
+            Layer {
+                batch,
+                in_channels: 1,
+                hw,
+                out_channels: 1,
+                kernel,
+                stride,
+                pad,
+                dilation: (1, 1),
+                groups: channels,
+                relu: relu || residual,
+                linear: false,
+                residual,
+            }
+        })
+        .prop_filter("the window fits", |l| l.hw.0 + 2 * l.pad.0 >= l.kernel.0 && l.hw.1 + 2 * l.pad.1 >= l.kernel.1)
+}
+
 fn layer() -> impl Strategy<Value = Layer> {
-    prop_oneof![3 => any_layer(), 1 => pointwise_layer(), 1 => winograd_layer()]
+    prop_oneof![3 => any_layer(), 1 => pointwise_layer(), 1 => winograd_layer(), 1 => depthwise_layer()]
 }
 
 /// The layer through the default code generator and the portable one, against the
 /// interpreter.
 fn check_layer(layer: &Layer) -> Result<(), String> {
-    let source = layer.source();
-    let mut graph = compile_source(&source, &BuildOptions { batch: layer.batch, input_shape: None })
+    let winograd_shape = layer.kernel == (3, 3) && layer.stride == (1, 1) && !layer.linear;
+    let depthwise = layer.in_channels == 1 && layer.out_channels == 1 && !layer.linear;
+    check_source(&layer.source(), layer.batch, winograd_shape, depthwise)
+}
+
+/// A program through the code generator's variants, on 1 and 2 threads, against the
+/// interpreter (`winograd_shape`: also with Winograd off and each variant forced;
+/// `depthwise`: also on the direct tiles rather than the depthwise bands).
+fn check_source(source: &str, batch: usize, winograd_shape: bool, depthwise: bool) -> Result<(), String> {
+    let mut graph = compile_source(source, &BuildOptions { batch, input_shape: None })
         .map_err(|d| format!("does not compile: {:?}\n{source}", d.first().map(|d| &d.message)))?;
     graph.weights = cnnc::weights::random_weights(&graph, 11);
     optimize(&mut graph, OptLevel::O2)?;
@@ -298,10 +343,13 @@ fn check_layer(layer: &Layer) -> Result<(), String> {
     ];
     // The direct AVX-512 tiles on the shapes that select Winograd by default, and both
     // Winograd variants whichever the default picks.
-    if layer.kernel == (3, 3) && layer.stride == (1, 1) && !layer.linear {
+    if winograd_shape {
         variants.push(("direct", CodegenOptions { winograd: false, ..CodegenOptions::default() }));
         variants.push(("winograd F(2x2)", CodegenOptions { winograd_f4: Some(false), ..CodegenOptions::default() }));
         variants.push(("winograd F(4x4)", CodegenOptions { winograd_f4: Some(true), ..CodegenOptions::default() }));
+    }
+    if depthwise {
+        variants.push(("direct depthwise", CodegenOptions { depthwise: false, ..CodegenOptions::default() }));
     }
     // The AVX2 tiles, where this CPU runs them (the default is AVX-512 where it has it).
     if CpuLevel::X86_64V3.host_has() {
@@ -365,6 +413,39 @@ fn layers_with_large_weights_share_their_blocks() {
     for layer in &layers {
         if let Err(e) = check_layer(layer) {
             panic!("{e}");
+        }
+    }
+}
+
+/// Depthwise layers whose epilogue the micro-kernel cannot run in registers (an
+/// activation other than relu) apply it per band through the shared activations, with
+/// a residual; and MobileNet v2's shapes (112 to 7 pixels wide, strides 1 and 2).
+#[test]
+fn depthwise_layers_fuse_any_epilogue() {
+    let programs = [
+        ("input x: [19, 21, 37]\n    conv(19, 3, pad=1, groups=19)\n    sigmoid", 2),
+        ("input x: [5, 9, 33]\n    conv(5, 5, pad=2, groups=5)\n    leaky_relu(0.2)\n    add(x)\n    tanh", 1),
+        ("input x: [3, 20, 20]\n    conv(3, 7, stride=2, pad=3, groups=3)\n    tanh", 1),
+        ("input x: [32, 112, 112]\n    conv(32, 3, pad=1, groups=32)\n    relu", 1),
+        ("input x: [24, 113, 57]\n    conv(24, 3, stride=2, pad=1, groups=24)\n    relu", 1),
+        ("input x: [40, 7, 7]\n    conv(40, 3, pad=1, groups=40)\n    relu\n    add(x)", 2),
+    ];
+    for (body, batch) in programs {
+        let source = format!("network dw {{\n    {body}\n}}\n");
+        if let Err(e) = check_source(&source, batch, false, true) {
+            panic!("{e}");
+        }
+        // Where the host has AVX-512, the layer runs on the depthwise bands, with the
+        // epilogue in registers exactly when it is made of relus and a residual.
+        if CpuLevel::X86_64V4.host_has() {
+            let mut graph = compile_source(&source, &BuildOptions { batch, input_shape: None }).unwrap();
+            graph.weights = cnnc::weights::random_weights(&graph, 11);
+            optimize(&mut graph, OptLevel::O2).unwrap();
+            let model = compile_jit_with(&graph, &CodegenOptions::default()).unwrap();
+            let algorithm = &model.kernels()[0].algorithm;
+            assert!(algorithm.starts_with("depthwise, AVX-512"), "{algorithm}\n{source}");
+            let in_registers = !["sigmoid", "tanh", "leaky"].iter().any(|a| body.contains(a));
+            assert_eq!(!algorithm.contains("per band"), in_registers, "{algorithm}\n{source}");
         }
     }
 }

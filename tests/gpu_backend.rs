@@ -462,6 +462,69 @@ fn convolution_variants_match() {
     assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
 }
 
+#[test]
+fn depthwise_variants_match() {
+    // Depthwise convolutions run on depthwise.wgsl (one channel, 4 columns per
+    // invocation): kernels 3, 5, 7 and rectangular ones, strides 1 and 2, dilation,
+    // padding, widths that are not multiples of 4, every activation, and a fused
+    // residual every other case.
+    let Some(_gpu) = gpu_present("depthwise_variants_match") else { return };
+    let mut rng = Lcg(0xd3e9);
+    let activations = ["relu", "leaky_relu(0.2)", "sigmoid", "tanh"];
+    let kernels = [(3, 3), (5, 5), (7, 7), (3, 5), (1, 1)];
+    let mut failures = Vec::new();
+    let mut cases = 0;
+    let mut fused_residuals = 0;
+    while cases < 24 {
+        let channels = 1 + rng.below(20);
+        let (kh, kw) = kernels[rng.below(kernels.len())];
+        let (sh, sw) = (1 + rng.below(2), 1 + rng.below(2));
+        let (dh, dw) = if rng.below(4) == 0 { (2, 1 + rng.below(2)) } else { (1, 1) };
+        let (ph, pw) = (rng.below(kh / 2 * dh + 1), rng.below(kw / 2 * dw + 1));
+        let (h, w) = (1 + rng.below(24), 1 + rng.below(24));
+        let reach = |k: usize, d: usize, p: usize, n: usize| n + 2 * p > d * (k - 1);
+        if !reach(kh, dh, ph, h) || !reach(kw, dw, pw, w) {
+            continue;
+        }
+        let bias = if rng.below(2) == 0 { "true" } else { "false" };
+        let activation = activations[rng.below(activations.len())];
+        let conv = format!(
+            "conv({channels}, ({kh}, {kw}), stride=({sh}, {sw}), pad=({ph}, {pw}), \
+             dilation=({dh}, {dw}), groups={channels}, bias={bias})"
+        );
+        let body = if cases % 2 == 0 {
+            format!("    y = x |> {conv} |> {activation}\n    output y\n")
+        } else {
+            let shortcut = format!("conv({channels}, 1, stride=({sh}, {sw}), pad=0, bias=false)");
+            let same = (kh - 1) * dh == 2 * ph && (kw - 1) * dw == 2 * pw;
+            if !same {
+                continue;
+            }
+            format!(
+                "    a = x |> {conv} |> {activation}\n    b = x |> {shortcut}\n    \
+                 y = add(a, b) |> relu\n    output y\n"
+            )
+        };
+        let source = format!("network sweep {{\n    input x: [{channels}, {h}, {w}]\n{body}}}\n");
+        cases += 1;
+        let batch = 1 + rng.below(3);
+        let result = optimized_graph(&source, batch).and_then(|graph| {
+            fused_residuals += graph.node_ids().iter().filter(|&&id| graph.node(id).epilogue.residual).count();
+            let plan = wgsl::plan(&graph, &DeviceLimits::default(), ConvKernel::Direct)?;
+            if !plan.kernels.iter().any(|k| k.template == "depthwise") {
+                return Err("no depthwise kernel in the plan".into());
+            }
+            check_graph(graph, &GpuOptions::default())
+        });
+        if let Err(e) = result {
+            failures.push(format!("batch {batch}, {source}: {e}"));
+        }
+    }
+    eprintln!("{cases} depthwise variants, {fused_residuals} with a fused residual");
+    assert!(fused_residuals >= 6, "the sweep should exercise fused residuals");
+    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
+}
+
 /// Fuses every windowed pool that is a conv's only user into the conv, as
 /// `fuse_pooling` does but overlapping windows too (the pass leaves those alone for
 /// speed; the kernel must still compute them right); returns how many it fused.

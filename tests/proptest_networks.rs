@@ -72,6 +72,10 @@ enum Layer {
         /// Picks one of the divisors of the input channels.
         groups: usize,
         bias: bool,
+        /// One group per input channel and as many outputs (a depthwise convolution,
+        /// which the backends run on kernels of their own): `out_channels` and `groups`
+        /// are then ignored.
+        depthwise: bool,
     },
     BatchNorm {
         eps: Option<f64>,
@@ -200,11 +204,13 @@ fn broadcast(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
 
 /// Adapts a convolution to a `[c, h, w]` input; returns its source text and output shape.
 fn render_conv(layer: &Layer, shape: &[usize], mode: Mode) -> Option<(String, Vec<usize>)> {
-    let Layer::Conv { out_channels, kernel, stride, pad, dilation, groups, bias } = *layer else { unreachable!() };
+    let Layer::Conv { out_channels, kernel, stride, pad, dilation, groups, bias, depthwise } = *layer else {
+        unreachable!()
+    };
     let [c, h, w] = *shape else { return None };
     let divisors: Vec<usize> = (1..=c).filter(|g| c % g == 0).collect();
-    let groups = divisors[groups % divisors.len()];
-    let out_channels = out_channels.div_ceil(groups) * groups;
+    let groups = if depthwise { c } else { divisors[groups % divisors.len()] };
+    let out_channels = if depthwise { c } else { out_channels.div_ceil(groups) * groups };
     let (stride, pad) = if mode == Mode::KeepSpatial { ((1, 1), ConvPad::Same) } else { (stride, pad) };
     let pad_pixels = match pad {
         ConvPad::Pixels(ph, pw) => (ph, pw),
@@ -707,8 +713,23 @@ fn conv() -> impl Strategy<Value = Layer> {
             dilation,
             groups,
             bias,
+            depthwise: false,
         },
     )
+}
+
+/// Depthwise convolutions: square kernels 3, 5 and 7 (ConvNeXt's), strides 1 and 2,
+/// padding up to half the kernel (or `same`).
+fn depthwise() -> impl Strategy<Value = Layer> {
+    let kernel = prop_oneof![Just(3usize), Just(5), Just(7)];
+    let pad = prop_oneof![3 => (0usize..=3).prop_map(|p| ConvPad::Pixels(p, p)), 1 => Just(ConvPad::Same)];
+    (kernel, pair(1..=2), pad, any::<bool>()).prop_map(|(k, stride, pad, bias)| {
+        let pad = match pad {
+            ConvPad::Pixels(p, _) => ConvPad::Pixels(p.min(k / 2), p.min(k / 2)),
+            other => other,
+        };
+        Layer::Conv { out_channels: 1, kernel: (k, k), stride, pad, dilation: (1, 1), groups: 0, bias, depthwise: true }
+    })
 }
 
 fn batch_norm() -> impl Strategy<Value = Layer> {
@@ -730,6 +751,7 @@ fn merge() -> impl Strategy<Value = Layer> {
 fn feature_layer() -> BoxedStrategy<Layer> {
     prop_oneof![
         6 => conv(),
+        2 => depthwise(),
         3 => batch_norm(),
         4 => activation().prop_map(Layer::Activation),
         1 => any::<bool>().prop_map(|spatial| Layer::Dropout { spatial }),
@@ -837,6 +859,7 @@ fn renderer_adapts_layers_to_the_shape() {
                 dilation: (3, 2),
                 groups: 1,
                 bias: false,
+                depthwise: false,
             },
             Layer::Pool { max: false, kernel: (4, 4), stride: None, pad: (2, 2), ceil: true, count_pad: true },
             Layer::Branches(vec![vec![Layer::GlobalPool { max: true }], vec![]]),

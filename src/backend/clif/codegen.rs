@@ -22,6 +22,7 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{DataDescription, DataId, FuncId, Linkage, Module};
 
 use super::kernels::conv::{ConvKernel, ConvShape, LinearKernel};
+use super::kernels::depthwise::DepthwiseKernel;
 use super::kernels::elementwise::{self, Combine};
 use super::kernels::movement::{self, ChannelMap};
 use super::kernels::normalize::{self, LayerNorm, Lrn};
@@ -77,6 +78,10 @@ pub struct CodegenOptions {
     /// F(4x4), where chosen, another 1.2 to 1.5 times on the 28x28 to 224x224 ones (one
     /// thread).
     pub winograd: bool,
+    /// Run depthwise convolutions (one input and one output channel per group) on the
+    /// AVX-512 depthwise bands (`kernels/depthwise.rs`) on AVX-512 targets, instead of
+    /// the direct tiles, whose 16 channel lanes a depthwise group fills one of.
+    pub depthwise: bool,
     /// Which Winograd variant such a convolution runs: `None` chooses per layer by its
     /// shape (`WinogradKernel::tile_size`), `Some(true)` always F(4x4, 3x3), `Some(false)`
     /// always F(2x2, 3x3).
@@ -98,6 +103,7 @@ impl Default for CodegenOptions {
             linear_vectors: 3,
             wide: true,
             winograd: true,
+            depthwise: true,
             winograd_f4: None,
             cpu: None,
             verify: cfg!(debug_assertions),
@@ -288,6 +294,7 @@ pub struct KernelInfo {
 enum Kernel {
     Conv(ConvKernel),
     Pointwise(PointwiseKernel),
+    Depthwise(DepthwiseKernel),
     Winograd(WinogradKernel),
     Linear(LinearKernel),
     ScaleShift(Vec<f32>),
@@ -311,6 +318,7 @@ impl Kernel {
         match self {
             Kernel::Conv(k) => Some(std::mem::take(&mut k.data)),
             Kernel::Pointwise(k) => Some(std::mem::take(&mut k.data)),
+            Kernel::Depthwise(k) => Some(std::mem::take(&mut k.data)),
             Kernel::Winograd(k) => Some(std::mem::take(&mut k.data)),
             Kernel::Linear(k) => Some(std::mem::take(&mut k.data)),
             Kernel::ScaleShift(d) | Kernel::LayerNorm(_, d) => Some(d.iter().flat_map(|x| x.to_le_bytes()).collect()),
@@ -395,6 +403,10 @@ fn prepare(
                 let shape = (x_shape[0], x_shape[1], node.shape[1], node.shape[2] * node.shape[3]);
                 return Ok(Kernel::Pointwise(PointwiseKernel::new(shape, &weight.data, bias, &node.epilogue)));
             }
+            if options.depthwise && simd == Some(Simd::Avx512) && DepthwiseKernel::applies(conv, &x_shape) {
+                let shape = (x_shape[0], x_shape[1], (x_shape[2], x_shape[3]), (node.shape[2], node.shape[3]));
+                return Ok(Kernel::Depthwise(DepthwiseKernel::new(conv, shape, &weight.data, bias, &node.epilogue)));
+            }
             if options.winograd && simd == Some(Simd::Avx512) && WinogradKernel::applies(conv, &shape) {
                 let m = WinogradKernel::tile_size(&shape, options.winograd_f4);
                 return Ok(Kernel::Winograd(WinogradKernel::new(conv, shape, m, &weight.data, bias)));
@@ -474,7 +486,7 @@ fn prepare(
     };
     // Only convolutions and linear layers carry a residual; others at most activations.
     let epilogue_ok = match kernel {
-        Kernel::Conv(_) | Kernel::Linear(_) | Kernel::Pointwise(_) | Kernel::Winograd(_) => true,
+        Kernel::Conv(_) | Kernel::Linear(_) | Kernel::Pointwise(_) | Kernel::Depthwise(_) | Kernel::Winograd(_) => true,
         Kernel::ScaleShift(_) | Kernel::Broadcast(_) => !node.epilogue.residual,
         _ => node.epilogue.is_empty(),
     };
@@ -649,6 +661,7 @@ pub(crate) fn define_model<M: Module>(
         let specs = match &kernel {
             Kernel::Conv(k) => k.tile_specs(),
             Kernel::Pointwise(k) => k.tile_specs(),
+            Kernel::Depthwise(k) => k.tile_specs(),
             Kernel::Winograd(k) => k.tile_specs(),
             Kernel::Linear(k) => k.tile_specs(),
             Kernel::Pool(k) => k.tile_specs(),
@@ -691,6 +704,7 @@ pub(crate) fn define_model<M: Module>(
         let algorithm = match &kernel {
             Kernel::Conv(k) => k.algorithm(!tiles.is_empty()),
             Kernel::Pointwise(k) => k.algorithm(),
+            Kernel::Depthwise(k) => k.algorithm(),
             Kernel::Winograd(k) => k.algorithm(),
             Kernel::Linear(k) => k.algorithm(!tiles.is_empty()),
             Kernel::Pool(p) => p.algorithm(),
@@ -817,6 +831,7 @@ fn emit_kernel(
     match kernel {
         Kernel::Conv(conv) => conv.emit(kb, operands[0].0, out, residual, scratch, epilogue),
         Kernel::Pointwise(k) => k.emit(kb, operands[0].0, out, residual),
+        Kernel::Depthwise(k) => k.emit(kb, operands[0].0, out, residual),
         Kernel::Winograd(k) => k.emit(kb, operands[0].0, out, residual, scratch, epilogue),
         Kernel::Linear(linear) => linear.emit(kb, operands[0].0, out, residual, epilogue),
         Kernel::Pool(pool) => pool.emit(kb, operands[0].0, out, scratch),

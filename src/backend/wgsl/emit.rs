@@ -37,6 +37,7 @@ const COMMON: &str = include_str!("../../../shaders/common.wgsl");
 pub const TEMPLATES: &[(&str, &str)] = &[
     ("conv", include_str!("../../../shaders/conv.wgsl")),
     ("conv_tiled", include_str!("../../../shaders/conv_tiled.wgsl")),
+    ("depthwise", include_str!("../../../shaders/depthwise.wgsl")),
     ("linear", include_str!("../../../shaders/linear.wgsl")),
     ("pool", include_str!("../../../shaders/pool.wgsl")),
     ("adaptive_pool", include_str!("../../../shaders/adaptive_pool.wgsl")),
@@ -640,8 +641,38 @@ fn emit_node<'a>(
                     true,
                 ),
             };
-            // Each invocation computes 8 channels at 4 columns (see conv.wgsl).
+            // Each invocation computes 8 channels at 4 columns (see conv.wgsl), or for a
+            // depthwise convolution one channel at 4 columns (depthwise.wgsl).
             let ow_blocks = ow.div_ceil(4);
+            if conv.groups == c && o == c && node.epilogue.pool.is_none() {
+                let mut b = start(&node.name)?;
+                with_operands(&mut b)?;
+                if !conv.bias {
+                    b.function("fn load_bias(i: u32) -> f32 {\n    return 0.0;\n}\n");
+                }
+                for (name, v) in [
+                    ("C", c),
+                    ("H", h),
+                    ("W", w),
+                    ("OH", oh),
+                    ("OW", ow),
+                    ("KH", conv.kernel.h),
+                    ("KW", conv.kernel.w),
+                    ("KHW", conv.kernel.h * conv.kernel.w),
+                    ("SH", conv.stride.h),
+                    ("SW", conv.stride.w),
+                    ("DH", conv.dilation.h),
+                    ("DW", conv.dilation.w),
+                    ("PT", conv.pad.top),
+                    ("PL", conv.pad.left),
+                    ("OW_BLOCKS", ow_blocks),
+                ] {
+                    b.uint(name, v);
+                }
+                let invocations = (n * o * oh * ow_blocks) as u64;
+                kernels.extend(b.finish("depthwise", Grid::Invocations(invocations))?);
+                return Ok(());
+            }
             let positions = n * oh * ow_blocks;
             let channel_blocks = conv.groups.max(1) * (o / conv.groups.max(1)).div_ceil(8);
             let mut b = start(&node.name)?;

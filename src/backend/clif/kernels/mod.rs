@@ -8,6 +8,7 @@
 //! no vector that straddles the end of a tensor).
 
 pub(crate) mod conv;
+pub(crate) mod depthwise;
 pub(crate) mod elementwise;
 pub(crate) mod movement;
 pub(crate) mod normalize;

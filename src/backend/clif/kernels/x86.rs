@@ -568,12 +568,267 @@ pub(crate) fn assemble_pool(spec: &PoolSpec) -> Result<Vec<u8>, String> {
     a.assemble(0).map_err(err)
 }
 
+/// A depthwise convolution band on AVX-512: `rows` consecutive output rows of one
+/// channel's plane, every column, with the pixels of a row in the 16 lanes.
+///
+/// ```text
+/// void ukernel(const float *origin, const float *weights, float *out, const float *residual);
+/// ```
+///
+/// `origin` is the band's first input row (`stride.0` times its first output row, less
+/// the top padding; it may lie before the plane, but only rows `valid.0..valid.1` from
+/// it are read), `weights` the channel's `kh * kw` taps then its bias, `out` (and
+/// `residual`) the band's first output row. For each input row and tap column, the
+/// vectors of inputs that the row's outputs multiply by that tap are loaded once (at
+/// stride 2, two loads and a `vpermi2ps` gather the even columns for one tap and another
+/// `vpermi2ps` the odd ones for the next) and feed every output
+/// row of the band that reads them. The columns that padding puts outside the row are
+/// masked off the loads (zero-filled; masked lanes never fault), so the input is read
+/// in place. Up to 9 taps stay in registers; more are broadcast from memory by each
+/// multiply-add. The last vector of a row stores under a mask.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct DepthwiseSpec {
+    /// Kernel rows and columns.
+    pub taps: (usize, usize),
+    /// Row and column strides (the column stride 1 or 2).
+    pub stride: (usize, usize),
+    pub pad_left: usize,
+    pub in_w: usize,
+    pub out_w: usize,
+    /// Output rows of the band.
+    pub rows: usize,
+    /// The band's input rows inside the plane, counted from `origin`.
+    pub valid: (usize, usize),
+    /// Vectors of a row computed together (`rows * group` accumulators).
+    pub group: usize,
+    /// Epilogue in registers: relu, the residual add, relu after it.
+    pub relu: bool,
+    pub residual: bool,
+    pub post_relu: bool,
+}
+
+impl DepthwiseSpec {
+    /// Taps kept in registers (broadcast once), else 0.
+    fn weight_registers(&self) -> usize {
+        let taps = self.taps.0 * self.taps.1;
+        if taps <= 9 { taps } else { 0 }
+    }
+
+    /// The most output rows of a band computing `group` vectors of a row together:
+    /// beside the accumulators, the input vectors (at stride 2, those of two tap
+    /// columns), the taps, a zero for relu, and at stride 2 the two permutations and
+    /// the two loads they gather from.
+    pub fn most_rows(taps: usize, stride_w: usize, relu: bool, group: usize) -> usize {
+        let fixed = (if taps <= 9 { taps } else { 0 }) + usize::from(relu) + if stride_w == 2 { 4 } else { 0 };
+        let inputs = if stride_w == 2 { 2 * group } else { group };
+        32usize.saturating_sub(fixed + inputs) / group.max(1)
+    }
+
+    pub fn fits(&self) -> bool {
+        let most = Self::most_rows(self.taps.0 * self.taps.1, self.stride.1, self.relu || self.post_relu, self.group);
+        self.rows >= 1
+            && self.group >= 1
+            && self.taps.0 >= 1
+            && self.taps.1 >= 1
+            && self.stride.0 >= 1
+            && (1..=2).contains(&self.stride.1)
+            && self.in_w >= 1
+            && self.out_w >= 1
+            && self.valid.0 <= self.valid.1
+            && self.rows <= most
+    }
+}
+
+/// Assembles a depthwise band.
+pub(crate) fn assemble_depthwise(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
+    assert!(spec.fits(), "depthwise band does not fit the registers: {spec:?}");
+    let mut a = CodeAssembler::new(64).map_err(err)?;
+    let (kh, kw) = spec.taps;
+    let (sh, sw) = spec.stride;
+    let group = spec.group;
+    let weights_in_registers = spec.weight_registers();
+    let relu = spec.relu || spec.post_relu;
+    let mut next = 0;
+    let mut take = |n: usize| {
+        let first = next;
+        next += n;
+        first
+    };
+    let acc_first = take(spec.rows * group);
+    // At stride 2, two tap columns at a time: inputs of the even one, then the odd one.
+    let pair = if sw == 2 { 2 } else { 1 };
+    let input_first = take(pair * group);
+    let weight_first = take(weights_in_registers);
+    let zero = if relu { Some(ZMM[take(1)]) } else { None };
+    let [even_index, odd_index, table, second] =
+        if sw == 2 { [ZMM[take(1)], ZMM[take(1)], ZMM[take(1)], ZMM[take(1)]] } else { [zmm0; 4] };
+    let acc = |q: usize, g: usize| ZMM[acc_first + q * group + g];
+    let input = |g: usize| ZMM[input_first + g];
+    let in_row_bytes = 4 * spec.in_w as i64;
+    let out_row_bytes = 4 * spec.out_w as i64;
+    let vectors = spec.out_w.div_ceil(LANES_512);
+    let last_lanes = spec.out_w - (vectors - 1) * LANES_512;
+    // The lanes of a 16-float load from column `start` that lie inside the row.
+    let lanes_inside = |start: isize| -> u32 {
+        (0..LANES_512 as isize).filter(|l| (0..spec.in_w as isize).contains(&(start + l))).fold(0, |m, l| m | (1 << l))
+    };
+    const ALL: u32 = 0xffff;
+    // The values in k1 and k2 (straight-line code: known at each point).
+    let mut masks = [None::<u32>; 2];
+    let mut set_mask = |a: &mut CodeAssembler, which: usize, value: u32| -> Result<(), String> {
+        if masks[which] != Some(value) {
+            a.mov(eax, value).map_err(err)?;
+            a.kmovw(if which == 0 { k1 } else { k2 }, eax).map_err(err)?;
+            masks[which] = Some(value);
+        }
+        Ok(())
+    };
+    // A load of 16 floats at `start` of the row at `row_offset`, zero outside the row.
+    let load = |a: &mut CodeAssembler,
+                set_mask: &mut dyn FnMut(&mut CodeAssembler, usize, u32) -> Result<(), String>,
+                to: AsmRegisterZmm,
+                which: usize,
+                row_offset: i64,
+                start: isize|
+     -> Result<(), String> {
+        let mask = lanes_inside(start);
+        let at = zmmword_ptr(rdi + disp(row_offset + 4 * start as i64)?);
+        if mask == 0 {
+            a.vpxord(to, to, to).map_err(err)
+        } else if mask == ALL {
+            a.vmovups(to, at).map_err(err)
+        } else {
+            set_mask(a, which, mask)?;
+            a.vmovups(if which == 0 { to.k1().z() } else { to.k2().z() }, at).map_err(err)
+        }
+    };
+
+    if last_lanes < LANES_512 {
+        a.mov(eax, (1u32 << last_lanes) - 1).map_err(err)?;
+        a.kmovw(k3, eax).map_err(err)?;
+    }
+    for t in 0..weights_in_registers {
+        a.vbroadcastss(ZMM[weight_first + t], dword_ptr(rsi + disp(4 * t as i64)?)).map_err(err)?;
+    }
+    if let Some(zero) = zero {
+        a.vpxord(zero, zero, zero).map_err(err)?;
+    }
+    let mut evens = a.create_label();
+    let mut odds = a.create_label();
+    if sw == 2 {
+        a.vmovups(even_index, zmmword_ptr(evens)).map_err(err)?;
+        a.vmovups(odd_index, zmmword_ptr(odds)).map_err(err)?;
+    }
+    let bias = dword_ptr(rsi + disp(4 * (kh * kw) as i64)?);
+    for first in (0..vectors).step_by(group) {
+        let count = group.min(vectors - first);
+        for q in 0..spec.rows {
+            for g in 0..count {
+                a.vbroadcastss(acc(q, g), bias).map_err(err)?;
+            }
+        }
+        for r in spec.valid.0..spec.valid.1 {
+            // The band's output rows that read input row `r`, and with which tap row.
+            let users: Vec<(usize, usize)> =
+                (0..spec.rows).filter_map(|q| r.checked_sub(q * sh).filter(|&i| i < kh).map(|i| (q, i))).collect();
+            if users.is_empty() {
+                continue;
+            }
+            let row_offset = r as i64 * in_row_bytes;
+            // Tap columns `j..j + pair`: at stride 2 the even floats of two loads from
+            // column `2 * o + j` are the inputs of tap `j`, the odd ones those of `j + 1`.
+            for j in (0..kw).step_by(pair) {
+                let columns = pair.min(kw - j);
+                // The input vectors of these tap columns; false where padding zeroes all.
+                let mut live = [false; 32];
+                for (g, live) in live.iter_mut().enumerate().take(count) {
+                    let column = ((first + g) * LANES_512 * sw) as isize + j as isize - spec.pad_left as isize;
+                    if sw == 1 {
+                        *live = lanes_inside(column) != 0;
+                        if *live {
+                            load(&mut a, &mut set_mask, input(g), 0, row_offset, column)?;
+                        }
+                    } else {
+                        let ends = (column, column + LANES_512 as isize);
+                        *live = lanes_inside(ends.0) != 0 || lanes_inside(ends.1) != 0;
+                        if *live {
+                            load(&mut a, &mut set_mask, table, 0, row_offset, ends.0)?;
+                            load(&mut a, &mut set_mask, second, 1, row_offset, ends.1)?;
+                            for u in 0..columns {
+                                let x = input(u * group + g);
+                                a.vmovaps(x, if u == 0 { even_index } else { odd_index }).map_err(err)?;
+                                a.vpermi2ps(x, table, second).map_err(err)?;
+                            }
+                        }
+                    }
+                }
+                for u in 0..columns {
+                    for &(q, i) in &users {
+                        let t = i * kw + j + u;
+                        for g in (0..count).filter(|&g| live[g]) {
+                            let x = input(u * group + g);
+                            if weights_in_registers > 0 {
+                                a.vfmadd231ps(acc(q, g), x, ZMM[weight_first + t]).map_err(err)?;
+                            } else {
+                                a.vfmadd231ps(acc(q, g), x, dword_bcst(rsi + disp(4 * t as i64)?)).map_err(err)?;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // The epilogue and the stores. `max(0, x)` is x for NaN and -0.0, as the
+        // interpreter's relu.
+        for q in 0..spec.rows {
+            for g in 0..count {
+                let x = acc(q, g);
+                let offset = q as i64 * out_row_bytes + 64 * (first + g) as i64;
+                let masked = first + g + 1 == vectors && last_lanes < LANES_512;
+                if spec.relu {
+                    a.vmaxps(x, zero.expect("a zero register for relu"), x).map_err(err)?;
+                }
+                if spec.residual {
+                    let source = zmmword_ptr(rcx + disp(offset)?);
+                    if masked {
+                        a.vmovups(input(0).k3().z(), source).map_err(err)?;
+                    } else {
+                        a.vmovups(input(0), source).map_err(err)?;
+                    }
+                    a.vaddps(x, x, input(0)).map_err(err)?;
+                }
+                if spec.post_relu {
+                    a.vmaxps(x, zero.expect("a zero register for relu"), x).map_err(err)?;
+                }
+                let target = zmmword_ptr(rdx + disp(offset)?);
+                if masked {
+                    a.vmovups(target.k3(), x).map_err(err)?;
+                } else {
+                    a.vmovups(target, x).map_err(err)?;
+                }
+            }
+        }
+    }
+    a.vzeroupper().map_err(err)?;
+    a.ret().map_err(err)?;
+    if sw == 2 {
+        // The even and the odd floats of two vectors.
+        a.set_label(&mut evens).map_err(err)?;
+        let table: Vec<u8> = (0..16u32).flat_map(|i| (2 * i).to_le_bytes()).collect();
+        a.db(&table).map_err(err)?;
+        a.set_label(&mut odds).map_err(err)?;
+        let table: Vec<u8> = (0..16u32).flat_map(|i| (2 * i + 1).to_le_bytes()).collect();
+        a.db(&table).map_err(err)?;
+    }
+    a.assemble(0).map_err(err)
+}
+
 /// A machine-code micro-kernel of any kind.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Ukernel {
     Tile(TileSpec),
     Pointwise(PointwiseSpec),
     Pool(PoolSpec),
+    Depthwise(DepthwiseSpec),
 }
 
 impl Ukernel {
@@ -582,6 +837,7 @@ impl Ukernel {
             Ukernel::Tile(spec) => spec.fits(),
             Ukernel::Pointwise(spec) => spec.fits(),
             Ukernel::Pool(spec) => spec.fits(),
+            Ukernel::Depthwise(spec) => spec.fits(),
         }
     }
 
@@ -590,16 +846,18 @@ impl Ukernel {
             Ukernel::Tile(spec) => assemble(spec),
             Ukernel::Pointwise(spec) => assemble_pointwise(spec),
             Ukernel::Pool(spec) => assemble_pool(spec),
+            Ukernel::Depthwise(spec) => assemble_depthwise(spec),
         }
     }
 
     /// Pointer arguments: `(in, weights, bias, tile)`, `(in, weights, bias, out,
-    /// residual)` or `(from, to)`.
+    /// residual)`, `(from, to)` or `(origin, weights, out, residual)`.
     pub fn arguments(&self) -> usize {
         match self {
             Ukernel::Tile(_) => 4,
             Ukernel::Pointwise(_) => 5,
             Ukernel::Pool(_) => 2,
+            Ukernel::Depthwise(_) => 4,
         }
     }
 }
