@@ -66,10 +66,25 @@ fn too_big(path: &std::path::Path, what: &str, limit: u64, how: &str) -> IoError
 pub fn read_file(path: &std::path::Path, limit: u64, what: &str) -> Result<Vec<u8>, IoError> {
     use std::io::Read;
     let (file, len, _) = open_capped(path, limit, what)?;
-    let mut bytes = Vec::with_capacity(len.min(limit) as usize);
-    file.take(limit.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .map_err(|e| IoError(format!("cannot read {what} {}: {e}", path.display())))?;
+    let failed = |e: std::io::Error| IoError(format!("cannot read {what} {}: {e}", path.display()));
+    // Fallible growth: a file larger than the memory there is (under `ulimit -v`, say) is
+    // an error, not an allocation failure that aborts.
+    let no_memory =
+        |size: usize| IoError(format!("{} is too large to read: no memory for {size} bytes", path.display()));
+    let mut bytes: Vec<u8> = Vec::new();
+    bytes.try_reserve_exact(len as usize).map_err(|_| no_memory(len as usize))?;
+    let mut reader = file.take(limit.saturating_add(1));
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        let n = match reader.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(failed(e)),
+        };
+        bytes.try_reserve(n).map_err(|_| no_memory(bytes.len() + n))?;
+        bytes.extend_from_slice(&chunk[..n]);
+    }
     if bytes.len() as u64 > limit {
         return Err(too_big(path, what, limit, "holds more"));
     }
@@ -436,6 +451,12 @@ pub fn load_image(bytes: &[u8], c: usize, h: usize, w: usize, mean: &[f32], std:
     }
     if h == 0 || w == 0 || u32::try_from(h).is_err() || u32::try_from(w).is_err() {
         return Err(IoError(format!("cannot resize an image to {h}x{w}")));
+    }
+    if (h as u64).saturating_mul(w as u64) > MAX_IMAGE_PIXELS {
+        return Err(IoError(format!(
+            "the network input is {h}x{w}; cnnc resizes images to at most {} megapixels",
+            MAX_IMAGE_PIXELS >> 20
+        )));
     }
     let per_channel = |values: &[f32], what: &str| -> Result<Vec<f32>, IoError> {
         match values.len() {

@@ -54,11 +54,23 @@ pub struct WeightSource {
     pub random_weights: bool,
 }
 
+/// `--max-memory`: the budget `run`, `build` and `bench` check a network against before
+/// binding its weights or allocating anything.
+#[derive(clap::Args, Clone)]
+pub struct MemoryArgs {
+    /// Refuse networks that need more memory than SIZE (bytes, or with K, M, G, T: 512M,
+    /// 16G). Default: half of the smaller of physical memory and the address-space limit.
+    #[arg(long, value_name = "SIZE", value_parser = cnnc::budget::parse_size)]
+    pub max_memory: Option<u64>,
+}
+
 /// The weights and how strictly they bind.
 #[derive(clap::Args, Clone)]
 pub struct WeightArgs {
     #[command(flatten)]
     pub source: WeightSource,
+    #[command(flatten)]
+    pub memory: MemoryArgs,
     /// Seed of --random-weights.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use cnnc::passes;
 
-use super::args::{Format, OptArgs, ShapeArgs, Target, ThreadArgs, WeightArgs, WeightSource};
+use super::args::{Format, MemoryArgs, OptArgs, ShapeArgs, Target, ThreadArgs, WeightArgs, WeightSource};
 use super::common::{UserError, prepare};
 
 #[derive(clap::Args)]
@@ -33,8 +33,10 @@ pub struct Args {
     #[arg(long)]
     profile: bool,
     /// Untimed runs first.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=100000))]
     warmup: u32,
+    #[command(flatten)]
+    memory: MemoryArgs,
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
 }
@@ -124,12 +126,13 @@ fn profile_cpu(
                 if model.threads() == 1 { "" } else { "s" },
                 args.runs
             );
-            let width = rows.iter().map(|r| r.kernel.len()).max().unwrap_or(6).max(6);
+            let elide = cnnc::summary::elide;
+            let width = rows.iter().map(|r| elide(&r.kernel).chars().count()).max().unwrap_or(6).max(6);
             println!("  {:<width$}  {:>9}  {:>6}  {:>8}  algorithm", "kernel", "ms", "share", "GFLOP/s");
             for r in &rows {
                 println!(
                     "  {:<width$}  {:>9.3}  {:>5.1}%  {:>8.1}  {}",
-                    r.kernel,
+                    elide(&r.kernel),
                     r.median_ms,
                     100.0 * r.share,
                     r.gflops,
@@ -162,6 +165,7 @@ impl Args {
 pub fn exec(args: &Args) -> Result<(), UserError> {
     let weights = WeightArgs {
         source: WeightSource { weights: args.weights.clone(), random_weights: args.weights.is_none() },
+        memory: args.memory.clone(),
         seed: args.seed,
         allow_unused_weights: false,
     };

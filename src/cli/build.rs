@@ -1,6 +1,6 @@
 //! `cnnc build`: native objects and C headers, GPU artifacts, ONNX, the IR and the graph.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::ValueEnum;
 
@@ -71,12 +71,10 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
         return Err(not_built("--emit rust (use the build-script API, cnnc::build::Model, from build.rs)"));
     }
     let mut graph = prepare(net, shape, shape.batch as usize, Some(weights))?;
-    std::fs::create_dir_all(dir).map_err(|e| UserError(format!("error: cannot create {}: {e}", dir.display())))?;
+    let staging = Staging::new(dir)?;
     let write = |name: String, bytes: &[u8]| -> Result<(), UserError> {
-        let path = dir.join(name);
-        std::fs::write(&path, bytes).map_err(|e| UserError(format!("error: cannot write {}: {e}", path.display())))?;
-        eprintln!("wrote {}", path.display());
-        Ok(())
+        let path = staging.path.join(name);
+        std::fs::write(&path, bytes).map_err(|e| UserError(format!("error: cannot write {}: {e}", path.display())))
     };
     // ONNX gets the network as written (with its own BatchNorm and dropout): it is the
     // independent oracle, so it should not inherit cnnc's rewrites.
@@ -103,10 +101,7 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
         || emit.iter().any(|e| matches!(e, Emit::Wgsl | Emit::Plan))
     {
         let name = graph.name.clone();
-        let written = cnnc::gpu::write_artifacts(&graph, dir, &name).map_err(|e| UserError(format!("error: {e}")))?;
-        for path in written {
-            eprintln!("wrote {}", path.display());
-        }
+        cnnc::gpu::write_artifacts(&graph, &staging.path, &name).map_err(|e| UserError(format!("error: {e}")))?;
     }
     if emit.contains(&Emit::Obj) || emit.contains(&Emit::Header) {
         let started = std::time::Instant::now();
@@ -123,5 +118,82 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
             write(format!("{}.h", graph.name), artifacts.header.as_bytes())?;
         }
     }
+    for path in staging.commit()? {
+        eprintln!("wrote {}", path.display());
+    }
     Ok(())
+}
+
+/// A build's outputs are written into a staging directory inside the output directory,
+/// then moved into place together once every one is written: a build that fails (a
+/// compile error, a full disk, an output that cannot be replaced) leaves the previous
+/// artifacts as they were, never a new object beside an old header. Dropped without
+/// [`Staging::commit`], it removes what it staged.
+struct Staging {
+    dir: PathBuf,
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Staging {
+    fn new(dir: &Path) -> Result<Staging, UserError> {
+        let failed = |what: &str, path: &Path, e: std::io::Error| {
+            UserError(format!("error: cannot {what} {}: {e}", path.display()))
+        };
+        std::fs::create_dir_all(dir).map_err(|e| failed("create", dir, e))?;
+        let path = dir.join(format!(".cnnc-build-{}", std::process::id()));
+        if path.exists() {
+            std::fs::remove_dir_all(&path).map_err(|e| failed("remove", &path, e))?;
+        }
+        std::fs::create_dir(&path).map_err(|e| failed("create", &path, e))?;
+        Ok(Staging { dir: dir.to_path_buf(), path, committed: false })
+    }
+
+    /// Moves every staged file and directory into the output directory; returns their
+    /// final paths. Checks first that each destination can be replaced (a file by a file,
+    /// a directory by a directory), so that a refusal moves nothing.
+    fn commit(mut self) -> Result<Vec<PathBuf>, UserError> {
+        let failed = |what: &str, path: &Path, e: std::io::Error| {
+            UserError(format!("error: cannot {what} {}: {e}", path.display()))
+        };
+        let mut staged: Vec<PathBuf> = std::fs::read_dir(&self.path)
+            .map_err(|e| failed("read", &self.path, e))?
+            .map(|entry| entry.map(|e| e.path()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| failed("read", &self.path, e))?;
+        staged.sort();
+        let destination = |from: &Path| self.dir.join(from.file_name().expect("a directory entry has a name"));
+        for from in &staged {
+            let to = destination(from);
+            if let Ok(existing) = std::fs::symlink_metadata(&to)
+                && existing.is_dir() != from.is_dir()
+            {
+                let kind = if existing.is_dir() { "a directory" } else { "a file" };
+                return Err(UserError(format!(
+                    "error: cannot write {}: {kind} of that name is in the way (nothing was written)",
+                    to.display()
+                )));
+            }
+        }
+        let mut written = Vec::new();
+        for from in &staged {
+            let to = destination(from);
+            if from.is_dir() && to.exists() {
+                std::fs::remove_dir_all(&to).map_err(|e| failed("replace", &to, e))?;
+            }
+            std::fs::rename(from, &to).map_err(|e| failed("write", &to, e))?;
+            written.push(to);
+        }
+        self.committed = true;
+        let _ = std::fs::remove_dir(&self.path);
+        Ok(written)
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
 }

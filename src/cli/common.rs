@@ -30,22 +30,17 @@ const MAX_WEIGHTS_BYTES: u64 = 8 << 30;
 /// Input tensors and images larger than this are refused.
 pub const MAX_INPUT_BYTES: u64 = 2 << 30;
 
-/// Reads a whole file, refusing directories and files over `limit` bytes; `what` names
-/// the file's role in the messages.
+/// Reads a whole file, refusing directories and files over `limit` bytes (also those
+/// whose size is unknown beforehand, such as /dev/zero); `what` names the file's role in
+/// the messages.
 pub fn read_limited(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>, UserError> {
-    let describe = |e: std::io::Error| UserError(format!("error: cannot read {what} {}: {e}", path.display()));
-    let metadata = std::fs::metadata(path).map_err(describe)?;
-    if metadata.is_dir() {
-        return Err(UserError(format!("error: {} is a directory, not a {what}", path.display())));
-    }
-    if metadata.len() > limit {
-        return Err(UserError(format!(
-            "error: {} is {} bytes; a {what} may be at most {limit}",
-            path.display(),
-            metadata.len()
-        )));
-    }
-    std::fs::read(path).map_err(describe)
+    cnnc::io::read_file(path, limit, what).map_err(error)
+}
+
+/// Refuses a network that needs more memory than the budget, naming the size and the
+/// flag; checked before weights are bound or any tensor is allocated.
+pub fn check_budget(path: &Path, graph: &Graph, max_memory: Option<u64>) -> Result<(), UserError> {
+    cnnc::budget::check(graph, max_memory).map(|_| ()).map_err(|e| UserError(format!("error: {}: {e}", path.display())))
 }
 
 fn parse_input_shape(text: &str) -> Result<Vec<usize>, UserError> {
@@ -65,6 +60,7 @@ pub fn prepare(path: &Path, shape: &ShapeArgs, batch: usize, weights: Option<&We
     let options = BuildOptions { batch, input_shape: if shape.fully_conv { None } else { input_shape.clone() } };
     let mut graph = load(path, &options)?;
     if let Some(weights) = weights {
+        check_budget(path, &graph, weights.memory.max_memory)?;
         bind_weights(&mut graph, weights)?;
     }
     if shape.fully_conv {
@@ -72,6 +68,9 @@ pub fn prepare(path: &Path, shape: &ShapeArgs, batch: usize, weights: Option<&We
         let target = input_shape.unwrap_or(declared);
         passes::make_fully_convolutional(&mut graph, &target, shape.average)
             .map_err(|e| UserError(format!("error: {}: --fully-conv: {e}", path.display())))?;
+        if let Some(weights) = weights {
+            check_budget(path, &graph, weights.memory.max_memory)?;
+        }
     }
     Ok(graph)
 }
@@ -93,7 +92,7 @@ pub fn load(path: &Path, options: &BuildOptions) -> Result<Graph, UserError> {
 fn bind_weights(graph: &mut Graph, args: &WeightArgs) -> Result<(), UserError> {
     graph.weights = match &args.source.weights {
         Some(path) => {
-            let bytes = read_limited(path, MAX_WEIGHTS_BYTES, "weights file")?;
+            let bytes = cnnc::io::map_file(path, MAX_WEIGHTS_BYTES, "weights file").map_err(error)?;
             cnnc::weights::load_safetensors(&bytes, graph, args.allow_unused_weights)
                 .map_err(|e| UserError(format!("error: {}: {e}", path.display())))?
         }

@@ -6,7 +6,7 @@ use cnnc::ir::Graph;
 use cnnc::passes;
 
 use super::args::{OptArgs, ShapeArgs, Target, ThreadArgs, WeightArgs};
-use super::common::{MAX_INPUT_BYTES, UserError, prepare, read_limited};
+use super::common::{MAX_INPUT_BYTES, UserError, check_budget, prepare, read_limited};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -124,6 +124,8 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
     let (mean, std, top) = (mean.as_deref(), std.as_deref(), *top);
     // Build once to learn the inputs, then again for the input files' batch.
     let probe = prepare(net, shape, 1, None)?;
+    // Before the inputs are read: an image is resized to the network's input size.
+    check_budget(net, &probe, weights.memory.max_memory)?;
     let inputs = read_inputs(&probe, specs, mean, std)?;
     let batch = inputs[0].shape[0];
     if shape.batch != 1 && shape.batch as usize != batch {

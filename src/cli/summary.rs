@@ -30,6 +30,7 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
     if args.optimized {
         summary.optimized = Some(cnnc::summary::optimized_stats(&graph, nodes_before));
     }
+    summary.memory = Some(cnnc::budget::need(&graph).map_err(error)?);
     match args.format {
         Format::Table => print!("{}", cnnc::summary::render_table(&summary)),
         Format::Json => println!("{}", serde_json::to_string_pretty(&summary).map_err(error)?),
