@@ -284,7 +284,8 @@ fn winograd_layer() -> impl Strategy<Value = Layer> {
 /// kernels of their own on AVX-512: kernels 1x1 to 7x7 and (3, 5), strides 1 and 2 on
 /// each axis, padding up to half the kernel, channel counts below and past 16, planes up
 /// to 40 wide (rows of one to three vectors, partial last ones), two images; with
-/// "same" padding at stride 1 sometimes a fused `relu; add(x); relu`.
+/// "same" padding at stride 1 sometimes a fused residual; any activation before and after
+/// it (relus and the add run in the micro-kernel's registers, the others per band).
 fn depthwise_layer() -> impl Strategy<Value = Layer> {
     (
         (1usize..=2, 1usize..=40, (1usize..=40, 1usize..=40)),
@@ -292,9 +293,9 @@ fn depthwise_layer() -> impl Strategy<Value = Layer> {
             prop_oneof![Just((3usize, 3usize)), Just((5, 5)), Just((7, 7)), Just((1, 1)), Just((3, 5))],
             (1usize..=2, 1usize..=2),
         ),
-        (0usize..=3, 0usize..=3, any::<bool>(), any::<bool>()),
+        (0usize..=3, 0usize..=3, proptest::option::of(activation()), any::<bool>(), activation()),
     )
-        .prop_map(|((batch, channels, hw), (kernel, stride), (pad_h, pad_w, relu, residual))| {
+        .prop_map(|((batch, channels, hw), (kernel, stride), (pad_h, pad_w, activation, residual, post_activation))| {
             let pad = (pad_h.min(kernel.0 / 2), pad_w.min(kernel.1 / 2));
             let residual = residual && stride == (1, 1) && pad == (kernel.0 / 2, kernel.1 / 2);
             Layer {
@@ -307,9 +308,10 @@ fn depthwise_layer() -> impl Strategy<Value = Layer> {
                 pad,
                 dilation: (1, 1),
                 groups: channels,
-                relu: relu || residual,
+                activation,
                 linear: false,
                 residual,
+                post_activation,
             }
         })
         .prop_filter("the window fits", |l| l.hw.0 + 2 * l.pad.0 >= l.kernel.0 && l.hw.1 + 2 * l.pad.1 >= l.kernel.1)
