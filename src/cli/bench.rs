@@ -164,6 +164,7 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
         source: WeightSource { weights: args.weights.clone(), random_weights: args.weights.is_none() },
         seed: args.seed,
         allow_unused_weights: false,
+        verbose: false,
     };
     let batch = args.shape.batch as usize;
     let mut graph = prepare(&args.net, &args.shape, batch, Some(&weights))?;
