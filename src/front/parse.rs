@@ -35,7 +35,7 @@ pub fn parse(source: &str) -> Result<Program, Diag> {
     check_nesting(source)?;
     if source.trim_start_matches(|c: char| c.is_whitespace()).is_empty() || only_comments(source) {
         return Err(Diag::new("no network in this file", 0..0, "expected `network NAME { ... }`")
-            .note("a program holds blocks and one `network NAME { ... }`; see language.md"));
+            .note("a program holds blocks and one `network NAME { ... }`; see docs/language.md"));
     }
     pest::set_error_detail(true);
     let mut pairs = CnnParser::parse(Rule::program, source).map_err(|e| super::syntax_error::explain(source, &e))?;
