@@ -446,6 +446,20 @@ const MAX_IMAGE_ALLOC: u64 = 1 << 30;
 /// Images over [`MAX_IMAGE_PIXELS`] are refused before decoding, and the decoder may
 /// allocate at most 1 GiB (decompression bombs).
 pub fn load_image(bytes: &[u8], c: usize, h: usize, w: usize, mean: &[f32], std: &[f32]) -> Result<Tensor, IoError> {
+    load_image_noted(bytes, c, h, w, mean, std).map(|(tensor, _)| tensor)
+}
+
+/// [`load_image`], and what it changed besides scaling and normalizing: "resized from
+/// 64x48 to 28x28, RGB converted to grayscale" (`None` when the image already had the
+/// input's size and channels).
+pub fn load_image_noted(
+    bytes: &[u8],
+    c: usize,
+    h: usize,
+    w: usize,
+    mean: &[f32],
+    std: &[f32],
+) -> Result<(Tensor, Option<String>), IoError> {
     if c != 1 && c != 3 {
         return Err(IoError(format!("the network input has {c} channels; an image gives 1 (grayscale) or 3 (RGB)")));
     }
@@ -496,6 +510,27 @@ pub fn load_image(bytes: &[u8], c: usize, h: usize, w: usize, mean: &[f32], std:
         DynamicImage::from_decoder(decoder).map_err(decode_error)?
     };
 
+    let mut changes = Vec::new();
+    if (width, height) != (w as u32, h as u32) {
+        changes.push(format!("resized from {width}x{height} to {w}x{h} (bilinear)"));
+    }
+    let color = image.color();
+    let source = match (color.has_color(), color.has_alpha()) {
+        (true, true) => "RGBA",
+        (true, false) => "RGB",
+        (false, true) => "grayscale with alpha",
+        (false, false) => "grayscale",
+    };
+    match (c, color.has_color()) {
+        (1, true) => changes.push(format!("{source} converted to grayscale (0.299 R + 0.587 G + 0.114 B)")),
+        (3, false) => changes.push(format!("{source} converted to RGB (the gray value in each channel)")),
+        _ => {}
+    }
+    if color.has_alpha() && !(c == 1 && color.has_color()) {
+        changes.push("alpha dropped".to_string());
+    }
+    let note = if changes.is_empty() { None } else { Some(changes.join(", ")) };
+
     let rgb = image.into_rgb32f();
     let (w32, h32) = (w as u32, h as u32);
     // Channel-major planes of the resized image, values in [0, 1].
@@ -523,7 +558,7 @@ pub fn load_image(bytes: &[u8], c: usize, h: usize, w: usize, mean: &[f32], std:
     for (ch, plane) in planes.iter().enumerate() {
         data.extend(plane.iter().map(|v| (v.clamp(0.0, 1.0) - mean[ch]) / std[ch]));
     }
-    Ok(Tensor::new(vec![1, c, h, w], data).expect("c*h*w values"))
+    Ok((Tensor::new(vec![1, c, h, w], data).expect("c*h*w values"), note))
 }
 
 /// Decodes a JPEG, refusing what a lenient decoder would fill in. The `image` crate

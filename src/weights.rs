@@ -23,6 +23,11 @@ use crate::ir::shape::fmt_shape;
 use crate::ir::{Graph, Op, ParamRole};
 use crate::tensor::Tensor;
 
+mod mismatch;
+
+/// Layers listed on each side of a weights mismatch unless all are asked for.
+pub const DEFAULT_LISTED_LAYERS: usize = mismatch::DEFAULT_ROWS;
+
 /// The weight tensors of a network, keyed by full parameter name
 /// (`layer2.0.downsample.1.running_var`). Bound to a graph: every parameter the graph
 /// reads is present with the shape the graph expects.
@@ -116,6 +121,15 @@ fn check_header(bytes: &[u8]) -> Result<(), WeightsError> {
     };
     let header_len = u64::from_le_bytes(prefix.try_into().expect("8 bytes"));
     let rest = (bytes.len() - 8) as u64;
+    if header_len > rest
+        && let Some(kind) = torch_save_format(bytes)
+    {
+        return Err(WeightsError(format!(
+            "this is a PyTorch file written by `torch.save` ({kind}), not safetensors; convert it once with\n  \
+             python -c \"import torch, safetensors.torch as st; st.save_file(torch.load('FILE.pt', map_location='cpu'), 'FILE.safetensors')\"\n\
+             (for a whole pickled model rather than a state_dict, save `model.state_dict()`)"
+        )));
+    }
     if header_len > rest {
         return Err(malformed(format!(
             "the header length is {header_len} bytes but only {rest} bytes follow (the file is truncated or not safetensors)"
@@ -196,6 +210,18 @@ fn check_header(bytes: &[u8]) -> Result<(), WeightsError> {
     Ok(())
 }
 
+/// What `torch.save` wrote, recognised by its first bytes: a zip archive (PyTorch 1.6 and
+/// later) or a bare pickle (the legacy format, protocol 2 and up).
+fn torch_save_format(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.starts_with(b"PK\x03\x04") {
+        Some("a zip archive")
+    } else if bytes.first() == Some(&0x80) && bytes.get(1).is_some_and(|p| (2..=5).contains(p)) {
+        Some("a pickle")
+    } else {
+        None
+    }
+}
+
 /// Reads and validates a file into its tensors (by name, unconverted).
 fn read_file(bytes: &[u8]) -> Result<BTreeMap<String, Entry<'_>>, WeightsError> {
     check_header(bytes)?;
@@ -251,9 +277,22 @@ fn is_integer(dtype: Dtype) -> bool {
 /// expects, as f32, f16, bf16 or f64 (converted to f32). BatchNorm's
 /// `num_batches_tracked`, and any other integer tensor under a BatchNorm layer's name, is
 /// ignored. Any other tensor the graph does not read is an error unless `allow_unused`.
-/// All problems are reported together in one error, with hints when a name in the file
-/// looks like a misnamed expected one (a `module.` prefix, a missing prefix, a typo).
+/// All problems are reported together in one error: the counts, hints when names in the
+/// file look like misnamed expected ones (a `module.` prefix, a missing prefix, layers
+/// numbered from 1, `seq` positions, nesting), then the missing and unexpected tensors
+/// side by side per layer (`mismatch`).
 pub fn load_safetensors(bytes: &[u8], graph: &Graph, allow_unused: bool) -> Result<Weights, WeightsError> {
+    load_safetensors_listing(bytes, graph, allow_unused, Some(DEFAULT_LISTED_LAYERS))
+}
+
+/// [`load_safetensors`], with the error's side-by-side listing of missing and unexpected
+/// tensors capped at `max_rows` layers (`None`: all of them, for `--verbose`).
+pub fn load_safetensors_listing(
+    bytes: &[u8],
+    graph: &Graph,
+    allow_unused: bool,
+    max_rows: Option<usize>,
+) -> Result<Weights, WeightsError> {
     let file = read_file(bytes)?;
     let params = graph.params();
     let expected: HashMap<&str, &[usize]> = params.iter().map(|p| (p.name.as_str(), p.shape.as_slice())).collect();
@@ -280,16 +319,28 @@ pub fn load_safetensors(bytes: &[u8], graph: &Graph, allow_unused: bool) -> Resu
     }
 
     let mut missing: Vec<(&str, &[usize])> = Vec::new();
+    // The network's side and the file's side of the listing.
+    let mut wanted: Vec<mismatch::Named> = Vec::new();
+    let mut offered: Vec<mismatch::Named> = Vec::new();
     let mut problems: Vec<String> = Vec::new();
     let mut mis_shaped = 0;
     let mut bad_dtype = 0;
     for param in &params {
         let Some(entry) = file.get(&param.name) else {
             missing.push((&param.name, &param.shape));
+            wanted.push(mismatch::Named { name: &param.name, shape: &param.shape, dtype: None });
             continue;
         };
         if entry.shape != param.shape {
             mis_shaped += 1;
+            // Listed on both sides: the file's tensor may be another layer's (layers
+            // numbered from 1, a step missing in a `seq`).
+            wanted.push(mismatch::Named { name: &param.name, shape: &param.shape, dtype: None });
+            offered.push(mismatch::Named {
+                name: &param.name,
+                shape: &entry.shape,
+                dtype: Some(entry.dtype.to_string()),
+            });
             let mut line = format!(
                 "mis-shaped `{}`: the file has {}, the network expects {}",
                 param.name,
@@ -339,94 +390,30 @@ pub fn load_safetensors(bytes: &[u8], graph: &Graph, allow_unused: bool) -> Resu
         counts.push(format!("{bad_dtype} of an unsupported dtype"));
     }
     let network = if graph.name.is_empty() { "the network".to_string() } else { format!("network `{}`", graph.name) };
-    let mut text = format!("the weights do not match {network} ({}):", counts.join(", "));
-
-    let unexpected_names: Vec<&str> = unexpected.iter().map(|(n, _)| *n).collect();
-    let mut prefix_hints: BTreeMap<(bool, String), usize> = BTreeMap::new();
-    for (name, shape) in &missing {
-        text += &format!("\n  missing `{name}` {}", fmt_shape(shape));
-        if let Some((found, relation)) = similar(name, &unexpected_names) {
-            let found_shape = &file[found].shape;
-            text += &format!("; the file has `{found}` {}", fmt_shape(found_shape));
-            if let Some((extra, prefix)) = relation {
-                *prefix_hints.entry((extra, prefix)).or_default() += 1;
-            }
-        }
-    }
+    let mut text = format!(
+        "the weights do not match {network}: {} (the network reads {} tensors, the file has {})",
+        counts.join(", "),
+        params.len(),
+        file.len()
+    );
     if report_unexpected {
-        for (name, entry) in &unexpected {
-            text += &format!("\n  unexpected `{name}` {} {}", fmt_shape(&entry.shape), entry.dtype);
-        }
+        offered.extend(unexpected.iter().map(|(name, entry)| mismatch::Named {
+            name,
+            shape: &entry.shape,
+            dtype: Some(entry.dtype.to_string()),
+        }));
+    }
+    if !missing.is_empty() || report_unexpected {
+        text += &mismatch::report(&wanted, &offered, params.len(), max_rows);
     }
     for line in &problems {
         text += "\n  ";
         text += line;
     }
-    for ((extra, prefix), count) in &prefix_hints {
-        let names = if *count == 1 { "1 name".to_string() } else { format!("{count} names") };
-        if *extra {
-            text += &format!("\n  hint: {names} in the file start with an extra `{prefix}`");
-            if prefix == "module." {
-                text += " (a model wrapped in nn.DataParallel or DistributedDataParallel saves so); \
-                         save `model.module.state_dict()` instead, or strip the prefix";
-            } else {
-                text += "; strip it from the file's names, or nest the layers in the network the same way";
-            }
-        } else {
-            text += &format!(
-                "\n  hint: {names} in the file lack the prefix `{prefix}` that the network's layer names have; \
-                 name the layers in the network as in the model that saved the file"
-            );
-        }
-    }
     if report_unexpected && missing.is_empty() && problems.is_empty() {
         text += "\n  (the network finds every tensor it reads; --allow-unused-weights accepts the others)";
     }
     Err(WeightsError(text))
-}
-
-/// A name among `candidates` that looks like a misspelling of `wanted`, and, when they
-/// differ only by a leading dotted prefix, `(true if the candidate has the extra prefix,
-/// the prefix)`.
-fn similar<'a>(wanted: &str, candidates: &[&'a str]) -> Option<(&'a str, Option<(bool, String)>)> {
-    // A candidate that is the wanted name with an extra prefix, or the reverse.
-    let mut best: Option<(&'a str, (bool, String))> = None;
-    for &c in candidates {
-        let relation = if c.len() > wanted.len() && c.ends_with(wanted) && c[..c.len() - wanted.len()].ends_with('.') {
-            Some((true, c[..c.len() - wanted.len()].to_string()))
-        } else if wanted.len() > c.len() && wanted.ends_with(c) && wanted[..wanted.len() - c.len()].ends_with('.') {
-            Some((false, wanted[..wanted.len() - c.len()].to_string()))
-        } else {
-            None
-        };
-        if let Some(r) = relation
-            && best.as_ref().is_none_or(|(_, (_, p))| r.1.len() < p.len())
-        {
-            best = Some((c, r));
-        }
-    }
-    if let Some((c, r)) = best {
-        return Some((c, Some(r)));
-    }
-    // Otherwise a small edit distance (a typo), the closest first, ties by name.
-    let limit = (wanted.chars().count() / 5).clamp(1, 3);
-    candidates.iter().map(|&c| (edit_distance(wanted, c), c)).filter(|(d, _)| *d <= limit).min().map(|(_, c)| (c, None))
-}
-
-/// Levenshtein distance in characters.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, &cb) in b.iter().enumerate() {
-            let substitute = diagonal + usize::from(ca != cb);
-            diagonal = row[j + 1];
-            row[j + 1] = substitute.min(row[j] + 1).min(row[j + 1] + 1);
-        }
-    }
-    row[b.len()]
 }
 
 /// Writes weights as a safetensors file of f32 tensors (for tests and tools).

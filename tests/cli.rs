@@ -211,7 +211,7 @@ fn bad_inputs_and_weights_exit_1_with_a_message() {
         (vec!["--weights", truncated.to_str().unwrap(), "--input", input.to_str().unwrap()], "truncated"),
         (
             vec!["--weights", other.to_str().unwrap(), "--input", input.to_str().unwrap()],
-            "missing `fc1.weight` [120, 400]",
+            "fc1: weight [120, 400], bias [120]",
         ),
         (vec!["--random-weights", "--input", "no/such.npy"], "no/such.npy"),
     ];
@@ -343,4 +343,127 @@ fn compare_runs_every_target_layer_by_layer() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("conv1") && stdout.contains("cpu: max error") && stdout.contains("agrees"), "{stdout}");
+}
+
+#[test]
+fn help_names_the_language_reference_and_is_current() {
+    let help = String::from_utf8_lossy(&cnnc(&["--help"]).stdout).to_string();
+    assert!(help.contains("docs/language.md"), "{help}");
+    let build = String::from_utf8_lossy(&cnnc(&["build", "--help"]).stdout).to_string();
+    assert!(!build.contains("today ONNX"), "{build}");
+    assert!(build.contains("a native object and C header") && build.contains("--batch"), "{build}");
+    let run = String::from_utf8_lossy(&cnnc(&["run", "--help"]).stdout).to_string();
+    for expected in ["resized", "(x - mean) / std", "NAME=FILE", "--verbose"] {
+        assert!(run.contains(expected), "run --help lacks {expected}:\n{run}");
+    }
+}
+
+/// A network with two outputs, written to `dir`.
+fn two_output_network(dir: &Path) -> std::path::PathBuf {
+    let net = dir.join("two.cnn");
+    std::fs::write(&net, "network two {\n input x: [1, 4, 4]\n a = conv(2, 1)\n b = a |> relu\n output a, b\n}\n")
+        .unwrap();
+    net
+}
+
+#[test]
+fn output_of_several_outputs_is_a_directory_or_name_equals_file() {
+    let dir = temp_dir("outputs");
+    let net = two_output_network(&dir);
+    let input = dir.join("x.npy");
+    std::fs::write(&input, cnnc::io::write_npy(&cnnc::weights::random_normal(&[1, 4, 4], 1))).unwrap();
+    let run = |outputs: &[&str]| {
+        let mut args = vec!["run", net.to_str().unwrap(), "--random-weights", "--input", input.to_str().unwrap()];
+        for o in outputs {
+            args.extend(["--output", o]);
+        }
+        cnnc(&args)
+    };
+    // A file name for two outputs is an error, and nothing is created under that name.
+    let file_like = dir.join("y.npy");
+    let out = run(&[file_like.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("has 2 outputs (`a`, `b`)") && stderr.contains("NAME=FILE"), "{stderr}");
+    assert!(!file_like.exists());
+    // A directory gets one NAME.npy each.
+    let out_dir = dir.join("results");
+    assert_eq!(run(&[out_dir.to_str().unwrap()]).status.code(), Some(0));
+    let a = cnnc::io::read_npy(&std::fs::read(out_dir.join("a.npy")).unwrap()).unwrap();
+    let b = cnnc::io::read_npy(&std::fs::read(out_dir.join("b.npy")).unwrap()).unwrap();
+    assert_eq!(a.shape, vec![1, 2, 4, 4]);
+    assert!(a.data.iter().zip(&b.data).all(|(a, b)| *b == a.max(0.0)));
+    // NAME=FILE for the outputs named.
+    let (fa, fb) = (dir.join("first.npy"), dir.join("second.npy"));
+    let spec_a = format!("a={}", fa.display());
+    let spec_b = format!("b={}", fb.display());
+    assert_eq!(run(&[&spec_a, &spec_b]).status.code(), Some(0));
+    assert!(fa.exists() && fb.exists());
+    let out = run(&[&spec_a, "c=z.npy"]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = run(&[&spec_a, &spec_a]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("output `a` twice"));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn a_resized_or_converted_image_gets_a_note_and_run_shows_its_times() {
+    let dir = temp_dir("image");
+    let photo = dir.join("photo.png");
+    image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 128])).save(&photo).unwrap();
+    let out = cnnc(&["run", "examples/lenet5.cnn", "--random-weights", "--input", photo.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("note: ")
+            && stderr.contains("resized from 64x48 to 28x28")
+            && stderr.contains("RGB converted to grayscale"),
+        "{stderr}"
+    );
+    // An image that fits the input as it is gets no note.
+    let out = cnnc(&[
+        "run",
+        "examples/digits.cnn",
+        "--weights",
+        "examples/digits/digits.safetensors",
+        "--input",
+        "examples/digits/3.png",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("note:"), "{stderr}");
+    // The compile time and a run time with a precision that shows it.
+    assert!(stderr.contains("compiled for target cpu in ") && stderr.contains(", ran in "), "{stderr}");
+    assert!(!stderr.contains(" 0.0 ms") && !stderr.contains(" 0 us"), "{stderr}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn a_torch_save_file_and_mismatched_weights_say_what_to_do() {
+    let dir = temp_dir("torch");
+    let x = dir.join("x.npy");
+    std::fs::write(&x, cnnc::io::write_npy(&cnnc::weights::random_normal(&[1, 28, 28], 1))).unwrap();
+    let pt = dir.join("model.pt");
+    std::fs::write(&pt, b"PK\x03\x04\x14\x00\x00\x00\x08\x00archive/data.pkl....").unwrap();
+    let out = cnnc(&["run", "examples/lenet5.cnn", "--weights", pt.to_str().unwrap(), "--input", x.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("written by `torch.save`"), "{stderr}");
+    assert!(stderr.contains(&format!("torch.load('{}'", pt.display())), "{stderr}");
+    assert!(stderr.contains(&dir.join("model.safetensors").display().to_string()), "{stderr}");
+    // The network's layers beside another network's: counts, the plain cause, the rows.
+    let other = dir.join("vgg.safetensors");
+    let vgg = cnnc::front::compile_bytes(&std::fs::read("examples/vgg16.cnn").unwrap(), &Default::default()).unwrap();
+    std::fs::write(&other, cnnc::weights::save_safetensors(&cnnc::weights::random_weights(&vgg, 1))).unwrap();
+    let args = ["run", "examples/lenet5.cnn", "--weights", other.to_str().unwrap(), "--input", x.to_str().unwrap()];
+    let out = cnnc(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("10 missing, 32 unexpected"), "{stderr}");
+    assert!(stderr.contains("another architecture"), "{stderr}");
+    assert!(stderr.contains("more rows (--verbose lists them all)"), "{stderr}");
+    let verbose = cnnc(&[&args[..], &["--verbose"]].concat());
+    let verbose_err = String::from_utf8_lossy(&verbose.stderr);
+    assert!(!verbose_err.contains("more rows") && verbose_err.contains("classifier.6"), "{verbose_err}");
+    std::fs::remove_dir_all(dir).ok();
 }

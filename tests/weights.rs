@@ -37,11 +37,16 @@ fn raw_file(header: &str, data: &[u8]) -> Vec<u8> {
     bytes
 }
 
+/// The error's text with runs of spaces (the listing's column padding) made one.
 fn load_err(bytes: &[u8], graph: &Graph) -> String {
     match load_safetensors(bytes, graph, false) {
         Ok(_) => panic!("loaded, but should not"),
-        Err(e) => e.to_string(),
+        Err(e) => squeeze(&e.to_string()),
     }
+}
+
+fn squeeze(text: &str) -> String {
+    text.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect::<Vec<_>>().join("\n")
 }
 
 fn expected_shapes(g: &Graph) -> BTreeMap<String, Vec<usize>> {
@@ -123,10 +128,10 @@ fn one_error_lists_missing_unexpected_and_mis_shaped_tensors() {
     let text = load_err(&save_safetensors(&weights), &g);
     assert!(text.contains("network `t`"), "{text}");
     assert!(text.contains("2 missing, 2 unexpected, 1 mis-shaped"), "{text}");
-    assert!(text.contains("missing `c.bias` [4]"), "{text}");
-    assert!(text.contains("missing `fc.weight` [2, 144]; the file has `fc.weights` [2, 144]"), "{text}");
-    assert!(text.contains("unexpected `fc.weights` [2, 144] F32"), "{text}");
-    assert!(text.contains("unexpected `extra.thing` [2, 2] F32"), "{text}");
+    // One row per layer: the network's tensors on the left, the file's on the right.
+    assert!(text.lines().any(|l| l.trim() == "c: bias [4]"), "{text}");
+    assert!(text.lines().any(|l| l.trim() == "fc: weight [2, 144] | fc: weights [2, 144]"), "{text}");
+    assert!(text.lines().any(|l| l.trim() == "| extra: thing [2, 2]"), "{text}");
     assert!(text.contains("mis-shaped `bn.weight`: the file has [5], the network expects [4]"), "{text}");
     assert!(!text.contains("--allow-unused-weights"), "only unexpected tensors get the hint: {text}");
 }
@@ -140,16 +145,16 @@ fn allow_unused_accepts_unexpected_tensors_only() {
     let bytes = save_safetensors(&weights);
     let text = load_err(&bytes, &g);
     assert!(text.contains("1 unexpected"), "{text}");
-    assert!(text.contains("unexpected `head.weight` [3]"), "{text}");
+    assert!(text.contains("head: weight [3]"), "{text}");
     assert!(text.contains("--allow-unused-weights accepts the others"), "{text}");
     let loaded = load_safetensors(&bytes, &g, true).unwrap();
     assert_eq!(loaded.tensors, expected);
 
     // Missing tensors stay an error, and unexpected ones are then not listed.
     weights.tensors.remove("fc.bias");
-    let text = load_safetensors(&save_safetensors(&weights), &g, true).unwrap_err().to_string();
-    assert!(text.contains("(1 missing)"), "{text}");
-    assert!(text.contains("missing `fc.bias` [2]"), "{text}");
+    let text = squeeze(&load_safetensors(&save_safetensors(&weights), &g, true).unwrap_err().to_string());
+    assert!(text.contains(": 1 missing (the network reads"), "{text}");
+    assert!(text.lines().any(|l| l.trim() == "fc: bias [2]"), "{text}");
     assert!(!text.contains("head.weight"), "{text}");
 }
 
@@ -163,7 +168,7 @@ fn a_module_prefix_from_data_parallel_gets_a_hint() {
     }
     let text = load_err(&save_safetensors(&prefixed), &g);
     assert!(text.contains("8 missing, 8 unexpected"), "{text}");
-    assert!(text.contains("missing `c.weight` [4, 3, 3, 3]; the file has `module.c.weight`"), "{text}");
+    assert!(text.contains("c: weight [4, 3, 3, 3], bias [4] | module.c: weight [4, 3, 3, 3], bias [4]"), "{text}");
     assert!(text.contains("8 names in the file start with an extra `module.`"), "{text}");
     assert!(text.contains("DataParallel"), "{text}");
 }
@@ -178,7 +183,7 @@ fn a_missing_prefix_gets_a_hint() {
         stripped.insert(name.strip_prefix("features.").unwrap_or(name), t.clone());
     }
     let text = load_err(&save_safetensors(&stripped), &g);
-    assert!(text.contains("missing `features.0.weight` [4, 3, 3, 3]; the file has `0.weight`"), "{text}");
+    assert!(text.contains("features.0: weight [4, 3, 3, 3], bias [4] | 0: weight [4, 3, 3, 3], bias [4]"), "{text}");
     assert!(text.contains("2 names in the file lack the prefix `features.`"), "{text}");
 }
 
@@ -363,4 +368,84 @@ fn random_normal_is_standard_normal_and_deterministic() {
     assert!(mean.abs() < 0.05, "mean {mean}");
     assert!((std - 1.0).abs() < 0.05, "std {std}");
     assert_eq!(random_normal(&[0, 3], 1).data.len(), 0);
+}
+
+/// The mismatch report for a file saved from a model whose layers are named otherwise.
+fn mismatch_report(source: &str, rename: impl Fn(&str) -> String, verbose: bool) -> String {
+    let g = graph(source);
+    let mut renamed = Weights::default();
+    for (name, t) in &random_weights(&g, 3).tensors {
+        renamed.insert(rename(name), t.clone());
+    }
+    let rows = if verbose { None } else { Some(cnnc::weights::DEFAULT_LISTED_LAYERS) };
+    match cnnc::weights::load_safetensors_listing(&save_safetensors(&renamed), &g, false, rows) {
+        Ok(_) => panic!("loaded, but should not"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn layers_numbered_from_one_pair_by_shape_and_say_to_name_the_layer() {
+    // PyTorch code often says conv1, conv2; unnamed layers here are conv_0, conv_1.
+    let text = mismatch_report(
+        "network t { input x: [1, 8, 8]; conv(4, 3); relu; conv(8, 3); flatten; linear(10) }",
+        |name| {
+            let (layer, rest) = name.split_once('.').unwrap();
+            let (op, n) = layer.rsplit_once('_').unwrap();
+            format!("{op}_{}.{rest}", n.parse::<usize>().unwrap() + 1)
+        },
+        false,
+    );
+    // conv_0.weight [4, 1, 3, 3] sits beside the file's conv_1.weight of the same shape,
+    // not beside conv_2.weight [8, 4, 3, 3], a name closer by one letter.
+    let flat = squeeze(&text);
+    assert!(flat.contains("conv_0: weight [4, 1, 3, 3], bias [4] | conv_1: weight [4, 1, 3, 3], bias [4]"), "{text}");
+    assert!(flat.contains("conv_1: weight [8, 4, 3, 3], bias [8] | conv_2: weight [8, 4, 3, 3], bias [8]"), "{text}");
+    assert!(text.contains("name the layer in the program"), "{text}");
+    insta::assert_snapshot!("weights_numbered_from_one", text);
+}
+
+#[test]
+fn seq_positions_and_nesting_get_their_hints() {
+    let seq = mismatch_report(
+        "network t { input x: [1, 8, 8]; features: seq { conv(4, 3); relu; conv(8, 3) }; flatten; fc: linear(2) }",
+        // The model had one more step before its second conv, which it calls features.3.
+        |name| name.replace("features.2.", "features.3."),
+        false,
+    );
+    assert!(seq.contains("the network's `features.2` has the file's tensors of `features.3`"), "{seq}");
+    assert!(seq.contains("nn.Sequential"), "{seq}");
+    let nested = mismatch_report(
+        "block b() { conv1: conv(4, 3) }\nnetwork t { input x: [1, 8, 8]; layer1: seq { b() }; flatten; fc: linear(2) }",
+        |name| name.replace("layer1.0.", "layer1."),
+        false,
+    );
+    assert!(nested.contains("nest differently"), "{nested}");
+    insta::assert_snapshot!("weights_seq_position", seq);
+}
+
+#[test]
+fn another_architecture_is_said_plainly_and_the_list_is_cut_unless_verbose() {
+    let source = "network t { input x: [3, 8, 8]; repeat 20 { conv(4, 1) }; flatten; fc: linear(2) }";
+    let other = |name: &str| format!("backbone.{}x", name.replace('_', "."));
+    let text = mismatch_report(source, other, false);
+    assert!(text.contains("the weights do not match network `t`: 42 missing, 42 unexpected"), "{text}");
+    assert!(text.contains("most of the network's tensors (42 of 42)"), "{text}");
+    assert!(text.contains("another architecture"), "{text}");
+    assert!(text.contains("more rows (--verbose lists them all)"), "{text}");
+    let full = mismatch_report(source, other, true);
+    assert!(!full.contains("more rows"), "{full}");
+    assert!(full.lines().count() > text.lines().count() + 5);
+}
+
+#[test]
+fn a_torch_save_file_is_recognised_with_the_conversion() {
+    let g = graph(SMALL);
+    let zip = b"PK\x03\x04\x14\x00\x00\x00\x08\x00archive/data.pkl".to_vec();
+    let text = load_err(&zip, &g);
+    assert!(text.contains("a PyTorch file written by `torch.save` (a zip archive)"), "{text}");
+    assert!(text.contains("safetensors.torch"), "{text}");
+    assert!(text.contains("save_file(torch.load("), "{text}");
+    let legacy = [0x80u8, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
+    assert!(load_err(&legacy, &g).contains("(a pickle)"));
 }

@@ -77,6 +77,10 @@ pub struct WeightArgs {
     /// Accept tensors in the weights file that the network does not read.
     #[arg(long)]
     pub allow_unused_weights: bool,
+    /// List every missing and unexpected tensor when the weights do not match (the
+    /// list is otherwise cut after 16 layers).
+    #[arg(long)]
+    pub verbose: bool,
 }
 
 /// The cpu target's threads and instruction set.

@@ -168,6 +168,7 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
         memory: args.memory.clone(),
         seed: args.seed,
         allow_unused_weights: false,
+        verbose: false,
     };
     let batch = args.shape.batch as usize;
     let mut graph = prepare(&args.net, &args.shape, batch, Some(&weights))?;

@@ -27,9 +27,11 @@ pub struct Args {
     shape: ShapeArgs,
     #[command(flatten)]
     opt: OptArgs,
+    /// What to build for: native code (cpu) or the GPU's WGSL kernels (gpu).
     #[arg(long, value_enum, default_value = "cpu")]
     target: BuildTarget,
-    /// What to write (default for --target cpu: obj,header).
+    /// What to write, comma-separated (default: obj,header for --target cpu;
+    /// wgsl,plan for --target gpu).
     #[arg(long, value_enum, value_delimiter = ',')]
     emit: Vec<Emit>,
     /// Build the object for another machine, e.g. aarch64-unknown-linux-gnu or
@@ -47,13 +49,21 @@ pub struct Args {
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Debug)]
 enum Emit {
+    /// NET.onnx: the network as written (BatchNorm and dropout kept), with its weights.
     Onnx,
+    /// NET.ir: the optimized IR as text.
     Ir,
+    /// NET.dot: the optimized graph in Graphviz DOT.
     Dot,
+    /// NET.o: a relocatable object (Cranelift).
     Obj,
+    /// NET.h: the C header of the object's entry points.
     Header,
+    /// Not built yet: embed from a build script with `cnnc::build::Model` instead.
     Rust,
+    /// NET.wgsl/: one WGSL module per kernel, with the weights blob NET.weights.
     Wgsl,
+    /// NET.plan.json: the GPU dispatch plan (written with the WGSL modules).
     Plan,
 }
 

@@ -93,8 +93,17 @@ fn bind_weights(graph: &mut Graph, args: &WeightArgs) -> Result<(), UserError> {
     graph.weights = match &args.source.weights {
         Some(path) => {
             let bytes = cnnc::io::map_file(path, MAX_WEIGHTS_BYTES, "weights file").map_err(error)?;
-            cnnc::weights::load_safetensors(&bytes, graph, args.allow_unused_weights)
-                .map_err(|e| UserError(format!("error: {}: {e}", path.display())))?
+            let max_rows = if args.verbose { None } else { Some(cnnc::weights::DEFAULT_LISTED_LAYERS) };
+            cnnc::weights::load_safetensors_listing(&bytes, graph, args.allow_unused_weights, max_rows).map_err(
+                |e| {
+                    // The conversion command of a torch.save file, with this file's names.
+                    let message = e
+                        .to_string()
+                        .replace("FILE.pt", &path.display().to_string())
+                        .replace("FILE.safetensors", &path.with_extension("safetensors").display().to_string());
+                    UserError(format!("error: {}: {message}", path.display()))
+                },
+            )?
         }
         None => cnnc::weights::random_weights(graph, args.seed),
     };

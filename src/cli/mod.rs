@@ -20,7 +20,13 @@ use clap::{Parser, Subcommand};
 use common::UserError;
 
 #[derive(Parser)]
-#[command(name = "cnnc", version, about = "Compile CNN architectures into inference code")]
+#[command(
+    name = "cnnc",
+    version,
+    about = "Compile CNN architectures into inference code",
+    after_help = "The .cnn language is described in docs/language.md (in the cnnc repository), \
+                  the commands in README.md. Exit codes: 0 success, 1 an error in your input, 2 bad usage."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -38,9 +44,16 @@ enum Command {
     /// which the reference interpreter and the cpu target run; the gpu target's also fuses
     /// pooling into convolutions (`cnnc ir net.cnn --target gpu --after fuse_pooling`).
     Ir(ir::Args),
-    /// Run a network on an input (.npy or PNG/JPEG image).
+    /// Run a network on its inputs (.npy, or PNG/JPEG images) and print its outputs.
+    ///
+    /// An image is decoded, converted to the input's channels (grayscale with PIL's
+    /// weights, or RGB; alpha dropped) and resized to its height and width (bilinear),
+    /// with a note on stderr whenever it was converted or resized; its pixels are then
+    /// scaled to [0, 1] and normalized per channel as (x - mean) / std (--mean, --std).
+    /// A .npy input is used as it is: float32 [N, C, H, W] or [C, H, W].
     Run(run::Args),
-    /// Build artifacts: today ONNX (`--emit onnx`), the IR and the graph.
+    /// Build artifacts: a native object and C header (--target cpu), WGSL kernels with
+    /// their dispatch plan and weights (--target gpu), ONNX, the IR and the graph.
     Build(build::Args),
     /// Time a network: warm-up, repeated runs, median and min, GFLOP/s, peak memory.
     Bench(bench::Args),

@@ -1,6 +1,6 @@
 //! `cnnc run`: run a network on .npy or image inputs, print the outputs and top classes.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use cnnc::ir::Graph;
 use cnnc::passes;
@@ -16,9 +16,11 @@ pub struct Args {
     /// Input: FILE, or NAME=FILE for each of several inputs; .npy float32 [N,C,H,W] or [C,H,W], or an image.
     #[arg(long, required = true, value_name = "FILE")]
     input: Vec<String>,
-    /// Output .npy (one output) or directory (several outputs, one NAME.npy each).
-    #[arg(long, value_name = "Y.npy|DIR")]
-    output: Option<PathBuf>,
+    /// Where to write the outputs as .npy: a file (Y.npy) for a network with one output;
+    /// a directory (one NAME.npy per output; created when it does not exist, and then
+    /// its name may not end in .npy); or NAME=FILE, repeated, for the outputs named.
+    #[arg(long, value_name = "Y.npy|DIR|NAME=FILE")]
+    output: Vec<String>,
     /// Executor: native code (cpu, the default), the GPU (gpu), or the reference interpreter.
     #[arg(long, value_enum, default_value = "cpu")]
     target: Target,
@@ -37,11 +39,14 @@ pub struct Args {
     /// Class names, one per line, for --top.
     #[arg(long, value_name = "FILE")]
     labels: Option<PathBuf>,
-    /// Per-channel mean for image inputs (default: ImageNet's for RGB, 0 otherwise).
-    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    /// Per-channel mean for image inputs, subtracted after scaling pixels to [0, 1]
+    /// (default: ImageNet's 0.485,0.456,0.406 for 3 channels, 0 for 1 channel).
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true, value_name = "M[,M,M]")]
     mean: Option<Vec<f32>>,
-    /// Per-channel standard deviation for image inputs (default: ImageNet's for RGB, 1 otherwise).
-    #[arg(long, value_delimiter = ',')]
+    /// Per-channel standard deviation for image inputs, divided by after subtracting the
+    /// mean: each value is (pixel/255 - mean) / std (default: ImageNet's
+    /// 0.229,0.224,0.225 for 3 channels, 1 for 1 channel).
+    #[arg(long, value_delimiter = ',', value_name = "S[,S,S]")]
     std: Option<Vec<f32>>,
     #[command(flatten)]
     shape: ShapeArgs,
@@ -99,7 +104,13 @@ fn read_inputs(
                     "error: --mean and --std need {c} values (positive std) for input `{name}`"
                 )));
             }
-            cnnc::io::load_image(&bytes, c, chw[1], chw[2], &mean, &std).map_err(|e| located(&e))?
+            let (tensor, note) =
+                cnnc::io::load_image_noted(&bytes, c, chw[1], chw[2], &mean, &std).map_err(|e| located(&e))?;
+            // Say so whenever the image is not what the input declares.
+            if let Some(note) = note {
+                eprintln!("note: {}: {note}, for input `{name}` [{c}, {}, {}]", file.display(), chw[1], chw[2]);
+            }
+            tensor
         };
         tensors.push(tensor);
     }
@@ -120,7 +131,7 @@ impl Args {
 pub fn exec(args: &Args) -> Result<(), UserError> {
     let Args { net, weights, input: specs, output, target, compare, opt, threads, top, labels, mean, std, shape } =
         args;
-    let (net, output, level, labels) = (net.as_path(), output.as_deref(), opt.level(), labels.as_deref());
+    let (net, level, labels) = (net.as_path(), opt.level(), labels.as_deref());
     let (mean, std, top) = (mean.as_deref(), std.as_deref(), *top);
     // Build once to learn the inputs, then again for the input files' batch.
     let probe = prepare(net, shape, 1, None)?;
@@ -149,10 +160,13 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
             ))),
         };
     }
-    passes::optimize_for(&mut graph, level, target.to_exec().capabilities())?;
     let output_names: Vec<String> = graph.outputs.iter().map(|o| o.name.clone()).collect();
+    let destinations = output_files(output, &output_names)?;
+    let compile_started = std::time::Instant::now();
+    passes::optimize_for(&mut graph, level, target.to_exec().capabilities())?;
     let executor = cnnc::exec::compile_with(graph, target.to_exec(), &threads.options())
         .map_err(|e| UserError(format!("error: {e}")))?;
+    let compiled = compile_started.elapsed();
     let started = std::time::Instant::now();
     let outputs = executor.run(&inputs).map_err(|e| UserError(format!("error: {e}")))?;
     let elapsed = started.elapsed();
@@ -175,10 +189,13 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
             }
         }
     }
-    eprintln!("ran on target {} in {:.1} ms", target.to_exec().name(), elapsed.as_secs_f64() * 1e3);
-    if let Some(path) = output {
-        write_outputs(path, &output_names, &outputs)?;
-    }
+    eprintln!(
+        "compiled for target {} in {}, ran in {} (one run; `cnnc bench` times many)",
+        target.to_exec().name(),
+        duration_text(compiled),
+        duration_text(elapsed)
+    );
+    write_outputs(destinations, &outputs)?;
     Ok(())
 }
 
@@ -208,17 +225,70 @@ fn print_top(tensor: &cnnc::tensor::Tensor, k: usize, labels: Option<&[String]>)
     }
 }
 
-fn write_outputs(path: &Path, names: &[String], outputs: &[cnnc::tensor::Tensor]) -> Result<(), UserError> {
-    let write = |file: &Path, tensor: &cnnc::tensor::Tensor| {
-        std::fs::write(file, cnnc::io::write_npy(tensor))
-            .map_err(|e| UserError(format!("error: cannot write {}: {e}", file.display())))
-    };
-    if outputs.len() == 1 {
-        return write(path, &outputs[0]);
+/// A duration with the precision it deserves: `1.24 s`, `35.2 ms`, `2.41 ms`, `87 us`.
+fn duration_text(duration: std::time::Duration) -> String {
+    let seconds = duration.as_secs_f64();
+    match seconds {
+        s if s >= 1.0 => format!("{s:.2} s"),
+        s if s >= 0.01 => format!("{:.1} ms", s * 1e3),
+        s if s >= 0.001 => format!("{:.2} ms", s * 1e3),
+        s => format!("{:.0} us", s * 1e6),
     }
-    std::fs::create_dir_all(path).map_err(|e| UserError(format!("error: cannot create {}: {e}", path.display())))?;
-    for (name, tensor) in names.iter().zip(outputs) {
-        write(&path.join(format!("{name}.npy")), tensor)?;
+}
+
+/// Where each output goes (by index), from the --output arguments: one file for a
+/// single output, a directory, or NAME=FILE per output. Checked before anything runs.
+fn output_files(specs: &[String], names: &[String]) -> Result<Vec<(usize, PathBuf)>, UserError> {
+    let outputs = || names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+    let mut files = Vec::new();
+    let named: Vec<Option<(&str, &str)>> =
+        specs.iter().map(|s| s.split_once('=').filter(|(name, _)| names.iter().any(|n| n == name))).collect();
+    if !specs.is_empty() && named.iter().all(Option::is_some) {
+        for (name, file) in named.into_iter().flatten() {
+            let index = names.iter().position(|n| n == name).expect("checked above");
+            if files.iter().any(|(i, _)| *i == index) {
+                return Err(UserError(format!("error: --output names output `{name}` twice")));
+            }
+            files.push((index, PathBuf::from(file)));
+        }
+        return Ok(files);
+    }
+    match specs {
+        [] => Ok(files),
+        [path] => {
+            let path = PathBuf::from(path);
+            let is_dir = path.is_dir();
+            if names.len() == 1 {
+                let file = if is_dir { path.join(format!("{}.npy", names[0])) } else { path };
+                return Ok(vec![(0, file)]);
+            }
+            if !is_dir && (path.exists() || path.extension().is_some()) {
+                return Err(UserError(format!(
+                    "error: --output {}: this network has {} outputs ({}); give a directory (one NAME.npy \
+                     each) or NAME=FILE for each output",
+                    path.display(),
+                    names.len(),
+                    outputs()
+                )));
+            }
+            Ok(names.iter().enumerate().map(|(i, n)| (i, path.join(format!("{n}.npy")))).collect())
+        }
+        _ => Err(UserError(format!(
+            "error: --output is given {} times; name the outputs, NAME=FILE each, from {}",
+            specs.len(),
+            outputs()
+        ))),
+    }
+}
+
+fn write_outputs(files: Vec<(usize, PathBuf)>, outputs: &[cnnc::tensor::Tensor]) -> Result<(), UserError> {
+    for (index, file) in files {
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| UserError(format!("error: cannot create {}: {e}", dir.display())))?;
+        }
+        std::fs::write(&file, cnnc::io::write_npy(&outputs[index]))
+            .map_err(|e| UserError(format!("error: cannot write {}: {e}", file.display())))?;
     }
     Ok(())
 }

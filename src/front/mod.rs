@@ -3,6 +3,7 @@
 pub mod ast;
 pub mod lower;
 pub mod parse;
+mod syntax_error;
 
 pub use lower::{BuildOptions, lower};
 

@@ -3,7 +3,6 @@
 //! levels, whatever the input.
 
 use pest::Parser;
-use pest::error::{ErrorVariant, InputLocation};
 use pest::iterators::Pair;
 
 use super::ast::*;
@@ -41,10 +40,10 @@ pub fn parse(source: &str) -> Result<Program, Diag> {
     check_nesting(source)?;
     if source.trim_start_matches(|c: char| c.is_whitespace()).is_empty() || only_comments(source) {
         return Err(Diag::new("no network in this file", 0..0, "expected `network NAME { ... }`")
-            .note("a program holds blocks and one `network NAME { ... }`; see language.md"));
+            .note("a program holds blocks and one `network NAME { ... }`; see docs/language.md"));
     }
     pest::set_error_detail(true);
-    let mut pairs = CnnParser::parse(Rule::program, source).map_err(|e| parse_error(source, e))?;
+    let mut pairs = CnnParser::parse(Rule::program, source).map_err(|e| super::syntax_error::explain(source, &e))?;
     let program_pair = pairs.next().ok_or_else(|| Diag::new("empty parse", 0..0, ""))?;
     let mut program = Program::default();
     for pair in program_pair.into_inner() {
@@ -93,83 +92,6 @@ fn check_nesting(source: &str) -> Result<(), Diag> {
         }
     }
     Ok(())
-}
-
-fn rule_description(rule: Rule) -> Option<&'static str> {
-    Some(match rule {
-        Rule::EOI => "end of file",
-        Rule::ident | Rule::arg_name | Rule::binding | Rule::label | Rule::label_word | Rule::quoted => "a name",
-        Rule::network => "`network`",
-        Rule::block_def => "`block`",
-        Rule::param_list | Rule::param => "a parameter",
-        Rule::body => "a statement",
-        Rule::input_decl | Rule::kw_input => "`input`",
-        Rule::output_decl | Rule::kw_output => "`output`",
-        Rule::repeat_stmt | Rule::kw_repeat => "`repeat`",
-        Rule::chain_stmt | Rule::step | Rule::call => "a statement",
-        Rule::seq | Rule::kw_seq => "`seq`",
-        Rule::args => "`(`",
-        Rule::arg => "an argument",
-        Rule::expr | Rule::term | Rule::factor | Rule::group => "an expression",
-        Rule::number | Rule::dim => "a number",
-        _ => return None,
-    })
-}
-
-fn parse_error(source: &str, error: pest::error::Error<Rule>) -> Diag {
-    let at = match error.location {
-        InputLocation::Pos(p) => p,
-        InputLocation::Span((s, _)) => s,
-    };
-    let mut expected: Vec<String> = Vec::new();
-    if let Some(attempts) = error.parse_attempts() {
-        for token in attempts.expected_tokens() {
-            let token = token.to_string();
-            let text = match token.as_str() {
-                "\n" => "a newline".to_string(),
-                // A quoted layer name may start most statements; "a statement" says it.
-                "BUILTIN_RULE" | "#" | " " | "\t" | "\r" | ";" | "\"" => continue,
-                t if t.len() > 1 && t.contains("..") => continue,
-                // Single letters and `_` come from inside the name and number rules.
-                t if t.len() == 1 && t.chars().all(|c| c.is_ascii_alphabetic() || c == '_') => continue,
-                t => format!("`{t}`"),
-            };
-            expected.push(text);
-        }
-    }
-    if let ErrorVariant::ParsingError { positives, .. } = &error.variant {
-        for rule in positives {
-            if let Some(d) = rule_description(*rule) {
-                expected.push(d.to_string());
-            }
-        }
-    }
-    if let ErrorVariant::CustomError { message } = &error.variant {
-        return Diag::new(format!("cannot parse: {message}"), at..at, "here");
-    }
-    expected.sort();
-    expected.dedup();
-    let expected_text = match expected.len() {
-        0 => "something else".to_string(),
-        1 => expected[0].clone(),
-        n => format!("{} or {}", expected[..n - 1].join(", "), expected[n - 1]),
-    };
-    let found = source[at..].chars().next();
-    let (found_text, span) = match found {
-        None => ("end of file".to_string(), at..at),
-        Some('\n') => ("end of line".to_string(), at..at),
-        Some(c) if c.is_control() => (format!("a control character (U+{:04X})", c as u32), at..at + c.len_utf8()),
-        Some(c) => {
-            let word: String = source[at..].chars().take_while(|c| c.is_alphanumeric() || *c == '_').take(40).collect();
-            let text = if word.is_empty() { c.to_string() } else { word };
-            (format!("`{text}`"), at..at + text.len().max(1))
-        }
-    };
-    Diag::new(format!("expected {expected_text}, found {found_text}"), span, format!("expected {expected_text}"))
-}
-
-fn is_keyword(word: &str) -> bool {
-    matches!(word, "network" | "block" | "input" | "output" | "repeat" | "seq")
 }
 
 fn span_of(pair: &Pair<Rule>) -> Span {
@@ -260,7 +182,7 @@ fn step(pair: Pair<Rule>) -> Result<Step, Diag> {
         match p.as_rule() {
             Rule::label => {
                 let name = p.into_inner().next().expect("grammar: label name");
-                label_is_ident = name.as_rule() == Rule::label_word && !is_keyword(name.as_str());
+                label_is_ident = name.as_rule() == Rule::label_word && !super::syntax_error::is_keyword(name.as_str());
                 let quoted = name.as_rule() == Rule::quoted;
                 let mut label_ident = ident(name);
                 if quoted {
