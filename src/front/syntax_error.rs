@@ -270,7 +270,13 @@ pub(super) fn explain(source: &str, error: &Error<Rule>) -> Diag {
     let expected = if found_text.starts_with("the keyword") {
         Some("a name".to_string())
     } else {
-        describe_expected(expected, found, tokens[..found_index.unwrap_or(tokens.len())].last())
+        let before = &tokens[..found_index.unwrap_or(tokens.len())];
+        // After `|>` (and any newlines) only a step can come, its label included.
+        if before.iter().rev().find(|t| t.kind != Kind::Newline).is_some_and(|t| t.text == "|>") {
+            Some("a newline or a step (an op, a block call or `seq`)".to_string())
+        } else {
+            describe_expected(expected, found, before.last())
+        }
     };
     let before_found = &tokens[..found_index.unwrap_or(tokens.len())];
 
@@ -395,6 +401,8 @@ fn describe_expected(raw: Vec<String>, found: Option<&Token>, previous: Option<&
     for token in raw {
         let text = match token.as_str() {
             "\n" => "a newline".to_string(),
+            // The opening quote of a quoted layer name: "a statement" or a step says it.
+            "\"" => continue,
             "BUILTIN_RULE" | "#" | " " | "\t" | "\r" => continue,
             t if t.contains("..") && t.len() > 2 => continue,
             // Single letters and `_` come from inside the name and number rules.
@@ -439,7 +447,7 @@ fn describe_expected(raw: Vec<String>, found: Option<&Token>, previous: Option<&
         expected.retain(|e| !matches!(e.as_str(), "`(`" | "a name" | "a number" | "`-`"));
     }
     // Inside brackets a newline is only whitespace.
-    if expected.iter().any(|e| matches!(e.as_str(), "`,`" | "`)`" | "`]`")) {
+    if expected.iter().any(|e| matches!(e.as_str(), "`)`" | "`]`")) {
         expected.retain(|e| e != "a newline");
     }
     // A step: an op, a block call or `seq`.
