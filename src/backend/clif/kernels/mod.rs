@@ -502,7 +502,7 @@ impl<'a> Kb<'a> {
         let n = self.fb.ins().fsub(truncated, rounded_up);
         // r = x - n ln 2, with ln 2 = 0.693359375 - 2.12194440e-4 (the first part exact
         // in a few bits, so n times it is exact).
-        let ln2_high = self.constant(ty, -0.693_359_375);
+        let ln2_high = self.constant(ty, -355.0 / 512.0);
         let ln2_low = self.constant(ty, 2.121_944_4e-4);
         let r = self.mul_add(n, ln2_high, clamped);
         let r = self.mul_add(n, ln2_low, r);
