@@ -42,7 +42,7 @@ pub fn verify(graph: &Graph) -> Result<(), String> {
                 let activations = [Activation::of(op), node.epilogue.activation, node.epilogue.post_activation];
                 for activation in activations.into_iter().flatten() {
                     if let Activation::Clamp { min, max } = activation
-                        && !(min < max)
+                        && min.partial_cmp(&max) != Some(std::cmp::Ordering::Less)
                     {
                         problems.push(format!(
                             "{}: {} with min {min} not below max {max}",

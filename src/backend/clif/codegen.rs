@@ -564,7 +564,6 @@ pub(crate) fn define_model<M: Module>(
     let mut binary = unary.clone();
     binary.params.push(AbiParam::new(types::F32));
     let expf = module.declare_function("expf", Linkage::Import, &unary).map_err(module_error)?;
-    let tanhf = module.declare_function("tanhf", Linkage::Import, &unary).map_err(module_error)?;
     let powf = module.declare_function("powf", Linkage::Import, &binary).map_err(module_error)?;
 
     let call_conv = module.isa().default_call_conv();
@@ -592,7 +591,6 @@ pub(crate) fn define_model<M: Module>(
         let params = fb.block_params(entry).to_vec();
         let math = MathFns {
             expf: module.declare_func_in_func(expf, fb.func),
-            tanhf: module.declare_func_in_func(tanhf, fb.func),
             powf: module.declare_func_in_func(powf, fb.func),
         };
         let data = data.map(|d| {

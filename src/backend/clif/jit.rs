@@ -16,10 +16,6 @@ extern "C" fn cnnc_expf(x: f32) -> f32 {
     x.exp()
 }
 
-extern "C" fn cnnc_tanhf(x: f32) -> f32 {
-    x.tanh()
-}
-
 extern "C" fn cnnc_powf(x: f32, y: f32) -> f32 {
     x.powf(y)
 }
@@ -321,7 +317,6 @@ fn compile(
     let isa = codegen::build_isa(None, options, false)?;
     let mut builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
     builder.symbol("expf", cnnc_expf as *const u8);
-    builder.symbol("tanhf", cnnc_tanhf as *const u8);
     builder.symbol("powf", cnnc_powf as *const u8);
     builder.symbol("cnnc_profile_tick", cnnc_profile_tick as *const u8);
     builder.memory_provider(Box::new(code_region(graph)?));

@@ -5,7 +5,7 @@
 //! threads) and `NAME_arena_bytes`; every other symbol (kernels,
 //! weights) is local, the weights are in read-only data and there is no writable global
 //! state, so threads may run the model at once, each with its own arena. It imports
-//! `expf`, `tanhf` and `powf` (link with `-lm`).
+//! `expf` and `powf` (link with `-lm`).
 
 use cranelift_module::Linkage;
 use cranelift_object::{ObjectBuilder, ObjectModule};
