@@ -275,3 +275,54 @@ fn mutants_of_the_corpus_never_panic_hang_or_run_away() {
         slowest.0.as_secs_f64() * 1e3
     );
 }
+
+mod shapes_and_flags {
+    use cnnc::front::{BuildOptions, compile_bytes};
+    use cnnc::passes::OptLevel;
+    use proptest::prelude::*;
+
+    fn examples() -> Vec<Vec<u8>> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let mut paths: Vec<_> = std::fs::read_dir(root)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "cnn"))
+            .collect();
+        paths.sort();
+        paths.iter().map(|p| std::fs::read(p).unwrap()).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+        /// Random batches, input shapes (tiny to 2^24 a side), --fully-conv, --average and
+        /// optimization levels on every example: an error or a graph whose memory is known,
+        /// never a panic or an abort (everything here is shapes, nothing is allocated).
+        #[test]
+        fn random_shapes_and_flags_never_abort(
+            example in 0usize..64,
+            batch in prop_oneof![1usize..=4, Just(65536usize)],
+            channels in prop_oneof![Just(1usize), Just(3usize), 1usize..=8],
+            side in prop_oneof![1usize..=300, Just(100_000usize), Just(1usize << 24)],
+            other_side in 1usize..=300,
+            reshape in any::<bool>(),
+            fully_conv in any::<bool>(),
+            average in any::<bool>(),
+            level in 0u8..3,
+        ) {
+            let examples = examples();
+            let source = &examples[example % examples.len()];
+            let shape = vec![channels, side, other_side];
+            let options = BuildOptions { batch, input_shape: (reshape && !fully_conv).then(|| shape.clone()) };
+            let Ok(mut graph) = compile_bytes(source, &options) else { return Ok(()) };
+            if fully_conv && cnnc::passes::make_fully_convolutional(&mut graph, &shape, average).is_err() {
+                return Ok(());
+            }
+            let level = [OptLevel::O0, OptLevel::O1, OptLevel::O2][level as usize];
+            let _ = cnnc::budget::need(&graph);
+            let _ = cnnc::budget::check(&graph, Some(1 << 30));
+            cnnc::passes::optimize(&mut graph, level).unwrap();
+            let _ = cnnc::summary::render_table(&cnnc::summary::summarize(&graph));
+            let _ = cnnc::budget::need(&graph);
+        }
+    }
+}

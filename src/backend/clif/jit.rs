@@ -1,7 +1,7 @@
 //! The JIT: the model compiled by [`codegen::define_model`] into executable memory of
 //! this process through `cranelift-jit`, and called with Rust-owned buffers.
 
-use cranelift_jit::{ArenaMemoryProvider, JITBuilder, JITModule};
+use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::Linkage;
 
 use super::codegen::{self, CodegenOptions, KernelInfo, MAX_PARTS, Symbols};
@@ -276,32 +276,12 @@ pub fn compile_jit_owned(mut graph: Graph, options: &CodegenOptions) -> Result<J
     compile(&graph, Some(&mut weights), options)
 }
 
-/// One reserved region of address space for all of a model's code and read-only data.
-/// Cranelift's default provider maps every function and data object on its own, and a
-/// network of 100,000 layers then exceeds the kernel's limit on mappings per process
-/// (`vm.max_map_count`, 65,530): "unable to make memory readonly". In one region the
-/// code and the data take a few mappings whatever the network's size. The region is
-/// only reserved (no memory is committed until used); its size is twice the budget's
-/// estimate of packed weights and code, plus slack.
-fn code_region(graph: &Graph) -> Result<ArenaMemoryProvider, String> {
-    let need = crate::budget::need(graph).map_err(|e| e.to_string())?;
-    let bytes = need
-        .packed_weights
-        .checked_add(need.code)
-        .and_then(|b| b.checked_mul(2))
-        .and_then(|b| b.checked_add(CODE_REGION_SLACK))
-        .and_then(|b| usize::try_from(b).ok())
-        .ok_or_else(|| "the model's code and weights do not fit in the address space".to_string())?;
-    ArenaMemoryProvider::new_with_size(bytes).map_err(|e| {
-        format!(
-            "cannot reserve {} of address space for the model's code and weights: {e}",
-            crate::budget::fmt_bytes(bytes as u64)
-        )
-    })
-}
-
-/// Room in the code region beyond the estimate.
-const CODE_REGION_SLACK: u64 = 256 << 20;
+/// The most kernels one JIT-compiled model may have. cranelift-jit maps code and data
+/// in separate allocations, and a network of 100,000 layers exceeded the kernel's limit
+/// on mappings per process (`vm.max_map_count`, 65,530): "unable to make memory
+/// readonly". 40,000 kernels were measured to compile and run; `cnnc build` (an object
+/// file) has no such limit.
+pub const MAX_JIT_KERNELS: usize = 40_000;
 
 fn compile(
     graph: &Graph,
@@ -309,6 +289,14 @@ fn compile(
     options: &CodegenOptions,
 ) -> Result<JitModel, String> {
     crate::ir::verify(graph).map_err(|e| format!("internal error: the graph is not valid:\n{e}"))?;
+    if graph.node_count() > MAX_JIT_KERNELS {
+        return Err(format!(
+            "network `{}` has {} layers; the JIT compiles at most {MAX_JIT_KERNELS} (each takes memory \
+             mappings, of which a process has 65,530); build an object file with `cnnc build` instead",
+            graph.name,
+            graph.node_count()
+        ));
+    }
     if let Some(level) = options.cpu
         && !level.host_has()
     {
@@ -319,7 +307,6 @@ fn compile(
     builder.symbol("expf", cnnc_expf as *const u8);
     builder.symbol("powf", cnnc_powf as *const u8);
     builder.symbol("cnnc_profile_tick", cnnc_profile_tick as *const u8);
-    builder.memory_provider(Box::new(code_region(graph)?));
     let mut module = JITModule::new(builder);
     let symbols = Symbols {
         prefix: "cnnc",

@@ -21,6 +21,6 @@ mod object;
 mod threads;
 
 pub use codegen::{ClifOptLevel, CodegenOptions, CpuLevel, KernelInfo};
-pub use jit::{JitModel, MAX_THREADS, compile_jit, compile_jit_owned, compile_jit_with};
+pub use jit::{JitModel, MAX_JIT_KERNELS, MAX_THREADS, compile_jit, compile_jit_owned, compile_jit_with};
 pub use kernels::MicroKernel;
 pub use object::{ObjectArtifacts, compile_object, compile_object_with};
