@@ -260,6 +260,24 @@ fn eval_node(
             let params = NodeParams::load(node, &x.shape, weights)?;
             scale_shift(x, params.require(ParamRole::Scale)?, params.require(ParamRole::Shift)?)
         }
+        Op::Slice { start, len } => slice_dim1(x, *start, *len, out_shape),
+        Op::ChannelShuffle { groups } => channel_shuffle(x, *groups),
+        Op::Permute { perm } => permute(x, perm, out_shape),
+        Op::LayerNorm { eps, axis } => {
+            let params = NodeParams::load(node, &x.shape, weights)?;
+            layer_norm(x, params.require(ParamRole::Weight)?, params.require(ParamRole::Bias)?, *eps, *axis)
+        }
+        Op::Scale => {
+            let params = NodeParams::load(node, &x.shape, weights)?;
+            let scale = params.require(ParamRole::Parameter)?;
+            let channels = x.shape[1];
+            let inner: usize = x.shape[2..].iter().product();
+            let mut out = x.clone();
+            for (i, v) in out.data.iter_mut().enumerate() {
+                *v *= scale.data[(i / inner) % channels];
+            }
+            out
+        }
     };
     Ok(out)
 }
@@ -338,6 +356,82 @@ fn scale_shift(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Tensor {
     for (i, v) in out.data.iter_mut().enumerate() {
         let c = (i / inner) % channels;
         *v = (*v as f64 * scale.data[c] as f64 + shift.data[c] as f64) as f32;
+    }
+    out
+}
+
+/// Channels `start .. start + len` of dimension 1 (`torch.chunk`/`torch.split`'s parts).
+fn slice_dim1(x: &Tensor, start: usize, len: usize, out_shape: Vec<usize>) -> Tensor {
+    let (channels, inner) = (x.shape[1], x.shape[2..].iter().product::<usize>());
+    let mut data = Vec::with_capacity(out_shape.iter().product());
+    for n in 0..x.shape[0] {
+        data.extend_from_slice(&x.data[(n * channels + start) * inner..][..len * inner]);
+    }
+    Tensor { shape: out_shape, data }
+}
+
+/// torchvision's `channel_shuffle`: `view(N, g, C/g, H, W)`, `transpose(1, 2)`,
+/// `view(N, C, H, W)`; output channel `i * g + j` is input channel `j * (C/g) + i`.
+fn channel_shuffle(x: &Tensor, groups: usize) -> Tensor {
+    let (channels, inner) = (x.shape[1], x.shape[2..].iter().product::<usize>());
+    let per_group = channels / groups;
+    let mut data = Vec::with_capacity(x.data.len());
+    for n in 0..x.shape[0] {
+        for i in 0..per_group {
+            for j in 0..groups {
+                let c = j * per_group + i;
+                data.extend_from_slice(&x.data[(n * channels + c) * inner..][..inner]);
+            }
+        }
+    }
+    Tensor { shape: x.shape.clone(), data }
+}
+
+/// `torch.permute`: `out[i_0, ..., i_r] = x[j]` with `j[perm[d]] = i_d`.
+fn permute(x: &Tensor, perm: &[usize], out_shape: Vec<usize>) -> Tensor {
+    let rank = x.shape.len();
+    let mut in_strides = vec![1usize; rank];
+    for d in (0..rank.saturating_sub(1)).rev() {
+        in_strides[d] = in_strides[d + 1] * x.shape[d + 1];
+    }
+    // The input stride of each output dimension.
+    let strides: Vec<usize> = perm.iter().map(|&d| in_strides[d]).collect();
+    let total: usize = out_shape.iter().product();
+    let mut data = Vec::with_capacity(total);
+    let mut index = vec![0usize; rank];
+    for _ in 0..total {
+        data.push(x.data[index.iter().zip(&strides).map(|(i, s)| i * s).sum::<usize>()]);
+        for d in (0..rank).rev() {
+            index[d] += 1;
+            if index[d] < out_shape[d] {
+                break;
+            }
+            index[d] = 0;
+        }
+    }
+    Tensor { shape: out_shape, data }
+}
+
+/// Layer normalization over dimension `axis` alone, for every index of the others:
+/// `y = (x - mean) / sqrt(var + eps) * weight + bias`, the variance biased (divided by
+/// the count), as `nn.LayerNorm` over the last dimension and torchvision's `LayerNorm2d`
+/// over dimension 1. Mean and variance in f64.
+fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, axis: usize) -> Tensor {
+    let outer: usize = x.shape[..axis].iter().product();
+    let count = x.shape[axis];
+    let inner: usize = x.shape[axis + 1..].iter().product();
+    let mut out = Tensor::zeros(x.shape.clone());
+    for o in 0..outer {
+        for s in 0..inner {
+            let index = |c: usize| (o * count + c) * inner + s;
+            let mean = (0..count).map(|c| x.data[index(c)] as f64).sum::<f64>() / count as f64;
+            let var = (0..count).map(|c| (x.data[index(c)] as f64 - mean).powi(2)).sum::<f64>() / count as f64;
+            let inv = 1.0 / (var + eps).sqrt();
+            for c in 0..count {
+                let normalized = (x.data[index(c)] as f64 - mean) * inv;
+                out.data[index(c)] = (normalized * weight.data[c] as f64 + bias.data[c] as f64) as f32;
+            }
+        }
     }
     out
 }
@@ -478,8 +572,9 @@ fn add_taps_stride1<const TAPS: usize>(acc: &mut [f64], in_row: &[f64], taps: &[
 
 /// Fully connected layer: `y[n, o] = bias[o] + sum over f of w[o, f] * x[n, f]`.
 fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, out_shape: Vec<usize>) -> Tensor {
-    let in_features = x.shape[1];
-    let out_features = out_shape[1];
+    // Every dimension but the last indexes rows, as nn.Linear.
+    let in_features = *x.shape.last().expect("linear's operand has rank 2 or more");
+    let out_features = *out_shape.last().expect("same rank as the operand");
     let mut out = Tensor::zeros(out_shape);
     fill_units_in_parallel(&mut out.data, 1, |index, y| {
         let (n, o) = (index / out_features, index % out_features);

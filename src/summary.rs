@@ -92,7 +92,7 @@ pub fn macs(graph: &Graph, id: NodeId) -> u64 {
         }
         Op::Linear { .. } => {
             let operands = graph.operands(id);
-            out * graph.node(operands[0]).shape[1] as u64
+            out * graph.node(operands[0]).shape.last().copied().unwrap_or(0) as u64
         }
         _ => 0,
     }

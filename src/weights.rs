@@ -472,14 +472,16 @@ const TAG_NORMAL: u64 = 2;
 
 /// He-normal weights for every parameter of the graph, deterministic in (seed, parameter
 /// name): conv and linear weights N(0, 2/fan_in) (fan_in = in_channels/groups x kernel
-/// area, or in_features), their biases N(0, 0.01²); BatchNorm weight U(0.5, 1.5), bias
-/// N(0, 0.1²), running_mean N(0, 0.1²), running_var U(0.5, 1.5). Each tensor has its own
+/// area, or in_features), their biases N(0, 0.01²); BatchNorm and layer_norm weight
+/// U(0.5, 1.5), bias N(0, 0.1²), running_mean N(0, 0.1²), running_var U(0.5, 1.5); a
+/// `scale`'s multipliers U(0.5, 1.5). Each tensor has its own
 /// generator, so the values do not depend on the order of the layers.
 pub fn random_weights(graph: &Graph, seed: u64) -> Weights {
     let mut weights = Weights::default();
     for id in graph.topo_order().unwrap_or_default() {
         let node = graph.node(id);
-        let batch_norm = matches!(node.op, Op::BatchNorm { .. } | Op::ScaleShift);
+        // Normalizations and scales: weights near 1, biases near 0.
+        let batch_norm = matches!(node.op, Op::BatchNorm { .. } | Op::ScaleShift | Op::LayerNorm { .. } | Op::Scale);
         for param in &node.params {
             let mut rng = rng_for(seed, TAG_WEIGHTS, &param.name);
             let n: usize = param.shape.iter().product();
@@ -490,7 +492,7 @@ pub fn random_weights(graph: &Graph, seed: u64) -> Weights {
                 }
                 (false, _) => normal(&mut rng, n, 0.01),
                 (true, ParamRole::Bias | ParamRole::RunningMean | ParamRole::Shift) => normal(&mut rng, n, 0.1),
-                (true, ParamRole::Weight | ParamRole::RunningVar | ParamRole::Scale) => {
+                (true, ParamRole::Weight | ParamRole::RunningVar | ParamRole::Scale | ParamRole::Parameter) => {
                     (0..n).map(|_| rng.random_range(0.5f32..1.5)).collect()
                 }
             };

@@ -414,6 +414,19 @@ const OP_PROGRAMS: &[(&str, &str)] = &[
             output x, a, b                                           # the input is an output too
         }",
     ),
+    (
+        "structural",
+        "network structural {
+            input x: [7, 5, 3]
+            a, b = x |> split(3, 4)
+            p, q, r = x |> chunk(3)                                  # 3, 3, 1 channels
+            n = x |> permute(0, 3, 1, 2) |> layer_norm |> linear(6) |> relu  # last dim 5: a tail
+            m = x |> permute(2, 0, 3, 1) |> linear(3, bias=false)   # the batch moves
+            s = concat(r, a, q, p) |> layer_norm2d |> scale |> channel_shuffle(5)  # 15 positions
+            v = x |> flatten |> layer_norm(eps=1e-3)                 # [N, 105]
+            output b, p, n, m, s, v
+        }",
+    ),
 ];
 
 #[test]

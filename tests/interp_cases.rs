@@ -634,6 +634,118 @@ fn run_traced_observes_every_node_in_topological_order() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Structural ops: chunk, split, channel_shuffle, permute, layer_norm, linear on 4-D, scale
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn chunk_of_an_odd_channel_count_and_split() {
+    // Channel c holds 2c and 2c + 1. chunk(3) of 7 channels: parts of ceil(7/3) = 3
+    // channels, the last one 1 (torch.chunk): channels 0..3, 3..6 and 6.
+    let source = "network t {\n input x: [7, 1, 2]\n a, b, c = chunk(3)\n d, e = x |> split(2, 5)\n \
+                  output a, b, c, d, e\n}";
+    let graph = compile(source);
+    let input = tensor(&[1, 7, 1, 2], &(0..14).map(|v| v as f32).collect::<Vec<_>>());
+    let out = run(&graph, &Weights::default(), input);
+    assert_close(&out[0], &[1, 3, 1, 2], &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+    assert_close(&out[1], &[1, 3, 1, 2], &[6.0, 7.0, 8.0, 9.0, 10.0, 11.0]);
+    assert_close(&out[2], &[1, 1, 1, 2], &[12.0, 13.0]);
+    // split(2, 5): channels 0..2 and 2..7.
+    assert_close(&out[3], &[1, 2, 1, 2], &[0.0, 1.0, 2.0, 3.0]);
+    assert_close(&out[4], &[1, 5, 1, 2], &[4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0]);
+}
+
+#[test]
+fn chunk_at_batch_two_takes_each_images_channels() {
+    // Image n, channel c holds 10n + c; chunk(2) of 4 channels.
+    let source = "network t {\n input x: [4, 1, 1]\n a, b = chunk(2)\n output a, b\n}";
+    let graph = compile_batch(source, 2);
+    let input = tensor(&[2, 4, 1, 1], &[0.0, 1.0, 2.0, 3.0, 10.0, 11.0, 12.0, 13.0]);
+    let out = run(&graph, &Weights::default(), input);
+    assert_close(&out[0], &[2, 2, 1, 1], &[0.0, 1.0, 10.0, 11.0]);
+    assert_close(&out[1], &[2, 2, 1, 1], &[2.0, 3.0, 12.0, 13.0]);
+}
+
+#[test]
+fn channel_shuffle_index_mapping() {
+    // Output channel i*g + j is input channel j*(C/g) + i. C = 6, g = 2 (C/g = 3):
+    // o0 <- 0, o1 <- 3, o2 <- 1, o3 <- 4, o4 <- 2, o5 <- 5.
+    // g = 3 (C/g = 2): o0 <- 0, o1 <- 2, o2 <- 4, o3 <- 1, o4 <- 3, o5 <- 5.
+    let source = "network t {\n input x: [6, 1, 2]\n a = x |> channel_shuffle(2)\n \
+                  b = x |> channel_shuffle(3)\n output a, b\n}";
+    let graph = compile(source);
+    // Channel c holds 10c and 10c + 1.
+    let input: Vec<f32> = (0..6).flat_map(|c| [10.0 * c as f32, 10.0 * c as f32 + 1.0]).collect();
+    let out = run(&graph, &Weights::default(), tensor(&[1, 6, 1, 2], &input));
+    let expect = |order: [usize; 6]| -> Vec<f32> {
+        order.iter().flat_map(|&c| [10.0 * c as f32, 10.0 * c as f32 + 1.0]).collect()
+    };
+    assert_close(&out[0], &[1, 6, 1, 2], &expect([0, 3, 1, 4, 2, 5]));
+    assert_close(&out[1], &[1, 6, 1, 2], &expect([0, 2, 4, 1, 3, 5]));
+}
+
+#[test]
+fn permute_to_channels_last() {
+    // x[0, c, h, w] = 6c + 3h + w; out[0, h, w, c] = x[0, c, h, w], in (h, w, c) order.
+    let source = "network t {\n input x: [2, 2, 3]\n permute(0, 2, 3, 1)\n}";
+    let out =
+        run_single(source, &Weights::default(), tensor(&[1, 2, 2, 3], &(0..12).map(|v| v as f32).collect::<Vec<_>>()));
+    assert_close(&out, &[1, 2, 3, 2], &[0.0, 6.0, 1.0, 7.0, 2.0, 8.0, 3.0, 9.0, 4.0, 10.0, 5.0, 11.0]);
+}
+
+#[test]
+fn layer_norm_over_the_last_dimension() {
+    // [1, 2, 3, 4]: mean 2.5, deviations -1.5, -0.5, 0.5, 1.5, biased variance
+    // (2.25 + 0.25 + 0.25 + 2.25) / 4 = 1.25; with eps = 0.75, sqrt(1.25 + 0.75) = sqrt(2).
+    // Normalized: -1.5/sqrt2 = -1.06066017, -0.5/sqrt2 = -0.35355339, then +0.35355339,
+    // +1.06066017; times weight [1, 2, 1, 1] plus bias [0, 0, 0, 0.5].
+    let source = "network t {\n input x: [4]\n ln: layer_norm(eps=0.75)\n}";
+    let w = weights(&[("ln.weight", &[4], &[1.0, 2.0, 1.0, 1.0]), ("ln.bias", &[4], &[0.0, 0.0, 0.0, 0.5])]);
+    let out = run_single(source, &w, tensor(&[1, 4], &[1.0, 2.0, 3.0, 4.0]));
+    assert_close(&out, &[1, 4], &[-1.06066017, -0.70710678, 0.35355339, 1.56066017]);
+}
+
+#[test]
+fn layer_norm2d_normalizes_each_pixel_over_channels() {
+    // Channel 0 = [1, 5], channel 1 = [3, 1]. Pixel 0: [1, 3], mean 2, variance 1, so
+    // -+1/sqrt(1 + 1e-5) = -+0.99999500; pixel 1: [5, 1], mean 3, variance 4, so
+    // +-2/sqrt(4 + 1e-5) = +-0.99999875. Weight [1, 2], bias [0, 1] per channel.
+    let source = "network t {\n input x: [2, 1, 2]\n ln: layer_norm2d\n}";
+    let w = weights(&[("ln.weight", &[2], &[1.0, 2.0]), ("ln.bias", &[2], &[0.0, 1.0])]);
+    let out = run_single(source, &w, tensor(&[1, 2, 1, 2], &[1.0, 5.0, 3.0, 1.0]));
+    assert_close(&out, &[1, 2, 1, 2], &[-0.999995, 0.99999875, 1.0 + 2.0 * 0.999995, 1.0 - 2.0 * 0.99999875]);
+}
+
+#[test]
+fn linear_on_channels_last_then_scale_named_by_its_path() {
+    // Channel 0 = [1, 5], channel 1 = [3, 1]. Channels-last, linear(1) with weight
+    // [1, 10] and bias 0.5 per pixel: 1 + 30 + 0.5 = 31.5 and 5 + 10 + 0.5 = 15.5; back
+    // to [1, 1, 1, 2], times the layer scale 2: 63 and 31.
+    let source = "network t {\n input x: [2, 1, 2]\n permute(0, 2, 3, 1)\n fc: linear(1)\n \
+                  permute(0, 3, 1, 2)\n layer_scale: scale\n}";
+    let graph = compile(source);
+    let names: Vec<&str> = graph.params().into_iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["fc.weight", "fc.bias", "layer_scale"]);
+    // The scale is a learnable parameter, counted with the linear's 3.
+    assert_eq!(cnnc::summary::summarize(&graph).total_params, 4);
+    let w = weights(&[
+        ("fc.weight", &[1, 2], &[1.0, 10.0]),
+        ("fc.bias", &[1], &[0.5]),
+        ("layer_scale", &[1, 1, 1], &[2.0]),
+    ]);
+    let out = run(&graph, &w, tensor(&[1, 2, 1, 2], &[1.0, 5.0, 3.0, 1.0]));
+    assert_close(&out[0], &[1, 1, 1, 2], &[63.0, 31.0]);
+}
+
+#[test]
+fn quoted_and_keyword_labels_name_layers() {
+    let source = "block b() {\n block: seq { conv(2, 1) }\n}\nnetwork t {\n input x: [2, 4, 4]\n \
+                  trunk: seq { \"block1-0\": b() }\n}";
+    let graph = compile(source);
+    let names: Vec<&str> = graph.params().into_iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["trunk.block1-0.block.0.weight", "trunk.block1-0.block.0.bias"]);
+}
+
+// ---------------------------------------------------------------------------------------
 // Errors
 // ---------------------------------------------------------------------------------------
 
@@ -803,7 +915,7 @@ fn random_weights(graph: &Graph, seed: u64) -> Weights {
                 let fan_in: usize = param.shape[1..].iter().product();
                 rng.fill(n, (6.0 / fan_in as f32).sqrt())
             }
-            ParamRole::Weight | ParamRole::RunningVar | ParamRole::Scale => vec![1.0; n],
+            ParamRole::Weight | ParamRole::RunningVar | ParamRole::Scale | ParamRole::Parameter => vec![1.0; n],
             ParamRole::Bias => rng.fill(n, 0.01),
             ParamRole::RunningMean | ParamRole::Shift => vec![0.0; n],
         };

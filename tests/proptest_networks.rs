@@ -120,6 +120,26 @@ enum Layer {
     Softmax,
     /// Makes the current tensor an output of the network too.
     ExtraOutput,
+    /// `channel_shuffle` with one of the divisors of the channels, picked by index.
+    ChannelShuffle {
+        groups: usize,
+    },
+    /// `layer_norm2d` on feature maps, `layer_norm` on feature vectors.
+    LayerNorm,
+    /// `scale` (feature maps).
+    Scale,
+    /// ConvNeXt's sandwich: channels-last, `layer_norm`, `linear` (with a relu or not),
+    /// and back.
+    ChannelsLast {
+        out_features: usize,
+        relu: bool,
+    },
+    /// `a, b, ... = chunk(n)` (or `split` where torch.chunk would make fewer parts);
+    /// every part is offered to later merges, the picked one continues.
+    Chunk {
+        chunks: usize,
+        pick: usize,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -316,6 +336,20 @@ fn render_step(layer: &Layer, shape: &[usize], mode: Mode) -> Option<(String, Ve
             (format!("{flatten}linear({out_features}{bias})"), vec![*out_features])
         }
         Layer::Softmax => ("softmax".into(), shape.to_vec()),
+        Layer::ChannelShuffle { groups } if feature_map => {
+            let divisors: Vec<usize> = (1..=shape[0]).filter(|d| shape[0] % d == 0).collect();
+            (format!("channel_shuffle({})", divisors[groups % divisors.len()]), shape.to_vec())
+        }
+        Layer::LayerNorm if feature_map => ("layer_norm2d(eps=1e-3)".into(), shape.to_vec()),
+        Layer::LayerNorm => ("layer_norm".into(), shape.to_vec()),
+        Layer::Scale if feature_map => ("scale".into(), shape.to_vec()),
+        Layer::ChannelsLast { out_features, relu } if feature_map => {
+            let relu = if *relu { " |> relu" } else { "" };
+            (
+                format!("permute(0, 2, 3, 1) |> layer_norm |> linear({out_features}){relu} |> permute(0, 3, 1, 2)"),
+                vec![*out_features, shape[1], shape[2]],
+            )
+        }
         _ => return None,
     };
     let keeps_spatial = step.1.len() == shape.len() && (!feature_map || step.1[1..] == shape[1..]);
@@ -408,6 +442,35 @@ impl Renderer {
                     branch_current = self.layer(layer, branch_current, Mode::Dead);
                 }
                 current
+            }
+            Layer::Chunk { chunks, pick } => {
+                let channels = shape[0];
+                let chunks = (*chunks).min(channels);
+                if chunks < 2 {
+                    return current;
+                }
+                // torch.chunk's parts; a split with the same sizes where they are fewer.
+                let size = channels.div_ceil(chunks);
+                let sizes: Vec<usize> = (0..channels.div_ceil(size)).map(|i| size.min(channels - i * size)).collect();
+                let op = if sizes.len() == chunks {
+                    format!("chunk({chunks})")
+                } else {
+                    format!("split({})", sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "))
+                };
+                let names: Vec<String> = (0..sizes.len()).map(|i| format!("t{}", self.next_name + i)).collect();
+                self.next_name += sizes.len();
+                writeln!(self.statements, "    {} = {current} |> {op}", names.join(", ")).unwrap();
+                for (name, size) in names.iter().zip(&sizes) {
+                    let mut part = shape.clone();
+                    part[0] = *size;
+                    if mode != Mode::Dead {
+                        self.tensors.push((name.clone(), part.clone()));
+                    }
+                    self.shapes.insert(name.clone(), part);
+                }
+                // The statement leaves no current tensor: the network's end names its output.
+                self.last_defined = None;
+                names[pick % names.len()].clone()
             }
             Layer::ExtraOutput => {
                 if current != "x" && !self.extra_outputs.contains(&current) {
@@ -677,6 +740,11 @@ fn feature_layer() -> BoxedStrategy<Layer> {
         1 => (1usize..=5).prop_map(|size| Layer::Lrn { size }),
         2 => merge(),
         1 => Just(Layer::ExtraOutput),
+        1 => (0usize..4).prop_map(|groups| Layer::ChannelShuffle { groups }),
+        1 => Just(Layer::LayerNorm),
+        1 => Just(Layer::Scale),
+        1 => (1usize..=12, any::<bool>()).prop_map(|(out_features, relu)| Layer::ChannelsLast { out_features, relu }),
+        1 => (2usize..=4, 0usize..4).prop_map(|(chunks, pick)| Layer::Chunk { chunks, pick }),
     ]
     .boxed()
 }
@@ -691,6 +759,8 @@ fn feature_vector_layer() -> BoxedStrategy<Layer> {
         1 => merge(),
         1 => Just(Layer::Softmax),
         1 => Just(Layer::ExtraOutput),
+        1 => Just(Layer::LayerNorm),
+        1 => (2usize..=4, 0usize..4).prop_map(|(chunks, pick)| Layer::Chunk { chunks, pick }),
     ]
     .boxed()
 }

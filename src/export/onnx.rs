@@ -13,7 +13,7 @@
 //! | IR op | ONNX |
 //! | --- | --- |
 //! | `conv` | `Conv` (`pads` = top, left, bottom, right) |
-//! | `linear` | `Gemm` with `transB = 1` |
+//! | `linear` | `Gemm` with `transB = 1` on `[N, F]`; on higher ranks (the last dimension) `MatMul` by the `Transpose`d weight, then `Add` of the bias |
 //! | `batch_norm` | `BatchNormalization` (on `[N, C, H, W]` and `[N, F]`) |
 //! | `relu`, `leaky_relu`, `sigmoid`, `tanh` | `Relu`, `LeakyRelu`, `Sigmoid`, `Tanh` |
 //! | `softmax` | `Softmax(axis = 1)` |
@@ -25,6 +25,11 @@
 //! | `add`, `mul` | a chain of `Add` / `Mul` (numpy broadcasting covers the language's) |
 //! | `concat` | `Concat(axis = 1)` |
 //! | `lrn` | PyTorch's `LocalResponseNorm` decomposition (ONNX's `LRN` centres even windows differently) |
+//! | `slice` (a part of `chunk`/`split`) | `Slice` on axis 1 |
+//! | `channel_shuffle` | `Reshape` to `[N, g, C/g, H, W]`, `Transpose(0, 2, 1, 3, 4)`, `Reshape` back |
+//! | `permute` | `Transpose` |
+//! | `layer_norm` | `LayerNormalization(axis = -1)`; over another dimension (`layer_norm2d`), between two `Transpose`s that move it last and back |
+//! | `scale` | `Mul` by the `[C, 1, 1]` parameter (broadcast) |
 
 use std::collections::{HashMap, HashSet};
 
@@ -363,8 +368,25 @@ impl Builder {
                 ];
                 self.node("Conv", name, &with_params(params), &outs, attrs);
             }
-            Op::Linear { .. } => {
+            Op::Linear { .. } if shape.len() == 2 => {
                 self.node("Gemm", name, &with_params(params), &outs, vec![("transB", Attr::Int(1))]);
+            }
+            Op::Linear { .. } => {
+                let weight = params.first().ok_or_else(|| format!("linear `{name}` has no weight"))?;
+                let transposed = self.step(
+                    "Transpose",
+                    name,
+                    "weight_t",
+                    std::slice::from_ref(weight),
+                    vec![("perm", Attr::Ints(vec![1, 0]))],
+                );
+                match params.get(1) {
+                    Some(bias) => {
+                        let product = self.step("MatMul", name, "matmul", &[x, transposed], vec![]);
+                        self.node("Add", name, &[product, bias.clone()], &outs, vec![]);
+                    }
+                    None => self.node("MatMul", name, &[x, transposed], &outs, vec![]),
+                }
             }
             Op::BatchNorm { eps } => {
                 self.node(
@@ -414,6 +436,54 @@ impl Builder {
                 }
                 self.lrn(name, &x, shape, *size, *alpha, *beta, *k, out);
             }
+            Op::Slice { start, len } => {
+                let starts = self.const_i64(&format!("{name}/starts"), &[*start as i64]);
+                let ends = self.const_i64(&format!("{name}/ends"), &[(start + len) as i64]);
+                let axes = self.const_i64(&format!("{name}/axes"), &[1]);
+                self.node("Slice", name, &[x, starts, ends, axes], &outs, vec![]);
+            }
+            Op::ChannelShuffle { groups } => {
+                if shape.len() != 4 {
+                    return Err(format!("channel_shuffle `{name}` needs a 4-D input"));
+                }
+                let (n, c, h, w) = (shape[0] as i64, shape[1] as i64, shape[2] as i64, shape[3] as i64);
+                let g = *groups as i64;
+                let grouped_shape = self.const_i64(&format!("{name}/grouped_shape"), &[n, g, c / g, h, w]);
+                let grouped = self.step("Reshape", name, "grouped", &[x, grouped_shape], vec![]);
+                let swapped = self.step(
+                    "Transpose",
+                    name,
+                    "transpose",
+                    &[grouped],
+                    vec![("perm", Attr::Ints(vec![0, 2, 1, 3, 4]))],
+                );
+                let back_shape = self.const_i64(&format!("{name}/shape"), &[n, c, h, w]);
+                self.node("Reshape", name, &[swapped, back_shape], &outs, vec![]);
+            }
+            Op::Permute { perm } => {
+                let perm = perm.iter().map(|&d| d as i64).collect();
+                self.node("Transpose", name, &[x], &outs, vec![("perm", Attr::Ints(perm))]);
+            }
+            Op::LayerNorm { eps, axis } => {
+                let mut inputs = with_params(params);
+                let attrs = |axis: i64| vec![("axis", Attr::Int(axis)), ("epsilon", Attr::Float(*eps as f32))];
+                if axis + 1 == shape.len() {
+                    self.node("LayerNormalization", name, &inputs, &outs, attrs(-1));
+                } else {
+                    // ONNX normalizes over every dimension from `axis` on: move `axis` last.
+                    let rank = shape.len() as i64;
+                    let axis = *axis as i64;
+                    let to_last: Vec<i64> = (0..rank).filter(|&d| d != axis).chain([axis]).collect();
+                    let mut back = vec![0i64; to_last.len()];
+                    for (position, &d) in to_last.iter().enumerate() {
+                        back[d as usize] = position as i64;
+                    }
+                    inputs[0] = self.step("Transpose", name, "to_last", &[x], vec![("perm", Attr::Ints(to_last))]);
+                    let normalized = self.step("LayerNormalization", name, "normalize", &inputs, attrs(-1));
+                    self.node("Transpose", name, &[normalized], &outs, vec![("perm", Attr::Ints(back))]);
+                }
+            }
+            Op::Scale => self.node("Mul", name, &with_params(params), &outs, vec![]),
         }
         Ok(())
     }

@@ -44,20 +44,27 @@ pub enum Stmt {
     Output { names: Vec<Ident>, span: Span },
     /// `repeat N { ... }`
     Repeat { count: Expr, body: Vec<Stmt>, span: Span },
-    /// `[NAME =] step |> step ...`
+    /// `[NAME, ... =] step |> step ...`
     Chain(Chain),
 }
 
 #[derive(Clone, Debug)]
 pub struct Chain {
-    pub binding: Option<Ident>,
+    /// The names bound to the result: none, one, or one per part of a multi-output op
+    /// (`x1, x2 = chunk(2)`).
+    pub bindings: Vec<Ident>,
     pub steps: Vec<Step>,
     pub span: Span,
 }
 
 #[derive(Clone, Debug)]
 pub struct Step {
+    /// `NAME:`, `"NAME":` or a keyword (`block:`); a quoted label's name is the text
+    /// between the quotes, its span includes them.
     pub label: Option<Ident>,
+    /// Whether the label is an identifier, which also names the step's tensor; a quoted
+    /// or keyword label only names the layer.
+    pub label_is_ident: bool,
     pub kind: StepKind,
     pub span: Span,
 }

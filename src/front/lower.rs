@@ -57,7 +57,17 @@ pub const OP_NAMES: &[&str] = &[
     "mul",
     "concat",
     "lrn",
+    "chunk",
+    "split",
+    "channel_shuffle",
+    "permute",
+    "layer_norm",
+    "layer_norm2d",
+    "scale",
 ];
+
+/// The ops that make several tensors, one per name of the statement's binding.
+const MULTI_OUTPUT_OPS: &[&str] = &["chunk", "split"];
 
 /// A tensor during elaboration: a node, or `None` once an error made it unknown.
 type Value = Option<NodeId>;
@@ -86,6 +96,9 @@ struct Frame {
     position: usize,
     /// How many `repeat`s directly enclose the statements being elaborated.
     repeat_depth: usize,
+    /// The multi-output step of the last statement, when it left no current tensor
+    /// (`x1, x2 = chunk(2)`).
+    parts_at: Option<Span>,
 }
 
 impl Frame {
@@ -100,6 +113,7 @@ impl Frame {
             counters: HashMap::new(),
             position: 0,
             repeat_depth: 0,
+            parts_at: None,
         }
     }
 }
@@ -237,6 +251,9 @@ fn op_spec(op: &str) -> &'static [ArgSpec] {
     const HARDTANH: &[ArgSpec] = &[opt("min", Float), opt("max", Float)];
     const GELU: &[ArgSpec] = &[opt("tanh", Bool)];
     const LRN: &[ArgSpec] = &[opt("size", Int), opt("alpha", Float), opt("beta", Float), opt("k", Float)];
+    const CHUNK: &[ArgSpec] = &[req("chunks", Int)];
+    const GROUPS: &[ArgSpec] = &[req("groups", Int)];
+    const EPS: &[ArgSpec] = &[opt("eps", Float)];
     match op {
         "conv" => CONV,
         "linear" => LINEAR,
@@ -250,6 +267,9 @@ fn op_spec(op: &str) -> &'static [ArgSpec] {
         "hardtanh" => HARDTANH,
         "gelu" => GELU,
         "lrn" => LRN,
+        "chunk" => CHUNK,
+        "channel_shuffle" => GROUPS,
+        "layer_norm" | "layer_norm2d" => EPS,
         _ => &[],
     }
 }
@@ -469,10 +489,17 @@ impl<'a> Lowerer<'a> {
             );
             return;
         }
-        if self.outputs_declared.is_none()
-            && let Some(Some(Some(node))) = self.frames.first().map(|f| f.current)
-        {
-            self.graph.outputs.push(Output { name: "output".to_string(), node });
+        if self.outputs_declared.is_none() {
+            match self.frames.first().map(|f| (f.current, f.parts_at.clone())) {
+                Some((Some(Some(node)), _)) => {
+                    self.graph.outputs.push(Output { name: "output".to_string(), node });
+                }
+                Some((None, Some(parts_at))) => self.error(
+                    Diag::new("the network ends with several tensors", parts_at, "the last statement makes these")
+                        .note("declare the outputs: `output a, b`"),
+                ),
+                _ => {}
+            }
         }
     }
 
@@ -604,17 +631,208 @@ impl<'a> Lowerer<'a> {
             }
             steps = &steps[1..];
         }
-        for step in steps {
+        // A multi-output op in the middle was reported; the names then say nothing new.
+        let mut misplaced_parts = false;
+        for (index, step) in steps.iter().enumerate() {
             if self.too_big {
                 return;
+            }
+            if let Some(name) = multi_output_op(step) {
+                if index + 1 == steps.len() {
+                    let values = self.multi_output(step, name, current, &chain.bindings);
+                    for (binding, value) in chain.bindings.iter().zip(values) {
+                        self.bind(binding, value);
+                    }
+                    let frame = self.frame();
+                    frame.current = None;
+                    frame.parts_at = Some(step.span.clone());
+                    return;
+                }
+                self.error(
+                    Diag::new(
+                        format!("`{}` makes several tensors, so it must end the statement", name.name),
+                        step.span.clone(),
+                        "a step follows it",
+                    )
+                    .note(format!(
+                        "name its parts, e.g. `a, b = {}(2)`, then continue from one: `b |> ...`",
+                        name.name
+                    )),
+                );
+                self.step_name(&step.label, &name.name);
+                current = Some(None);
+                misplaced_parts = true;
+                continue;
             }
             current = Some(self.step(step, current));
         }
         let value = current.unwrap_or(None);
-        if let Some(binding) = &chain.binding {
-            self.bind(binding, value);
+        match chain.bindings.as_slice() {
+            [] => {}
+            [binding] => self.bind(binding, value),
+            bindings if misplaced_parts => {
+                for binding in bindings {
+                    self.bind(binding, None);
+                }
+            }
+            bindings => {
+                let step_name = match chain.steps.last().map(|s| &s.kind) {
+                    Some(StepKind::Call { name, .. }) => format!("`{}`", name.name),
+                    _ => "this statement".to_string(),
+                };
+                self.error(
+                    Diag::new(
+                        format!("{} names are bound, but {step_name} makes one tensor", bindings.len()),
+                        bindings_span(bindings),
+                        "several names",
+                    )
+                    .note("only `chunk` and `split`, as the last step, make several tensors"),
+                );
+                for binding in bindings {
+                    self.bind(binding, None);
+                }
+            }
         }
         self.frame().current = Some(value);
+    }
+
+    /// A multi-output step (`chunk`, `split`) ending a statement: one `slice` node per
+    /// part, each bound to its name. Returns one value per name (poisoned on error).
+    fn multi_output(&mut self, step: &'a Step, name: &Ident, current: Option<Value>, bindings: &[Ident]) -> Vec<Value> {
+        let poisoned = vec![None; bindings.len()];
+        let (_, path) = self.step_name(&step.label, &name.name);
+        if let Some(label) = &step.label {
+            self.error(
+                Diag::new(
+                    format!("`{}` has no weights, so its layer needs no name", name.name),
+                    label.span.clone(),
+                    "remove this label",
+                )
+                .note("name the tensors it makes instead: `a, b = ...`"),
+            );
+            return poisoned;
+        }
+        let input = self.need_current(current, &name.span);
+        let args = step_args(step);
+        let sizes_arg = match name.name.as_str() {
+            "chunk" => self.bind_args("chunk", &name.span, args).map(|a| SizesArg::Chunks(a.int("chunks", 1) as usize)),
+            _ => self.int_list_args("split", &name.span, args, 1).map(SizesArg::Sizes),
+        };
+        let (Some(input), Some(sizes_arg)) = (input, sizes_arg) else { return poisoned };
+        let input_shape = self.graph.node(input).shape.clone();
+        if input_shape.len() < 2 {
+            self.error(Diag::new(
+                format!("`{}` splits dimension 1, but its input is {}", name.name, fmt_shape(&input_shape)),
+                step.span.clone(),
+                "no dimension 1",
+            ));
+            return poisoned;
+        }
+        let channels = input_shape[1];
+        let sizes: Vec<usize> = match sizes_arg {
+            SizesArg::Chunks(chunks) => {
+                // torch.chunk: parts of ceil(C / chunks), the last smaller; fewer parts
+                // than asked when that leaves nothing for the last ones.
+                let size = channels.div_ceil(chunks);
+                let sizes: Vec<usize> = (0..channels.div_ceil(size)).map(|i| size.min(channels - i * size)).collect();
+                if sizes.len() != chunks {
+                    self.error(
+                        Diag::new(
+                            format!("chunk({chunks}) of {channels} channels makes {} parts, not {chunks}", sizes.len()),
+                            step.span.clone(),
+                            format!("parts of {size} channels"),
+                        )
+                        .note("torch.chunk makes parts of ceil(C / chunks) channels; use `split` for other sizes"),
+                    );
+                    return poisoned;
+                }
+                sizes
+            }
+            SizesArg::Sizes(sizes) => {
+                let sum = sizes.iter().try_fold(0usize, |acc, s| acc.checked_add(*s));
+                if sum != Some(channels) {
+                    let listed: Vec<String> = sizes.iter().map(|s| s.to_string()).collect();
+                    self.error(Diag::new(
+                        format!(
+                            "split({}) needs sizes that sum to the {channels} channels of {}",
+                            listed.join(", "),
+                            fmt_shape(&input_shape)
+                        ),
+                        step.span.clone(),
+                        match sum {
+                            Some(sum) => format!("these sum to {sum}"),
+                            None => "these overflow".to_string(),
+                        },
+                    ));
+                    return poisoned;
+                }
+                sizes
+            }
+        };
+        if sizes.len() != bindings.len() {
+            let example: Vec<String> = (0..sizes.len()).map(|i| format!("x{}", i + 1)).collect();
+            let (message, span, label) = if bindings.is_empty() {
+                (
+                    format!("`{}` makes {} tensors, and they need names", name.name, sizes.len()),
+                    step.span.clone(),
+                    "its parts are not named".to_string(),
+                )
+            } else {
+                (
+                    format!("`{}` makes {} tensors, but {} names are bound", name.name, sizes.len(), bindings.len()),
+                    bindings_span(bindings),
+                    format!("{} names", bindings.len()),
+                )
+            };
+            self.error(Diag::new(message, span, label).note(format!("write `{} = ...`", example.join(", "))));
+            return poisoned;
+        }
+        let mut start = 0;
+        let mut values = Vec::new();
+        for (index, len) in sizes.into_iter().enumerate() {
+            values.push(self.finish_node(step, Op::Slice { start, len }, format!("{path}.{index}"), &[input]));
+            start += len;
+        }
+        values
+    }
+
+    /// Binds a list of positional integer arguments (`split`, `permute`), each at least
+    /// `min`.
+    fn int_list_args(&mut self, op_name: &str, name_span: &Span, args: &[Arg], min: i64) -> Option<Vec<usize>> {
+        if args.is_empty() {
+            let example = if op_name == "permute" { "permute(0, 2, 3, 1)" } else { "split(24, 40)" };
+            self.error(
+                Diag::new(format!("`{op_name}` needs a list of integers"), name_span.clone(), "no arguments")
+                    .note(format!("e.g. `{example}`")),
+            );
+            return None;
+        }
+        let mut values = Vec::new();
+        let mut ok = true;
+        for arg in args {
+            if let Some(keyword) = &arg.keyword {
+                self.error(Diag::new(
+                    format!("`{op_name}` takes integers, not keyword arguments"),
+                    keyword.span.clone(),
+                    "unexpected keyword",
+                ));
+                ok = false;
+                continue;
+            }
+            match self.eval_int(&arg.value) {
+                Some(v) if (min..=MAX_SIZE_ARG).contains(&v) => values.push(v as usize),
+                Some(v) => {
+                    self.error(Diag::new(
+                        format!("`{op_name}` arguments must be between {min} and {MAX_SIZE_ARG}, got {v}"),
+                        arg.value.span.clone(),
+                        "out of range",
+                    ));
+                    ok = false;
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some(values)
     }
 
     /// The name of the step being elaborated, and its full dotted path.
@@ -649,6 +867,19 @@ impl<'a> Lowerer<'a> {
                 .note("name the layers after the repeat, or wrap the repeat in a named `seq`"),
             );
         }
+        if let Some(label) = &step.label
+            && !step.label_is_ident
+            && (label.name.is_empty() || label.name.contains(|c: char| c == '.' || c.is_whitespace() || c.is_control()))
+        {
+            self.error(
+                Diag::new(
+                    format!("layer name \"{}\" is not a name", label.name.escape_default()),
+                    label.span.clone(),
+                    if label.name.is_empty() { "empty" } else { "contains `.` or white space" },
+                )
+                .note("a quoted layer name is one non-empty part of a parameter's dotted path"),
+            );
+        }
         let result = match &step.kind {
             StepKind::Seq { body, keyword } => {
                 let (_, path) = self.step_name(&step.label, "seq");
@@ -659,7 +890,7 @@ impl<'a> Lowerer<'a> {
                 self.frames.push(frame);
                 self.statements(body);
                 let frame = self.frames.pop().expect("pushed above");
-                frame.current.unwrap_or(None)
+                self.frame_result(frame, "seq")
             }
             StepKind::Call { name, args } => {
                 if OP_NAMES.contains(&name.name.as_str()) {
@@ -677,7 +908,7 @@ impl<'a> Lowerer<'a> {
         if let Some(label) = &step.label {
             // A label equal to an op or block name names the layer only (torchvision has
             // `transition1.conv`); it cannot name a tensor, or `NAME |>` would be ambiguous.
-            if !self.is_callable(&label.name) {
+            if !self.is_callable(&label.name) && step.label_is_ident {
                 self.bind(label, result);
             }
         }
@@ -714,6 +945,15 @@ impl<'a> Lowerer<'a> {
     fn need_current(&mut self, current: Option<Value>, span: &Span) -> Value {
         match current {
             Some(value) => value,
+            None if self.frame().parts_at.is_some() => {
+                let parts_at = self.frame().parts_at.clone().expect("checked");
+                self.error(
+                    Diag::new("no tensor to apply this to", span.clone(), "which of the parts?")
+                        .secondary(parts_at, "the statement before makes several tensors")
+                        .note("start the chain with one of their names, e.g. `x2 |> ...`"),
+                );
+                None
+            }
             None => {
                 self.error(
                     Diag::new("no tensor to apply this to", span.clone(), "nothing comes before this")
@@ -880,7 +1120,27 @@ impl<'a> Lowerer<'a> {
         self.statements(&block.body);
         self.call_stack.pop();
         let frame = self.frames.pop().expect("pushed above");
-        frame.current.unwrap_or(None)
+        self.frame_result(frame, "block")
+    }
+
+    /// The value a finished `seq` or block call gives: its current tensor. An error when
+    /// its last statement bound several names (which one would it be?).
+    fn frame_result(&mut self, frame: Frame, what: &str) -> Value {
+        match (frame.current, frame.parts_at) {
+            (Some(value), _) => value,
+            (None, Some(parts_at)) => {
+                self.error(
+                    Diag::new(
+                        format!("a {what} cannot end with several tensors"),
+                        parts_at,
+                        format!("the {what}'s last statement makes these"),
+                    )
+                    .note("end it with one tensor, e.g. `concat(x1, x2)`"),
+                );
+                None
+            }
+            (None, None) => None,
+        }
     }
 
     /// Evaluates an integer expression; reports and returns `None` on error.
@@ -1176,6 +1436,10 @@ impl<'a> Lowerer<'a> {
             return self.merge(step, name, args, current, path);
         }
         let input = self.need_current(current, &name.span);
+        if op_name == "permute" {
+            let perm = self.int_list_args(op_name, &name.span, args, 0)?;
+            return self.finish_node(step, Op::Permute { perm }, path, &[input?]);
+        }
         let args = self.bind_args(op_name, &name.span, args)?;
         let input = input?;
         let input_shape = self.graph.node(input).shape.clone();
@@ -1268,6 +1532,20 @@ impl<'a> Lowerer<'a> {
                 beta: args.float("beta", 0.75),
                 k: args.float("k", 2.0),
             },
+            "channel_shuffle" => Op::ChannelShuffle { groups: args.int("groups", 1) as usize },
+            "layer_norm" => Op::LayerNorm { eps: args.float("eps", 1e-5), axis: input_shape.len().saturating_sub(1) },
+            "layer_norm2d" => {
+                if input_shape.len() != 4 {
+                    self.error(Diag::new(
+                        format!("layer_norm2d expects a 4-D [N, C, H, W] tensor, got {}", fmt_shape(input_shape)),
+                        span.clone(),
+                        "here",
+                    ));
+                    return None;
+                }
+                Op::LayerNorm { eps: args.float("eps", 1e-5), axis: 1 }
+            }
+            "scale" => Op::Scale,
             other => {
                 self.error(Diag::new(format!("internal: no builder for `{other}`"), span.clone(), ""));
                 return None;
@@ -1351,7 +1629,7 @@ impl<'a> Lowerer<'a> {
         let params: Vec<Param> = op
             .param_shapes(&shapes[0])
             .into_iter()
-            .map(|(role, shape)| Param { role, name: format!("{path}.{}", role.suffix()), shape })
+            .map(|(role, shape)| Param { role, name: role.name(&path), shape })
             .collect();
         if op.is_weighted() {
             self.claim_prefix(&path, &step_name_span(step));
@@ -1359,6 +1637,35 @@ impl<'a> Lowerer<'a> {
         let node = Node { op, name: path, shape, params, span: Some(step.span.clone()), epilogue: Default::default() };
         Some(self.add_node(node, operands))
     }
+}
+
+/// The arguments of a call step (none for `seq`).
+fn step_args(step: &Step) -> &[Arg] {
+    match &step.kind {
+        StepKind::Call { args, .. } => args.as_deref().unwrap_or(&[]),
+        StepKind::Seq { .. } => &[],
+    }
+}
+
+/// The op name of a step that makes several tensors (`chunk`, `split`), if it is one.
+fn multi_output_op(step: &Step) -> Option<&Ident> {
+    match &step.kind {
+        StepKind::Call { name, .. } if MULTI_OUTPUT_OPS.contains(&name.name.as_str()) => Some(name),
+        _ => None,
+    }
+}
+
+/// The span covering a statement's bound names.
+fn bindings_span(bindings: &[Ident]) -> Span {
+    let start = bindings.first().map_or(0, |b| b.span.start);
+    let end = bindings.last().map_or(start, |b| b.span.end);
+    start..end
+}
+
+/// How a multi-output op divides the channels.
+enum SizesArg {
+    Chunks(usize),
+    Sizes(Vec<usize>),
 }
 
 /// Where a step's layer name is: its label, or the whole step.

@@ -93,7 +93,7 @@ fn check_nesting(source: &str) -> Result<(), Diag> {
 fn rule_description(rule: Rule) -> Option<&'static str> {
     Some(match rule {
         Rule::EOI => "end of file",
-        Rule::ident | Rule::arg_name | Rule::binding | Rule::label => "a name",
+        Rule::ident | Rule::arg_name | Rule::binding | Rule::label | Rule::label_word | Rule::quoted => "a name",
         Rule::network => "`network`",
         Rule::block_def => "`block`",
         Rule::param_list | Rule::param => "a parameter",
@@ -122,7 +122,8 @@ fn parse_error(source: &str, error: pest::error::Error<Rule>) -> Diag {
             let token = token.to_string();
             let text = match token.as_str() {
                 "\n" => "a newline".to_string(),
-                "BUILTIN_RULE" | "#" | " " | "\t" | "\r" | ";" => continue,
+                // A quoted layer name may start most statements; "a statement" says it.
+                "BUILTIN_RULE" | "#" | " " | "\t" | "\r" | ";" | "\"" => continue,
                 t if t.len() > 1 && t.contains("..") => continue,
                 // Single letters and `_` come from inside the name and number rules.
                 t if t.len() == 1 && t.chars().all(|c| c.is_ascii_alphabetic() || c == '_') => continue,
@@ -160,6 +161,10 @@ fn parse_error(source: &str, error: pest::error::Error<Rule>) -> Diag {
         }
     };
     Diag::new(format!("expected {expected_text}, found {found_text}"), span, format!("expected {expected_text}"))
+}
+
+fn is_keyword(word: &str) -> bool {
+    matches!(word, "network" | "block" | "input" | "output" | "repeat" | "seq")
 }
 
 fn span_of(pair: &Pair<Rule>) -> Span {
@@ -226,16 +231,16 @@ fn stmt(pair: Pair<Rule>) -> Result<Stmt, Diag> {
             Ok(Stmt::Repeat { count, body: body_stmts, span })
         }
         Rule::chain_stmt => {
-            let mut binding = None;
+            let mut bindings = Vec::new();
             let mut steps = Vec::new();
             for p in pair.into_inner() {
                 match p.as_rule() {
-                    Rule::binding => binding = Some(ident(p.into_inner().next().expect("grammar: binding name"))),
+                    Rule::binding => bindings = p.into_inner().map(ident).collect(),
                     Rule::step => steps.push(step(p)?),
                     _ => {}
                 }
             }
-            Ok(Stmt::Chain(Chain { binding, steps, span }))
+            Ok(Stmt::Chain(Chain { bindings, steps, span }))
         }
         rule => Err(Diag::new(format!("internal: unexpected {rule:?}"), span, "")),
     }
@@ -244,10 +249,20 @@ fn stmt(pair: Pair<Rule>) -> Result<Stmt, Diag> {
 fn step(pair: Pair<Rule>) -> Result<Step, Diag> {
     let span = span_of(&pair);
     let mut label = None;
+    let mut label_is_ident = false;
     let mut kind = None;
     for p in pair.into_inner() {
         match p.as_rule() {
-            Rule::label => label = Some(ident(p.into_inner().next().expect("grammar: label name"))),
+            Rule::label => {
+                let name = p.into_inner().next().expect("grammar: label name");
+                label_is_ident = name.as_rule() == Rule::label_word && !is_keyword(name.as_str());
+                let quoted = name.as_rule() == Rule::quoted;
+                let mut label_ident = ident(name);
+                if quoted {
+                    label_ident.name = label_ident.name[1..label_ident.name.len() - 1].to_string();
+                }
+                label = Some(label_ident);
+            }
             Rule::seq => {
                 let mut inner = p.into_inner();
                 let keyword = span_of(&inner.next().expect("grammar: seq keyword"));
@@ -264,7 +279,7 @@ fn step(pair: Pair<Rule>) -> Result<Step, Diag> {
         }
     }
     let kind = kind.ok_or_else(|| Diag::new("internal: empty step", span.clone(), ""))?;
-    Ok(Step { label, kind, span })
+    Ok(Step { label, label_is_ident, kind, span })
 }
 
 fn arg(pair: Pair<Rule>) -> Result<Arg, Diag> {

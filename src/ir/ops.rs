@@ -258,6 +258,29 @@ pub enum Op {
     /// Per-channel `x * scale + shift` (dimension 1): a BatchNorm with nothing to fold
     /// into, after `fold_batchnorm`.
     ScaleShift,
+    /// Channels `start .. start + len` of dimension 1: one part of `chunk` or `split`.
+    Slice {
+        start: usize,
+        len: usize,
+    },
+    /// torchvision's `channel_shuffle`: output channel `i * groups + j` is input channel
+    /// `j * (C / groups) + i`.
+    ChannelShuffle {
+        groups: usize,
+    },
+    /// `torch.permute`: output dimension `d` is input dimension `perm[d]`.
+    Permute {
+        perm: Vec<usize>,
+    },
+    /// Layer normalization over one dimension, `axis`: the last (`nn.LayerNorm`) or 1
+    /// (torchvision's `LayerNorm2d`), with an elementwise affine `weight` and `bias`.
+    LayerNorm {
+        eps: f64,
+        axis: usize,
+    },
+    /// A learned per-channel multiplier of shape `[C, 1, 1]` (ConvNeXt's `layer_scale`),
+    /// named by the layer's path itself.
+    Scale,
 }
 
 /// What a weight tensor is for; its name suffix in a `state_dict`.
@@ -269,6 +292,8 @@ pub enum ParamRole {
     RunningVar,
     Scale,
     Shift,
+    /// A bare `nn.Parameter` of the layer: its name is the layer's path, no suffix.
+    Parameter,
 }
 
 impl ParamRole {
@@ -280,13 +305,22 @@ impl ParamRole {
             ParamRole::RunningVar => "running_var",
             ParamRole::Scale => "scale",
             ParamRole::Shift => "shift",
+            ParamRole::Parameter => "",
+        }
+    }
+
+    /// The parameter's name in the `state_dict` for the layer at `path`.
+    pub fn name(self, path: &str) -> String {
+        match self.suffix() {
+            "" => path.to_string(),
+            suffix => format!("{path}.{suffix}"),
         }
     }
 
     /// Whether the parameter is learned by gradient descent (counted in "learnable
     /// parameters"); BatchNorm's running statistics are buffers, not parameters.
     pub fn is_learnable(self) -> bool {
-        matches!(self, ParamRole::Weight | ParamRole::Bias)
+        matches!(self, ParamRole::Weight | ParamRole::Bias | ParamRole::Parameter)
     }
 }
 
@@ -314,6 +348,11 @@ impl Op {
             Op::Concat => "concat",
             Op::Lrn { .. } => "lrn",
             Op::ScaleShift => "scale_shift",
+            Op::Slice { .. } => "slice",
+            Op::ChannelShuffle { .. } => "channel_shuffle",
+            Op::Permute { .. } => "permute",
+            Op::LayerNorm { .. } => "layer_norm",
+            Op::Scale => "scale",
         }
     }
 
@@ -332,7 +371,8 @@ impl Op {
                 v
             }
             Op::Linear { out_features, bias } => {
-                let in_features = input.get(1).copied().unwrap_or(0);
+                // nn.Linear acts on the last dimension, whatever the rank.
+                let in_features = input.last().copied().unwrap_or(0);
                 let mut v = vec![(ParamRole::Weight, vec![*out_features, in_features])];
                 if *bias {
                     v.push((ParamRole::Bias, vec![*out_features]));
@@ -352,13 +392,24 @@ impl Op {
                 let c = input.get(1).copied().unwrap_or(0);
                 vec![(ParamRole::Scale, vec![c]), (ParamRole::Shift, vec![c])]
             }
+            Op::LayerNorm { axis, .. } => {
+                let c = input.get(*axis).copied().unwrap_or(0);
+                vec![(ParamRole::Weight, vec![c]), (ParamRole::Bias, vec![c])]
+            }
+            Op::Scale => {
+                let c = input.get(1).copied().unwrap_or(0);
+                vec![(ParamRole::Parameter, vec![c, 1, 1])]
+            }
             _ => Vec::new(),
         }
     }
 
     /// Whether the op reads weights (and so owns a name prefix in the `state_dict`).
     pub fn is_weighted(&self) -> bool {
-        matches!(self, Op::Conv(_) | Op::Linear { .. } | Op::BatchNorm { .. } | Op::ScaleShift)
+        matches!(
+            self,
+            Op::Conv(_) | Op::Linear { .. } | Op::BatchNorm { .. } | Op::ScaleShift | Op::LayerNorm { .. } | Op::Scale
+        )
     }
 
     /// Whether the op takes a variable number of operands.
@@ -401,6 +452,12 @@ impl Op {
             Op::AdaptiveAvgPool { out } => format!("out={out}"),
             Op::Dropout { p } | Op::Dropout2d { p } | Op::StochasticDepth { p } => format!("p={p}"),
             Op::Lrn { size, alpha, beta, k } => format!("size={size} alpha={alpha:e} beta={beta} k={k}"),
+            Op::Slice { start, len } => format!("start={start} len={len}"),
+            Op::ChannelShuffle { groups } => format!("groups={groups}"),
+            Op::Permute { perm } => {
+                format!("perm={}", perm.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","))
+            }
+            Op::LayerNorm { eps, axis } => format!("eps={eps:e} axis={axis}"),
             _ => String::new(),
         }
     }

@@ -265,19 +265,13 @@ fn infer_unchecked(op: &Op, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeErro
             }
         }
         Op::Linear { out_features, .. } => {
-            if x.len() != 2 {
-                let err = ShapeError::new(format!("linear expects a 2-D [N, F] tensor, got {}", fmt_shape(x)));
-                return Err(if x.len() == 4 {
-                    err.with_help(format!(
-                        "insert `flatten` before it to make [{}, {}]",
-                        x[0],
-                        x[1..].iter().product::<usize>()
-                    ))
-                } else {
-                    err
-                });
+            // nn.Linear: the last dimension becomes `out`, the others stay.
+            if x.len() < 2 {
+                return Err(ShapeError::new(format!("linear expects [N, ..., F], got {}", fmt_shape(x))));
             }
-            Ok(vec![x[0], *out_features])
+            let mut out = x.to_vec();
+            *out.last_mut().expect("rank 2 or more") = *out_features;
+            Ok(out)
         }
         Op::BatchNorm { .. } | Op::ScaleShift => {
             if x.len() != 2 && x.len() != 4 {
@@ -324,6 +318,55 @@ fn infer_unchecked(op: &Op, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeErro
             if *size == 0 {
                 return Err(ShapeError::new("lrn size must be at least 1"));
             }
+            Ok(x.to_vec())
+        }
+        Op::Slice { start, len } => {
+            let channels = x.get(1).copied().unwrap_or(0);
+            if x.len() < 2 || *len == 0 || start.checked_add(*len).is_none_or(|end| end > channels) {
+                return Err(ShapeError::new(format!(
+                    "slice of channels {start}..{} of {}",
+                    start.saturating_add(*len),
+                    fmt_shape(x)
+                )));
+            }
+            let mut out = x.to_vec();
+            out[1] = *len;
+            Ok(out)
+        }
+        Op::ChannelShuffle { groups } => {
+            expect_4d(op, x)?;
+            if *groups == 0 || x[1] % groups != 0 {
+                return Err(ShapeError::new(format!(
+                    "channel_shuffle with groups={groups} needs the channels of {} divisible by it",
+                    fmt_shape(x)
+                )));
+            }
+            Ok(x.to_vec())
+        }
+        Op::Permute { perm } => {
+            let mut seen = vec![false; x.len()];
+            let valid =
+                perm.len() == x.len() && perm.iter().all(|&d| d < x.len() && !std::mem::replace(&mut seen[d], true));
+            if !valid {
+                let dims: Vec<String> = perm.iter().map(|d| d.to_string()).collect();
+                return Err(ShapeError::new(format!(
+                    "permute({}) is not a permutation of the {} dimensions of {}",
+                    dims.join(", "),
+                    x.len(),
+                    fmt_shape(x)
+                ))
+                .with_help(format!("name each of 0..{} once", x.len())));
+            }
+            Ok(perm.iter().map(|&d| x[d]).collect())
+        }
+        Op::LayerNorm { axis, .. } => {
+            if x.len() < 2 || *axis == 0 || *axis >= x.len() {
+                return Err(ShapeError::new(format!("layer_norm over dimension {axis} of {}", fmt_shape(x))));
+            }
+            Ok(x.to_vec())
+        }
+        Op::Scale => {
+            expect_4d(op, x)?;
             Ok(x.to_vec())
         }
     }

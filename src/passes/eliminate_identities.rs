@@ -2,7 +2,9 @@
 //!
 //! Rewrites: `dropout`, `dropout2d` and `stochastic_depth` (identity at inference); `adaptive_avg_pool`
 //! whose output size equals its input size (every bin is one pixel); `max_pool` and
-//! `avg_pool` with a 1x1 kernel, stride 1 and no padding. Users (and outputs) of the
+//! `avg_pool` with a 1x1 kernel, stride 1 and no padding; a `slice` of every channel; a
+//! `channel_shuffle` with 1 group or one channel per group; a `permute` that keeps every
+//! dimension in place. Users (and outputs) of the
 //! removed node read its operand instead.
 //! Leaves alone: everything else, including `flatten` (it changes the shape).
 
@@ -16,6 +18,9 @@ fn is_identity(graph: &Graph, op: &Op, input: &[usize], output: &[usize]) -> boo
         Op::MaxPool(p) | Op::AvgPool(p) => {
             p.kernel == Hw::square(1) && p.stride == Hw::square(1) && p.pad == Pad::symmetric(Hw::square(0))
         }
+        Op::Slice { .. } => input == output,
+        Op::ChannelShuffle { groups } => *groups == 1 || Some(groups) == input.get(1),
+        Op::Permute { perm } => perm.iter().enumerate().all(|(i, &d)| i == d),
         _ => false,
     }
 }

@@ -5,7 +5,7 @@
 //! parameters keep their names (`conv1.weight` now holds the folded values) and the bias
 //! of a conv that had none is named `<conv>.bias`. When the graph carries no weight values
 //! (`cnnc ir` without weights), only the structure changes.
-//! A BatchNorm with nothing to fold into (its operand is not a conv or linear, or has
+//! A BatchNorm with nothing to fold into (its operand is not a conv or a 2-D linear, or has
 //! other users, or is a network output, or already has a fused epilogue) becomes a
 //! `scale_shift` with scale = γ/√(σ²+ε) and shift = β − μ·scale, named `<bn>.scale` and
 //! `<bn>.shift`.
@@ -24,7 +24,9 @@ pub fn fold_batchnorm(graph: &mut Graph) -> bool {
         let layer = graph.node(layer_id);
         let had_bias = match &layer.op {
             Op::Conv(c) => Some(c.bias),
-            Op::Linear { bias, .. } => Some(*bias),
+            // A linear on a higher rank acts on the last dimension, a BatchNorm on
+            // dimension 1: not the same channels.
+            Op::Linear { bias, .. } if layer.shape.len() == 2 => Some(*bias),
             _ => None,
         };
         // A layer with a fused epilogue computes more than its weights say: scaling them

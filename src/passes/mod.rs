@@ -12,6 +12,7 @@ pub mod convert_fc_to_conv;
 pub mod eliminate_dead_nodes;
 pub mod eliminate_identities;
 pub mod fold_batchnorm;
+pub mod fold_channels_last;
 pub mod fuse_epilogues;
 pub mod fuse_pooling;
 pub mod plan_memory;
@@ -20,6 +21,7 @@ pub use convert_fc_to_conv::{convert_fc_to_conv, make_fully_convolutional};
 pub use eliminate_dead_nodes::eliminate_dead_nodes;
 pub use eliminate_identities::eliminate_identities;
 pub use fold_batchnorm::fold_batchnorm;
+pub use fold_channels_last::fold_channels_last;
 pub use fuse_epilogues::fuse_epilogues;
 pub use fuse_pooling::fuse_pooling;
 pub use plan_memory::plan_memory;
@@ -48,6 +50,7 @@ pub const ALL_PASSES: &[Pass] = &[
     Pass { name: "fold_batchnorm", run: fold_batchnorm },
     Pass { name: "eliminate_dead_nodes", run: eliminate_dead_nodes },
     Pass { name: "convert_fc_to_conv", run: convert_fc_to_conv },
+    Pass { name: "fold_channels_last", run: fold_channels_last },
     Pass { name: "fuse_epilogues", run: fuse_epilogues },
     Pass { name: "fuse_pooling", run: fuse_pooling },
     Pass { name: "plan_memory", run: plan_memory },
@@ -89,12 +92,14 @@ pub fn pipeline_for(level: OptLevel, capabilities: Capabilities) -> Vec<Pass> {
         // Fusion after folding (a BatchNorm between a conv and its ReLU would block it);
         // pooling after the elementwise fusions (the ReLU between a conv and its pool must
         // be in the conv's epilogue first, or the conv's sole user is the ReLU); memory
-        // planning last, over the final graph.
+        // planning last, over the final graph. The channels-last sandwich folds before
+        // fusion, so that its 1x1 convs take their activations.
         OptLevel::O2 => {
             let mut passes = vec![
                 by_name("eliminate_identities"),
                 by_name("fold_batchnorm"),
                 by_name("eliminate_dead_nodes"),
+                by_name("fold_channels_last"),
                 by_name("fuse_epilogues"),
             ];
             if capabilities.fused_pooling {

@@ -4,8 +4,10 @@
 //! Liveness comes from the topological order the backends run: a value is live from the
 //! node that computes it to its last user. Offsets are chosen first-fit among free
 //! ranges in order of birth (freed neighbours merge), sizes rounded up to 64 bytes. An
-//! elementwise op (activation, scale-shift, flatten, a residual epilogue's add) whose
-//! first operand dies at it reuses that operand's slot (in place).
+//! elementwise op (activation, scale-shift, scale, flatten, a residual epilogue's add)
+//! whose first operand dies at it reuses that operand's slot (in place). Ops that move
+//! values (slice, channel_shuffle, permute) or read a whole row before writing it
+//! (layer_norm) get a slot of their own.
 //!
 //! Concat elimination: an operand of a channel `concat` is computed straight into its
 //! channel slice of the concat's slot (`MemoryPlan::in_concat`), so the concat copies
@@ -30,7 +32,10 @@ const ALIGN: usize = 64;
 
 /// Whether an op may write its result over its first operand (elementwise ops).
 pub fn can_run_in_place(op: &Op) -> bool {
-    matches!(op, Op::Activation(_) | Op::ScaleShift | Op::Flatten | Op::Dropout { .. } | Op::StochasticDepth { .. })
+    matches!(
+        op,
+        Op::Activation(_) | Op::ScaleShift | Op::Scale | Op::Flatten | Op::Dropout { .. } | Op::StochasticDepth { .. }
+    )
 }
 
 /// Whether a planned concat has nothing left to copy: every operand was computed in its

@@ -23,7 +23,8 @@ use cranelift_module::{DataDescription, DataId, FuncId, Linkage, Module};
 
 use super::kernels::conv::{ConvKernel, ConvShape, LinearKernel};
 use super::kernels::elementwise::{self, Combine};
-use super::kernels::normalize::{self, Lrn};
+use super::kernels::movement::{self, ChannelMap};
+use super::kernels::normalize::{self, LayerNorm, Lrn};
 use super::kernels::pointwise::PointwiseKernel;
 use super::kernels::pool::{PoolKernel, PoolKind};
 use super::kernels::winograd::WinogradKernel;
@@ -293,6 +294,11 @@ enum Kernel {
     Concat,
     Softmax,
     Lrn(Lrn),
+    /// Channel planes moved by a map (`slice`, `channel_shuffle`).
+    Planes(ChannelMap),
+    Permute(Vec<usize>),
+    /// The normalization's shape; the data holds the weight and bias.
+    LayerNorm(LayerNorm, Vec<f32>),
 }
 
 impl Kernel {
@@ -303,7 +309,7 @@ impl Kernel {
             Kernel::Pointwise(k) => Some(std::mem::take(&mut k.data)),
             Kernel::Winograd(k) => Some(std::mem::take(&mut k.data)),
             Kernel::Linear(k) => Some(std::mem::take(&mut k.data)),
-            Kernel::ScaleShift(d) => Some(d.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            Kernel::ScaleShift(d) | Kernel::LayerNorm(_, d) => Some(d.iter().flat_map(|x| x.to_le_bytes()).collect()),
             Kernel::Pool(p) => p.data(),
             _ => None,
         }
@@ -394,8 +400,9 @@ fn prepare(
         Op::Linear { out_features, .. } => {
             let weight = required(weights, node, &x_shape, ParamRole::Weight)?;
             let bias = param(weights, node, &x_shape, ParamRole::Bias)?.map(|b| b.data.as_slice());
+            // Every dimension but the last indexes rows.
             Kernel::Linear(LinearKernel::new(
-                x_shape[0],
+                x_shape[..x_shape.len() - 1].iter().product(),
                 &weight.data,
                 bias,
                 *out_features,
@@ -441,6 +448,25 @@ fn prepare(
         Op::Mul => Kernel::Broadcast(Combine::Mul),
         Op::Concat => Kernel::Concat,
         Op::Lrn { size, alpha, beta, k } => Kernel::Lrn(Lrn { size: *size, alpha: *alpha, beta: *beta, k: *k }),
+        Op::Slice { start, .. } => Kernel::Planes(ChannelMap::Slice { start: *start }),
+        Op::ChannelShuffle { groups } => Kernel::Planes(ChannelMap::Shuffle { groups: *groups }),
+        Op::Permute { perm } => Kernel::Permute(perm.clone()),
+        Op::LayerNorm { eps, axis } => {
+            let weight = required(weights, node, &x_shape, ParamRole::Weight)?;
+            let bias = required(weights, node, &x_shape, ParamRole::Bias)?;
+            let shape = LayerNorm {
+                outer: x_shape[..*axis].iter().product(),
+                count: x_shape[*axis],
+                inner: x_shape[axis + 1..].iter().product(),
+                eps: *eps,
+            };
+            Kernel::LayerNorm(shape, weight.data.iter().chain(&bias.data).copied().collect())
+        }
+        // A scale-shift with no shift: `x * s + 0` rounds as `x * s`.
+        Op::Scale => {
+            let scale = required(weights, node, &x_shape, ParamRole::Parameter)?;
+            Kernel::ScaleShift(scale.data.iter().copied().chain(std::iter::repeat_n(0.0, scale.data.len())).collect())
+        }
     };
     // Only convolutions and linear layers carry a residual; others at most activations.
     let epilogue_ok = match kernel {
@@ -793,6 +819,11 @@ fn emit_kernel(
         Kernel::ScaleShift(_) => elementwise::emit_scale_shift(kb, &node.shape, operands[0].0, out, epilogue),
         Kernel::Activation(activation) => elementwise::emit_activation(kb, *activation, operands[0].0, out, count),
         Kernel::Copy => elementwise::emit_copy(kb, operands[0].0, out, count),
+        Kernel::Planes(map) => {
+            movement::emit_channel_planes(kb, *map, operands[0].1, node.shape[1], operands[0].0, out)
+        }
+        Kernel::Permute(perm) => movement::emit_permute(kb, operands[0].1, perm, operands[0].0, out),
+        Kernel::LayerNorm(shape, _) => normalize::emit_layer_norm(kb, shape, operands[0].0, out),
         Kernel::Concat => {
             let batch = node.shape[0];
             let parts: Vec<(Loc, usize)> =

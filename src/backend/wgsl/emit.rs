@@ -44,6 +44,7 @@ pub const TEMPLATES: &[(&str, &str)] = &[
     ("elementwise", include_str!("../../../shaders/elementwise.wgsl")),
     ("concat", include_str!("../../../shaders/concat.wgsl")),
     ("lrn", include_str!("../../../shaders/lrn.wgsl")),
+    ("layer_norm", include_str!("../../../shaders/layer_norm.wgsl")),
 ];
 
 /// Invocations per workgroup of the one-value-per-invocation kernels (`WG` in
@@ -586,7 +587,12 @@ fn emit_node<'a>(
             let segments = weights
                 .get(param.name.as_str())
                 .ok_or_else(|| format!("internal error: weight `{}` has no place", param.name))?;
-            builder.loader(param.role.suffix(), segments, true);
+            // A bare parameter (`scale`'s) is read as `load_parameter`.
+            let loader = match param.role.suffix() {
+                "" => "parameter",
+                suffix => suffix,
+            };
+            builder.loader(loader, segments, true);
         }
         if let Some(residual) = graph.residual(id) {
             builder.loader("residual", &[value(residual)?], false);
@@ -706,8 +712,9 @@ fn emit_node<'a>(
             if !bias {
                 b.function("fn load_bias(i: u32) -> f32 {\n    return 0.0;\n}\n");
             }
-            b.uint("F", first_shape.get(1).copied().unwrap_or(0));
-            b.uint("O", shape.get(1).copied().unwrap_or(0));
+            // On any rank, the last dimension: the others index rows.
+            b.uint("F", first_shape.last().copied().unwrap_or(0));
+            b.uint("O", shape.last().copied().unwrap_or(0));
             b.uint("ROWS", total as usize);
             b.finish("linear", Grid::Workgroups { count: total, depth: 1 })?
         }
@@ -797,6 +804,22 @@ fn emit_node<'a>(
             emit_concat(graph, id, &operands, activations, limits, &start, kernels)?;
             None
         }
+        Op::Slice { .. } | Op::ChannelShuffle { .. } | Op::Permute { .. } | Op::Scale => {
+            let mut b = start(&node.name)?;
+            with_operands(&mut b)?;
+            b.function(&movement_value(&node.op, &first_shape, shape));
+            b.finish("elementwise", Grid::Invocations(total))?
+        }
+        Op::LayerNorm { eps, axis } => {
+            let mut b = start(&node.name)?;
+            with_operands(&mut b)?;
+            let outer: usize = shape[..*axis].iter().product();
+            let inner: usize = shape[axis + 1..].iter().product();
+            b.uint("C", shape[*axis]);
+            b.uint("INNER", inner);
+            b.float("EPS", *eps);
+            b.finish("layer_norm", Grid::Invocations((outer * inner) as u64))?
+        }
     };
     kernels.extend(kernel);
     Ok(())
@@ -833,6 +856,41 @@ fn emit_pool(
     b.boolean("IS_MAX", is_max);
     b.boolean("COUNT_PAD", pool.count_pad);
     b.finish("pool", Grid::Invocations(total))
+}
+
+/// `fn value(i: u32) -> f32` of the ops that read one input value per output value
+/// elsewhere than at `i` (slice, channel_shuffle, permute) or scale it (scale).
+fn movement_value(op: &Op, in_shape: &[usize], out_shape: &[usize]) -> String {
+    let inner: usize = in_shape.iter().skip(2).product();
+    let in_channels = in_shape.get(1).copied().unwrap_or(1);
+    let body = match op {
+        Op::Slice { start, len } => format!(
+            "    let n = i / {part}u;\n    return load_x(n * {row}u + {offset}u + i % {part}u);\n",
+            part = len * inner,
+            row = in_channels * inner,
+            offset = start * inner
+        ),
+        Op::ChannelShuffle { groups } => format!(
+            "    let c = (i / {inner}u) % {in_channels}u;\n    let source = (c % {groups}u) * {per_group}u + c / {groups}u;\n    \
+             return load_x(i - c * {inner}u + source * {inner}u);\n",
+            per_group = in_channels / groups.max(&1)
+        ),
+        Op::Permute { perm } => {
+            let rank = in_shape.len();
+            let in_stride = |d: usize| in_shape[d + 1..].iter().product::<usize>();
+            let mut body = String::new();
+            let mut terms = Vec::new();
+            for (d, &from) in perm.iter().enumerate().take(rank) {
+                let out_stride: usize = out_shape[d + 1..].iter().product();
+                let _ = writeln!(body, "    let d{d} = (i / {out_stride}u) % {}u;", out_shape[d].max(1));
+                terms.push(format!("d{d} * {}u", in_stride(from)));
+            }
+            let _ = writeln!(body, "    return load_x({});", terms.join(" + "));
+            body
+        }
+        _ => format!("    let c = (i / {inner}u) % {in_channels}u;\n    return load_x(i) * load_parameter(c);\n"),
+    };
+    format!("fn value(i: u32) -> f32 {{\n{body}}}\n")
 }
 
 /// `fn value(i: u32) -> f32` combining the operands elementwise, left to right, each

@@ -9,6 +9,7 @@
 
 pub(crate) mod conv;
 pub(crate) mod elementwise;
+pub(crate) mod movement;
 pub(crate) mod normalize;
 pub(crate) mod pointwise;
 pub(crate) mod pool;

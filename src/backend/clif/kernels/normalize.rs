@@ -1,5 +1,5 @@
-//! Normalizations across channels: softmax over dimension 1 and local response
-//! normalization (PyTorch's `LocalResponseNorm`).
+//! Normalizations: softmax over dimension 1, local response normalization (PyTorch's
+//! `LocalResponseNorm`) and layer normalization over one dimension.
 
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{InstBuilder, Type, Value};
@@ -157,4 +157,161 @@ fn emit_lrn_values(
     let a = kb.load(ty, center, 0);
     let y = kb.fb.ins().fdiv(a, power);
     kb.store(y, out, 0);
+}
+
+/// Layer normalization over one dimension of `count` values, for each of `outer` x
+/// `inner` positions (`[outer, count, inner]`): `y = (x - mean) / sqrt(var + eps) *
+/// weight + bias`, the variance biased, mean and variance in two passes. The data holds
+/// `weight` then `bias`, `count` floats each.
+pub(crate) struct LayerNorm {
+    pub outer: usize,
+    pub count: usize,
+    pub inner: usize,
+    pub eps: f64,
+}
+
+pub(crate) fn emit_layer_norm(kb: &mut Kb, ln: &LayerNorm, x: Loc, out: Loc) {
+    let src = kb.addr(x);
+    let dst = kb.addr(out);
+    let data = kb.data();
+    let row_bytes = (ln.count * ln.inner * 4) as i64;
+    if ln.inner == 1 {
+        // The normalized values are contiguous (the last dimension): f32x4 along them.
+        kb.for_share(ln.outer, |kb, row| {
+            let src = kb.index(src, row, row_bytes);
+            let dst = kb.index(dst, row, row_bytes);
+            emit_layer_norm_row(kb, ln, src, dst, data);
+        });
+        return;
+    }
+    // Dimension 1 of [N, C, H, W]: four positions at a time, the channels `inner` apart.
+    let vectors = ln.inner / 4;
+    let channel_stride = (ln.inner * 4) as i64;
+    kb.for_share(ln.outer * vectors, |kb, block| {
+        let n = kb.fb.ins().udiv_imm_u(block, vectors as i64);
+        let v = kb.fb.ins().urem_imm_u(block, vectors as i64);
+        let base = kb.fb.ins().imul_imm_s(n, row_bytes);
+        let position = kb.fb.ins().imul_imm_s(v, 16);
+        let offset = kb.fb.ins().iadd(base, position);
+        let src = kb.fb.ins().iadd(src, offset);
+        let dst = kb.fb.ins().iadd(dst, offset);
+        emit_layer_norm_strided(kb, ln, F32X4, src, dst, channel_stride, data);
+    });
+    if ln.inner % 4 != 0 {
+        kb.on_last_part(|kb| {
+            kb.for_range(ln.outer, |kb, n| {
+                for s in vectors * 4..ln.inner {
+                    let base = kb.fb.ins().imul_imm_s(n, row_bytes);
+                    let base = kb.fb.ins().iadd_imm_s(base, 4 * s as i64);
+                    let src = kb.fb.ins().iadd(src, base);
+                    let dst = kb.fb.ins().iadd(dst, base);
+                    emit_layer_norm_strided(kb, ln, F32, src, dst, channel_stride, data);
+                }
+            });
+        });
+    }
+}
+
+/// The sum of the four lanes of an f32x4.
+fn lane_sum(kb: &mut Kb, v: Value) -> Value {
+    let lanes: Vec<Value> = (0..4u8).map(|lane| kb.fb.ins().extractlane(v, lane)).collect();
+    let low = kb.fb.ins().fadd(lanes[0], lanes[1]);
+    let high = kb.fb.ins().fadd(lanes[2], lanes[3]);
+    kb.fb.ins().fadd(low, high)
+}
+
+/// Sums `f(value)` over a contiguous row of `count` floats: f32x4 steps, then single
+/// floats.
+fn row_sum(kb: &mut Kb, src: Value, count: usize, f: impl Fn(&mut Kb, Value) -> Value) -> Value {
+    let vector_var = kb.fb.declare_var(F32X4);
+    let zero = kb.constant(F32X4, 0.0);
+    kb.fb.def_var(vector_var, zero);
+    kb.for_range(count / 4, |kb, i| {
+        let addr = kb.index(src, i, 16);
+        let v = kb.load(F32X4, addr, 0);
+        let term = f(kb, v);
+        let acc = kb.fb.use_var(vector_var);
+        let acc = kb.fb.ins().fadd(acc, term);
+        kb.fb.def_var(vector_var, acc);
+    });
+    let acc = kb.fb.use_var(vector_var);
+    let mut sum = lane_sum(kb, acc);
+    for i in count / 4 * 4..count {
+        let v = kb.load(F32, src, 4 * i as i64);
+        let term = f(kb, v);
+        sum = kb.fb.ins().fadd(sum, term);
+    }
+    sum
+}
+
+fn emit_layer_norm_row(kb: &mut Kb, ln: &LayerNorm, src: Value, dst: Value, data: Value) {
+    let inverse_count = kb.f32(1.0 / ln.count as f32);
+    let sum = row_sum(kb, src, ln.count, |_, v| v);
+    let mean = kb.fb.ins().fmul(sum, inverse_count);
+    let mean_v = kb.fb.ins().splat(F32X4, mean);
+    let squares = row_sum(kb, src, ln.count, |kb, v| {
+        let m = if kb.fb.func.dfg.value_type(v) == F32 { mean } else { mean_v };
+        let d = kb.fb.ins().fsub(v, m);
+        kb.fb.ins().fmul(d, d)
+    });
+    let var = kb.fb.ins().fmul(squares, inverse_count);
+    let eps = kb.f32(ln.eps as f32);
+    let var = kb.fb.ins().fadd(var, eps);
+    let root = kb.fb.ins().sqrt(var);
+    let one = kb.f32(1.0);
+    let inverse = kb.fb.ins().fdiv(one, root);
+    let inverse_v = kb.fb.ins().splat(F32X4, inverse);
+    let bias = kb.offset(data, 4 * ln.count as i64);
+    kb.map_floats(ln.count, &[src, data, bias], dst, |kb, ty, v| {
+        let (m, inv) = if ty == F32 { (mean, inverse) } else { (mean_v, inverse_v) };
+        let d = kb.fb.ins().fsub(v[0], m);
+        let normalized = kb.fb.ins().fmul(d, inv);
+        kb.mul_add(normalized, v[1], v[2])
+    });
+}
+
+/// One position's (or four neighbouring positions', for F32X4) normalization over
+/// `count` values `stride` bytes apart.
+fn emit_layer_norm_strided(kb: &mut Kb, ln: &LayerNorm, ty: Type, src: Value, dst: Value, stride: i64, data: Value) {
+    let sum_of = |kb: &mut Kb, f: &dyn Fn(&mut Kb, Value) -> Value| {
+        let var = kb.fb.declare_var(ty);
+        let zero = kb.constant(ty, 0.0);
+        kb.fb.def_var(var, zero);
+        kb.for_range(ln.count, |kb, c| {
+            let addr = kb.index(src, c, stride);
+            let v = kb.load(ty, addr, 0);
+            let term = f(kb, v);
+            let acc = kb.fb.use_var(var);
+            let acc = kb.fb.ins().fadd(acc, term);
+            kb.fb.def_var(var, acc);
+        });
+        kb.fb.use_var(var)
+    };
+    let inverse_count = kb.constant(ty, 1.0 / ln.count as f32);
+    let sum = sum_of(kb, &|_, v| v);
+    let mean = kb.fb.ins().fmul(sum, inverse_count);
+    let squares = sum_of(kb, &|kb, v| {
+        let d = kb.fb.ins().fsub(v, mean);
+        kb.fb.ins().fmul(d, d)
+    });
+    let var = kb.fb.ins().fmul(squares, inverse_count);
+    let eps = kb.constant(ty, ln.eps as f32);
+    let var = kb.fb.ins().fadd(var, eps);
+    let root = kb.fb.ins().sqrt(var);
+    let one = kb.constant(ty, 1.0);
+    let inverse = kb.fb.ins().fdiv(one, root);
+    kb.for_range(ln.count, |kb, c| {
+        let from = kb.index(src, c, stride);
+        let v = kb.load(ty, from, 0);
+        let weight_addr = kb.index(data, c, 4);
+        let weight = kb.load_weight(F32, weight_addr, 0);
+        let bias = kb.load_weight(F32, weight_addr, 4 * ln.count as i64);
+        let (weight, bias) =
+            if ty == F32 { (weight, bias) } else { (kb.fb.ins().splat(F32X4, weight), kb.fb.ins().splat(F32X4, bias)) };
+        let d = kb.fb.ins().fsub(v, mean);
+        let normalized = kb.fb.ins().fmul(d, inverse);
+        let y = kb.mul_add(normalized, weight, bias);
+        let to = kb.index(dst, c, stride);
+        kb.store(y, to, 0);
+    });
 }
