@@ -69,6 +69,12 @@ fn torchvision_state_dicts_bind_to_the_examples() {
         "resnext50_32x4d",
         "mnasnet1_0",
         "mobilenet_v2",
+        "mobilenet_v3_small",
+        "mobilenet_v3_large",
+        "efficientnet_b0",
+        "shufflenet_v2_x1_0",
+        "regnet_y_400mf",
+        "convnext_tiny",
     ] {
         let keys = keys(model);
         let bytes = safetensors_file(&keys);

@@ -27,6 +27,12 @@ fn learnable_parameter_totals_match_the_published_ones() {
         ("examples/resnext50_32x4d.cnn", 25_028_904),
         ("examples/mnasnet1_0.cnn", 4_383_312),
         ("examples/mobilenet_v2.cnn", 3_504_872),
+        ("examples/mobilenet_v3_small.cnn", 2_542_856),
+        ("examples/mobilenet_v3_large.cnn", 5_483_032),
+        ("examples/efficientnet_b0.cnn", 5_288_548),
+        ("examples/shufflenet_v2_x1_0.cnn", 2_278_604),
+        ("examples/regnet_y_400mf.cnn", 4_344_144),
+        ("examples/convnext_tiny.cnn", 28_589_128),
     ] {
         assert_eq!(summary_of(file).total_params, total, "{file}");
     }

@@ -32,7 +32,10 @@ const ALIGN: usize = 64;
 
 /// Whether an op may write its result over its first operand (elementwise ops).
 pub fn can_run_in_place(op: &Op) -> bool {
-    matches!(op, Op::Activation(_) | Op::ScaleShift | Op::Scale | Op::Flatten | Op::Dropout { .. } | Op::StochasticDepth { .. })
+    matches!(
+        op,
+        Op::Activation(_) | Op::ScaleShift | Op::Scale | Op::Flatten | Op::Dropout { .. } | Op::StochasticDepth { .. }
+    )
 }
 
 /// Whether a planned concat has nothing left to copy: every operand was computed in its
