@@ -701,7 +701,7 @@ fn layer_norm_over_the_last_dimension() {
     let source = "network t {\n input x: [4]\n ln: layer_norm(eps=0.75)\n}";
     let w = weights(&[("ln.weight", &[4], &[1.0, 2.0, 1.0, 1.0]), ("ln.bias", &[4], &[0.0, 0.0, 0.0, 0.5])]);
     let out = run_single(source, &w, tensor(&[1, 4], &[1.0, 2.0, 3.0, 4.0]));
-    assert_close(&out, &[1, 4], &[-1.06066017, -0.70710678, 0.35355339, 1.56066017]);
+    assert_close(&out, &[1, 4], &[-1.060_660_2, -std::f32::consts::FRAC_1_SQRT_2, 0.353_553_4, 1.560_660_2]);
 }
 
 #[test]

@@ -129,7 +129,7 @@ enum Layer {
         groups: usize,
     },
     /// `layer_norm2d` on feature maps, `layer_norm` on feature vectors.
-    LayerNorm,
+    Normalize,
     /// `scale` (feature maps).
     Scale,
     /// ConvNeXt's sandwich: channels-last, `layer_norm`, `linear` (with a relu or not),
@@ -343,11 +343,11 @@ fn render_step(layer: &Layer, shape: &[usize], mode: Mode) -> Option<(String, Ve
         }
         Layer::Softmax => ("softmax".into(), shape.to_vec()),
         Layer::ChannelShuffle { groups } if feature_map => {
-            let divisors: Vec<usize> = (1..=shape[0]).filter(|d| shape[0] % d == 0).collect();
+            let divisors: Vec<usize> = (1..=shape[0]).filter(|d| shape[0].is_multiple_of(*d)).collect();
             (format!("channel_shuffle({})", divisors[groups % divisors.len()]), shape.to_vec())
         }
-        Layer::LayerNorm if feature_map => ("layer_norm2d(eps=1e-3)".into(), shape.to_vec()),
-        Layer::LayerNorm => ("layer_norm".into(), shape.to_vec()),
+        Layer::Normalize if feature_map => ("layer_norm2d(eps=1e-3)".into(), shape.to_vec()),
+        Layer::Normalize => ("layer_norm".into(), shape.to_vec()),
         Layer::Scale if feature_map => ("scale".into(), shape.to_vec()),
         Layer::ChannelsLast { out_features, relu } if feature_map => {
             let relu = if *relu { " |> relu" } else { "" };
@@ -763,7 +763,7 @@ fn feature_layer() -> BoxedStrategy<Layer> {
         2 => merge(),
         1 => Just(Layer::ExtraOutput),
         1 => (0usize..4).prop_map(|groups| Layer::ChannelShuffle { groups }),
-        1 => Just(Layer::LayerNorm),
+        1 => Just(Layer::Normalize),
         1 => Just(Layer::Scale),
         1 => (1usize..=12, any::<bool>()).prop_map(|(out_features, relu)| Layer::ChannelsLast { out_features, relu }),
         1 => (2usize..=4, 0usize..4).prop_map(|(chunks, pick)| Layer::Chunk { chunks, pick }),
@@ -781,7 +781,7 @@ fn feature_vector_layer() -> BoxedStrategy<Layer> {
         1 => merge(),
         1 => Just(Layer::Softmax),
         1 => Just(Layer::ExtraOutput),
-        1 => Just(Layer::LayerNorm),
+        1 => Just(Layer::Normalize),
         1 => (2usize..=4, 0usize..4).prop_map(|(chunks, pick)| Layer::Chunk { chunks, pick }),
     ]
     .boxed()

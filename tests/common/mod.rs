@@ -14,7 +14,7 @@ use cnnc::tensor::Tensor;
 /// an owner for every 4-byte word of the arena: each value a node reads must still own
 /// its bytes when the node runs, and a node may only write over an operand's bytes when
 /// it computes elementwise in place over exactly that operand's slot (an activation,
-/// scale-shift, flatten, dropout or same-shape merge over its first operand, or a fused
+/// scale-shift, scale, flatten, dropout or same-shape merge over its first operand, or a fused
 /// residual add over the residual), or when a concat finds an operand already computed
 /// at its channel slice (concat elimination: the operand's words then stay readable while
 /// the concat owns them). Independent of `ir::verify`'s pairwise check.
@@ -81,6 +81,7 @@ pub fn replay_memory_plan(graph: &Graph) -> Result<(), String> {
             let elementwise = match node.op {
                 Op::Activation(_)
                 | Op::ScaleShift
+                | Op::Scale
                 | Op::Flatten
                 | Op::Dropout { .. }
                 | Op::Dropout2d { .. }

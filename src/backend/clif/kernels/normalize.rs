@@ -197,7 +197,7 @@ pub(crate) fn emit_layer_norm(kb: &mut Kb, ln: &LayerNorm, x: Loc, out: Loc) {
         let dst = kb.fb.ins().iadd(dst, offset);
         emit_layer_norm_strided(kb, ln, F32X4, src, dst, channel_stride, data);
     });
-    if ln.inner % 4 != 0 {
+    if !ln.inner.is_multiple_of(4) {
         kb.on_last_part(|kb| {
             kb.for_range(ln.outer, |kb, n| {
                 for s in vectors * 4..ln.inner {
