@@ -507,8 +507,14 @@ impl Builder {
             }
             Activation::HardSwish => self.node("HardSwish", name, &[x], &outs, vec![]),
             Activation::HardSigmoid => {
-                let attrs = vec![("alpha", Attr::Float(1.0 / 6.0)), ("beta", Attr::Float(0.5))];
-                self.node("HardSigmoid", name, &[x], &outs, attrs);
+                // PyTorch's relu6(x + 3) / 6, not ONNX's HardSigmoid: its f32 `x / 6 + 0.5`
+                // cancels just above -3 (1.3e-4 relative L2 there, MobileNet v3's gates).
+                let three = self.const_f32(&format!("{name}/three"), 3.0);
+                let shifted = self.step("Add", name, "shift", &[x, three], vec![]);
+                let zero = self.const_f32(&format!("{name}/zero"), 0.0);
+                let six = self.const_f32(&format!("{name}/six"), 6.0);
+                let clipped = self.step("Clip", name, "clip", &[shifted, zero, six.clone()], vec![]);
+                self.node("Div", name, &[clipped, six], &outs, vec![]);
             }
             Activation::Silu => {
                 let sigmoid = self.step("Sigmoid", name, "sigmoid", std::slice::from_ref(&x), vec![]);
