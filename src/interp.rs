@@ -51,6 +51,18 @@ pub fn run_traced(
     inputs: &[Tensor],
     observe: &mut dyn FnMut(NodeId, &Tensor),
 ) -> Result<Vec<Tensor>, InterpError> {
+    run_rewriting(graph, weights, inputs, &mut |id, value| observe(id, value))
+}
+
+/// Same, but `rewrite(node_id, &mut value)` may change each node's value before its
+/// users read it (to simulate rounding, or to measure how sensitive the outputs are to
+/// it). The rewritten value must keep its shape.
+pub fn run_rewriting(
+    graph: &Graph,
+    weights: &Weights,
+    inputs: &[Tensor],
+    rewrite: &mut dyn FnMut(NodeId, &mut Tensor),
+) -> Result<Vec<Tensor>, InterpError> {
     let order = graph.topo_order().ok_or_else(|| InterpError(format!("graph `{}` has a cycle", graph.name)))?;
     if inputs.len() != graph.inputs.len() {
         return Err(InterpError(format!(
@@ -113,7 +125,11 @@ pub fn run_traced(
             }
             value
         };
-        observe(id, &value);
+        let mut value = value;
+        rewrite(id, &mut value);
+        if value.shape != node.shape {
+            return Err(InterpError(format!("layer `{}`: a rewrite changed its value's shape", node.name)));
+        }
         if pending_users[&id] > 0 || graph.is_output(id) {
             values.insert(id, value);
         }

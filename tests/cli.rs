@@ -43,7 +43,12 @@ fn check_rejects_every_broken_program_with_a_location() {
 fn usage_errors_exit_2_and_input_errors_exit_1() {
     assert_eq!(cnnc(&[]).status.code(), Some(2));
     assert_eq!(cnnc(&["frobnicate"]).status.code(), Some(2));
-    assert_eq!(cnnc(&["summary", "examples/lenet5.cnn", "--batch", "0"]).status.code(), Some(2));
+    assert_eq!(cnnc(&["check", "--no-such-flag", "examples/lenet5.cnn"]).status.code(), Some(2));
+    assert_eq!(cnnc(&["check", "--help"]).status.code(), Some(0));
+    // A flag's value that does not parse is the user's input, as a program is.
+    let batch = cnnc(&["summary", "examples/lenet5.cnn", "--batch", "0"]);
+    assert_eq!(batch.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&batch.stderr).contains("--batch"));
     let missing = cnnc(&["check", "no/such/file.cnn"]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no/such/file.cnn"));

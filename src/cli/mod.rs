@@ -98,8 +98,23 @@ fn ensure_runtime_dir() {
     }
 }
 
+/// Prints clap's message for a command line it refused. A flag's value that does not
+/// parse (`--cpu nonsense`, `--batch 0`) is an error in the user's input, exit 1, like
+/// every other bad value; a command line of the wrong form (an unknown flag, a missing
+/// argument, no command at all) is bad usage, exit 2; `--help` and `--version` succeed.
+fn usage_error(error: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    // Printing can only fail on a closed stream, and then there is no one to tell.
+    let _ = error.print();
+    match error.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation | ErrorKind::InvalidUtf8 => ExitCode::from(1),
+        _ => ExitCode::from(2),
+    }
+}
+
 /// Parses the command line, runs the command, and turns its error into exit code 1
-/// (clap's usage errors exit 2).
+/// (clap's errors: see `usage_error`).
 pub fn main() -> ExitCode {
     // Rust ignores SIGPIPE, which turns `cnnc run ... | head` into a panic on the next
     // print; a command-line tool should end quietly instead, as cat and grep do.
@@ -108,7 +123,10 @@ pub fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(&error),
+    };
     let uses_gpu = match &cli.command {
         Command::Run(args) => args.uses_gpu(),
         Command::Bench(args) => args.uses_gpu(),
