@@ -569,8 +569,13 @@ pub fn load_image_noted(
 /// baseline image is decoded without that marker in zune-jpeg's strict mode, where
 /// running out of data before the last row of blocks is an error (a shortfall within the
 /// last row of blocks goes unnoticed) (with the marker
-/// present, zune-jpeg fills the remaining blocks with zeros even in strict mode). The
-/// caller has checked the dimensions against [`MAX_IMAGE_PIXELS`].
+/// present, zune-jpeg fills the remaining blocks with zeros even in strict mode). A
+/// progressive image is decoded whole in strict mode: when its frame claims more blocks
+/// than its scans hold, a refinement scan meets a marker where its bits should be, an
+/// error (`tests/io.rs` checks one extra row). Not caught: bytes removed inside a scan
+/// with the markers after it kept, which decodes with those coefficients zero, as in
+/// libjpeg (which only warns). The caller has checked the dimensions against
+/// [`MAX_IMAGE_PIXELS`].
 fn decode_jpeg_strict(bytes: &[u8]) -> Result<DynamicImage, IoError> {
     use zune_core::colorspace::ColorSpace;
     let (end, progressive) = jpeg_scan_end(bytes)?;

@@ -315,6 +315,34 @@ fn a_jpeg_header_claiming_more_pixels_than_its_data_is_an_error() {
     }
 }
 
+/// A progressive JPEG (Pillow, `quality=90, progressive=True`: ten scans with successive
+/// approximation) decodes; cut anywhere, or with a header that claims more rows or
+/// columns than its scans hold, it is an error.
+#[test]
+fn progressive_jpegs_decode_and_their_missing_data_is_an_error() {
+    let jpeg = std::fs::read("tests/data/images/progressive.jpg").expect("the progressive fixture");
+    let decoded = load_image(&jpeg, 3, 64, 64, &[0.0], &[1.0]).expect("a whole progressive JPEG decodes");
+    assert!(decoded.data.iter().any(|&v| v > 0.5) && decoded.data.iter().any(|&v| v < 0.5));
+    let scans = jpeg.windows(2).filter(|w| *w == [0xff, 0xda]).count();
+    assert!(scans > 1, "the fixture is progressive: {scans} scans");
+    for keep in (3..jpeg.len()).step_by(97).chain([jpeg.len() - 1, jpeg.len() - 2]) {
+        match load_image(&jpeg[..keep], 3, 64, 64, &[0.0], &[1.0]) {
+            Ok(_) => panic!("{keep} of {} bytes decoded", jpeg.len()),
+            Err(e) => assert!(e.to_string().contains("cannot decode the image"), "{keep} bytes: {e}"),
+        }
+    }
+    // SOF2: FF C2, length (2), precision (1), height (2), width (2).
+    let sof = jpeg.windows(2).position(|w| w == [0xff, 0xc2]).expect("a progressive frame");
+    for (offset, claim) in [(5, 128u16), (7, 128), (5, 65)] {
+        let mut bigger = jpeg.clone();
+        bigger[sof + offset..sof + offset + 2].copy_from_slice(&claim.to_be_bytes());
+        match load_image(&bigger, 3, 64, 64, &[0.0], &[1.0]) {
+            Ok(_) => panic!("a header claiming {claim} at offset {offset} over 64x64 data decoded"),
+            Err(e) => assert!(e.to_string().contains("cannot decode the image"), "{e}"),
+        }
+    }
+}
+
 #[test]
 fn grayscale_jpegs_still_decode() {
     let gray = image::DynamicImage::ImageLuma8(image::GrayImage::from_pixel(16, 16, image::Luma([200])));
