@@ -30,6 +30,7 @@ pub mod exec;
 pub mod export;
 pub mod front;
 pub mod graphviz;
+pub mod import;
 pub mod interp;
 pub mod io;
 pub mod ir;

@@ -9,6 +9,7 @@ mod build;
 mod check;
 mod common;
 mod graph;
+mod import;
 mod ir;
 mod run;
 mod summary;
@@ -59,6 +60,9 @@ enum Command {
     Bench(bench::Args),
     /// Write the graph in Graphviz DOT (or SVG, through Graphviz's `dot`, for `-o FILE.svg`).
     Graph(graph::Args),
+    /// Import an ONNX model as a .cnn program and safetensors weights (checked to
+    /// elaborate to the imported graph); --check compares it with ONNX Runtime.
+    Import(import::Args),
 }
 
 fn exec(command: &Command) -> Result<(), UserError> {
@@ -70,6 +74,7 @@ fn exec(command: &Command) -> Result<(), UserError> {
         Command::Build(args) => build::exec(args),
         Command::Bench(args) => bench::exec(args),
         Command::Graph(args) => graph::exec(args),
+        Command::Import(args) => import::exec(args),
     }
 }
 
