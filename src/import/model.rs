@@ -16,8 +16,10 @@ use super::ImportError;
 /// the weights are decoded from bytes present in the file and need no cap.
 pub const MAX_FOLDED_ELEMENTS: usize = 1 << 16;
 
-/// The opsets the importer reads (ONNX's default domain).
-pub const OPSETS: std::ops::RangeInclusive<i64> = 7..=21;
+/// The opsets the importer reads (ONNX's default domain). Opsets 22 to 25 changed the
+/// operators read here only by admitting more element types (bfloat16, the 8-, 4- and
+/// 2-bit types); their float semantics are those of opset 21.
+pub const OPSETS: std::ops::RangeInclusive<i64> = 7..=25;
 
 /// A constant tensor: an initializer, a `Constant` node's value, or a folded result.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,0 +1,115 @@
+//! ONNX's own backend node tests for the CNN operators, through `cnnc import`.
+//!
+//! `tests/data/onnx_node/` holds the tests `tools/onnx_node_cases.py` generated from the
+//! `onnx` package's case generators (the operators `cnnc import` is meant to read, float32
+//! data of rank at most 4; parameters as initializers). Every test either imports, and
+//! then its outputs match the test's expected outputs on the reference interpreter
+//! (relative L2 at most 1e-5) and on the CPU backend at -O2 (at most 1e-4, f32 sums), or
+//! is refused with a message naming the node and its operator. The count that imports
+//! may only grow: `IMPORTED_AT_LEAST` is what the importer reached when it was last
+//! raised. Each refusal is printed with its reason (`--nocapture`), the list of what the
+//! language cannot express yet.
+
+use std::path::{Path, PathBuf};
+
+use cnnc::passes::{self, OptLevel};
+use cnnc::tensor::{Tensor, relative_l2};
+use protobuf::Message;
+
+/// Tests that import and pass; raise it when the importer learns more.
+const IMPORTED_AT_LEAST: usize = 46;
+
+const REFERENCE_TOLERANCE: f64 = 1e-5;
+const CPU_TOLERANCE: f64 = 1e-4;
+
+fn cases() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/onnx_node");
+    let mut cases: Vec<PathBuf> =
+        std::fs::read_dir(&root).expect("tests/data/onnx_node").map(|e| e.expect("a directory entry").path()).collect();
+    cases.sort();
+    cases
+}
+
+fn npy(path: &Path) -> Tensor {
+    cnnc::io::read_npy(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The model's runtime inputs (not initializers) in file order: `input_<i>.npy` follows it.
+fn runtime_inputs(model: &[u8]) -> Vec<String> {
+    let model = onnx_protobuf::ModelProto::parse_from_bytes(model).expect("the generator wrote a valid model");
+    let graph = model.graph.as_ref().expect("a graph");
+    let initializers: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    graph.input.iter().filter(|i| !initializers.contains(i.name.as_str())).map(|i| i.name.clone()).collect()
+}
+
+/// Runs one test: `Ok(None)` when it imports and matches, `Ok(Some(reason))` when the
+/// import refuses it, `Err` when it imports and computes something else.
+fn check(case: &Path) -> Result<Option<String>, String> {
+    let bytes = std::fs::read(case.join("model.onnx")).map_err(|e| e.to_string())?;
+    let imported = match cnnc::import::import(&bytes) {
+        Ok(imported) => imported,
+        Err(e) => return Ok(Some(e.to_string())),
+    };
+    let order = runtime_inputs(&bytes);
+    let mut inputs = Vec::new();
+    for name in &imported.onnx_inputs {
+        let position =
+            order.iter().position(|n| n == name).ok_or_else(|| format!("the import names an input `{name}`"))?;
+        inputs.push(npy(&case.join(format!("input_{position}.npy"))));
+    }
+    let expected: Vec<Tensor> = (0..imported.onnx_outputs.len())
+        .map(|i| case.join(format!("output_{i}.npy")))
+        .take_while(|p| p.exists())
+        .map(|p| npy(&p))
+        .collect();
+    if expected.len() != imported.onnx_outputs.len() {
+        return Err(format!("{} outputs imported, the test has {}", imported.onnx_outputs.len(), expected.len()));
+    }
+    let graph = imported.graph;
+    let compare = |what: &str, got: &[Tensor], tolerance: f64| -> Result<(), String> {
+        for (i, (got, want)) in got.iter().zip(&expected).enumerate() {
+            if got.shape != want.shape {
+                return Err(format!("{what}: output {i} has shape {:?}, expected {:?}", got.shape, want.shape));
+            }
+            let error = relative_l2(&got.data, &want.data);
+            if error.is_nan() || error > tolerance {
+                return Err(format!("{what}: output {i}: relative L2 {error:.3e} > {tolerance:e}"));
+            }
+        }
+        Ok(())
+    };
+    let reference = cnnc::interp::run(&graph, &graph.weights, &inputs).map_err(|e| format!("reference: {e}"))?;
+    compare("reference", &reference, REFERENCE_TOLERANCE)?;
+    let mut optimized = graph.clone();
+    passes::optimize(&mut optimized, OptLevel::O2).map_err(|e| format!("-O2: {e}"))?;
+    let jit = cnnc::backend::clif::compile_jit(&optimized).map_err(|e| format!("cpu: {e}"))?;
+    let native = jit.run(&inputs).map_err(|e| format!("cpu run: {e}"))?;
+    compare("cpu", &native, CPU_TOLERANCE)?;
+    Ok(None)
+}
+
+#[test]
+fn onnx_node_tests_import_and_match_or_are_refused_by_name() {
+    let mut imported = Vec::new();
+    let mut refused = Vec::new();
+    let mut failures = Vec::new();
+    for case in cases() {
+        let name = case.file_name().expect("a name").to_string_lossy().into_owned();
+        match check(&case) {
+            Ok(None) => imported.push(name),
+            Ok(Some(reason)) => refused.push((name, reason)),
+            Err(e) => failures.push(format!("{name}: {e}")),
+        }
+    }
+    println!("imported and matching: {} of {}", imported.len(), imported.len() + refused.len() + failures.len());
+    for (name, reason) in &refused {
+        println!("refused {name}: {}", reason.lines().next().unwrap_or_default());
+    }
+    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        imported.len() >= IMPORTED_AT_LEAST,
+        "only {} node tests import, fewer than the {IMPORTED_AT_LEAST} that did",
+        imported.len()
+    );
+}
