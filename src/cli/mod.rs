@@ -8,6 +8,7 @@ mod bench;
 mod build;
 mod check;
 mod common;
+mod explain;
 mod graph;
 mod ir;
 mod run;
@@ -57,6 +58,13 @@ enum Command {
     Build(build::Args),
     /// Time a network: warm-up, repeated runs, median and min, GFLOP/s, peak memory.
     Bench(bench::Args),
+    /// Show which pixels of an image a class depends on: occlusion saliency, blended over
+    /// the image as a PNG, with the raw map beside it as .npy.
+    ///
+    /// A window slides over the input (--window, --stride), filled with 0 (--fill); each
+    /// pixel gets the mean drop of the class's score (--score) over the windows covering
+    /// it. The occluded copies run in batches (--batch) on the cpu target.
+    Explain(explain::Args),
     /// Write the graph in Graphviz DOT (or SVG, through Graphviz's `dot`, for `-o FILE.svg`).
     Graph(graph::Args),
 }
@@ -70,6 +78,7 @@ fn exec(command: &Command) -> Result<(), UserError> {
         Command::Build(args) => build::exec(args),
         Command::Bench(args) => bench::exec(args),
         Command::Graph(args) => graph::exec(args),
+        Command::Explain(args) => explain::exec(args),
     }
 }
 
