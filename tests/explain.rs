@@ -324,3 +324,46 @@ fn run_dump_activations_writes_the_index() {
     assert!(target.join("stats.json").is_file());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `cnnc report` on the digits model with an image: one page, no external resource,
+/// one graph box and one table row per node of the -O2 graph, every picture a PNG in a
+/// `data:` URI (the 7 layers, conv1's filters and the saliency map).
+#[test]
+fn report_is_one_self_contained_page() {
+    let dir = scratch("report");
+    let page = dir.join("report.html");
+    let mut args = vec!["report"];
+    args.extend_from_slice(&DIGITS);
+    args.extend_from_slice(&["examples/digits/3.png", "--mean", "0", "--std", "1", "--runs", "2"]);
+    args.extend_from_slice(&["-o", page.to_str().unwrap()]);
+    let output = cnnc(&args);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let html = String::from_utf8(read(&page)).unwrap();
+    let nodes = html.matches("<g class=\"node\"").count();
+    let rows = html.split("<tbody>").nth(1).unwrap().matches("<tr>").count();
+    assert_eq!((nodes, rows), (7, 7));
+    for id in ["id=\"graph\"", "id=\"layers\"", "id=\"activations\"", "id=\"saliency\""] {
+        assert!(html.contains(id), "no {id}");
+    }
+    let pictures: Vec<&str> = html.split("src=\"data:image/png;base64,").skip(1).collect();
+    assert_eq!(pictures.len(), 9);
+    // Every picture starts with PNG's signature, 89 50 4E 47 0D 0A 1A 0A in base64.
+    assert!(pictures.iter().all(|p| p.starts_with("iVBORw0KGgo")));
+    // Nothing is fetched: no other URL in a src or href.
+    assert_eq!(html.matches("http").count(), html.matches("xmlns=\"http://www.w3.org/2000/svg\"").count());
+    assert!(!html.contains("href=") && !html.contains("<script"), "a link to fetch or a script");
+    // The conv layers ran on the cpu target: their rows name an algorithm and a time.
+    let conv_rows: Vec<&str> = html.split("<tr>").filter(|r| r.contains(">conv+relu<")).collect();
+    assert_eq!(conv_rows.len(), 2);
+    for row in conv_rows {
+        let cells: Vec<&str> =
+            row.split("<td").map(|c| c.split('>').nth(1).unwrap_or("").trim_end_matches("</td")).collect();
+        assert!(!cells[8].is_empty() && cells[9].parse::<f64>().is_ok(), "no algorithm or time in {row}");
+    }
+    // Bad input: the output directory does not exist.
+    assert_user_error(
+        &cnnc(&["report", "examples/digits.cnn", "-o", "/no/such/dir/r.html"]),
+        "the directory /no/such/dir does not exist",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

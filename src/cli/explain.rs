@@ -86,7 +86,7 @@ pub struct Args {
 
 /// Fails early, before any network runs, when `path` cannot be written: its directory
 /// is missing, not a directory, or refuses a new file.
-fn check_writable(path: &Path) -> Result<(), UserError> {
+pub(super) fn check_writable(path: &Path) -> Result<(), UserError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -109,6 +109,15 @@ fn check_writable(path: &Path) -> Result<(), UserError> {
         }
         Err(e) => Err(fail(format!("the directory {} is not writable ({e})", dir.display()))),
     }
+}
+
+/// The per-channel mean and standard deviation an image input of `c` channels is
+/// normalized with (as `run` does): the ones given, else ImageNet's for 3 channels and
+/// none (0 and 1) otherwise.
+pub(super) fn normalization(c: usize, mean: Option<&[f32]>, std: Option<&[f32]>) -> (Vec<f32>, Vec<f32>) {
+    let default_mean = if c == 3 { cnnc::io::IMAGENET_MEAN.to_vec() } else { vec![0.0; c] };
+    let default_std = if c == 3 { cnnc::io::IMAGENET_STD.to_vec() } else { vec![1.0; c] };
+    (mean.map_or(default_mean, <[f32]>::to_vec), std.map_or(default_std, <[f32]>::to_vec))
 }
 
 /// The files for class `class`: `output` itself when one class is explained, else
@@ -200,11 +209,7 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
     }
     // The normalization an image went through, to show its pixels as read.
     let is_image = !input.to_ascii_lowercase().ends_with(".npy");
-    let normalization = is_image.then(|| {
-        let default_mean = if c == 3 { cnnc::io::IMAGENET_MEAN.to_vec() } else { vec![0.0; c] };
-        let default_std = if c == 3 { cnnc::io::IMAGENET_STD.to_vec() } else { vec![1.0; c] };
-        (mean.clone().unwrap_or(default_mean), std.clone().unwrap_or(default_std))
-    });
+    let normalization = is_image.then(|| normalization(c, mean.as_deref(), std.as_deref()));
 
     let options = Options {
         window,

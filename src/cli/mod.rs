@@ -11,6 +11,7 @@ mod common;
 mod explain;
 mod graph;
 mod ir;
+mod report;
 mod run;
 mod summary;
 
@@ -65,6 +66,10 @@ enum Command {
     /// pixel gets the mean drop of the class's score (--score) over the windows covering
     /// it. The occluded copies run in batches (--batch) on the cpu target.
     Explain(explain::Args),
+    /// Write a self-contained HTML page about a network: the graph as SVG (coloured by op
+    /// kind, shaded by multiply-adds), the per-layer table with the cpu target's
+    /// algorithms and measured times, and with --input the activations and saliency.
+    Report(report::Args),
     /// Write the graph in Graphviz DOT (or SVG, through Graphviz's `dot`, for `-o FILE.svg`).
     Graph(graph::Args),
 }
@@ -79,6 +84,7 @@ fn exec(command: &Command) -> Result<(), UserError> {
         Command::Bench(args) => bench::exec(args),
         Command::Graph(args) => graph::exec(args),
         Command::Explain(args) => explain::exec(args),
+        Command::Report(args) => report::exec(args),
     }
 }
 

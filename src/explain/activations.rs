@@ -179,13 +179,6 @@ pub fn file_stem(index: usize, name: &str) -> String {
     format!("{index:03}-{clean}")
 }
 
-fn write(dir: &Path, file: &str, bytes: &[u8], files: &mut Vec<PathBuf>) -> Result<(), String> {
-    let path = dir.join(file);
-    std::fs::write(&path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    files.push(path);
-    Ok(())
-}
-
 /// The filters of `id` when it is a convolution reading a network input of 1 or 3
 /// channels: `(weight values, out channels, in channels, kh, kw)`.
 fn input_filters(graph: &Graph, id: NodeId) -> Option<(&[f32], usize, usize, usize, usize)> {
@@ -208,10 +201,34 @@ fn input_filters(graph: &Graph, id: NodeId) -> Option<(&[f32], usize, usize, usi
 /// `stats.json` and `index.json` into `dir` (created if missing). `graph` must have its
 /// weights bound; `max_tiles` is at least 1.
 pub fn dump_activations(graph: &Graph, inputs: &[Tensor], dir: &Path, max_tiles: usize) -> Result<Dump, String> {
-    let map: &ColorMap = &VIRIDIS;
-    let max_tiles = max_tiles.max(1);
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let mut files = Vec::new();
+    let mut write = |file: &str, bytes: &[u8]| -> Result<(), String> {
+        let path = dir.join(file);
+        std::fs::write(&path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        files.push(path);
+        Ok(())
+    };
+    let (index, stats) = render_activations(graph, inputs, max_tiles, &mut write)?;
+    write("stats.json", to_json(&stats).as_bytes())?;
+    write("index.json", to_json(&index).as_bytes())?;
+    Ok(Dump { index, stats, files })
+}
+
+/// Where [`render_activations`] hands each picture: `(file name, PNG bytes)`.
+pub type Emit<'a> = dyn FnMut(&str, &[u8]) -> Result<(), String> + 'a;
+
+/// Runs `graph` on the reference interpreter and hands every node's pictures to
+/// `emit(file name, PNG bytes)` as they are drawn; returns the index and the statistics
+/// (which [`dump_activations`] writes as JSON).
+pub fn render_activations(
+    graph: &Graph,
+    inputs: &[Tensor],
+    max_tiles: usize,
+    emit: &mut Emit<'_>,
+) -> Result<(Index, Vec<LayerStats>), String> {
+    let map: &ColorMap = &VIRIDIS;
+    let max_tiles = max_tiles.max(1);
     let mut stats = Vec::new();
     let mut layers = Vec::new();
     let mut failure: Option<String> = None;
@@ -231,13 +248,13 @@ pub fn dump_activations(graph: &Graph, inputs: &[Tensor], dir: &Path, max_tiles:
                 [_, c, h, w] if c * h * w > 0 => {
                     let shown = channels_shown(item, c, max_tiles);
                     let file = format!("{stem}.png");
-                    write(dir, &file, &encode_png(&channel_grid(item, h, w, &shown, map))?, &mut files)?;
+                    emit(&file, &encode_png(&channel_grid(item, h, w, &shown, map))?)?;
                     Picture::Channels { file, channels_shown: shown, channels_total: c }
                 }
                 [_, f] if f > 0 => {
                     let shown = f.min(MAX_VECTOR_VALUES);
                     let file = format!("{stem}.png");
-                    write(dir, &file, &encode_png(&vector_strip(&item[..shown], map))?, &mut files)?;
+                    emit(&file, &encode_png(&vector_strip(&item[..shown], map))?)?;
                     Picture::Vector { file, values_shown: shown, values_total: f }
                 }
                 _ => Picture::None,
@@ -245,7 +262,7 @@ pub fn dump_activations(graph: &Graph, inputs: &[Tensor], dir: &Path, max_tiles:
             let filters = match input_filters(graph, id) {
                 Some((weight, o, i, kh, kw)) => {
                     let file = format!("{stem}.filters.png");
-                    write(dir, &file, &encode_png(&filter_grid(weight, o, i, kh, kw, map))?, &mut files)?;
+                    emit(&file, &encode_png(&filter_grid(weight, o, i, kh, kw, map))?)?;
                     Some(file)
                 }
                 None => None,
@@ -278,9 +295,7 @@ pub fn dump_activations(graph: &Graph, inputs: &[Tensor], dir: &Path, max_tiles:
         stats_file: "stats.json".into(),
         layers,
     };
-    write(dir, "stats.json", to_json(&stats).as_bytes(), &mut files)?;
-    write(dir, "index.json", to_json(&index).as_bytes(), &mut files)?;
-    Ok(Dump { index, stats, files })
+    Ok((index, stats))
 }
 
 /// Pretty JSON of plain data, newline-terminated.

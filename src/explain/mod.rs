@@ -6,3 +6,4 @@ pub mod activations;
 pub mod colormap;
 pub mod occlusion;
 pub mod png;
+pub mod report;
