@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::ValueEnum;
 
 use cnnc::explain::occlusion::{self, Classes, Fill, Options, Score};
+use cnnc::explain::rise::RiseOptions;
 use cnnc::passes;
 
 use super::args::{ShapeArgs, ThreadArgs, WeightArgs};
@@ -16,6 +17,9 @@ use super::common::{UserError, prepare};
 pub enum Method {
     /// Slide a window over the image, fill it, and measure the score's drop.
     Occlusion,
+    /// RISE: many random smooth masks; a pixel's saliency is the mean score of the
+    /// copies that keep it, less the mean of all (--masks, --cells, --mask-seed).
+    Rise,
 }
 
 /// `--fill`.
@@ -60,7 +64,17 @@ pub struct Args {
     /// Step between windows in pixels (default: half the window).
     #[arg(long, value_name = "T", value_parser = clap::value_parser!(u32).range(1..))]
     stride: Option<u32>,
-    /// What fills the window.
+    /// RISE: masked copies run.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    masks: u32,
+    /// RISE: cells per side of a mask's random grid (default 7, at most the image's
+    /// smaller side).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    cells: Option<u32>,
+    /// RISE: seed of the masks.
+    #[arg(long, default_value_t = 0)]
+    mask_seed: u64,
+    /// What fills the window (or, for RISE, what a mask lets show through).
     #[arg(long, value_enum, default_value = "zero")]
     fill: FillArg,
     /// Which number's drop is measured.
@@ -83,6 +97,10 @@ pub struct Args {
     #[arg(short = 'o', long = "output", value_name = "FILE.png")]
     output: PathBuf,
 }
+
+/// The most occluded copies one `explain` runs (a 224x224 image with 1-pixel windows and
+/// stride 1 would be 50,176 forward passes).
+const MAX_WINDOWS: usize = 16_384;
 
 /// Fails early, before any network runs, when `path` cannot be written: its directory
 /// is missing, not a directory, or refuses a new file.
@@ -146,13 +164,15 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
         stride,
         fill,
         score,
+        masks,
+        cells,
+        mask_seed,
         batch,
         mean,
         std,
         threads,
         output,
     } = args;
-    let Method::Occlusion = method;
     let net = net.as_path();
     if output.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")) {
         return Err(UserError(format!(
@@ -217,9 +237,35 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
         fill: if *fill == FillArg::Zero { Fill::Zero } else { Fill::Mean },
         score: if *score == ScoreArg::Output { Score::Output } else { Score::Softmax },
     };
-    let windows =
-        occlusion::window_positions(h, window, stride).len() * occlusion::window_positions(w, window, stride).len();
-    let batch = (*batch as usize).min(windows + 1);
+    let cells = cells.map_or(7.min(h.min(w)), |n| n as usize);
+    if *method == Method::Rise && cells > h.min(w) {
+        return Err(UserError(format!(
+            "error: --cells {cells} is more than the {h}x{w} input image has pixels per side"
+        )));
+    }
+    let rise = RiseOptions {
+        masks: *masks as usize,
+        cells,
+        keep: 0.5,
+        fill: options.fill,
+        score: options.score,
+        seed: *mask_seed,
+    };
+    let copies = match method {
+        Method::Occlusion => {
+            let windows = occlusion::window_positions(h, window, stride).len()
+                * occlusion::window_positions(w, window, stride).len();
+            if windows > MAX_WINDOWS {
+                return Err(UserError(format!(
+                    "error: --window {window} --stride {stride} makes {windows} occluded copies of the {h}x{w} \
+                     image; at most {MAX_WINDOWS} are run: take a larger stride"
+                )));
+            }
+            windows
+        }
+        Method::Rise => rise.masks,
+    };
+    let batch = (*batch as usize).min(copies + 1);
     let compile_started = std::time::Instant::now();
     let mut graph = prepare(net, &ShapeArgs { batch: batch as u32, ..shape }, batch, Some(weights))?;
     let target = cnnc::exec::Target::Cpu;
@@ -228,8 +274,11 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
         cnnc::exec::compile_with(graph, target, &threads.options()).map_err(|e| UserError(format!("error: {e}")))?;
     let compiled = compile_started.elapsed();
     let started = std::time::Instant::now();
-    let saliency = occlusion::occlusion(executor.as_ref(), batch, image, &wanted, &options)
-        .map_err(|e| UserError(format!("error: {e}")))?;
+    let saliency = match method {
+        Method::Occlusion => occlusion::occlusion(executor.as_ref(), batch, image, &wanted, &options),
+        Method::Rise => cnnc::explain::rise::rise(executor.as_ref(), batch, image, &wanted, &rise),
+    }
+    .map_err(|e| UserError(format!("error: {e}")))?;
     let elapsed = started.elapsed();
 
     let pixels = occlusion::display_pixels(
@@ -251,19 +300,23 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
         }
         let peak = map.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         println!(
-            "class {class}: score {base:.4}, largest mean drop {peak:.4}; wrote {} and {}",
+            "class {class}: score {base:.4}, largest saliency {peak:.4}; wrote {} and {}",
             picture_file.display(),
             raw_file.display()
         );
         if peak <= 0.0 {
-            eprintln!("note: no window lowered the score of class {class}; the picture shows no heat");
+            eprintln!("note: no pixel has a positive saliency for class {class}; the picture shows no heat");
         }
     }
+    let fill_text = if *fill == FillArg::Zero { "0" } else { "the channel means" };
+    let what = match method {
+        Method::Occlusion => {
+            format!("occlusion: {copies} windows of {window}x{window} (stride {stride}, fill {fill_text})")
+        }
+        Method::Rise => format!("RISE: {copies} masks of {cells}x{cells} cells (seed {mask_seed}, fill {fill_text})"),
+    };
     eprintln!(
-        "occlusion: {} windows of {window}x{window} (stride {stride}, fill {}), {} runs at batch {batch} on the cpu \
-         target: compiled in {}, ran in {}",
-        saliency.windows,
-        if *fill == FillArg::Zero { "0" } else { "the channel means" },
+        "{what}, {} runs at batch {batch} on the cpu target: compiled in {}, ran in {}",
         saliency.runs,
         super::run::duration_text(compiled),
         super::run::duration_text(elapsed)

@@ -59,12 +59,14 @@ enum Command {
     Build(build::Args),
     /// Time a network: warm-up, repeated runs, median and min, GFLOP/s, peak memory.
     Bench(bench::Args),
-    /// Show which pixels of an image a class depends on: occlusion saliency, blended over
-    /// the image as a PNG, with the raw map beside it as .npy.
+    /// Show which pixels of an image a class depends on: occlusion or RISE saliency,
+    /// blended over the image as a PNG, with the raw map beside it as .npy.
     ///
-    /// A window slides over the input (--window, --stride), filled with 0 (--fill); each
-    /// pixel gets the mean drop of the class's score (--score) over the windows covering
-    /// it. The occluded copies run in batches (--batch) on the cpu target.
+    /// Occlusion: a window slides over the input (--window, --stride), filled with 0
+    /// (--fill); each pixel gets the mean drop of the class's score (--score) over the
+    /// windows covering it. RISE (--method rise): random smooth masks (--masks, --cells);
+    /// each pixel gets the mean score of the copies that keep it less the mean of all.
+    /// The copies run in batches (--batch) on the cpu target.
     Explain(explain::Args),
     /// Write a self-contained HTML page about a network: the graph as SVG (coloured by op
     /// kind, shaded by multiply-adds), the per-layer table with the cpu target's

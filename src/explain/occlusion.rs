@@ -75,7 +75,7 @@ pub struct Saliency {
     pub base_scores: Vec<f32>,
     /// Per class, `height * width` values: each pixel's mean score drop.
     pub maps: Vec<Vec<f32>>,
-    /// Occluded copies run.
+    /// Changed copies run: occluded windows, or RISE's masks.
     pub windows: usize,
     /// Executor runs (batches).
     pub runs: usize,
@@ -90,7 +90,7 @@ pub enum Classes {
     Top(usize),
 }
 
-fn scores(row: &[f32], score: Score) -> Vec<f32> {
+pub(crate) fn scores(row: &[f32], score: Score) -> Vec<f32> {
     match score {
         Score::Output => row.to_vec(),
         Score::Softmax => {
@@ -100,6 +100,69 @@ fn scores(row: &[f32], score: Score) -> Vec<f32> {
             exps.iter().map(|e| (e / total) as f32).collect()
         }
     }
+}
+
+/// The classes `classes` asks for, given the unoccluded image's scores.
+pub(crate) fn choose_classes(classes: &Classes, base: &[f32]) -> Result<Vec<usize>, String> {
+    let n_classes = base.len();
+    match classes {
+        Classes::Given(list) => match list.iter().find(|&&k| k >= n_classes) {
+            Some(bad) => Err(format!(
+                "class {bad} does not exist: the network has {n_classes} classes (0 to {})",
+                n_classes.saturating_sub(1)
+            )),
+            None => Ok(list.clone()),
+        },
+        Classes::Top(k) => {
+            Ok(crate::io::top_k(base, (*k).clamp(1, n_classes)).into_iter().map(|(class, _)| class).collect())
+        }
+    }
+}
+
+/// Runs the input and `copies` changed copies of it (`change(k, values)` edits copy k's
+/// `[C, H, W]` values in place) through `executor`, compiled for `batch` items, and
+/// returns each item's scores (the input's first) and the number of runs. The last
+/// batch is padded with the unchanged input.
+pub(crate) fn run_copies(
+    executor: &dyn Executor,
+    batch: usize,
+    input: &Tensor,
+    copies: usize,
+    score: Score,
+    change: &mut dyn FnMut(usize, &mut [f32]),
+) -> Result<(Vec<Vec<f32>>, usize), String> {
+    let items = copies + 1;
+    let size = input.len();
+    let mut all_scores: Vec<Vec<f32>> = Vec::with_capacity(items);
+    let mut runs = 0;
+    for first in (0..items).step_by(batch) {
+        let mut data = Vec::with_capacity(batch * size);
+        for item in first..first + batch {
+            let start = data.len();
+            data.extend_from_slice(&input.data);
+            if (1..items).contains(&item) {
+                change(item - 1, &mut data[start..start + size]);
+            }
+        }
+        let mut shape = input.shape.clone();
+        shape[0] = batch;
+        let tensor = Tensor::new(shape, data).expect("batch copies of the input");
+        let outputs = executor.run(std::slice::from_ref(&tensor))?;
+        runs += 1;
+        let [output] = &outputs[..] else {
+            return Err(format!("saliency needs a network with one output, this one has {}", outputs.len()));
+        };
+        let per_item = output.len() / batch;
+        let is_scores = output.shape.first() == Some(&batch) && output.shape[2..].iter().all(|&d| d == 1);
+        if !is_scores || per_item == 0 {
+            return Err(format!("the output {} is not one row of class scores per item", output.shape_string()));
+        }
+        for item in first..(first + batch).min(items) {
+            let row = &output.data[(item - first) * per_item..(item - first + 1) * per_item];
+            all_scores.push(scores(row, score));
+        }
+    }
+    Ok((all_scores, runs))
 }
 
 /// Computes occlusion saliency for `input` (`[1, C, H, W]`) on `executor`, compiled for
@@ -137,57 +200,17 @@ pub fn occlusion(
         .collect();
 
     // Item 0 is the unoccluded image, item k + 1 the image with window k filled.
-    let items = windows.len() + 1;
-    let mut all_scores: Vec<Vec<f32>> = Vec::with_capacity(items);
-    let mut runs = 0;
-    for first in (0..items).step_by(batch) {
-        let mut data = Vec::with_capacity(batch * input.len());
-        for item in first..first + batch {
-            let start = data.len();
-            data.extend_from_slice(&input.data);
-            // Items past the end pad the last batch with the unoccluded image.
-            if let Some(&(y0, x0)) = item.checked_sub(1).and_then(|k| windows.get(k)) {
-                for (ch, &value) in fill_values.iter().enumerate() {
-                    for y in y0..y0 + window {
-                        let row = start + ch * plane + y * w;
-                        data[row + x0..row + x0 + window].fill(value);
-                    }
-                }
+    let (all_scores, runs) = run_copies(executor, batch, input, windows.len(), score, &mut |k, data| {
+        let (y0, x0) = windows[k];
+        for (ch, &value) in fill_values.iter().enumerate() {
+            for y in y0..y0 + window {
+                let row = ch * plane + y * w;
+                data[row + x0..row + x0 + window].fill(value);
             }
         }
-        let tensor = Tensor::new(vec![batch, c, h, w], data).expect("batch copies of the input");
-        let outputs = executor.run(std::slice::from_ref(&tensor))?;
-        runs += 1;
-        let [output] = &outputs[..] else {
-            return Err(format!("occlusion needs a network with one output, this one has {}", outputs.len()));
-        };
-        let per_item = output.len() / batch;
-        let is_scores = output.shape.first() == Some(&batch) && output.shape[2..].iter().all(|&d| d == 1);
-        if !is_scores || per_item == 0 {
-            return Err(format!("the output {} is not one row of class scores per item", output.shape_string()));
-        }
-        for item in first..(first + batch).min(items) {
-            let row = &output.data[(item - first) * per_item..(item - first + 1) * per_item];
-            all_scores.push(scores(row, score));
-        }
-    }
-
+    })?;
     let base = &all_scores[0];
-    let n_classes = base.len();
-    let chosen: Vec<usize> = match classes {
-        Classes::Given(list) => {
-            if let Some(&bad) = list.iter().find(|&&k| k >= n_classes) {
-                return Err(format!(
-                    "class {bad} does not exist: the network has {n_classes} classes (0 to {})",
-                    n_classes - 1
-                ));
-            }
-            list.clone()
-        }
-        Classes::Top(k) => {
-            crate::io::top_k(base, (*k).clamp(1, n_classes)).into_iter().map(|(class, _)| class).collect()
-        }
-    };
+    let chosen = choose_classes(classes, base)?;
     let mut maps = Vec::with_capacity(chosen.len());
     for &class in &chosen {
         let mut sum = vec![0.0f64; plane];
