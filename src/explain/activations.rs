@@ -16,6 +16,9 @@
 //! - a value `[N, F]` (after `flatten` or `linear`) becomes a strip of cells, the first
 //!   item's F values normalized together (at most [`MAX_VECTOR_VALUES`] drawn);
 //! - any other rank is only measured;
+//! - a 4-D value is always read as `[N, C, H, W]`: a channels-last value (ConvNeXt's
+//!   blocks between their `permute`s at `-O0`; `-O2` folds them away) is drawn as H
+//!   tiles of W x C;
 //! - a convolution reading a network input with 3 channels also gets its filters as RGB
 //!   tiles (1 channel: through the colour map), each filter normalized on its own.
 //!

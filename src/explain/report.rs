@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use crate::ir::{Activation, Graph, NodeId, Op};
+use crate::ir::{Graph, NodeId, Op};
 
 /// One row of the layer table.
 #[derive(Clone, Debug, Default)]
@@ -204,14 +204,15 @@ pub fn graph_svg(graph: &Graph) -> String {
         let color = kind_color(&node.op);
         let label = op_label(graph, id);
         let shape: Vec<String> = node.shape.iter().map(usize::to_string).collect();
-        let name = crate::summary::elide(&node.name);
-        let short = if name.chars().count() > 28 {
-            format!("{}…", name.chars().take(27).collect::<String>())
+        // The end of a long name tells nodes apart (`…denselayer1.conv1`); the tooltip
+        // holds the whole name.
+        let count = node.name.chars().count();
+        let short = if count > 28 {
+            format!("…{}", node.name.chars().skip(count - 27).collect::<String>())
         } else {
-            name.to_string()
+            node.name.clone()
         };
-        let text_color =
-            if opacity > 0.6 && !matches!(node.op, Op::Activation(Activation::Relu)) { "#fff" } else { "#111" };
+        let text_color = if opacity > 0.6 { "#fff" } else { "#111" };
         let _ = writeln!(
             svg,
             r##"<g class="node" data-op="{op}"><title>{title}</title><rect x="{x}" y="{y}" width="{NODE_W}" height="{NODE_H}" rx="5" fill="{color}" fill-opacity="{opacity:.3}" stroke="{color}" stroke-width="2"/><text x="{tx}" y="{ty1}" fill="{text_color}" font-weight="bold">{short}</text><text x="{tx}" y="{ty2}" fill="{text_color}">{label} [{shape}]</text></g>"##,
