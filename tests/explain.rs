@@ -417,3 +417,36 @@ fn report_is_one_self_contained_page() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The digits report in a real browser: `tools/report_screenshot.sh` opens it in
+/// headless Chromium, which must lay out every graph box and table row and decode every
+/// picture, and writes a screenshot. Runs where `chromium` is installed (Debian's
+/// package); elsewhere it says so and passes, unless CNNC_REQUIRE_CHROMIUM=1.
+#[test]
+fn report_renders_in_headless_chromium() {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|p| p.join("chromium").is_file()))
+        .unwrap_or(false);
+    if !found {
+        assert!(std::env::var_os("CNNC_REQUIRE_CHROMIUM").is_none(), "CNNC_REQUIRE_CHROMIUM is set but no chromium");
+        eprintln!("skipped: no chromium on PATH (apt-get install chromium)");
+        return;
+    }
+    let dir = scratch("chromium");
+    let page = dir.join("report.html");
+    let mut args = vec!["report"];
+    args.extend_from_slice(&DIGITS);
+    args.extend_from_slice(&["examples/digits/3.png", "--mean", "0", "--std", "1", "--runs", "1"]);
+    args.extend_from_slice(&["-o", page.to_str().unwrap()]);
+    let output = cnnc(&args);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let shot = dir.join("report.png");
+    let output =
+        Command::new("bash").arg(repo().join("tools/report_screenshot.sh")).args([&page, &shot]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains(r#""nodes":7,"rows":7,"activations":8,"saliency":1,"images":9,"decoded":9"#), "{stdout}");
+    let (width, height) = image::image_dimensions(&shot).unwrap();
+    assert_eq!((width, height), (1400, 1800));
+    let _ = std::fs::remove_dir_all(&dir);
+}
