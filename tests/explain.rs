@@ -450,3 +450,40 @@ fn report_renders_in_headless_chromium() {
     assert_eq!((width, height), (1400, 1800));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// ResNet-18 (random weights, 64x64 input so the interpreter is quick): every node of
+/// the -O2 graph is drawn, the 512-channel layers show 64 channels, conv1's 64 RGB
+/// filters of 7x7 are drawn in an 8 x 8 grid of 35-pixel tiles, and the statistics
+/// equal those computed here from the traced values.
+#[test]
+fn resnet18_dump_caps_wide_layers_and_draws_rgb_filters() {
+    let source = read(&repo().join("examples/resnet18.cnn"));
+    let options = BuildOptions { batch: 1, input_shape: Some(vec![3, 64, 64]) };
+    let mut graph = compile_bytes(&source, &options).unwrap();
+    graph.weights = cnnc::weights::random_weights(&graph, 1);
+    passes::optimize(&mut graph, OptLevel::O2).unwrap();
+    let input = cnnc::weights::random_normal(&[1, 3, 64, 64], 2);
+    let dir = scratch("resnet18");
+    let dump = dump_activations(&graph, std::slice::from_ref(&input), &dir, 64).unwrap();
+    let mut traced: HashMap<String, Tensor> = HashMap::new();
+    cnnc::interp::run_traced(&graph, &graph.weights, std::slice::from_ref(&input), &mut |id, value| {
+        traced.insert(graph.node(id).name.clone(), value.clone());
+    })
+    .unwrap();
+    assert_eq!(dump.index.layers.len(), traced.len());
+    for (layer, stats) in dump.index.layers.iter().zip(&dump.stats) {
+        let want = expected_stats(&traced[&layer.name]);
+        assert_eq!((stats.dead_channels, stats.nan_count, stats.inf_count), (want.dead, want.nan, want.inf));
+        assert!((stats.mean.unwrap() - want.mean).abs() <= 1e-9 * want.mean.abs().max(1.0), "{}", layer.name);
+        assert_eq!((stats.min, stats.max), (Some(want.min), Some(want.max)), "{}", layer.name);
+        if let Picture::Channels { channels_shown, channels_total, .. } = &layer.picture {
+            assert_eq!(channels_shown.len(), (*channels_total).min(64), "{}", layer.name);
+        }
+    }
+    let wide = dump.index.layers.iter().filter(|l| l.shape.get(1) == Some(&512) && l.shape.len() == 4).count();
+    assert!(wide >= 4, "only {wide} layers of 512 channels");
+    let conv1 = dump.index.layers.iter().find(|l| l.name == "conv1").unwrap();
+    let filters = conv1.filters.as_ref().expect("conv1 reads the RGB input");
+    assert_eq!(image::image_dimensions(dir.join(filters)).unwrap(), (8 * 35 + 9, 8 * 35 + 9));
+    let _ = std::fs::remove_dir_all(&dir);
+}
