@@ -27,6 +27,7 @@ pub mod build_script;
 pub mod compare;
 pub mod diag;
 pub mod exec;
+pub mod explain;
 pub mod export;
 pub mod front;
 pub mod graphviz;

@@ -8,9 +8,11 @@ mod bench;
 mod build;
 mod check;
 mod common;
+mod explain;
 mod graph;
 mod import;
 mod ir;
+mod report;
 mod run;
 mod summary;
 
@@ -58,6 +60,19 @@ enum Command {
     Build(build::Args),
     /// Time a network: warm-up, repeated runs, median and min, GFLOP/s, peak memory.
     Bench(bench::Args),
+    /// Show which pixels of an image a class depends on: occlusion or RISE saliency,
+    /// blended over the image as a PNG, with the raw map beside it as .npy.
+    ///
+    /// Occlusion: a window slides over the input (--window, --stride), filled with 0
+    /// (--fill); each pixel gets the mean drop of the class's score (--score) over the
+    /// windows covering it. RISE (--method rise): random smooth masks (--masks, --cells);
+    /// each pixel gets the mean score of the copies that keep it less the mean of all.
+    /// The copies run in batches (--batch) on the cpu target.
+    Explain(explain::Args),
+    /// Write a self-contained HTML page about a network: the graph as SVG (coloured by op
+    /// kind, shaded by multiply-adds), the per-layer table with the cpu target's
+    /// algorithms and measured times, and with --input the activations and saliency.
+    Report(report::Args),
     /// Write the graph in Graphviz DOT (or SVG, through Graphviz's `dot`, for `-o FILE.svg`).
     Graph(graph::Args),
     /// Import an ONNX model as a .cnn program and safetensors weights (checked to
@@ -75,6 +90,8 @@ fn exec(command: &Command) -> Result<(), UserError> {
         Command::Bench(args) => bench::exec(args),
         Command::Graph(args) => graph::exec(args),
         Command::Import(args) => import::exec(args),
+        Command::Explain(args) => explain::exec(args),
+        Command::Report(args) => report::exec(args),
     }
 }
 

@@ -50,11 +50,17 @@ pub struct Args {
     std: Option<Vec<f32>>,
     #[command(flatten)]
     shape: ShapeArgs,
+    /// Write every layer's feature maps (PNG grids, at most 64 channels each), a
+    /// stats.json (min, max, mean, dead channels, NaN and infinity counts) and an
+    /// index.json into DIR, from the reference interpreter's run of the graph at the -O
+    /// level (-O0 shows every layer as written); pictures of the first batch item.
+    #[arg(long, value_name = "DIR", conflicts_with = "compare")]
+    dump_activations: Option<PathBuf>,
 }
 
 /// Reads the inputs named on the command line, in `graph.inputs` order, conformed to
 /// the declared `[C, H, W]`.
-fn read_inputs(
+pub(super) fn read_inputs(
     graph: &Graph,
     specs: &[String],
     mean: Option<&[f32]>,
@@ -129,8 +135,22 @@ impl Args {
 }
 
 pub fn exec(args: &Args) -> Result<(), UserError> {
-    let Args { net, weights, input: specs, output, target, compare, opt, threads, top, labels, mean, std, shape } =
-        args;
+    let Args {
+        net,
+        weights,
+        input: specs,
+        output,
+        target,
+        compare,
+        opt,
+        threads,
+        top,
+        labels,
+        mean,
+        std,
+        shape,
+        dump_activations,
+    } = args;
     let (net, level, labels) = (net.as_path(), opt.level(), labels.as_deref());
     let (mean, std, top) = (mean.as_deref(), std.as_deref(), *top);
     // Build once to learn the inputs, then again for the input files' batch.
@@ -162,6 +182,9 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
     }
     let output_names: Vec<String> = graph.outputs.iter().map(|o| o.name.clone()).collect();
     let destinations = output_files(output, &output_names)?;
+    if let Some(dir) = dump_activations {
+        dump(&graph, level, &inputs, dir)?;
+    }
     let compile_started = std::time::Instant::now();
     passes::optimize_for(&mut graph, level, target.to_exec().capabilities())?;
     let executor = cnnc::exec::compile_with(graph, target.to_exec(), &threads.options())
@@ -199,6 +222,35 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
     Ok(())
 }
 
+/// `--dump-activations DIR`: the reference interpreter's run of the graph after the
+/// generic pipeline at `level`, on a copy of the graph (the target's own pipeline may
+/// fuse differently).
+fn dump(
+    graph: &Graph,
+    level: passes::OptLevel,
+    inputs: &[cnnc::tensor::Tensor],
+    dir: &std::path::Path,
+) -> Result<(), UserError> {
+    let started = std::time::Instant::now();
+    let mut traced = graph.clone();
+    passes::optimize(&mut traced, level)?;
+    let dump = cnnc::explain::activations::dump_activations(
+        &traced,
+        inputs,
+        dir,
+        cnnc::explain::activations::DEFAULT_MAX_TILES,
+    )
+    .map_err(|e| UserError(format!("error: --dump-activations: {e}")))?;
+    eprintln!(
+        "wrote {} layers' activations ({} files, index.json) to {} in {}",
+        dump.index.layers.len(),
+        dump.files.len(),
+        dir.display(),
+        duration_text(started.elapsed())
+    );
+    Ok(())
+}
+
 /// Prints the K best classes of each batch item; scores that are not already
 /// probabilities go through a softmax first.
 fn print_top(tensor: &cnnc::tensor::Tensor, k: usize, labels: Option<&[String]>) {
@@ -226,7 +278,7 @@ fn print_top(tensor: &cnnc::tensor::Tensor, k: usize, labels: Option<&[String]>)
 }
 
 /// A duration with the precision it deserves: `1.24 s`, `35.2 ms`, `2.41 ms`, `87 us`.
-fn duration_text(duration: std::time::Duration) -> String {
+pub(super) fn duration_text(duration: std::time::Duration) -> String {
     let seconds = duration.as_secs_f64();
     match seconds {
         s if s >= 1.0 => format!("{s:.2} s"),
