@@ -87,6 +87,34 @@ fn graph_writes_dot() {
     assert!(dot.starts_with("digraph \"inception3a\""));
     assert!(dot.contains("inception3a.branch2.2"));
     assert!(dot.contains("->"));
+    // Boxes coloured by kind (a conv in blue), the largest layer fully opaque.
+    assert!(dot.contains("color=\"#4e79a7\", fillcolor=\"#4e79a7"), "{dot}");
+    assert!(dot.contains("ff\", fontcolor=\"#ffffff\""), "{dot}");
+}
+
+/// Without Graphviz, `graph -o x.svg` lays the graph out itself and says so.
+#[test]
+fn graph_writes_svg_without_graphviz() {
+    let dir = std::env::temp_dir().join(format!("cnnc-cli-svg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let svg = dir.join("inception3a.svg");
+    let out = Command::new(env!("CARGO_BIN_EXE_cnnc"))
+        .args(["graph", "examples/inception3a.cnn", "-o"])
+        .arg(&svg)
+        .env("CNNC_DOT", "/nonexistent/dot")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run cnnc");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("laid out by cnnc"));
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg") && text.trim_end().ends_with("</svg>"));
+    // As many boxes as the DOT form has nodes.
+    let dot = String::from_utf8_lossy(&cnnc(&["graph", "examples/inception3a.cnn"]).stdout).into_owned();
+    let nodes = dot.lines().filter(|l| l.trim_start().starts_with('n') && l.contains("[label=")).count();
+    assert!(nodes > 10);
+    assert_eq!(text.matches("<g class=\"node\"").count(), nodes);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use crate::ir::{Graph, NodeId, Op};
+use crate::ir::{Graph, NodeId};
 
 /// One row of the layer table.
 #[derive(Clone, Debug, Default)]
@@ -95,37 +95,7 @@ pub fn layer_rows(graph: &Graph) -> Vec<LayerRow> {
         .collect()
 }
 
-/// The colour of an op kind (Tableau 10).
-pub fn kind_color(op: &Op) -> &'static str {
-    match op {
-        Op::Input { .. } => "#bab0ac",
-        Op::Conv(_) => "#4e79a7",
-        Op::Linear { .. } => "#b07aa1",
-        Op::Activation(_) => "#f28e2b",
-        _ => match op.mnemonic() {
-            m if m.contains("pool") => "#59a14f",
-            m if m.contains("norm") || m.contains("scale") || m == "lrn" => "#edc948",
-            "softmax" => "#e15759",
-            "add" | "mul" => "#76b7b2",
-            _ => "#9c755f",
-        },
-    }
-}
-
-/// The legend's kinds: (label, an op of that kind's colour).
-fn legend() -> Vec<(&'static str, &'static str)> {
-    vec![
-        ("input", "#bab0ac"),
-        ("conv", "#4e79a7"),
-        ("linear", "#b07aa1"),
-        ("activation", "#f28e2b"),
-        ("pooling", "#59a14f"),
-        ("normalization", "#edc948"),
-        ("add, mul", "#76b7b2"),
-        ("softmax", "#e15759"),
-        ("data movement", "#9c755f"),
-    ]
-}
+pub use crate::graphviz::kind_color;
 
 /// Escapes text for HTML and SVG.
 pub fn escape(text: &str) -> String {
@@ -200,7 +170,7 @@ pub fn graph_svg(graph: &Graph) -> String {
         let node = graph.node(id);
         let (x, y) = position[&id];
         let macs = crate::summary::macs(graph, id);
-        let opacity = 0.12 + 0.88 * (macs as f64 / max_macs as f64).sqrt();
+        let opacity = crate::graphviz::mac_shading(macs, max_macs);
         let color = kind_color(&node.op);
         let label = op_label(graph, id);
         let shape: Vec<String> = node.shape.iter().map(usize::to_string).collect();
@@ -300,7 +270,7 @@ pub fn render_html(report: &Report, graph: &Graph) -> String {
     );
 
     html.push_str("<h2>Graph</h2>\n<p class=\"legend\">");
-    for (label, color) in legend() {
+    for (label, color) in crate::graphviz::LEGEND {
         let _ = write!(html, "<span><i style=\"background:{color}\"></i>{label}</span>");
     }
     html.push_str("<span>shading: share of the multiply-adds</span></p>\n<div class=\"graph\" id=\"graph\">\n");
