@@ -97,8 +97,41 @@ pub struct ThreadArgs {
 
 impl ThreadArgs {
     pub fn options(&self) -> cnnc::exec::ExecOptions {
-        cnnc::exec::ExecOptions { threads: self.threads.map(|n| n as usize), cpu: self.cpu.map(CpuArg::level) }
+        cnnc::exec::ExecOptions {
+            threads: self.threads.map(|n| n as usize),
+            cpu: self.cpu.map(CpuArg::level),
+            ..Default::default()
+        }
     }
+}
+
+/// `--precision`: the arithmetic of the conv and linear layers.
+#[derive(clap::Args, Clone)]
+pub struct PrecisionArgs {
+    /// Arithmetic of the conv and linear layers: f32, or bf16 (weights and each layer's
+    /// input rounded to bf16, f32 accumulation and epilogue; every other layer f32).
+    /// bf16 runs on the reference target (an exact simulation); the cpu target refuses
+    /// it for now, and on CPUs without AVX512_BF16.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: PrecisionArg,
+}
+
+impl PrecisionArgs {
+    pub fn get(&self) -> cnnc::precision::Precision {
+        match self.precision {
+            PrecisionArg::F32 => cnnc::precision::Precision::F32,
+            PrecisionArg::Bf16 => cnnc::precision::Precision::Bf16,
+        }
+    }
+}
+
+/// `--precision f32|bf16`.
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+pub enum PrecisionArg {
+    /// IEEE single precision.
+    F32,
+    /// bfloat16 weights and layer inputs, f32 accumulation.
+    Bf16,
 }
 
 /// `--cpu`: an x86-64 micro-architecture level.

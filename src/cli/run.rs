@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use cnnc::ir::Graph;
 use cnnc::passes;
 
-use super::args::{OptArgs, ShapeArgs, Target, ThreadArgs, WeightArgs};
+use super::args::{OptArgs, PrecisionArgs, ShapeArgs, Target, ThreadArgs, WeightArgs};
 use super::common::{MAX_INPUT_BYTES, UserError, check_budget, prepare, read_limited};
 
 #[derive(clap::Args)]
@@ -33,6 +33,8 @@ pub struct Args {
     opt: OptArgs,
     #[command(flatten)]
     threads: ThreadArgs,
+    #[command(flatten)]
+    precision: PrecisionArgs,
     /// Print the K most likely classes of each batch item.
     #[arg(long, value_name = "K")]
     top: Option<usize>,
@@ -129,8 +131,28 @@ impl Args {
 }
 
 pub fn exec(args: &Args) -> Result<(), UserError> {
-    let Args { net, weights, input: specs, output, target, compare, opt, threads, top, labels, mean, std, shape } =
-        args;
+    let Args {
+        net,
+        weights,
+        input: specs,
+        output,
+        target,
+        compare,
+        opt,
+        threads,
+        precision,
+        top,
+        labels,
+        mean,
+        std,
+        shape,
+    } = args;
+    let precision = precision.get();
+    if !compare.is_empty() && precision != cnnc::precision::Precision::F32 {
+        return Err(UserError(format!(
+            "error: --compare runs f32 only; compare --precision {precision} runs by their --output files"
+        )));
+    }
     let (net, level, labels) = (net.as_path(), opt.level(), labels.as_deref());
     let (mean, std, top) = (mean.as_deref(), std.as_deref(), *top);
     // Build once to learn the inputs, then again for the input files' batch.
@@ -164,8 +186,9 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
     let destinations = output_files(output, &output_names)?;
     let compile_started = std::time::Instant::now();
     passes::optimize_for(&mut graph, level, target.to_exec().capabilities())?;
-    let executor = cnnc::exec::compile_with(graph, target.to_exec(), &threads.options())
-        .map_err(|e| UserError(format!("error: {e}")))?;
+    let options = cnnc::exec::ExecOptions { precision, ..threads.options() };
+    let executor =
+        cnnc::exec::compile_with(graph, target.to_exec(), &options).map_err(|e| UserError(format!("error: {e}")))?;
     let compiled = compile_started.elapsed();
     let started = std::time::Instant::now();
     let outputs = executor.run(&inputs).map_err(|e| UserError(format!("error: {e}")))?;

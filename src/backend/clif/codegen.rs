@@ -33,6 +33,7 @@ use super::kernels::x86::{Simd, Ukernel};
 use super::kernels::{Base, Kb, Loc, MathFns, MicroKernel};
 use crate::ir::{Activation, Epilogue, Graph, Node, NodeId, Op, ParamRole};
 use crate::passes::plan_memory::concat_is_free;
+use crate::precision::Precision;
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 
@@ -210,6 +211,39 @@ pub(crate) fn build_isa(triple: Option<&str>, options: &CodegenOptions, pic: boo
         }
     }
     builder.finish(settings::Flags::new(flags)).map_err(|e| format!("cannot configure Cranelift: {e}"))
+}
+
+/// Refuses a graph with a layer in a precision other than f32 ([`crate::precision`]),
+/// saying why: the target has no AVX512_BF16 (`vdpbf16ps`, `vcvtne2ps2bf16`), which
+/// the x86-64 levels (`--cpu`) and target triples' baselines never include, or, on a
+/// host that has it, that the bf16 micro-kernels are not built yet (issue #19). The
+/// reference target simulates bf16 exactly in the meantime.
+fn check_precision(graph: &Graph, isa: &dyn TargetIsa, options: &CodegenOptions) -> Result<(), String> {
+    let Some(layer) = graph.node_ids().into_iter().map(|id| graph.node(id)).find(|n| n.precision != Precision::F32)
+    else {
+        return Ok(());
+    };
+    let precision = layer.precision.name();
+    let reference = "(--target reference simulates it)";
+    let host_has_bf16 = {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512bf16") && std::arch::is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    };
+    let why = match options.cpu {
+        Some(level) => format!("--cpu {} has no AVX512_BF16 (vdpbf16ps)", level.name()),
+        // A named triple's baseline has no AVX-512 at all.
+        None if !x64_has(isa, "has_avx512f") || !host_has_bf16 => {
+            format!("the target ({}) has no AVX512_BF16 (vdpbf16ps)", isa.triple())
+        }
+        None => "the cpu target's bf16 kernels are not built yet (issue #19)".to_string(),
+    };
+    Err(format!("--precision {precision} (layer `{}` and others): {why} {reference}", layer.name))
 }
 
 /// Whether an x86-64 ISA has a CPU feature (`has_fma`, `has_avx512f`, ...).
@@ -544,6 +578,7 @@ pub(crate) fn define_model<M: Module>(
     symbols: &Symbols,
 ) -> Result<DefinedModel, String> {
     let Symbols { prefix, infer_name, infer_part_name, infer_linkage: linkage, far_data } = *symbols;
+    check_precision(graph, module.isa(), options)?;
     let order = graph.topo_order().ok_or("the graph has a cycle")?;
     let layout = Layout::new(graph)?;
     let ptr = module.target_config().pointer_type();
