@@ -294,6 +294,7 @@ fn tile_spec(simd: Simd, reduction: &Reduction, pixels: usize, pixel_stride: i64
         steps: reduction.count,
         in_step: reduction.in_step,
         taps: reduction.taps.clone(),
+        bf16: false,
     }
 }
 

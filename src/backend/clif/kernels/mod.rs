@@ -7,9 +7,12 @@
 //! value it reads or writes, which the loop bounds below guarantee (no over-reading tail,
 //! no vector that straddles the end of a tensor).
 
+pub(crate) mod bf16;
 pub(crate) mod conv;
 pub(crate) mod depthwise;
 pub(crate) mod elementwise;
+#[cfg(test)]
+mod emulate;
 pub(crate) mod movement;
 pub(crate) mod normalize;
 pub(crate) mod pointwise;
