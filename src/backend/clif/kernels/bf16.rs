@@ -258,4 +258,137 @@ mod tests {
             }
         }
     }
+
+    /// A whole direct convolution through the emulated micro-kernels, laid out as the
+    /// cpu target's bf16 path is to lay it out (pair planes from `RowSpec` rows, weights
+    /// by `pack_pairs` and `conv::pack` with the blocking of the AVX-512 tiles, tiles
+    /// along each output row, the last one overlapping), against the interpreter's bf16
+    /// simulation: relative L2 at most 1e-4, the cpu target's tolerance.
+    #[test]
+    fn an_emulated_bf16_convolution_matches_the_interpreter() {
+        use crate::ir::ParamRole;
+        use crate::precision::Precision;
+        use crate::tensor::relative_l2;
+        // (in channels, out channels, height, width, kernel, stride, pad)
+        let cases: [(usize, usize, usize, usize, usize, usize, usize); 5] = [
+            (3, 16, 9, 9, 3, 1, 1),
+            (7, 37, 8, 11, 3, 2, 1),
+            (4, 20, 6, 6, 1, 1, 0),
+            (1, 5, 12, 7, 3, 1, 0),
+            (16, 70, 7, 10, 3, 1, 1),
+        ];
+        for (c, o, h, w, k, stride, pad) in cases {
+            let source = format!(
+                "network t {{\n    input x: [{c}, {h}, {w}]\n    c: conv({o}, {k}, stride={stride}, pad={pad})\n}}\n"
+            );
+            let mut graph = crate::front::compile_source(&source, &Default::default()).unwrap();
+            graph.weights = crate::weights::random_weights(&graph, 5);
+            let x = crate::weights::random_normal(&graph.node(graph.inputs[0]).shape, 9);
+            let f32_out = crate::interp::run(&graph, &graph.weights, std::slice::from_ref(&x)).unwrap().remove(0);
+            crate::precision::assign(&mut graph, Precision::Bf16);
+            let expected = crate::interp::run(&graph, &graph.weights, std::slice::from_ref(&x)).unwrap().remove(0);
+            let node = graph.node(graph.outputs[0].node);
+            let param =
+                |role| node.params.iter().find(|p| p.role == role).map(|p| &graph.weights.get(&p.name).unwrap().data);
+            let (weight, bias) = (param(ParamRole::Weight).unwrap(), param(ParamRole::Bias));
+            let (out_h, out_w) = (node.shape[2], node.shape[3]);
+            let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+            let steps = c.div_ceil(2);
+            let taps = k * k;
+
+            // The pair planes, row by row through the conversion kernel.
+            let mut pairs = vec![0u32; steps * hp * wp];
+            for s in 0..steps {
+                let high = 2 * s + 1 < c;
+                let code = assemble_row(&RowSpec { pixels: w, high }).unwrap();
+                for r in 0..h {
+                    let row = |channel: usize| {
+                        x.data[(channel * h + r) * w..][..w].iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                    };
+                    let mut emulator = Emulator::new(&code);
+                    let low = emulator.map(Region::new(bytes(&row(2 * s))));
+                    let high_row = if high { emulator.map(Region::new(bytes(&row(2 * s + 1)))) } else { 0 };
+                    let dst = emulator.map(Region::new(vec![0; 4 * w]));
+                    emulator.call(&[low, high_row, dst]).unwrap();
+                    let start = (s * hp + r + pad) * wp + pad;
+                    pairs[start..start + w].copy_from_slice(&words(emulator.region(dst)));
+                }
+            }
+
+            // The weights, blocked as the f32 tiles block them.
+            let pixels = super::super::conv::wide_tile_width(out_w, Simd::Avx512);
+            let blocking = super::super::conv::wide_blocking(o, pixels, Simd::Avx512);
+            let paired = pack_pairs(weight, o, c, taps);
+            let kk = steps * taps;
+            let packed = words(&super::super::conv::pack(&paired, bias.map(|b| b.as_slice()), 1, kk, blocking));
+            let bias_start = blocking.group_lanes() * kk;
+            // (first channel, vectors of 16 lanes, channels) of each block.
+            let mut blocks: Vec<(usize, usize, usize)> = (0..blocking.full_blocks)
+                .map(|b| (b * 4 * blocking.vectors, blocking.vectors / 4, 4 * blocking.vectors))
+                .collect();
+            if blocking.tail_vectors > 0 {
+                blocks.push((
+                    blocking.full_blocks * 4 * blocking.vectors,
+                    blocking.tail_vectors / 4,
+                    blocking.tail_channels,
+                ));
+            }
+
+            let mut out = vec![f32::NAN; o * out_h * out_w];
+            for &(first, vectors, channels) in &blocks {
+                let lanes = 16 * vectors;
+                let spec = TileSpec {
+                    simd: Simd::Avx512,
+                    pixels,
+                    vectors,
+                    pixel_stride: 4 * stride as i64,
+                    steps,
+                    in_step: 4 * (hp * wp) as i64,
+                    taps: (0..k).flat_map(|kh| (0..k).map(move |kw| 4 * (kh * wp + kw) as i64)).collect(),
+                    bf16: true,
+                };
+                assert!(spec.fits(), "{spec:?}");
+                let code = assemble(&spec).unwrap();
+                let block_weights = &packed[first * kk..][..lanes * kk];
+                let block_bias = &packed[bias_start + first..][..lanes];
+                for oh in 0..out_h {
+                    let mut starts: Vec<usize> = (0..out_w).step_by(pixels).map(|p| p.min(out_w - pixels)).collect();
+                    starts.dedup();
+                    for ow in starts {
+                        let mut emulator = Emulator::new(&code);
+                        let input = emulator.map(Region::new(bytes(&pairs)));
+                        let weights = emulator.map(Region::new(bytes(block_weights)));
+                        let bias_at = emulator.map(Region::new(bytes(block_bias)));
+                        let tile = emulator.map(Region::new(vec![0; 4 * pixels * lanes]));
+                        let origin = input + 4 * (oh * stride * wp + ow * stride) as u64;
+                        emulator.call(&[origin, weights, bias_at, tile]).unwrap();
+                        let result = words(emulator.region(tile));
+                        for p in 0..pixels {
+                            for l in 0..channels {
+                                out[((first + l) * out_h + oh) * out_w + ow + p] =
+                                    f32::from_bits(result[p * lanes + l]);
+                            }
+                        }
+                    }
+                }
+            }
+            let error = relative_l2(&out, &expected.data);
+            let against_f32 = relative_l2(&out, &f32_out.data);
+            eprintln!(
+                "conv {:?}: relative L2 {error:.2e} against the bf16 interpreter, {against_f32:.2e} against f32",
+                (c, o, h, w, k, stride, pad)
+            );
+            assert!(
+                error <= 1e-4,
+                "case {:?}: relative L2 {error:e} against the bf16 interpreter",
+                (c, o, h, w, k, stride, pad)
+            );
+            // The simulation is the one that matches: f32 is much further away.
+            assert!(
+                against_f32 > 10.0 * error.max(1e-7),
+                "case {:?}: {against_f32:e} against f32",
+                (c, o, h, w, k, stride, pad)
+            );
+        }
+    }
 }

@@ -41,14 +41,14 @@ const BLOCK_PIECES: usize = 4;
 
 /// How output channels are split into register blocks for one group.
 #[derive(Clone, Copy, Debug)]
-struct Blocking {
+pub(super) struct Blocking {
     /// f32x4 vectors per full block.
-    vectors: usize,
-    full_blocks: usize,
+    pub(super) vectors: usize,
+    pub(super) full_blocks: usize,
     /// Vectors of the last, partial block (0 if there is none).
-    tail_vectors: usize,
+    pub(super) tail_vectors: usize,
     /// Output channels of the partial block.
-    tail_channels: usize,
+    pub(super) tail_channels: usize,
 }
 
 impl Blocking {
@@ -74,14 +74,14 @@ impl Blocking {
     }
 
     /// Packed lanes per group (output channels rounded up to whole vectors).
-    fn group_lanes(&self) -> usize {
+    pub(super) fn group_lanes(&self) -> usize {
         4 * (self.full_blocks * self.vectors + self.tail_vectors)
     }
 }
 
 /// Packs `[out][k]` weights (and a bias) into the block layout described in the module
 /// docs, `groups` groups of `out / groups` output channels each, as little-endian bytes.
-fn pack(weight: &[f32], bias: Option<&[f32]>, groups: usize, k: usize, blocking: Blocking) -> Vec<u8> {
+pub(super) fn pack(weight: &[f32], bias: Option<&[f32]>, groups: usize, k: usize, blocking: Blocking) -> Vec<u8> {
     let out_per_group = weight.len() / k / groups;
     let group_lanes = blocking.group_lanes();
     let mut packed: Vec<u8> = Vec::with_capacity(4 * groups * group_lanes * (k + 1));
@@ -771,7 +771,7 @@ fn block_text(blocking: Blocking, pixels: usize, simd: Option<Simd>) -> String {
 /// Pixels per machine-code tile for a line of `count` pixels: the whole line up to the
 /// most a tile holds, else the width from 4 up that computes the fewest pixels (the last tile of a line
 /// overlaps the one before it), the widest of those.
-fn wide_tile_width(count: usize, simd: Simd) -> usize {
+pub(super) fn wide_tile_width(count: usize, simd: Simd) -> usize {
     let most = simd.max_pixels();
     if count <= most {
         return count.max(1);
@@ -782,7 +782,7 @@ fn wide_tile_width(count: usize, simd: Simd) -> usize {
 /// Blocks for the machine-code micro-kernels with tiles of `pixels` pixels: as many full
 /// vectors (up to 4) as the registers hold next to the accumulators, fewer when the group
 /// has fewer channels.
-fn wide_blocking(out_per_group: usize, pixels: usize, simd: Simd) -> Blocking {
+pub(super) fn wide_blocking(out_per_group: usize, pixels: usize, simd: Simd) -> Blocking {
     let quantum = simd.lanes() / 4;
     let vectors = out_per_group.div_ceil(simd.lanes()).clamp(1, simd.max_vectors(pixels));
     Blocking::new(out_per_group, quantum * vectors, quantum)
