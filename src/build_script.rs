@@ -164,9 +164,8 @@ impl Model {
         self
     }
 
-    /// The arithmetic of the conv and linear layers (`--precision`; f32 by default).
-    /// bf16 is refused for now: the native bf16 kernels are not built yet, and targets
-    /// without AVX512_BF16 can never run them (see [`crate::precision`]).
+    /// The arithmetic of the conv and linear layers (`--precision`; f32 by default; see
+    /// [`crate::precision`]). The header lists the layers that do not run in f32.
     pub fn precision(mut self, precision: crate::precision::Precision) -> Model {
         self.precision = precision;
         self

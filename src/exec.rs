@@ -85,9 +85,9 @@ pub struct ExecOptions {
     /// The x86-64 level the CPU target compiles for (default: the host's CPU).
     pub cpu: Option<crate::backend::clif::CpuLevel>,
     /// The arithmetic of the layers that can run in it ([`crate::precision::assign`]):
-    /// f32 by default. The reference target simulates bf16 exactly; the cpu target
-    /// refuses it until its bf16 kernels exist (and on CPUs without AVX512_BF16); the
-    /// gpu target runs f32 only.
+    /// f32 by default. The reference target simulates bf16 exactly; the cpu target runs
+    /// it as its f32 kernels on bf16-rounded weights and inputs (the same results, at
+    /// every CPU level); the gpu target runs f32 only.
     pub precision: crate::precision::Precision,
 }
 

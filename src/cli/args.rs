@@ -109,9 +109,8 @@ impl ThreadArgs {
 #[derive(clap::Args, Clone)]
 pub struct PrecisionArgs {
     /// Arithmetic of the conv and linear layers: f32, or bf16 (weights and each layer's
-    /// input rounded to bf16, f32 accumulation and epilogue; every other layer f32).
-    /// bf16 runs on the reference target (an exact simulation); the cpu target refuses
-    /// it for now, and on CPUs without AVX512_BF16.
+    /// input rounded to bf16, f32 accumulation and epilogue; every other layer f32), on
+    /// the cpu and reference targets.
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: PrecisionArg,
 }
@@ -122,6 +121,16 @@ impl PrecisionArgs {
             PrecisionArg::F32 => cnnc::precision::Precision::F32,
             PrecisionArg::Bf16 => cnnc::precision::Precision::Bf16,
         }
+    }
+
+    /// The note `run`, `bench` and `build` print when the cpu target runs bf16.
+    pub fn cpu_note(&self) -> Option<String> {
+        (self.precision == PrecisionArg::Bf16).then(|| {
+            "note: --precision bf16 on the cpu target: the conv and linear layers round their weights and \
+             inputs to bf16 and run on the f32 kernels (bf16's results, not yet its speed: the vdpbf16ps \
+             kernels are not wired in)"
+                .to_string()
+        })
     }
 }
 

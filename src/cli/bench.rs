@@ -190,6 +190,11 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
             return Err(UserError(format!("error: --precision {precision}: the gpu target runs f32 only")));
         }
         cnnc::precision::assign(&mut graph, precision);
+        if args.target == Target::Cpu
+            && let Some(note) = args.precision.cpu_note()
+        {
+            eprintln!("{note}");
+        }
     }
     if args.target == Target::Gpu {
         return bench_gpu_command(args, &graph, &inputs, macs);

@@ -107,9 +107,13 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
         if emit.iter().any(|e| matches!(e, Emit::Wgsl | Emit::Plan)) || *target == BuildTarget::Gpu {
             return Err(UserError(format!("error: --precision {precision}: the gpu target runs f32 only")));
         }
-        // The IR and DOT outputs show each layer's precision; the object refuses it
-        // until the cpu target's bf16 kernels exist.
+        // The IR, DOT and header outputs show each layer's precision.
         cnnc::precision::assign(&mut graph, precision);
+        if emit.iter().any(|e| matches!(e, Emit::Obj | Emit::Header))
+            && let Some(note) = args.precision.cpu_note()
+        {
+            eprintln!("{note}");
+        }
     }
     if emit.contains(&Emit::Ir) {
         write(format!("{}.ir", graph.name), cnnc::ir::print(&graph).as_bytes())?;

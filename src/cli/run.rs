@@ -148,10 +148,8 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
         shape,
     } = args;
     let precision = precision.get();
-    if !compare.is_empty() && precision != cnnc::precision::Precision::F32 {
-        return Err(UserError(format!(
-            "error: --compare runs f32 only; compare --precision {precision} runs by their --output files"
-        )));
+    if precision != cnnc::precision::Precision::F32 && (*target == Target::Gpu || compare.contains(&Target::Gpu)) {
+        return Err(UserError(format!("error: --precision {precision}: the gpu target runs f32 only")));
     }
     let (net, level, labels) = (net.as_path(), opt.level(), labels.as_deref());
     let (mean, std, top) = (mean.as_deref(), std.as_deref(), *top);
@@ -169,6 +167,12 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
         // One graph for every target, so that each node's value can be compared: the
         // generic pipeline's, which every target runs (no pooling fused for the gpu).
         passes::optimize(&mut graph, level)?;
+        cnnc::precision::assign(&mut graph, precision);
+        if compare.contains(&Target::Cpu)
+            && let Some(note) = args.precision.cpu_note()
+        {
+            eprintln!("{note}");
+        }
         let targets: Vec<cnnc::exec::Target> = compare.iter().map(|t| t.to_exec()).collect();
         let report = cnnc::compare::compare(&graph, &inputs, &targets).map_err(|e| UserError(format!("error: {e}")))?;
         print!("{report}");
@@ -187,6 +191,11 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
     let compile_started = std::time::Instant::now();
     passes::optimize_for(&mut graph, level, target.to_exec().capabilities())?;
     let options = cnnc::exec::ExecOptions { precision, ..threads.options() };
+    if *target == Target::Cpu
+        && let Some(note) = args.precision.cpu_note()
+    {
+        eprintln!("{note}");
+    }
     let executor =
         cnnc::exec::compile_with(graph, target.to_exec(), &options).map_err(|e| UserError(format!("error: {e}")))?;
     let compiled = compile_started.elapsed();

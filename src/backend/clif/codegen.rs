@@ -213,39 +213,6 @@ pub(crate) fn build_isa(triple: Option<&str>, options: &CodegenOptions, pic: boo
     builder.finish(settings::Flags::new(flags)).map_err(|e| format!("cannot configure Cranelift: {e}"))
 }
 
-/// Refuses a graph with a layer in a precision other than f32 ([`crate::precision`]),
-/// saying why: the target has no AVX512_BF16 (`vdpbf16ps`, `vcvtne2ps2bf16`), which
-/// the x86-64 levels (`--cpu`) and target triples' baselines never include, or, on a
-/// host that has it, that the bf16 micro-kernels are not built yet (issue #19). The
-/// reference target simulates bf16 exactly in the meantime.
-fn check_precision(graph: &Graph, isa: &dyn TargetIsa, options: &CodegenOptions) -> Result<(), String> {
-    let Some(layer) = graph.node_ids().into_iter().map(|id| graph.node(id)).find(|n| n.precision != Precision::F32)
-    else {
-        return Ok(());
-    };
-    let precision = layer.precision.name();
-    let reference = "(--target reference simulates it)";
-    let host_has_bf16 = {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::arch::is_x86_feature_detected!("avx512bf16") && std::arch::is_x86_feature_detected!("avx512f")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    };
-    let why = match options.cpu {
-        Some(level) => format!("--cpu {} has no AVX512_BF16 (vdpbf16ps)", level.name()),
-        // A named triple's baseline has no AVX-512 at all.
-        None if !x64_has(isa, "has_avx512f") || !host_has_bf16 => {
-            format!("the target ({}) has no AVX512_BF16 (vdpbf16ps)", isa.triple())
-        }
-        None => "the cpu target's bf16 kernels are not built yet (issue #19)".to_string(),
-    };
-    Err(format!("--precision {precision} (layer `{}` and others): {why} {reference}", layer.name))
-}
-
 /// Whether an x86-64 ISA has a CPU feature (`has_fma`, `has_avx512f`, ...).
 fn x64_has(isa: &dyn TargetIsa, flag: &str) -> bool {
     isa.name() == "x64" && isa.isa_flags().iter().any(|f| f.name == flag && f.as_bool() == Some(true))
@@ -364,6 +331,7 @@ impl Kernel {
     fn scratch_bytes(&self) -> usize {
         match self {
             Kernel::Conv(k) => k.scratch_bytes(),
+            Kernel::Linear(k) => k.scratch_bytes(),
             // A pool pads one plane at a time into each part's own plane.
             Kernel::Pool(p) => p.scratch_bytes() * MAX_PARTS,
             Kernel::Winograd(k) => k.scratch_bytes(),
@@ -433,6 +401,12 @@ fn prepare(
                 out_w: node.shape[3],
             };
             let bias = bias.map(|b| b.data.as_slice());
+            // A bf16 layer runs on the direct tiles, which round its operands.
+            let bf16 = node.precision == Precision::Bf16;
+            if bf16 {
+                let vectors = options.conv_vectors.max(1);
+                return Ok(Kernel::Conv(ConvKernel::new(conv, shape, &weight.data, bias, vectors, simd, true)));
+            }
             if simd == Some(Simd::Avx512) && PointwiseKernel::applies(conv, &node.epilogue) {
                 let shape = (x_shape[0], x_shape[1], node.shape[1], node.shape[2] * node.shape[3]);
                 return Ok(Kernel::Pointwise(PointwiseKernel::new(shape, &weight.data, bias, &node.epilogue)));
@@ -445,7 +419,7 @@ fn prepare(
                 let m = WinogradKernel::tile_size(&shape, options.winograd_f4);
                 return Ok(Kernel::Winograd(WinogradKernel::new(conv, shape, m, &weight.data, bias)));
             }
-            Kernel::Conv(ConvKernel::new(conv, shape, &weight.data, bias, options.conv_vectors.max(1), simd))
+            Kernel::Conv(ConvKernel::new(conv, shape, &weight.data, bias, options.conv_vectors.max(1), simd, false))
         }
         Op::Linear { out_features, .. } => {
             let weight = required(weights, node, &x_shape, ParamRole::Weight)?;
@@ -458,6 +432,7 @@ fn prepare(
                 *out_features,
                 options.linear_vectors.max(1),
                 simd,
+                node.precision == Precision::Bf16,
             ))
         }
         Op::ScaleShift => {
@@ -578,7 +553,6 @@ pub(crate) fn define_model<M: Module>(
     symbols: &Symbols,
 ) -> Result<DefinedModel, String> {
     let Symbols { prefix, infer_name, infer_part_name, infer_linkage: linkage, far_data } = *symbols;
-    check_precision(graph, module.isa(), options)?;
     let order = graph.topo_order().ok_or("the graph has a cycle")?;
     let layout = Layout::new(graph)?;
     let ptr = module.target_config().pointer_type();
@@ -866,7 +840,7 @@ fn emit_kernel(
         Kernel::Pointwise(k) => k.emit(kb, operands[0].0, out, residual),
         Kernel::Depthwise(k) => k.emit(kb, operands[0].0, out, residual),
         Kernel::Winograd(k) => k.emit(kb, operands[0].0, out, residual, scratch, epilogue),
-        Kernel::Linear(linear) => linear.emit(kb, operands[0].0, out, residual, epilogue),
+        Kernel::Linear(linear) => linear.emit(kb, operands[0].0, out, residual, scratch, epilogue),
         Kernel::Pool(pool) => pool.emit(kb, operands[0].0, out, scratch),
         Kernel::ScaleShift(_) => elementwise::emit_scale_shift(kb, &node.shape, operands[0].0, out, epilogue),
         Kernel::Activation(activation) => elementwise::emit_activation(kb, *activation, operands[0].0, out, count),

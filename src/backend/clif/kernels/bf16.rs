@@ -14,10 +14,19 @@
 //!   block packing of `conv::pack` then lays them out as it lays out f32 weights, one
 //!   pair per lane, and the bias stays f32.
 //!
-//! Not wired into the cpu target yet: the native code cannot be run on the machines this
-//! slice was written on (no AVX-512), so `codegen::check_precision` refuses bf16 there.
-//! The micro-kernels are checked here by running them on a small x86 emulator of the
-//! instructions they use ([`super::emulate`]), against the reference semantics.
+//! Not wired into the cpu target yet: the native code could not be run on the machine
+//! this slice was written on (no AVX-512), so bf16 layers run on the f32 kernels over
+//! rounded operands (`ConvKernel::bf16`), which compute the same values. The
+//! micro-kernels are checked here by running them on a small x86 emulator of the
+//! instructions they use ([`super::emulate`]), against the reference semantics, and
+//! a whole convolution laid out this way against the interpreter.
+//!
+//! Wiring it in (on a host with AVX512_BF16): in `ConvKernel`, when the target has it
+//! (`is_x86_feature_detected!("avx512bf16")` with no `--cpu`, since no x86-64 level
+//! includes it), pack `pack_pairs` output with `pack` and `k = pairs * taps`, make the
+//! reduction `pairs` steps, replace the padded copy by per-row [`RowSpec`] calls into
+//! the scratch buffer (zeroed borders as now; one pair plane per two channels), set
+//! `TileSpec::bf16`, and define `RowSpec` as a `Ukernel`; then time it against f32.
 #![cfg_attr(not(test), allow(dead_code))]
 
 use iced_x86::code_asm::*;

@@ -436,6 +436,10 @@ pub(crate) struct ConvKernel {
     simd: Option<Simd>,
     /// Where the bias starts in the packed data, in floats.
     bias_start: usize,
+    /// bf16 (`precision`): the weights packed rounded to bf16, and the input rounded to
+    /// bf16 as it is copied into the scratch buffer (always copied then, padded or not);
+    /// the f32 tiles then compute what the interpreter's bf16 simulation computes.
+    bf16: bool,
     /// The packed weights and bias, little-endian f32.
     pub data: Vec<u8>,
 }
@@ -450,7 +454,15 @@ impl ConvKernel {
         bias: Option<&[f32]>,
         vectors: usize,
         simd: Option<Simd>,
+        bf16: bool,
     ) -> ConvKernel {
+        let rounded: Vec<f32>;
+        let weight = if bf16 {
+            rounded = weight.iter().map(|&w| crate::precision::round_bf16(w)).collect();
+            &rounded
+        } else {
+            weight
+        };
         let out_per_group = shape.out_channels / conv.groups;
         let k = shape.in_channels / conv.groups * conv.kernel.h * conv.kernel.w;
         // The pixels tiled in one line: the whole plane or a row (see `line_mode`).
@@ -466,11 +478,16 @@ impl ConvKernel {
         };
         let data = pack(weight, bias, conv.groups, k, blocking);
         let bias_start = conv.groups * blocking.group_lanes() * k;
-        ConvKernel { conv: conv.clone(), shape, blocking, tile_width, simd, bias_start, data }
+        ConvKernel { conv: conv.clone(), shape, blocking, tile_width, simd, bias_start, bf16, data }
     }
 
     fn padded(&self) -> bool {
         !self.conv.pad.is_zero()
+    }
+
+    /// Whether the input is copied into the scratch buffer first: padded, or rounded.
+    fn copied(&self) -> bool {
+        self.padded() || self.bf16
     }
 
     /// The padded input's height and width.
@@ -479,9 +496,9 @@ impl ConvKernel {
         (self.shape.in_h + p.top + p.bottom, self.shape.in_w + p.left + p.right)
     }
 
-    /// Scratch bytes for the padded copy of one batch element's input.
+    /// Scratch bytes for the padded (or rounded) copy of one batch element's input.
     pub fn scratch_bytes(&self) -> usize {
-        if !self.padded() {
+        if !self.copied() {
             return 0;
         }
         let (hp, wp) = self.padded_hw();
@@ -498,7 +515,11 @@ impl ConvKernel {
         }
         let s = &self.shape;
         let line = if self.line_mode() { s.out_h * s.out_w } else { s.out_w };
-        text + ", " + &block_text(self.blocking, self.tile_width.min(line), simd)
+        text = text + ", " + &block_text(self.blocking, self.tile_width.min(line), simd);
+        if self.bf16 {
+            text.push_str(", bf16 operands");
+        }
+        text
     }
 
     fn reduction(&self) -> Reduction {
@@ -546,7 +567,7 @@ impl ConvKernel {
         let data = kb.data();
         kb.for_range(s.batch, |kb, n| {
             let x_n = kb.index(x_base, n, in_image);
-            let input = if self.padded() {
+            let input = if self.copied() {
                 self.emit_pad_copy(kb, x_n, scratch_base);
                 kb.sync();
                 scratch_base
@@ -604,7 +625,7 @@ impl ConvKernel {
                     }
                 }
             });
-            if self.padded() && s.batch > 1 {
+            if self.copied() && s.batch > 1 {
                 // The next batch element's padded copy overwrites the scratch buffer.
                 kb.sync();
             }
@@ -657,7 +678,7 @@ impl ConvKernel {
     }
 
     /// Copies one batch element's input into the scratch buffer with zero borders (this
-    /// part's share of the channels).
+    /// part's share of the channels), rounded to bf16 for a bf16 layer.
     fn emit_pad_copy(&self, kb: &mut Kb, x_n: Value, scratch: Value) {
         let s = &self.shape;
         let p = self.conv.pad;
@@ -665,12 +686,18 @@ impl ConvKernel {
         kb.for_share(s.in_channels, |kb, channel| {
             let src_plane = kb.index(x_n, channel, (s.in_h * s.in_w * 4) as i64);
             let dst_plane = kb.index(scratch, channel, (hp * wp * 4) as i64);
-            kb.zero_floats(dst_plane, hp * wp);
+            if self.padded() {
+                kb.zero_floats(dst_plane, hp * wp);
+            }
             let dst_plane = kb.offset(dst_plane, ((p.top * wp + p.left) * 4) as i64);
             kb.for_range(s.in_h, |kb, row| {
                 let src = kb.index(src_plane, row, (s.in_w * 4) as i64);
                 let dst = kb.index(dst_plane, row, (wp * 4) as i64);
-                kb.copy_floats(src, dst, s.in_w);
+                if self.bf16 {
+                    kb.copy_floats_bf16(src, dst, s.in_w);
+                } else {
+                    kb.copy_floats(src, dst, s.in_w);
+                }
             });
         });
     }
@@ -798,6 +825,9 @@ pub(crate) struct LinearKernel {
     out_features: usize,
     blocking: Blocking,
     bias_start: usize,
+    /// bf16: the weights packed rounded to bf16, the input rounded into the scratch
+    /// buffer first (as `ConvKernel::bf16`).
+    bf16: bool,
     /// The packed weights and bias, little-endian f32.
     pub data: Vec<u8>,
 }
@@ -810,7 +840,15 @@ impl LinearKernel {
         out_features: usize,
         vectors: usize,
         simd: Option<Simd>,
+        bf16: bool,
     ) -> LinearKernel {
+        let rounded: Vec<f32>;
+        let weight = if bf16 {
+            rounded = weight.iter().map(|&w| crate::precision::round_bf16(w)).collect();
+            &rounded
+        } else {
+            weight
+        };
         let in_features = weight.len() / out_features;
         let (tile_width, blocking) = match simd {
             Some(simd) => {
@@ -821,7 +859,12 @@ impl LinearKernel {
         };
         let data = pack(weight, bias, 1, in_features, blocking);
         let bias_start = blocking.group_lanes() * in_features;
-        LinearKernel { batch, tile_width, simd, in_features, out_features, blocking, bias_start, data }
+        LinearKernel { batch, tile_width, simd, in_features, out_features, blocking, bias_start, bf16, data }
+    }
+
+    /// Scratch bytes for the bf16 copy of the input.
+    pub fn scratch_bytes(&self) -> usize {
+        if self.bf16 { 4 * self.batch * self.in_features } else { 0 }
     }
 
     fn reduction(&self) -> Reduction {
@@ -831,7 +874,8 @@ impl LinearKernel {
     /// The algorithm, for profiles: `tiled` when the machine-code micro-kernels run it.
     pub fn algorithm(&self, tiled: bool) -> String {
         let simd = self.simd.filter(|_| tiled);
-        format!("gemm, {}", block_text(self.blocking, self.tile_width.min(self.batch), simd))
+        let bf16 = if self.bf16 { ", bf16 operands" } else { "" };
+        format!("gemm, {}{bf16}", block_text(self.blocking, self.tile_width.min(self.batch), simd))
     }
 
     /// The micro-kernels the tiles of this layer can use.
@@ -846,10 +890,21 @@ impl LinearKernel {
             .collect()
     }
 
-    pub fn emit(&self, kb: &mut Kb, x: Loc, out: Loc, residual: Option<Loc>, epilogue: &Epilogue) {
+    pub fn emit(&self, kb: &mut Kb, x: Loc, out: Loc, residual: Option<Loc>, scratch: Loc, epilogue: &Epilogue) {
         let k = self.in_features;
         let reduction = self.reduction();
-        let x_base = kb.addr(x);
+        let mut x_base = kb.addr(x);
+        if self.bf16 {
+            // The parts round a share of the rows each, then all read all of them.
+            let scratch_base = kb.addr(scratch);
+            kb.for_share(self.batch, |kb, row| {
+                let src = kb.index(x_base, row, (k * 4) as i64);
+                let dst = kb.index(scratch_base, row, (k * 4) as i64);
+                kb.copy_floats_bf16(src, dst, k);
+            });
+            kb.sync();
+            x_base = scratch_base;
+        }
         let out_base = kb.addr(out);
         let residual_base = residual.map(|r| kb.addr(r));
         let data = kb.data();
