@@ -686,9 +686,12 @@ impl ConvKernel {
         kb.for_share(s.in_channels, |kb, channel| {
             let src_plane = kb.index(x_n, channel, (s.in_h * s.in_w * 4) as i64);
             let dst_plane = kb.index(scratch, channel, (hp * wp * 4) as i64);
-            if self.padded() {
-                kb.zero_floats(dst_plane, hp * wp);
+            if !self.padded() {
+                // Only rounded: the plane in one run, not row by row.
+                kb.copy_floats_bf16(src_plane, dst_plane, s.in_h * s.in_w);
+                return;
             }
+            kb.zero_floats(dst_plane, hp * wp);
             let dst_plane = kb.offset(dst_plane, ((p.top * wp + p.left) * 4) as i64);
             kb.for_range(s.in_h, |kb, row| {
                 let src = kb.index(src_plane, row, (s.in_w * 4) as i64);
