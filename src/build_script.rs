@@ -84,6 +84,7 @@ pub struct Model {
     out_dir: Option<PathBuf>,
     target_triple: Option<String>,
     cargo_metadata: bool,
+    precision: crate::precision::Precision,
 }
 
 /// What [`Model::compile`] wrote.
@@ -119,6 +120,7 @@ impl Model {
             out_dir: None,
             target_triple: None,
             cargo_metadata: true,
+            precision: crate::precision::Precision::F32,
         }
     }
 
@@ -162,6 +164,13 @@ impl Model {
         self
     }
 
+    /// The arithmetic of the conv and linear layers (`--precision`; f32 by default; see
+    /// [`crate::precision`]). The header lists the layers that do not run in f32.
+    pub fn precision(mut self, precision: crate::precision::Precision) -> Model {
+        self.precision = precision;
+        self
+    }
+
     /// Whether to print the `cargo:` lines that link the archive and rerun the build
     /// script (on by default; off to only write the files).
     pub fn cargo_metadata(mut self, on: bool) -> Model {
@@ -180,7 +189,8 @@ impl Model {
         if self.batch == 0 {
             return Err(Error::new("cnnc::build: the batch size must be at least 1"));
         }
-        let graph = self.graph()?;
+        let mut graph = self.graph()?;
+        crate::precision::assign(&mut graph, self.precision);
         let name = self.name.clone().unwrap_or_else(|| graph.name.clone());
         if !is_identifier(&name) || is_rust_keyword(&name) {
             return Err(Error::new(format!(

@@ -84,6 +84,11 @@ pub struct ExecOptions {
     pub threads: Option<usize>,
     /// The x86-64 level the CPU target compiles for (default: the host's CPU).
     pub cpu: Option<crate::backend::clif::CpuLevel>,
+    /// The arithmetic of the layers that can run in it ([`crate::precision::assign`]):
+    /// f32 by default. The reference target simulates bf16 exactly; the cpu target runs
+    /// it as its f32 kernels on bf16-rounded weights and inputs (the same results, at
+    /// every CPU level); the gpu target runs f32 only.
+    pub precision: crate::precision::Precision,
 }
 
 /// The CPU target's threads unless told otherwise: one per core this process may use
@@ -113,7 +118,13 @@ pub fn compile(graph: Graph, target: Target) -> Result<Box<dyn Executor>, String
 }
 
 /// Same, with the given options.
-pub fn compile_with(graph: Graph, target: Target, options: &ExecOptions) -> Result<Box<dyn Executor>, String> {
+pub fn compile_with(mut graph: Graph, target: Target, options: &ExecOptions) -> Result<Box<dyn Executor>, String> {
+    if options.precision != crate::precision::Precision::F32 {
+        if target == Target::Gpu {
+            return Err(format!("--precision {}: the gpu target runs f32 only", options.precision));
+        }
+        crate::precision::assign(&mut graph, options.precision);
+    }
     match target {
         Target::Reference => Ok(Box::new(Reference { graph })),
         Target::Gpu => Ok(Box::new(crate::backend::wgsl::compile_gpu(&graph)?)),

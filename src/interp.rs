@@ -11,14 +11,20 @@
 //! output value, each written by exactly one thread, so results do not depend on the
 //! thread count.
 //!
+//! A conv or linear node whose precision is not f32 ([`crate::precision`]) reads its
+//! input and weights rounded as that precision rounds them (bf16: round to nearest even,
+//! denormals to zero), the exact simulation the native bf16 kernels are checked against.
+//!
 //! Nothing a caller passes makes it panic: a missing or mis-shaped input or weight, or a
 //! node whose stored shape disagrees with its operands, is an [`InterpError`].
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 
 use crate::ir::shape::{self, fmt_shape};
 use crate::ir::{Activation, Conv, Epilogue, Graph, Node, NodeId, Op, ParamRole, Pool, PoolKind};
+use crate::precision::Precision;
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 
@@ -226,6 +232,24 @@ impl<'a> NodeParams<'a> {
     }
 }
 
+/// A conv's or linear layer's input and weights as its precision reads them
+/// ([`crate::precision`]): as they are in f32, both rounded to bf16 in bf16 (the products
+/// of bf16 values are exact, and the f64 accumulation after them is the f32
+/// accumulation's ideal). The bias and the epilogue stay f32.
+fn at_precision<'a>(precision: Precision, x: &'a Tensor, weight: &'a Tensor) -> (Cow<'a, Tensor>, Cow<'a, Tensor>) {
+    match precision {
+        Precision::F32 => (Cow::Borrowed(x), Cow::Borrowed(weight)),
+        Precision::Bf16 => {
+            let round = |t: &Tensor| {
+                let mut t = t.clone();
+                crate::precision::round_slice_bf16(&mut t.data);
+                Cow::Owned(t)
+            };
+            (round(x), round(weight))
+        }
+    }
+}
+
 /// Computes one node's op from its operands' values, into `out_shape` (the op's own
 /// output shape; the epilogue comes after).
 fn eval_node(
@@ -239,11 +263,13 @@ fn eval_node(
         Op::Input { .. } => unreachable!("inputs are handled by run_traced"),
         Op::Conv(conv) => {
             let params = NodeParams::load(node, &x.shape, weights)?;
-            conv2d(conv, x, params.require(ParamRole::Weight)?, params.get(ParamRole::Bias), out_shape)
+            let (x, weight) = at_precision(node.precision, x, params.require(ParamRole::Weight)?);
+            conv2d(conv, &x, &weight, params.get(ParamRole::Bias), out_shape)
         }
         Op::Linear { .. } => {
             let params = NodeParams::load(node, &x.shape, weights)?;
-            linear(x, params.require(ParamRole::Weight)?, params.get(ParamRole::Bias), out_shape)
+            let (x, weight) = at_precision(node.precision, x, params.require(ParamRole::Weight)?);
+            linear(&x, &weight, params.get(ParamRole::Bias), out_shape)
         }
         Op::BatchNorm { eps } => {
             let params = NodeParams::load(node, &x.shape, weights)?;

@@ -36,6 +36,7 @@ pub mod interp;
 pub mod io;
 pub mod ir;
 pub mod passes;
+pub mod precision;
 pub mod summary;
 pub mod tensor;
 pub mod weights;

@@ -97,8 +97,50 @@ pub struct ThreadArgs {
 
 impl ThreadArgs {
     pub fn options(&self) -> cnnc::exec::ExecOptions {
-        cnnc::exec::ExecOptions { threads: self.threads.map(|n| n as usize), cpu: self.cpu.map(CpuArg::level) }
+        cnnc::exec::ExecOptions {
+            threads: self.threads.map(|n| n as usize),
+            cpu: self.cpu.map(CpuArg::level),
+            ..Default::default()
+        }
     }
+}
+
+/// `--precision`: the arithmetic of the conv and linear layers.
+#[derive(clap::Args, Clone)]
+pub struct PrecisionArgs {
+    /// Arithmetic of the conv and linear layers: f32, or bf16 (weights and each layer's
+    /// input rounded to bf16, f32 accumulation and epilogue; every other layer f32), on
+    /// the cpu and reference targets.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: PrecisionArg,
+}
+
+impl PrecisionArgs {
+    pub fn get(&self) -> cnnc::precision::Precision {
+        match self.precision {
+            PrecisionArg::F32 => cnnc::precision::Precision::F32,
+            PrecisionArg::Bf16 => cnnc::precision::Precision::Bf16,
+        }
+    }
+
+    /// The note `run`, `bench` and `build` print when the cpu target runs bf16.
+    pub fn cpu_note(&self) -> Option<String> {
+        (self.precision == PrecisionArg::Bf16).then(|| {
+            "note: --precision bf16 on the cpu target: the conv and linear layers round their weights and \
+             inputs to bf16 and run on the f32 kernels (bf16's results, not yet its speed: the vdpbf16ps \
+             kernels are not wired in)"
+                .to_string()
+        })
+    }
+}
+
+/// `--precision f32|bf16`.
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+pub enum PrecisionArg {
+    /// IEEE single precision.
+    F32,
+    /// bfloat16 weights and layer inputs, f32 accumulation.
+    Bf16,
 }
 
 /// `--cpu`: an x86-64 micro-architecture level.

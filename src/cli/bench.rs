@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use cnnc::passes;
 
-use super::args::{Format, MemoryArgs, OptArgs, ShapeArgs, Target, ThreadArgs, WeightArgs, WeightSource};
+use super::args::{
+    Format, MemoryArgs, OptArgs, PrecisionArgs, ShapeArgs, Target, ThreadArgs, WeightArgs, WeightSource,
+};
 use super::common::{UserError, prepare};
 
 #[derive(clap::Args)]
@@ -27,6 +29,8 @@ pub struct Args {
     runs: u32,
     #[command(flatten)]
     threads: ThreadArgs,
+    #[command(flatten)]
+    precision: PrecisionArgs,
     /// Also time every kernel (cpu target): time, share, GFLOP/s and the algorithm
     /// chosen, medians over the timed runs. (The gpu target always reports its
     /// per-dispatch times.)
@@ -47,6 +51,8 @@ struct BenchReport {
     target: String,
     batch: usize,
     opt_level: String,
+    /// Of the conv and linear layers (`--precision`).
+    precision: String,
     macs: u64,
     threads: usize,
     compile_ms: f64,
@@ -178,13 +184,25 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
     let network = graph.name.clone();
     let started = std::time::Instant::now();
     passes::optimize_for(&mut graph, args.opt.level(), args.target.to_exec().capabilities())?;
+    let precision = args.precision.get();
+    if precision != cnnc::precision::Precision::F32 {
+        if args.target == Target::Gpu {
+            return Err(UserError(format!("error: --precision {precision}: the gpu target runs f32 only")));
+        }
+        cnnc::precision::assign(&mut graph, precision);
+        if args.target == Target::Cpu
+            && let Some(note) = args.precision.cpu_note()
+        {
+            eprintln!("{note}");
+        }
+    }
     if args.target == Target::Gpu {
         return bench_gpu_command(args, &graph, &inputs, macs);
     }
     // The thread count resolved once (the default depends on the network's size).
     let asked = args.threads.options();
     let threads = cnnc::exec::threads_for(&graph, &asked);
-    let options = cnnc::exec::ExecOptions { threads: Some(threads), ..asked };
+    let options = cnnc::exec::ExecOptions { threads: Some(threads), precision, ..asked };
     if args.profile {
         if args.target != Target::Cpu {
             return Err(UserError("error: --profile times the kernels of the cpu target only".into()));
@@ -209,6 +227,7 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
         target: args.target.to_exec().name().to_string(),
         batch,
         opt_level: format!("-O{}", args.opt.opt_level),
+        precision: precision.name().to_string(),
         macs,
         threads: if args.target == Target::Cpu { threads } else { 1 },
         compile_ms,
@@ -222,13 +241,14 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report).map_err(|e| UserError(e.to_string()))?),
         Format::Table => {
             println!(
-                "{} on {} (batch {}, {}, {} thread{}): {} MACs",
+                "{} on {} (batch {}, {}, {} thread{}{}): {} MACs",
                 report.network,
                 report.target,
                 report.batch,
                 report.opt_level,
                 report.threads,
                 if report.threads == 1 { "" } else { "s" },
+                if precision == cnnc::precision::Precision::F32 { String::new() } else { format!(", {precision}") },
                 cnnc::summary::thousands(report.macs)
             );
             println!("  compile  {:10.2} ms (passes and code generation)", report.compile_ms);

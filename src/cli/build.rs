@@ -6,7 +6,7 @@ use clap::ValueEnum;
 
 use cnnc::passes;
 
-use super::args::{CpuArg, OptArgs, ShapeArgs, WeightArgs};
+use super::args::{CpuArg, OptArgs, PrecisionArgs, ShapeArgs, WeightArgs};
 use super::common::{UserError, not_built, prepare};
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Debug)]
@@ -42,6 +42,8 @@ pub struct Args {
     /// machine's CPU, or the triple's baseline, x86-64-v2).
     #[arg(long, value_enum)]
     cpu: Option<CpuArg>,
+    #[command(flatten)]
+    precision: PrecisionArgs,
     /// Output directory.
     #[arg(short, long, default_value = ".")]
     output: PathBuf,
@@ -68,7 +70,8 @@ enum Emit {
 }
 
 pub fn exec(args: &Args) -> Result<(), UserError> {
-    let Args { net, weights, shape, opt, target, emit, target_triple, cpu, output: dir } = args;
+    let Args { net, weights, shape, opt, target, emit, target_triple, cpu, precision, output: dir } = args;
+    let precision = precision.get();
     let default_emit = [Emit::Obj, Emit::Header];
     let emit: &[Emit] = if emit.is_empty() && *target == BuildTarget::Cpu { &default_emit } else { emit };
     if *target == BuildTarget::Gpu
@@ -100,6 +103,18 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
         BuildTarget::Gpu => passes::Capabilities::GPU,
     };
     passes::optimize_for(&mut graph, opt.level(), capabilities)?;
+    if precision != cnnc::precision::Precision::F32 {
+        if emit.iter().any(|e| matches!(e, Emit::Wgsl | Emit::Plan)) || *target == BuildTarget::Gpu {
+            return Err(UserError(format!("error: --precision {precision}: the gpu target runs f32 only")));
+        }
+        // The IR, DOT and header outputs show each layer's precision.
+        cnnc::precision::assign(&mut graph, precision);
+        if emit.iter().any(|e| matches!(e, Emit::Obj | Emit::Header))
+            && let Some(note) = args.precision.cpu_note()
+        {
+            eprintln!("{note}");
+        }
+    }
     if emit.contains(&Emit::Ir) {
         write(format!("{}.ir", graph.name), cnnc::ir::print(&graph).as_bytes())?;
     }

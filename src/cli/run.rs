@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use cnnc::ir::Graph;
 use cnnc::passes;
 
-use super::args::{OptArgs, ShapeArgs, Target, ThreadArgs, WeightArgs};
+use super::args::{OptArgs, PrecisionArgs, ShapeArgs, Target, ThreadArgs, WeightArgs};
 use super::common::{MAX_INPUT_BYTES, UserError, check_budget, prepare, read_limited};
 
 #[derive(clap::Args)]
@@ -33,6 +33,8 @@ pub struct Args {
     opt: OptArgs,
     #[command(flatten)]
     threads: ThreadArgs,
+    #[command(flatten)]
+    precision: PrecisionArgs,
     /// Print the K most likely classes of each batch item.
     #[arg(long, value_name = "K")]
     top: Option<usize>,
@@ -144,6 +146,7 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
         compare,
         opt,
         threads,
+        precision,
         top,
         labels,
         mean,
@@ -151,6 +154,10 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
         shape,
         dump_activations,
     } = args;
+    let precision = precision.get();
+    if precision != cnnc::precision::Precision::F32 && (*target == Target::Gpu || compare.contains(&Target::Gpu)) {
+        return Err(UserError(format!("error: --precision {precision}: the gpu target runs f32 only")));
+    }
     let (net, level, labels) = (net.as_path(), opt.level(), labels.as_deref());
     let (mean, std, top) = (mean.as_deref(), std.as_deref(), *top);
     // Build once to learn the inputs, then again for the input files' batch.
@@ -167,6 +174,12 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
         // One graph for every target, so that each node's value can be compared: the
         // generic pipeline's, which every target runs (no pooling fused for the gpu).
         passes::optimize(&mut graph, level)?;
+        cnnc::precision::assign(&mut graph, precision);
+        if compare.contains(&Target::Cpu)
+            && let Some(note) = args.precision.cpu_note()
+        {
+            eprintln!("{note}");
+        }
         let targets: Vec<cnnc::exec::Target> = compare.iter().map(|t| t.to_exec()).collect();
         let report = cnnc::compare::compare(&graph, &inputs, &targets).map_err(|e| UserError(format!("error: {e}")))?;
         print!("{report}");
@@ -187,8 +200,14 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
     }
     let compile_started = std::time::Instant::now();
     passes::optimize_for(&mut graph, level, target.to_exec().capabilities())?;
-    let executor = cnnc::exec::compile_with(graph, target.to_exec(), &threads.options())
-        .map_err(|e| UserError(format!("error: {e}")))?;
+    let options = cnnc::exec::ExecOptions { precision, ..threads.options() };
+    if *target == Target::Cpu
+        && let Some(note) = args.precision.cpu_note()
+    {
+        eprintln!("{note}");
+    }
+    let executor =
+        cnnc::exec::compile_with(graph, target.to_exec(), &options).map_err(|e| UserError(format!("error: {e}")))?;
     let compiled = compile_started.elapsed();
     let started = std::time::Instant::now();
     let outputs = executor.run(&inputs).map_err(|e| UserError(format!("error: {e}")))?;

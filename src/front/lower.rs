@@ -466,6 +466,7 @@ impl<'a> Lowerer<'a> {
                 params: Vec::new(),
                 span: Some(span.clone()),
                 epilogue: Default::default(),
+                precision: Default::default(),
             };
             Some(self.add_node(node, &[]))
         } else {
@@ -1669,7 +1670,15 @@ impl<'a> Lowerer<'a> {
         if op.is_weighted() {
             self.claim_prefix(&path, &step_name_span(step));
         }
-        let node = Node { op, name: path, shape, params, span: Some(step.span.clone()), epilogue: Default::default() };
+        let node = Node {
+            op,
+            name: path,
+            shape,
+            params,
+            span: Some(step.span.clone()),
+            epilogue: Default::default(),
+            precision: Default::default(),
+        };
         Some(self.add_node(node, operands))
     }
 }

@@ -14,6 +14,7 @@
 //! - `Node::params` lists exactly the tensors `Op::param_shapes` asks for, in that order,
 //!   with those shapes; no two nodes read the same parameter name.
 //! - Every output names an existing node; output names are unique.
+//! - A node's precision is one its op can run in (`Precision::applies_to`).
 
 pub mod ops;
 pub mod print;
@@ -60,12 +61,23 @@ pub struct Node {
     /// Work fused into the op's kernel; with `residual`, the last operand is the
     /// residual and the op's own operands are the ones before it.
     pub epilogue: Epilogue,
+    /// The arithmetic the layer runs in ([`crate::precision`]): f32 unless a precision
+    /// was assigned, and then only on the ops it applies to (verified).
+    pub precision: crate::precision::Precision,
 }
 
 impl Node {
     /// A node for `op` with no epilogue and no source location.
     pub fn new(op: Op, name: impl Into<String>, shape: Vec<usize>, params: Vec<Param>) -> Node {
-        Node { op, name: name.into(), shape, params, span: None, epilogue: Epilogue::default() }
+        Node {
+            op,
+            name: name.into(),
+            shape,
+            params,
+            span: None,
+            epilogue: Epilogue::default(),
+            precision: Default::default(),
+        }
     }
 }
 

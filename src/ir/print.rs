@@ -6,12 +6,14 @@ use std::fmt::Write;
 
 use super::shape::fmt_shape;
 use super::{Graph, NodeId};
+use crate::precision::Precision;
 
 /// Prints the graph, e.g.
 /// `%1 = conv(%0) out=64 kernel=7x7 stride=2x2 pad=3x3 bias=false : [1, 64, 112, 112]  # conv1 {conv1.weight}`.
 /// A fused epilogue follows the attributes stage by stage, in the order it runs:
 /// `-> relu -> add %3 -> relu -> max_pool kernel=2x2 stride=2x2 pad=0x0`; the shape is
-/// the node's (pooled) output.
+/// the node's (pooled) output. A layer that does not run in f32 says so after its
+/// attributes (`precision=bf16`).
 pub fn print(graph: &Graph) -> String {
     let mut out = String::new();
     let Some(order) = graph.topo_order() else {
@@ -29,6 +31,9 @@ pub fn print(graph: &Graph) -> String {
         let attributes = node.op.attributes();
         if !attributes.is_empty() {
             let _ = write!(out, " {attributes}");
+        }
+        if node.precision != Precision::F32 {
+            let _ = write!(out, " precision={}", node.precision.name());
         }
         let epilogue = &node.epilogue;
         if let Some(activation) = epilogue.activation {

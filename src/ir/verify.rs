@@ -84,6 +84,14 @@ pub fn verify(graph: &Graph) -> Result<(), String> {
                 }
             }
         }
+        if !node.precision.applies_to(&node.op) {
+            problems.push(format!(
+                "{}: a {} cannot run in {} (only conv and linear layers do)",
+                node.name,
+                node.op.mnemonic(),
+                node.precision.name()
+            ));
+        }
         for param in &node.params {
             if !param_names.insert(param.name.clone()) {
                 problems.push(format!("{}: parameter {} is read by two nodes", node.name, param.name));

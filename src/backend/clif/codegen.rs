@@ -33,6 +33,7 @@ use super::kernels::x86::{Simd, Ukernel};
 use super::kernels::{Base, Kb, Loc, MathFns, MicroKernel};
 use crate::ir::{Activation, Epilogue, Graph, Node, NodeId, Op, ParamRole};
 use crate::passes::plan_memory::concat_is_free;
+use crate::precision::Precision;
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 
@@ -330,6 +331,7 @@ impl Kernel {
     fn scratch_bytes(&self) -> usize {
         match self {
             Kernel::Conv(k) => k.scratch_bytes(),
+            Kernel::Linear(k) => k.scratch_bytes(),
             // A pool pads one plane at a time into each part's own plane.
             Kernel::Pool(p) => p.scratch_bytes() * MAX_PARTS,
             Kernel::Winograd(k) => k.scratch_bytes(),
@@ -399,6 +401,12 @@ fn prepare(
                 out_w: node.shape[3],
             };
             let bias = bias.map(|b| b.data.as_slice());
+            // A bf16 layer runs on the direct tiles, which round its operands.
+            let bf16 = node.precision == Precision::Bf16;
+            if bf16 {
+                let vectors = options.conv_vectors.max(1);
+                return Ok(Kernel::Conv(ConvKernel::new(conv, shape, &weight.data, bias, vectors, simd, true)));
+            }
             if simd == Some(Simd::Avx512) && PointwiseKernel::applies(conv, &node.epilogue) {
                 let shape = (x_shape[0], x_shape[1], node.shape[1], node.shape[2] * node.shape[3]);
                 return Ok(Kernel::Pointwise(PointwiseKernel::new(shape, &weight.data, bias, &node.epilogue)));
@@ -411,7 +419,7 @@ fn prepare(
                 let m = WinogradKernel::tile_size(&shape, options.winograd_f4);
                 return Ok(Kernel::Winograd(WinogradKernel::new(conv, shape, m, &weight.data, bias)));
             }
-            Kernel::Conv(ConvKernel::new(conv, shape, &weight.data, bias, options.conv_vectors.max(1), simd))
+            Kernel::Conv(ConvKernel::new(conv, shape, &weight.data, bias, options.conv_vectors.max(1), simd, false))
         }
         Op::Linear { out_features, .. } => {
             let weight = required(weights, node, &x_shape, ParamRole::Weight)?;
@@ -424,6 +432,7 @@ fn prepare(
                 *out_features,
                 options.linear_vectors.max(1),
                 simd,
+                node.precision == Precision::Bf16,
             ))
         }
         Op::ScaleShift => {
@@ -831,7 +840,7 @@ fn emit_kernel(
         Kernel::Pointwise(k) => k.emit(kb, operands[0].0, out, residual),
         Kernel::Depthwise(k) => k.emit(kb, operands[0].0, out, residual),
         Kernel::Winograd(k) => k.emit(kb, operands[0].0, out, residual, scratch, epilogue),
-        Kernel::Linear(linear) => linear.emit(kb, operands[0].0, out, residual, epilogue),
+        Kernel::Linear(linear) => linear.emit(kb, operands[0].0, out, residual, scratch, epilogue),
         Kernel::Pool(pool) => pool.emit(kb, operands[0].0, out, scratch),
         Kernel::ScaleShift(_) => elementwise::emit_scale_shift(kb, &node.shape, operands[0].0, out, epilogue),
         Kernel::Activation(activation) => elementwise::emit_activation(kb, *activation, operands[0].0, out, count),

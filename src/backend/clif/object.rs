@@ -80,8 +80,8 @@ pub fn compile_object_with(
     Ok(ObjectArtifacts { object, header: header(graph, name, &target, defined.arena_bytes) })
 }
 
-/// The C header: the two functions, the buffers' sizes and every input's and output's
-/// shape and place.
+/// The C header: the two functions, the buffers' sizes, every input's and output's
+/// shape and place, and the layers that run in another precision than f32.
 fn header(graph: &Graph, name: &str, target: &str, arena_bytes: usize) -> String {
     let upper = name.to_ascii_uppercase();
     let mut text = String::new();
@@ -104,6 +104,16 @@ fn header(graph: &Graph, name: &str, target: &str, arena_bytes: usize) -> String
     line("#endif".into());
     line(String::new());
     line("/* Tensors are float32, row-major (NCHW), batch first. */".into());
+    let order = graph.topo_order().unwrap_or_default();
+    let reduced: Vec<_> =
+        order.iter().map(|&id| graph.node(id)).filter(|n| n.precision != crate::precision::Precision::F32).collect();
+    if !reduced.is_empty() {
+        line("/* Layers that do not run in f32 (every other layer does); bf16: weights and the".into());
+        line("   layer's input rounded to bf16 (to nearest even), f32 accumulation, bias and epilogue: */".into());
+        for node in reduced {
+            line(format!("/*   `{}` ({}): {} */", node.name, node.op.mnemonic(), node.precision));
+        }
+    }
     let mut offset = 0usize;
     line("/* Inputs, one after another in `in`: */".into());
     for &id in &graph.inputs {

@@ -41,14 +41,14 @@ const BLOCK_PIECES: usize = 4;
 
 /// How output channels are split into register blocks for one group.
 #[derive(Clone, Copy, Debug)]
-struct Blocking {
+pub(super) struct Blocking {
     /// f32x4 vectors per full block.
-    vectors: usize,
-    full_blocks: usize,
+    pub(super) vectors: usize,
+    pub(super) full_blocks: usize,
     /// Vectors of the last, partial block (0 if there is none).
-    tail_vectors: usize,
+    pub(super) tail_vectors: usize,
     /// Output channels of the partial block.
-    tail_channels: usize,
+    pub(super) tail_channels: usize,
 }
 
 impl Blocking {
@@ -74,14 +74,14 @@ impl Blocking {
     }
 
     /// Packed lanes per group (output channels rounded up to whole vectors).
-    fn group_lanes(&self) -> usize {
+    pub(super) fn group_lanes(&self) -> usize {
         4 * (self.full_blocks * self.vectors + self.tail_vectors)
     }
 }
 
 /// Packs `[out][k]` weights (and a bias) into the block layout described in the module
 /// docs, `groups` groups of `out / groups` output channels each, as little-endian bytes.
-fn pack(weight: &[f32], bias: Option<&[f32]>, groups: usize, k: usize, blocking: Blocking) -> Vec<u8> {
+pub(super) fn pack(weight: &[f32], bias: Option<&[f32]>, groups: usize, k: usize, blocking: Blocking) -> Vec<u8> {
     let out_per_group = weight.len() / k / groups;
     let group_lanes = blocking.group_lanes();
     let mut packed: Vec<u8> = Vec::with_capacity(4 * groups * group_lanes * (k + 1));
@@ -294,6 +294,7 @@ fn tile_spec(simd: Simd, reduction: &Reduction, pixels: usize, pixel_stride: i64
         steps: reduction.count,
         in_step: reduction.in_step,
         taps: reduction.taps.clone(),
+        bf16: false,
     }
 }
 
@@ -435,6 +436,10 @@ pub(crate) struct ConvKernel {
     simd: Option<Simd>,
     /// Where the bias starts in the packed data, in floats.
     bias_start: usize,
+    /// bf16 (`precision`): the weights packed rounded to bf16, and the input rounded to
+    /// bf16 as it is copied into the scratch buffer (always copied then, padded or not);
+    /// the f32 tiles then compute what the interpreter's bf16 simulation computes.
+    bf16: bool,
     /// The packed weights and bias, little-endian f32.
     pub data: Vec<u8>,
 }
@@ -449,7 +454,15 @@ impl ConvKernel {
         bias: Option<&[f32]>,
         vectors: usize,
         simd: Option<Simd>,
+        bf16: bool,
     ) -> ConvKernel {
+        let rounded: Vec<f32>;
+        let weight = if bf16 {
+            rounded = weight.iter().map(|&w| crate::precision::round_bf16(w)).collect();
+            &rounded
+        } else {
+            weight
+        };
         let out_per_group = shape.out_channels / conv.groups;
         let k = shape.in_channels / conv.groups * conv.kernel.h * conv.kernel.w;
         // The pixels tiled in one line: the whole plane or a row (see `line_mode`).
@@ -465,11 +478,16 @@ impl ConvKernel {
         };
         let data = pack(weight, bias, conv.groups, k, blocking);
         let bias_start = conv.groups * blocking.group_lanes() * k;
-        ConvKernel { conv: conv.clone(), shape, blocking, tile_width, simd, bias_start, data }
+        ConvKernel { conv: conv.clone(), shape, blocking, tile_width, simd, bias_start, bf16, data }
     }
 
     fn padded(&self) -> bool {
         !self.conv.pad.is_zero()
+    }
+
+    /// Whether the input is copied into the scratch buffer first: padded, or rounded.
+    fn copied(&self) -> bool {
+        self.padded() || self.bf16
     }
 
     /// The padded input's height and width.
@@ -478,9 +496,9 @@ impl ConvKernel {
         (self.shape.in_h + p.top + p.bottom, self.shape.in_w + p.left + p.right)
     }
 
-    /// Scratch bytes for the padded copy of one batch element's input.
+    /// Scratch bytes for the padded (or rounded) copy of one batch element's input.
     pub fn scratch_bytes(&self) -> usize {
-        if !self.padded() {
+        if !self.copied() {
             return 0;
         }
         let (hp, wp) = self.padded_hw();
@@ -497,7 +515,11 @@ impl ConvKernel {
         }
         let s = &self.shape;
         let line = if self.line_mode() { s.out_h * s.out_w } else { s.out_w };
-        text + ", " + &block_text(self.blocking, self.tile_width.min(line), simd)
+        text = text + ", " + &block_text(self.blocking, self.tile_width.min(line), simd);
+        if self.bf16 {
+            text.push_str(", bf16 operands");
+        }
+        text
     }
 
     fn reduction(&self) -> Reduction {
@@ -545,7 +567,7 @@ impl ConvKernel {
         let data = kb.data();
         kb.for_range(s.batch, |kb, n| {
             let x_n = kb.index(x_base, n, in_image);
-            let input = if self.padded() {
+            let input = if self.copied() {
                 self.emit_pad_copy(kb, x_n, scratch_base);
                 kb.sync();
                 scratch_base
@@ -603,7 +625,7 @@ impl ConvKernel {
                     }
                 }
             });
-            if self.padded() && s.batch > 1 {
+            if self.copied() && s.batch > 1 {
                 // The next batch element's padded copy overwrites the scratch buffer.
                 kb.sync();
             }
@@ -656,7 +678,7 @@ impl ConvKernel {
     }
 
     /// Copies one batch element's input into the scratch buffer with zero borders (this
-    /// part's share of the channels).
+    /// part's share of the channels), rounded to bf16 for a bf16 layer.
     fn emit_pad_copy(&self, kb: &mut Kb, x_n: Value, scratch: Value) {
         let s = &self.shape;
         let p = self.conv.pad;
@@ -664,12 +686,21 @@ impl ConvKernel {
         kb.for_share(s.in_channels, |kb, channel| {
             let src_plane = kb.index(x_n, channel, (s.in_h * s.in_w * 4) as i64);
             let dst_plane = kb.index(scratch, channel, (hp * wp * 4) as i64);
+            if !self.padded() {
+                // Only rounded: the plane in one run, not row by row.
+                kb.copy_floats_bf16(src_plane, dst_plane, s.in_h * s.in_w);
+                return;
+            }
             kb.zero_floats(dst_plane, hp * wp);
             let dst_plane = kb.offset(dst_plane, ((p.top * wp + p.left) * 4) as i64);
             kb.for_range(s.in_h, |kb, row| {
                 let src = kb.index(src_plane, row, (s.in_w * 4) as i64);
                 let dst = kb.index(dst_plane, row, (wp * 4) as i64);
-                kb.copy_floats(src, dst, s.in_w);
+                if self.bf16 {
+                    kb.copy_floats_bf16(src, dst, s.in_w);
+                } else {
+                    kb.copy_floats(src, dst, s.in_w);
+                }
             });
         });
     }
@@ -770,7 +801,7 @@ fn block_text(blocking: Blocking, pixels: usize, simd: Option<Simd>) -> String {
 /// Pixels per machine-code tile for a line of `count` pixels: the whole line up to the
 /// most a tile holds, else the width from 4 up that computes the fewest pixels (the last tile of a line
 /// overlaps the one before it), the widest of those.
-fn wide_tile_width(count: usize, simd: Simd) -> usize {
+pub(super) fn wide_tile_width(count: usize, simd: Simd) -> usize {
     let most = simd.max_pixels();
     if count <= most {
         return count.max(1);
@@ -781,7 +812,7 @@ fn wide_tile_width(count: usize, simd: Simd) -> usize {
 /// Blocks for the machine-code micro-kernels with tiles of `pixels` pixels: as many full
 /// vectors (up to 4) as the registers hold next to the accumulators, fewer when the group
 /// has fewer channels.
-fn wide_blocking(out_per_group: usize, pixels: usize, simd: Simd) -> Blocking {
+pub(super) fn wide_blocking(out_per_group: usize, pixels: usize, simd: Simd) -> Blocking {
     let quantum = simd.lanes() / 4;
     let vectors = out_per_group.div_ceil(simd.lanes()).clamp(1, simd.max_vectors(pixels));
     Blocking::new(out_per_group, quantum * vectors, quantum)
@@ -797,6 +828,9 @@ pub(crate) struct LinearKernel {
     out_features: usize,
     blocking: Blocking,
     bias_start: usize,
+    /// bf16: the weights packed rounded to bf16, the input rounded into the scratch
+    /// buffer first (as `ConvKernel::bf16`).
+    bf16: bool,
     /// The packed weights and bias, little-endian f32.
     pub data: Vec<u8>,
 }
@@ -809,7 +843,15 @@ impl LinearKernel {
         out_features: usize,
         vectors: usize,
         simd: Option<Simd>,
+        bf16: bool,
     ) -> LinearKernel {
+        let rounded: Vec<f32>;
+        let weight = if bf16 {
+            rounded = weight.iter().map(|&w| crate::precision::round_bf16(w)).collect();
+            &rounded
+        } else {
+            weight
+        };
         let in_features = weight.len() / out_features;
         let (tile_width, blocking) = match simd {
             Some(simd) => {
@@ -820,7 +862,12 @@ impl LinearKernel {
         };
         let data = pack(weight, bias, 1, in_features, blocking);
         let bias_start = blocking.group_lanes() * in_features;
-        LinearKernel { batch, tile_width, simd, in_features, out_features, blocking, bias_start, data }
+        LinearKernel { batch, tile_width, simd, in_features, out_features, blocking, bias_start, bf16, data }
+    }
+
+    /// Scratch bytes for the bf16 copy of the input.
+    pub fn scratch_bytes(&self) -> usize {
+        if self.bf16 { 4 * self.batch * self.in_features } else { 0 }
     }
 
     fn reduction(&self) -> Reduction {
@@ -830,7 +877,8 @@ impl LinearKernel {
     /// The algorithm, for profiles: `tiled` when the machine-code micro-kernels run it.
     pub fn algorithm(&self, tiled: bool) -> String {
         let simd = self.simd.filter(|_| tiled);
-        format!("gemm, {}", block_text(self.blocking, self.tile_width.min(self.batch), simd))
+        let bf16 = if self.bf16 { ", bf16 operands" } else { "" };
+        format!("gemm, {}{bf16}", block_text(self.blocking, self.tile_width.min(self.batch), simd))
     }
 
     /// The micro-kernels the tiles of this layer can use.
@@ -845,10 +893,21 @@ impl LinearKernel {
             .collect()
     }
 
-    pub fn emit(&self, kb: &mut Kb, x: Loc, out: Loc, residual: Option<Loc>, epilogue: &Epilogue) {
+    pub fn emit(&self, kb: &mut Kb, x: Loc, out: Loc, residual: Option<Loc>, scratch: Loc, epilogue: &Epilogue) {
         let k = self.in_features;
         let reduction = self.reduction();
-        let x_base = kb.addr(x);
+        let mut x_base = kb.addr(x);
+        if self.bf16 {
+            // The parts round a share of the rows each, then all read all of them.
+            let scratch_base = kb.addr(scratch);
+            kb.for_share(self.batch, |kb, row| {
+                let src = kb.index(x_base, row, (k * 4) as i64);
+                let dst = kb.index(scratch_base, row, (k * 4) as i64);
+                kb.copy_floats_bf16(src, dst, k);
+            });
+            kb.sync();
+            x_base = scratch_base;
+        }
         let out_base = kb.addr(out);
         let residual_base = residual.map(|r| kb.addr(r));
         let data = kb.data();

@@ -7,9 +7,12 @@
 //! value it reads or writes, which the loop bounds below guarantee (no over-reading tail,
 //! no vector that straddles the end of a tensor).
 
+pub(crate) mod bf16;
 pub(crate) mod conv;
 pub(crate) mod depthwise;
 pub(crate) mod elementwise;
+#[cfg(test)]
+mod emulate;
 pub(crate) mod movement;
 pub(crate) mod normalize;
 pub(crate) mod pointwise;
@@ -585,6 +588,55 @@ impl<'a> Kb<'a> {
     /// or are equal): f32x4 steps, then single floats.
     pub fn copy_floats(&mut self, src: Value, dst: Value, count: usize) {
         self.map_floats(count, &[src], dst, |_, _, values| values[0]);
+    }
+
+    /// Copies `count` floats from `src` to `dst`, each rounded to bf16 (`dst` may equal
+    /// `src`).
+    pub fn copy_floats_bf16(&mut self, src: Value, dst: Value, count: usize) {
+        self.map_floats(count, &[src], dst, |kb, _, values| kb.round_bf16(values[0]));
+    }
+
+    /// `precision::round_bf16` on an F32 or F32X4 value, in integer operations on its
+    /// bits: to nearest even by adding `0x7fff` plus the lowest kept bit and clearing
+    /// the low 16 bits; zeros and denormals to a zero of their sign; NaN made quiet.
+    pub fn round_bf16(&mut self, x: Value) -> Value {
+        let ty = self.fb.func.dfg.value_type(x);
+        let int_ty = if ty == F32 { I32 } else { types::I32X4 };
+        let flags = MemFlagsData::new();
+        let bits = self.fb.ins().bitcast(int_ty, flags, x);
+        let constant = |kb: &mut Self, value: u32| {
+            let scalar = kb.fb.ins().iconst(I32, value as i64);
+            if ty == F32 { scalar } else { kb.fb.ins().splat(int_ty, scalar) }
+        };
+        let one = constant(self, 1);
+        let bias = constant(self, 0x7fff);
+        let high = constant(self, 0xffff_0000);
+        let quiet = constant(self, 0x0040_0000);
+        let sign = constant(self, 0x8000_0000);
+        let magnitude = constant(self, 0x7fff_ffff);
+        let exponent = constant(self, 0x7f80_0000);
+        let zero = constant(self, 0);
+        let lowest_kept = self.fb.ins().ushr_imm_u(bits, 16);
+        let lowest_kept = self.fb.ins().band(lowest_kept, one);
+        let sum = self.fb.ins().iadd(bits, bias);
+        let sum = self.fb.ins().iadd(sum, lowest_kept);
+        let rounded = self.fb.ins().band(sum, high);
+        let nan = self.fb.ins().bor(bits, quiet);
+        let nan = self.fb.ins().band(nan, high);
+        let signed_zero = self.fb.ins().band(bits, sign);
+        let abs = self.fb.ins().band(bits, magnitude);
+        // Both sides are non-negative as signed integers.
+        let is_nan = self.fb.ins().icmp(IntCC::SignedGreaterThan, abs, exponent);
+        let exponent_bits = self.fb.ins().band(bits, exponent);
+        let is_small = self.fb.ins().icmp(IntCC::Equal, exponent_bits, zero);
+        let result = if ty == F32 {
+            let r = self.fb.ins().select(is_small, signed_zero, rounded);
+            self.fb.ins().select(is_nan, nan, r)
+        } else {
+            let r = self.fb.ins().bitselect(is_small, signed_zero, rounded);
+            self.fb.ins().bitselect(is_nan, nan, r)
+        };
+        self.fb.ins().bitcast(ty, flags, result)
     }
 
     /// Writes `count` zeros from `dst`.

@@ -22,7 +22,7 @@
 //! registers are used (rdi, rsi, r8, the vector registers), and the code has no
 //! relocations.
 
-use iced_x86::code_asm::asm_traits::{CodeAsmVbroadcastss, CodeAsmVfmadd231ps, CodeAsmVmovups};
+use iced_x86::code_asm::asm_traits::{CodeAsmVbroadcastss, CodeAsmVdpbf16ps, CodeAsmVfmadd231ps, CodeAsmVmovups};
 use iced_x86::code_asm::*;
 
 use crate::ir::Activation;
@@ -92,12 +92,21 @@ pub(crate) struct TileSpec {
     pub in_step: i64,
     /// Byte offset of each tap from the window origin.
     pub taps: Vec<i64>,
+    /// bf16 (AVX512_BF16, 512-bit only): each step is a pair of input channels, the
+    /// input and weights hold bf16 pairs (channel `2s` in the low half of each 32-bit
+    /// element, `2s + 1` in the high half; the layout of `bf16::pack_pairs` and
+    /// `bf16::RowSpec`), and each multiply-add is a `vdpbf16ps`: two products per lane,
+    /// accumulated in f32. The geometry (bytes per step, tap and pixel) is the f32
+    /// tile's.
+    pub bf16: bool,
 }
 
 impl TileSpec {
     /// Whether the tile fits the register file and the tile buffer.
     pub fn fits(&self) -> bool {
-        (1..=MAX_PIXELS).contains(&self.pixels) && (1..=self.simd.max_vectors(self.pixels)).contains(&self.vectors)
+        (1..=MAX_PIXELS).contains(&self.pixels)
+            && (1..=self.simd.max_vectors(self.pixels)).contains(&self.vectors)
+            && (!self.bf16 || self.simd == Simd::Avx512)
     }
 }
 
@@ -138,7 +147,8 @@ where
     CodeAssembler: CodeAsmVmovups<R, AsmMemoryOperand>
         + CodeAsmVmovups<AsmMemoryOperand, R>
         + CodeAsmVbroadcastss<R, AsmMemoryOperand>
-        + CodeAsmVfmadd231ps<R, R, R>,
+        + CodeAsmVfmadd231ps<R, R, R>
+        + CodeAsmVdpbf16ps<R, R, R>,
 {
     let mut a = CodeAssembler::new(64).map_err(err)?;
     let (p_count, v_count) = (spec.pixels, spec.vectors);
@@ -169,7 +179,11 @@ where
                 let offset = u * spec.in_step + tap + p as i64 * spec.pixel_stride;
                 a.vbroadcastss(x, dword_ptr(rdi + disp(offset)?)).map_err(err)?;
                 for v in 0..v_count {
-                    a.vfmadd231ps(acc(p, v), weight(v), x).map_err(err)?;
+                    if spec.bf16 {
+                        a.vdpbf16ps(acc(p, v), weight(v), x).map_err(err)?;
+                    } else {
+                        a.vfmadd231ps(acc(p, v), weight(v), x).map_err(err)?;
+                    }
                 }
             }
         }

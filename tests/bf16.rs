@@ -1,0 +1,432 @@
+//! `--precision bf16` (issue #19, first slice): the reference interpreter's simulation
+//! is exact (a bf16 layer computes what an f32 layer computes on bf16-rounded weights
+//! and inputs, bit for bit), it changes the outputs (the rounding is applied; the
+//! relative L2 error against f32 is printed per example, not asserted), the IR says
+//! which layers run in bf16 and `verify` refuses bf16 elsewhere; the cpu target's bf16
+//! layers (f32 kernels on rounded operands, at every CPU level this machine runs)
+//! match the simulation within the CPU tolerance, 1e-4 relative L2, on examples and on
+//! random conv and linear layers, and are far from f32; the gpu target refuses bf16
+//! with a clear error and exit status 1. The AVX512_BF16 micro-kernels are tested in
+//! `src/backend/clif/kernels/bf16.rs` (on an emulator).
+
+#[allow(dead_code)]
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use cnnc::interp;
+use cnnc::ir::{Graph, Op, verify};
+use cnnc::passes::OptLevel;
+use cnnc::precision::{Precision, assign, round_bf16};
+use cnnc::tensor::{Tensor, relative_l2};
+
+fn cnnc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cnnc")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap()
+}
+
+fn example(name: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name)).unwrap()
+}
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("cnnc-bf16-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Whether every user of a node's value is a bf16 layer: then rounding the value itself
+/// is the same as each user rounding it at its input.
+fn only_bf16_users(graph: &Graph, id: cnnc::ir::NodeId) -> bool {
+    let users = graph.users(id);
+    !users.is_empty()
+        && users.iter().all(|&u| {
+            let user = graph.node(u);
+            user.precision == Precision::Bf16 && graph.residual(u) != Some(id)
+        })
+}
+
+/// The examples (small enough for the interpreter), at -O2 with random weights: the
+/// bf16 run is the f32 run on rounded weights and inputs, exactly, where each value that
+/// a bf16 layer reads is read by bf16 layers only (else a value would be both rounded
+/// and not); the error against f32 is reported for every one.
+#[test]
+fn the_simulation_is_f32_on_rounded_operands() {
+    let mut exact_checked = 0;
+    for name in ["lenet5.cnn", "digits.cnn", "squeezenet1_1.cnn", "resnet18_cifar.cnn", "mobilenet_v2.cnn", "nin.cnn"] {
+        let f32_graph = common::random_graph(&example(name), 1, 7, OptLevel::O2).unwrap();
+        let inputs = common::random_inputs(&f32_graph, 11);
+        let mut graph = f32_graph.clone();
+        let layers = assign(&mut graph, Precision::Bf16);
+        verify(&graph).unwrap();
+        let convs = graph.node_ids().into_iter().filter(|&id| Precision::Bf16.applies_to(&graph.node(id).op)).count();
+        assert_eq!(layers, convs, "{name}: every conv and linear layer takes bf16");
+        assert!(layers > 0, "{name}");
+        let f32_out = interp::run(&f32_graph, &f32_graph.weights, &inputs).unwrap();
+        let bf16_out = interp::run(&graph, &graph.weights, &inputs).unwrap();
+        let error = relative_l2(&bf16_out[0].data, &f32_out[0].data);
+        eprintln!("{name}: interpreter bf16 vs f32, relative L2 {error:.3e} ({layers} bf16 layers)");
+        assert!(error > 0.0, "{name}: bf16 changed nothing: the rounding is not applied");
+
+        let exact = graph.node_ids().into_iter().all(|id| {
+            let users = graph.users(id);
+            let reads =
+                users.iter().any(|&u| graph.node(u).precision == Precision::Bf16 && graph.residual(u) != Some(id));
+            !reads || only_bf16_users(&graph, id)
+        });
+        if !exact {
+            continue;
+        }
+        // f32 on rounded weights, with every value a bf16 layer reads rounded.
+        let mut rounded = f32_graph.weights.clone();
+        for id in graph.node_ids() {
+            let node = graph.node(id);
+            if node.precision != Precision::Bf16 {
+                continue;
+            }
+            for param in &node.params {
+                if param.role == cnnc::ir::ParamRole::Weight {
+                    let tensor = rounded.tensors.get_mut(&param.name).unwrap();
+                    cnnc::precision::round_slice_bf16(&mut tensor.data);
+                }
+            }
+        }
+        let simulated = interp::run_rewriting(&f32_graph, &rounded, &inputs, &mut |id, value| {
+            if only_bf16_users(&graph, id) {
+                cnnc::precision::round_slice_bf16(&mut value.data);
+            }
+        })
+        .unwrap();
+        for (a, b) in simulated.iter().zip(&bf16_out) {
+            let same = a.data.iter().zip(&b.data).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same, "{name}: the bf16 run is not f32 on rounded operands");
+        }
+        exact_checked += 1;
+    }
+    assert!(exact_checked >= 3, "only {exact_checked} examples checked exactly");
+}
+
+/// Only conv and linear layers take bf16; the IR text says which, and only then;
+/// `verify` refuses bf16 on any other layer.
+#[test]
+fn only_conv_and_linear_round() {
+    only_conv_and_linear_round_on(common::random_graph(&example("lenet5.cnn"), 2, 3, OptLevel::O0).unwrap());
+}
+
+fn only_conv_and_linear_round_on(mut graph: Graph) {
+    assign(&mut graph, Precision::Bf16);
+    for id in graph.node_ids() {
+        let node = graph.node(id);
+        let weighted = matches!(node.op, Op::Conv(_) | Op::Linear { .. });
+        assert_eq!(node.precision == Precision::Bf16, weighted, "{}", node.name);
+    }
+    let text = cnnc::ir::print(&graph);
+    for line in text.lines().filter(|l| l.contains(" = ")) {
+        let weighted = line.contains("= conv(") || line.contains("= linear(");
+        assert_eq!(line.contains(" precision=bf16"), weighted, "{line}");
+    }
+    // f32 prints as before: no precision in the text.
+    assign(&mut graph, Precision::F32);
+    assert!(!cnnc::ir::print(&graph).contains("precision="));
+    // verify refuses bf16 on a layer that cannot run it.
+    let other = graph.node_ids().into_iter().find(|&id| !Precision::Bf16.applies_to(&graph.node(id).op)).unwrap();
+    graph.node_mut(other).precision = Precision::Bf16;
+    let error = verify(&graph).unwrap_err();
+    assert!(error.contains("cannot run in bf16"), "{error}");
+}
+
+/// A single conv on values chosen to round: ties to even, denormals to zero, NaN kept.
+#[test]
+fn a_layer_reads_rounded_inputs_and_weights() {
+    let source = example("lenet5.cnn");
+    let mut graph = common::random_graph(&source, 1, 5, OptLevel::O2).unwrap();
+    let mut inputs = common::random_inputs(&graph, 1);
+    // Inputs whose rounding is visible: 1 + 2^-8 (a tie, rounds to 1), denormals.
+    for (i, v) in inputs[0].data.iter_mut().enumerate() {
+        *v = match i % 3 {
+            0 => 1.0 + 2f32.powi(-8),
+            1 => f32::from_bits(0x0000_1234),
+            _ => *v,
+        };
+    }
+    let f32_out = interp::run(&graph, &graph.weights, &inputs).unwrap();
+    let mut rounded_inputs = inputs.clone();
+    for v in &mut rounded_inputs[0].data {
+        *v = round_bf16(*v);
+    }
+    assert!(rounded_inputs[0].data.iter().step_by(3).all(|&v| v == 1.0));
+    assign(&mut graph, Precision::Bf16);
+    let a = interp::run(&graph, &graph.weights, &inputs).unwrap();
+    let b = interp::run(&graph, &graph.weights, &rounded_inputs).unwrap();
+    // Rounding an input that a bf16 layer reads first changes nothing more.
+    assert_eq!(a[0].data, b[0].data);
+    assert_ne!(a[0].data, f32_out[0].data);
+    // A NaN in the input stays a NaN through the bf16 conv.
+    inputs[0].data[0] = f32::NAN;
+    let nan = interp::run(&graph, &graph.weights, &inputs).unwrap();
+    assert!(nan[0].data.iter().any(|v| v.is_nan()));
+    let _: &Tensor = &nan[0];
+}
+
+/// The cpu target's tolerance against the reference (relative L2).
+const CPU_TOLERANCE: f64 = 1e-4;
+
+/// The cpu target at each level this machine runs (the host's own features first).
+fn cpu_levels() -> Vec<Option<cnnc::backend::clif::CpuLevel>> {
+    use cnnc::backend::clif::CpuLevel;
+    let mut levels = vec![None];
+    levels.extend(
+        [CpuLevel::X86_64V2, CpuLevel::X86_64V3, CpuLevel::X86_64V4].into_iter().filter(|l| l.host_has()).map(Some),
+    );
+    levels
+}
+
+/// The cpu target's bf16 layer by layer against the interpreter's, each layer given the
+/// same inputs (the cpu's values of its operands): (the worst layer's relative L2 error
+/// and its name, the end-to-end error of the outputs against the interpreter's own bf16
+/// run, and against its f32 run).
+///
+/// Why layer by layer: bf16 rounding is a step function, so the last-bit differences of
+/// f32 accumulation order move a few activations across a rounding boundary (a 2^-8
+/// relative step each), and deep networks amplify those: SqueezeNet's output differs
+/// from the simulation by 3.8e-4 end to end while every layer, on the same inputs,
+/// agrees within 1e-6.
+fn cpu_layers_against_reference(
+    graph: &Graph,
+    inputs: &[Tensor],
+    cpu: Option<cnnc::backend::clif::CpuLevel>,
+    threads: usize,
+) -> ((f64, String), f64, f64) {
+    let mut simulated = graph.clone();
+    assign(&mut simulated, Precision::Bf16);
+    let nodes: Vec<_> = simulated
+        .topo_order()
+        .unwrap()
+        .into_iter()
+        .filter(|&id| !matches!(simulated.node(id).op, Op::Input { .. }))
+        .collect();
+    let (copy, positions) = cnnc::compare::with_every_node_as_output(&simulated, &nodes);
+    let options = cnnc::exec::ExecOptions { threads: Some(threads), cpu, precision: Precision::Bf16 };
+    let executor = cnnc::exec::compile_with(copy, cnnc::exec::Target::Cpu, &options).unwrap();
+    let cpu_values = executor.run(inputs).unwrap();
+    let cpu_of: std::collections::HashMap<_, &Tensor> =
+        nodes.iter().zip(&positions).map(|(&id, &k)| (id, &cpu_values[k])).collect();
+    let mut worst = (0.0f64, String::new());
+    interp::run_rewriting(&simulated, &simulated.weights, inputs, &mut |id, value| {
+        if let Some(cpu) = cpu_of.get(&id) {
+            let error = relative_l2(&cpu.data, &value.data);
+            if error > worst.0 || worst.1.is_empty() {
+                worst = (error, simulated.node(id).name.clone());
+            }
+            *value = (*cpu).clone();
+        }
+    })
+    .unwrap();
+    let against = |reference: Vec<Tensor>| {
+        reference.iter().zip(&cpu_values).map(|(r, c)| relative_l2(&c.data, &r.data)).fold(0.0, f64::max)
+    };
+    let end_to_end = against(interp::run(&simulated, &simulated.weights, inputs).unwrap());
+    let against_f32 = against(interp::run(graph, &graph.weights, inputs).unwrap());
+    (worst, end_to_end, against_f32)
+}
+
+/// Examples on the cpu target in bf16 against the interpreter's bf16, layer by layer
+/// (the small ones at every CPU level, on one and two threads); the rounding is applied (the outputs are far
+/// further from f32's). The end-to-end error is printed.
+#[test]
+fn cpu_bf16_matches_the_simulation_on_examples() {
+    for name in ["lenet5.cnn", "digits.cnn", "squeezenet1_1.cnn", "resnet18_cifar.cnn", "mobilenet_v2.cnn"] {
+        let graph = common::random_graph(&example(name), 2, 7, OptLevel::O2).unwrap();
+        let inputs = common::random_inputs(&graph, 11);
+        // Every CPU level and thread count on the small ones, the host on two threads on
+        // the others.
+        let small = name == "lenet5.cnn" || name == "digits.cnn";
+        let levels = if small { cpu_levels() } else { vec![None] };
+        let threads_tried: &[usize] = if small { &[1, 2] } else { &[2] };
+        for cpu in levels {
+            for &threads in threads_tried {
+                let ((error, layer), end_to_end, against_f32) =
+                    cpu_layers_against_reference(&graph, &inputs, cpu, threads);
+                let level = cpu.map_or("host", |l| l.name());
+                eprintln!(
+                    "{name} cpu {level} {threads} thread(s): worst layer {error:.2e} ({layer}), end to end {end_to_end:.2e} \
+                     against bf16, {against_f32:.2e} against f32"
+                );
+                assert!(error <= CPU_TOLERANCE, "{name} at {level}, {threads} threads: layer {layer}: {error:e}");
+                assert!(against_f32 > 10.0 * error, "{name} at {level}: bf16 {error:e}, f32 {against_f32:e}");
+            }
+        }
+    }
+}
+
+/// Random conv layers (kernel, stride, padding, dilation, groups, depthwise, 1x1 with
+/// and without padding, odd sizes, fused epilogues) and linear layers, in the style of
+/// the property tests, on the cpu target in bf16 against the simulation, layer by layer.
+#[test]
+fn cpu_bf16_matches_the_simulation_on_random_layers() {
+    let mut state = 0x9e37_79b9u64;
+    let mut next = |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n) as usize
+    };
+    for case in 0..40 {
+        let groups = [1, 1, 1, 2, 0][next(5)];
+        let c = [1, 3, 4, 8, 16, 17][next(6)] * groups.max(1);
+        let (c, groups) = if groups == 0 { (c, c) } else { (c, groups) }; // 0: depthwise
+        let o = if groups == c { c } else { [5, 16, 24, 33, 64][next(5)] * groups };
+        let k = [1, 1, 3, 5][next(4)];
+        let stride = [1, 1, 2][next(3)];
+        let pad = [0, 1, 2][next(3)];
+        let dilation = [1, 1, 2][next(3)];
+        let (h, w) = (9 + next(8), 9 + next(12));
+        let activation = ["", "    relu\n", "    sigmoid\n"][next(3)];
+        let source = format!(
+            "network t {{\n    input x: [{c}, {h}, {w}]\n    c1: conv({o}, {k}, stride={stride}, pad={pad}, dilation={dilation}, groups={groups})\n{activation}    flatten\n    fc: linear({})\n}}\n",
+            1 + next(20)
+        );
+        let graph = match common::random_graph(&source, 1 + next(3), case, OptLevel::O2) {
+            Ok(graph) => graph,
+            Err(e) => panic!("case {case} does not compile: {e}\n{source}"),
+        };
+        let inputs = common::random_inputs(&graph, case + 100);
+        let ((error, layer), _, against_f32) = cpu_layers_against_reference(&graph, &inputs, None, 2);
+        assert!(error <= CPU_TOLERANCE, "case {case}: layer {layer}: {error:e}\n{source}");
+        assert!(against_f32 > 10.0 * error, "case {case}: bf16 {error:e}, f32 {against_f32:e}\n{source}");
+    }
+}
+
+/// The command line: `run` in bf16 on the cpu and reference targets (the two agree and
+/// differ from f32), at `--cpu x86-64-v2` too, `run --compare cpu,reference`, `bench`,
+/// `build` (the header lists the bf16 layers; `--emit ir` shows them); the gpu target
+/// refuses bf16; an unknown precision is a user error.
+#[test]
+fn the_command_line_runs_bf16() {
+    let dir = temp_dir("cli");
+    let input = dir.join("x.npy");
+    std::fs::write(&input, cnnc::io::write_npy(&cnnc::weights::random_normal(&[1, 1, 28, 28], 1))).unwrap();
+    let run = |extra: &[&str], output: &str| {
+        let output = dir.join(output);
+        let mut args =
+            vec!["run", "examples/lenet5.cnn", "--random-weights", "--input", input.to_str().unwrap(), "--output"];
+        args.push(output.to_str().unwrap());
+        args.extend_from_slice(extra);
+        (cnnc(&args), output)
+    };
+    let read = |path: &Path| cnnc::io::read_npy(&std::fs::read(path).unwrap()).unwrap();
+    let ok = |out: &Output| assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let (out, f32_path) = run(&["--target", "reference"], "f32.npy");
+    ok(&out);
+    let (out, reference_path) = run(&["--target", "reference", "--precision", "bf16"], "bf16.npy");
+    ok(&out);
+    let (out, cpu_path) = run(&["--precision", "bf16"], "cpu.npy");
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("note: --precision bf16 on the cpu target"));
+    let (out, v2_path) = run(&["--precision", "bf16", "--cpu", "x86-64-v2"], "v2.npy");
+    ok(&out);
+    let (f32_y, bf16_y) = (read(&f32_path), read(&reference_path));
+    let error = relative_l2(&bf16_y.data, &f32_y.data);
+    eprintln!("lenet5 through `cnnc run --target reference`: bf16 vs f32 relative L2 {error:.3e}");
+    assert!(error > 0.0);
+    for path in [cpu_path, v2_path] {
+        let cpu_error = relative_l2(&read(&path).data, &bf16_y.data);
+        assert!(cpu_error <= CPU_TOLERANCE && cpu_error * 10.0 < error, "{}: {cpu_error:e}", path.display());
+    }
+    let (out, _) = run(&["--precision", "bf16", "--compare", "cpu,reference"], "unused.npy");
+    ok(&out);
+
+    let refused = |extra: &[&str], expected: &str| {
+        let (out, _) = run(extra, "refused.npy");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {stderr}");
+        assert!(stderr.contains(expected), "{extra:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{extra:?}: {stderr}");
+    };
+    refused(&["--precision", "bf16", "--target", "gpu"], "the gpu target runs f32 only");
+    refused(&["--precision", "bf16", "--compare", "gpu,reference"], "the gpu target runs f32 only");
+    refused(&["--precision", "fp8"], "fp8");
+
+    for target in ["cpu", "reference"] {
+        let bench = cnnc(&["bench", "examples/lenet5.cnn", "--precision", "bf16", "--runs", "1", "--target", target]);
+        ok(&bench);
+        assert!(String::from_utf8_lossy(&bench.stdout).contains(", bf16)"));
+    }
+    let bench = cnnc(&["bench", "examples/lenet5.cnn", "--precision", "bf16", "--target", "gpu"]);
+    assert_eq!(bench.status.code(), Some(1));
+
+    let build = |extra: &[&str]| {
+        let mut args = vec!["build", "examples/lenet5.cnn", "--random-weights", "-o", dir.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        cnnc(&args)
+    };
+    ok(&build(&["--precision", "bf16", "--emit", "ir,header"]));
+    let ir = std::fs::read_to_string(dir.join("lenet5.ir")).unwrap();
+    assert_eq!(ir.matches("precision=bf16").count(), 5, "{ir}");
+    let header = std::fs::read_to_string(dir.join("lenet5.h")).unwrap();
+    assert!(header.contains("/*   `conv1` (conv): bf16 */"), "{header}");
+    assert!(header.contains("/*   `fc3` (linear): bf16 */"), "{header}");
+    ok(&build(&["--emit", "header"]));
+    let header = std::fs::read_to_string(dir.join("lenet5.h")).unwrap();
+    assert!(!header.contains("bf16"), "{header}");
+    let out = build(&["--precision", "bf16", "--target", "gpu"]);
+    assert_eq!(out.status.code(), Some(1));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// The build-script API builds bf16 objects, the header listing the bf16 layers.
+#[test]
+fn the_build_script_api_takes_a_precision() {
+    let dir = temp_dir("api");
+    let model = cnnc::build::Model::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/lenet5.cnn"))
+        .random_weights(1)
+        .out_dir(&dir)
+        .cargo_metadata(false);
+    let compiled = model.clone().precision(Precision::Bf16).compile().unwrap();
+    let header = std::fs::read_to_string(&compiled.header).unwrap();
+    assert!(header.contains("(conv): bf16"), "{header}");
+    let compiled = model.precision(Precision::F32).compile().unwrap();
+    assert!(!std::fs::read_to_string(&compiled.header).unwrap().contains("bf16"));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// The cpu target's rounding (Cranelift integer code, four lanes and one at a time) is
+/// `round_bf16`'s, special values included: a 1x1 conv of weight 1 passes each rounded
+/// input through (a zero's sign aside: the accumulator starts at +0).
+#[test]
+fn the_cpu_target_rounds_as_round_bf16() {
+    let specials = [
+        1.0 + 2f32.powi(-8),
+        1.0 + 3.0 * 2f32.powi(-8),
+        -(1.0 + 2f32.powi(-8) + 2f32.powi(-20)),
+        f32::from_bits(0x0000_0001),
+        -f32::from_bits(0x007f_ffff),
+        f32::MIN_POSITIVE,
+        f32::NAN,
+        f32::from_bits(0x7f80_0001),
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MAX,
+        -f32::MAX,
+        2.71,
+        -0.0,
+        65504.5,
+    ];
+    // 5 rows of 7: whole vectors and a scalar tail in every row.
+    let data: Vec<f32> = (0..35).map(|i| specials[i % specials.len()]).collect();
+    let source = "network t {\n    input x: [1, 5, 7]\n    c: conv(1, 1, bias=false)\n}\n";
+    let mut graph = cnnc::front::compile_source(source, &Default::default()).unwrap();
+    graph.weights.insert("c.weight", Tensor::new(vec![1, 1, 1, 1], vec![1.0]).unwrap());
+    cnnc::passes::optimize(&mut graph, OptLevel::O2).unwrap();
+    let input = Tensor::new(vec![1, 1, 5, 7], data.clone()).unwrap();
+    for cpu in cpu_levels() {
+        let options = cnnc::exec::ExecOptions { threads: Some(1), cpu, precision: Precision::Bf16 };
+        let executor = cnnc::exec::compile_with(graph.clone(), cnnc::exec::Target::Cpu, &options).unwrap();
+        let out = executor.run(std::slice::from_ref(&input)).unwrap().remove(0);
+        for (x, y) in data.iter().zip(&out.data) {
+            let expected = round_bf16(*x);
+            let same = if expected.is_nan() { y.is_nan() } else { *y == expected };
+            assert!(same, "{:?}: {x:e} ({:#010x}) gave {y:e}, expected {expected:e}", cpu, x.to_bits());
+        }
+    }
+}
