@@ -196,7 +196,7 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
     let output_names: Vec<String> = graph.outputs.iter().map(|o| o.name.clone()).collect();
     let destinations = output_files(output, &output_names)?;
     if let Some(dir) = dump_activations {
-        dump(&graph, level, &inputs, dir)?;
+        dump(&graph, level, precision, &inputs, dir)?;
     }
     let compile_started = std::time::Instant::now();
     passes::optimize_for(&mut graph, level, target.to_exec().capabilities())?;
@@ -242,17 +242,19 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
 }
 
 /// `--dump-activations DIR`: the reference interpreter's run of the graph after the
-/// generic pipeline at `level`, on a copy of the graph (the target's own pipeline may
-/// fuse differently).
+/// generic pipeline at `level`, at `--precision` (simulated), on a copy of the graph (the
+/// target's own pipeline may fuse differently).
 fn dump(
     graph: &Graph,
     level: passes::OptLevel,
+    precision: cnnc::precision::Precision,
     inputs: &[cnnc::tensor::Tensor],
     dir: &std::path::Path,
 ) -> Result<(), UserError> {
     let started = std::time::Instant::now();
     let mut traced = graph.clone();
     passes::optimize(&mut traced, level)?;
+    cnnc::precision::assign(&mut traced, precision);
     let dump = cnnc::explain::activations::dump_activations(
         &traced,
         inputs,
