@@ -251,12 +251,18 @@ fn imported_programs_agree_with_onnxruntime_on_the_original() {
         }
     };
     let tmp = TempDir::new("ort");
+    let torch = tmp.0.join("torch_style.onnx");
+    std::fs::write(&torch, torch_style::model().write_to_bytes().expect("serializes")).expect("write");
+    let mut models: Vec<(String, PathBuf)> = vec![("torch_style".into(), torch)];
     for name in
         ["lenet5", "alexnet_original", "squeezenet1_1", "mobilenet_v3_small", "shufflenet_v2_x1_0", "convnext_tiny"]
     {
         let (_, bytes) = export(&repo().join(format!("examples/{name}.cnn")));
         let model = tmp.0.join(format!("{name}.onnx"));
         std::fs::write(&model, &bytes).expect("write");
+        models.push((name.to_string(), model));
+    }
+    for (name, model) in models {
         let out = Command::new(env!("CARGO_BIN_EXE_cnnc"))
             .args(["import", model.to_str().unwrap(), "--check"])
             .env("CNNC_PYTHON", &python)
@@ -278,4 +284,172 @@ fn imported_programs_agree_with_onnxruntime_on_the_original() {
         let weights = std::fs::read(model.with_extension("safetensors")).expect("weights written");
         cnnc::weights::load_safetensors(&weights, &graph, false).expect("the weights bind to the program");
     }
+}
+
+mod torch_style {
+    //! A model written the way `torch.onnx.export` writes one: node names that are module
+    //! scopes (`/layer1/layer1.0/relu/Relu`), a weight named `onnx::Conv_7` (BatchNorm
+    //! folded by the exporter), and flatten as `Shape -> Gather -> Unsqueeze -> Concat ->
+    //! Reshape`.
+    use onnx_protobuf::attribute_proto::AttributeType;
+    use onnx_protobuf::tensor_proto::DataType;
+    use onnx_protobuf::tensor_shape_proto::{Dimension, dimension};
+    use onnx_protobuf::{
+        AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto,
+        TypeProto, ValueInfoProto, type_proto,
+    };
+
+    fn node(op: &str, name: &str, inputs: &[&str], output: &str, attrs: Vec<AttributeProto>) -> NodeProto {
+        NodeProto {
+            op_type: op.into(),
+            name: name.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            attribute: attrs,
+            ..Default::default()
+        }
+    }
+
+    fn ints(name: &str, v: &[i64]) -> AttributeProto {
+        AttributeProto { name: name.into(), ints: v.to_vec(), type_: AttributeType::INTS.into(), ..Default::default() }
+    }
+
+    fn int(name: &str, v: i64) -> AttributeProto {
+        AttributeProto { name: name.into(), i: v, type_: AttributeType::INT.into(), ..Default::default() }
+    }
+
+    fn floats(name: &str, dims: &[i64], seed: u64) -> TensorProto {
+        let n: i64 = dims.iter().product();
+        let data = cnnc::weights::random_normal(&[n as usize], seed).data;
+        TensorProto {
+            name: name.into(),
+            dims: dims.to_vec(),
+            data_type: DataType::FLOAT as i32,
+            float_data: data.iter().map(|v| v * 0.3).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn int64s(name: &str, v: &[i64]) -> TensorProto {
+        TensorProto {
+            name: name.into(),
+            dims: vec![v.len() as i64],
+            data_type: DataType::INT64 as i32,
+            int64_data: v.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn info(name: &str, dims: &[i64]) -> ValueInfoProto {
+        let dim = dims
+            .iter()
+            .map(|&d| Dimension { value: Some(dimension::Value::DimValue(d)), ..Default::default() })
+            .collect();
+        let tensor = type_proto::Tensor {
+            elem_type: DataType::FLOAT as i32,
+            shape: Some(TensorShapeProto { dim, ..Default::default() }).into(),
+            ..Default::default()
+        };
+        ValueInfoProto {
+            name: name.into(),
+            type_: Some(TypeProto { value: Some(type_proto::Value::TensorType(tensor)), ..Default::default() }).into(),
+            ..Default::default()
+        }
+    }
+
+    pub fn model() -> ModelProto {
+        let conv =
+            |k: i64, pad: i64| vec![ints("kernel_shape", &[k, k]), ints("pads", &[pad; 4]), ints("strides", &[1, 1])];
+        let nodes = vec![
+            node("Conv", "/conv1/Conv", &["input", "conv1.weight", "conv1.bias"], "/conv1/Conv_output_0", conv(3, 1)),
+            node("Relu", "/relu/Relu", &["/conv1/Conv_output_0"], "/relu/Relu_output_0", vec![]),
+            node(
+                "Conv",
+                "/layer1/layer1.0/conv1/Conv",
+                &["/relu/Relu_output_0", "onnx::Conv_7", "onnx::Conv_8"],
+                "/layer1/layer1.0/conv1/Conv_output_0",
+                conv(3, 1),
+            ),
+            node("Relu", "/layer1/layer1.0/relu/Relu", &["/layer1/layer1.0/conv1/Conv_output_0"], "r1", vec![]),
+            node("Add", "/layer1/layer1.0/Add", &["r1", "/relu/Relu_output_0"], "sum", vec![]),
+            node("Relu", "/layer1/layer1.0/relu_1/Relu", &["sum"], "r2", vec![]),
+            node(
+                "MaxPool",
+                "/maxpool/MaxPool",
+                &["r2"],
+                "pooled",
+                vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
+            ),
+            node("Shape", "/Shape", &["pooled"], "shape", vec![]),
+            node(
+                "Constant",
+                "/Constant",
+                &[],
+                "zero",
+                vec![AttributeProto {
+                    name: "value".into(),
+                    t: Some(TensorProto {
+                        data_type: DataType::INT64 as i32,
+                        int64_data: vec![0],
+                        ..Default::default()
+                    })
+                    .into(),
+                    type_: AttributeType::TENSOR.into(),
+                    ..Default::default()
+                }],
+            ),
+            node("Gather", "/Gather", &["shape", "zero"], "batch", vec![int("axis", 0)]),
+            node("Unsqueeze", "/Unsqueeze", &["batch", "axes0"], "batch1", vec![]),
+            node("Concat", "/Concat", &["batch1", "minus_one"], "target", vec![int("axis", 0)]),
+            node("Reshape", "/Reshape", &["pooled", "target"], "flat", vec![]),
+            node("Gemm", "/fc/Gemm", &["flat", "fc.weight", "fc.bias"], "logits", vec![int("transB", 1)]),
+        ];
+        let initializer = vec![
+            floats("conv1.weight", &[4, 2, 3, 3], 1),
+            floats("conv1.bias", &[4], 2),
+            floats("onnx::Conv_7", &[4, 4, 3, 3], 3),
+            floats("onnx::Conv_8", &[4], 4),
+            floats("fc.weight", &[5, 64], 5),
+            floats("fc.bias", &[5], 6),
+            int64s("axes0", &[0]),
+            int64s("minus_one", &[-1]),
+        ];
+        let graph = GraphProto {
+            name: "main_graph".into(),
+            node: nodes,
+            initializer,
+            input: vec![info("input", &[1, 2, 8, 8])],
+            output: vec![info("logits", &[1, 5])],
+            ..Default::default()
+        };
+        ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 17, ..Default::default() }],
+            graph: Some(graph).into(),
+            ..Default::default()
+        }
+    }
+}
+
+#[test]
+fn a_torch_style_model_imports_with_its_module_scopes() {
+    let bytes = torch_style::model().write_to_bytes().expect("serializes");
+    let imported = cnnc::import::import(&bytes).expect("imports");
+    let program = &imported.program;
+    // Weights named after the state_dict keep their names; the folded conv gets one from
+    // its module scope; the constant shape arithmetic is folded into a flatten.
+    for name in ["conv1.weight", "conv1.bias", "fc.weight", "fc.bias"] {
+        assert!(imported.weights.get(name).is_some(), "{name} in {:?}\n{program}", imported.weights.tensors.keys());
+    }
+    // The folded conv is named after its module, a leaf module's op after the module,
+    // and the ops of a container's forward (the residual add) are left unlabelled.
+    assert!(imported.weights.get("layer1.0.conv1.weight").is_some(), "{program}");
+    for line in ["maxpool: max_pool(2)", "relu_1: relu", "    add(in)\n"] {
+        assert!(program.contains(line), "`{line}` in\n{program}");
+    }
+    assert!(program.contains("flatten"), "{program}");
+    assert!(program.contains("layer1: seq {"), "{program}");
+    assert!(program.contains("output logits"), "{program}");
+    let graph = compile_source(program, &BuildOptions::default()).expect("compiles");
+    assert_eq!(graph.outputs[0].name, "logits");
 }

@@ -133,6 +133,7 @@ pub fn import_graph(g: &GraphProto, opset: i64) -> Result<Imported, ImportError>
             im.node(i)?;
         }
     }
+    im.name_leaf_modules();
     for o in &g.output {
         match im.values.get(&o.name) {
             Some(Val::Node(id)) => {
@@ -194,6 +195,50 @@ fn is_layer_path(name: &str) -> bool {
 }
 
 impl<'m> Importer<'m> {
+    /// A node left free in the scope of a PyTorch module (`layer1.0.relu`, from
+    /// `/layer1/layer1.0/relu/Relu`) is that module's op when the module is a leaf (no
+    /// other layer lives inside it) and computes nothing else: it takes the module's
+    /// path as its name. Ops of a container's `forward` (`/layer1/layer1.0/Add`) stay
+    /// free in the container's scope.
+    fn name_leaf_modules(&mut self) {
+        let graph = &self.out.graph;
+        let mut paths: Vec<String> = self.out.free.values().filter(|m| !m.is_empty()).cloned().collect();
+        paths.extend(
+            graph
+                .node_ids()
+                .into_iter()
+                .filter(|id| !self.out.free.contains_key(id))
+                .map(|id| graph.node(id).name.clone()),
+        );
+        let mut count: HashMap<&str, usize> = HashMap::new();
+        for m in self.out.free.values() {
+            *count.entry(m.as_str()).or_default() += 1;
+        }
+        let mut ids: Vec<NodeId> = self.out.free.keys().copied().collect();
+        ids.sort();
+        let mut renamed = Vec::new();
+        for id in ids {
+            let module = &self.out.free[&id];
+            let container = paths.iter().any(|p| {
+                p.len() > module.len() && p.starts_with(module.as_str()) && p.as_bytes()[module.len()] == b'.'
+            });
+            if module.is_empty()
+                || container
+                || count[module.as_str()] != 1
+                || self.names.contains(module)
+                || !is_layer_path(module)
+            {
+                continue;
+            }
+            renamed.push((id, module.clone()));
+        }
+        for (id, module) in renamed {
+            self.names.insert(module.clone());
+            self.out.free.remove(&id);
+            self.out.graph.node_mut(id).name = module;
+        }
+    }
+
     fn node_ref(&self, i: usize) -> &'m NodeProto {
         &self.nodes[i]
     }
