@@ -172,6 +172,13 @@ fn malformed_and_unsupported_models_exit_1_with_the_node_named() {
     }
     refused(&tmp.0, "huge_input", &huge.write_to_bytes().unwrap(), &["graph input `image`"]);
 
+    let mut deep = lenet();
+    let relu = deep.graph.as_mut().unwrap().node.iter_mut().find(|n| n.op_type == "Relu").unwrap();
+    relu.name = vec!["a"; 5000].join(".");
+    // Not a layer path cnnc keeps: the relu is named by the writer.
+    let program = cnnc::import::import(&deep.write_to_bytes().unwrap()).expect("imports").program;
+    assert!(!program.contains("a.a") && program.len() < 1000, "{program}");
+
     let mut asymmetric = lenet();
     let conv = asymmetric.graph.as_mut().unwrap().node.iter_mut().find(|n| n.name == "conv1").unwrap();
     conv.attribute.iter_mut().find(|a| a.name == "pads").unwrap().ints = vec![2, 2, 1, 1];

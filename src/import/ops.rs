@@ -170,6 +170,9 @@ pub fn sanitize_ident(name: &str, fallback: &str) -> String {
 /// plus the module's own name `relu`; the segments name modules by their attribute or
 /// by their full path.
 fn torch_path(name: &str) -> Vec<String> {
+    if name.len() > MAX_PATH_CHARS || name.matches(['/', '.']).count() > MAX_PATH_DEPTH {
+        return Vec::new();
+    }
     let segments: Vec<&str> = name.trim_start_matches('/').split('/').collect();
     let mut path: Vec<String> = Vec::new();
     for s in &segments[..segments.len().saturating_sub(1)] {
@@ -187,8 +190,15 @@ fn torch_path(name: &str) -> Vec<String> {
     path
 }
 
+/// Longest layer path kept from a model (longer names, and deeper ones, are left for
+/// the writer to choose).
+const MAX_PATH_CHARS: usize = 512;
+const MAX_PATH_DEPTH: usize = 32;
+
 fn is_layer_path(name: &str) -> bool {
     !name.is_empty()
+        && name.len() <= MAX_PATH_CHARS
+        && name.split('.').count() <= MAX_PATH_DEPTH
         && name
             .split('.')
             .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
@@ -202,14 +212,20 @@ impl<'m> Importer<'m> {
     /// free in the container's scope.
     fn name_leaf_modules(&mut self) {
         let graph = &self.out.graph;
-        let mut paths: Vec<String> = self.out.free.values().filter(|m| !m.is_empty()).cloned().collect();
-        paths.extend(
-            graph
-                .node_ids()
-                .into_iter()
-                .filter(|id| !self.out.free.contains_key(id))
-                .map(|id| graph.node(id).name.clone()),
-        );
+        // Every proper prefix of a layer path is a container.
+        let mut containers: HashSet<String> = HashSet::new();
+        let named = graph
+            .node_ids()
+            .into_iter()
+            .filter(|id| !self.out.free.contains_key(id))
+            .map(|id| graph.node(id).name.clone());
+        for path in self.out.free.values().cloned().chain(named) {
+            for (k, c) in path.char_indices() {
+                if c == '.' {
+                    containers.insert(path[..k].to_string());
+                }
+            }
+        }
         let mut count: HashMap<&str, usize> = HashMap::new();
         for m in self.out.free.values() {
             *count.entry(m.as_str()).or_default() += 1;
@@ -219,9 +235,7 @@ impl<'m> Importer<'m> {
         let mut renamed = Vec::new();
         for id in ids {
             let module = &self.out.free[&id];
-            let container = paths.iter().any(|p| {
-                p.len() > module.len() && p.starts_with(module.as_str()) && p.as_bytes()[module.len()] == b'.'
-            });
+            let container = containers.contains(module);
             if module.is_empty()
                 || container
                 || count[module.as_str()] != 1

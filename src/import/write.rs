@@ -17,6 +17,18 @@ use std::fmt::Write;
 use crate::front::lower::OP_NAMES;
 use crate::ir::{Activation, Graph, Hw, NodeId, Op, Pad};
 
+/// Most scopes a layer name may nest (the language nests brackets 64 deep).
+const MAX_DEPTH: usize = 32;
+
+/// A name cut to 80 characters for messages.
+fn short(name: &str) -> String {
+    if name.chars().count() > 80 {
+        format!("{}...", name.chars().take(77).collect::<String>())
+    } else {
+        name.to_string()
+    }
+}
+
 /// The language's keywords.
 const KEYWORDS: &[&str] =
     &["network", "block", "input", "output", "repeat", "seq", "in", "true", "false", "same", "valid"];
@@ -132,7 +144,12 @@ fn write_pass(
         frames: Vec::new(),
     };
     for id in &order {
-        w.words.extend(graph.node(*id).name.split('.').map(String::from));
+        let name = &graph.node(*id).name;
+        let scope = free.get(id).unwrap_or(name);
+        if name.split('.').count().max(scope.split('.').count()) > MAX_DEPTH {
+            return Err(format!("layer `{}` is nested more than {MAX_DEPTH} scopes deep", short(name)));
+        }
+        w.words.extend(name.split('.').map(String::from));
     }
     w.build_scopes(&body)?;
     w.analyse_uses(&order);
