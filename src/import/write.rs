@@ -156,8 +156,14 @@ fn write_pass(
     if let Some(keep) = keep {
         w.needs_name.retain(|id| keep.contains(id) || graph.is_output(*id));
     }
+    // Scopes of the same structure (ops and local names, not sizes) may share a block.
+    let signatures: Vec<String> = (0..w.scopes.len()).map(|s| w.signature(s)).collect();
+    let mut repeated: HashMap<&str, usize> = HashMap::new();
+    for sig in &signatures {
+        *repeated.entry(sig.as_str()).or_default() += 1;
+    }
     for s in 1..w.scopes.len() {
-        w.scopes[s].kind = w.choose_kind(s);
+        w.scopes[s].kind = w.choose_kind(s, repeated[signatures[s].as_str()] > 1);
     }
 
     let mut frame = Frame::new(Kind::Network, None);
@@ -337,7 +343,29 @@ impl Writer<'_> {
         }
     }
 
-    fn choose_kind(&self, s: usize) -> Kind {
+    /// The scope's structure: its items' ops and local names, its sub-scopes'
+    /// structures; no sizes.
+    fn signature(&self, s: usize) -> String {
+        let mut sig = String::new();
+        for item in &self.scopes[s].items {
+            match item {
+                Item::Node(id) => {
+                    let local = self.scope_of(*id).1.unwrap_or_default();
+                    let _ = write!(sig, "{}:{local};", self.graph.node(*id).op.mnemonic());
+                }
+                Item::Parts(ids, local) => {
+                    let _ = write!(sig, "parts{}:{};", ids.len(), local.as_deref().unwrap_or(""));
+                }
+                Item::Scope(t) => {
+                    let local = self.scopes[*t].path.last().map(String::as_str).unwrap_or("");
+                    let _ = write!(sig, "{local}{{{}}};", self.signature(*t));
+                }
+            }
+        }
+        sig
+    }
+
+    fn choose_kind(&self, s: usize, repeated: bool) -> Kind {
         let auto_like = |local: &str| -> bool {
             local
                 .rsplit_once('_')
@@ -349,7 +377,13 @@ impl Writer<'_> {
             Item::Parts(_, None) => false,
             Item::Scope(t) => auto_like(self.scopes[*t].path.last().map(String::as_str).unwrap_or("")),
         });
-        if !named_auto {
+        // A repeated scope with a named layer (not only numbered ones) may be a block.
+        let named = self.scopes[s].items.iter().any(|item| match item {
+            Item::Node(id) => self.scope_of(*id).1.is_some_and(|l| !l.chars().all(|c| c.is_ascii_digit())),
+            Item::Parts(_, local) => local.as_deref().is_some_and(|l| !l.chars().all(|c| c.is_ascii_digit())),
+            Item::Scope(t) => self.scopes[*t].path.last().is_some_and(|l| !l.chars().all(|c| c.is_ascii_digit())),
+        });
+        if !(named_auto || (repeated && named)) {
             return Kind::Seq;
         }
         let mut nodes = Vec::new();
@@ -495,8 +529,12 @@ impl Writer<'_> {
                             let mut frame = Frame::new(Kind::Block, input);
                             frame.input = input;
                             self.frames.push(frame);
+                            // A block body sees none of the caller's names: its own
+                            // generated names start again (and identical bodies match).
+                            let outer = std::mem::replace(&mut self.generated, 0);
                             let mut body = String::new();
                             let r = self.emit_items(t, 1, &mut body);
+                            self.generated = outer;
                             self.frames.pop();
                             r?;
                             let path = self.scopes[t].path.clone();
