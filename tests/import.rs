@@ -380,10 +380,19 @@ mod torch_style {
             node("Relu", "/layer1/layer1.0/relu/Relu", &["/layer1/layer1.0/conv1/Conv_output_0"], "r1", vec![]),
             node("Add", "/layer1/layer1.0/Add", &["r1", "/relu/Relu_output_0"], "sum", vec![]),
             node("Relu", "/layer1/layer1.0/relu_1/Relu", &["sum"], "r2", vec![]),
+            NodeProto {
+                op_type: "Split".into(),
+                name: "/Split".into(),
+                input: vec!["r2".into(), "halves".into()],
+                output: vec!["lo".into(), "hi".into()],
+                attribute: vec![int("axis", 1)],
+                ..Default::default()
+            },
+            node("Concat", "/Concat_1", &["hi", "lo"], "swapped", vec![int("axis", 1)]),
             node(
                 "MaxPool",
                 "/maxpool/MaxPool",
-                &["r2"],
+                &["swapped"],
                 "pooled",
                 vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
             ),
@@ -420,6 +429,7 @@ mod torch_style {
             floats("fc.bias", &[5], 6),
             int64s("axes0", &[0]),
             int64s("minus_one", &[-1]),
+            int64s("halves", &[2, 2]),
         ];
         let graph = GraphProto {
             name: "main_graph".into(),
@@ -451,7 +461,8 @@ fn a_torch_style_model_imports_with_its_module_scopes() {
     // The folded conv is named after its module, a leaf module's op after the module,
     // and the ops of a container's forward (the residual add) are left unlabelled.
     assert!(imported.weights.get("layer1.0.conv1.weight").is_some(), "{program}");
-    for line in ["maxpool: max_pool(2)", "relu_1: relu", "    add(in)\n"] {
+    // A Split of channels is a chunk whose parts get names.
+    for line in ["maxpool: max_pool(2)", "relu_1: relu", "    add(in)\n", "t1, t2 = chunk(2)", "concat(t2, t1)"] {
         assert!(program.contains(line), "`{line}` in\n{program}");
     }
     assert!(program.contains("flatten"), "{program}");
