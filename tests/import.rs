@@ -431,11 +431,16 @@ mod torch_style {
             int64s("minus_one", &[-1]),
             int64s("halves", &[2, 2]),
         ];
+        // The batch exported as a symbolic dimension (`dynamic_axes`).
+        let mut input = info("input", &[1, 2, 8, 8]);
+        if let Some(type_proto::Value::TensorType(t)) = input.type_.as_mut().unwrap().value.as_mut() {
+            t.shape.as_mut().unwrap().dim[0].value = Some(dimension::Value::DimParam("batch".into()));
+        }
         let graph = GraphProto {
             name: "main_graph".into(),
             node: nodes,
             initializer,
-            input: vec![info("input", &[1, 2, 8, 8])],
+            input: vec![input],
             output: vec![info("logits", &[1, 5])],
             ..Default::default()
         };

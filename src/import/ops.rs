@@ -111,9 +111,16 @@ pub fn import_graph(g: &GraphProto, opset: i64) -> Result<Imported, ImportError>
                 _ => -1,
             })
             .collect();
+        // A symbolic batch (`dynamic_axes`) is imported at 1: the program holds no batch.
+        let mut dims = dims;
+        if let Some(first) = dims.first_mut()
+            && *first <= 0
+        {
+            *first = 1;
+        }
         if !(dims.len() == 2 || dims.len() == 4) || dims.iter().any(|&d| !(1..=MAX_DIM).contains(&d)) {
             return Err(ImportError::new(format!(
-                "graph input `{}` has shape {dims:?}; cnnc needs static [N, C, H, W] or [N, F] (-1: a symbolic dimension)",
+                "graph input `{}` has shape {dims:?}; cnnc needs [N, C, H, W] or [N, F], static but for N (-1: a symbolic dimension)",
                 input.name
             )));
         }
