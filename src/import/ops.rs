@@ -181,17 +181,19 @@ fn torch_path(name: &str) -> Vec<String> {
         return Vec::new();
     }
     let segments: Vec<&str> = name.trim_start_matches('/').split('/').collect();
+    // A Sequential's child appears as `block.0` after `block`: the part past the
+    // previous segment is the child's name.
     let mut path: Vec<String> = Vec::new();
+    let mut previous: Option<&str> = None;
     for s in &segments[..segments.len().saturating_sub(1)] {
         if s.is_empty() {
             continue;
         }
-        let joined = path.join(".");
-        if !joined.is_empty() && s.starts_with(&format!("{joined}.")) {
-            path = s.split('.').map(String::from).collect();
-        } else {
-            path.extend(s.split('.').map(String::from));
+        match previous.and_then(|p| s.strip_prefix(p)).and_then(|rest| rest.strip_prefix('.')) {
+            Some(rest) => path.extend(rest.split('.').map(String::from)),
+            None => path.extend(s.split('.').map(String::from)),
         }
+        previous = Some(s);
     }
     path.retain(|p| !p.is_empty() && !p.contains(char::is_whitespace));
     path
@@ -520,6 +522,11 @@ impl<'m> Importer<'m> {
             }
             "Add" | "Mul" => self.arith(i),
             "Div" => self.div(i),
+            "Concat" if node.input.len() == 1 => {
+                // torch.cat of a one-element list: the identity.
+                let v = self.input(node, 0)?.clone();
+                self.set(node, 0, v)
+            }
             "Concat" => {
                 let mut operands = Vec::new();
                 for k in 0..node.input.len() {
