@@ -135,6 +135,13 @@ pub fn import_graph(g: &GraphProto, opset: i64) -> Result<Imported, ImportError>
     if im.out.graph.inputs.is_empty() {
         return Err(ImportError::new("the graph has no input"));
     }
+    // Constants first: they read nothing, and torch.onnx places them just before their
+    // reader, which may be past the start of a pattern that needs them.
+    for i in 0..g.node.len() {
+        if g.node[i].op_type == "Constant" && g.node[i].input.is_empty() {
+            im.node(i)?;
+        }
+    }
     for i in 0..g.node.len() {
         if !im.done[i] {
             im.node(i)?;
