@@ -152,7 +152,15 @@ pub fn import_graph(g: &GraphProto, opset: i64) -> Result<Imported, ImportError>
         match im.values.get(&o.name) {
             Some(Val::Node(id)) => {
                 // `output` is a keyword, and the name the language gives a network's result.
-                let name = if o.name == "output" { o.name.clone() } else { sanitize_ident(&o.name, "output") };
+                // A lone output whose name is no identifier (torch.onnx's `191`) is the
+                // network's result, `output`.
+                let plain = o.name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                    && o.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                let name = if o.name == "output" || (g.output.len() == 1 && !plain) {
+                    "output".to_string()
+                } else {
+                    sanitize_ident(&o.name, "output")
+                };
                 im.out.graph.outputs.push(Output { name, node: *id });
             }
             Some(Val::Const(_)) => {
