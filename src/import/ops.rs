@@ -111,9 +111,16 @@ pub fn import_graph(g: &GraphProto, opset: i64) -> Result<Imported, ImportError>
                 _ => -1,
             })
             .collect();
+        // A symbolic batch (`dynamic_axes`) is imported at 1: the program holds no batch.
+        let mut dims = dims;
+        if let Some(first) = dims.first_mut()
+            && *first <= 0
+        {
+            *first = 1;
+        }
         if !(dims.len() == 2 || dims.len() == 4) || dims.iter().any(|&d| !(1..=MAX_DIM).contains(&d)) {
             return Err(ImportError::new(format!(
-                "graph input `{}` has shape {dims:?}; cnnc needs static [N, C, H, W] or [N, F] (-1: a symbolic dimension)",
+                "graph input `{}` has shape {dims:?}; cnnc needs [N, C, H, W] or [N, F], static but for N (-1: a symbolic dimension)",
                 input.name
             )));
         }
@@ -128,16 +135,32 @@ pub fn import_graph(g: &GraphProto, opset: i64) -> Result<Imported, ImportError>
     if im.out.graph.inputs.is_empty() {
         return Err(ImportError::new("the graph has no input"));
     }
+    // Constants first: they read nothing, and torch.onnx places them just before their
+    // reader, which may be past the start of a pattern that needs them.
+    for i in 0..g.node.len() {
+        if g.node[i].op_type == "Constant" && g.node[i].input.is_empty() {
+            im.node(i)?;
+        }
+    }
     for i in 0..g.node.len() {
         if !im.done[i] {
             im.node(i)?;
         }
     }
+    im.name_leaf_modules();
     for o in &g.output {
         match im.values.get(&o.name) {
             Some(Val::Node(id)) => {
                 // `output` is a keyword, and the name the language gives a network's result.
-                let name = if o.name == "output" { o.name.clone() } else { sanitize_ident(&o.name, "output") };
+                // A lone output whose name is no identifier (torch.onnx's `191`) is the
+                // network's result, `output`.
+                let plain = o.name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                    && o.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                let name = if o.name == "output" || (g.output.len() == 1 && !plain) {
+                    "output".to_string()
+                } else {
+                    sanitize_ident(&o.name, "output")
+                };
                 im.out.graph.outputs.push(Output { name, node: *id });
             }
             Some(Val::Const(_)) => {
@@ -169,31 +192,91 @@ pub fn sanitize_ident(name: &str, fallback: &str) -> String {
 /// plus the module's own name `relu`; the segments name modules by their attribute or
 /// by their full path.
 fn torch_path(name: &str) -> Vec<String> {
+    if name.len() > MAX_PATH_CHARS || name.matches(['/', '.']).count() > MAX_PATH_DEPTH {
+        return Vec::new();
+    }
     let segments: Vec<&str> = name.trim_start_matches('/').split('/').collect();
+    // A Sequential's child appears as `block.0` after `block`: the part past the
+    // previous segment is the child's name.
     let mut path: Vec<String> = Vec::new();
+    let mut previous: Option<&str> = None;
     for s in &segments[..segments.len().saturating_sub(1)] {
         if s.is_empty() {
             continue;
         }
-        let joined = path.join(".");
-        if !joined.is_empty() && s.starts_with(&format!("{joined}.")) {
-            path = s.split('.').map(String::from).collect();
-        } else {
-            path.extend(s.split('.').map(String::from));
+        match previous.and_then(|p| s.strip_prefix(p)).and_then(|rest| rest.strip_prefix('.')) {
+            Some(rest) => path.extend(rest.split('.').map(String::from)),
+            None => path.extend(s.split('.').map(String::from)),
         }
+        previous = Some(s);
     }
     path.retain(|p| !p.is_empty() && !p.contains(char::is_whitespace));
     path
 }
 
+/// Longest layer path kept from a model (longer names, and deeper ones, are left for
+/// the writer to choose).
+const MAX_PATH_CHARS: usize = 512;
+const MAX_PATH_DEPTH: usize = 32;
+
 fn is_layer_path(name: &str) -> bool {
     !name.is_empty()
+        && name.len() <= MAX_PATH_CHARS
+        && name.split('.').count() <= MAX_PATH_DEPTH
         && name
             .split('.')
             .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
 }
 
 impl<'m> Importer<'m> {
+    /// A node left free in the scope of a PyTorch module (`layer1.0.relu`, from
+    /// `/layer1/layer1.0/relu/Relu`) is that module's op when the module is a leaf (no
+    /// other layer lives inside it) and computes nothing else: it takes the module's
+    /// path as its name. Ops of a container's `forward` (`/layer1/layer1.0/Add`) stay
+    /// free in the container's scope.
+    fn name_leaf_modules(&mut self) {
+        let graph = &self.out.graph;
+        // Every proper prefix of a layer path is a container.
+        let mut containers: HashSet<String> = HashSet::new();
+        let named = graph
+            .node_ids()
+            .into_iter()
+            .filter(|id| !self.out.free.contains_key(id))
+            .map(|id| graph.node(id).name.clone());
+        for path in self.out.free.values().cloned().chain(named) {
+            for (k, c) in path.char_indices() {
+                if c == '.' {
+                    containers.insert(path[..k].to_string());
+                }
+            }
+        }
+        let mut count: HashMap<&str, usize> = HashMap::new();
+        for m in self.out.free.values() {
+            *count.entry(m.as_str()).or_default() += 1;
+        }
+        let mut ids: Vec<NodeId> = self.out.free.keys().copied().collect();
+        ids.sort();
+        let mut renamed = Vec::new();
+        for id in ids {
+            let module = &self.out.free[&id];
+            let container = containers.contains(module);
+            if module.is_empty()
+                || container
+                || count[module.as_str()] != 1
+                || self.names.contains(module)
+                || !is_layer_path(module)
+            {
+                continue;
+            }
+            renamed.push((id, module.clone()));
+        }
+        for (id, module) in renamed {
+            self.names.insert(module.clone());
+            self.out.free.remove(&id);
+            self.out.graph.node_mut(id).name = module;
+        }
+    }
+
     fn node_ref(&self, i: usize) -> &'m NodeProto {
         &self.nodes[i]
     }
@@ -454,6 +537,11 @@ impl<'m> Importer<'m> {
             }
             "Add" | "Mul" => self.arith(i),
             "Div" => self.div(i),
+            "Concat" if node.input.len() == 1 => {
+                // torch.cat of a one-element list: the identity.
+                let v = self.input(node, 0)?.clone();
+                self.set(node, 0, v)
+            }
             "Concat" => {
                 let mut operands = Vec::new();
                 for k in 0..node.input.len() {

@@ -17,6 +17,18 @@ use std::fmt::Write;
 use crate::front::lower::OP_NAMES;
 use crate::ir::{Activation, Graph, Hw, NodeId, Op, Pad};
 
+/// Most scopes a layer name may nest (the language nests brackets 64 deep).
+const MAX_DEPTH: usize = 32;
+
+/// A name cut to 80 characters for messages.
+fn short(name: &str) -> String {
+    if name.chars().count() > 80 {
+        format!("{}...", name.chars().take(77).collect::<String>())
+    } else {
+        name.to_string()
+    }
+}
+
 /// The language's keywords.
 const KEYWORDS: &[&str] =
     &["network", "block", "input", "output", "repeat", "seq", "in", "true", "false", "same", "valid"];
@@ -33,7 +45,11 @@ fn is_ident(s: &str) -> bool {
 
 /// The written program and the names the writer gave the free nodes.
 pub struct Written {
+    /// The program with structurally identical blocks merged into blocks with integer
+    /// parameters; [`Written::plain`] if that merging fails its check.
     pub text: String,
+    /// The program with one block per distinct body.
+    pub plain: String,
     pub names: HashMap<NodeId, String>,
 }
 
@@ -87,6 +103,8 @@ struct Writer<'g> {
     scopes: Vec<Scope>,
     /// Values read other than as the next step's current tensor.
     needs_name: HashSet<NodeId>,
+    /// Values whose binding a step read by name.
+    referenced: HashSet<NodeId>,
     /// Every layer-name part in the graph: generated names avoid them.
     words: HashSet<String>,
     generated: usize,
@@ -98,6 +116,18 @@ struct Writer<'g> {
 /// Writes `graph` as a program; `free` gives the scope of nodes whose name the writer
 /// chooses.
 pub fn write(graph: &Graph, free: &HashMap<NodeId, String>) -> Result<Written, String> {
+    // Twice: the second time binds only the values a step read by name (a value read
+    // as a block's `in` needs none).
+    let (_, referenced) = write_pass(graph, free, None)?;
+    let (written, _) = write_pass(graph, free, Some(&referenced))?;
+    Ok(written)
+}
+
+fn write_pass(
+    graph: &Graph,
+    free: &HashMap<NodeId, String>,
+    keep: Option<&HashSet<NodeId>>,
+) -> Result<(Written, HashSet<NodeId>), String> {
     let order = graph.topo_order().ok_or("the graph has a cycle")?;
     let body: Vec<NodeId> =
         order.iter().copied().filter(|&id| !matches!(graph.node(id).op, Op::Input { .. })).collect();
@@ -106,6 +136,7 @@ pub fn write(graph: &Graph, free: &HashMap<NodeId, String>) -> Result<Written, S
         free,
         scopes: vec![Scope { path: vec![], items: vec![], kind: Kind::Network }],
         needs_name: HashSet::new(),
+        referenced: HashSet::new(),
         words: HashSet::new(),
         generated: 0,
         blocks: Vec::new(),
@@ -113,12 +144,26 @@ pub fn write(graph: &Graph, free: &HashMap<NodeId, String>) -> Result<Written, S
         frames: Vec::new(),
     };
     for id in &order {
-        w.words.extend(graph.node(*id).name.split('.').map(String::from));
+        let name = &graph.node(*id).name;
+        let scope = free.get(id).unwrap_or(name);
+        if name.split('.').count().max(scope.split('.').count()) > MAX_DEPTH {
+            return Err(format!("layer `{}` is nested more than {MAX_DEPTH} scopes deep", short(name)));
+        }
+        w.words.extend(name.split('.').map(String::from));
     }
     w.build_scopes(&body)?;
     w.analyse_uses(&order);
+    if let Some(keep) = keep {
+        w.needs_name.retain(|id| keep.contains(id) || graph.is_output(*id));
+    }
+    // Scopes of the same structure (ops and local names, not sizes) may share a block.
+    let signatures: Vec<String> = (0..w.scopes.len()).map(|s| w.signature(s)).collect();
+    let mut repeated: HashMap<&str, usize> = HashMap::new();
+    for sig in &signatures {
+        *repeated.entry(sig.as_str()).or_default() += 1;
+    }
     for s in 1..w.scopes.len() {
-        w.scopes[s].kind = w.choose_kind(s);
+        w.scopes[s].kind = w.choose_kind(s, repeated[signatures[s].as_str()] > 1);
     }
 
     let mut frame = Frame::new(Kind::Network, None);
@@ -149,12 +194,20 @@ pub fn write(graph: &Graph, free: &HashMap<NodeId, String>) -> Result<Written, S
         }
         let _ = writeln!(text, "    output {}", names.join(", "));
     }
-    let mut program = String::new();
-    for (name, body) in &w.blocks {
-        let _ = writeln!(program, "block {name}() {{\n{body}}}\n");
-    }
-    let _ = write!(program, "network {} {{\n{header}\n{text}}}\n", graph.name);
-    Ok(Written { text: program, names: w.names })
+    let network = format!("network {} {{\n{header}\n{text}}}\n", graph.name);
+    let assemble = |blocks: &[Block], network: &str| -> String {
+        let mut program = String::new();
+        for b in blocks {
+            let _ = writeln!(program, "block {}({}) {{\n{}}}\n", b.name, b.params.join(", "), b.body);
+        }
+        program + network
+    };
+    let blocks: Vec<Block> =
+        w.blocks.iter().map(|(name, body)| Block { name: name.clone(), params: vec![], body: body.clone() }).collect();
+    let plain = assemble(&blocks, &network);
+    let (blocks, network_compact) = parameterize(blocks, network, &w.words);
+    let text = assemble(&blocks, &network_compact);
+    Ok((Written { text, plain, names: w.names }, w.referenced))
 }
 
 /// The layer path of a node's scope, and its local name (None: free).
@@ -290,7 +343,29 @@ impl Writer<'_> {
         }
     }
 
-    fn choose_kind(&self, s: usize) -> Kind {
+    /// The scope's structure: its items' ops and local names, its sub-scopes'
+    /// structures; no sizes.
+    fn signature(&self, s: usize) -> String {
+        let mut sig = String::new();
+        for item in &self.scopes[s].items {
+            match item {
+                Item::Node(id) => {
+                    let local = self.scope_of(*id).1.unwrap_or_default();
+                    let _ = write!(sig, "{}:{local};", self.graph.node(*id).op.mnemonic());
+                }
+                Item::Parts(ids, local) => {
+                    let _ = write!(sig, "parts{}:{};", ids.len(), local.as_deref().unwrap_or(""));
+                }
+                Item::Scope(t) => {
+                    let local = self.scopes[*t].path.last().map(String::as_str).unwrap_or("");
+                    let _ = write!(sig, "{local}{{{}}};", self.signature(*t));
+                }
+            }
+        }
+        sig
+    }
+
+    fn choose_kind(&self, s: usize, repeated: bool) -> Kind {
         let auto_like = |local: &str| -> bool {
             local
                 .rsplit_once('_')
@@ -302,7 +377,13 @@ impl Writer<'_> {
             Item::Parts(_, None) => false,
             Item::Scope(t) => auto_like(self.scopes[*t].path.last().map(String::as_str).unwrap_or("")),
         });
-        if !named_auto {
+        // A repeated scope with a named layer (not only numbered ones) may be a block.
+        let named = self.scopes[s].items.iter().any(|item| match item {
+            Item::Node(id) => self.scope_of(*id).1.is_some_and(|l| !l.chars().all(|c| c.is_ascii_digit())),
+            Item::Parts(_, local) => local.as_deref().is_some_and(|l| !l.chars().all(|c| c.is_ascii_digit())),
+            Item::Scope(t) => self.scopes[*t].path.last().is_some_and(|l| !l.chars().all(|c| c.is_ascii_digit())),
+        });
+        if !(named_auto || (repeated && named)) {
             return Kind::Seq;
         }
         let mut nodes = Vec::new();
@@ -330,7 +411,7 @@ impl Writer<'_> {
     }
 
     /// The name under which `v` is visible from the innermost frame.
-    fn name_of(&self, v: NodeId, user: &str) -> Result<String, String> {
+    fn name_of(&mut self, v: NodeId, user: &str) -> Result<String, String> {
         let n = self.frames.len();
         for k in (0..n).rev() {
             let frame = &self.frames[k];
@@ -338,6 +419,9 @@ impl Writer<'_> {
             if let Some(name) = found {
                 if self.frames[k + 1..].iter().any(|f| f.names.contains(&name)) {
                     break;
+                }
+                if name != "in" {
+                    self.referenced.insert(v);
                 }
                 return Ok(name);
             }
@@ -445,8 +529,12 @@ impl Writer<'_> {
                             let mut frame = Frame::new(Kind::Block, input);
                             frame.input = input;
                             self.frames.push(frame);
+                            // A block body sees none of the caller's names: its own
+                            // generated names start again (and identical bodies match).
+                            let outer = std::mem::replace(&mut self.generated, 0);
                             let mut body = String::new();
                             let r = self.emit_items(t, 1, &mut body);
+                            self.generated = outer;
                             self.frames.pop();
                             r?;
                             let path = self.scopes[t].path.clone();
@@ -754,4 +842,143 @@ fn num(x: f64) -> Result<String, String> {
         return Err(format!("the value {x} cannot be written in a program"));
     }
     Ok(format!("{x}"))
+}
+
+/// A block definition being written.
+struct Block {
+    name: String,
+    params: Vec<String>,
+    body: String,
+}
+
+/// The byte ranges of the integer literals in `text` (not in names, decimals or quotes).
+fn int_tokens(text: &str) -> Vec<(usize, usize)> {
+    let bytes = text.as_bytes();
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'"';
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i].is_ascii_digit() && (i == 0 || !word(bytes[i - 1])) {
+            let start = i;
+            while i < bytes.len() && bytes[i].is_ascii_digit() {
+                i += 1;
+            }
+            if i == bytes.len() || !word(bytes[i]) {
+                out.push((start, i));
+            }
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The text with its integer literals replaced by `#`, and the literals.
+fn template(text: &str) -> (String, Vec<String>) {
+    let mut t = String::new();
+    let mut values = Vec::new();
+    let mut at = 0;
+    for (a, b) in int_tokens(text) {
+        t.push_str(&text[at..a]);
+        t.push('#');
+        values.push(text[a..b].to_string());
+        at = b;
+    }
+    t.push_str(&text[at..]);
+    (t, values)
+}
+
+/// Rewrites every line that ends in a call of `old` to call `new(args)`.
+fn rewrite_calls(text: &str, old: &str, new: &str, args: &[String]) -> String {
+    let call = if args.is_empty() { new.to_string() } else { format!("{new}({})", args.join(", ")) };
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let (content, newline) = match line.strip_suffix('\n') {
+            Some(c) => (c, "\n"),
+            None => (line, ""),
+        };
+        match content.strip_suffix(old) {
+            Some(prefix) if prefix.is_empty() || prefix.ends_with([' ', ':']) => {
+                out.push_str(prefix);
+                out.push_str(&call);
+                out.push_str(newline);
+            }
+            _ => out.push_str(line),
+        }
+    }
+    out
+}
+
+/// Merges blocks whose bodies differ only in integer literals into one block with a
+/// parameter per literal that varies (literals that vary together share one), and
+/// rewrites the calls. Inner blocks are merged first, so that the calls in outer bodies
+/// then differ only in their arguments.
+fn parameterize(mut blocks: Vec<Block>, mut network: String, words: &HashSet<String>) -> (Vec<Block>, String) {
+    loop {
+        let templates: Vec<(String, Vec<String>)> = blocks.iter().map(|b| template(&b.body)).collect();
+        let group: Option<Vec<usize>> = (0..blocks.len()).find_map(|i| {
+            if !blocks[i].params.is_empty() {
+                return None;
+            }
+            let members: Vec<usize> = (i..blocks.len())
+                .filter(|&j| blocks[j].params.is_empty() && templates[j].0 == templates[i].0)
+                .collect();
+            (members.len() > 1).then_some(members)
+        });
+        let Some(members) = group else { break };
+        let values: Vec<&Vec<String>> = members.iter().map(|&m| &templates[m].1).collect();
+        // One parameter per distinct column of varying values.
+        let mut columns: Vec<Vec<String>> = Vec::new();
+        let mut slot: Vec<Option<usize>> = Vec::new();
+        for k in 0..values[0].len() {
+            let column: Vec<String> = values.iter().map(|v| v[k].clone()).collect();
+            if column.iter().all(|v| *v == column[0]) {
+                slot.push(None);
+            } else if let Some(p) = columns.iter().position(|c| *c == column) {
+                slot.push(Some(p));
+            } else {
+                columns.push(column);
+                slot.push(Some(columns.len() - 1));
+            }
+        }
+        let mut names = Vec::new();
+        let mut n = 1;
+        while names.len() < columns.len() {
+            let name = format!("p{n}");
+            if !words.contains(&name) {
+                names.push(name);
+            }
+            n += 1;
+        }
+        let first = members[0];
+        let body = &blocks[first].body;
+        let mut new_body = String::new();
+        let mut at = 0;
+        for ((a, b), s) in int_tokens(body).into_iter().zip(&slot) {
+            new_body.push_str(&body[at..a]);
+            match s {
+                Some(p) => new_body.push_str(&names[*p]),
+                None => new_body.push_str(&body[a..b]),
+            }
+            at = b;
+        }
+        new_body.push_str(&body[at..]);
+        let new_name = blocks[first].name.clone();
+        for (j, &m) in members.iter().enumerate() {
+            let args: Vec<String> = columns.iter().map(|c| c[j].clone()).collect();
+            let old = blocks[m].name.clone();
+            network = rewrite_calls(&network, &old, &new_name, &args);
+            for b in blocks.iter_mut() {
+                b.body = rewrite_calls(&b.body, &old, &new_name, &args);
+            }
+        }
+        blocks[first].body = new_body;
+        blocks[first].params = names;
+        let mut k = 0;
+        blocks.retain(|_| {
+            k += 1;
+            !members[1..].contains(&(k - 1))
+        });
+    }
+    (blocks, network)
 }
