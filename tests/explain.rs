@@ -80,12 +80,7 @@ fn occlusion_highlights_the_strokes_of_every_held_out_digit() {
         let saliency = occlusion(cpu.as_ref(), batch, &image, &Classes::Top(1), &options).unwrap();
         assert_eq!((saliency.windows, saliency.runs), (49, 1));
         let map = &saliency.maps[0];
-        let mean_where = |keep: &dyn Fn(f32) -> bool| {
-            let values: Vec<f64> =
-                image.data.iter().zip(map).filter(|(v, _)| keep(**v)).map(|(_, s)| f64::from(*s)).collect();
-            values.iter().sum::<f64>() / values.len().max(1) as f64
-        };
-        let (stroke, background) = (mean_where(&|v| v >= 0.5), mean_where(&|v| v == 0.0));
+        let (stroke, background) = stroke_and_background(&image, map);
         margins.push(stroke - background);
         if stroke <= background {
             failures.push(format!("image {k}: stroke {stroke:.3} <= background {background:.3}"));
@@ -101,6 +96,17 @@ fn occlusion_highlights_the_strokes_of_every_held_out_digit() {
     let mean = margins.iter().sum::<f64>() / n as f64;
     eprintln!("stroke minus background saliency over {n} images: mean {mean:.3}, smallest {smallest:.3}");
     assert!(failures.is_empty(), "{} of {n} images:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// The mean saliency over a digit's stroke pixels (value at least 0.5) and over its
+/// background (value 0).
+fn stroke_and_background(image: &Tensor, map: &[f32]) -> (f64, f64) {
+    let mean_where = |keep: &dyn Fn(f32) -> bool| {
+        let values: Vec<f64> =
+            image.data.iter().zip(map).filter(|(v, _)| keep(**v)).map(|(_, s)| f64::from(*s)).collect();
+        values.iter().sum::<f64>() / values.len().max(1) as f64
+    };
+    (mean_where(&|v| v >= 0.5), mean_where(&|v| v == 0.0))
 }
 
 /// RISE on the held-out digits (1,000 masks of 4x4 cells, kept with probability 0.5,
@@ -123,12 +129,7 @@ fn rise_highlights_the_strokes_of_every_held_out_digit() {
         let saliency = rise(cpu.as_ref(), batch, &image, &Classes::Top(1), &options).unwrap();
         assert_eq!(saliency.runs, 9);
         let map = &saliency.maps[0];
-        let mean_where = |keep: &dyn Fn(f32) -> bool| {
-            let values: Vec<f64> =
-                image.data.iter().zip(map).filter(|(v, _)| keep(**v)).map(|(_, s)| f64::from(*s)).collect();
-            values.iter().sum::<f64>() / values.len().max(1) as f64
-        };
-        let (stroke, background) = (mean_where(&|v| v >= 0.5), mean_where(&|v| v == 0.0));
+        let (stroke, background) = stroke_and_background(&image, map);
         margins.push(stroke - background);
         if stroke <= background {
             failures.push(format!("image {k}: stroke {stroke:.3} <= background {background:.3}"));

@@ -119,6 +119,20 @@ pub(crate) fn choose_classes(classes: &Classes, base: &[f32]) -> Result<Vec<usiz
     }
 }
 
+/// The value each channel of an occluded region is filled with: 0, or the channel's mean
+/// over the image (`input` holds `c` planes of `plane` values).
+pub(crate) fn fill_values(input: &Tensor, c: usize, plane: usize, fill: Fill) -> Vec<f32> {
+    (0..c)
+        .map(|ch| match fill {
+            Fill::Zero => 0.0,
+            Fill::Mean => {
+                let values = &input.data[ch * plane..(ch + 1) * plane];
+                (values.iter().map(|&v| f64::from(v)).sum::<f64>() / plane as f64) as f32
+            }
+        })
+        .collect()
+}
+
 /// Runs the input and `copies` changed copies of it (`change(k, values)` edits copy k's
 /// `[C, H, W]` values in place) through `executor`, compiled for `batch` items, and
 /// returns each item's scores (the input's first) and the number of runs. The last
@@ -189,15 +203,7 @@ pub fn occlusion(
     let columns = window_positions(w, window, stride);
     let windows: Vec<(usize, usize)> = rows.iter().flat_map(|&y| columns.iter().map(move |&x| (y, x))).collect();
     let plane = h * w;
-    let fill_values: Vec<f32> = (0..c)
-        .map(|ch| match fill {
-            Fill::Zero => 0.0,
-            Fill::Mean => {
-                let values = &input.data[ch * plane..(ch + 1) * plane];
-                (values.iter().map(|&v| f64::from(v)).sum::<f64>() / plane as f64) as f32
-            }
-        })
-        .collect();
+    let fill_values = fill_values(input, c, plane, fill);
 
     // Item 0 is the unoccluded image, item k + 1 the image with window k filled.
     let (all_scores, runs) = run_copies(executor, batch, input, windows.len(), score, &mut |k, data| {

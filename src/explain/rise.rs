@@ -17,7 +17,7 @@
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::occlusion::{Classes, Fill, Saliency, Score, choose_classes, run_copies};
+use super::occlusion::{Classes, Fill, Saliency, Score, choose_classes, fill_values, run_copies};
 use crate::exec::Executor;
 use crate::tensor::Tensor;
 
@@ -78,15 +78,7 @@ pub fn rise(
         return Err(format!("the probability of keeping a cell must be between 0 and 1, not {keep}"));
     }
     let plane = h * w;
-    let fill_values: Vec<f32> = (0..c)
-        .map(|ch| match fill {
-            Fill::Zero => 0.0,
-            Fill::Mean => {
-                let values = &input.data[ch * plane..(ch + 1) * plane];
-                (values.iter().map(|&v| f64::from(v)).sum::<f64>() / plane as f64) as f32
-            }
-        })
-        .collect();
+    let fill_values = fill_values(input, c, plane, fill);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     // Masks are drawn in order as the copies are made, and kept for the weighting.
     let mut drawn: Vec<Vec<f32>> = Vec::with_capacity(masks);
