@@ -17,6 +17,9 @@ use cnnc::front::{BuildOptions, compile_source};
 use cnnc::ir::Graph;
 use onnx_protobuf::{Message, ModelProto};
 
+#[allow(dead_code)]
+mod common;
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -228,35 +231,12 @@ fn corrupted_models_never_panic() {
     assert!(refused > 90, "{refused} truncations refused");
 }
 
-fn python() -> Result<PathBuf, String> {
-    let python = match std::env::var_os("CNNC_PYTHON") {
-        Some(p) => PathBuf::from(p),
-        None => repo().join(".venv/bin/python"),
-    };
-    match Command::new(&python).args(["-c", "import numpy, onnxruntime"]).output() {
-        Ok(out) if out.status.success() => Ok(python),
-        Ok(_) => Err(format!("{} cannot import numpy and onnxruntime", python.display())),
-        Err(e) => Err(format!("cannot run {}: {e}", python.display())),
-    }
-}
-
 /// Tolerance of the reference interpreter against ONNX Runtime (the 1e-5).
 const TOLERANCE: f64 = 1e-5;
 
 #[test]
 fn imported_programs_agree_with_onnxruntime_on_the_original() {
-    let python = match python() {
-        Ok(p) => p,
-        Err(why) => {
-            let required =
-                std::env::var_os("CI").is_some() || std::env::var("CNNC_REQUIRE_ORACLE").is_ok_and(|v| v == "1");
-            if required {
-                panic!("the ONNX Runtime oracle is required (CI or CNNC_REQUIRE_ORACLE=1) but unavailable: {why}");
-            }
-            eprintln!("\n!!!! SKIPPED: ONNX Runtime oracle unavailable ({why}); run tools/setup-python.sh !!!!\n");
-            return;
-        }
-    };
+    let Some(python) = common::onnxruntime_python() else { return };
     let tmp = TempDir::new("ort");
     let torch = tmp.0.join("torch_style.onnx");
     std::fs::write(&torch, torch_style::model().write_to_bytes().expect("serializes")).expect("write");

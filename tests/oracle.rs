@@ -20,30 +20,15 @@ use cnnc::front::{BuildOptions, compile_source};
 use cnnc::ir::Op;
 use cnnc::tensor::{Tensor, argmax_rows, relative_l2};
 
+#[allow(dead_code)]
+mod common;
+
 const TOLERANCE: f64 = 1e-4;
 const WEIGHT_SEED: u64 = 0x5eed;
 const INPUT_SEED: u64 = 0x1e9;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The Python interpreter with numpy and onnxruntime, or why there is none.
-fn python() -> Result<PathBuf, String> {
-    let python = match std::env::var_os("CNNC_PYTHON") {
-        Some(p) => PathBuf::from(p),
-        None => repo().join(".venv/bin/python"),
-    };
-    let status = Command::new(&python).args(["-c", "import numpy, onnxruntime"]).output();
-    match status {
-        Ok(out) if out.status.success() => Ok(python),
-        Ok(out) => Err(format!(
-            "{} cannot import numpy and onnxruntime: {}",
-            python.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Err(e) => Err(format!("cannot run {}: {e}", python.display())),
-    }
 }
 
 /// A temporary directory removed when dropped (also when the test panics).
@@ -226,18 +211,7 @@ fn examples() -> Vec<PathBuf> {
 
 #[test]
 fn interpreter_matches_onnxruntime_on_every_example() {
-    let python = match python() {
-        Ok(p) => p,
-        Err(why) => {
-            let required =
-                std::env::var_os("CI").is_some() || std::env::var("CNNC_REQUIRE_ORACLE").is_ok_and(|v| v == "1");
-            if required {
-                panic!("the ONNX Runtime oracle is required (CI or CNNC_REQUIRE_ORACLE=1) but unavailable: {why}");
-            }
-            eprintln!("\n!!!! SKIPPED: ONNX Runtime oracle unavailable ({why}); run tools/setup-python.sh !!!!\n");
-            return;
-        }
-    };
+    let Some(python) = common::onnxruntime_python() else { return };
     let filter = std::env::var("CNNC_ORACLE_FILTER").ok();
     let files: Vec<PathBuf> = examples()
         .into_iter()

@@ -255,3 +255,29 @@ pub fn lenet5_reference(batch: usize, seed: u64, input: &[f32]) -> Tensor {
     assert_eq!(outputs.len(), 1);
     outputs.remove(0)
 }
+
+/// The Python with numpy and onnxruntime that the ONNX Runtime oracle runs in:
+/// `$CNNC_PYTHON`, else the repository's `.venv` (tools/setup-python.sh). Without one,
+/// `None` after a loud skip message, or a panic where the oracle is required (CI, or
+/// `CNNC_REQUIRE_ORACLE=1`).
+pub fn onnxruntime_python() -> Option<PathBuf> {
+    let python = match std::env::var_os("CNNC_PYTHON") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"),
+    };
+    let why = match std::process::Command::new(&python).args(["-c", "import numpy, onnxruntime"]).output() {
+        Ok(out) if out.status.success() => return Some(python),
+        Ok(out) => format!(
+            "{} cannot import numpy and onnxruntime: {}",
+            python.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => format!("cannot run {}: {e}", python.display()),
+    };
+    let required = std::env::var_os("CI").is_some() || std::env::var("CNNC_REQUIRE_ORACLE").is_ok_and(|v| v == "1");
+    if required {
+        panic!("the ONNX Runtime oracle is required (CI or CNNC_REQUIRE_ORACLE=1) but unavailable: {why}");
+    }
+    eprintln!("\n!!!! SKIPPED: ONNX Runtime oracle unavailable ({why}); run tools/setup-python.sh !!!!\n");
+    None
+}
