@@ -405,6 +405,7 @@ fn prepare(
             let bf16 = node.precision == Precision::Bf16;
             if bf16 {
                 let vectors = options.conv_vectors.max(1);
+                let simd = bf16_simd(simd);
                 return Ok(Kernel::Conv(ConvKernel::new(conv, shape, &weight.data, bias, vectors, simd, true)));
             }
             if simd == Some(Simd::Avx512) && PointwiseKernel::applies(conv, &node.epilogue) {
@@ -431,7 +432,7 @@ fn prepare(
                 bias,
                 *out_features,
                 options.linear_vectors.max(1),
-                simd,
+                if node.precision == Precision::Bf16 { bf16_simd(simd) } else { simd },
                 node.precision == Precision::Bf16,
             ))
         }
@@ -894,4 +895,12 @@ pub(crate) fn define_constant_function<M: Module>(module: &mut M, name: &str, va
     }
     module.define_function(id, &mut ctx).map_err(|e| format!("internal error: Cranelift: {e:?}"))?;
     Ok(id)
+}
+
+/// The tiles a bf16 layer runs on: at most AVX2's. Its operands are rounded into scratch
+/// and the f32 tiles compute on them (no speed to gain yet, see `crate::precision`); the
+/// AVX2 and f32x4 tiles are the ones this path was checked on against the interpreter,
+/// so an AVX-512 machine runs them too until the `vdpbf16ps` tiles are enabled.
+fn bf16_simd(simd: Option<Simd>) -> Option<Simd> {
+    simd.map(|_| Simd::Avx2)
 }
