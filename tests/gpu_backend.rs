@@ -396,6 +396,40 @@ impl Lcg {
     }
 }
 
+/// Whether a kernel of `k` taps `d` apart fits an input of `n` values padded by `p`
+/// on each side.
+fn reaches(k: usize, d: usize, p: usize, n: usize) -> bool {
+    n + 2 * p > d * (k - 1)
+}
+
+/// A sweep case's program: `conv` (to `out_channels`) then `activation` on an input of
+/// shape `input`, or with `residual` also a strided 1x1 shortcut of the input added and a
+/// relu; `None` for a residual whose conv does not keep the shape (`same` is false).
+fn sweep_program(
+    input: [usize; 3],
+    conv: &str,
+    activation: &str,
+    residual: bool,
+    out_channels: usize,
+    (sh, sw): (usize, usize),
+    same: bool,
+) -> Option<String> {
+    let body = if !residual {
+        format!("    y = x |> {conv} |> {activation}\n    output y\n")
+    } else {
+        if !same {
+            return None;
+        }
+        let shortcut = format!("conv({out_channels}, 1, stride=({sh}, {sw}), pad=0, bias=false)");
+        format!(
+            "    a = x |> {conv} |> {activation}\n    b = x |> {shortcut}\n    \
+             y = add(a, b) |> relu\n    output y\n"
+        )
+    };
+    let [c, h, w] = input;
+    Some(format!("network sweep {{\n    input x: [{c}, {h}, {w}]\n{body}}}\n"))
+}
+
 #[test]
 fn convolution_variants_match() {
     // Shapes that stress the 8-channel x 4-column blocks of conv.wgsl: channel counts
@@ -417,8 +451,7 @@ fn convolution_variants_match() {
         let (dh, dw) = (1 + rng.below(2), 1 + rng.below(2));
         let (ph, pw) = (rng.below(kh + 1), rng.below(kw + 1));
         let (h, w) = (1 + rng.below(13), 1 + rng.below(13));
-        let reach = |k: usize, d: usize, p: usize, n: usize| n + 2 * p > d * (k - 1);
-        if !reach(kh, dh, ph, h) || !reach(kw, dw, pw, w) {
+        if !reaches(kh, dh, ph, h) || !reaches(kw, dw, pw, w) {
             continue;
         }
         let bias = if rng.below(2) == 0 { "true" } else { "false" };
@@ -428,20 +461,12 @@ fn convolution_variants_match() {
              dilation=({dh}, {dw}), groups={groups}, bias={bias})"
         );
         // Every other case adds a residual: a 1x1 conv of the input to the same shape.
-        let body = if cases % 2 == 0 {
-            format!("    y = x |> {conv} |> {activation}\n    output y\n")
-        } else {
-            let shortcut = format!("conv({out_channels}, 1, stride=({sh}, {sw}), pad=0, bias=false)");
-            let same = (kh - 1) * dh == 2 * ph && (kw - 1) * dw == 2 * pw;
-            if !same {
-                continue;
-            }
-            format!(
-                "    a = x |> {conv} |> {activation}\n    b = x |> {shortcut}\n    \
-                 y = add(a, b) |> relu\n    output y\n"
-            )
+        let same = (kh - 1) * dh == 2 * ph && (kw - 1) * dw == 2 * pw;
+        let Some(source) =
+            sweep_program([in_channels, h, w], &conv, activation, cases % 2 == 1, out_channels, (sh, sw), same)
+        else {
+            continue;
         };
-        let source = format!("network sweep {{\n    input x: [{in_channels}, {h}, {w}]\n{body}}}\n");
         cases += 1;
         let batch = 1 + rng.below(3);
         for conv_kernel in [ConvKernel::Direct, ConvKernel::Tiled] {
@@ -482,8 +507,7 @@ fn depthwise_variants_match() {
         let (dh, dw) = if rng.below(4) == 0 { (2, 1 + rng.below(2)) } else { (1, 1) };
         let (ph, pw) = (rng.below(kh / 2 * dh + 1), rng.below(kw / 2 * dw + 1));
         let (h, w) = (1 + rng.below(24), 1 + rng.below(24));
-        let reach = |k: usize, d: usize, p: usize, n: usize| n + 2 * p > d * (k - 1);
-        if !reach(kh, dh, ph, h) || !reach(kw, dw, pw, w) {
+        if !reaches(kh, dh, ph, h) || !reaches(kw, dw, pw, w) {
             continue;
         }
         let bias = if rng.below(2) == 0 { "true" } else { "false" };
@@ -492,20 +516,11 @@ fn depthwise_variants_match() {
             "conv({channels}, ({kh}, {kw}), stride=({sh}, {sw}), pad=({ph}, {pw}), \
              dilation=({dh}, {dw}), groups={channels}, bias={bias})"
         );
-        let body = if cases % 2 == 0 {
-            format!("    y = x |> {conv} |> {activation}\n    output y\n")
-        } else {
-            let shortcut = format!("conv({channels}, 1, stride=({sh}, {sw}), pad=0, bias=false)");
-            let same = (kh - 1) * dh == 2 * ph && (kw - 1) * dw == 2 * pw;
-            if !same {
-                continue;
-            }
-            format!(
-                "    a = x |> {conv} |> {activation}\n    b = x |> {shortcut}\n    \
-                 y = add(a, b) |> relu\n    output y\n"
-            )
+        let same = (kh - 1) * dh == 2 * ph && (kw - 1) * dw == 2 * pw;
+        let Some(source) = sweep_program([channels, h, w], &conv, activation, cases % 2 == 1, channels, (sh, sw), same)
+        else {
+            continue;
         };
-        let source = format!("network sweep {{\n    input x: [{channels}, {h}, {w}]\n{body}}}\n");
         cases += 1;
         let batch = 1 + rng.below(3);
         let result = optimized_graph(&source, batch).and_then(|graph| {

@@ -425,6 +425,16 @@ pub(crate) struct ConvShape {
     pub out_w: usize,
 }
 
+/// The weights a conv or linear kernel packs: as given, or rounded to bf16 for a bf16
+/// layer (`crate::precision`).
+fn operand_weights(weight: &[f32], bf16: bool) -> std::borrow::Cow<'_, [f32]> {
+    if bf16 {
+        std::borrow::Cow::Owned(weight.iter().map(|&w| crate::precision::round_bf16(w)).collect())
+    } else {
+        std::borrow::Cow::Borrowed(weight)
+    }
+}
+
 /// A convolution ready to emit: its packed weights and the geometry.
 pub(crate) struct ConvKernel {
     conv: Conv,
@@ -456,13 +466,7 @@ impl ConvKernel {
         simd: Option<Simd>,
         bf16: bool,
     ) -> ConvKernel {
-        let rounded: Vec<f32>;
-        let weight = if bf16 {
-            rounded = weight.iter().map(|&w| crate::precision::round_bf16(w)).collect();
-            &rounded
-        } else {
-            weight
-        };
+        let weight = &operand_weights(weight, bf16)[..];
         let out_per_group = shape.out_channels / conv.groups;
         let k = shape.in_channels / conv.groups * conv.kernel.h * conv.kernel.w;
         // The pixels tiled in one line: the whole plane or a row (see `line_mode`).
@@ -845,13 +849,7 @@ impl LinearKernel {
         simd: Option<Simd>,
         bf16: bool,
     ) -> LinearKernel {
-        let rounded: Vec<f32>;
-        let weight = if bf16 {
-            rounded = weight.iter().map(|&w| crate::precision::round_bf16(w)).collect();
-            &rounded
-        } else {
-            weight
-        };
+        let weight = &operand_weights(weight, bf16)[..];
         let in_features = weight.len() / out_features;
         let (tile_width, blocking) = match simd {
             Some(simd) => {
