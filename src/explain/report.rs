@@ -20,6 +20,10 @@ pub struct LayerRow {
     /// The op, with its fused epilogue (`conv+relu`, `conv+add+relu`).
     pub op: String,
     pub shape: Vec<usize>,
+    /// Every value the optimized layer stores: the page describes the compiled network,
+    /// so a BatchNorm folded into a scale and shift counts its two vectors. (`cnnc
+    /// summary`'s `LayerCost::params` counts PyTorch's learnable parameters of the
+    /// network as written instead.)
     pub params: u64,
     pub macs: u64,
     pub output_bytes: u64,
