@@ -191,13 +191,21 @@ impl fmt::Display for Precision {
     }
 }
 
-/// Sets `precision` on every layer it applies to ([`Precision::applies_to`]); the
-/// others run in f32. Returns how many layers took it.
+/// Sets `precision` on every layer it applies to ([`Precision::applies_to`]; for int8,
+/// with its reduction at most [`INT8_MAX_REDUCTION`], and with one input quantization
+/// for all: per-layer ones come from a calibration, [`crate::calibrate`]); the others
+/// run in f32. Returns how many layers took it.
 pub fn assign(graph: &mut Graph, precision: Precision) -> usize {
     let mut count = 0;
     for id in graph.node_ids() {
+        // int8 takes the layers whose integer sums fit i32 only.
+        let fits = !precision.is_int8()
+            || graph
+                .op_operands(id)
+                .first()
+                .is_some_and(|&x| reduction_length(&graph.node(id).op, &graph.node(x).shape) <= INT8_MAX_REDUCTION);
         let node = graph.node_mut(id);
-        node.precision = if precision.applies_to(&node.op) { precision } else { Precision::F32 };
+        node.precision = if fits && precision.applies_to(&node.op) { precision } else { Precision::F32 };
         count += usize::from(node.precision == precision);
     }
     count
