@@ -8,7 +8,7 @@ use cnnc::calibrate::Method;
 use cnnc::passes;
 
 use super::args::{OptArgs, ShapeArgs, WeightArgs};
-use super::common::{UserError, check_budget, prepare};
+use super::common::{MAX_INPUT_BYTES, UserError, check_budget, prepare};
 
 /// Calibration inputs (images and .npy files) a directory may hold.
 const MAX_FILES: usize = 100_000;
@@ -100,10 +100,21 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
     let files = if args.inputs.is_dir() { input_files(&args.inputs)? } else { vec![args.inputs.clone()] };
     // One run per batch item, on the graph built for batch 1.
     let mut runs = Vec::new();
+    let mut bytes = 0u64;
     for file in &files {
         let spec = [file.display().to_string()];
         let batch = super::run::read_inputs(&probe, &spec, args.mean.as_deref(), args.std.as_deref())?;
         let tensor = batch.into_iter().next().expect("one input");
+        // Every item is kept (the percentile method runs them twice): at most as much
+        // as one input file may hold.
+        bytes += 4 * tensor.data.len() as u64;
+        if bytes > MAX_INPUT_BYTES {
+            return Err(UserError(format!(
+                "error: {}: the calibration inputs exceed {} MiB; calibrate on a sample",
+                args.inputs.display(),
+                MAX_INPUT_BYTES >> 20
+            )));
+        }
         let item: usize = tensor.shape[1..].iter().product();
         for data in tensor.data.chunks(item.max(1)) {
             let mut shape = tensor.shape.clone();
