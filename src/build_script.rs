@@ -85,6 +85,7 @@ pub struct Model {
     target_triple: Option<String>,
     cargo_metadata: bool,
     precision: crate::precision::Precision,
+    calibration: Option<PathBuf>,
 }
 
 /// What [`Model::compile`] wrote.
@@ -121,6 +122,7 @@ impl Model {
             target_triple: None,
             cargo_metadata: true,
             precision: crate::precision::Precision::F32,
+            calibration: None,
         }
     }
 
@@ -171,6 +173,16 @@ impl Model {
         self
     }
 
+    /// Runs the conv and linear layers in int8 (`--precision int8 --calib FILE`), with
+    /// the input quantization of the calibration file `NET.calib.json` made by `cnnc
+    /// calibrate` for this network (see [`crate::calibrate`]; a file that does not match
+    /// the network is an error naming the layers). Replaces [`Model::precision`].
+    pub fn int8(mut self, calibration: impl AsRef<Path>) -> Model {
+        self.calibration = Some(calibration.as_ref().to_path_buf());
+        self.precision = crate::precision::Precision::F32;
+        self
+    }
+
     /// Whether to print the `cargo:` lines that link the archive and rerun the build
     /// script (on by default; off to only write the files).
     pub fn cargo_metadata(mut self, on: bool) -> Model {
@@ -190,7 +202,16 @@ impl Model {
             return Err(Error::new("cnnc::build: the batch size must be at least 1"));
         }
         let mut graph = self.graph()?;
+        if self.precision.is_int8() {
+            return Err(Error::new("cnnc::build: int8 takes a calibration: use .int8(\"NET.calib.json\")"));
+        }
         crate::precision::assign(&mut graph, self.precision);
+        if let Some(path) = &self.calibration {
+            let failed = |e: String| Error::new(format!("cnnc::build: {}: {e}", path.display()));
+            let bytes = crate::io::read_file(path, 64 << 20, "calibration file").map_err(|e| failed(e.to_string()))?;
+            let text = String::from_utf8(bytes).map_err(|_| failed("the calibration file is not UTF-8 text".into()))?;
+            crate::calibrate::Calibration::from_json(&text).and_then(|c| c.assign(&mut graph)).map_err(failed)?;
+        }
         let name = self.name.clone().unwrap_or_else(|| graph.name.clone());
         if !is_identifier(&name) || is_rust_keyword(&name) {
             return Err(Error::new(format!(
@@ -230,6 +251,9 @@ impl Model {
             }
             println!("cargo:rerun-if-changed={}", self.source.display());
             if let WeightSource::File(path) = &self.weights {
+                println!("cargo:rerun-if-changed={}", path.display());
+            }
+            if let Some(path) = &self.calibration {
                 println!("cargo:rerun-if-changed={}", path.display());
             }
         }

@@ -85,9 +85,12 @@ pub struct ExecOptions {
     /// The x86-64 level the CPU target compiles for (default: the host's CPU).
     pub cpu: Option<crate::backend::clif::CpuLevel>,
     /// The arithmetic of the layers that can run in it ([`crate::precision::assign`]):
-    /// f32 by default. The reference target simulates bf16 exactly; the cpu target runs
-    /// it as its f32 kernels on bf16-rounded weights and inputs (the same results, at
-    /// every CPU level); the gpu target runs f32 only.
+    /// f32 by default, which leaves each layer at the precision the graph gives it. The
+    /// reference target simulates bf16 exactly; the cpu target runs it as its f32
+    /// kernels on bf16-rounded weights and inputs (the same results, at every CPU
+    /// level); the gpu target runs f32 only. int8 is not set here but on the graph, from
+    /// a calibration ([`crate::calibrate::Calibration::assign`]); both targets that run
+    /// it then take the graph as it is.
     pub precision: crate::precision::Precision,
 }
 
@@ -119,11 +122,25 @@ pub fn compile(graph: Graph, target: Target) -> Result<Box<dyn Executor>, String
 
 /// Same, with the given options.
 pub fn compile_with(mut graph: Graph, target: Target, options: &ExecOptions) -> Result<Box<dyn Executor>, String> {
+    if options.precision.is_int8() {
+        return Err("int8 takes a calibration: assign it to the graph (calibrate::Calibration::assign) and \
+                    compile with precision f32 (the graph's own precisions)"
+            .into());
+    }
     if options.precision != crate::precision::Precision::F32 {
         if target == Target::Gpu {
             return Err(format!("--precision {}: the gpu target runs f32 only", options.precision));
         }
         crate::precision::assign(&mut graph, options.precision);
+    }
+    if target == Target::Gpu
+        && let Some(node) = graph
+            .node_ids()
+            .into_iter()
+            .map(|id| graph.node(id))
+            .find(|n| n.precision != crate::precision::Precision::F32)
+    {
+        return Err(format!("--precision {}: the gpu target runs f32 only (layer `{}`)", node.precision, node.name));
     }
     match target {
         Target::Reference => Ok(Box::new(Reference { graph })),

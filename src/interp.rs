@@ -235,10 +235,11 @@ impl<'a> NodeParams<'a> {
 /// A conv's or linear layer's input and weights as its precision reads them
 /// ([`crate::precision`]): as they are in f32, both rounded to bf16 in bf16 (the products
 /// of bf16 values are exact, and the f64 accumulation after them is the f32
-/// accumulation's ideal). The bias and the epilogue stay f32.
+/// accumulation's ideal). The bias and the epilogue stay f32. (int8 layers go through
+/// [`int8_operands`].)
 fn at_precision<'a>(precision: Precision, x: &'a Tensor, weight: &'a Tensor) -> (Cow<'a, Tensor>, Cow<'a, Tensor>) {
     match precision {
-        Precision::F32 => (Cow::Borrowed(x), Cow::Borrowed(weight)),
+        Precision::F32 | Precision::Int8(_) => (Cow::Borrowed(x), Cow::Borrowed(weight)),
         Precision::Bf16 => {
             let round = |t: &Tensor| {
                 let mut t = t.clone();
@@ -248,6 +249,45 @@ fn at_precision<'a>(precision: Precision, x: &'a Tensor, weight: &'a Tensor) -> 
             (round(x), round(weight))
         }
     }
+}
+
+/// An int8 layer's operands ([`crate::precision`]): the input's integer offsets
+/// `q_x - zp` and the weights' integers `q_w`, both as f32 (exact), and the per-channel
+/// factors `m[c]`. The conv and linear loops then sum the integer products in f64, which
+/// is exact (every sum is below 2^53), and round the sum to f32 (exact while below 2^24).
+fn int8_operands(
+    node: &Node,
+    input: crate::precision::Int8Input,
+    x: &Tensor,
+    weight: &Tensor,
+) -> Result<(Tensor, Tensor, Vec<f32>), InterpError> {
+    let out_channels = weight.shape[0];
+    let k = weight.len() / out_channels.max(1);
+    if k > crate::precision::INT8_MAX_REDUCTION {
+        return Err(InterpError(format!(
+            "layer `{}`: int8 with {k} products per output, more than the {} an i32 sum holds",
+            node.name,
+            crate::precision::INT8_MAX_REDUCTION
+        )));
+    }
+    let (integers, weight_scales) = crate::precision::quantize_weights(&weight.data, out_channels);
+    let x = Tensor { shape: x.shape.clone(), data: x.data.iter().map(|&v| input.offset(v)).collect() };
+    let weight = Tensor { shape: weight.shape.clone(), data: integers };
+    Ok((x, weight, crate::precision::output_scales(input, &weight_scales)))
+}
+
+/// An int8 layer's outputs from its integer sums, `inner` values per channel (a conv's
+/// plane; 1 for a linear layer, whose channels are the last dimension): `f32(sum *
+/// m[c]) + bias[c]`, rounded after the product and after the sum, as the cpu target
+/// computes them.
+fn int8_outputs(mut sums: Tensor, scales: &[f32], bias: Option<&Tensor>, inner: usize) -> Tensor {
+    let channels = scales.len();
+    for (i, v) in sums.data.iter_mut().enumerate() {
+        let c = (i / inner) % channels;
+        let product = *v * scales[c];
+        *v = product + bias.map_or(0.0, |b| b.data[c]);
+    }
+    sums
 }
 
 /// Computes one node's op from its operands' values, into `out_shape` (the op's own
@@ -263,13 +303,26 @@ fn eval_node(
         Op::Input { .. } => unreachable!("inputs are handled by run_traced"),
         Op::Conv(conv) => {
             let params = NodeParams::load(node, &x.shape, weights)?;
-            let (x, weight) = at_precision(node.precision, x, params.require(ParamRole::Weight)?);
-            conv2d(conv, &x, &weight, params.get(ParamRole::Bias), out_shape)
+            let (weight, bias) = (params.require(ParamRole::Weight)?, params.get(ParamRole::Bias));
+            if let Precision::Int8(input) = node.precision {
+                let (x, weight, scales) = int8_operands(node, input, x, weight)?;
+                let inner = out_shape[2] * out_shape[3];
+                let sums = conv2d(conv, &x, &weight, None, out_shape);
+                return Ok(int8_outputs(sums, &scales, bias, inner));
+            }
+            let (x, weight) = at_precision(node.precision, x, weight);
+            conv2d(conv, &x, &weight, bias, out_shape)
         }
         Op::Linear { .. } => {
             let params = NodeParams::load(node, &x.shape, weights)?;
-            let (x, weight) = at_precision(node.precision, x, params.require(ParamRole::Weight)?);
-            linear(&x, &weight, params.get(ParamRole::Bias), out_shape)
+            let (weight, bias) = (params.require(ParamRole::Weight)?, params.get(ParamRole::Bias));
+            if let Precision::Int8(input) = node.precision {
+                let (x, weight, scales) = int8_operands(node, input, x, weight)?;
+                let sums = linear(&x, &weight, None, out_shape);
+                return Ok(int8_outputs(sums, &scales, bias, 1));
+            }
+            let (x, weight) = at_precision(node.precision, x, weight);
+            linear(&x, &weight, bias, out_shape)
         }
         Op::BatchNorm { eps } => {
             let params = NodeParams::load(node, &x.shape, weights)?;

@@ -24,6 +24,7 @@
 pub mod backend;
 pub mod budget;
 pub mod build_script;
+pub mod calibrate;
 pub mod compare;
 pub mod diag;
 pub mod exec;

@@ -1,4 +1,5 @@
-//! Reduced precision: what `--precision bf16` means, exactly, and where it applies.
+//! Reduced precision: what `--precision bf16` and `--precision int8` mean, exactly, and
+//! where they apply.
 //!
 //! A layer's precision is a field of its node ([`crate::ir::Node::precision`]), so that
 //! a later per-layer choice (`--precision auto`) needs no new representation; `f32`
@@ -30,6 +31,46 @@
 //! flushes denormal partial sums to zero; the reference interpreter does not (a
 //! difference far below 1e-30 in absolute terms), and it accumulates in its own order, so
 //! the native code is compared with it by relative L2 error like any f32 kernel.
+//!
+//! **int8** (static post-training quantization), for a conv or linear layer:
+//! - its weights are quantized per output channel `c`, symmetric, to s8 in [-127, 127]:
+//!   `s_w[c] = max|w_c| / 127` (f32), `q_w = clamp(round_half_even(w / s_w[c]), -127,
+//!   127)`; an all-zero channel gets `s_w[c] = 1` (its integers are all 0). -128 is left
+//!   out: with the scale set by `max|w_c|`, rounding never reaches it, and the bound
+//!   `|q_w| <= 127` is the same for both signs. That bound is what the integer kernels
+//!   need: VNNI's `vpdpbusd` (u8 x s8 into i32) takes these integers as they are, and
+//!   AVX2's `vpmaddubsw` adds two u8 x s8 products into a saturating i16, where a pair
+//!   reaches 2 x 255 x 127 = 64770 > 32767, so that kernel (not written yet) will have
+//!   to split the pairs or use 7-bit inputs (2 x 127 x 127 = 32258 fits);
+//! - its input activations are quantized per tensor to u8 with a zero point, from a
+//!   calibration ([`crate::calibrate`], `cnnc calibrate`): the calibrated range `[lo, hi]`
+//!   is widened to contain 0, `s_x = (hi - lo) / 255`, `zp = round_half_even(-lo /
+//!   s_x)` (so the real 0, the padding, is exactly the integer `zp`), and each value
+//!   becomes `q_x = clamp(round_half_even(x / s_x) + zp, 0, 255)` (saturation: values
+//!   outside the calibrated range, and infinities, go to 0 or 255). A NaN stays NaN: the
+//!   outputs that read it are NaN, as in f32 (no integer can hold it, and turning it into
+//!   a number would hide it);
+//! - the products `(q_x - zp) x q_w` are summed exactly as integers (`acc`, i32);
+//! - the output is `f32(f32(acc) * m[c]) + bias[c]` in f32 (multiply, round, add, round;
+//!   no fused multiply-add), with `m[c] = f32(s_x * s_w[c])`; the fused epilogue
+//!   (activations, residual add) runs in f32 after it, as does every other layer.
+//!
+//! The sum of one output has `K` products (input channels per group x kernel taps, or
+//! the input features), each at most 255 x 127 in magnitude, so `acc` fits i32 whenever
+//! `K <= 66311` ([`INT8_MAX_REDUCTION`]; VGG-16's largest, fc6, has K = 25088); a layer
+//! with a longer reduction stays f32 ([`Precision::applies_to`] says no).
+//!
+//! Where int8 runs: the reference interpreter simulates it exactly (the integers
+//! accumulated in f64, exact to 2^53). The cpu target gives its results but not yet its
+//! speed: it feeds its f32 direct tiles the integers, `q_x - zp` (as the input is copied
+//! into the scratch buffer) and `q_w` (packed), whose products are exact in f32 and
+//! whose sums are exact while every partial sum stays below 2^24 in magnitude (at least
+//! up to K = 518 whatever the values; beyond, a sum past 2^24 rounds, by at most 2^-24
+//! of it); the accumulators start at 0 and the store applies `* m[c] + bias[c]` (the
+//! same two roundings) before the epilogue. No Winograd, pointwise or depthwise kernels
+//! for an int8 layer, as for bf16. The u8 x s8 kernels (`vpmaddubsw` on AVX2,
+//! `vpdpbusd` on AVX-512 VNNI) that make it faster than f32 are left for later; so is
+//! `--precision auto`. The gpu target refuses int8.
 
 use std::fmt;
 
@@ -43,6 +84,68 @@ pub enum Precision {
     F32,
     /// Weights and input activations rounded to bf16, f32 accumulation and epilogue.
     Bf16,
+    /// Weights quantized to s8 per output channel, the input to u8 with the layer's
+    /// calibrated scale and zero point, exact integer sums, f32 rescaling and epilogue.
+    Int8(Int8Input),
+}
+
+/// The longest reduction (products per output) an int8 layer may have: its integer sum
+/// then fits i32 whatever the values, `floor((2^31 - 1) / (255 * 127))`.
+pub const INT8_MAX_REDUCTION: usize = 66_311;
+
+/// How an int8 layer quantizes its input: `q = clamp(round_half_even(x / scale) +
+/// zero_point, 0, 255)`. The scale is kept as its bits so that the type is `Eq` and
+/// `Hash`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Int8Input {
+    scale_bits: u32,
+    zero_point: u8,
+}
+
+impl Int8Input {
+    /// A quantization with this scale (finite and positive, else `None`) and zero point.
+    pub fn new(scale: f32, zero_point: u8) -> Option<Int8Input> {
+        (scale.is_finite() && scale > 0.0).then_some(Int8Input { scale_bits: scale.to_bits(), zero_point })
+    }
+
+    /// The quantization of the range `[lo, hi]` (finite, `lo <= hi`), widened to contain
+    /// 0: `scale = (hi - lo) / 255` (1 for the range [0, 0]), `zero_point =
+    /// round_half_even(-lo / scale)`.
+    pub fn from_range(lo: f32, hi: f32) -> Option<Int8Input> {
+        if !(lo.is_finite() && hi.is_finite() && lo <= hi) {
+            return None;
+        }
+        let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+        let scale = (hi - lo) / 255.0;
+        if scale == 0.0 {
+            return Int8Input::new(1.0, 0);
+        }
+        if !scale.is_finite() {
+            return None;
+        }
+        let zero_point = (-lo / scale).round_ties_even().clamp(0.0, 255.0) as u8;
+        Int8Input::new(scale, zero_point)
+    }
+
+    pub fn scale(self) -> f32 {
+        f32::from_bits(self.scale_bits)
+    }
+
+    pub fn zero_point(self) -> u8 {
+        self.zero_point
+    }
+
+    /// `q - zero_point` for an input value `x`, as the f32 of that integer (-255 to
+    /// 255); NaN stays NaN (see the module docs). Every step is exact but the division.
+    pub fn offset(self, x: f32) -> f32 {
+        let zp = self.zero_point as f32;
+        ((x / self.scale()).round_ties_even() + zp).clamp(0.0, 255.0) - zp
+    }
+
+    /// The real value an integer offset (`q - zero_point`) stands for.
+    pub fn dequantize(self, offset: f32) -> f32 {
+        offset * self.scale()
+    }
 }
 
 impl Precision {
@@ -51,24 +154,33 @@ impl Precision {
         match self {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
+            Precision::Int8(_) => "int8",
         }
     }
 
-    /// Parses `f32` or `bf16`.
+    /// Parses `f32` or `bf16` (int8 needs a calibration: [`crate::calibrate`]).
     pub fn parse(text: &str) -> Result<Precision, String> {
         match text {
             "f32" => Ok(Precision::F32),
             "bf16" => Ok(Precision::Bf16),
-            _ => Err(format!("unknown precision `{text}` (expected f32 or bf16)")),
+            "int8" => Err("precision int8 needs a calibration file (made by `cnnc calibrate`)".to_string()),
+            _ => Err(format!("unknown precision `{text}` (expected f32, bf16 or int8)")),
         }
     }
 
-    /// Whether a layer of this op can run in this precision: f32 everything, bf16 the
-    /// layers whose work is a dot product of weights and inputs (conv and linear).
+    /// Whether this is int8 (whatever its input quantization).
+    pub fn is_int8(self) -> bool {
+        matches!(self, Precision::Int8(_))
+    }
+
+    /// Whether a layer of this op can run in this precision: f32 everything, bf16 and
+    /// int8 the layers whose work is a dot product of weights and inputs (conv and
+    /// linear; for int8, only where the layer's reduction, `reduction` products per
+    /// output, is at most [`INT8_MAX_REDUCTION`]).
     pub fn applies_to(self, op: &Op) -> bool {
         match self {
             Precision::F32 => true,
-            Precision::Bf16 => matches!(op, Op::Conv(_) | Op::Linear { .. }),
+            Precision::Bf16 | Precision::Int8(_) => matches!(op, Op::Conv(_) | Op::Linear { .. }),
         }
     }
 }
@@ -79,16 +191,60 @@ impl fmt::Display for Precision {
     }
 }
 
-/// Sets `precision` on every layer it applies to ([`Precision::applies_to`]); the
-/// others run in f32. Returns how many layers took it.
+/// Sets `precision` on every layer it applies to ([`Precision::applies_to`]; for int8,
+/// with its reduction at most [`INT8_MAX_REDUCTION`], and with one input quantization
+/// for all: per-layer ones come from a calibration, [`crate::calibrate`]); the others
+/// run in f32. Returns how many layers took it.
 pub fn assign(graph: &mut Graph, precision: Precision) -> usize {
     let mut count = 0;
     for id in graph.node_ids() {
+        // int8 takes the layers whose integer sums fit i32 only.
+        let fits = !precision.is_int8()
+            || graph
+                .op_operands(id)
+                .first()
+                .is_some_and(|&x| reduction_length(&graph.node(id).op, &graph.node(x).shape) <= INT8_MAX_REDUCTION);
         let node = graph.node_mut(id);
-        node.precision = if precision.applies_to(&node.op) { precision } else { Precision::F32 };
+        node.precision = if fits && precision.applies_to(&node.op) { precision } else { Precision::F32 };
         count += usize::from(node.precision == precision);
     }
     count
+}
+
+/// The int8 weights of a conv or linear layer (`[O, ...]`, output channel first):
+/// `(q_w as f32, s_w)`, the integers in [-127, 127] and one scale per output channel
+/// (see the module docs).
+pub fn quantize_weights(weight: &[f32], out_channels: usize) -> (Vec<f32>, Vec<f32>) {
+    let per_channel = weight.len() / out_channels.max(1);
+    let mut integers = Vec::with_capacity(weight.len());
+    let mut scales = Vec::with_capacity(out_channels);
+    for channel in weight.chunks(per_channel.max(1)) {
+        let max = channel.iter().fold(0.0f32, |m, w| m.max(w.abs()));
+        let scale = if max > 0.0 && max.is_finite() { max / 127.0 } else { 1.0 };
+        scales.push(scale);
+        integers.extend(channel.iter().map(|&w| quantize_weight(w, scale)));
+    }
+    (integers, scales)
+}
+
+/// One weight's integer (as f32): `clamp(round_half_even(w / scale), -127, 127)`.
+pub fn quantize_weight(w: f32, scale: f32) -> f32 {
+    (w / scale).round_ties_even().clamp(-127.0, 127.0)
+}
+
+/// The per-channel factors `m[c] = f32(s_x * s_w[c])` that turn an int8 layer's integer
+/// sums into its outputs (before the bias).
+pub fn output_scales(input: Int8Input, weight_scales: &[f32]) -> Vec<f32> {
+    weight_scales.iter().map(|&s| input.scale() * s).collect()
+}
+
+/// The products per output of a conv or linear layer whose input is `input_shape`.
+pub fn reduction_length(op: &Op, input_shape: &[usize]) -> usize {
+    match op {
+        Op::Conv(conv) => input_shape.get(1).copied().unwrap_or(0) / conv.groups.max(1) * conv.kernel.h * conv.kernel.w,
+        Op::Linear { .. } => input_shape.last().copied().unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// Rounds an f32 to the nearest bf16 (ties to even), returned as the f32 of equal

@@ -6,6 +6,8 @@ use clap::ValueEnum;
 
 use cnnc::passes::OptLevel;
 
+use super::common::UserError;
+
 /// The network's shape: batch, another input size, and the fully convolutional form.
 #[derive(clap::Args, Clone)]
 pub struct ShapeArgs {
@@ -105,42 +107,111 @@ impl ThreadArgs {
     }
 }
 
-/// `--precision`: the arithmetic of the conv and linear layers.
+/// `--precision`: the arithmetic of the conv and linear layers, and `--calib`, the
+/// calibration int8 takes.
 #[derive(clap::Args, Clone)]
 pub struct PrecisionArgs {
-    /// Arithmetic of the conv and linear layers: f32, or bf16 (weights and each layer's
-    /// input rounded to bf16, f32 accumulation and epilogue; every other layer f32), on
-    /// the cpu and reference targets.
+    /// Arithmetic of the conv and linear layers: f32; bf16 (weights and each layer's
+    /// input rounded to bf16, f32 accumulation and epilogue); or int8 (weights s8 per
+    /// output channel, each layer's input u8 with the scale and zero point of --calib,
+    /// exact integer sums, f32 rescaling and epilogue). Every other layer runs in f32.
+    /// The cpu and reference targets run them; the gpu target runs f32 only.
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: PrecisionArg,
+    /// With --precision int8: the calibration file, made by `cnnc calibrate` for this
+    /// network (at the same -O level and input size).
+    #[arg(long, value_name = "NET.calib.json")]
+    pub calib: Option<PathBuf>,
 }
 
 impl PrecisionArgs {
-    pub fn get(&self) -> cnnc::precision::Precision {
+    /// `f32`, `bf16` or `int8`.
+    pub fn name(&self) -> &'static str {
         match self.precision {
-            PrecisionArg::F32 => cnnc::precision::Precision::F32,
-            PrecisionArg::Bf16 => cnnc::precision::Precision::Bf16,
+            PrecisionArg::F32 => "f32",
+            PrecisionArg::Bf16 => "bf16",
+            PrecisionArg::Int8 => "int8",
         }
     }
 
-    /// The note `run`, `bench` and `build` print when the cpu target runs bf16.
+    /// Whether the layers run in another precision than f32.
+    pub fn reduced(&self) -> bool {
+        self.precision != PrecisionArg::F32
+    }
+
+    /// Checks the flags before anything runs: int8 needs --calib, and --calib is for
+    /// int8 only.
+    pub fn check(&self) -> Result<(), UserError> {
+        match (self.precision, &self.calib) {
+            (PrecisionArg::Int8, None) => Err(UserError(
+                "error: --precision int8 needs --calib FILE: make one with `cnnc calibrate NET --weights W \
+                 --inputs DIR|X.npy -o NET.calib.json`"
+                    .into(),
+            )),
+            (PrecisionArg::F32 | PrecisionArg::Bf16, Some(_)) => {
+                Err(UserError(format!("error: --calib is for --precision int8, not {}", self.name())))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Sets the precision on the layers of an optimized graph that can run in it: bf16,
+    /// or int8 from the calibration file (which must match the graph: exit 1 naming
+    /// the layers that do not). f32 leaves the graph as it is.
+    pub fn assign(&self, graph: &mut cnnc::ir::Graph) -> Result<(), UserError> {
+        self.check()?;
+        match self.precision {
+            PrecisionArg::F32 => {}
+            PrecisionArg::Bf16 => {
+                cnnc::precision::assign(graph, cnnc::precision::Precision::Bf16);
+            }
+            PrecisionArg::Int8 => {
+                let path = self.calib.as_deref().expect("checked above");
+                let calibration = read_calibration(path)?;
+                calibration.assign(graph).map_err(|e| UserError(format!("error: {}: {e}", path.display())))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The note `run`, `bench` and `build` print when the cpu target runs bf16 or int8.
     pub fn cpu_note(&self) -> Option<String> {
-        (self.precision == PrecisionArg::Bf16).then(|| {
-            "note: --precision bf16 on the cpu target: the conv and linear layers round their weights and \
-             inputs to bf16 and run on the f32 kernels (bf16's results, not yet its speed: the vdpbf16ps \
-             kernels are not wired in)"
-                .to_string()
-        })
+        match self.precision {
+            PrecisionArg::F32 => None,
+            PrecisionArg::Bf16 => Some(
+                "note: --precision bf16 on the cpu target: the conv and linear layers round their weights and \
+                 inputs to bf16 and run on the f32 kernels (bf16's results, not yet its speed: the vdpbf16ps \
+                 kernels are not wired in)"
+                    .to_string(),
+            ),
+            PrecisionArg::Int8 => Some(
+                "note: --precision int8 on the cpu target: the conv and linear layers quantize their weights and \
+                 inputs and sum the integers exactly on the f32 kernels (int8's results, not yet its speed: no \
+                 u8 x s8 kernels yet)"
+                    .to_string(),
+            ),
+        }
     }
 }
 
-/// `--precision f32|bf16`.
+/// Reads a calibration file (at most 64 MiB).
+pub fn read_calibration(path: &std::path::Path) -> Result<cnnc::calibrate::Calibration, UserError> {
+    let bytes =
+        cnnc::io::read_file(path, 64 << 20, "calibration file").map_err(|e| UserError(format!("error: {e}")))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| UserError(format!("error: {}: the calibration file is not UTF-8 text", path.display())))?;
+    cnnc::calibrate::Calibration::from_json(&text).map_err(|e| UserError(format!("error: {}: {e}", path.display())))
+}
+
+/// `--precision f32|bf16|int8`.
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
 pub enum PrecisionArg {
     /// IEEE single precision.
     F32,
     /// bfloat16 weights and layer inputs, f32 accumulation.
     Bf16,
+    /// s8 weights, u8 layer inputs (calibrated), exact integer sums (needs --calib).
+    Int8,
 }
 
 /// `--cpu`: an x86-64 micro-architecture level.

@@ -184,12 +184,13 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
     let network = graph.name.clone();
     let started = std::time::Instant::now();
     passes::optimize_for(&mut graph, args.opt.level(), args.target.to_exec().capabilities())?;
-    let precision = args.precision.get();
-    if precision != cnnc::precision::Precision::F32 {
+    args.precision.check()?;
+    let precision = args.precision.name();
+    if args.precision.reduced() {
         if args.target == Target::Gpu {
             return Err(UserError(format!("error: --precision {precision}: the gpu target runs f32 only")));
         }
-        cnnc::precision::assign(&mut graph, precision);
+        args.precision.assign(&mut graph)?;
         if args.target == Target::Cpu
             && let Some(note) = args.precision.cpu_note()
         {
@@ -202,7 +203,8 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
     // The thread count resolved once (the default depends on the network's size).
     let asked = args.threads.options();
     let threads = cnnc::exec::threads_for(&graph, &asked);
-    let options = cnnc::exec::ExecOptions { threads: Some(threads), precision, ..asked };
+    // The graph carries each layer's precision: the executor takes it as it is.
+    let options = cnnc::exec::ExecOptions { threads: Some(threads), ..asked };
     if args.profile {
         if args.target != Target::Cpu {
             return Err(UserError("error: --profile times the kernels of the cpu target only".into()));
@@ -227,7 +229,7 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
         target: args.target.to_exec().name().to_string(),
         batch,
         opt_level: format!("-O{}", args.opt.opt_level),
-        precision: precision.name().to_string(),
+        precision: precision.to_string(),
         macs,
         threads: if args.target == Target::Cpu { threads } else { 1 },
         compile_ms,
@@ -248,7 +250,7 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
                 report.opt_level,
                 report.threads,
                 if report.threads == 1 { "" } else { "s" },
-                if precision == cnnc::precision::Precision::F32 { String::new() } else { format!(", {precision}") },
+                if precision == "f32" { String::new() } else { format!(", {precision}") },
                 cnnc::summary::thousands(report.macs)
             );
             println!("  compile  {:10.2} ms (passes and code generation)", report.compile_ms);

@@ -71,7 +71,7 @@ enum Emit {
 
 pub fn exec(args: &Args) -> Result<(), UserError> {
     let Args { net, weights, shape, opt, target, emit, target_triple, cpu, precision, output: dir } = args;
-    let precision = precision.get();
+    precision.check()?;
     let default_emit = [Emit::Obj, Emit::Header];
     let emit: &[Emit] = if emit.is_empty() && *target == BuildTarget::Cpu { &default_emit } else { emit };
     if *target == BuildTarget::Gpu
@@ -103,12 +103,12 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
         BuildTarget::Gpu => passes::Capabilities::GPU,
     };
     passes::optimize_for(&mut graph, opt.level(), capabilities)?;
-    if precision != cnnc::precision::Precision::F32 {
+    if precision.reduced() {
         if emit.iter().any(|e| matches!(e, Emit::Wgsl | Emit::Plan)) || *target == BuildTarget::Gpu {
-            return Err(UserError(format!("error: --precision {precision}: the gpu target runs f32 only")));
+            return Err(UserError(format!("error: --precision {}: the gpu target runs f32 only", precision.name())));
         }
         // The IR, DOT and header outputs show each layer's precision.
-        cnnc::precision::assign(&mut graph, precision);
+        precision.assign(&mut graph)?;
         if emit.iter().any(|e| matches!(e, Emit::Obj | Emit::Header))
             && let Some(note) = args.precision.cpu_note()
         {

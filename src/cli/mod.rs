@@ -6,6 +6,7 @@
 mod args;
 mod bench;
 mod build;
+mod calibrate;
 mod check;
 mod common;
 mod explain;
@@ -60,6 +61,9 @@ enum Command {
     Build(build::Args),
     /// Time a network: warm-up, repeated runs, median and min, GFLOP/s, peak memory.
     Bench(bench::Args),
+    /// Measure each conv and linear layer's input range on sample inputs (the reference
+    /// interpreter, in f32) and write the calibration `--precision int8 --calib` reads.
+    Calibrate(calibrate::Args),
     /// Show which pixels of an image a class depends on: occlusion or RISE saliency,
     /// blended over the image as a PNG, with the raw map beside it as .npy.
     ///
@@ -88,6 +92,7 @@ fn exec(command: &Command) -> Result<(), UserError> {
         Command::Run(args) => run::exec(args),
         Command::Build(args) => build::exec(args),
         Command::Bench(args) => bench::exec(args),
+        Command::Calibrate(args) => calibrate::exec(args),
         Command::Graph(args) => graph::exec(args),
         Command::Import(args) => import::exec(args),
         Command::Explain(args) => explain::exec(args),

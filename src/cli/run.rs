@@ -154,9 +154,9 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
         shape,
         dump_activations,
     } = args;
-    let precision = precision.get();
-    if precision != cnnc::precision::Precision::F32 && (*target == Target::Gpu || compare.contains(&Target::Gpu)) {
-        return Err(UserError(format!("error: --precision {precision}: the gpu target runs f32 only")));
+    precision.check()?;
+    if precision.reduced() && (*target == Target::Gpu || compare.contains(&Target::Gpu)) {
+        return Err(UserError(format!("error: --precision {}: the gpu target runs f32 only", precision.name())));
     }
     let (net, level, labels) = (net.as_path(), opt.level(), labels.as_deref());
     let (mean, std, top) = (mean.as_deref(), std.as_deref(), *top);
@@ -174,7 +174,7 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
         // One graph for every target, so that each node's value can be compared: the
         // generic pipeline's, which every target runs (no pooling fused for the gpu).
         passes::optimize(&mut graph, level)?;
-        cnnc::precision::assign(&mut graph, precision);
+        precision.assign(&mut graph)?;
         if compare.contains(&Target::Cpu)
             && let Some(note) = args.precision.cpu_note()
         {
@@ -200,7 +200,9 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
     }
     let compile_started = std::time::Instant::now();
     passes::optimize_for(&mut graph, level, target.to_exec().capabilities())?;
-    let options = cnnc::exec::ExecOptions { precision, ..threads.options() };
+    // The graph carries each layer's precision: the executor takes it as it is.
+    precision.assign(&mut graph)?;
+    let options = threads.options();
     if *target == Target::Cpu
         && let Some(note) = args.precision.cpu_note()
     {
@@ -247,14 +249,14 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
 fn dump(
     graph: &Graph,
     level: passes::OptLevel,
-    precision: cnnc::precision::Precision,
+    precision: &super::args::PrecisionArgs,
     inputs: &[cnnc::tensor::Tensor],
     dir: &std::path::Path,
 ) -> Result<(), UserError> {
     let started = std::time::Instant::now();
     let mut traced = graph.clone();
     passes::optimize(&mut traced, level)?;
-    cnnc::precision::assign(&mut traced, precision);
+    precision.assign(&mut traced)?;
     let dump = cnnc::explain::activations::dump_activations(
         &traced,
         inputs,

@@ -401,12 +401,20 @@ fn prepare(
                 out_w: node.shape[3],
             };
             let bias = bias.map(|b| b.data.as_slice());
-            // A bf16 layer runs on the direct tiles, which round its operands.
-            let bf16 = node.precision == Precision::Bf16;
-            if bf16 {
+            // A bf16 or int8 layer runs on the direct tiles, which round or quantize its
+            // operands.
+            if node.precision != Precision::F32 {
                 let vectors = options.conv_vectors.max(1);
                 let simd = bf16_simd(simd);
-                return Ok(Kernel::Conv(ConvKernel::new(conv, shape, &weight.data, bias, vectors, simd, true)));
+                return Ok(Kernel::Conv(ConvKernel::new(
+                    conv,
+                    shape,
+                    &weight.data,
+                    bias,
+                    vectors,
+                    simd,
+                    node.precision,
+                )));
             }
             if simd == Some(Simd::Avx512) && PointwiseKernel::applies(conv, &node.epilogue) {
                 let shape = (x_shape[0], x_shape[1], node.shape[1], node.shape[2] * node.shape[3]);
@@ -420,7 +428,15 @@ fn prepare(
                 let m = WinogradKernel::tile_size(&shape, options.winograd_f4);
                 return Ok(Kernel::Winograd(WinogradKernel::new(conv, shape, m, &weight.data, bias)));
             }
-            Kernel::Conv(ConvKernel::new(conv, shape, &weight.data, bias, options.conv_vectors.max(1), simd, false))
+            Kernel::Conv(ConvKernel::new(
+                conv,
+                shape,
+                &weight.data,
+                bias,
+                options.conv_vectors.max(1),
+                simd,
+                Precision::F32,
+            ))
         }
         Op::Linear { out_features, .. } => {
             let weight = required(weights, node, &x_shape, ParamRole::Weight)?;
@@ -432,8 +448,8 @@ fn prepare(
                 bias,
                 *out_features,
                 options.linear_vectors.max(1),
-                if node.precision == Precision::Bf16 { bf16_simd(simd) } else { simd },
-                node.precision == Precision::Bf16,
+                if node.precision != Precision::F32 { bf16_simd(simd) } else { simd },
+                node.precision,
             ))
         }
         Op::ScaleShift => {
@@ -897,10 +913,11 @@ pub(crate) fn define_constant_function<M: Module>(module: &mut M, name: &str, va
     Ok(id)
 }
 
-/// The tiles a bf16 layer runs on: at most AVX2's. Its operands are rounded into scratch
-/// and the f32 tiles compute on them (no speed to gain yet, see `crate::precision`); the
-/// AVX2 and f32x4 tiles are the ones this path was checked on against the interpreter,
-/// so an AVX-512 machine runs them too until the `vdpbf16ps` tiles are enabled.
+/// The tiles a bf16 or int8 layer runs on: at most AVX2's. Its operands are rounded (or
+/// quantized) into scratch and the f32 tiles compute on them (no speed to gain yet, see
+/// `crate::precision`); the AVX2 and f32x4 tiles are the ones this path was checked on
+/// against the interpreter, so an AVX-512 machine runs them too until the `vdpbf16ps`
+/// (and integer) tiles are enabled.
 fn bf16_simd(simd: Option<Simd>) -> Option<Simd> {
     simd.map(|_| Simd::Avx2)
 }

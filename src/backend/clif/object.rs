@@ -110,8 +110,18 @@ fn header(graph: &Graph, name: &str, target: &str, arena_bytes: usize) -> String
     if !reduced.is_empty() {
         line("/* Layers that do not run in f32 (every other layer does); bf16: weights and the".into());
         line("   layer's input rounded to bf16 (to nearest even), f32 accumulation, bias and epilogue: */".into());
+        if reduced.iter().any(|n| n.precision.is_int8()) {
+            line("/* int8: weights s8 per output channel, the layer's input u8 with the scale and zero".into());
+            line("   point given, exact integer sums, then f32 rescaling, bias and epilogue: */".into());
+        }
         for node in reduced {
-            line(format!("/*   `{}` ({}): {} */", node.name, node.op.mnemonic(), node.precision));
+            let detail = match node.precision {
+                crate::precision::Precision::Int8(q) => {
+                    format!(" (input scale {:e}, zero point {})", q.scale(), q.zero_point())
+                }
+                _ => String::new(),
+            };
+            line(format!("/*   `{}` ({}): {}{detail} */", node.name, node.op.mnemonic(), node.precision));
         }
     }
     let mut offset = 0usize;

@@ -32,6 +32,7 @@ use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, types};
 use super::x86::{Simd, TileSpec, Ukernel};
 use super::{F32, F32X4, Kb, Loc, MicroKernel};
 use crate::ir::{Conv, Epilogue};
+use crate::precision::Precision;
 
 /// The fewest chunks a plane is cut into when it has that many units (rows or tiles):
 /// the parts of a multithreaded run share a convolution's chunks.
@@ -103,19 +104,84 @@ pub(super) fn pack(weight: &[f32], bias: Option<&[f32]>, groups: usize, k: usize
             }
         }
     }
+    packed.extend(channel_region(bias, groups, out_per_group, blocking));
+    debug_assert_eq!(packed.len(), packed.capacity());
+    packed
+}
+
+/// One value per output channel laid out as `pack` lays out the bias (blocks of
+/// `4 * vectors` lanes per group, the lanes past a group's channels 0), little-endian.
+fn channel_region(values: Option<&[f32]>, groups: usize, out_per_group: usize, blocking: Blocking) -> Vec<u8> {
+    let mut blocks: Vec<(usize, usize)> =
+        (0..blocking.full_blocks).map(|b| (b * 4 * blocking.vectors, 4 * blocking.vectors)).collect();
+    if blocking.tail_vectors > 0 {
+        blocks.push((blocking.full_blocks * 4 * blocking.vectors, 4 * blocking.tail_vectors));
+    }
+    let mut region = Vec::with_capacity(4 * groups * blocking.group_lanes());
     for group in 0..groups {
         for &(first, lanes) in &blocks {
             for oc in first..first + lanes {
-                let value = match bias {
+                let value = match values {
                     Some(b) if oc < out_per_group => b[group * out_per_group + oc],
                     _ => 0.0,
                 };
-                packed.extend_from_slice(&value.to_le_bytes());
+                region.extend_from_slice(&value.to_le_bytes());
             }
         }
     }
-    debug_assert_eq!(packed.len(), packed.capacity());
-    packed
+    region
+}
+
+/// Copies `count` floats of a conv's or linear layer's input from `src` to `dst` as the
+/// layer reads them: as they are (f32), rounded to bf16, or as the integer offsets
+/// `q_x - zp` of int8 (`Int8Input::offset`: a division, rounding half to even, the zero
+/// point added, a clamp to [0, 255] that keeps NaN, the zero point taken off).
+fn copy_operand(kb: &mut Kb, precision: Precision, src: Value, dst: Value, count: usize) {
+    match precision {
+        Precision::F32 => kb.copy_floats(src, dst, count),
+        Precision::Bf16 => kb.copy_floats_bf16(src, dst, count),
+        Precision::Int8(input) => kb.map_floats(count, &[src], dst, |kb, ty, values| {
+            let scale = kb.constant(ty, input.scale());
+            let zero_point = kb.constant(ty, input.zero_point() as f32);
+            let (low, high) = (kb.constant(ty, 0.0), kb.constant(ty, 255.0));
+            let q = kb.fb.ins().fdiv(values[0], scale);
+            let q = kb.fb.ins().nearest(q);
+            let q = kb.fb.ins().fadd(q, zero_point);
+            // Cranelift's fmax and fmin return NaN when either operand is NaN.
+            let q = kb.fb.ins().fmax(q, low);
+            let q = kb.fb.ins().fmin(q, high);
+            kb.fb.ins().fsub(q, zero_point)
+        }),
+    }
+}
+
+/// The packed data of a conv or linear kernel: the weights and the bias as `pack` lays
+/// them out, at the layer's precision. An int8 layer packs its weights' integers and a
+/// zero bias (its accumulators start at 0 and sum integers), then the per-channel
+/// factors `m[c]` and the real bias in two more regions laid out as the bias
+/// ([`Block::requant`]).
+fn pack_operands(
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    groups: usize,
+    k: usize,
+    blocking: Blocking,
+    precision: Precision,
+) -> Vec<u8> {
+    let out_channels = weight.len() / k.max(1);
+    let (weight, weight_scales) = operand_weights(weight, precision, out_channels);
+    match precision {
+        Precision::Int8(input) => {
+            let integers = weight;
+            let mut data = pack(&integers, None, groups, k, blocking);
+            let scales = crate::precision::output_scales(input, weight_scales.as_deref().unwrap_or_default());
+            let out_per_group = out_channels / groups;
+            data.extend(channel_region(Some(&scales), groups, out_per_group, blocking));
+            data.extend(channel_region(bias, groups, out_per_group, blocking));
+            data
+        }
+        _ => pack(&weight, bias, groups, k, blocking),
+    }
 }
 
 /// The reduction of one output value: `count` steps (input channels, or features), each
@@ -145,6 +211,10 @@ struct Block {
     bias: Value,
     out: Value,
     residual: Option<Value>,
+    /// int8: the bytes from `bias` to the block's factors `m[c]`, the real bias twice as
+    /// far ([`pack_operands`]); the store computes `acc * m[c] + bias[c]` before the
+    /// epilogue.
+    requant: Option<i64>,
 }
 
 /// Where one group's blocks read and write: the packed weights and bias, the output
@@ -156,6 +226,7 @@ struct BlockBases {
     out: Value,
     residual: Option<Value>,
     channel_bytes: i64,
+    requant: Option<i64>,
 }
 
 impl Blocking {
@@ -169,6 +240,7 @@ impl Blocking {
             bias: kb.index(bases.bias, index, (lanes * 4) as i64),
             out: kb.index(bases.out, index, lanes as i64 * bases.channel_bytes),
             residual: bases.residual.map(|r| kb.index(r, index, lanes as i64 * bases.channel_bytes)),
+            requant: bases.requant,
         }
     }
 
@@ -182,6 +254,7 @@ impl Blocking {
             bias: kb.offset(bases.bias, first as i64 * 4),
             out: kb.offset(bases.out, first as i64 * bases.channel_bytes),
             residual: bases.residual.map(|r| kb.offset(r, first as i64 * bases.channel_bytes)),
+            requant: bases.requant,
         }
     }
 }
@@ -324,6 +397,7 @@ fn store_buffered_tile(kb: &mut Kb, buffer: Value, tile: &Tile, block: &Block, o
         for p in 0..pixels {
             for channel in 0..block.channels {
                 let x = kb.load(F32, buffer, 4 * ((first + p) * lanes + channel) as i64);
+                let x = requantize(kb, block, x, 4 * channel as i64);
                 let offset = channel as i64 * oc_stride + p as i64 * tile.out_stride;
                 let x = kb.epilogue(epilogue, x, residual.map(|r| (r, offset)));
                 kb.store(x, out, offset);
@@ -343,7 +417,7 @@ fn store_tile(kb: &mut Kb, acc: &[Value], tile: &Tile, block: &Block, oc_stride:
             for v in 0..vectors {
                 let offset = p as i64 * tile.out_stride + 16 * v as i64;
                 let valid = block.channels.saturating_sub(4 * v).min(4);
-                let value = acc[p * vectors + v];
+                let value = requantize(kb, block, acc[p * vectors + v], 16 * v as i64);
                 if valid == 4 {
                     let value = kb.epilogue(epilogue, value, residual.map(|r| (r, offset)));
                     kb.store(value, out, offset);
@@ -369,6 +443,7 @@ fn store_tile(kb: &mut Kb, acc: &[Value], tile: &Tile, block: &Block, oc_stride:
                     break;
                 }
                 let offset = channel as i64 * oc_stride;
+                let column = requantize_pixels(kb, block, column, channel);
                 let value = kb.epilogue(epilogue, column, residual.map(|r| (r, offset)));
                 kb.store(value, out, offset);
             }
@@ -378,12 +453,39 @@ fn store_tile(kb: &mut Kb, acc: &[Value], tile: &Tile, block: &Block, oc_stride:
             for channel in 0..block.channels {
                 let (v, lane) = (channel / 4, channel % 4);
                 let x = kb.fb.ins().extractlane(acc[p * vectors + v], lane as u8);
+                let x = requantize(kb, block, x, 4 * channel as i64);
                 let offset = channel as i64 * oc_stride + p as i64 * tile.out_stride;
                 let x = kb.epilogue(epilogue, x, residual.map(|r| (r, offset)));
                 kb.store(x, out, offset);
             }
         }
     }
+}
+
+/// int8 (`block.requant`): `f32(acc * m[c]) + bias[c]` for the accumulator `x`, an
+/// F32 (one channel) or an F32X4 (four channels) whose factors start `offset` bytes into
+/// the block's regions. A multiply and an add, each rounded, as the interpreter computes
+/// it. Other precisions: `x` as it is.
+fn requantize(kb: &mut Kb, block: &Block, x: Value, offset: i64) -> Value {
+    let Some(requant) = block.requant else { return x };
+    let ty = kb.fb.func.dfg.value_type(x);
+    let scale = kb.load_weight(ty, block.bias, requant + offset);
+    let shift = kb.load_weight(ty, block.bias, 2 * requant + offset);
+    let product = kb.fb.ins().fmul(x, scale);
+    kb.fb.ins().fadd(product, shift)
+}
+
+/// [`requantize`] for an F32X4 holding one channel's four pixels: the channel's factor
+/// and bias splatted.
+fn requantize_pixels(kb: &mut Kb, block: &Block, x: Value, channel: usize) -> Value {
+    let Some(requant) = block.requant else { return x };
+    let offset = 4 * channel as i64;
+    let scale = kb.load_weight(F32, block.bias, requant + offset);
+    let shift = kb.load_weight(F32, block.bias, 2 * requant + offset);
+    let scale = kb.fb.ins().splat(F32X4, scale);
+    let shift = kb.fb.ins().splat(F32X4, shift);
+    let product = kb.fb.ins().fmul(x, scale);
+    kb.fb.ins().fadd(product, shift)
 }
 
 /// Transposes four f32x4 rows into four columns with the unpack shuffles (`unpcklps`,
@@ -425,13 +527,22 @@ pub(crate) struct ConvShape {
     pub out_w: usize,
 }
 
-/// The weights a conv or linear kernel packs: as given, or rounded to bf16 for a bf16
-/// layer (`crate::precision`).
-fn operand_weights(weight: &[f32], bf16: bool) -> std::borrow::Cow<'_, [f32]> {
-    if bf16 {
-        std::borrow::Cow::Owned(weight.iter().map(|&w| crate::precision::round_bf16(w)).collect())
-    } else {
-        std::borrow::Cow::Borrowed(weight)
+/// The weights a conv or linear kernel packs (`crate::precision`): as given in f32,
+/// rounded to bf16 for a bf16 layer, their integers for an int8 layer (with the
+/// per-channel scales `s_w`; `out_channels` rows of weights).
+fn operand_weights(
+    weight: &[f32],
+    precision: Precision,
+    out_channels: usize,
+) -> (std::borrow::Cow<'_, [f32]>, Option<Vec<f32>>) {
+    use std::borrow::Cow;
+    match precision {
+        Precision::F32 => (Cow::Borrowed(weight), None),
+        Precision::Bf16 => (Cow::Owned(weight.iter().map(|&w| crate::precision::round_bf16(w)).collect()), None),
+        Precision::Int8(_) => {
+            let (integers, scales) = crate::precision::quantize_weights(weight, out_channels);
+            (Cow::Owned(integers), Some(scales))
+        }
     }
 }
 
@@ -446,10 +557,13 @@ pub(crate) struct ConvKernel {
     simd: Option<Simd>,
     /// Where the bias starts in the packed data, in floats.
     bias_start: usize,
-    /// bf16 (`precision`): the weights packed rounded to bf16, and the input rounded to
-    /// bf16 as it is copied into the scratch buffer (always copied then, padded or not);
-    /// the f32 tiles then compute what the interpreter's bf16 simulation computes.
-    bf16: bool,
+    /// The layer's precision (`crate::precision`). bf16: the weights packed rounded to
+    /// bf16, and the input rounded to bf16 as it is copied into the scratch buffer
+    /// (always copied then, padded or not). int8: the weights' integers packed, the
+    /// input's integer offsets `q_x - zp` written into the scratch buffer, the rescaling
+    /// applied at the store ([`pack_operands`]). Either way the f32 tiles then compute
+    /// what the interpreter's simulation computes.
+    precision: Precision,
     /// The packed weights and bias, little-endian f32.
     pub data: Vec<u8>,
 }
@@ -464,9 +578,8 @@ impl ConvKernel {
         bias: Option<&[f32]>,
         vectors: usize,
         simd: Option<Simd>,
-        bf16: bool,
+        precision: Precision,
     ) -> ConvKernel {
-        let weight = &operand_weights(weight, bf16)[..];
         let out_per_group = shape.out_channels / conv.groups;
         let k = shape.in_channels / conv.groups * conv.kernel.h * conv.kernel.w;
         // The pixels tiled in one line: the whole plane or a row (see `line_mode`).
@@ -480,18 +593,19 @@ impl ConvKernel {
             }
             None => (4, Blocking::new(out_per_group, vectors, 1)),
         };
-        let data = pack(weight, bias, conv.groups, k, blocking);
+        let data = pack_operands(weight, bias, conv.groups, k, blocking, precision);
         let bias_start = conv.groups * blocking.group_lanes() * k;
-        ConvKernel { conv: conv.clone(), shape, blocking, tile_width, simd, bias_start, bf16, data }
+        ConvKernel { conv: conv.clone(), shape, blocking, tile_width, simd, bias_start, precision, data }
     }
 
     fn padded(&self) -> bool {
         !self.conv.pad.is_zero()
     }
 
-    /// Whether the input is copied into the scratch buffer first: padded, or rounded.
+    /// Whether the input is copied into the scratch buffer first: padded, rounded or
+    /// quantized.
     fn copied(&self) -> bool {
-        self.padded() || self.bf16
+        self.padded() || self.precision != Precision::F32
     }
 
     /// The padded input's height and width.
@@ -520,8 +634,10 @@ impl ConvKernel {
         let s = &self.shape;
         let line = if self.line_mode() { s.out_h * s.out_w } else { s.out_w };
         text = text + ", " + &block_text(self.blocking, self.tile_width.min(line), simd);
-        if self.bf16 {
-            text.push_str(", bf16 operands");
+        match self.precision {
+            Precision::F32 => {}
+            Precision::Bf16 => text.push_str(", bf16 operands"),
+            Precision::Int8(_) => text.push_str(", int8 operands (as f32)"),
         }
         text
     }
@@ -593,6 +709,7 @@ impl ConvKernel {
                     out: out_g,
                     residual: res_g,
                     channel_bytes: out_plane,
+                    requant: self.precision.is_int8().then_some((c.groups * group_lanes * 4) as i64),
                 };
                 let (chunks, chunk_size) = self.chunking();
                 if chunks > 1 {
@@ -682,7 +799,8 @@ impl ConvKernel {
     }
 
     /// Copies one batch element's input into the scratch buffer with zero borders (this
-    /// part's share of the channels), rounded to bf16 for a bf16 layer.
+    /// part's share of the channels), rounded to bf16 for a bf16 layer, as the integer
+    /// offsets `q_x - zp` for an int8 layer (the zero borders are then the real 0's).
     fn emit_pad_copy(&self, kb: &mut Kb, x_n: Value, scratch: Value) {
         let s = &self.shape;
         let p = self.conv.pad;
@@ -691,8 +809,8 @@ impl ConvKernel {
             let src_plane = kb.index(x_n, channel, (s.in_h * s.in_w * 4) as i64);
             let dst_plane = kb.index(scratch, channel, (hp * wp * 4) as i64);
             if !self.padded() {
-                // Only rounded: the plane in one run, not row by row.
-                kb.copy_floats_bf16(src_plane, dst_plane, s.in_h * s.in_w);
+                // Only rounded or quantized: the plane in one run, not row by row.
+                copy_operand(kb, self.precision, src_plane, dst_plane, s.in_h * s.in_w);
                 return;
             }
             kb.zero_floats(dst_plane, hp * wp);
@@ -700,11 +818,7 @@ impl ConvKernel {
             kb.for_range(s.in_h, |kb, row| {
                 let src = kb.index(src_plane, row, (s.in_w * 4) as i64);
                 let dst = kb.index(dst_plane, row, (wp * 4) as i64);
-                if self.bf16 {
-                    kb.copy_floats_bf16(src, dst, s.in_w);
-                } else {
-                    kb.copy_floats(src, dst, s.in_w);
-                }
+                copy_operand(kb, self.precision, src, dst, s.in_w);
             });
         });
     }
@@ -832,9 +946,9 @@ pub(crate) struct LinearKernel {
     out_features: usize,
     blocking: Blocking,
     bias_start: usize,
-    /// bf16: the weights packed rounded to bf16, the input rounded into the scratch
-    /// buffer first (as `ConvKernel::bf16`).
-    bf16: bool,
+    /// bf16 or int8: the weights packed rounded or quantized, the input rounded or
+    /// quantized into the scratch buffer first (as `ConvKernel::precision`).
+    precision: Precision,
     /// The packed weights and bias, little-endian f32.
     pub data: Vec<u8>,
 }
@@ -847,9 +961,8 @@ impl LinearKernel {
         out_features: usize,
         vectors: usize,
         simd: Option<Simd>,
-        bf16: bool,
+        precision: Precision,
     ) -> LinearKernel {
-        let weight = &operand_weights(weight, bf16)[..];
         let in_features = weight.len() / out_features;
         let (tile_width, blocking) = match simd {
             Some(simd) => {
@@ -858,14 +971,14 @@ impl LinearKernel {
             }
             None => (4, Blocking::new(out_features, vectors, 1)),
         };
-        let data = pack(weight, bias, 1, in_features, blocking);
+        let data = pack_operands(weight, bias, 1, in_features, blocking, precision);
         let bias_start = blocking.group_lanes() * in_features;
-        LinearKernel { batch, tile_width, simd, in_features, out_features, blocking, bias_start, bf16, data }
+        LinearKernel { batch, tile_width, simd, in_features, out_features, blocking, bias_start, precision, data }
     }
 
-    /// Scratch bytes for the bf16 copy of the input.
+    /// Scratch bytes for the rounded or quantized copy of the input.
     pub fn scratch_bytes(&self) -> usize {
-        if self.bf16 { 4 * self.batch * self.in_features } else { 0 }
+        if self.precision != Precision::F32 { 4 * self.batch * self.in_features } else { 0 }
     }
 
     fn reduction(&self) -> Reduction {
@@ -875,8 +988,12 @@ impl LinearKernel {
     /// The algorithm, for profiles: `tiled` when the machine-code micro-kernels run it.
     pub fn algorithm(&self, tiled: bool) -> String {
         let simd = self.simd.filter(|_| tiled);
-        let bf16 = if self.bf16 { ", bf16 operands" } else { "" };
-        format!("gemm, {}{bf16}", block_text(self.blocking, self.tile_width.min(self.batch), simd))
+        let operands = match self.precision {
+            Precision::F32 => "",
+            Precision::Bf16 => ", bf16 operands",
+            Precision::Int8(_) => ", int8 operands (as f32)",
+        };
+        format!("gemm, {}{operands}", block_text(self.blocking, self.tile_width.min(self.batch), simd))
     }
 
     /// The micro-kernels the tiles of this layer can use.
@@ -895,13 +1012,14 @@ impl LinearKernel {
         let k = self.in_features;
         let reduction = self.reduction();
         let mut x_base = kb.addr(x);
-        if self.bf16 {
-            // The parts round a share of the rows each, then all read all of them.
+        if self.precision != Precision::F32 {
+            // The parts round (or quantize) a share of the rows each, then all read all
+            // of them.
             let scratch_base = kb.addr(scratch);
             kb.for_share(self.batch, |kb, row| {
                 let src = kb.index(x_base, row, (k * 4) as i64);
                 let dst = kb.index(scratch_base, row, (k * 4) as i64);
-                kb.copy_floats_bf16(src, dst, k);
+                copy_operand(kb, self.precision, src, dst, k);
             });
             kb.sync();
             x_base = scratch_base;
@@ -916,6 +1034,7 @@ impl LinearKernel {
             out: out_base,
             residual: residual_base,
             channel_bytes: 4,
+            requant: self.precision.is_int8().then_some((self.blocking.group_lanes() * 4) as i64),
         };
         let in_stride = (k * 4) as i64;
         let out_stride = (self.out_features * 4) as i64;

@@ -1,0 +1,745 @@
+//! `--precision int8` (issue #19, first slice): the quantization's arithmetic (ties to
+//! even, saturation, the zero point, all-zero channels, NaN and infinities), calibration
+//! (a round trip through its file and the files it refuses), the reference interpreter's
+//! simulation (it changes the outputs: the rounding is applied), the cpu target against
+//! the simulation within 1e-6 relative L2 layer by layer on examples and random layers
+//! (its integer sums are exact; what remains is the rounding order of the f32 layers
+//! between), the command line (`calibrate`, `run`, `bench`, `build`, the refusals) and
+//! the build-script API; and the trained digits model's held-out accuracy in int8.
+
+#[allow(dead_code)]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use cnnc::calibrate::{Calibration, Method, calibrate, int8_layers};
+use cnnc::interp;
+use cnnc::ir::{Graph, Op};
+use cnnc::passes::OptLevel;
+use cnnc::precision::{Int8Input, Precision, quantize_weight, quantize_weights};
+use cnnc::tensor::{Tensor, argmax_rows, relative_l2};
+
+/// The cpu target against the interpreter's int8 simulation, per layer on the same
+/// inputs (relative L2). The integer sums are exact on both sides and the rescaling is
+/// rounded the same way, so the differences left are the last bits of the f32 layers
+/// around them (and of sums past 2^24 in the f32 accumulators).
+const INT8_TOLERANCE: f64 = 1e-6;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn cnnc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cnnc")).args(args).current_dir(repo()).output().unwrap()
+}
+
+fn example(name: &str) -> String {
+    std::fs::read_to_string(repo().join("examples").join(name)).unwrap()
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cnnc-int8-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Batch-1 runs of random inputs (seeds from `seed`) for calibrating a batch-1 copy.
+fn random_runs(graph: &Graph, count: u64, seed: u64) -> Vec<Vec<Tensor>> {
+    (0..count).map(|k| common::random_inputs(graph, seed + 10 * k)).collect()
+}
+
+/// A graph with int8 assigned from a calibration on `runs` random items (calibrated at
+/// batch 1, applied at the graph's batch).
+fn int8_graph(source: &str, batch: usize, seed: u64, method: Method) -> (Graph, Graph) {
+    let one = common::random_graph(source, 1, seed, OptLevel::O2).unwrap();
+    let calibration = calibrate(&one, &random_runs(&one, 3, seed + 500), method).unwrap();
+    let f32_graph = common::random_graph(source, batch, seed, OptLevel::O2).unwrap();
+    let mut graph = f32_graph.clone();
+    let layers = calibration.assign(&mut graph).unwrap();
+    assert!(layers > 0);
+    cnnc::ir::verify(&graph).unwrap();
+    (f32_graph, graph)
+}
+
+#[test]
+fn input_quantization_rounds_half_to_even_and_saturates() {
+    let q = Int8Input::new(0.5, 10).unwrap();
+    // x / 0.5 = 2.5 -> 2 (even), 3.5 -> 4, -2.5 -> -2: then + 10 and - 10.
+    assert_eq!(q.offset(1.25), 2.0);
+    assert_eq!(q.offset(1.75), 4.0);
+    assert_eq!(q.offset(-1.25), -2.0);
+    assert_eq!(q.offset(0.26), 1.0);
+    // The real 0 is exactly the zero point.
+    assert_eq!(q.offset(0.0), 0.0);
+    assert_eq!(q.offset(-0.0), 0.0);
+    // Saturation at q = 0 (offset -10) and q = 255 (offset 245), infinities too.
+    assert_eq!(q.offset(-100.0), -10.0);
+    assert_eq!(q.offset(1000.0), 245.0);
+    assert_eq!(q.offset(f32::INFINITY), 245.0);
+    assert_eq!(q.offset(f32::NEG_INFINITY), -10.0);
+    assert_eq!(q.offset(f32::MAX), 245.0);
+    // NaN stays NaN.
+    assert!(q.offset(f32::NAN).is_nan());
+    assert_eq!(q.dequantize(q.offset(1.75)), 2.0);
+    // Scales must be positive and finite.
+    assert!(Int8Input::new(0.0, 0).is_none());
+    assert!(Int8Input::new(-1.0, 0).is_none());
+    assert!(Int8Input::new(f32::NAN, 0).is_none());
+    assert!(Int8Input::new(f32::INFINITY, 0).is_none());
+}
+
+#[test]
+fn ranges_are_widened_to_contain_zero() {
+    // [0, 2.55]: scale 0.01, zero point 0.
+    let q = Int8Input::from_range(0.0, 2.55).unwrap();
+    assert_eq!((q.scale(), q.zero_point()), (2.55 / 255.0, 0));
+    // A positive range starts at 0, a negative one ends there (zero point 255).
+    assert_eq!(Int8Input::from_range(1.0, 2.0).unwrap(), Int8Input::from_range(0.0, 2.0).unwrap());
+    let negative = Int8Input::from_range(-3.0, -1.0).unwrap();
+    assert_eq!(negative.zero_point(), 255);
+    assert_eq!(negative.offset(0.0), 0.0);
+    assert_eq!(negative.offset(-3.0), -255.0);
+    // A symmetric range: -lo / scale is 127.5 but for the rounding of the scale (2/255
+    // rounds up in f32, so 1 / scale = 127.49999...: zero point 127).
+    let symmetric = Int8Input::from_range(-1.0, 1.0).unwrap();
+    assert_eq!(symmetric.zero_point(), (1.0 / symmetric.scale()).round_ties_even() as u8);
+    assert_eq!(symmetric.zero_point(), 127);
+    // Every value of the range maps into it, its ends included.
+    for &(lo, hi) in &[(-0.7f32, 3.1f32), (-5.0, 0.2), (0.0, 1e-3), (-1e4, 1e4)] {
+        let q = Int8Input::from_range(lo, hi).unwrap();
+        let zp = q.zero_point() as f32;
+        for k in 0..=100 {
+            let x = lo + (hi - lo) * k as f32 / 100.0;
+            let level = q.offset(x) + zp;
+            assert!((0.0..=255.0).contains(&level), "{x} in [{lo}, {hi}]: level {level}");
+            assert!((q.dequantize(q.offset(x)) - x).abs() <= q.scale() * 0.5001 + 1e-6 * x.abs(), "{x}");
+        }
+    }
+    // [0, 0] (a dead input): scale 1, zero point 0; not-finite or reversed ranges: none.
+    assert_eq!(Int8Input::from_range(0.0, 0.0).unwrap(), Int8Input::new(1.0, 0).unwrap());
+    assert!(Int8Input::from_range(1.0, 0.0).is_none());
+    assert!(Int8Input::from_range(f32::NAN, 1.0).is_none());
+    assert!(Int8Input::from_range(0.0, f32::INFINITY).is_none());
+    assert!(Int8Input::from_range(-f32::MAX, f32::MAX).is_none());
+}
+
+#[test]
+fn weights_are_symmetric_per_output_channel() {
+    // Two channels of 4: max |w| 2.54 -> scale 0.02; an all-zero channel -> scale 1.
+    let weight = [2.54, -1.27, 0.03, -0.05, 0.0, 0.0, 0.0, 0.0];
+    let (q, scales) = quantize_weights(&weight, 2);
+    assert_eq!(scales, vec![2.54 / 127.0, 1.0]);
+    // 2.54 -> 127, -1.27 -> -63.5 -> -64 (even), 0.03 -> 1.5 -> 2, -0.05 -> -2.5 -> -2.
+    assert_eq!(q[..4], [127.0, -64.0, 2.0, -2.0]);
+    assert_eq!(q[4..], [0.0; 4]);
+    // Never -128: the largest magnitude of either sign is 127.
+    let (q, _) = quantize_weights(&[-3.0, 1.0, 2.9999], 1);
+    assert_eq!(q, vec![-127.0, 42.0, 127.0]);
+    assert_eq!(quantize_weight(-1000.0, 1.0), -127.0);
+    assert_eq!(quantize_weight(0.5, 1.0), 0.0);
+    assert_eq!(quantize_weight(1.5, 1.0), 2.0);
+}
+
+/// A conv layer in int8 by hand: `f32(sum * s_x * s_w) + bias`, with the padding's
+/// zeros exact; the interpreter computes exactly that.
+#[test]
+fn the_interpreter_computes_the_integer_arithmetic() {
+    let source = "network t {\n    input x: [1, 1, 3]\n    c: conv(2, (1, 3), pad=(0, 1))\n}\n";
+    let mut graph = cnnc::front::compile_source(source, &Default::default()).unwrap();
+    let weight = vec![0.5, -1.0, 0.25, 0.0, 0.0, 0.0];
+    graph.weights.insert("c.weight", Tensor::new(vec![2, 1, 1, 3], weight.clone()).unwrap());
+    graph.weights.insert("c.bias", Tensor::new(vec![2], vec![0.125, -3.0]).unwrap());
+    let x = Tensor::new(vec![1, 1, 1, 3], vec![0.3, -0.2, 0.7]).unwrap();
+    let input = Int8Input::from_range(-0.2, 0.7).unwrap();
+    let id = graph.node_ids().into_iter().find(|&id| matches!(graph.node(id).op, Op::Conv(_))).unwrap();
+    graph.node_mut(id).precision = Precision::Int8(input);
+    let out = interp::run(&graph, &graph.weights, std::slice::from_ref(&x)).unwrap().remove(0);
+    let (q, s_w) = quantize_weights(&weight, 2);
+    let xq: Vec<f32> = x.data.iter().map(|&v| input.offset(v)).collect();
+    let padded = [0.0, xq[0], xq[1], xq[2], 0.0];
+    let m = input.scale() * s_w[0];
+    for ow in 0..3 {
+        let sum: f32 = (0..3).map(|k| padded[ow + k] * q[k]).sum();
+        assert_eq!(sum.fract(), 0.0);
+        assert_eq!(out.data[ow], sum * m + 0.125, "column {ow}");
+        // The all-zero channel gives its bias.
+        assert_eq!(out.data[3 + ow], -3.0);
+    }
+    // And the result is not f32's.
+    graph.node_mut(id).precision = Precision::F32;
+    let f32_out = interp::run(&graph, &graph.weights, &[x]).unwrap().remove(0);
+    assert_ne!(f32_out.data[..3], out.data[..3]);
+}
+
+/// Calibration: its file round-trips; applied to the graph it came from, every int8
+/// layer takes it; refused, naming the layers, for another network, a missing, extra or
+/// changed layer, a bad scale, a file of another format.
+#[test]
+fn calibration_round_trips_and_refuses_what_does_not_match() {
+    let graph = common::random_graph(&example("lenet5.cnn"), 1, 3, OptLevel::O2).unwrap();
+    let calibration = calibrate(&graph, &random_runs(&graph, 2, 7), Method::MinMax).unwrap();
+    assert_eq!(calibration.items, 2);
+    assert_eq!(calibration.layers.len(), int8_layers(&graph).len());
+    assert_eq!(calibration.layers.len(), 5);
+    let text = calibration.to_json();
+    let read = Calibration::from_json(&text).unwrap();
+    assert_eq!(read, calibration);
+    // The file's scales are the ones the ranges give.
+    for layer in &read.layers {
+        let q = Int8Input::from_range(layer.low, layer.high).unwrap();
+        assert_eq!((q.scale(), q.zero_point()), (layer.scale, layer.zero_point), "{}", layer.name);
+        assert!(layer.min <= layer.low && layer.high <= layer.max);
+    }
+    let mut assigned = graph.clone();
+    assert_eq!(read.assign(&mut assigned).unwrap(), 5);
+    // Applied at another batch size too.
+    let mut batch4 = common::random_graph(&example("lenet5.cnn"), 4, 3, OptLevel::O2).unwrap();
+    assert_eq!(read.assign(&mut batch4).unwrap(), 5);
+    for id in assigned.node_ids() {
+        let node = assigned.node(id);
+        let entry = read.layers.iter().find(|l| l.name == node.name);
+        match (node.precision, entry) {
+            (Precision::Int8(q), Some(l)) => assert_eq!((q.scale(), q.zero_point()), (l.scale, l.zero_point)),
+            (Precision::F32, None) => {}
+            other => panic!("{}: {other:?}", node.name),
+        }
+    }
+    let refused = |calibration: &Calibration, graph: &Graph, expected: &[&str]| {
+        let error = calibration.assign(&mut graph.clone()).unwrap_err();
+        for e in expected {
+            assert!(error.contains(e), "expected `{e}` in: {error}");
+        }
+    };
+    let mut other = read.clone();
+    other.network = "resnet18".into();
+    refused(&other, &graph, &["for network `resnet18`, not `lenet5`", "cnnc calibrate"]);
+    let mut missing = read.clone();
+    missing.layers.remove(1);
+    refused(&missing, &graph, &["stale", "no entry for layer(s) `conv2`"]);
+    let mut extra = read.clone();
+    extra.layers[0].name = "conv9".into();
+    refused(&extra, &graph, &["no entry for layer(s) `conv1`"]);
+    let mut more = read.clone();
+    let mut added = more.layers[0].clone();
+    added.name = "conv9".into();
+    more.layers.push(added);
+    refused(&more, &graph, &["no int8 layer(s) `conv9`"]);
+    // Another input size: every layer's input shape changed.
+    let bigger = cnnc::front::compile_source(
+        &example("lenet5.cnn"),
+        &cnnc::front::BuildOptions { batch: 1, input_shape: Some(vec![1, 32, 32]) },
+    );
+    if let Ok(mut bigger) = bigger {
+        bigger.weights = cnnc::weights::random_weights(&bigger, 3);
+        cnnc::passes::optimize(&mut bigger, OptLevel::O2).unwrap();
+        refused(&read, &bigger, &["changed", "conv1 (calibrated as conv on [1, 28, 28], here conv on [1, 32, 32])"]);
+    }
+    let mut bad_scale = read.clone();
+    bad_scale.layers[2].scale = 0.0;
+    refused(&bad_scale, &graph, &["scale 0 is not a positive finite number"]);
+    assert!(Calibration::from_json("{}").unwrap_err().contains("not a cnnc calibration file"));
+    let renamed = text.replace("cnnc-calibration-1", "cnnc-calibration-9");
+    assert!(Calibration::from_json(&renamed).unwrap_err().contains("format"));
+    assert!(Calibration::from_json("[1, 2").is_err());
+    // Calibrating nothing, or with a nonsense percentile, is refused.
+    assert!(calibrate(&graph, &[], Method::MinMax).is_err());
+    assert!(calibrate(&graph, &random_runs(&graph, 1, 1), Method::Percentile(40.0)).is_err());
+}
+
+/// The percentile method narrows a range that one outlier widened: the outlier
+/// saturates instead of coarsening every other value's step.
+#[test]
+fn the_percentile_method_cuts_outliers() {
+    let source = "network t {\n    input x: [1, 100, 100]\n    c: conv(2, 3, pad=1)\n}\n";
+    let graph = common::random_graph(source, 1, 2, OptLevel::O2).unwrap();
+    let mut runs = random_runs(&graph, 1, 4);
+    runs[0][0].data[17] = 1000.0;
+    let minmax = calibrate(&graph, &runs, Method::MinMax).unwrap();
+    let percentile = calibrate(&graph, &runs, Method::Percentile(99.99)).unwrap();
+    let (a, b) = (&minmax.layers[0], &percentile.layers[0]);
+    assert_eq!(a.max, 1000.0);
+    assert_eq!(a.high, 1000.0);
+    assert!(b.high < 10.0 && b.high > 2.0, "{b:?}");
+    assert!(b.low < -2.0 && b.low > -10.0, "{b:?}");
+    assert!(b.scale < a.scale / 50.0);
+    assert_eq!(percentile.method, "percentile 99.99");
+}
+
+/// The cpu target's int8 layer by layer against the interpreter's, each layer given the
+/// cpu's values of its operands: (the worst layer's relative L2 error and its name, the
+/// end-to-end error against the interpreter's int8 run and against its f32 run).
+fn cpu_layers_against_reference(
+    graph: &Graph,
+    f32_graph: &Graph,
+    inputs: &[Tensor],
+    cpu: Option<cnnc::backend::clif::CpuLevel>,
+    threads: usize,
+) -> ((f64, String), f64, f64) {
+    let nodes: Vec<_> =
+        graph.topo_order().unwrap().into_iter().filter(|&id| !matches!(graph.node(id).op, Op::Input { .. })).collect();
+    let (copy, positions) = cnnc::compare::with_every_node_as_output(graph, &nodes);
+    let options = cnnc::exec::ExecOptions { threads: Some(threads), cpu, ..Default::default() };
+    let executor = cnnc::exec::compile_with(copy, cnnc::exec::Target::Cpu, &options).unwrap();
+    let cpu_values = executor.run(inputs).unwrap();
+    let cpu_of: std::collections::HashMap<_, &Tensor> =
+        nodes.iter().zip(&positions).map(|(&id, &k)| (id, &cpu_values[k])).collect();
+    let mut worst = (0.0f64, String::new());
+    interp::run_rewriting(graph, &graph.weights, inputs, &mut |id, value| {
+        if let Some(cpu) = cpu_of.get(&id) {
+            let error = relative_l2(&cpu.data, &value.data);
+            if error > worst.0 || worst.1.is_empty() {
+                worst = (error, graph.node(id).name.clone());
+            }
+            *value = (*cpu).clone();
+        }
+    })
+    .unwrap();
+    let outputs = &cpu_values[..graph.outputs.len()];
+    let against = |reference: Vec<Tensor>| {
+        reference.iter().zip(outputs).map(|(r, c)| relative_l2(&c.data, &r.data)).fold(0.0, f64::max)
+    };
+    let end_to_end = against(interp::run(graph, &graph.weights, inputs).unwrap());
+    let against_f32 = against(interp::run(f32_graph, &f32_graph.weights, inputs).unwrap());
+    (worst, end_to_end, against_f32)
+}
+
+/// The cpu target at each level this machine runs (the host's own features first).
+fn cpu_levels() -> Vec<Option<cnnc::backend::clif::CpuLevel>> {
+    use cnnc::backend::clif::CpuLevel;
+    let mut levels = vec![None];
+    levels.extend(
+        [CpuLevel::X86_64V2, CpuLevel::X86_64V3, CpuLevel::X86_64V4].into_iter().filter(|l| l.host_has()).map(Some),
+    );
+    levels
+}
+
+/// Examples on the cpu target in int8 against the simulation, layer by layer (the small
+/// ones at every CPU level, one and two threads); int8 is far from f32. The errors
+/// against f32 are printed (random weights; BENCHMARKS.md has them).
+#[test]
+fn cpu_int8_matches_the_simulation_on_examples() {
+    for name in ["lenet5.cnn", "digits.cnn", "squeezenet1_1.cnn", "resnet18_cifar.cnn", "mobilenet_v2.cnn"] {
+        let (f32_graph, graph) = int8_graph(&example(name), 2, 7, Method::MinMax);
+        let inputs = common::random_inputs(&graph, 11);
+        let small = name == "lenet5.cnn" || name == "digits.cnn";
+        let levels = if small { cpu_levels() } else { vec![None] };
+        let threads_tried: &[usize] = if small { &[1, 2] } else { &[2] };
+        for cpu in levels {
+            for &threads in threads_tried {
+                let ((error, layer), end_to_end, against_f32) =
+                    cpu_layers_against_reference(&graph, &f32_graph, &inputs, cpu, threads);
+                let level = cpu.map_or("host", |l| l.name());
+                eprintln!(
+                    "{name} cpu {level} {threads} thread(s): worst layer {error:.2e} ({layer}), end to end {end_to_end:.2e} \
+                     against the int8 simulation, {against_f32:.2e} against f32"
+                );
+                assert!(error <= INT8_TOLERANCE, "{name} at {level}, {threads} threads: layer {layer}: {error:e}");
+                assert!(against_f32 > 1e3 * INT8_TOLERANCE, "{name}: int8 is {against_f32:e} from f32");
+            }
+        }
+    }
+}
+
+/// Random conv layers (kernel, stride, padding, dilation, groups, depthwise, odd sizes,
+/// fused activations) and linear layers, calibrated on random inputs, on the cpu target
+/// in int8 against the simulation, layer by layer.
+#[test]
+fn cpu_int8_matches_the_simulation_on_random_layers() {
+    let mut state = 0x9e37_79b9u64;
+    let mut next = |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n) as usize
+    };
+    for case in 0..40 {
+        let groups = [1, 1, 1, 2, 0][next(5)];
+        let c = [1, 3, 4, 8, 16, 17][next(6)] * groups.max(1);
+        let (c, groups) = if groups == 0 { (c, c) } else { (c, groups) }; // 0: depthwise
+        let o = if groups == c { c } else { [5, 16, 24, 33, 64][next(5)] * groups };
+        let k = [1, 1, 3, 5][next(4)];
+        let stride = [1, 1, 2][next(3)];
+        let pad = [0, 1, 2][next(3)];
+        let dilation = [1, 1, 2][next(3)];
+        let (h, w) = (9 + next(8), 9 + next(12));
+        let activation = ["", "    relu\n", "    sigmoid\n"][next(3)];
+        let source = format!(
+            "network t {{\n    input x: [{c}, {h}, {w}]\n    c1: conv({o}, {k}, stride={stride}, pad={pad}, dilation={dilation}, groups={groups})\n{activation}    flatten\n    fc: linear({})\n}}\n",
+            1 + next(20)
+        );
+        let method = if case % 2 == 0 { Method::MinMax } else { Method::Percentile(99.9) };
+        let (f32_graph, graph) = int8_graph(&source, 1 + next(3), case, method);
+        let inputs = common::random_inputs(&graph, case + 100);
+        let ((error, layer), _, against_f32) = cpu_layers_against_reference(&graph, &f32_graph, &inputs, None, 2);
+        assert!(error <= INT8_TOLERANCE, "case {case}: layer {layer}: {error:e}\n{source}");
+        assert!(against_f32 > 10.0 * INT8_TOLERANCE, "case {case}: int8 {against_f32:e} from f32\n{source}");
+    }
+}
+
+/// The cpu target's input quantization (Cranelift code, four lanes and one at a time)
+/// is `Int8Input::offset`'s, special values included, at every CPU level: a 1x1 conv
+/// of weight 1 (q_w = 127) gives `offset * 127 * m`, bit for bit as the interpreter.
+#[test]
+fn the_cpu_target_quantizes_as_the_interpreter() {
+    let q = Int8Input::new(0.5, 10).unwrap();
+    let specials = [
+        1.25,
+        1.75,
+        -1.25,
+        0.0,
+        -0.0,
+        -100.0,
+        1000.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        f32::MAX,
+        -f32::MAX,
+        f32::from_bits(1),
+        2.71,
+        -4.999,
+        127.25,
+        127.75,
+    ];
+    let data: Vec<f32> = (0..35).map(|i| specials[i % specials.len()]).collect();
+    let source = "network t {\n    input x: [1, 5, 7]\n    c: conv(1, 1, bias=false)\n}\n";
+    let mut graph = cnnc::front::compile_source(source, &Default::default()).unwrap();
+    graph.weights.insert("c.weight", Tensor::new(vec![1, 1, 1, 1], vec![1.0]).unwrap());
+    cnnc::passes::optimize(&mut graph, OptLevel::O2).unwrap();
+    let id = graph.node_ids().into_iter().find(|&id| matches!(graph.node(id).op, Op::Conv(_))).unwrap();
+    graph.node_mut(id).precision = Precision::Int8(q);
+    let input = Tensor::new(vec![1, 1, 5, 7], data.clone()).unwrap();
+    let expected = interp::run(&graph, &graph.weights, std::slice::from_ref(&input)).unwrap().remove(0);
+    let m = q.scale() * (1.0 / 127.0);
+    for (x, y) in data.iter().zip(&expected.data) {
+        let want = q.offset(*x) * 127.0 * m;
+        assert!(want.is_nan() && y.is_nan() || want == *y, "{x:e}: {y:e} vs {want:e}");
+    }
+    for cpu in cpu_levels() {
+        let options = cnnc::exec::ExecOptions { threads: Some(1), cpu, ..Default::default() };
+        let executor = cnnc::exec::compile_with(graph.clone(), cnnc::exec::Target::Cpu, &options).unwrap();
+        let out = executor.run(std::slice::from_ref(&input)).unwrap().remove(0);
+        for ((x, y), e) in data.iter().zip(&out.data).zip(&expected.data) {
+            let same = if e.is_nan() { y.is_nan() } else { y == e };
+            assert!(same, "{cpu:?}: {x:e} gave {y:e}, expected {e:e}");
+        }
+    }
+    // The gpu target refuses an int8 graph.
+    let error = cnnc::exec::compile(graph, cnnc::exec::Target::Gpu).err().unwrap();
+    assert!(error.contains("the gpu target runs f32 only"), "{error}");
+}
+
+/// The trained digits model: calibrated on the ten sample images of
+/// `examples/digits/` (0.png to 9.png; the training images are not in the repository),
+/// top-1 accuracy on the 360 held-out images in f32 and in int8 on the cpu target and
+/// in the interpreter (the same predictions); int8 loses at most one point.
+#[test]
+fn digits_keep_their_accuracy_in_int8() {
+    let dir = temp_dir("digits");
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for digit in 0..10 {
+        let name = format!("{digit}.png");
+        std::fs::copy(repo().join("examples/digits").join(&name), images.join(&name)).unwrap();
+    }
+    let calib = dir.join("digits.calib.json");
+    let out = cnnc(&[
+        "calibrate",
+        "examples/digits.cnn",
+        "--weights",
+        "examples/digits/digits.safetensors",
+        "--inputs",
+        images.to_str().unwrap(),
+        "-o",
+        calib.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("calibrated 4 int8 layers of digits on 10 items"));
+    let calibration = Calibration::from_json(&std::fs::read_to_string(&calib).unwrap()).unwrap();
+
+    let read_npy =
+        |name: &str| cnnc::io::read_npy(&std::fs::read(repo().join("examples/digits").join(name)).unwrap()).unwrap();
+    let (x, y) = (read_npy("test_x.npy"), read_npy("test_y.npy"));
+    let n = x.shape[0];
+    let labels: Vec<usize> = y.data.iter().map(|&v| v as usize).collect();
+    let source = std::fs::read(repo().join("examples/digits.cnn")).unwrap();
+    let mut graph =
+        cnnc::front::compile_bytes(&source, &cnnc::front::BuildOptions { batch: n, input_shape: None }).unwrap();
+    let weights = std::fs::read(repo().join("examples/digits/digits.safetensors")).unwrap();
+    graph.weights = cnnc::weights::load_safetensors(&weights, &graph, false).unwrap();
+    cnnc::passes::optimize(&mut graph, OptLevel::O2).unwrap();
+    let mut int8 = graph.clone();
+    assert_eq!(calibration.assign(&mut int8).unwrap(), 4);
+    let correct = |graph: &Graph, target| {
+        let executor = cnnc::exec::compile(graph.clone(), target).unwrap();
+        let out = executor.run(std::slice::from_ref(&x)).unwrap().remove(0);
+        let predicted = argmax_rows(&out);
+        (predicted.iter().zip(&labels).filter(|(p, l)| p == l).count(), predicted, out)
+    };
+    let (f32_right, _, f32_out) = correct(&graph, cnnc::exec::Target::Cpu);
+    let (cpu_right, cpu_predicted, cpu_out) = correct(&int8, cnnc::exec::Target::Cpu);
+    let (ref_right, ref_predicted, ref_out) = correct(&int8, cnnc::exec::Target::Reference);
+    let error = relative_l2(&ref_out.data, &f32_out.data);
+    let agree = argmax_rows(&f32_out).iter().zip(&ref_predicted).filter(|(a, b)| a == b).count();
+    eprintln!(
+        "digits, {n} held-out images: f32 {f32_right} right, int8 {ref_right} right (cpu {cpu_right}); int8 agrees with \
+         f32's top-1 on {agree}; relative L2 against f32 {error:.3e}; cpu against the simulation {:.2e}",
+        relative_l2(&cpu_out.data, &ref_out.data)
+    );
+    // The sample images are 10 of the held-out ones (one per digit): the accuracy on the
+    // other 350, which calibration did not see.
+    let seen: Vec<usize> = (0..10)
+        .map(|digit| {
+            let bytes = std::fs::read(repo().join(format!("examples/digits/{digit}.png"))).unwrap();
+            let (image, _) = cnnc::io::load_image_noted(&bytes, 1, 8, 8, &[0.0], &[1.0]).unwrap();
+            let distance = |i: usize| {
+                x.data[i * 64..(i + 1) * 64].iter().zip(&image.data).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+            };
+            let nearest = (0..n).min_by(|&a, &b| distance(a).total_cmp(&distance(b))).unwrap();
+            assert!(distance(nearest) <= 1.0 / 255.0, "{digit}.png is not a held-out image");
+            nearest
+        })
+        .collect();
+    let unseen = |predicted: &[usize]| (0..n).filter(|i| !seen.contains(i) && predicted[*i] == labels[*i]).count();
+    eprintln!(
+        "digits, the {} held-out images calibration did not see: f32 {} right, int8 {} right",
+        n - 10,
+        unseen(&argmax_rows(&f32_out)),
+        unseen(&ref_predicted)
+    );
+    assert_eq!(cpu_predicted, ref_predicted);
+    assert!(relative_l2(&cpu_out.data, &ref_out.data) <= INT8_TOLERANCE);
+    assert!(error > 0.0);
+    // At most one point of top-1 lost.
+    assert!(100 * (f32_right - ref_right.min(f32_right)) <= n, "f32 {f32_right}, int8 {ref_right} of {n}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// The command line: `calibrate` from an .npy batch, `run` in int8 on the cpu and
+/// reference targets (they agree and differ from f32), `run --compare`, `bench`, `build`
+/// (the IR and the header show the int8 layers), and every refusal, exit 1: int8
+/// without --calib (naming `cnnc calibrate`), --calib without int8, a calibration of
+/// another network (stale), one missing a layer (named), a broken file, the gpu target.
+#[test]
+fn the_command_line_runs_int8() {
+    let dir = temp_dir("cli");
+    let input = dir.join("x.npy");
+    std::fs::write(&input, cnnc::io::write_npy(&cnnc::weights::random_normal(&[3, 1, 28, 28], 1))).unwrap();
+    let calib = dir.join("lenet5.calib.json");
+    let ok = |out: &Output| assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cnnc(&[
+        "calibrate",
+        "examples/lenet5.cnn",
+        "--random-weights",
+        "--inputs",
+        input.to_str().unwrap(),
+        "-o",
+        calib.to_str().unwrap(),
+        "--method",
+        "percentile",
+        "--percentile",
+        "99.9",
+    ]);
+    ok(&out);
+    let calibration = Calibration::from_json(&std::fs::read_to_string(&calib).unwrap()).unwrap();
+    assert_eq!((calibration.items, calibration.layers.len()), (3, 5));
+    let calib = calib.to_str().unwrap();
+
+    let run = |extra: &[&str], output: &str| {
+        let output = dir.join(output);
+        let mut args =
+            vec!["run", "examples/lenet5.cnn", "--random-weights", "--input", input.to_str().unwrap(), "--output"];
+        args.push(output.to_str().unwrap());
+        args.extend_from_slice(extra);
+        (cnnc(&args), output)
+    };
+    let read = |path: &Path| cnnc::io::read_npy(&std::fs::read(path).unwrap()).unwrap();
+    let (out, f32_path) = run(&["--target", "reference"], "f32.npy");
+    ok(&out);
+    let (out, reference_path) = run(&["--target", "reference", "--precision", "int8", "--calib", calib], "ref.npy");
+    ok(&out);
+    let (out, cpu_path) = run(&["--precision", "int8", "--calib", calib], "cpu.npy");
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("note: --precision int8 on the cpu target"));
+    let (out, v2_path) = run(&["--precision", "int8", "--calib", calib, "--cpu", "x86-64-v2"], "v2.npy");
+    ok(&out);
+    let int8_y = read(&reference_path);
+    let error = relative_l2(&int8_y.data, &read(&f32_path).data);
+    eprintln!("lenet5 through `cnnc run --target reference`: int8 vs f32 relative L2 {error:.3e}");
+    assert!(error > 1e-4);
+    for path in [cpu_path, v2_path] {
+        let cpu_error = relative_l2(&read(&path).data, &int8_y.data);
+        assert!(cpu_error <= INT8_TOLERANCE, "{}: {cpu_error:e}", path.display());
+    }
+    let (out, _) = run(&["--precision", "int8", "--calib", calib, "--compare", "cpu,reference"], "unused.npy");
+    ok(&out);
+
+    let refused = |extra: &[&str], expected: &[&str]| {
+        let (out, _) = run(extra, "refused.npy");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {stderr}");
+        for e in expected {
+            assert!(stderr.contains(e), "{extra:?}: expected `{e}` in {stderr}");
+        }
+        assert!(!stderr.contains("panicked"), "{extra:?}: {stderr}");
+    };
+    refused(&["--precision", "int8"], &["--precision int8 needs --calib FILE", "cnnc calibrate"]);
+    refused(&["--precision", "bf16", "--calib", calib], &["--calib is for --precision int8"]);
+    refused(&["--precision", "int8", "--calib", calib, "--target", "gpu"], &["the gpu target runs f32 only"]);
+    // A calibration of another network.
+    let digits_calib = dir.join("digits.calib.json");
+    let digits_input = dir.join("digits.npy");
+    std::fs::write(&digits_input, cnnc::io::write_npy(&cnnc::weights::random_normal(&[2, 1, 8, 8], 1))).unwrap();
+    ok(&cnnc(&[
+        "calibrate",
+        "examples/digits.cnn",
+        "--random-weights",
+        "--inputs",
+        digits_input.to_str().unwrap(),
+        "-o",
+        digits_calib.to_str().unwrap(),
+    ]));
+    refused(
+        &["--precision", "int8", "--calib", digits_calib.to_str().unwrap()],
+        &["for network `digits`, not `lenet5`", "cnnc calibrate"],
+    );
+    // A layer missing from the file.
+    let mut missing = calibration.clone();
+    missing.layers.retain(|l| l.name != "fc2");
+    let missing_path = dir.join("missing.calib.json");
+    std::fs::write(&missing_path, missing.to_json()).unwrap();
+    refused(&["--precision", "int8", "--calib", missing_path.to_str().unwrap()], &["stale", "`fc2`"]);
+    let broken = dir.join("broken.calib.json");
+    std::fs::write(&broken, "{\"format\": 3").unwrap();
+    refused(&["--precision", "int8", "--calib", broken.to_str().unwrap()], &["not a cnnc calibration file"]);
+    refused(&["--precision", "int8", "--calib", dir.join("absent.json").to_str().unwrap()], &["absent.json"]);
+    // calibrate's own refusals.
+    let out =
+        cnnc(&["calibrate", "examples/lenet5.cnn", "--random-weights", "--inputs", dir.join("none").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = cnnc(&[
+        "calibrate",
+        "examples/lenet5.cnn",
+        "--random-weights",
+        "--inputs",
+        input.to_str().unwrap(),
+        "--method",
+        "percentile",
+        "--percentile",
+        "20",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--percentile 20"));
+
+    for target in ["cpu", "reference"] {
+        let bench = cnnc(&[
+            "bench",
+            "examples/lenet5.cnn",
+            "--precision",
+            "int8",
+            "--calib",
+            calib,
+            "--runs",
+            "1",
+            "--target",
+            target,
+        ]);
+        ok(&bench);
+        assert!(String::from_utf8_lossy(&bench.stdout).contains(", int8)"));
+    }
+    let bench = cnnc(&["bench", "examples/lenet5.cnn", "--precision", "int8", "--calib", calib, "--target", "gpu"]);
+    assert_eq!(bench.status.code(), Some(1));
+    let bench = cnnc(&["bench", "examples/lenet5.cnn", "--precision", "int8"]);
+    assert_eq!(bench.status.code(), Some(1));
+
+    let build = |extra: &[&str]| {
+        let mut args = vec!["build", "examples/lenet5.cnn", "--random-weights", "-o", dir.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        cnnc(&args)
+    };
+    ok(&build(&["--precision", "int8", "--calib", calib, "--emit", "ir,header"]));
+    let ir = std::fs::read_to_string(dir.join("lenet5.ir")).unwrap();
+    assert_eq!(ir.matches("precision=int8").count(), 5, "{ir}");
+    let header = std::fs::read_to_string(dir.join("lenet5.h")).unwrap();
+    assert!(header.contains("`conv1` (conv): int8 (input scale"), "{header}");
+    assert!(header.contains("`fc3` (linear): int8 (input scale"), "{header}");
+    let out = build(&["--precision", "int8", "--emit", "header"]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = build(&["--precision", "int8", "--calib", calib, "--target", "gpu"]);
+    assert_eq!(out.status.code(), Some(1));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// The build-script API builds int8 objects from a calibration file, and refuses one
+/// for another network.
+#[test]
+fn the_build_script_api_takes_a_calibration() {
+    let dir = temp_dir("api");
+    let graph = common::random_graph(&example("lenet5.cnn"), 1, 1, OptLevel::O2).unwrap();
+    let calibration = calibrate(&graph, &random_runs(&graph, 2, 3), Method::MinMax).unwrap();
+    let path = dir.join("lenet5.calib.json");
+    std::fs::write(&path, calibration.to_json()).unwrap();
+    let model = cnnc::build::Model::new(repo().join("examples/lenet5.cnn"))
+        .random_weights(1)
+        .out_dir(&dir)
+        .cargo_metadata(false);
+    let compiled = model.clone().int8(&path).compile().unwrap();
+    let header = std::fs::read_to_string(&compiled.header).unwrap();
+    assert!(header.contains("(conv): int8"), "{header}");
+    let mut other = calibration.clone();
+    other.network = "other".into();
+    std::fs::write(&path, other.to_json()).unwrap();
+    let error = model.clone().int8(&path).compile().unwrap_err().to_string();
+    assert!(error.contains("for network `other`"), "{error}");
+    let error = model.precision(Precision::Int8(Int8Input::new(1.0, 0).unwrap())).compile().unwrap_err().to_string();
+    assert!(error.contains(".int8("), "{error}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// The figures of BENCHMARKS.md's "int8, first slice" table: for every example, random
+/// weights (He-normal; BatchNorm statistics and affine parameters drawn as
+/// `weights::random_weights` draws them, running variance U(0.5, 1.5)), calibrated
+/// (minmax) on 4 random N(0, 1) images, then run on 16 other random images on the cpu
+/// target in f32 and in int8: the relative L2 error of the outputs and the top-1
+/// agreement. Slow (the interpreter calibrates the large networks): run it with
+/// `cargo test --test int8 -- --ignored --nocapture`. It checks that int8 changes every
+/// output and stays within 50% relative L2 of f32.
+#[test]
+#[ignore]
+fn int8_against_f32_on_every_example() {
+    let mut names: Vec<String> = std::fs::read_dir(repo().join("examples"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".cnn"))
+        .collect();
+    names.sort();
+    println!("| example | int8 layers | relative L2 vs f32 | top-1 agreement (16 images) |");
+    println!("| --- | --- | --- | --- |");
+    for name in names {
+        let source = example(&name);
+        let Ok(one) = common::random_graph(&source, 1, 7, OptLevel::O2) else { continue };
+        if one.inputs.len() != 1 {
+            continue;
+        }
+        let calibration = calibrate(&one, &random_runs(&one, 4, 500), Method::MinMax).unwrap();
+        let f32_graph = common::random_graph(&source, 16, 7, OptLevel::O2).unwrap();
+        let mut graph = f32_graph.clone();
+        let layers = calibration.assign(&mut graph).unwrap();
+        let inputs = common::random_inputs(&graph, 11);
+        let run = |graph: &Graph| {
+            let executor = cnnc::exec::compile(graph.clone(), cnnc::exec::Target::Cpu).unwrap();
+            executor.run(&inputs).unwrap().remove(0)
+        };
+        let (a, b) = (run(&f32_graph), run(&graph));
+        let error = relative_l2(&b.data, &a.data);
+        let agree = if a.shape.len() == 2 {
+            let same = argmax_rows(&a).iter().zip(&argmax_rows(&b)).filter(|(x, y)| x == y).count();
+            format!("{same}/16")
+        } else {
+            "(not a classifier)".into()
+        };
+        println!("| {} | {layers} | {error:.2e} | {agree} |", name.trim_end_matches(".cnn"));
+        assert!(error > 0.0 && error < 0.5, "{name}: {error:e}");
+    }
+}
