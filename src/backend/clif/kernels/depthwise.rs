@@ -1,8 +1,8 @@
 //! Depthwise convolutions (one input and one output channel per group, column stride 1
-//! or 2, no dilation) on AVX-512: each channel's plane in bands of output rows, one
-//! `x86::assemble_depthwise` micro-kernel call per band, the pixels of a row in the
-//! lanes. The generic tiles put 16 output channels in the lanes, of which a depthwise
-//! group has one, and ran these layers at 3.5 to 4.5 GFLOP/s.
+//! or 2, no dilation) on AVX-512 and AVX2: each channel's plane in bands of output rows,
+//! one `x86::assemble_depthwise` micro-kernel call per band, the pixels of a row in the
+//! lanes (16 or 8). The generic tiles put 16 (or 8) output channels in the lanes, of
+//! which a depthwise group has one, and ran these layers at 3.5 to 4.5 GFLOP/s.
 //!
 //! Weights are packed per channel as its `kh * kw` taps then its bias. The parts share
 //! the planes (images x channels). A band reads its input rows in place (padding rows
@@ -16,7 +16,7 @@
 
 use cranelift_codegen::ir::{InstBuilder, Value};
 
-use super::x86::{DepthwiseSpec, Ukernel};
+use super::x86::{DepthwiseSpec, Simd, Ukernel};
 use super::{Kb, Loc};
 use crate::ir::{Activation, Conv, Epilogue};
 
@@ -31,6 +31,7 @@ pub(crate) type DepthwiseShape = (usize, usize, (usize, usize), (usize, usize));
 
 /// A depthwise convolution ready to emit.
 pub(crate) struct DepthwiseKernel {
+    simd: Simd,
     batch: usize,
     channels: usize,
     in_hw: (usize, usize),
@@ -71,7 +72,14 @@ impl DepthwiseKernel {
     }
 
     /// `weight` is `[C][1][kh][kw]`.
-    pub fn new(conv: &Conv, shape: DepthwiseShape, weight: &[f32], bias: Option<&[f32]>, epilogue: &Epilogue) -> Self {
+    pub fn new(
+        simd: Simd,
+        conv: &Conv,
+        shape: DepthwiseShape,
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        epilogue: &Epilogue,
+    ) -> Self {
         let (batch, channels, in_hw, out_hw) = shape;
         let taps = (conv.kernel.h, conv.kernel.w);
         let per_channel = taps.0 * taps.1;
@@ -87,12 +95,13 @@ impl DepthwiseKernel {
         let relu = in_registers && (epilogue.activation.is_some() || epilogue.post_activation.is_some());
         // Two vectors of a row together when the row has them, then as many rows as the
         // registers hold, spread evenly over the bands.
-        let vectors = out_hw.1.div_ceil(16);
+        let vectors = out_hw.1.div_ceil(simd.lanes());
         let group = vectors.min(2);
-        let most_rows = DepthwiseSpec::most_rows(per_channel, conv.stride.w, relu, group).clamp(1, MAX_BAND_ROWS);
+        let most_rows = DepthwiseSpec::most_rows(simd, per_channel, conv.stride.w, relu, group).clamp(1, MAX_BAND_ROWS);
         let bands = out_hw.0.div_ceil(most_rows);
         let band_rows = out_hw.0.div_ceil(bands.max(1)).max(1);
         DepthwiseKernel {
+            simd,
             batch,
             channels,
             in_hw,
@@ -121,6 +130,7 @@ impl DepthwiseKernel {
                 let start = (-origin).clamp(0, needed as isize) as usize;
                 let end = (self.in_hw.0 as isize - origin).clamp(start as isize, needed as isize) as usize;
                 let spec = DepthwiseSpec {
+                    simd: self.simd,
                     taps: self.taps,
                     stride: self.stride,
                     pad_left: self.pad.1,
@@ -152,10 +162,12 @@ impl DepthwiseKernel {
 
     pub fn algorithm(&self) -> String {
         let epilogue = if self.in_registers { "" } else { ", epilogue per band" };
+        let lanes = self.simd.lanes();
         format!(
-            "depthwise, AVX-512 bands of {} rows x {} px{epilogue}",
+            "depthwise, {} bands of {} rows x {} px{epilogue}",
+            self.simd.name(),
             self.band_rows,
-            16 * self.group.min(self.out_hw.1.div_ceil(16))
+            lanes * self.group.min(self.out_hw.1.div_ceil(lanes))
         )
     }
 
