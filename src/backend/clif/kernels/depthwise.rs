@@ -10,13 +10,15 @@
 //! loads), so nothing is copied. Bands whose rows lie at the same place relative to the
 //! plane's edges share one micro-kernel, and runs of them are loops.
 //!
-//! An epilogue of relus and a residual add runs in the micro-kernel's registers; any
+//! An epilogue of relus and a residual add runs in the micro-kernel's registers (on
+//! AVX2 also the other activations the pointwise tiles run: leaky relu, the clamps
+//! such as relu6, hardsigmoid, hardswish); any
 //! other runs after each band over its rows, which are still in the L1 cache, through
 //! the shared `Kb::activation` (so every activation the backend knows fuses here).
 
 use cranelift_codegen::ir::{InstBuilder, Value};
 
-use super::x86::{DepthwiseSpec, Simd, Ukernel};
+use super::x86::{DepthwiseSpec, RegisterActivation, Simd, Ukernel};
 use super::{Kb, Loc};
 use crate::ir::{Activation, Conv, Epilogue};
 
@@ -43,7 +45,7 @@ pub(crate) struct DepthwiseKernel {
     /// Output rows of a full band, and vectors of a row computed together.
     band_rows: usize,
     group: usize,
-    /// Whether the micro-kernel runs the epilogue (relus and the residual add).
+    /// Whether the micro-kernel runs the epilogue (activations and the residual add).
     in_registers: bool,
     epilogue: Epilogue,
     /// The packed weights, little-endian f32.
@@ -90,8 +92,14 @@ impl DepthwiseKernel {
             }
             data.extend_from_slice(&bias.map_or(0.0, |b| b[c]).to_le_bytes());
         }
-        let relu_or_none = |a: Option<Activation>| matches!(a, None | Some(Activation::Relu));
-        let in_registers = relu_or_none(epilogue.activation) && relu_or_none(epilogue.post_activation);
+        // AVX-512 runs relus in registers, AVX2 any activation made of comparisons, adds
+        // and multiplies (`RegisterActivation`).
+        let fits = |a: Option<Activation>| match (a, simd) {
+            (None, _) | (Some(Activation::Relu), _) => true,
+            (Some(a), Simd::Avx2) => RegisterActivation::of(a).is_some(),
+            (Some(_), Simd::Avx512) => false,
+        };
+        let in_registers = fits(epilogue.activation) && fits(epilogue.post_activation);
         let relu = in_registers && (epilogue.activation.is_some() || epilogue.post_activation.is_some());
         // Two vectors of a row together when the row has them, then as many rows as the
         // registers hold, spread evenly over the bands.
@@ -139,13 +147,18 @@ impl DepthwiseKernel {
                     rows,
                     valid: (start, end),
                     group: self.group,
-                    relu: self.in_registers && self.epilogue.activation.is_some(),
+                    activation: self.register_activation(self.epilogue.activation),
                     residual: self.in_registers && self.epilogue.residual,
-                    post_relu: self.in_registers && self.epilogue.post_activation.is_some(),
+                    post_activation: self.register_activation(self.epilogue.post_activation),
                 };
                 Band { first_row, spec }
             })
             .collect()
+    }
+
+    /// An activation of the epilogue when the micro-kernel runs it.
+    fn register_activation(&self, activation: Option<Activation>) -> Option<RegisterActivation> {
+        activation.filter(|_| self.in_registers).and_then(RegisterActivation::of)
     }
 
     /// The micro-kernels this layer needs.

@@ -801,10 +801,11 @@ pub(crate) struct DepthwiseSpec {
     pub valid: (usize, usize),
     /// Vectors of a row computed together (`rows * group` accumulators).
     pub group: usize,
-    /// Epilogue in registers: relu, the residual add, relu after it.
-    pub relu: bool,
+    /// Epilogue in registers: an activation, the residual add, an activation after it
+    /// (relus on AVX-512; any [`RegisterActivation`] on AVX2).
+    pub activation: Option<RegisterActivation>,
     pub residual: bool,
-    pub post_relu: bool,
+    pub post_activation: Option<RegisterActivation>,
 }
 
 impl DepthwiseSpec {
@@ -833,7 +834,7 @@ impl DepthwiseSpec {
             self.simd,
             self.taps.0 * self.taps.1,
             self.stride.1,
-            self.relu || self.post_relu,
+            self.activation.is_some() || self.post_activation.is_some(),
             self.group,
         );
         self.rows >= 1
@@ -846,6 +847,10 @@ impl DepthwiseSpec {
             && self.out_w >= 1
             && self.valid.0 <= self.valid.1
             && self.rows <= most
+            && (self.simd == Simd::Avx2
+                || [self.activation, self.post_activation]
+                    .iter()
+                    .all(|a| matches!(a, None | Some(RegisterActivation::Relu))))
     }
 }
 
@@ -865,7 +870,7 @@ fn assemble_depthwise_512(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
     let (sh, sw) = spec.stride;
     let group = spec.group;
     let weights_in_registers = spec.weight_registers();
-    let relu = spec.relu || spec.post_relu;
+    let relu = spec.activation.is_some() || spec.post_activation.is_some();
     let mut next = 0;
     let mut take = |n: usize| {
         let first = next;
@@ -1002,7 +1007,7 @@ fn assemble_depthwise_512(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
                 let x = acc(q, g);
                 let offset = q as i64 * out_row_bytes + 64 * (first + g) as i64;
                 let masked = first + g + 1 == vectors && last_lanes < LANES_512;
-                if spec.relu {
+                if spec.activation.is_some() {
                     a.vmaxps(x, zero.expect("a zero register for relu"), x).map_err(err)?;
                 }
                 if spec.residual {
@@ -1014,7 +1019,7 @@ fn assemble_depthwise_512(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
                     }
                     a.vaddps(x, x, input(0)).map_err(err)?;
                 }
-                if spec.post_relu {
+                if spec.post_activation.is_some() {
                     a.vmaxps(x, zero.expect("a zero register for relu"), x).map_err(err)?;
                 }
                 let target = zmmword_ptr(rdx + disp(offset)?);
@@ -1049,7 +1054,7 @@ fn assemble_depthwise_avx2(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
     let (kh, kw) = spec.taps;
     let (sh, sw) = spec.stride;
     let group = spec.group;
-    let relu = spec.relu || spec.post_relu;
+    let activated = spec.activation.is_some() || spec.post_activation.is_some();
     let mut next = 0;
     let mut take = |n: usize| {
         let first = next;
@@ -1062,7 +1067,8 @@ fn assemble_depthwise_avx2(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
     let input_first = take(pair * group);
     // A broadcast tap, or the lane mask of a masked load or store.
     let scratch = YMM[take(1)];
-    let zero = if relu { Some(YMM[take(1)]) } else { None };
+    // The activations' scratch (with the first input vector's register).
+    let spare = if activated { Some(YMM[take(1)]) } else { None };
     let [low, high] = if sw == 2 { [YMM[take(1)], YMM[take(1)]] } else { [ymm0; 2] };
     let acc = |q: usize, g: usize| YMM[acc_first + q * group + g];
     let input = |g: usize| YMM[input_first + g];
@@ -1104,8 +1110,17 @@ fn assemble_depthwise_avx2(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
         }
     };
 
-    if let Some(zero) = zero {
-        a.vxorps(zero, zero, zero).map_err(err)?;
+    // The activations' constants on the stack, as in the pointwise tiles.
+    let post_slot = spec.activation.map_or(0, |f| f.constants().len());
+    let constants: Vec<u32> =
+        spec.activation.into_iter().chain(spec.post_activation).flat_map(|f| f.constants()).collect();
+    const CONSTANT_BYTES: i32 = 32;
+    assert!(4 * constants.len() <= CONSTANT_BYTES as usize, "depthwise epilogue constants overflow their slots");
+    if !constants.is_empty() {
+        a.sub(rsp, CONSTANT_BYTES).map_err(err)?;
+    }
+    for (i, &bits) in constants.iter().enumerate() {
+        a.mov(dword_ptr(rsp + 4 * i as i32), bits as i32).map_err(err)?;
     }
     let bias = dword_ptr(rsi + disp(4 * (kh * kw) as i64)?);
     for first in (0..vectors).step_by(group) {
@@ -1162,8 +1177,7 @@ fn assemble_depthwise_avx2(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
                 }
             }
         }
-        // The epilogue and the stores. `max(0, x)` is x for NaN and -0.0, as the
-        // interpreter's relu.
+        // The epilogue and the stores (the activations as in the pointwise tiles).
         for q in 0..spec.rows {
             for g in 0..count {
                 let x = acc(q, g);
@@ -1173,8 +1187,8 @@ fn assemble_depthwise_avx2(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
                     let label = mask_of(&mut a, &mut masks, (1 << last_lanes) - 1);
                     a.vmovups(scratch, ymmword_ptr(label)).map_err(err)?;
                 }
-                if spec.relu {
-                    a.vmaxps(x, zero.expect("a zero register for relu"), x).map_err(err)?;
+                if let Some(activation) = spec.activation {
+                    activation.emit_avx2(&mut a, x, spare.expect("an activation register"), input(0), 0)?;
                 }
                 if spec.residual {
                     let source = ymmword_ptr(rcx + disp(offset)?);
@@ -1185,8 +1199,8 @@ fn assemble_depthwise_avx2(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
                     }
                     a.vaddps(x, x, input(0)).map_err(err)?;
                 }
-                if spec.post_relu {
-                    a.vmaxps(x, zero.expect("a zero register for relu"), x).map_err(err)?;
+                if let Some(activation) = spec.post_activation {
+                    activation.emit_avx2(&mut a, x, spare.expect("an activation register"), input(0), post_slot)?;
                 }
                 let target = ymmword_ptr(rdx + disp(offset)?);
                 if masked {
@@ -1196,6 +1210,9 @@ fn assemble_depthwise_avx2(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
                 }
             }
         }
+    }
+    if !constants.is_empty() {
+        a.add(rsp, CONSTANT_BYTES).map_err(err)?;
     }
     a.vzeroupper().map_err(err)?;
     a.ret().map_err(err)?;
