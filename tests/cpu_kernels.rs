@@ -15,9 +15,12 @@
 //!   smallest failing layer) through the default code (the AVX-512 machine-code tiles
 //!   and Winograd where the host has AVX-512F, F(4x4) on the larger planes; 3x3
 //!   stride-1 layers also with Winograd off and with each of F(2x2) and F(4x4) forced;
-//!   a sixth depthwise, for the AVX-512 depthwise bands, and a few depthwise layers with
-//!   epilogues of every activation and MobileNet v2's shapes),
-//!   the AVX2 tiles (`x86-64-v3`, where the host has AVX2) and the portable f32x4
+//!   a sixth depthwise, for the depthwise bands, and a few depthwise and pointwise
+//!   layers with epilogues of every activation and MobileNet's shapes, which assert
+//!   that they run on the bands and pixel tiles of each ISA the host has),
+//!   the AVX2 code (`x86-64-v3`, where the host has AVX2, and the default where it has
+//!   no AVX-512: direct tiles, pointwise pixel tiles and depthwise bands) and the
+//!   portable f32x4
 //!   tiles, each on 1 and 2 threads, against the interpreter: relative L2 at most 1e-4
 //!   (the backends' tolerance; f32 against f64 accumulation).
 //! - CPU levels: an object built with `--cpu x86-64-v2|v3|v4` holds only instructions of
@@ -282,7 +285,7 @@ fn winograd_layer() -> impl Strategy<Value = Layer> {
 }
 
 /// Depthwise convolutions (groups = channels, one channel per group), which have
-/// kernels of their own on AVX-512: kernels 1x1 to 7x7 and (3, 5), strides 1 and 2 on
+/// kernels of their own on AVX-512 and AVX2: kernels 1x1 to 7x7 and (3, 5), strides 1 and 2 on
 /// each axis, padding up to half the kernel, channel counts below and past 16, planes up
 /// to 40 wide (rows of one to three vectors, partial last ones), two images; with
 /// "same" padding at stride 1 sometimes a fused residual; any activation before and after
@@ -421,8 +424,9 @@ fn layers_with_large_weights_share_their_blocks() {
 }
 
 /// Depthwise layers whose epilogue the micro-kernel cannot run in registers (an
-/// activation other than relu) apply it per band through the shared activations, with
-/// a residual; and MobileNet v2's shapes (112 to 7 pixels wide, strides 1 and 2).
+/// activation other than relu on AVX-512; sigmoid, tanh... on AVX2) apply it per band
+/// through the shared activations, with a residual (the others, in registers, too); and MobileNet v2's shapes (112 to 7 pixels wide, strides 1 and 2, relu and
+/// relu6) and a MobileNet v3 one (5x5 stride 2, hardswish).
 #[test]
 fn depthwise_layers_fuse_any_epilogue() {
     let programs = [
@@ -432,23 +436,72 @@ fn depthwise_layers_fuse_any_epilogue() {
         ("input x: [32, 112, 112]\n    conv(32, 3, pad=1, groups=32)\n    relu", 1),
         ("input x: [24, 113, 57]\n    conv(24, 3, stride=2, pad=1, groups=24)\n    relu", 1),
         ("input x: [40, 7, 7]\n    conv(40, 3, pad=1, groups=40)\n    relu\n    add(x)", 2),
+        ("input x: [96, 14, 14]\n    conv(96, 3, pad=1, groups=96)\n    relu6", 1),
+        ("input x: [16, 57, 57]\n    conv(16, 5, stride=2, pad=2, groups=16)\n    hardswish", 1),
     ];
     for (body, batch) in programs {
         let source = format!("network dw {{\n    {body}\n}}\n");
         if let Err(e) = check_source(&source, batch, false, true) {
             panic!("{e}");
         }
-        // Where the host has AVX-512, the layer runs on the depthwise bands, with the
-        // epilogue in registers exactly when it is made of relus and a residual.
+        // Where the host has AVX-512 or AVX2, the layer runs on that ISA's depthwise
+        // bands (by default, and the AVX2 ones at x86-64-v3 on an AVX-512 host too), with
+        // the epilogue in registers exactly when it is made of relus and a residual.
+        let mut graph = compile_source(&source, &BuildOptions { batch, input_shape: None }).unwrap();
+        graph.weights = cnnc::weights::random_weights(&graph, 11);
+        optimize(&mut graph, OptLevel::O2).unwrap();
+        let mut isas = Vec::new();
         if CpuLevel::X86_64V4.host_has() {
-            let mut graph = compile_source(&source, &BuildOptions { batch, input_shape: None }).unwrap();
-            graph.weights = cnnc::weights::random_weights(&graph, 11);
-            optimize(&mut graph, OptLevel::O2).unwrap();
-            let model = compile_jit_with(&graph, &CodegenOptions::default()).unwrap();
+            isas.push(("AVX-512", CodegenOptions::default()));
+        }
+        if CpuLevel::X86_64V3.host_has() {
+            isas.push(("AVX2", CodegenOptions { cpu: Some(CpuLevel::X86_64V3), ..CodegenOptions::default() }));
+        }
+        for (isa, options) in isas {
+            let model = compile_jit_with(&graph, &options).unwrap();
             let algorithm = &model.kernels()[0].algorithm;
-            assert!(algorithm.starts_with("depthwise, AVX-512"), "{algorithm}\n{source}");
-            let in_registers = !["sigmoid", "tanh", "leaky"].iter().any(|a| body.contains(a));
+            assert!(algorithm.starts_with(&format!("depthwise, {isa} bands")), "{algorithm}\n{source}");
+            // AVX-512 runs relus in registers, AVX2 also leaky relu, the clamps and the
+            // hard activations.
+            let others: &[&str] =
+                if isa == "AVX2" { &["sigmoid", "tanh"] } else { &["sigmoid", "tanh", "leaky", "relu6", "hardswish"] };
+            let in_registers = !others.iter().any(|a| body.contains(a));
             assert_eq!(!algorithm.contains("per band"), in_registers, "{algorithm}\n{source}");
+        }
+    }
+}
+
+/// Pointwise layers run on the pixel-lane tiles of each ISA the host has (AVX-512 by
+/// default, AVX2 at x86-64-v3), against the interpreter: MobileNet shapes (a 56x56
+/// expansion with relu6, whose plane splits into whole tiles, and a 7x7 projection,
+/// whose tiles are fewer than the blocks' and end in a partial one), and a plane of 437
+/// pixels with a partial last tile and a residual between two activations.
+#[test]
+fn pointwise_layers_run_on_the_pixel_tiles() {
+    let programs = [
+        ("input x: [16, 56, 56]\n    conv(96, 1)\n    relu6", 1),
+        ("input x: [96, 7, 7]\n    conv(24, 1)", 2),
+        ("input x: [24, 19, 23]\n    conv(24, 1)\n    hardswish\n    add(x)\n    leaky_relu(0.1)", 1),
+    ];
+    for (body, batch) in programs {
+        let source = format!("network pw {{\n    {body}\n}}\n");
+        if let Err(e) = check_source(&source, batch, false, false) {
+            panic!("{e}");
+        }
+        let mut graph = compile_source(&source, &BuildOptions { batch, input_shape: None }).unwrap();
+        graph.weights = cnnc::weights::random_weights(&graph, 11);
+        optimize(&mut graph, OptLevel::O2).unwrap();
+        let mut isas = Vec::new();
+        if CpuLevel::X86_64V4.host_has() {
+            isas.push(("AVX-512", CodegenOptions::default()));
+        }
+        if CpuLevel::X86_64V3.host_has() {
+            isas.push(("AVX2", CodegenOptions { cpu: Some(CpuLevel::X86_64V3), ..CodegenOptions::default() }));
+        }
+        for (isa, options) in isas {
+            let model = compile_jit_with(&graph, &options).unwrap();
+            let algorithm = &model.kernels()[0].algorithm;
+            assert!(algorithm.starts_with(&format!("pointwise, {isa} pixel tiles")), "{algorithm}\n{source}");
         }
     }
 }

@@ -80,8 +80,8 @@ pub struct CodegenOptions {
     /// thread).
     pub winograd: bool,
     /// Run depthwise convolutions (one input and one output channel per group) on the
-    /// AVX-512 depthwise bands (`kernels/depthwise.rs`) on AVX-512 targets, instead of
-    /// the direct tiles, whose 16 channel lanes a depthwise group fills one of.
+    /// depthwise bands (`kernels/depthwise.rs`) on AVX-512 and AVX2 targets, instead of
+    /// the direct tiles, whose 16 (or 8) channel lanes a depthwise group fills one of.
     pub depthwise: bool,
     /// Which Winograd variant such a convolution runs: `None` chooses per layer by its
     /// shape (`WinogradKernel::tile_size`), `Some(true)` always F(4x4, 3x3), `Some(false)`
@@ -416,13 +416,14 @@ fn prepare(
                     node.precision,
                 )));
             }
-            if simd == Some(Simd::Avx512) && PointwiseKernel::applies(conv, &node.epilogue) {
+            if let Some(simd) = simd.filter(|_| PointwiseKernel::applies(conv, &node.epilogue)) {
                 let shape = (x_shape[0], x_shape[1], node.shape[1], node.shape[2] * node.shape[3]);
-                return Ok(Kernel::Pointwise(PointwiseKernel::new(shape, &weight.data, bias, &node.epilogue)));
+                return Ok(Kernel::Pointwise(PointwiseKernel::new(simd, shape, &weight.data, bias, &node.epilogue)));
             }
-            if options.depthwise && simd == Some(Simd::Avx512) && DepthwiseKernel::applies(conv, &x_shape) {
+            if let Some(simd) = simd.filter(|_| options.depthwise && DepthwiseKernel::applies(conv, &x_shape)) {
                 let shape = (x_shape[0], x_shape[1], (x_shape[2], x_shape[3]), (node.shape[2], node.shape[3]));
-                return Ok(Kernel::Depthwise(DepthwiseKernel::new(conv, shape, &weight.data, bias, &node.epilogue)));
+                let kernel = DepthwiseKernel::new(simd, conv, shape, &weight.data, bias, &node.epilogue);
+                return Ok(Kernel::Depthwise(kernel));
             }
             if options.winograd && simd == Some(Simd::Avx512) && WinogradKernel::applies(conv, &shape) {
                 let m = WinogradKernel::tile_size(&shape, options.winograd_f4);

@@ -1,8 +1,8 @@
 //! Depthwise convolutions (one input and one output channel per group, column stride 1
-//! or 2, no dilation) on AVX-512: each channel's plane in bands of output rows, one
-//! `x86::assemble_depthwise` micro-kernel call per band, the pixels of a row in the
-//! lanes. The generic tiles put 16 output channels in the lanes, of which a depthwise
-//! group has one, and ran these layers at 3.5 to 4.5 GFLOP/s.
+//! or 2, no dilation) on AVX-512 and AVX2: each channel's plane in bands of output rows,
+//! one `x86::assemble_depthwise` micro-kernel call per band, the pixels of a row in the
+//! lanes (16 or 8). The generic tiles put 16 (or 8) output channels in the lanes, of
+//! which a depthwise group has one, and ran these layers at 3.5 to 4.5 GFLOP/s.
 //!
 //! Weights are packed per channel as its `kh * kw` taps then its bias. The parts share
 //! the planes (images x channels). A band reads its input rows in place (padding rows
@@ -10,13 +10,15 @@
 //! loads), so nothing is copied. Bands whose rows lie at the same place relative to the
 //! plane's edges share one micro-kernel, and runs of them are loops.
 //!
-//! An epilogue of relus and a residual add runs in the micro-kernel's registers; any
+//! An epilogue of relus and a residual add runs in the micro-kernel's registers (on
+//! AVX2 also the other activations the pointwise tiles run: leaky relu, the clamps
+//! such as relu6, hardsigmoid, hardswish); any
 //! other runs after each band over its rows, which are still in the L1 cache, through
 //! the shared `Kb::activation` (so every activation the backend knows fuses here).
 
 use cranelift_codegen::ir::{InstBuilder, Value};
 
-use super::x86::{DepthwiseSpec, Ukernel};
+use super::x86::{DepthwiseSpec, RegisterActivation, Simd, Ukernel};
 use super::{Kb, Loc};
 use crate::ir::{Activation, Conv, Epilogue};
 
@@ -31,6 +33,7 @@ pub(crate) type DepthwiseShape = (usize, usize, (usize, usize), (usize, usize));
 
 /// A depthwise convolution ready to emit.
 pub(crate) struct DepthwiseKernel {
+    simd: Simd,
     batch: usize,
     channels: usize,
     in_hw: (usize, usize),
@@ -42,7 +45,7 @@ pub(crate) struct DepthwiseKernel {
     /// Output rows of a full band, and vectors of a row computed together.
     band_rows: usize,
     group: usize,
-    /// Whether the micro-kernel runs the epilogue (relus and the residual add).
+    /// Whether the micro-kernel runs the epilogue (activations and the residual add).
     in_registers: bool,
     epilogue: Epilogue,
     /// The packed weights, little-endian f32.
@@ -71,7 +74,14 @@ impl DepthwiseKernel {
     }
 
     /// `weight` is `[C][1][kh][kw]`.
-    pub fn new(conv: &Conv, shape: DepthwiseShape, weight: &[f32], bias: Option<&[f32]>, epilogue: &Epilogue) -> Self {
+    pub fn new(
+        simd: Simd,
+        conv: &Conv,
+        shape: DepthwiseShape,
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        epilogue: &Epilogue,
+    ) -> Self {
         let (batch, channels, in_hw, out_hw) = shape;
         let taps = (conv.kernel.h, conv.kernel.w);
         let per_channel = taps.0 * taps.1;
@@ -82,17 +92,24 @@ impl DepthwiseKernel {
             }
             data.extend_from_slice(&bias.map_or(0.0, |b| b[c]).to_le_bytes());
         }
-        let relu_or_none = |a: Option<Activation>| matches!(a, None | Some(Activation::Relu));
-        let in_registers = relu_or_none(epilogue.activation) && relu_or_none(epilogue.post_activation);
+        // AVX-512 runs relus in registers, AVX2 any activation made of comparisons, adds
+        // and multiplies (`RegisterActivation`).
+        let fits = |a: Option<Activation>| match (a, simd) {
+            (None, _) | (Some(Activation::Relu), _) => true,
+            (Some(a), Simd::Avx2) => RegisterActivation::of(a).is_some(),
+            (Some(_), Simd::Avx512) => false,
+        };
+        let in_registers = fits(epilogue.activation) && fits(epilogue.post_activation);
         let relu = in_registers && (epilogue.activation.is_some() || epilogue.post_activation.is_some());
         // Two vectors of a row together when the row has them, then as many rows as the
         // registers hold, spread evenly over the bands.
-        let vectors = out_hw.1.div_ceil(16);
+        let vectors = out_hw.1.div_ceil(simd.lanes());
         let group = vectors.min(2);
-        let most_rows = DepthwiseSpec::most_rows(per_channel, conv.stride.w, relu, group).clamp(1, MAX_BAND_ROWS);
+        let most_rows = DepthwiseSpec::most_rows(simd, per_channel, conv.stride.w, relu, group).clamp(1, MAX_BAND_ROWS);
         let bands = out_hw.0.div_ceil(most_rows);
         let band_rows = out_hw.0.div_ceil(bands.max(1)).max(1);
         DepthwiseKernel {
+            simd,
             batch,
             channels,
             in_hw,
@@ -121,6 +138,7 @@ impl DepthwiseKernel {
                 let start = (-origin).clamp(0, needed as isize) as usize;
                 let end = (self.in_hw.0 as isize - origin).clamp(start as isize, needed as isize) as usize;
                 let spec = DepthwiseSpec {
+                    simd: self.simd,
                     taps: self.taps,
                     stride: self.stride,
                     pad_left: self.pad.1,
@@ -129,13 +147,18 @@ impl DepthwiseKernel {
                     rows,
                     valid: (start, end),
                     group: self.group,
-                    relu: self.in_registers && self.epilogue.activation.is_some(),
+                    activation: self.register_activation(self.epilogue.activation),
                     residual: self.in_registers && self.epilogue.residual,
-                    post_relu: self.in_registers && self.epilogue.post_activation.is_some(),
+                    post_activation: self.register_activation(self.epilogue.post_activation),
                 };
                 Band { first_row, spec }
             })
             .collect()
+    }
+
+    /// An activation of the epilogue when the micro-kernel runs it.
+    fn register_activation(&self, activation: Option<Activation>) -> Option<RegisterActivation> {
+        activation.filter(|_| self.in_registers).and_then(RegisterActivation::of)
     }
 
     /// The micro-kernels this layer needs.
@@ -152,10 +175,12 @@ impl DepthwiseKernel {
 
     pub fn algorithm(&self) -> String {
         let epilogue = if self.in_registers { "" } else { ", epilogue per band" };
+        let lanes = self.simd.lanes();
         format!(
-            "depthwise, AVX-512 bands of {} rows x {} px{epilogue}",
+            "depthwise, {} bands of {} rows x {} px{epilogue}",
+            self.simd.name(),
             self.band_rows,
-            16 * self.group.min(self.out_hw.1.div_ceil(16))
+            lanes * self.group.min(self.out_hw.1.div_ceil(lanes))
         )
     }
 

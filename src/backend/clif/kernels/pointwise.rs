@@ -1,19 +1,20 @@
-//! Pointwise convolutions (1x1, stride 1, no padding, one group) on AVX-512, with the
-//! pixels in the vector lanes (`x86::assemble_pointwise`): a tile is 6 output channels
-//! by 64 consecutive pixels of one image, and its results, epilogue applied in
-//! registers, store straight into the NCHW output. The channel-lane tiles of `conv`
+//! Pointwise convolutions (1x1, stride 1, no padding, one group) on AVX-512 and AVX2,
+//! with the pixels in the vector lanes (`x86::assemble_pointwise`): a tile is 6 output
+//! channels by 64 consecutive pixels of one image (16 on AVX2, whose 16 registers hold
+//! 6 x 2 accumulators), and its results, epilogue applied in registers, store straight
+//! into the NCHW output. The channel-lane tiles of `conv`
 //! store through a buffer and transposes, which costs as much as the multiply-adds when
 //! the reduction is short (a 1x1 layer over 16 to 64 channels).
 //!
 //! Weights are packed per block of output channels as `[in_channel][channel]`, then the
 //! bias. Tiles of pixels run outermost (a tile's input stays in the caches while every
 //! block of channels reads it), shared by the threads; small planes (fewer than 8 tiles)
-//! share the blocks instead, with tiles of 14 channels by 32 pixels. The last, partial
-//! tile of a plane masks its last vector.
+//! share the blocks instead, with tiles of 14 channels by 32 pixels on AVX-512 (the
+//! 16-pixel tiles on AVX2). The last, partial tile of a plane masks its last vector.
 
 use cranelift_codegen::ir::{InstBuilder, Value};
 
-use super::x86::{PointwiseSpec, RegisterActivation, Ukernel};
+use super::x86::{PointwiseSpec, RegisterActivation, Simd, Ukernel};
 use super::{Kb, Loc};
 use crate::ir::{Activation, Conv, Epilogue};
 
@@ -31,6 +32,9 @@ const SMALL_CHANNELS: usize = 14;
 const SMALL_PIXELS: usize = 32;
 /// Full tiles of pixels from which the parts share the tiles rather than the blocks.
 const SHARED_TILES: usize = 8;
+/// The AVX2 tile: 6 channels by two vectors of 8 pixels (12 accumulators, two input
+/// vectors, a broadcast and a scratch register: all 16).
+const AVX2_PIXELS: usize = 16;
 
 /// Appends `[out][in]` weights packed for the pixel-lane tiles: per block of `channels`
 /// output channels (the last one maybe partial), `[in_channel][channel]`.
@@ -48,6 +52,7 @@ pub(crate) fn pack_blocks(packed: &mut Vec<u8>, weight: &[f32], in_channels: usi
 
 /// A pointwise convolution ready to emit.
 pub(crate) struct PointwiseKernel {
+    simd: Simd,
     batch: usize,
     in_channels: usize,
     out_channels: usize,
@@ -82,14 +87,18 @@ impl PointwiseKernel {
 
     /// `weight` is `[out][in]`, `shape` `(batch, in_channels, out_channels, plane)`.
     pub fn new(
+        simd: Simd,
         shape: (usize, usize, usize, usize),
         weight: &[f32],
         bias: Option<&[f32]>,
         epilogue: &Epilogue,
     ) -> PointwiseKernel {
         let (batch, in_channels, out_channels, plane) = shape;
-        let (channels, tile_pixels) =
-            if tiles_outer(plane) { (CHANNELS, TILE_PIXELS) } else { (SMALL_CHANNELS, SMALL_PIXELS) };
+        let (channels, tile_pixels) = match simd {
+            Simd::Avx2 => (CHANNELS, AVX2_PIXELS),
+            Simd::Avx512 if tiles_outer(simd, plane) => (CHANNELS, TILE_PIXELS),
+            Simd::Avx512 => (SMALL_CHANNELS, SMALL_PIXELS),
+        };
         let mut packed: Vec<u8> = Vec::with_capacity(4 * (out_channels * in_channels + out_channels));
         pack_blocks(&mut packed, weight, in_channels, channels);
         let bias_start = packed.len() / 4;
@@ -97,6 +106,7 @@ impl PointwiseKernel {
             packed.extend_from_slice(&bias.map_or(0.0, |b| b[oc]).to_le_bytes());
         }
         PointwiseKernel {
+            simd,
             batch,
             in_channels,
             out_channels,
@@ -112,13 +122,15 @@ impl PointwiseKernel {
     }
 
     fn spec(&self, channels: usize, pixels: usize) -> PointwiseSpec {
+        let lanes = self.simd.lanes();
         PointwiseSpec {
+            simd: self.simd,
             channels,
-            vectors: pixels.div_ceil(16),
-            last_lanes: (pixels - 1) % 16 + 1,
+            vectors: pixels.div_ceil(lanes),
+            last_lanes: (pixels - 1) % lanes + 1,
             steps: self.in_channels,
             plane_bytes: 4 * self.plane as i64,
-            prefetch: if tiles_outer(self.plane) { 4 * self.tile_pixels as i64 } else { 0 },
+            prefetch: if tiles_outer(self.simd, self.plane) { 4 * self.tile_pixels as i64 } else { 0 },
             activation: self.activation,
             residual: self.residual,
             post_activation: self.post_activation,
@@ -151,7 +163,7 @@ impl PointwiseKernel {
     }
 
     pub fn algorithm(&self) -> String {
-        format!("pointwise, AVX-512 pixel tiles {} px x {} ch", self.tile_pixels, self.channels)
+        format!("pointwise, {} pixel tiles {} px x {} ch", self.simd.name(), self.tile_pixels, self.channels)
     }
 
     pub fn emit(&self, kb: &mut Kb, x: Loc, out: Loc, residual: Option<Loc>) {
@@ -211,7 +223,7 @@ impl PointwiseKernel {
                     tile(kb, first, channels, pixels, offset);
                 }
             };
-            if tiles_outer(self.plane) {
+            if tiles_outer(self.simd, self.plane) {
                 // Tiles outer: a tile's input (every channel of 64 pixels) stays in the
                 // caches while all the blocks read it. The parts share the tiles.
                 kb.for_share(full_tiles, |kb, t| {
@@ -242,7 +254,15 @@ impl PointwiseKernel {
 }
 
 /// Whether the tiles of pixels of a `plane`-pixel plane run outermost (shared by the
-/// parts), each over every block of channels, rather than the blocks (small planes).
-fn tiles_outer(plane: usize) -> bool {
-    plane / TILE_PIXELS >= SHARED_TILES
+/// parts), each over every block of channels, rather than the blocks (small planes):
+/// from 8 full tiles of 64 pixels on AVX-512, of 16 on AVX2. On AVX2 this counts the
+/// 16-pixel tiles, so that 14x14 planes run tiles outer too: each block reading the
+/// whole input from the L2 cache cost MobileNet v2's 14x14 projections (384 or 576
+/// inputs) 1.23-1.28 times ORT's time, tiles outer 1.12-1.15 (1 thread).
+fn tiles_outer(simd: Simd, plane: usize) -> bool {
+    let tile_pixels = match simd {
+        Simd::Avx512 => TILE_PIXELS,
+        Simd::Avx2 => AVX2_PIXELS,
+    };
+    plane / tile_pixels >= SHARED_TILES
 }

@@ -60,7 +60,7 @@ use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, Type, Value, 
 use super::super::codegen::MAX_PARTS;
 use super::conv::ConvShape;
 use super::pointwise::pack_blocks;
-use super::x86::{PointwiseSpec, Ukernel};
+use super::x86::{PointwiseSpec, Simd, Ukernel};
 use super::{F32, F32X4, Kb, Loc};
 use crate::ir::{Conv, Epilogue, Pad};
 
@@ -302,6 +302,7 @@ impl WinogradKernel {
 
     fn spec(&self, channels: usize, pixels: usize) -> PointwiseSpec {
         PointwiseSpec {
+            simd: Simd::Avx512,
             channels,
             vectors: pixels.div_ceil(16),
             last_lanes: (pixels - 1) % 16 + 1,

@@ -219,7 +219,8 @@ where
 }
 
 /// A pointwise (1x1, stride 1, one group) convolution tile with pixels in the vector
-/// lanes (AVX-512): `channels` output channels by `vectors` x 16 consecutive pixels, so
+/// lanes (AVX-512, or AVX2 with 8 lanes): `channels` output channels by `vectors` x 16
+/// (or 8) consecutive pixels, so
 /// that results store straight into the NCHW output with the epilogue applied in
 /// registers: no transposes. Layers with short reductions (16 to 64 input channels),
 /// where the channel-lane tiles spend as long storing as computing, run on these.
@@ -232,9 +233,11 @@ where
 /// `in` and `out` (and `residual`) point at the tile's first pixel of channel 0 of the
 /// input and of the tile's first output channel; channels are `plane_bytes` apart.
 /// `weights` holds `[step][channel]`, `bias` `[channel]`. The last vector keeps only
-/// `last_lanes` lanes (masked loads and stores, which never touch the lanes past them).
+/// `last_lanes` lanes (masked loads and stores, which never touch the lanes past them:
+/// `k` masks on AVX-512, `vmaskmovps` under a lane mask placed after the code on AVX2).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct PointwiseSpec {
+    pub simd: Simd,
     pub channels: usize,
     pub vectors: usize,
     pub last_lanes: usize,
@@ -343,21 +346,85 @@ impl RegisterActivation {
         }
         Ok(())
     }
+    /// [`RegisterActivation::emit`] on AVX2's ymm registers: no embedded broadcasts (the
+    /// constants are broadcast into `k`) and no mask registers (leaky relu blends the
+    /// product in under a `vcmpps` lane mask).
+    fn emit_avx2(
+        self,
+        a: &mut CodeAssembler,
+        x: AsmRegisterYmm,
+        k: AsmRegisterYmm,
+        t: AsmRegisterYmm,
+        first_slot: usize,
+    ) -> Result<(), String> {
+        let slot = |i: usize| rsp + (4 * (first_slot + i)) as i32;
+        match self {
+            RegisterActivation::Relu => {
+                a.vxorps(k, k, k).map_err(err)?;
+                a.vmaxps(x, k, x).map_err(err)?;
+            }
+            RegisterActivation::LeakyRelu { .. } => {
+                // x < 0 (false for NaN) takes x * slope.
+                a.vxorps(k, k, k).map_err(err)?;
+                a.vcmpps(k, x, k, 1).map_err(err)?; // LT_OS
+                a.vbroadcastss(t, dword_ptr(slot(0))).map_err(err)?;
+                a.vmulps(t, x, t).map_err(err)?;
+                a.vblendvps(x, x, t, k).map_err(err)?;
+            }
+            RegisterActivation::Clamp { .. } => {
+                a.vbroadcastss(k, dword_ptr(slot(0))).map_err(err)?;
+                a.vmaxps(x, k, x).map_err(err)?;
+                a.vbroadcastss(k, dword_ptr(slot(1))).map_err(err)?;
+                a.vminps(x, k, x).map_err(err)?;
+            }
+            RegisterActivation::HardSigmoid | RegisterActivation::HardSwish => {
+                // relu6(x + 3) / 6, into t for hardswish (then x * t).
+                let swish = self == RegisterActivation::HardSwish;
+                let gate = if swish { t } else { x };
+                a.vbroadcastss(k, dword_ptr(slot(0))).map_err(err)?;
+                a.vaddps(gate, x, k).map_err(err)?;
+                a.vxorps(k, k, k).map_err(err)?;
+                a.vmaxps(gate, k, gate).map_err(err)?;
+                a.vbroadcastss(k, dword_ptr(slot(1))).map_err(err)?;
+                a.vminps(gate, k, gate).map_err(err)?;
+                a.vbroadcastss(k, dword_ptr(slot(2))).map_err(err)?;
+                a.vmulps(gate, gate, k).map_err(err)?;
+                if swish {
+                    a.vmulps(x, x, gate).map_err(err)?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl PointwiseSpec {
-    /// Accumulators, the input vectors of one step, a broadcast and a zero register.
+    /// Accumulators, the input vectors of one step, a broadcast and a zero register (on
+    /// AVX2 also a lane mask for the epilogue, in the second input vector's register
+    /// when there is one).
     pub fn fits(&self) -> bool {
+        let inputs = match self.simd {
+            Simd::Avx512 => self.vectors,
+            Simd::Avx2 => self.vectors.max(2),
+        };
         self.channels >= 1
             && (1..=4).contains(&self.vectors)
-            && (1..=16).contains(&self.last_lanes)
-            && self.channels * self.vectors + self.vectors + 2 <= 32
+            && (1..=self.simd.lanes()).contains(&self.last_lanes)
+            && self.channels * self.vectors + inputs + 2 <= self.simd.registers()
     }
 }
 
 /// Assembles a pointwise tile.
 pub(crate) fn assemble_pointwise(spec: &PointwiseSpec) -> Result<Vec<u8>, String> {
     assert!(spec.fits(), "pointwise tile does not fit the registers: {spec:?}");
+    match spec.simd {
+        Simd::Avx512 => assemble_pointwise_512(spec),
+        Simd::Avx2 => assemble_pointwise_avx2(spec),
+    }
+}
+
+/// The AVX-512 pointwise tile.
+fn assemble_pointwise_512(spec: &PointwiseSpec) -> Result<Vec<u8>, String> {
     let mut a = CodeAssembler::new(64).map_err(err)?;
     let (r_count, q_count) = (spec.channels, spec.vectors);
     let acc = |r: usize, q: usize| ZMM[r * q_count + q];
@@ -455,6 +522,119 @@ pub(crate) fn assemble_pointwise(spec: &PointwiseSpec) -> Result<Vec<u8>, String
     }
     a.vzeroupper().map_err(err)?;
     a.ret().map_err(err)?;
+    a.assemble(0).map_err(err)
+}
+
+/// The AVX2 pointwise tile: 8 pixels per vector, the last vector's loads and stores
+/// under a `vmaskmovps` lane mask, the activations' constants broadcast from the stack.
+fn assemble_pointwise_avx2(spec: &PointwiseSpec) -> Result<Vec<u8>, String> {
+    const LANES: usize = 8;
+    let mut a = CodeAssembler::new(64).map_err(err)?;
+    let (r_count, q_count) = (spec.channels, spec.vectors);
+    let acc = |r: usize, q: usize| YMM[r * q_count + q];
+    let input = |q: usize| YMM[r_count * q_count + q];
+    let broadcast = YMM[r_count * q_count + q_count];
+    let zero = YMM[r_count * q_count + q_count + 1];
+    // The epilogue's lane mask: the second input vector's register, or the one after.
+    let mask = if q_count >= 2 { input(1) } else { YMM[r_count * q_count + q_count + 2] };
+    let partial = spec.last_lanes < LANES;
+    let masked = |q: usize| q + 1 == q_count && partial;
+    let mut lanes_label = a.create_label();
+    for r in 0..r_count {
+        a.vbroadcastss(broadcast, dword_ptr(rdx + disp(4 * r as i64)?)).map_err(err)?;
+        for q in 0..q_count {
+            a.vmovaps(acc(r, q), broadcast).map_err(err)?;
+        }
+    }
+    if spec.prefetch != 0 {
+        // One prefetch per 64-byte line of each channel's row of the tile.
+        for r in 0..r_count {
+            for line in 0..(32 * q_count).div_ceil(64) {
+                let offset = r as i64 * spec.plane_bytes + 64 * line as i64 + spec.prefetch;
+                a.prefetcht1(byte_ptr(rcx + disp(offset)?)).map_err(err)?;
+                if spec.residual {
+                    a.prefetcht1(byte_ptr(r8 + disp(offset)?)).map_err(err)?;
+                }
+            }
+        }
+    }
+    a.mov(r9, spec.steps as u64).map_err(err)?;
+    let mut head = a.create_label();
+    a.set_label(&mut head).map_err(err)?;
+    for q in 0..q_count {
+        let source = ymmword_ptr(rdi + disp(32 * q as i64)?);
+        if masked(q) {
+            // The broadcast register holds the mask until the broadcasts below.
+            a.vmovups(broadcast, ymmword_ptr(lanes_label)).map_err(err)?;
+            a.vmaskmovps(input(q), broadcast, source).map_err(err)?;
+        } else {
+            a.vmovups(input(q), source).map_err(err)?;
+        }
+    }
+    for r in 0..r_count {
+        a.vbroadcastss(broadcast, dword_ptr(rsi + disp(4 * r as i64)?)).map_err(err)?;
+        for q in 0..q_count {
+            a.vfmadd231ps(acc(r, q), input(q), broadcast).map_err(err)?;
+        }
+    }
+    a.add(rdi, disp(spec.plane_bytes)?).map_err(err)?;
+    a.add(rsi, disp(4 * r_count as i64)?).map_err(err)?;
+    a.dec(r9).map_err(err)?;
+    a.jnz(head).map_err(err)?;
+    // The epilogue, as on AVX-512 (see `assemble_pointwise_512`).
+    let temp = input(0);
+    let post_slot = spec.activation.map_or(0, |f| f.constants().len());
+    let constants: Vec<u32> =
+        spec.activation.into_iter().chain(spec.post_activation).flat_map(|f| f.constants()).collect();
+    const CONSTANT_BYTES: i32 = 32;
+    assert!(4 * constants.len() <= CONSTANT_BYTES as usize, "pointwise epilogue constants overflow their slots");
+    if !constants.is_empty() {
+        a.sub(rsp, CONSTANT_BYTES).map_err(err)?;
+    }
+    for (i, &bits) in constants.iter().enumerate() {
+        a.mov(dword_ptr(rsp + 4 * i as i32), bits as i32).map_err(err)?;
+    }
+    if partial {
+        a.vmovups(mask, ymmword_ptr(lanes_label)).map_err(err)?;
+    }
+    for r in 0..r_count {
+        for q in 0..q_count {
+            let x = acc(r, q);
+            let offset = r as i64 * spec.plane_bytes + 32 * q as i64;
+            if let Some(activation) = spec.activation {
+                activation.emit_avx2(&mut a, x, zero, temp, 0)?;
+            }
+            if spec.residual {
+                let source = ymmword_ptr(r8 + disp(offset)?);
+                if masked(q) {
+                    a.vmaskmovps(broadcast, mask, source).map_err(err)?;
+                } else {
+                    a.vmovups(broadcast, source).map_err(err)?;
+                }
+                a.vaddps(x, x, broadcast).map_err(err)?;
+            }
+            if let Some(activation) = spec.post_activation {
+                activation.emit_avx2(&mut a, x, zero, temp, post_slot)?;
+            }
+            let target = ymmword_ptr(rcx + disp(offset)?);
+            if masked(q) {
+                a.vmaskmovps(target, mask, x).map_err(err)?;
+            } else {
+                a.vmovups(target, x).map_err(err)?;
+            }
+        }
+    }
+    if !constants.is_empty() {
+        a.add(rsp, CONSTANT_BYTES).map_err(err)?;
+    }
+    a.vzeroupper().map_err(err)?;
+    a.ret().map_err(err)?;
+    if partial {
+        a.set_label(&mut lanes_label).map_err(err)?;
+        let bytes: Vec<u8> =
+            (0..LANES).flat_map(|l| if l < spec.last_lanes { u32::MAX } else { 0 }.to_le_bytes()).collect();
+        a.db(&bytes).map_err(err)?;
+    }
     a.assemble(0).map_err(err)
 }
 
@@ -582,8 +762,8 @@ pub(crate) fn assemble_pool(spec: &PoolSpec) -> Result<Vec<u8>, String> {
     a.assemble(0).map_err(err)
 }
 
-/// A depthwise convolution band on AVX-512: `rows` consecutive output rows of one
-/// channel's plane, every column, with the pixels of a row in the 16 lanes.
+/// A depthwise convolution band: `rows` consecutive output rows of one channel's plane,
+/// every column, with the pixels of a row in the vector lanes (16 on AVX-512, 8 on AVX2).
 ///
 /// ```text
 /// void ukernel(const float *origin, const float *weights, float *out, const float *residual);
@@ -593,15 +773,21 @@ pub(crate) fn assemble_pool(spec: &PoolSpec) -> Result<Vec<u8>, String> {
 /// the top padding; it may lie before the plane, but only rows `valid.0..valid.1` from
 /// it are read), `weights` the channel's `kh * kw` taps then its bias, `out` (and
 /// `residual`) the band's first output row. For each input row and tap column, the
-/// vectors of inputs that the row's outputs multiply by that tap are loaded once (at
-/// stride 2, two loads and a `vpermi2ps` gather the even columns for one tap and another
-/// `vpermi2ps` the odd ones for the next) and feed every output
-/// row of the band that reads them. The columns that padding puts outside the row are
-/// masked off the loads (zero-filled; masked lanes never fault), so the input is read
-/// in place. Up to 9 taps stay in registers; more are broadcast from memory by each
-/// multiply-add. The last vector of a row stores under a mask.
+/// vectors of inputs that the row's outputs multiply by that tap are loaded once and
+/// feed every output row of the band that reads them. At stride 2, two loads from
+/// column `2 * o + j` hold the inputs of tap `j` in their even floats and those of tap
+/// `j + 1` in their odd ones: on AVX-512 a `vpermi2ps` gathers each, on AVX2 a
+/// `vshufps` (0x88 even, 0xDD odd) then a `vpermpd` 0xD8 puts them in order. The
+/// columns that padding puts outside the row are masked off the loads (zero-filled;
+/// masked lanes never fault: `k` masks on AVX-512, `vmaskmovps` with lane masks
+/// placed after the code on AVX2), so the input is read in place. On AVX-512 up to 9
+/// taps stay in registers, more are broadcast from memory by each multiply-add; on
+/// AVX2, whose 16 registers go to the accumulators, each tap is broadcast into one
+/// register before the multiply-adds of the row's vectors that use it. The last vector
+/// of a row stores under a mask.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct DepthwiseSpec {
+    pub simd: Simd,
     /// Kernel rows and columns.
     pub taps: (usize, usize),
     /// Row and column strides (the column stride 1 or 2).
@@ -615,10 +801,11 @@ pub(crate) struct DepthwiseSpec {
     pub valid: (usize, usize),
     /// Vectors of a row computed together (`rows * group` accumulators).
     pub group: usize,
-    /// Epilogue in registers: relu, the residual add, relu after it.
-    pub relu: bool,
+    /// Epilogue in registers: an activation, the residual add, an activation after it
+    /// (relus on AVX-512; any [`RegisterActivation`] on AVX2).
+    pub activation: Option<RegisterActivation>,
     pub residual: bool,
-    pub post_relu: bool,
+    pub post_activation: Option<RegisterActivation>,
 }
 
 impl DepthwiseSpec {
@@ -630,16 +817,26 @@ impl DepthwiseSpec {
 
     /// The most output rows of a band computing `group` vectors of a row together:
     /// beside the accumulators, the input vectors (at stride 2, those of two tap
-    /// columns), the taps, a zero for relu, and at stride 2 the two permutations and
-    /// the two loads they gather from.
-    pub fn most_rows(taps: usize, stride_w: usize, relu: bool, group: usize) -> usize {
-        let fixed = (if taps <= 9 { taps } else { 0 }) + usize::from(relu) + if stride_w == 2 { 4 } else { 0 };
+    /// columns), a zero for relu, and on AVX-512 the taps and at stride 2 the two
+    /// permutations and the two loads they gather from; on AVX2 a register for the
+    /// broadcast tap (or a lane mask) and at stride 2 the two loads.
+    pub fn most_rows(simd: Simd, taps: usize, stride_w: usize, relu: bool, group: usize) -> usize {
+        let fixed = match simd {
+            Simd::Avx512 => (if taps <= 9 { taps } else { 0 }) + if stride_w == 2 { 4 } else { 0 },
+            Simd::Avx2 => 1 + if stride_w == 2 { 2 } else { 0 },
+        } + usize::from(relu);
         let inputs = if stride_w == 2 { 2 * group } else { group };
-        32usize.saturating_sub(fixed + inputs) / group.max(1)
+        simd.registers().saturating_sub(fixed + inputs) / group.max(1)
     }
 
     pub fn fits(&self) -> bool {
-        let most = Self::most_rows(self.taps.0 * self.taps.1, self.stride.1, self.relu || self.post_relu, self.group);
+        let most = Self::most_rows(
+            self.simd,
+            self.taps.0 * self.taps.1,
+            self.stride.1,
+            self.activation.is_some() || self.post_activation.is_some(),
+            self.group,
+        );
         self.rows >= 1
             && self.group >= 1
             && self.taps.0 >= 1
@@ -650,18 +847,30 @@ impl DepthwiseSpec {
             && self.out_w >= 1
             && self.valid.0 <= self.valid.1
             && self.rows <= most
+            && (self.simd == Simd::Avx2
+                || [self.activation, self.post_activation]
+                    .iter()
+                    .all(|a| matches!(a, None | Some(RegisterActivation::Relu))))
     }
 }
 
 /// Assembles a depthwise band.
 pub(crate) fn assemble_depthwise(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
     assert!(spec.fits(), "depthwise band does not fit the registers: {spec:?}");
+    match spec.simd {
+        Simd::Avx512 => assemble_depthwise_512(spec),
+        Simd::Avx2 => assemble_depthwise_avx2(spec),
+    }
+}
+
+/// The AVX-512 band: the taps in registers (up to 9), `k` masks, `vpermi2ps` at stride 2.
+fn assemble_depthwise_512(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
     let mut a = CodeAssembler::new(64).map_err(err)?;
     let (kh, kw) = spec.taps;
     let (sh, sw) = spec.stride;
     let group = spec.group;
     let weights_in_registers = spec.weight_registers();
-    let relu = spec.relu || spec.post_relu;
+    let relu = spec.activation.is_some() || spec.post_activation.is_some();
     let mut next = 0;
     let mut take = |n: usize| {
         let first = next;
@@ -798,7 +1007,7 @@ pub(crate) fn assemble_depthwise(spec: &DepthwiseSpec) -> Result<Vec<u8>, String
                 let x = acc(q, g);
                 let offset = q as i64 * out_row_bytes + 64 * (first + g) as i64;
                 let masked = first + g + 1 == vectors && last_lanes < LANES_512;
-                if spec.relu {
+                if spec.activation.is_some() {
                     a.vmaxps(x, zero.expect("a zero register for relu"), x).map_err(err)?;
                 }
                 if spec.residual {
@@ -810,7 +1019,7 @@ pub(crate) fn assemble_depthwise(spec: &DepthwiseSpec) -> Result<Vec<u8>, String
                     }
                     a.vaddps(x, x, input(0)).map_err(err)?;
                 }
-                if spec.post_relu {
+                if spec.post_activation.is_some() {
                     a.vmaxps(x, zero.expect("a zero register for relu"), x).map_err(err)?;
                 }
                 let target = zmmword_ptr(rdx + disp(offset)?);
@@ -832,6 +1041,187 @@ pub(crate) fn assemble_depthwise(spec: &DepthwiseSpec) -> Result<Vec<u8>, String
         a.set_label(&mut odds).map_err(err)?;
         let table: Vec<u8> = (0..16u32).flat_map(|i| (2 * i + 1).to_le_bytes()).collect();
         a.db(&table).map_err(err)?;
+    }
+    a.assemble(0).map_err(err)
+}
+
+/// The AVX2 band: 8 lanes, `vmaskmovps` row edges under lane masks placed after the
+/// code, `vshufps` + `vpermpd` at stride 2, each tap broadcast into one register.
+fn assemble_depthwise_avx2(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
+    const LANES: usize = 8;
+    const ALL: u32 = 0xff;
+    let mut a = CodeAssembler::new(64).map_err(err)?;
+    let (kh, kw) = spec.taps;
+    let (sh, sw) = spec.stride;
+    let group = spec.group;
+    let activated = spec.activation.is_some() || spec.post_activation.is_some();
+    let mut next = 0;
+    let mut take = |n: usize| {
+        let first = next;
+        next += n;
+        first
+    };
+    let acc_first = take(spec.rows * group);
+    // At stride 2, two tap columns at a time: inputs of the even one, then the odd one.
+    let pair = if sw == 2 { 2 } else { 1 };
+    let input_first = take(pair * group);
+    // A broadcast tap, or the lane mask of a masked load or store.
+    let scratch = YMM[take(1)];
+    // The activations' scratch (with the first input vector's register).
+    let spare = if activated { Some(YMM[take(1)]) } else { None };
+    let [low, high] = if sw == 2 { [YMM[take(1)], YMM[take(1)]] } else { [ymm0; 2] };
+    let acc = |q: usize, g: usize| YMM[acc_first + q * group + g];
+    let input = |g: usize| YMM[input_first + g];
+    let in_row_bytes = 4 * spec.in_w as i64;
+    let out_row_bytes = 4 * spec.out_w as i64;
+    let vectors = spec.out_w.div_ceil(LANES);
+    let last_lanes = spec.out_w - (vectors - 1) * LANES;
+    // The lanes of an 8-float load from column `start` that lie inside the row.
+    let lanes_inside = |start: isize| -> u32 {
+        (0..LANES as isize).filter(|l| (0..spec.in_w as isize).contains(&(start + l))).fold(0, |m, l| m | (1 << l))
+    };
+    // The lane masks the code reads (32 bytes each, after the code) and their labels.
+    let mut masks: Vec<(u32, CodeLabel)> = Vec::new();
+    fn mask_of(a: &mut CodeAssembler, masks: &mut Vec<(u32, CodeLabel)>, lanes: u32) -> CodeLabel {
+        if let Some(&(_, label)) = masks.iter().find(|(m, _)| *m == lanes) {
+            return label;
+        }
+        let label = a.create_label();
+        masks.push((lanes, label));
+        label
+    }
+    // A load of 8 floats at `start` of the row at `row_offset`, zero outside the row.
+    let load = |a: &mut CodeAssembler,
+                masks: &mut Vec<(u32, CodeLabel)>,
+                to: AsmRegisterYmm,
+                row_offset: i64,
+                start: isize|
+     -> Result<(), String> {
+        let lanes = lanes_inside(start);
+        let at = ymmword_ptr(rdi + disp(row_offset + 4 * start as i64)?);
+        if lanes == 0 {
+            a.vxorps(to, to, to).map_err(err)
+        } else if lanes == ALL {
+            a.vmovups(to, at).map_err(err)
+        } else {
+            let label = mask_of(a, masks, lanes);
+            a.vmovups(scratch, ymmword_ptr(label)).map_err(err)?;
+            a.vmaskmovps(to, scratch, at).map_err(err)
+        }
+    };
+
+    // The activations' constants on the stack, as in the pointwise tiles.
+    let post_slot = spec.activation.map_or(0, |f| f.constants().len());
+    let constants: Vec<u32> =
+        spec.activation.into_iter().chain(spec.post_activation).flat_map(|f| f.constants()).collect();
+    const CONSTANT_BYTES: i32 = 32;
+    assert!(4 * constants.len() <= CONSTANT_BYTES as usize, "depthwise epilogue constants overflow their slots");
+    if !constants.is_empty() {
+        a.sub(rsp, CONSTANT_BYTES).map_err(err)?;
+    }
+    for (i, &bits) in constants.iter().enumerate() {
+        a.mov(dword_ptr(rsp + 4 * i as i32), bits as i32).map_err(err)?;
+    }
+    let bias = dword_ptr(rsi + disp(4 * (kh * kw) as i64)?);
+    for first in (0..vectors).step_by(group) {
+        let count = group.min(vectors - first);
+        for q in 0..spec.rows {
+            for g in 0..count {
+                a.vbroadcastss(acc(q, g), bias).map_err(err)?;
+            }
+        }
+        for r in spec.valid.0..spec.valid.1 {
+            // The band's output rows that read input row `r`, and with which tap row.
+            let users: Vec<(usize, usize)> =
+                (0..spec.rows).filter_map(|q| r.checked_sub(q * sh).filter(|&i| i < kh).map(|i| (q, i))).collect();
+            if users.is_empty() {
+                continue;
+            }
+            let row_offset = r as i64 * in_row_bytes;
+            for j in (0..kw).step_by(pair) {
+                let columns = pair.min(kw - j);
+                // The input vectors of these tap columns; false where padding zeroes all.
+                let mut live = [false; 16];
+                for (g, live) in live.iter_mut().enumerate().take(count) {
+                    let column = ((first + g) * LANES * sw) as isize + j as isize - spec.pad_left as isize;
+                    if sw == 1 {
+                        *live = lanes_inside(column) != 0;
+                        if *live {
+                            load(&mut a, &mut masks, input(g), row_offset, column)?;
+                        }
+                    } else {
+                        let ends = (column, column + LANES as isize);
+                        *live = lanes_inside(ends.0) != 0 || lanes_inside(ends.1) != 0;
+                        if *live {
+                            load(&mut a, &mut masks, low, row_offset, ends.0)?;
+                            load(&mut a, &mut masks, high, row_offset, ends.1)?;
+                            for u in 0..columns {
+                                let x = input(u * group + g);
+                                a.vshufps(x, low, high, if u == 0 { 0x88 } else { 0xdd }).map_err(err)?;
+                                a.vpermpd(x, x, 0xd8).map_err(err)?;
+                            }
+                        }
+                    }
+                }
+                if !live.iter().any(|&l| l) {
+                    continue;
+                }
+                for u in 0..columns {
+                    for &(q, i) in &users {
+                        let t = i * kw + j + u;
+                        a.vbroadcastss(scratch, dword_ptr(rsi + disp(4 * t as i64)?)).map_err(err)?;
+                        for g in (0..count).filter(|&g| live[g]) {
+                            a.vfmadd231ps(acc(q, g), input(u * group + g), scratch).map_err(err)?;
+                        }
+                    }
+                }
+            }
+        }
+        // The epilogue and the stores (the activations as in the pointwise tiles).
+        for q in 0..spec.rows {
+            for g in 0..count {
+                let x = acc(q, g);
+                let offset = q as i64 * out_row_bytes + 32 * (first + g) as i64;
+                let masked = first + g + 1 == vectors && last_lanes < LANES;
+                if masked {
+                    let label = mask_of(&mut a, &mut masks, (1 << last_lanes) - 1);
+                    a.vmovups(scratch, ymmword_ptr(label)).map_err(err)?;
+                }
+                if let Some(activation) = spec.activation {
+                    activation.emit_avx2(&mut a, x, spare.expect("an activation register"), input(0), 0)?;
+                }
+                if spec.residual {
+                    let source = ymmword_ptr(rcx + disp(offset)?);
+                    if masked {
+                        a.vmaskmovps(input(0), scratch, source).map_err(err)?;
+                    } else {
+                        a.vmovups(input(0), source).map_err(err)?;
+                    }
+                    a.vaddps(x, x, input(0)).map_err(err)?;
+                }
+                if let Some(activation) = spec.post_activation {
+                    activation.emit_avx2(&mut a, x, spare.expect("an activation register"), input(0), post_slot)?;
+                }
+                let target = ymmword_ptr(rdx + disp(offset)?);
+                if masked {
+                    a.vmaskmovps(target, scratch, x).map_err(err)?;
+                } else {
+                    a.vmovups(target, x).map_err(err)?;
+                }
+            }
+        }
+    }
+    if !constants.is_empty() {
+        a.add(rsp, CONSTANT_BYTES).map_err(err)?;
+    }
+    a.vzeroupper().map_err(err)?;
+    a.ret().map_err(err)?;
+    // The lane masks: all ones in the lanes kept, as `vmaskmovps` reads their sign bits.
+    for (lanes, mut label) in masks {
+        a.set_label(&mut label).map_err(err)?;
+        let bytes: Vec<u8> =
+            (0..LANES).flat_map(|l| if lanes & (1 << l) != 0 { u32::MAX } else { 0 }.to_le_bytes()).collect();
+        a.db(&bytes).map_err(err)?;
     }
     a.assemble(0).map_err(err)
 }
