@@ -106,6 +106,10 @@ pub(crate) struct PoolKernel {
     mode: Mode,
     /// Separable max pooling runs its two passes as AVX-512 micro-kernels.
     avx512: bool,
+    /// Whether the AVX-512 micro-kernels were written and tested for this padding:
+    /// symmetric, at most half the kernel (PyTorch's cases). Asymmetric pads and pads up
+    /// to `kernel - 1` (ONNX's) run on the f32x4 code until the tiles are checked on them.
+    tiles_tested: bool,
 }
 
 impl PoolKernel {
@@ -140,6 +144,7 @@ impl PoolKernel {
             out_hw,
             mode: Mode::Windowed(windowed),
             avx512: false,
+            tiles_tested: p.top == p.bottom && p.left == p.right && 2 * p.top <= k.h && 2 * p.left <= k.w,
         }
     }
 
@@ -157,6 +162,7 @@ impl PoolKernel {
             out_hw,
             mode,
             avx512: false,
+            tiles_tested: true,
         }
     }
 
@@ -168,13 +174,14 @@ impl PoolKernel {
             out_hw: (1, 1),
             mode: Mode::Global,
             avx512: false,
+            tiles_tested: true,
         }
     }
 
     /// Runs a separable max pooling's passes on AVX-512 micro-kernels when `simd` is
-    /// AVX-512.
+    /// AVX-512 and the tiles were tested on its padding (`tiles_tested`).
     pub fn with_simd(mut self, simd: Option<Simd>) -> PoolKernel {
-        self.avx512 = simd == Some(Simd::Avx512);
+        self.avx512 = simd == Some(Simd::Avx512) && self.tiles_tested;
         self
     }
 
@@ -602,4 +609,31 @@ fn evens(kb: &mut Kb, a: Value, b: Value) -> Value {
     let mask = kb.fb.func.dfg.immediates.push(MASK.to_vec().into());
     let shuffled = kb.fb.ins().shuffle(a, b, mask);
     kb.fb.ins().bitcast(F32X4, little, shuffled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{Hw, Pad};
+
+    fn max_pool(pad: Pad) -> PoolKernel {
+        let pool = Pool { kernel: Hw::square(3), stride: Hw::square(2), pad, ceil: false, count_pad: false };
+        let (h, w) = (
+            crate::ir::shape::window_out_floor(16, 3, 2, pad.top + pad.bottom, 1).expect("fits"),
+            crate::ir::shape::window_out_floor(16, 3, 2, pad.left + pad.right, 1).expect("fits"),
+        );
+        PoolKernel::window(PoolKind::Max, &pool, &[1, 8, 16, 16], (h, w)).with_simd(Some(Simd::Avx512))
+    }
+
+    /// The AVX-512 tiles take only the paddings they were tested on (symmetric, at most
+    /// half the kernel); the others run on the f32x4 code, whatever the machine.
+    #[test]
+    fn avx512_tiles_take_only_the_paddings_they_were_tested_on() {
+        assert!(max_pool(Pad::symmetric(Hw::square(1))).tiled().is_some());
+        assert!(max_pool(Pad::symmetric(Hw::square(0))).tiled().is_some());
+        let asymmetric = max_pool(Pad { top: 0, left: 1, bottom: 1, right: 1 });
+        assert!(asymmetric.tiled().is_none() && asymmetric.tile_specs().is_empty());
+        assert_eq!(asymmetric.algorithm(), "separable max, f32x4 rows");
+        assert!(max_pool(Pad::symmetric(Hw::square(2))).tiled().is_none());
+    }
 }
