@@ -541,6 +541,21 @@ fn asymmetric_pool_padding_and_padding_up_to_the_kernel() {
 }
 
 #[test]
+fn max_pool_dilation_takes_taps_apart() {
+    // The row [1, 5, 2, 4, 3], kernel (1, 2), dilation (1, 2): taps j and j + 2.
+    // No padding: (5 - 3) + 1 = 3 windows: max(1, 2) = 2, max(5, 4) = 5, max(2, 3) = 3.
+    let row = [1.0, 5.0, 2.0, 4.0, 3.0];
+    let source = "network t {\n input x: [1, 1, 5]\n max_pool((1, 2), stride=1, dilation=(1, 2))\n}";
+    let out = run_single(source, &Weights::default(), tensor(&[1, 1, 1, 5], &row));
+    assert_close(&out, &[1, 1, 1, 3], &[2.0, 5.0, 3.0]);
+    // Left and right padding 1: (5 + 2 - 3) + 1 = 5 windows from -1: taps {-1, 1} = 5,
+    // {0, 2} = 2, {1, 3} = 5, {2, 4} = 3, {3, 5} = 4 (the padding never wins).
+    let source = "network t {\n input x: [1, 1, 5]\n max_pool((1, 2), stride=1, pad=(0, 1, 0, 1), dilation=(1, 2))\n}";
+    let out = run_single(source, &Weights::default(), tensor(&[1, 1, 1, 5], &row));
+    assert_close(&out, &[1, 1, 1, 5], &[5.0, 2.0, 5.0, 3.0, 4.0]);
+}
+
+#[test]
 fn conv_asymmetric_padding() {
     // A 1x1x3x3 input 1..9, a 2x2 kernel of ones, pad (top 0, left 1, bottom 1, right 0):
     // H (3+1-2)+1 = 3, W 3; output (i, j) sums rows {i, i+1} and columns {j-1, j} of the

@@ -244,8 +244,13 @@ fn op_spec(op: &str) -> &'static [ArgSpec] {
     const LINEAR: &[ArgSpec] = &[req("out", Int), opt("bias", Bool)];
     const BATCH_NORM: &[ArgSpec] = &[opt("eps", Float)];
     const LEAKY_RELU: &[ArgSpec] = &[opt("slope", Float)];
-    const MAX_POOL: &[ArgSpec] =
-        &[req("kernel", IntOrPair), opt("stride", IntOrPair), opt("pad", Pad), opt("ceil", Bool)];
+    const MAX_POOL: &[ArgSpec] = &[
+        req("kernel", IntOrPair),
+        opt("stride", IntOrPair),
+        opt("pad", Pad),
+        opt("ceil", Bool),
+        opt("dilation", IntOrPair),
+    ];
     const AVG_POOL: &[ArgSpec] = &[
         req("kernel", IntOrPair),
         opt("stride", IntOrPair),
@@ -1576,12 +1581,14 @@ impl<'a> Lowerer<'a> {
             "gelu" => Op::Activation(Activation::Gelu { tanh: args.bool("tanh", false) }),
             "softmax" => Op::Softmax,
             "max_pool" | "avg_pool" => {
-                let (kernel, stride, _) = window(args);
-                let pad = self.resolve_pad(op_name, args, input_shape, span, (kernel, stride, Hw::square(1)))?;
+                // `dilation` is max_pool's only (avg_pool's spec has none: 1x1).
+                let (kernel, stride, dilation) = window(args);
+                let pad = self.resolve_pad(op_name, args, input_shape, span, (kernel, stride, dilation))?;
                 let pool = Pool {
                     kernel,
                     stride,
                     pad,
+                    dilation,
                     ceil: args.bool("ceil", false),
                     count_pad: args.bool("count_pad", false),
                 };

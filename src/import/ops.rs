@@ -676,14 +676,15 @@ impl<'m> Importer<'m> {
             None => return Err(err(node, "kernel_shape is missing")),
         };
         let stride = Self::hw_attr(node, "strides", 1)?;
-        if Self::hw_attr(node, "dilations", 1)? != Hw::square(1) {
-            return Err(err(node, "pooling with dilations is not expressible"));
+        let dilation = Self::hw_attr(node, "dilations", 1)?;
+        if dilation != Hw::square(1) && node.op_type != "MaxPool" {
+            return Err(err(node, "average pooling with dilations is not expressible (max_pool has `dilation`)"));
         }
         if attr_int(node, "storage_order", 0) != 0 {
             return Err(err(node, "storage_order=1"));
         }
         let input = self.shape(x);
-        let pad = Self::pads(node, &input, kernel, stride, Hw::square(1))?;
+        let pad = Self::pads(node, &input, kernel, stride, dilation)?;
         if pad.top.max(pad.bottom) >= kernel.h || pad.left.max(pad.right) >= kernel.w {
             return Err(err(node, format!("pool padding {pad} not smaller than the kernel {kernel}")));
         }
@@ -691,6 +692,7 @@ impl<'m> Importer<'m> {
             kernel,
             stride,
             pad,
+            dilation,
             ceil: attr_int(node, "ceil_mode", 0) != 0,
             count_pad: attr_int(node, "count_include_pad", 0) != 0,
         };

@@ -776,8 +776,11 @@ impl Writer<'_> {
                 if p.stride != p.kernel {
                     args.push(format!("stride={}", hw(p.stride)));
                 }
-                if let Some(text) = pad(p.pad, p.kernel, p.stride, Hw::square(1)) {
+                if let Some(text) = pad(p.pad, p.kernel, p.stride, p.dilation) {
                     args.push(format!("pad={text}"));
+                }
+                if p.dilation != Hw::square(1) {
+                    args.push(format!("dilation={}", hw(p.dilation)));
                 }
                 if p.ceil {
                     args.push("ceil=true".into());

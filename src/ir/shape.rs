@@ -106,13 +106,13 @@ fn pool_out(op: &Op, pool: &Pool, input: &[usize]) -> Result<Vec<usize>, ShapeEr
     }
     let (h, w) = if pool.ceil {
         (
-            window_out_ceil(input[2], pool.kernel.h, pool.stride.h, pool.pad.top, pool.pad.bottom, 1),
-            window_out_ceil(input[3], pool.kernel.w, pool.stride.w, pool.pad.left, pool.pad.right, 1),
+            window_out_ceil(input[2], pool.kernel.h, pool.stride.h, pool.pad.top, pool.pad.bottom, pool.dilation.h),
+            window_out_ceil(input[3], pool.kernel.w, pool.stride.w, pool.pad.left, pool.pad.right, pool.dilation.w),
         )
     } else {
         (
-            window_out_floor(input[2], pool.kernel.h, pool.stride.h, pool.pad.top + pool.pad.bottom, 1),
-            window_out_floor(input[3], pool.kernel.w, pool.stride.w, pool.pad.left + pool.pad.right, 1),
+            window_out_floor(input[2], pool.kernel.h, pool.stride.h, pool.pad.top + pool.pad.bottom, pool.dilation.h),
+            window_out_floor(input[3], pool.kernel.w, pool.stride.w, pool.pad.left + pool.pad.right, pool.dilation.w),
         )
     };
     match (h, w) {
