@@ -2,9 +2,10 @@
 // The window starts at oh*SH - PT (it may start in the padding) and is clipped to the
 // padded input; max pooling takes the maximum of the real positions (NaN wins), average
 // pooling divides their sum by their count, or with COUNT_PAD by the clipped window's
-// size. Global max pooling is the case of a window as large as the input.
+// size. Global max pooling is the case of a window as large as the input. A dilated max
+// pooling (DH or DW above 1) takes KH x KW taps DH and DW apart instead.
 //
-// Constants: TOTAL, H, W, OH, OW, KH, KW, SH, SW, PT, PL, PB, PR, IS_MAX, COUNT_PAD.
+// Constants: TOTAL, H, W, OH, OW, KH, KW, SH, SW, PT, PL, PB, PR, DH, DW, IS_MAX, COUNT_PAD.
 
 @compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) num_workgroups: vec3<u32>) {
@@ -25,6 +26,26 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let w1 = min(w_end, i32(W));
     var best = negative_infinity();
     var sum = 0.0;
+    if (DH != 1u || DW != 1u) {
+        for (var th = 0; th < i32(KH); th += 1) {
+            let ih = h_start + th * i32(DH);
+            if (ih < 0 || ih >= i32(H)) {
+                continue;
+            }
+            for (var tw = 0; tw < i32(KW); tw += 1) {
+                let iw = w_start + tw * i32(DW);
+                if (iw < 0 || iw >= i32(W)) {
+                    continue;
+                }
+                let v = load_x((plane * H + u32(ih)) * W + u32(iw));
+                if (v > best || v != v) {
+                    best = v;
+                }
+            }
+        }
+        store_y(i, epilogue(i, best));
+        return;
+    }
     for (var ih = h0; ih < h1; ih += 1) {
         for (var iw = w0; iw < w1; iw += 1) {
             let v = load_x((plane * H + u32(ih)) * W + u32(iw));

@@ -742,8 +742,22 @@ fn window(
     Window { padded_len: (end - start).max(0) as usize, real: real_start..real_end }
 }
 
+/// The real input positions of window `out_index`'s taps along one dimension: `kernel`
+/// taps `dilation` apart from `out_index * stride - pad_before`.
+fn taps(
+    out_index: usize,
+    (kernel, stride, dilation): (usize, usize, usize),
+    pad_before: usize,
+    in_len: usize,
+) -> impl Iterator<Item = usize> + Clone {
+    let start = (out_index * stride) as isize - pad_before as isize;
+    (0..kernel as isize)
+        .map(move |i| start + i * dilation as isize)
+        .filter_map(move |p| if p >= 0 && (p as usize) < in_len { Some(p as usize) } else { None })
+}
+
 /// Max pooling; padded positions are -inf, so only real positions compete. NaN wins,
-/// as in PyTorch.
+/// as in PyTorch. With `dilation`, the window's taps are `dilation` apart.
 fn max_pool(pool: &Pool, x: &Tensor, out_shape: Vec<usize>) -> Tensor {
     let (in_h, in_w) = (x.shape[2], x.shape[3]);
     let (out_h, out_w) = (out_shape[2], out_shape[3]);
@@ -752,12 +766,12 @@ fn max_pool(pool: &Pool, x: &Tensor, out_shape: Vec<usize>) -> Tensor {
         let in_plane = &x.data[plane_index * in_h * in_w..][..in_h * in_w];
         let out_plane = &mut out.data[plane_index * out_h * out_w..][..out_h * out_w];
         for oh in 0..out_h {
-            let rows = window(oh, pool.kernel.h, pool.stride.h, pool.pad.top, pool.pad.bottom, in_h);
+            let rows = taps(oh, (pool.kernel.h, pool.stride.h, pool.dilation.h), pool.pad.top, in_h);
             for ow in 0..out_w {
-                let cols = window(ow, pool.kernel.w, pool.stride.w, pool.pad.left, pool.pad.right, in_w);
+                let cols = taps(ow, (pool.kernel.w, pool.stride.w, pool.dilation.w), pool.pad.left, in_w);
                 let mut best = f32::NEG_INFINITY;
-                for ih in rows.real.clone() {
-                    for iw in cols.real.clone() {
+                for ih in rows.clone() {
+                    for iw in cols.clone() {
                         let v = in_plane[ih * in_w + iw];
                         if v > best || v.is_nan() {
                             best = v;

@@ -570,7 +570,8 @@ fn fuse_every_pool(graph: &mut Graph) -> usize {
 #[test]
 fn fused_pooling_variants_match() {
     // Convolutions whose epilogue pools, on both kernel choices (the tiled one hands
-    // them to the direct kernel): max and average, windows that overlap or not, padding,
+    // them to the direct kernel): max and average, windows that overlap or not, padding
+    // (per side, asymmetric, up to kernel - 1),
     // ceil mode, count_pad, blocks of 4 pooled columns that run past the output, channel
     // counts that are not multiples of 8, groups, and epilogues with a residual.
     let Some(_gpu) = gpu_present("fused_pooling_variants_match") else { return };
@@ -587,7 +588,8 @@ fn fused_pooling_variants_match() {
         let (h, w) = (4 + rng.below(10), 4 + rng.below(10));
         let (pkh, pkw) = (1 + rng.below(3), 1 + rng.below(3));
         let (psh, psw) = (1 + rng.below(3), 1 + rng.below(3));
-        let (pph, ppw) = (rng.below(pkh / 2 + 1), rng.below(pkw / 2 + 1));
+        // Each side's padding up to kernel - 1 (ONNX's range), independently.
+        let pads = [rng.below(pkh), rng.below(pkw), rng.below(pkh), rng.below(pkw)];
         if (pkh, pkw, psh, psw) == (1, 1, 1, 1) {
             continue; // the identity, which eliminate_identities removes
         }
@@ -597,8 +599,12 @@ fn fused_pooling_variants_match() {
         let activation = activations[rng.below(activations.len())];
         let conv = format!("conv({out_channels}, {k}, stride={stride}, pad={}, groups={groups})", k / 2);
         let pool = format!(
-            "{}(({pkh}, {pkw}), stride=({psh}, {psw}), pad=({pph}, {ppw}), ceil={ceil}{})",
+            "{}(({pkh}, {pkw}), stride=({psh}, {psw}), pad=({}, {}, {}, {}), ceil={ceil}{})",
             if max { "max_pool" } else { "avg_pool" },
+            pads[0],
+            pads[1],
+            pads[2],
+            pads[3],
             if max { String::new() } else { format!(", count_pad={count_pad}") }
         );
         let residual = cases % 3 == 2;

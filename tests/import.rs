@@ -51,8 +51,12 @@ fn export(path: &Path) -> (Graph, Vec<u8>) {
 #[test]
 fn every_example_round_trips_with_the_same_ir_and_weights() {
     let mut failures = Vec::new();
-    let examples = examples();
+    let mut examples = examples();
     assert!(examples.len() >= 30, "examples/ holds {} programs", examples.len());
+    // And what examples do not use: asymmetric pads, `same` on pools, dilated max pools.
+    for program in ["asymmetric_pads.cnn", "same_padding.cnn", "max_pool_dilation.cnn"] {
+        examples.push(repo().join("tests/programs").join(program));
+    }
     for path in &examples {
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         let (graph, bytes) = export(path);
@@ -89,6 +93,20 @@ fn every_example_round_trips_with_the_same_ir_and_weights() {
         examples.len(),
         failures.join("\n")
     );
+}
+
+#[test]
+fn asymmetric_pads_import_as_four_tuples_and_same() {
+    let (_, bytes) = export(&repo().join("tests/programs/asymmetric_pads.cnn"));
+    let program = cnnc::import::import(&bytes).expect("imports").program;
+    for step in [
+        "conv(6, 3, pad=(0, 1, 2, 1))",
+        "max_pool(3, stride=2, pad=(2, 0, 1, 2))",
+        "max_pool((2, 3), stride=1, pad=same)",
+        "avg_pool(4, stride=3, pad=same, count_pad=true)",
+    ] {
+        assert!(program.contains(step), "no `{step}` in:\n{program}");
+    }
 }
 
 #[test]
@@ -182,14 +200,21 @@ fn malformed_and_unsupported_models_exit_1_with_the_node_named() {
     let program = cnnc::import::import(&deep.write_to_bytes().unwrap()).expect("imports").program;
     assert!(!program.contains("a.a") && program.len() < 1000, "{program}");
 
-    let mut asymmetric = lenet();
-    let conv = asymmetric.graph.as_mut().unwrap().node.iter_mut().find(|n| n.name == "conv1").unwrap();
-    conv.attribute.iter_mut().find(|a| a.name == "pads").unwrap().ints = vec![2, 2, 1, 1];
+    // Pool padding as large as the kernel (2): a bottom window of padding only.
+    let mut padded = lenet();
+    let pool = padded.graph.as_mut().unwrap().node.iter_mut().find(|n| n.op_type == "MaxPool").unwrap();
+    pool.attribute.retain(|a| a.name != "pads" && a.name != "auto_pad");
+    let mut pads = onnx_protobuf::AttributeProto::new();
+    pads.name = "pads".into();
+    pads.type_ = onnx_protobuf::attribute_proto::AttributeType::INTS.into();
+    pads.ints = vec![0, 0, 2, 0];
+    pool.attribute.push(pads);
+    let name = pool.name.clone();
     refused(
         &tmp.0,
-        "asymmetric",
-        &asymmetric.write_to_bytes().unwrap(),
-        &["node `conv1` (Conv)", "asymmetric padding"],
+        "pool_pad",
+        &padded.write_to_bytes().unwrap(),
+        &[&format!("node `{name}` (MaxPool)"), "not smaller than the kernel"],
     );
 }
 

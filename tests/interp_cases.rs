@@ -494,6 +494,83 @@ fn ceil_mode_pooling_clips_the_last_window() {
 }
 
 #[test]
+fn asymmetric_pool_padding_and_padding_up_to_the_kernel() {
+    let negatives: Vec<f32> = (1..=9).map(|v| -(v as f32)).collect(); // -[[1,2,3],[4,5,6],[7,8,9]]
+    let input: Vec<f32> = (1..=9).map(|v| v as f32).collect();
+
+    // Kernel 2, stride 2, pad (top 1, left 0, bottom 0, right 1): H (3+1-2)/2+1 = 2, W 2.
+    // Rows {-1, 0} -> {0} and {1, 2}; columns {0, 1} and {2, 3} -> {2}.
+    // (0,0) max(-1, -2) = -1; (0,1) -3; (1,0) max(-4, -5, -7, -8) = -4; (1,1) max(-6, -9) = -6
+    let source = "network t {\n input x: [1, 3, 3]\n max_pool(2, stride=2, pad=(1, 0, 0, 1))\n}";
+    let out = run_single(source, &Weights::default(), tensor(&[1, 1, 3, 3], &negatives));
+    assert_close(&out, &[1, 1, 2, 2], &[-1.0, -3.0, -4.0, -6.0]);
+
+    // Kernel 3, stride 2, pad 2 = kernel - 1 (ONNX allows it): (3+4-3)/2+1 = 3 windows per
+    // dimension, starting at -2, 0, 2: real rows {0}, {0, 1, 2}, {2}, the same columns.
+    // Max: (0,0) x00 = -1, (0,1) row 0 = -1, (0,2) x02 = -3, (1,0) column 0 = -1, (1,1) -1,
+    // (1,2) column 2 = -3, (2,0) x20 = -7, (2,1) row 2 = -7, (2,2) -9.
+    let source = "network t {\n input x: [1, 3, 3]\n max_pool(3, stride=2, pad=2)\n}";
+    let out = run_single(source, &Weights::default(), tensor(&[1, 1, 3, 3], &negatives));
+    assert_close(&out, &[1, 1, 3, 3], &[-1.0, -1.0, -3.0, -1.0, -1.0, -3.0, -7.0, -7.0, -9.0]);
+    // Average of 1..9 over the same windows: sums 1, 6, 3 / 12, 45, 18 / 7, 24, 9 over the
+    // real pixels 1, 3, 1 / 3, 9, 3 / 1, 3, 1 = 1..9; with count_pad every window lies in
+    // the padded 7x7 input whole, so all divide by 9.
+    let source = "network t {\n input x: [1, 3, 3]\n avg_pool(3, stride=2, pad=2)\n}";
+    let out = run_single(source, &Weights::default(), tensor(&[1, 1, 3, 3], &input));
+    assert_close(&out, &[1, 1, 3, 3], &input);
+    let source = "network t {\n input x: [1, 3, 3]\n avg_pool(3, stride=2, pad=2, count_pad=true)\n}";
+    let out = run_single(source, &Weights::default(), tensor(&[1, 1, 3, 3], &input));
+    let sums = [1.0, 6.0, 3.0, 12.0, 45.0, 18.0, 7.0, 24.0, 9.0];
+    let expected: Vec<f32> = sums.iter().map(|s| s / 9.0).collect();
+    assert_close(&out, &[1, 1, 3, 3], &expected);
+
+    // pad=same on a pool, kernel 2, stride 1: total 1, the odd pixel at the bottom/right
+    // (pad 0, 0, 1, 1), 3x3 output; window (i, j) covers rows {i, i+1}, columns {j, j+1}.
+    // count_pad=false: (1+2+4+5)/4 = 3, (2+3+5+6)/4 = 4, (3+6)/2 = 4.5, 6, 7, (6+9)/2 = 7.5,
+    //                  (7+8)/2 = 7.5, (8+9)/2 = 8.5, 9/1 = 9
+    // count_pad=true: the padded input is 4x4, every window whole: the sums over 4.
+    let graph = compile("network t {\n input x: [1, 3, 3]\n p: avg_pool(2, stride=1, pad=same)\n}");
+    let pool = graph.node(node_named(&graph, "p"));
+    assert_eq!(pool.op.attributes(), "kernel=2x2 stride=1x1 pad=0,0,1,1");
+    let source = "network t {\n input x: [1, 3, 3]\n avg_pool(2, stride=1, pad=same)\n}";
+    let out = run_single(source, &Weights::default(), tensor(&[1, 1, 3, 3], &input));
+    assert_close(&out, &[1, 1, 3, 3], &[3.0, 4.0, 4.5, 6.0, 7.0, 7.5, 7.5, 8.5, 9.0]);
+    let source = "network t {\n input x: [1, 3, 3]\n avg_pool(2, stride=1, pad=same, count_pad=true)\n}";
+    let out = run_single(source, &Weights::default(), tensor(&[1, 1, 3, 3], &input));
+    assert_close(&out, &[1, 1, 3, 3], &[3.0, 4.0, 2.25, 6.0, 7.0, 3.75, 3.75, 4.25, 2.25]);
+}
+
+#[test]
+fn max_pool_dilation_takes_taps_apart() {
+    // The row [1, 5, 2, 4, 3], kernel (1, 2), dilation (1, 2): taps j and j + 2.
+    // No padding: (5 - 3) + 1 = 3 windows: max(1, 2) = 2, max(5, 4) = 5, max(2, 3) = 3.
+    let row = [1.0, 5.0, 2.0, 4.0, 3.0];
+    let source = "network t {\n input x: [1, 1, 5]\n max_pool((1, 2), stride=1, dilation=(1, 2))\n}";
+    let out = run_single(source, &Weights::default(), tensor(&[1, 1, 1, 5], &row));
+    assert_close(&out, &[1, 1, 1, 3], &[2.0, 5.0, 3.0]);
+    // Left and right padding 1: (5 + 2 - 3) + 1 = 5 windows from -1: taps {-1, 1} = 5,
+    // {0, 2} = 2, {1, 3} = 5, {2, 4} = 3, {3, 5} = 4 (the padding never wins).
+    let source = "network t {\n input x: [1, 1, 5]\n max_pool((1, 2), stride=1, pad=(0, 1, 0, 1), dilation=(1, 2))\n}";
+    let out = run_single(source, &Weights::default(), tensor(&[1, 1, 1, 5], &row));
+    assert_close(&out, &[1, 1, 1, 5], &[5.0, 2.0, 5.0, 3.0, 4.0]);
+}
+
+#[test]
+fn conv_asymmetric_padding() {
+    // A 1x1x3x3 input 1..9, a 2x2 kernel of ones, pad (top 0, left 1, bottom 1, right 0):
+    // H (3+1-2)+1 = 3, W 3; output (i, j) sums rows {i, i+1} and columns {j-1, j} of the
+    // input, out of range = 0:
+    // (0,0) 1+4 = 5, (0,1) 1+2+4+5 = 12, (0,2) 2+3+5+6 = 16,
+    // (1,0) 4+7 = 11, (1,1) 4+5+7+8 = 24, (1,2) 5+6+8+9 = 28,
+    // (2,0) 7, (2,1) 7+8 = 15, (2,2) 8+9 = 17.
+    let input: Vec<f32> = (1..=9).map(|v| v as f32).collect();
+    let source = "network t {\n input x: [1, 3, 3]\n c: conv(1, 2, pad=(0, 1, 1, 0), bias=false)\n}";
+    let w = weights(&[("c.weight", &[1, 1, 2, 2], &[1.0; 4])]);
+    let out = run_single(source, &w, tensor(&[1, 1, 3, 3], &input));
+    assert_close(&out, &[1, 1, 3, 3], &[5.0, 12.0, 16.0, 11.0, 24.0, 28.0, 7.0, 15.0, 17.0]);
+}
+
+#[test]
 fn adaptive_avg_pool_uneven_bins() {
     // 5 -> 3: bin i spans floor(5i/3) .. ceil(5(i+1)/3): [0,2), [1,4), [3,5).
     // Row [1, 2, 4, 8, 16]: (1+2)/2 = 1.5, (2+4+8)/3 = 14/3, (8+16)/2 = 12.

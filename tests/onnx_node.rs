@@ -4,7 +4,9 @@
 //! `onnx` package's case generators (the operators `cnnc import` is meant to read, float32
 //! data of rank at most 4; parameters as initializers). Every test either imports, and
 //! then its outputs match the test's expected outputs on the reference interpreter
-//! (relative L2 at most 1e-5) and on the CPU backend at -O2 (at most 1e-4, f32 sums), or
+//! (relative L2 at most 1e-5), on the CPU backend at -O2 and on the GPU backend at -O2
+//! with the GPU's passes (at most 1e-4, f32 sums; the GPU run needs an adapter, see
+//! `common::gpu_present`), or
 //! is refused with a message naming the node and its operator. The count that imports
 //! may only grow: `IMPORTED_AT_LEAST` is what the importer reached when it was last
 //! raised. Each refusal is printed with its reason (`--nocapture`), the list of what the
@@ -12,15 +14,20 @@
 
 use std::path::{Path, PathBuf};
 
-use cnnc::passes::{self, OptLevel};
+#[allow(dead_code)]
+mod common;
+
+use cnnc::backend::wgsl;
+use cnnc::passes::{self, Capabilities, OptLevel};
 use cnnc::tensor::{Tensor, relative_l2};
 use protobuf::Message;
 
 /// Tests that import and pass; raise it when the importer learns more.
-const IMPORTED_AT_LEAST: usize = 46;
+const IMPORTED_AT_LEAST: usize = 58;
 
 const REFERENCE_TOLERANCE: f64 = 1e-5;
 const CPU_TOLERANCE: f64 = 1e-4;
+const GPU_TOLERANCE: f64 = 1e-4;
 
 fn cases() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/onnx_node");
@@ -45,7 +52,7 @@ fn runtime_inputs(model: &[u8]) -> Vec<String> {
 
 /// Runs one test: `Ok(None)` when it imports and matches, `Ok(Some(reason))` when the
 /// import refuses it, `Err` when it imports and computes something else.
-fn check(case: &Path) -> Result<Option<String>, String> {
+fn check(case: &Path, gpu: bool) -> Result<Option<String>, String> {
     let bytes = std::fs::read(case.join("model.onnx")).map_err(|e| e.to_string())?;
     let imported = match cnnc::import::import(&bytes) {
         Ok(imported) => imported,
@@ -86,6 +93,13 @@ fn check(case: &Path) -> Result<Option<String>, String> {
     let jit = cnnc::backend::clif::compile_jit(&optimized).map_err(|e| format!("cpu: {e}"))?;
     let native = jit.run(&inputs).map_err(|e| format!("cpu run: {e}"))?;
     compare("cpu", &native, CPU_TOLERANCE)?;
+    if gpu {
+        let mut for_gpu = graph.clone();
+        passes::optimize_for(&mut for_gpu, OptLevel::O2, Capabilities::GPU).map_err(|e| format!("gpu -O2: {e}"))?;
+        let model = wgsl::compile_gpu(&for_gpu).map_err(|e| format!("gpu: {e}"))?;
+        let on_gpu = model.run(&inputs).map_err(|e| format!("gpu run: {e}"))?;
+        compare("gpu", &on_gpu, GPU_TOLERANCE)?;
+    }
     Ok(None)
 }
 
@@ -94,15 +108,21 @@ fn onnx_node_tests_import_and_match_or_are_refused_by_name() {
     let mut imported = Vec::new();
     let mut refused = Vec::new();
     let mut failures = Vec::new();
+    let gpu = common::gpu_present("onnx_node_tests_import_and_match_or_are_refused_by_name");
     for case in cases() {
         let name = case.file_name().expect("a name").to_string_lossy().into_owned();
-        match check(&case) {
+        match check(&case, gpu.is_some()) {
             Ok(None) => imported.push(name),
             Ok(Some(reason)) => refused.push((name, reason)),
             Err(e) => failures.push(format!("{name}: {e}")),
         }
     }
-    println!("imported and matching: {} of {}", imported.len(), imported.len() + refused.len() + failures.len());
+    println!(
+        "imported and matching{}: {} of {}",
+        if gpu.is_some() { " (reference, cpu and gpu)" } else { " (reference and cpu; no GPU)" },
+        imported.len(),
+        imported.len() + refused.len() + failures.len()
+    );
     for (name, reason) in &refused {
         println!("refused {name}: {}", reason.lines().next().unwrap_or_default());
     }

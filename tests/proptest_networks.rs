@@ -90,6 +90,8 @@ enum Layer {
         kernel: (usize, usize),
         stride: Option<(usize, usize)>,
         pad: (usize, usize),
+        /// More padding at the bottom and right than at the top and left (asymmetric).
+        extra: (usize, usize),
         ceil: bool,
         count_pad: bool,
     },
@@ -174,13 +176,13 @@ fn window_floor(input: usize, kernel: usize, stride: usize, pad_total: usize, di
     (input + pad_total >= span).then(|| (input + pad_total - span) / stride + 1)
 }
 
-/// PyTorch's `ceil_mode` output size.
-fn window_ceil(input: usize, kernel: usize, stride: usize, pad: usize) -> Option<usize> {
-    if input + 2 * pad < kernel {
+/// PyTorch's `ceil_mode` output size (`before` and `after` the padding of each side).
+fn window_ceil(input: usize, kernel: usize, stride: usize, (before, after): (usize, usize)) -> Option<usize> {
+    if input + before + after < kernel {
         return None;
     }
-    let mut out = (input + 2 * pad - kernel).div_ceil(stride) + 1;
-    if (out - 1) * stride >= input + pad {
+    let mut out = (input + before + after - kernel).div_ceil(stride) + 1;
+    if (out - 1) * stride >= input + before {
         out -= 1;
     }
     Some(out)
@@ -258,35 +260,38 @@ fn render_conv(layer: &Layer, shape: &[usize], mode: Mode) -> Option<(String, Ve
 
 /// Adapts a pooling layer to a `[c, h, w]` input; returns its source text and output shape.
 fn render_pool(layer: &Layer, shape: &[usize], mode: Mode) -> Option<(String, Vec<usize>)> {
-    let Layer::Pool { max, kernel, stride, pad, ceil, count_pad } = *layer else { unreachable!() };
+    let Layer::Pool { max, kernel, stride, pad, extra, ceil, count_pad } = *layer else { unreachable!() };
     let [c, h, w] = *shape else { return None };
     let (kernel, stride, pad, ceil) = if mode == Mode::KeepSpatial {
         // An odd kernel, stride 1 and half-kernel padding keep the size.
         let odd = |k: usize| if k.is_multiple_of(2) { k - 1 } else { k };
         let kernel = (odd(kernel.0), odd(kernel.1));
-        (kernel, Some((1, 1)), (kernel.0 / 2, kernel.1 / 2), false)
+        let half = (kernel.0 / 2, kernel.1 / 2);
+        (kernel, Some((1, 1)), (half, half), false)
     } else {
-        (kernel, stride, pad, ceil)
+        (kernel, stride, (pad, (pad.0 + extra.0, pad.1 + extra.1)), ceil)
     };
-    // PyTorch allows at most half the kernel as padding; the window must fit.
-    let fit_dim = |input: usize, kernel: usize, pad: usize| -> (usize, usize) {
-        let pad = pad.min(kernel / 2);
-        if input + 2 * pad >= kernel { (kernel, pad) } else { (input, pad.min(input / 2)) }
+    // Each side's padding at most kernel - 1 (ONNX's range); the window must fit.
+    let fit_dim = |input: usize, kernel: usize, (before, after): (usize, usize)| -> (usize, (usize, usize)) {
+        let kernel = if input + before.min(kernel - 1) + after.min(kernel - 1) >= kernel { kernel } else { input };
+        (kernel, (before.min(kernel - 1), after.min(kernel - 1)))
     };
-    let (kh, ph) = fit_dim(h, kernel.0, pad.0);
-    let (kw, pw) = fit_dim(w, kernel.1, pad.1);
+    let (kh, ph) = fit_dim(h, kernel.0, (pad.0.0, pad.1.0));
+    let (kw, pw) = fit_dim(w, kernel.1, (pad.0.1, pad.1.1));
     let (sh, sw) = stride.unwrap_or((kh, kw));
     let (out_h, out_w) = if ceil {
         (window_ceil(h, kh, sh, ph)?, window_ceil(w, kw, sw, pw)?)
     } else {
-        (window_floor(h, kh, sh, 2 * ph, 1)?, window_floor(w, kw, sw, 2 * pw, 1)?)
+        (window_floor(h, kh, sh, ph.0 + ph.1, 1)?, window_floor(w, kw, sw, pw.0 + pw.1, 1)?)
     };
     let mut text = format!("{}({}", if max { "max_pool" } else { "avg_pool" }, hw((kh, kw)));
     if let Some(stride) = stride {
         write!(text, ", stride={}", hw(stride)).unwrap();
     }
-    if (ph, pw) != (0, 0) {
-        write!(text, ", pad={}", hw((ph, pw))).unwrap();
+    if ph.0 != ph.1 || pw.0 != pw.1 {
+        write!(text, ", pad=({}, {}, {}, {})", ph.0, pw.0, ph.1, pw.1).unwrap();
+    } else if (ph.0, pw.0) != (0, 0) {
+        write!(text, ", pad={}", hw((ph.0, pw.0))).unwrap();
     }
     if ceil {
         text.push_str(", ceil=true");
@@ -747,9 +752,24 @@ fn batch_norm() -> impl Strategy<Value = Layer> {
 }
 
 fn pool() -> impl Strategy<Value = Layer> {
-    (any::<bool>(), pair(1..=4), proptest::option::of(pair(1..=3)), pair(0..=2), any::<bool>(), any::<bool>()).prop_map(
-        |(max, kernel, stride, pad, ceil, count_pad)| Layer::Pool { max, kernel, stride, pad, ceil, count_pad },
+    (
+        any::<bool>(),
+        pair(1..=4),
+        proptest::option::of(pair(1..=3)),
+        pair(0..=2),
+        pair(0..=1),
+        any::<bool>(),
+        any::<bool>(),
     )
+        .prop_map(|(max, kernel, stride, pad, extra, ceil, count_pad)| Layer::Pool {
+            max,
+            kernel,
+            stride,
+            pad,
+            extra,
+            ceil,
+            count_pad,
+        })
 }
 
 fn merge() -> impl Strategy<Value = Layer> {
@@ -871,7 +891,15 @@ fn renderer_adapts_layers_to_the_shape() {
                 bias: false,
                 depthwise: false,
             },
-            Layer::Pool { max: false, kernel: (4, 4), stride: None, pad: (2, 2), ceil: true, count_pad: true },
+            Layer::Pool {
+                max: false,
+                kernel: (4, 4),
+                stride: None,
+                pad: (2, 2),
+                extra: (0, 0),
+                ceil: true,
+                count_pad: true,
+            },
             Layer::Branches(vec![vec![Layer::GlobalPool { max: true }], vec![]]),
             Layer::Merge { multiply: true, picks: vec![3], current_last: true },
         ],

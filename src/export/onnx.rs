@@ -17,7 +17,7 @@
 //! | `batch_norm` | `BatchNormalization` (on `[N, C, H, W]` and `[N, F]`) |
 //! | `relu`, `leaky_relu`, `sigmoid`, `tanh` | `Relu`, `LeakyRelu`, `Sigmoid`, `Tanh` |
 //! | `softmax` | `Softmax(axis = 1)` |
-//! | `max_pool`, `avg_pool` | `MaxPool`, `AveragePool` (`ceil_mode`, `count_include_pad`) |
+//! | `max_pool`, `avg_pool` | `MaxPool`, `AveragePool` (`pads` = top, left, bottom, right; `ceil_mode`, `count_include_pad`, max's `dilations`) |
 //! | `global_avg_pool`, `global_max_pool` | `GlobalAveragePool`, `GlobalMaxPool` |
 //! | `adaptive_avg_pool` | `Identity` when the size is already right; `AveragePool` when the input divides evenly; otherwise per axis one `Slice` + `ReduceMean` per bin (PyTorch's edges `floor(i*In/Out)..ceil((i+1)*In/Out)`) and a `Concat` |
 //! | `dropout`, `dropout2d` | `Identity` |
@@ -654,6 +654,9 @@ fn pool_attrs(p: &Pool, average: bool) -> Vec<(&'static str, Attr)> {
     ];
     if average {
         attrs.push(("count_include_pad", Attr::Int(p.count_pad as i64)));
+    }
+    if p.dilation != Hw::square(1) {
+        attrs.push(("dilations", Attr::Ints(hw(p.dilation))));
     }
     attrs
 }

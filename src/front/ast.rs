@@ -106,4 +106,6 @@ pub enum ExprKind {
     Neg(Box<Expr>),
     Binary(BinOp, Box<Expr>, Box<Expr>),
     Pair(Box<Expr>, Box<Expr>),
+    /// `(top, left, bottom, right)`: the four sides of a `pad`.
+    Quad(Box<[Expr; 4]>),
 }

@@ -210,6 +210,8 @@ enum ArgKind {
 enum ArgValue {
     Int(i64),
     Pair(i64, i64),
+    /// `(top, left, bottom, right)`, for `pad` only.
+    Quad([i64; 4]),
     Float(f64),
     Bool(bool),
     Same,
@@ -242,8 +244,13 @@ fn op_spec(op: &str) -> &'static [ArgSpec] {
     const LINEAR: &[ArgSpec] = &[req("out", Int), opt("bias", Bool)];
     const BATCH_NORM: &[ArgSpec] = &[opt("eps", Float)];
     const LEAKY_RELU: &[ArgSpec] = &[opt("slope", Float)];
-    const MAX_POOL: &[ArgSpec] =
-        &[req("kernel", IntOrPair), opt("stride", IntOrPair), opt("pad", Pad), opt("ceil", Bool)];
+    const MAX_POOL: &[ArgSpec] = &[
+        req("kernel", IntOrPair),
+        opt("stride", IntOrPair),
+        opt("pad", Pad),
+        opt("ceil", Bool),
+        opt("dilation", IntOrPair),
+    ];
     const AVG_POOL: &[ArgSpec] = &[
         req("kernel", IntOrPair),
         opt("stride", IntOrPair),
@@ -297,6 +304,16 @@ impl Args {
             Some((ArgValue::Int(v), _)) => Hw::square(*v as usize),
             Some((ArgValue::Pair(h, w), _)) => Hw::new(*h as usize, *w as usize),
             _ => default,
+        }
+    }
+    /// An explicit `pad`: an integer, a pair `(h, w)` or `(top, left, bottom, right)`;
+    /// zero when absent (`same` is resolved by the caller, which knows the input).
+    fn pad(&self) -> Pad {
+        match self.values.get("pad") {
+            Some((ArgValue::Quad([t, l, b, r]), _)) => {
+                Pad { top: *t as usize, left: *l as usize, bottom: *b as usize, right: *r as usize }
+            }
+            _ => Pad::symmetric(self.hw("pad", Hw::square(0))),
         }
     }
     fn float(&self, name: &str, default: f64) -> f64 {
@@ -1183,9 +1200,9 @@ impl<'a> Lowerer<'a> {
     fn eval_int(&mut self, expr: &Expr) -> Option<i64> {
         match self.eval(expr)? {
             ArgValue::Int(v) => Some(v),
-            ArgValue::Pair(..) => {
+            ArgValue::Pair(..) | ArgValue::Quad(..) => {
                 self.error(Diag::new(
-                    "expected an integer, found a pair",
+                    "expected an integer, found a tuple",
                     expr.span.clone(),
                     "pairs are for kernel, stride, pad, dilation and output size",
                 ));
@@ -1271,6 +1288,11 @@ impl<'a> Lowerer<'a> {
                 let a = self.eval_int(a);
                 let b = self.eval_int(b);
                 Some(ArgValue::Pair(a?, b?))
+            }
+            ExprKind::Quad(items) => {
+                let values: Vec<Option<i64>> = items.iter().map(|item| self.eval_int(item)).collect();
+                let [t, l, b, r] = [values[0], values[1], values[2], values[3]];
+                Some(ArgValue::Quad([t?, l?, b?, r?]))
             }
         }
     }
@@ -1417,14 +1439,16 @@ impl<'a> Lowerer<'a> {
                 }
                 Some(ArgValue::Pair(a, b))
             }
-            (ArgKind::Pad, ArgValue::Same) => {
-                if op_name == "conv" {
-                    Some(ArgValue::Same)
-                } else {
-                    self.error(kind_error("an integer or a pair (`same` is for conv)"));
-                    None
+            (ArgKind::Pad, ArgValue::Quad(sides)) => {
+                for v in sides {
+                    if !in_range(v) {
+                        self.error(range_error(v));
+                        return None;
+                    }
                 }
+                Some(ArgValue::Quad(sides))
             }
+            (ArgKind::Pad, ArgValue::Same) => Some(ArgValue::Same),
             (ArgKind::Float, ArgValue::Float(v)) => self.check_float(op_name, spec.name, v, &span),
             (ArgKind::Float, ArgValue::Int(v)) => self.check_float(op_name, spec.name, v as f64, &span),
             (ArgKind::Bool, ArgValue::Bool(b)) => Some(ArgValue::Bool(b)),
@@ -1432,7 +1456,7 @@ impl<'a> Lowerer<'a> {
                 let what = match kind {
                     ArgKind::Int => "an integer",
                     ArgKind::IntOrPair => "an integer or a pair `(h, w)`",
-                    ArgKind::Pad => "an integer, a pair `(h, w)`, `same` or `valid`",
+                    ArgKind::Pad => "an integer, a pair `(h, w)`, `(top, left, bottom, right)`, `same` or `valid`",
                     ArgKind::Float => "a number",
                     ArgKind::Bool => "`true` or `false`",
                 };
@@ -1483,6 +1507,30 @@ impl<'a> Lowerer<'a> {
         self.finish_node(step, op, path, &[input])
     }
 
+    /// The `pad` of a window op: explicit, or `same` (ONNX's `SAME_UPPER`: the odd pixel
+    /// at the bottom/right), which needs the 4-D input's size.
+    fn resolve_pad(
+        &mut self,
+        op_name: &str,
+        args: &Args,
+        input_shape: &[usize],
+        span: &Span,
+        (kernel, stride, dilation): (Hw, Hw, Hw),
+    ) -> Option<Pad> {
+        if !args.is_same_pad() {
+            return Some(args.pad());
+        }
+        if input_shape.len() != 4 {
+            self.error(Diag::new(
+                format!("{op_name} expects a 4-D [N, C, H, W] tensor, got {}", fmt_shape(input_shape)),
+                span.clone(),
+                "here",
+            ));
+            return None;
+        }
+        Some(same_pad(Hw::new(input_shape[2], input_shape[3]), kernel, stride, dilation))
+    }
+
     fn build_op(&mut self, op_name: &str, args: &Args, input_shape: &[usize], span: &Span) -> Option<Op> {
         let window = |args: &Args| -> (Hw, Hw, Hw) {
             let kernel = args.hw("kernel", Hw::square(1));
@@ -1493,19 +1541,7 @@ impl<'a> Lowerer<'a> {
         Some(match op_name {
             "conv" => {
                 let (kernel, stride, dilation) = window(args);
-                let pad = if args.is_same_pad() {
-                    if input_shape.len() != 4 {
-                        self.error(Diag::new(
-                            format!("conv expects a 4-D [N, C, H, W] tensor, got {}", fmt_shape(input_shape)),
-                            span.clone(),
-                            "here",
-                        ));
-                        return None;
-                    }
-                    same_pad(Hw::new(input_shape[2], input_shape[3]), kernel, stride, dilation)
-                } else {
-                    Pad::symmetric(args.hw("pad", Hw::square(0)))
-                };
+                let pad = self.resolve_pad(op_name, args, input_shape, span, (kernel, stride, dilation))?;
                 Op::Conv(Conv {
                     out_channels: args.int("out", 1) as usize,
                     kernel,
@@ -1545,11 +1581,14 @@ impl<'a> Lowerer<'a> {
             "gelu" => Op::Activation(Activation::Gelu { tanh: args.bool("tanh", false) }),
             "softmax" => Op::Softmax,
             "max_pool" | "avg_pool" => {
-                let (kernel, stride, _) = window(args);
+                // `dilation` is max_pool's only (avg_pool's spec has none: 1x1).
+                let (kernel, stride, dilation) = window(args);
+                let pad = self.resolve_pad(op_name, args, input_shape, span, (kernel, stride, dilation))?;
                 let pool = Pool {
                     kernel,
                     stride,
-                    pad: Pad::symmetric(args.hw("pad", Hw::square(0))),
+                    pad,
+                    dilation,
                     ceil: args.bool("ceil", false),
                     count_pad: args.bool("count_pad", false),
                 };

@@ -276,16 +276,35 @@ fn expr_with_depth(pair: Pair<Rule>) -> Result<(Expr, usize), Diag> {
             Ok((e, depth))
         }
         Rule::group => {
-            let mut inner = pair.into_inner();
-            let (first, depth) = expr_with_depth(inner.next().expect("grammar: group expression"))?;
-            match inner.next() {
-                None => Ok((Expr { kind: first.kind, span }, depth)),
-                Some(second) => {
-                    let (second, second_depth) = expr_with_depth(second)?;
-                    let depth = deeper(depth.max(second_depth) + 1, &span)?;
-                    Ok((Expr { kind: ExprKind::Pair(Box::new(first), Box::new(second)), span }, depth))
-                }
+            let mut items = Vec::new();
+            let mut depth = 0;
+            for part in pair.into_inner() {
+                let (item, item_depth) = expr_with_depth(part)?;
+                depth = depth.max(item_depth);
+                items.push(item);
             }
+            let kind = match items.len() {
+                1 => return Ok((Expr { kind: items.pop().expect("one item").kind, span }, depth)),
+                2 => {
+                    let second = items.pop().expect("two items");
+                    let first = items.pop().expect("two items");
+                    ExprKind::Pair(Box::new(first), Box::new(second))
+                }
+                4 => {
+                    let quad: [Expr; 4] = items.try_into().expect("four items");
+                    ExprKind::Quad(Box::new(quad))
+                }
+                n => {
+                    return Err(Diag::new(
+                        format!("a tuple of {n} values"),
+                        span,
+                        "expected `(h, w)` or `(top, left, bottom, right)`",
+                    )
+                    .note("pairs are for kernel, stride, pad, dilation and output size; 4-tuples for pad"));
+                }
+            };
+            let depth = deeper(depth + 1, &span)?;
+            Ok((Expr { kind, span }, depth))
         }
         Rule::ident => Ok((Expr { kind: ExprKind::Name(pair.as_str().to_string()), span }, 1)),
         Rule::number => {

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use onnx_protobuf::{GraphProto, NodeProto, tensor_proto::DataType, type_proto};
 
 use super::ImportError;
-use super::model::{self, Const, attr, attr_float, attr_int, attr_ints, attr_string};
+use super::model::{self, Const, Data, attr, attr_float, attr_int, attr_ints, attr_string};
 use crate::ir::shape::{infer, same_pad};
 use crate::ir::{Activation, Conv, Graph, Hw, Node, NodeId, Op, Output, Pad, ParamRole, Pool};
 use crate::tensor::Tensor;
@@ -622,15 +622,10 @@ impl<'m> Importer<'m> {
             },
             "VALID" => Ok(Pad::symmetric(Hw::square(0))),
             "SAME_UPPER" => Ok(same_pad(hw, kernel, stride, dilation)),
+            // The odd pixel at the top/left: `(top, left, bottom, right)` with the sides swapped.
             "SAME_LOWER" => {
                 let p = same_pad(hw, kernel, stride, dilation);
-                if p.top != p.bottom || p.left != p.right {
-                    return Err(err(
-                        node,
-                        "auto_pad=SAME_LOWER with an odd total padding (the extra pixel at the top/left) is not expressible; cnnc's `same` is SAME_UPPER",
-                    ));
-                }
-                Ok(p)
+                Ok(Pad { top: p.bottom, left: p.right, bottom: p.top, right: p.left })
             }
             other => Err(err(node, format!("auto_pad={other}"))),
         }
@@ -662,12 +657,6 @@ impl<'m> Importer<'m> {
         }
         let conv =
             Conv { out_channels: w.dims[0], kernel, stride, pad, dilation, groups: groups as usize, bias: b.is_some() };
-        if !symmetric_or_same(&pad, &input, kernel, stride, dilation) {
-            return Err(err(
-                node,
-                format!("asymmetric padding {pad} (top, left, bottom, right) is not expressible yet"),
-            ));
-        }
         let mut tensors = vec![(ParamRole::Weight, Self::float_tensor(&w, w.dims.clone()))];
         if let Some(b) = &b {
             tensors.push((ParamRole::Bias, Self::float_tensor(b, vec![b.len()])));
@@ -687,27 +676,23 @@ impl<'m> Importer<'m> {
             None => return Err(err(node, "kernel_shape is missing")),
         };
         let stride = Self::hw_attr(node, "strides", 1)?;
-        if Self::hw_attr(node, "dilations", 1)? != Hw::square(1) {
-            return Err(err(node, "pooling with dilations is not expressible"));
+        let dilation = Self::hw_attr(node, "dilations", 1)?;
+        if dilation != Hw::square(1) && node.op_type != "MaxPool" {
+            return Err(err(node, "average pooling with dilations is not expressible (max_pool has `dilation`)"));
         }
         if attr_int(node, "storage_order", 0) != 0 {
             return Err(err(node, "storage_order=1"));
         }
         let input = self.shape(x);
-        let pad = Self::pads(node, &input, kernel, stride, Hw::square(1))?;
-        if pad.top != pad.bottom || pad.left != pad.right {
-            return Err(err(
-                node,
-                format!("asymmetric pool padding {pad} (top, left, bottom, right) is not expressible yet"),
-            ));
-        }
-        if pad.top * 2 > kernel.h || pad.left * 2 > kernel.w {
-            return Err(err(node, format!("pool padding {pad} over half the kernel {kernel} is not expressible yet")));
+        let pad = Self::pads(node, &input, kernel, stride, dilation)?;
+        if pad.top.max(pad.bottom) >= kernel.h || pad.left.max(pad.right) >= kernel.w {
+            return Err(err(node, format!("pool padding {pad} not smaller than the kernel {kernel}")));
         }
         let p = Pool {
             kernel,
             stride,
             pad,
+            dilation,
             ceil: attr_int(node, "ceil_mode", 0) != 0,
             count_pad: attr_int(node, "count_include_pad", 0) != 0,
         };
@@ -785,9 +770,7 @@ impl<'m> Importer<'m> {
         if attr_int(node, "transA", 0) != 0 {
             return Err(err(node, "Gemm with transA=1 is not expressible"));
         }
-        if attr_float(node, "alpha", 1.0) != 1.0 || attr_float(node, "beta", 1.0) != 1.0 {
-            return Err(err(node, "Gemm with alpha or beta other than 1 is not expressible"));
-        }
+        let (alpha, beta) = (attr_float(node, "alpha", 1.0), attr_float(node, "beta", 1.0));
         let w = self.constant(node, 1, "the weight")?;
         if w.dims.len() != 2 {
             return Err(err(node, format!("weight of shape {:?}", w.dims)));
@@ -797,17 +780,31 @@ impl<'m> Importer<'m> {
         } else {
             model::transpose(&w, &[1, 0]).map_err(|e| err(node, e))?
         };
+        // `alpha * (x W^T) + beta * C`: alpha folds into the weight, beta into the bias.
+        let w = if alpha == 1.0 { w } else { scaled(&w, alpha) };
         let out = w.dims[0];
         let b = match node.input.get(2).filter(|s| !s.is_empty()) {
             Some(_) => {
                 let b = self.constant(node, 2, "the bias")?;
-                if b.len() != out || b.dims.iter().filter(|&&d| d != 1).count() > 1 {
+                // C broadcasts to [batch, out]: one value per output ([out], [1, out]) or
+                // one for all (a scalar, [1], [1, 1]), expanded.
+                let per_output = b.dims.last() == Some(&out) && b.len() == out;
+                let one = b.len() == 1;
+                if b.dims.len() > 2 || !(per_output || one) {
                     return Err(err(
                         node,
-                        format!("bias of shape {:?} for {out} outputs; cnnc adds one bias per output", b.dims),
+                        format!(
+                            "C of shape {:?} for {out} outputs; cnnc adds one bias per output (C of shape [{out}], [1, {out}] or a scalar)",
+                            b.dims
+                        ),
                     ));
                 }
-                Some(b)
+                let b = if one && !per_output {
+                    Const { dims: vec![out], data: Data::F32(vec![b.floats()[0]; out]), origin: b.origin.clone() }
+                } else {
+                    b
+                };
+                Some(if beta == 1.0 { b } else { scaled(&b, beta) })
             }
             None => None,
         };
@@ -1334,13 +1331,17 @@ impl<'m> Importer<'m> {
     }
 }
 
+/// A float constant times `factor` (Gemm's alpha and beta, folded), keeping its origin.
+fn scaled(c: &Const, factor: f32) -> Const {
+    Const {
+        dims: c.dims.clone(),
+        data: Data::F32(c.floats().iter().map(|v| v * factor).collect()),
+        origin: c.origin.clone(),
+    }
+}
+
 /// The f64 a float attribute was written as: the shortest decimal that rounds to the f32
 /// (`1e-5f32` -> `1e-5`, not `9.99999974737875e-6`).
 pub fn shortest(x: f32) -> f64 {
     format!("{x}").parse().unwrap_or(x as f64)
-}
-
-fn symmetric_or_same(pad: &Pad, input: &[usize], kernel: Hw, stride: Hw, dilation: Hw) -> bool {
-    (pad.top == pad.bottom && pad.left == pad.right)
-        || *pad == same_pad(Hw::new(input[2], input[3]), kernel, stride, dilation)
 }

@@ -701,13 +701,19 @@ impl Writer<'_> {
         let input = self.graph.op_operands(id).first().map(|&o| self.graph.node(o).shape.clone()).unwrap_or_default();
         let bad = |what: &str| format!("layer `{}`: {what}", node.name);
         let hw = |v: Hw| if v.h == v.w { v.h.to_string() } else { format!("({}, {})", v.h, v.w) };
-        let pad = |p: Pad| -> Result<Option<String>, String> {
+        // Symmetric pads as `n` or `(h, w)`; asymmetric ones as `same` where they are the
+        // input's `same` padding (SAME_UPPER), else `(top, left, bottom, right)`.
+        let pad = |p: Pad, kernel: Hw, stride: Hw, dilation: Hw| -> Option<String> {
             if p.is_zero() {
-                Ok(None)
+                None
             } else if p.top == p.bottom && p.left == p.right {
-                Ok(Some(hw(Hw::new(p.top, p.left))))
+                Some(hw(Hw::new(p.top, p.left)))
+            } else if input.len() == 4
+                && crate::ir::shape::same_pad(Hw::new(input[2], input[3]), kernel, stride, dilation) == p
+            {
+                Some("same".to_string())
             } else {
-                Ok(Some("same".to_string()))
+                Some(format!("({}, {}, {}, {})", p.top, p.left, p.bottom, p.right))
             }
         };
         let mut args: Vec<String> = Vec::new();
@@ -718,14 +724,7 @@ impl Writer<'_> {
                 if c.stride != Hw::square(1) {
                     args.push(format!("stride={}", hw(c.stride)));
                 }
-                if let Some(p) = pad(c.pad)? {
-                    if p == "same"
-                        && input.len() == 4
-                        && crate::ir::shape::same_pad(Hw::new(input[2], input[3]), c.kernel, c.stride, c.dilation)
-                            != c.pad
-                    {
-                        return Err(bad(&format!("asymmetric padding {} is not expressible", c.pad)));
-                    }
+                if let Some(p) = pad(c.pad, c.kernel, c.stride, c.dilation) {
                     args.push(format!("pad={p}"));
                 }
                 if c.dilation != Hw::square(1) {
@@ -777,11 +776,11 @@ impl Writer<'_> {
                 if p.stride != p.kernel {
                     args.push(format!("stride={}", hw(p.stride)));
                 }
-                if let Some(text) = pad(p.pad)? {
-                    if text == "same" {
-                        return Err(bad(&format!("asymmetric pool padding {} is not expressible", p.pad)));
-                    }
+                if let Some(text) = pad(p.pad, p.kernel, p.stride, p.dilation) {
                     args.push(format!("pad={text}"));
+                }
+                if p.dilation != Hw::square(1) {
+                    args.push(format!("dilation={}", hw(p.dilation)));
                 }
                 if p.ceil {
                     args.push("ceil=true".into());

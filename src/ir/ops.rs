@@ -69,6 +69,9 @@ pub struct Pool {
     pub kernel: Hw,
     pub stride: Hw,
     pub pad: Pad,
+    /// Max pooling only (PyTorch's `MaxPool2d(dilation=)`): the taps of a window are
+    /// `dilation` apart. Always 1x1 for average pooling.
+    pub dilation: Hw,
     /// PyTorch's `ceil_mode`; the output shape on the node already accounts for it.
     pub ceil: bool,
     /// Average pooling only: whether padded positions count in the divisor.
@@ -441,6 +444,9 @@ impl Op {
             Op::Activation(activation) => activation.attributes(),
             Op::MaxPool(p) | Op::AvgPool(p) => {
                 let mut s = format!("kernel={} stride={} pad={}", p.kernel, p.stride, p.pad);
+                if p.dilation != Hw::square(1) {
+                    s += &format!(" dilation={}", p.dilation);
+                }
                 if p.ceil {
                     s += " ceil=true";
                 }

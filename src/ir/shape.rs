@@ -89,24 +89,30 @@ fn expect_4d(op: &Op, shape: &[usize]) -> Result<(), ShapeError> {
 
 fn pool_out(op: &Op, pool: &Pool, input: &[usize]) -> Result<Vec<usize>, ShapeError> {
     expect_4d(op, input)?;
-    if pool.pad.top.max(pool.pad.bottom) * 2 > pool.kernel.h || pool.pad.left.max(pool.pad.right) * 2 > pool.kernel.w {
+    // ONNX allows pads below the kernel: every window then holds at least one real pixel.
+    if pool.pad.top.max(pool.pad.bottom) >= pool.kernel.h || pool.pad.left.max(pool.pad.right) >= pool.kernel.w {
         return Err(ShapeError::new(format!(
-            "{} padding {} is more than half the kernel {}",
+            "{} padding {}{} is not smaller than the kernel {}",
             op.mnemonic(),
             pool.pad,
+            if pool.pad.top == pool.pad.bottom && pool.pad.left == pool.pad.right {
+                ""
+            } else {
+                " (top, left, bottom, right)"
+            },
             pool.kernel
         ))
-        .with_help("PyTorch requires pad <= kernel / 2 for pooling"));
+        .with_help("pooling padding must be at most kernel - 1 on each side, so that every window sees the input"));
     }
     let (h, w) = if pool.ceil {
         (
-            window_out_ceil(input[2], pool.kernel.h, pool.stride.h, pool.pad.top, pool.pad.bottom, 1),
-            window_out_ceil(input[3], pool.kernel.w, pool.stride.w, pool.pad.left, pool.pad.right, 1),
+            window_out_ceil(input[2], pool.kernel.h, pool.stride.h, pool.pad.top, pool.pad.bottom, pool.dilation.h),
+            window_out_ceil(input[3], pool.kernel.w, pool.stride.w, pool.pad.left, pool.pad.right, pool.dilation.w),
         )
     } else {
         (
-            window_out_floor(input[2], pool.kernel.h, pool.stride.h, pool.pad.top + pool.pad.bottom, 1),
-            window_out_floor(input[3], pool.kernel.w, pool.stride.w, pool.pad.left + pool.pad.right, 1),
+            window_out_floor(input[2], pool.kernel.h, pool.stride.h, pool.pad.top + pool.pad.bottom, pool.dilation.h),
+            window_out_floor(input[3], pool.kernel.w, pool.stride.w, pool.pad.left + pool.pad.right, pool.dilation.w),
         )
     };
     match (h, w) {

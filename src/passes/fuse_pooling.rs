@@ -17,18 +17,25 @@
 //!   value under k x k windows at stride s would be computed about (k/s)^2 times (2.25
 //!   for 3x3/2), which costs far more than the store and load it saves (AlexNet with its
 //!   three pools fused by hand ran 1.5 times slower on lavapipe: 750 against 1140 ms);
+//! - dilated max pools (the conv template's pooling stage has no dilation);
 //! - global and adaptive pools: one output per plane would make one invocation compute a
 //!   whole plane of the conv;
 //! - values with several users or that are outputs (their unpooled value is needed),
 //!   convs that already pool, and pools after anything but a conv.
 
-use crate::ir::{Graph, Op, PoolEpilogue};
+use crate::ir::{Graph, Hw, Op, PoolEpilogue};
 
 /// Whether a pooling's windows are disjoint, so that fusing computes each conv value at
 /// most once.
 fn windows_are_disjoint(pool: &PoolEpilogue) -> bool {
     let window = &pool.window;
     window.stride.h >= window.kernel.h && window.stride.w >= window.kernel.w
+}
+
+/// Whether the conv template's pooling stage computes this window: it walks the taps
+/// one apart (no dilation).
+fn fusable(pool: &PoolEpilogue) -> bool {
+    pool.window.dilation == Hw::square(1)
 }
 
 pub fn fuse_pooling(graph: &mut Graph) -> bool {
@@ -46,7 +53,7 @@ pub fn fuse_pooling(graph: &mut Graph) -> bool {
         let pool_node = graph.node(user);
         let Some(pool) = PoolEpilogue::of(&pool_node.op) else { continue };
         // A pool reads exactly one operand, so the conv is read once.
-        if !pool_node.epilogue.is_empty() || !windows_are_disjoint(&pool) {
+        if !pool_node.epilogue.is_empty() || !windows_are_disjoint(&pool) || !fusable(&pool) {
             continue;
         }
         let pooled_shape = pool_node.shape.clone();

@@ -635,6 +635,7 @@ fn emit_node<'a>(
                         kernel: crate::ir::Hw::square(1),
                         stride: crate::ir::Hw::square(1),
                         pad: crate::ir::Pad::symmetric(crate::ir::Hw::square(0)),
+                        dilation: crate::ir::Hw::square(1),
                         ceil: false,
                         count_pad: false,
                     },
@@ -760,6 +761,7 @@ fn emit_node<'a>(
                 kernel: crate::ir::Hw::new(h, w),
                 stride: crate::ir::Hw::square(1),
                 pad: crate::ir::Pad::symmetric(crate::ir::Hw::square(0)),
+                dilation: crate::ir::Hw::square(1),
                 ceil: false,
                 count_pad: false,
             };
@@ -881,6 +883,8 @@ fn emit_pool(
         ("PL", pool.pad.left),
         ("PB", pool.pad.bottom),
         ("PR", pool.pad.right),
+        ("DH", pool.dilation.h),
+        ("DW", pool.dilation.w),
     ] {
         b.uint(name, v);
     }

@@ -6,7 +6,8 @@
 //! it never wins) or 0 (sums), wide enough for the last window. Four outputs of a row are
 //! then computed at once in f32x4 registers, with one vector load per tap at stride 1
 //! and two loads and a `shufps` at stride 2 (other strides run one output at a time).
-//! Max pooling (k x k, k > 1) runs in two passes per output row instead (`separable`),
+//! Dilated max pooling reads its taps `dilation` apart in the padded copy.
+//! Undilated max pooling (k x k, k > 1) runs in two passes per output row instead (`separable`),
 //! reading the input in place: the maxima of the window's rows inside the input, column
 //! by column, into a row buffer whose border columns are -inf, then the windows over
 //! that row. Padding only leaves rows out of the first pass (the edge rows are emitted
@@ -21,7 +22,7 @@ use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value};
 
 use super::x86::{PoolSpec, Simd, Ukernel};
 use super::{F32, F32X4, Kb, Loc};
-use crate::ir::Pool;
+use crate::ir::{Hw, Pool};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum PoolKind {
@@ -77,6 +78,8 @@ fn adaptive_windows(out_len: usize, in_len: usize) -> Vec<Window> {
 struct Windowed {
     kernel: (usize, usize),
     stride: (usize, usize),
+    /// The taps' spacing (max pooling's `dilation`; 1 for averages).
+    dilation: (usize, usize),
     /// The input's offset in the padded plane (top, left).
     pad: (usize, usize),
     /// The padded plane's height and width (the input's when nothing is padded).
@@ -106,16 +109,21 @@ pub(crate) struct PoolKernel {
     mode: Mode,
     /// Separable max pooling runs its two passes as AVX-512 micro-kernels.
     avx512: bool,
+    /// Whether the AVX-512 micro-kernels were written and tested for this padding:
+    /// symmetric, at most half the kernel (PyTorch's cases). Asymmetric pads and pads up
+    /// to `kernel - 1` (ONNX's) run on the f32x4 code until the tiles are checked on them.
+    tiles_tested: bool,
 }
 
 impl PoolKernel {
     /// `in_shape` is `[N, C, H, W]`, `out_hw` the output's height and width.
     pub fn window(kind: PoolKind, pool: &Pool, in_shape: &[usize], out_hw: (usize, usize)) -> PoolKernel {
         let (in_h, in_w) = (in_shape[2], in_shape[3]);
-        let (k, s, p) = (pool.kernel, pool.stride, pool.pad);
+        let (k, s, p, d) = (pool.kernel, pool.stride, pool.pad, pool.dilation);
         // Enough padding for the last window, whatever `ceil` made of the output size.
-        let padded_h = (p.top + in_h + p.bottom).max((out_hw.0 - 1) * s.h + k.h).max(p.top + in_h);
-        let padded_w = (p.left + in_w + p.right).max((out_hw.1 - 1) * s.w + k.w).max(p.left + in_w);
+        let span = |k: usize, d: usize| (k - 1) * d + 1;
+        let padded_h = (p.top + in_h + p.bottom).max((out_hw.0 - 1) * s.h + span(k.h, d.h)).max(p.top + in_h);
+        let padded_w = (p.left + in_w + p.right).max((out_hw.1 - 1) * s.w + span(k.w, d.w)).max(p.left + in_w);
         let divisors = (kind == PoolKind::Avg).then(|| {
             let count_pad = pool.count_pad;
             let rows = pool_windows(out_hw.0, k.h, s.h, p.top, p.bottom, in_h, count_pad);
@@ -129,6 +137,7 @@ impl PoolKernel {
         let windowed = Windowed {
             kernel: (k.h, k.w),
             stride: (s.h, s.w),
+            dilation: (d.h, d.w),
             pad: (p.top, p.left),
             padded_hw: (padded_h, padded_w),
             divisors: divisors.flatten(),
@@ -140,6 +149,11 @@ impl PoolKernel {
             out_hw,
             mode: Mode::Windowed(windowed),
             avx512: false,
+            tiles_tested: p.top == p.bottom
+                && p.left == p.right
+                && 2 * p.top <= k.h
+                && 2 * p.left <= k.w
+                && d == Hw::square(1),
         }
     }
 
@@ -157,6 +171,7 @@ impl PoolKernel {
             out_hw,
             mode,
             avx512: false,
+            tiles_tested: true,
         }
     }
 
@@ -168,13 +183,14 @@ impl PoolKernel {
             out_hw: (1, 1),
             mode: Mode::Global,
             avx512: false,
+            tiles_tested: true,
         }
     }
 
     /// Runs a separable max pooling's passes on AVX-512 micro-kernels when `simd` is
-    /// AVX-512.
+    /// AVX-512 and the tiles were tested on its padding (`tiles_tested`).
     pub fn with_simd(mut self, simd: Option<Simd>) -> PoolKernel {
-        self.avx512 = simd == Some(Simd::Avx512);
+        self.avx512 = simd == Some(Simd::Avx512) && self.tiles_tested;
         self
     }
 
@@ -255,7 +271,7 @@ impl PoolKernel {
     /// It reads the input plane in place: the window rows that padding clips are left
     /// out, and the row buffer carries the border of -inf columns (no padded copy).
     fn separable(&self, w: &Windowed) -> bool {
-        self.kind == PoolKind::Max && w.kernel.0 > 1 && self.vector(w) && self.in_hw.1 >= 4
+        self.kind == PoolKind::Max && w.kernel.0 > 1 && w.dilation == (1, 1) && self.vector(w) && self.in_hw.1 >= 4
     }
 
     /// Whether four outputs of a row are computed at once (see `emit_windowed`).
@@ -480,7 +496,7 @@ impl PoolKernel {
             let mut acc = None;
             for i in 0..kh {
                 for j in 0..kw {
-                    let offset = ((i * wp + j) * 4) as i64;
+                    let offset = ((i * w.dilation.0 * wp + j * w.dilation.1) * 4) as i64;
                     let v = match (vector, sw) {
                         (false, _) | (true, 1) => kb.load(ty, window, offset),
                         _ => {
@@ -602,4 +618,38 @@ fn evens(kb: &mut Kb, a: Value, b: Value) -> Value {
     let mask = kb.fb.func.dfg.immediates.push(MASK.to_vec().into());
     let shuffled = kb.fb.ins().shuffle(a, b, mask);
     kb.fb.ins().bitcast(F32X4, little, shuffled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::Pad;
+
+    fn max_pool(pad: Pad) -> PoolKernel {
+        let pool = Pool {
+            kernel: Hw::square(3),
+            stride: Hw::square(2),
+            pad,
+            dilation: Hw::square(1),
+            ceil: false,
+            count_pad: false,
+        };
+        let (h, w) = (
+            crate::ir::shape::window_out_floor(16, 3, 2, pad.top + pad.bottom, 1).expect("fits"),
+            crate::ir::shape::window_out_floor(16, 3, 2, pad.left + pad.right, 1).expect("fits"),
+        );
+        PoolKernel::window(PoolKind::Max, &pool, &[1, 8, 16, 16], (h, w)).with_simd(Some(Simd::Avx512))
+    }
+
+    /// The AVX-512 tiles take only the paddings they were tested on (symmetric, at most
+    /// half the kernel); the others run on the f32x4 code, whatever the machine.
+    #[test]
+    fn avx512_tiles_take_only_the_paddings_they_were_tested_on() {
+        assert!(max_pool(Pad::symmetric(Hw::square(1))).tiled().is_some());
+        assert!(max_pool(Pad::symmetric(Hw::square(0))).tiled().is_some());
+        let asymmetric = max_pool(Pad { top: 0, left: 1, bottom: 1, right: 1 });
+        assert!(asymmetric.tiled().is_none() && asymmetric.tile_specs().is_empty());
+        assert_eq!(asymmetric.algorithm(), "separable max, f32x4 rows");
+        assert!(max_pool(Pad::symmetric(Hw::square(2))).tiled().is_none());
+    }
 }
