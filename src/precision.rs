@@ -175,8 +175,8 @@ impl Precision {
 
     /// Whether a layer of this op can run in this precision: f32 everything, bf16 and
     /// int8 the layers whose work is a dot product of weights and inputs (conv and
-    /// linear; for int8, only where the layer's reduction, `reduction` products per
-    /// output, is at most [`INT8_MAX_REDUCTION`]).
+    /// linear). For int8 the layer's shape matters too ([`reduction_length`] at most
+    /// [`INT8_MAX_REDUCTION`]), which [`assign`] checks.
     pub fn applies_to(self, op: &Op) -> bool {
         match self {
             Precision::F32 => true,
