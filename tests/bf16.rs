@@ -264,29 +264,9 @@ fn cpu_bf16_matches_the_simulation_on_examples() {
 /// the property tests, on the cpu target in bf16 against the simulation, layer by layer.
 #[test]
 fn cpu_bf16_matches_the_simulation_on_random_layers() {
-    let mut state = 0x9e37_79b9u64;
-    let mut next = |n: u64| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % n) as usize
-    };
-    for case in 0..40 {
-        let groups = [1, 1, 1, 2, 0][next(5)];
-        let c = [1, 3, 4, 8, 16, 17][next(6)] * groups.max(1);
-        let (c, groups) = if groups == 0 { (c, c) } else { (c, groups) }; // 0: depthwise
-        let o = if groups == c { c } else { [5, 16, 24, 33, 64][next(5)] * groups };
-        let k = [1, 1, 3, 5][next(4)];
-        let stride = [1, 1, 2][next(3)];
-        let pad = [0, 1, 2][next(3)];
-        let dilation = [1, 1, 2][next(3)];
-        let (h, w) = (9 + next(8), 9 + next(12));
-        let activation = ["", "    relu\n", "    sigmoid\n"][next(3)];
-        let source = format!(
-            "network t {{\n    input x: [{c}, {h}, {w}]\n    c1: conv({o}, {k}, stride={stride}, pad={pad}, dilation={dilation}, groups={groups})\n{activation}    flatten\n    fc: linear({})\n}}\n",
-            1 + next(20)
-        );
-        let graph = match common::random_graph(&source, 1 + next(3), case, OptLevel::O2) {
+    for (case, (source, batch)) in common::random_conv_linear_programs(40).into_iter().enumerate() {
+        let case = case as u64;
+        let graph = match common::random_graph(&source, batch, case, OptLevel::O2) {
             Ok(graph) => graph,
             Err(e) => panic!("case {case} does not compile: {e}\n{source}"),
         };

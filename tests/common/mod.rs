@@ -281,3 +281,36 @@ pub fn onnxruntime_python() -> Option<PathBuf> {
     eprintln!("\n!!!! SKIPPED: ONNX Runtime oracle unavailable ({why}); run tools/setup-python.sh !!!!\n");
     None
 }
+
+/// `count` random one-conv-one-linear programs in the style of the property tests
+/// (kernel, stride, padding, dilation, groups, depthwise, 1x1, odd sizes, a fused relu
+/// or sigmoid), each with its batch size: the same sequence on every call, for the tests
+/// that check reduced precisions layer by layer.
+pub fn random_conv_linear_programs(count: usize) -> Vec<(String, usize)> {
+    let mut state = 0x9e37_79b9u64;
+    let mut next = |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n) as usize
+    };
+    (0..count)
+        .map(|_| {
+            let groups = [1, 1, 1, 2, 0][next(5)];
+            let c = [1, 3, 4, 8, 16, 17][next(6)] * groups.max(1);
+            let (c, groups) = if groups == 0 { (c, c) } else { (c, groups) }; // 0: depthwise
+            let o = if groups == c { c } else { [5, 16, 24, 33, 64][next(5)] * groups };
+            let k = [1, 1, 3, 5][next(4)];
+            let stride = [1, 1, 2][next(3)];
+            let pad = [0, 1, 2][next(3)];
+            let dilation = [1, 1, 2][next(3)];
+            let (h, w) = (9 + next(8), 9 + next(12));
+            let activation = ["", "    relu\n", "    sigmoid\n"][next(3)];
+            let source = format!(
+                "network t {{\n    input x: [{c}, {h}, {w}]\n    c1: conv({o}, {k}, stride={stride}, pad={pad}, dilation={dilation}, groups={groups})\n{activation}    flatten\n    fc: linear({})\n}}\n",
+                1 + next(20)
+            );
+            (source, 1 + next(3))
+        })
+        .collect()
+}
