@@ -348,7 +348,7 @@ fn cpu_int8_matches_the_simulation_on_examples() {
 fn cpu_int8_matches_the_simulation_on_random_layers() {
     for (case, (source, batch)) in common::random_conv_linear_programs(40).into_iter().enumerate() {
         let case = case as u64;
-        let method = if case % 2 == 0 { Method::MinMax } else { Method::Percentile(99.9) };
+        let method = if case.is_multiple_of(2) { Method::MinMax } else { Method::Percentile(99.9) };
         let (f32_graph, graph) = int8_graph(&source, batch, case, method);
         let inputs = common::random_inputs(&graph, case + 100);
         let ((error, layer), _, against_f32) = cpu_layers_against_reference(&graph, &f32_graph, &inputs, None, 2);
