@@ -337,11 +337,19 @@ fn check_layer(layer: &Layer) -> Result<(), String> {
 /// interpreter (`winograd_shape`: also with Winograd off and each variant forced;
 /// `depthwise`: also on the direct tiles rather than the depthwise bands).
 fn check_source(source: &str, batch: usize, winograd_shape: bool, depthwise: bool) -> Result<(), String> {
+    check_scaled(source, batch, winograd_shape, depthwise, 1.0)
+}
+
+/// [`check_source`] with the input (standard normal) times `scale`: a large scale takes
+/// the activations' arguments past their clamps (exp's at -88 and 87 for sigmoid and
+/// silu).
+fn check_scaled(source: &str, batch: usize, winograd_shape: bool, depthwise: bool, scale: f32) -> Result<(), String> {
     let mut graph = compile_source(source, &BuildOptions { batch, input_shape: None })
         .map_err(|d| format!("does not compile: {:?}\n{source}", d.first().map(|d| &d.message)))?;
     graph.weights = cnnc::weights::random_weights(&graph, 11);
     optimize(&mut graph, OptLevel::O2)?;
-    let inputs = vec![cnnc::weights::random_normal(&graph.node(graph.inputs[0]).shape, 12)];
+    let mut inputs = vec![cnnc::weights::random_normal(&graph.node(graph.inputs[0]).shape, 12)];
+    inputs[0].data.iter_mut().for_each(|x| *x *= scale);
     let reference = cnnc::interp::run(&graph, &graph.weights, &inputs).map_err(|e| e.to_string())?;
     let mut variants = vec![
         ("default", CodegenOptions::default()),
@@ -424,7 +432,7 @@ fn layers_with_large_weights_share_their_blocks() {
 }
 
 /// Depthwise layers whose epilogue the micro-kernel cannot run in registers (an
-/// activation other than relu on AVX-512; sigmoid, tanh... on AVX2) apply it per band
+/// activation other than relu on AVX-512; tanh and gelu on AVX2) apply it per band
 /// through the shared activations, with a residual (the others, in registers, too); and MobileNet v2's shapes (112 to 7 pixels wide, strides 1 and 2, relu and
 /// relu6) and a MobileNet v3 one (5x5 stride 2, hardswish).
 #[test]
@@ -438,11 +446,20 @@ fn depthwise_layers_fuse_any_epilogue() {
         ("input x: [40, 7, 7]\n    conv(40, 3, pad=1, groups=40)\n    relu\n    add(x)", 2),
         ("input x: [96, 14, 14]\n    conv(96, 3, pad=1, groups=96)\n    relu6", 1),
         ("input x: [16, 57, 57]\n    conv(16, 5, stride=2, pad=2, groups=16)\n    hardswish", 1),
+        // EfficientNet's: silu (and sigmoid) in AVX2's registers, at scales 1 and 200
+        // (arguments past exp's clamps).
+        ("input x: [24, 29, 29]\n    conv(24, 3, pad=1, groups=24)\n    silu", 1),
+        ("input x: [12, 30, 31]\n    conv(12, 5, stride=2, pad=2, groups=12)\n    silu", 2),
+        ("input x: [6, 9, 19]\n    conv(6, 3, pad=1, groups=6)\n    silu\n    add(x)\n    sigmoid", 1),
+        ("input x: [5, 11, 17]\n    conv(5, 3, pad=1, groups=5)\n    relu\n    add(x)\n    silu", 1),
     ];
     for (body, batch) in programs {
         let source = format!("network dw {{\n    {body}\n}}\n");
         if let Err(e) = check_source(&source, batch, false, true) {
             panic!("{e}");
+        }
+        if let Err(e) = check_scaled(&source, batch, false, true, 200.0) {
+            panic!("input times 200: {e}");
         }
         // Where the host has AVX-512 or AVX2, the layer runs on that ISA's depthwise
         // bands (by default, and the AVX2 ones at x86-64-v3 on an AVX-512 host too), with
@@ -461,10 +478,10 @@ fn depthwise_layers_fuse_any_epilogue() {
             let model = compile_jit_with(&graph, &options).unwrap();
             let algorithm = &model.kernels()[0].algorithm;
             assert!(algorithm.starts_with(&format!("depthwise, {isa} bands")), "{algorithm}\n{source}");
-            // AVX-512 runs relus in registers, AVX2 also leaky relu, the clamps and the
-            // hard activations.
+            // AVX-512 runs relus in registers, AVX2 also leaky relu, the clamps, the
+            // hard activations, sigmoid and silu.
             let others: &[&str] =
-                if isa == "AVX2" { &["sigmoid", "tanh"] } else { &["sigmoid", "tanh", "leaky", "relu6", "hardswish"] };
+                if isa == "AVX2" { &["tanh"] } else { &["sigmoid", "silu", "tanh", "leaky", "relu6", "hardswish"] };
             let in_registers = !others.iter().any(|a| body.contains(a));
             assert_eq!(!algorithm.contains("per band"), in_registers, "{algorithm}\n{source}");
         }
@@ -482,11 +499,19 @@ fn pointwise_layers_run_on_the_pixel_tiles() {
         ("input x: [16, 56, 56]\n    conv(96, 1)\n    relu6", 1),
         ("input x: [96, 7, 7]\n    conv(24, 1)", 2),
         ("input x: [24, 19, 23]\n    conv(24, 1)\n    hardswish\n    add(x)\n    leaky_relu(0.1)", 1),
+        // EfficientNet's silu and squeeze-excitation sigmoid (in AVX2's registers only),
+        // whole and partial vectors, at scales 1 and 200 (past exp's clamps).
+        ("input x: [16, 28, 28]\n    conv(96, 1)\n    silu", 1),
+        ("input x: [24, 19, 23]\n    conv(24, 1)\n    silu\n    add(x)\n    sigmoid", 2),
+        ("input x: [40, 1, 13]\n    conv(10, 1)\n    sigmoid", 1),
     ];
     for (body, batch) in programs {
         let source = format!("network pw {{\n    {body}\n}}\n");
         if let Err(e) = check_source(&source, batch, false, false) {
             panic!("{e}");
+        }
+        if let Err(e) = check_scaled(&source, batch, false, false, 200.0) {
+            panic!("input times 200: {e}");
         }
         let mut graph = compile_source(&source, &BuildOptions { batch, input_shape: None }).unwrap();
         graph.weights = cnnc::weights::random_weights(&graph, 11);
@@ -501,7 +526,9 @@ fn pointwise_layers_run_on_the_pixel_tiles() {
         for (isa, options) in isas {
             let model = compile_jit_with(&graph, &options).unwrap();
             let algorithm = &model.kernels()[0].algorithm;
-            assert!(algorithm.starts_with(&format!("pointwise, {isa} pixel tiles")), "{algorithm}\n{source}");
+            // Sigmoid and silu run in registers on AVX2 only.
+            let tiles = isa == "AVX2" || !(body.contains("sigmoid") || body.contains("silu"));
+            assert_eq!(algorithm.starts_with(&format!("pointwise, {isa} pixel tiles")), tiles, "{algorithm}\n{source}");
         }
     }
 }

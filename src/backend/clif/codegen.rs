@@ -416,7 +416,7 @@ fn prepare(
                     node.precision,
                 )));
             }
-            if let Some(simd) = simd.filter(|_| PointwiseKernel::applies(conv, &node.epilogue)) {
+            if let Some(simd) = simd.filter(|&simd| PointwiseKernel::applies(simd, conv, &node.epilogue)) {
                 let shape = (x_shape[0], x_shape[1], node.shape[1], node.shape[2] * node.shape[3]);
                 return Ok(Kernel::Pointwise(PointwiseKernel::new(simd, shape, &weight.data, bias, &node.epilogue)));
             }

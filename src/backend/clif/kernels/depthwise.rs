@@ -96,16 +96,27 @@ impl DepthwiseKernel {
         // and multiplies (`RegisterActivation`).
         let fits = |a: Option<Activation>| match (a, simd) {
             (None, _) | (Some(Activation::Relu), _) => true,
-            (Some(a), Simd::Avx2) => RegisterActivation::of(a).is_some(),
+            (Some(a), Simd::Avx2) => RegisterActivation::of(a, simd).is_some(),
             (Some(_), Simd::Avx512) => false,
         };
         let in_registers = fits(epilogue.activation) && fits(epilogue.post_activation);
-        let relu = in_registers && (epilogue.activation.is_some() || epilogue.post_activation.is_some());
+        // A zero for relu, and one more for sigmoid and silu (`DepthwiseSpec`).
+        let activations = [epilogue.activation, epilogue.post_activation];
+        let exp = activations.iter().flatten().any(|&a| RegisterActivation::of(a, simd).is_some_and(|r| r.uses_exp()));
+        let relu = in_registers && activations.iter().any(Option::is_some);
+        let activation_registers = if !in_registers {
+            0
+        } else if exp {
+            2
+        } else {
+            usize::from(relu)
+        };
         // Two vectors of a row together when the row has them, then as many rows as the
         // registers hold, spread evenly over the bands.
         let vectors = out_hw.1.div_ceil(simd.lanes());
         let group = vectors.min(2);
-        let most_rows = DepthwiseSpec::most_rows(simd, per_channel, conv.stride.w, relu, group).clamp(1, MAX_BAND_ROWS);
+        let most_rows = DepthwiseSpec::most_rows(simd, per_channel, conv.stride.w, activation_registers, group)
+            .clamp(1, MAX_BAND_ROWS);
         let bands = out_hw.0.div_ceil(most_rows);
         let band_rows = out_hw.0.div_ceil(bands.max(1)).max(1);
         DepthwiseKernel {
@@ -158,7 +169,7 @@ impl DepthwiseKernel {
 
     /// An activation of the epilogue when the micro-kernel runs it.
     fn register_activation(&self, activation: Option<Activation>) -> Option<RegisterActivation> {
-        activation.filter(|_| self.in_registers).and_then(RegisterActivation::of)
+        activation.filter(|_| self.in_registers).and_then(|a| RegisterActivation::of(a, self.simd))
     }
 
     /// The micro-kernels this layer needs.

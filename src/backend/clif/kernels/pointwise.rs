@@ -72,9 +72,10 @@ pub(crate) struct PointwiseKernel {
 impl PointwiseKernel {
     /// Whether the pointwise tiles can run a convolution: 1x1, stride 1, no padding, one
     /// group, an epilogue of activations that run in registers and a residual add at
-    /// most (a sigmoid, silu or gelu runs on the channel-lane tiles instead).
-    pub fn applies(conv: &Conv, epilogue: &Epilogue) -> bool {
-        let in_registers = |a: Option<Activation>| a.is_none_or(|a| RegisterActivation::of(a).is_some());
+    /// most (a tanh or gelu, and on AVX-512 a sigmoid or silu, runs on the channel-lane
+    /// tiles instead).
+    pub fn applies(simd: Simd, conv: &Conv, epilogue: &Epilogue) -> bool {
+        let in_registers = |a: Option<Activation>| a.is_none_or(|a| RegisterActivation::of(a, simd).is_some());
         conv.kernel.h == 1
             && conv.kernel.w == 1
             && conv.stride.h == 1
@@ -113,9 +114,9 @@ impl PointwiseKernel {
             plane,
             channels,
             tile_pixels,
-            activation: epilogue.activation.and_then(RegisterActivation::of),
+            activation: epilogue.activation.and_then(|a| RegisterActivation::of(a, simd)),
             residual: epilogue.residual,
-            post_activation: epilogue.post_activation.and_then(RegisterActivation::of),
+            post_activation: epilogue.post_activation.and_then(|a| RegisterActivation::of(a, simd)),
             bias_start,
             data: packed,
         }

@@ -257,7 +257,8 @@ pub(crate) struct PointwiseSpec {
 }
 
 /// An activation the pointwise tile applies in registers: those made of comparisons,
-/// adds and multiplies. The others (sigmoid, tanh, silu, gelu...) run on other kernels.
+/// adds and multiplies, and on AVX2 sigmoid and silu (with exp in registers). The
+/// others (tanh, gelu) run on other kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum RegisterActivation {
     Relu,
@@ -271,12 +272,20 @@ pub(crate) enum RegisterActivation {
     },
     HardSigmoid,
     HardSwish,
+    /// AVX2 only: `1 / (1 + exp(-x))`.
+    Sigmoid,
+    /// AVX2 only: `x / (1 + exp(-x))`.
+    Silu,
 }
 
 impl RegisterActivation {
-    pub fn of(activation: Activation) -> Option<RegisterActivation> {
+    /// The activation in registers on `simd`, if it runs there (sigmoid and silu on AVX2
+    /// only).
+    pub fn of(activation: Activation, simd: Simd) -> Option<RegisterActivation> {
         let bits = |v: f64| (v as f32).to_bits();
         match activation {
+            Activation::Sigmoid if simd == Simd::Avx2 => Some(RegisterActivation::Sigmoid),
+            Activation::Silu if simd == Simd::Avx2 => Some(RegisterActivation::Silu),
             Activation::Relu => Some(RegisterActivation::Relu),
             Activation::LeakyRelu { slope } => Some(RegisterActivation::LeakyRelu { slope: bits(slope) }),
             Activation::Clamp { min, max } => Some(RegisterActivation::Clamp { min: bits(min), max: bits(max) }),
@@ -295,7 +304,14 @@ impl RegisterActivation {
             RegisterActivation::HardSigmoid | RegisterActivation::HardSwish => {
                 vec![3f32.to_bits(), 6f32.to_bits(), (1.0f32 / 6.0).to_bits()]
             }
+            // Full vectors after the code (`VectorConstants`).
+            RegisterActivation::Sigmoid | RegisterActivation::Silu => vec![],
         }
+    }
+
+    /// Whether the activation needs a third scratch register (`emit_avx2`'s `u`).
+    pub fn uses_exp(self) -> bool {
+        matches!(self, RegisterActivation::Sigmoid | RegisterActivation::Silu)
     }
 
     /// Applies the activation to `x` in place, with `k` and `t` as scratch and the
@@ -343,19 +359,26 @@ impl RegisterActivation {
                     a.vmulps(x, x, gate).map_err(err)?;
                 }
             }
+            RegisterActivation::Sigmoid | RegisterActivation::Silu => {
+                return Err(format!("{self:?} runs in registers on AVX2 only"));
+            }
         }
         Ok(())
     }
     /// [`RegisterActivation::emit`] on AVX2's ymm registers: no embedded broadcasts (the
     /// constants are broadcast into `k`) and no mask registers (leaky relu blends the
-    /// product in under a `vcmpps` lane mask).
+    /// product in under a `vcmpps` lane mask). Sigmoid and silu take a third scratch
+    /// register `u` and read their constants as full vectors from `table`.
+    #[allow(clippy::too_many_arguments)]
     fn emit_avx2(
         self,
         a: &mut CodeAssembler,
         x: AsmRegisterYmm,
         k: AsmRegisterYmm,
         t: AsmRegisterYmm,
+        u: Option<AsmRegisterYmm>,
         first_slot: usize,
+        table: &mut VectorConstants,
     ) -> Result<(), String> {
         let slot = |i: usize| rsp + (4 * (first_slot + i)) as i32;
         match self {
@@ -393,9 +416,115 @@ impl RegisterActivation {
                     a.vmulps(x, x, gate).map_err(err)?;
                 }
             }
+            RegisterActivation::Sigmoid | RegisterActivation::Silu => {
+                let u = u.ok_or("sigmoid and silu need a third scratch register")?;
+                emit_exp_gate_avx2(a, self == RegisterActivation::Silu, x, [k, t, u], table)?;
+            }
         }
         Ok(())
     }
+}
+
+/// Constants read as full 8-lane vectors from after the code (each value once).
+#[derive(Default)]
+pub(crate) struct VectorConstants(Vec<(u32, CodeLabel)>);
+
+impl VectorConstants {
+    /// The vector of `bits` in every lane.
+    fn at(&mut self, a: &mut CodeAssembler, bits: u32) -> AsmMemoryOperand {
+        let label = match self.0.iter().find(|(b, _)| *b == bits) {
+            Some(&(_, label)) => label,
+            None => {
+                let label = a.create_label();
+                self.0.push((bits, label));
+                label
+            }
+        };
+        ymmword_ptr(label)
+    }
+
+    /// Places the vectors (after the code's `ret`).
+    fn place(self, a: &mut CodeAssembler) -> Result<(), String> {
+        for (bits, mut label) in self.0 {
+            a.set_label(&mut label).map_err(err)?;
+            let bytes: Vec<u8> = (0..8).flat_map(|_| bits.to_le_bytes()).collect();
+            a.db(&bytes).map_err(err)?;
+        }
+        Ok(())
+    }
+}
+
+/// `1 / (1 + exp(-x))` (or `x / (1 + exp(-x))` for silu) into `x`, with three scratch
+/// registers, exp as the f32x4 epilogue's (`KernelBuilder::exp`, Cephes' `expf`): its
+/// argument `-x` clamped to [-87, 88] (here `x` to [-88, 87], by `vmaxps`/`vminps` that
+/// pass NaN through), `n = floor(-x log2(e) + 1/2)`, `r = -x - n ln 2` in two parts (the
+/// same roundings, negated), the same degree-7 polynomial (its last step as
+/// `(p r) r + r + 1`, within an ulp of Cephes' `p r^2 + (r + 1)`), times `2^n` from the
+/// exponent bits, and inf where `-x > 88`. Where `-x < -87` the f32x4 exp is 0 and this
+/// one exp(-87) ~ 1.6e-38, which gives the same `1 + exp(-x) = 1`. NaN gives NaN.
+fn emit_exp_gate_avx2(
+    a: &mut CodeAssembler,
+    silu: bool,
+    x: AsmRegisterYmm,
+    [p, n, r]: [AsmRegisterYmm; 3],
+    table: &mut VectorConstants,
+) -> Result<(), String> {
+    const POLYNOMIAL: [f64; 6] =
+        [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1];
+    let mut c = |a: &mut CodeAssembler, v: f32| table.at(a, v.to_bits());
+    // p = clamp(x, -88, 87), NaN passing through (the second source of vmaxps/vminps).
+    let low = c(a, -88.0);
+    a.vmovups(p, low).map_err(err)?;
+    a.vmaxps(p, p, x).map_err(err)?;
+    let high = c(a, 87.0);
+    a.vmovups(r, high).map_err(err)?;
+    a.vminps(p, r, p).map_err(err)?;
+    // n = floor(-p log2(e) + 1/2)
+    let minus_log2e = c(a, -std::f32::consts::LOG2_E);
+    a.vmovups(n, minus_log2e).map_err(err)?;
+    let half = c(a, 0.5);
+    a.vfmadd213ps(n, p, half).map_err(err)?;
+    a.vroundps(n, n, 1).map_err(err)?; // toward -inf
+    // r = -p - n ln 2: first -(p + n 355/512), then n 2.12194440e-4 less that.
+    let ln2_high = c(a, 355.0 / 512.0);
+    a.vmovups(r, ln2_high).map_err(err)?;
+    a.vfmadd213ps(r, n, p).map_err(err)?;
+    let ln2_low = c(a, 2.121_944_4e-4);
+    a.vfmsub231ps(r, n, ln2_low).map_err(err)?;
+    // 2^n into p: (n + 127) << 23.
+    a.vcvtps2dq(p, n).map_err(err)?;
+    let bias = table.at(a, 127);
+    a.vpaddd(p, p, bias).map_err(err)?;
+    a.vpslld(p, p, 23).map_err(err)?;
+    let mut c = |a: &mut CodeAssembler, v: f32| table.at(a, v.to_bits());
+    // The polynomial in r, into n.
+    let first = c(a, POLYNOMIAL[0] as f32);
+    a.vmovups(n, first).map_err(err)?;
+    for &coefficient in &POLYNOMIAL[1..] {
+        let k = c(a, coefficient as f32);
+        a.vfmadd213ps(n, r, k).map_err(err)?;
+    }
+    // exp(r) = (p r) r + r + 1, times 2^n.
+    a.vmulps(n, n, r).map_err(err)?;
+    a.vfmadd213ps(n, r, r).map_err(err)?;
+    let one = c(a, 1.0);
+    a.vaddps(n, n, one).map_err(err)?;
+    a.vmulps(n, n, p).map_err(err)?;
+    // inf where x < -88 (false for NaN).
+    let low = c(a, -88.0);
+    a.vcmpps(r, x, low, 1).map_err(err)?; // LT_OS
+    let infinity = c(a, f32::INFINITY);
+    a.vblendvps(n, n, infinity, r).map_err(err)?;
+    // 1 + exp(-x), then the quotient.
+    let one = c(a, 1.0);
+    a.vaddps(n, n, one).map_err(err)?;
+    if silu {
+        a.vdivps(x, x, n).map_err(err)?;
+    } else {
+        a.vmovups(p, one).map_err(err)?;
+        a.vdivps(x, p, n).map_err(err)?;
+    }
+    Ok(())
 }
 
 impl PointwiseSpec {
@@ -581,8 +710,10 @@ fn assemble_pointwise_avx2(spec: &PointwiseSpec) -> Result<Vec<u8>, String> {
     a.add(rsi, disp(4 * r_count as i64)?).map_err(err)?;
     a.dec(r9).map_err(err)?;
     a.jnz(head).map_err(err)?;
-    // The epilogue, as on AVX-512 (see `assemble_pointwise_512`).
+    // The epilogue, as on AVX-512 (see `assemble_pointwise_512`), the broadcast register
+    // a third scratch for sigmoid and silu (whose constants go after the code).
     let temp = input(0);
+    let mut table = VectorConstants::default();
     let post_slot = spec.activation.map_or(0, |f| f.constants().len());
     let constants: Vec<u32> =
         spec.activation.into_iter().chain(spec.post_activation).flat_map(|f| f.constants()).collect();
@@ -602,7 +733,7 @@ fn assemble_pointwise_avx2(spec: &PointwiseSpec) -> Result<Vec<u8>, String> {
             let x = acc(r, q);
             let offset = r as i64 * spec.plane_bytes + 32 * q as i64;
             if let Some(activation) = spec.activation {
-                activation.emit_avx2(&mut a, x, zero, temp, 0)?;
+                activation.emit_avx2(&mut a, x, zero, temp, Some(broadcast), 0, &mut table)?;
             }
             if spec.residual {
                 let source = ymmword_ptr(r8 + disp(offset)?);
@@ -614,7 +745,7 @@ fn assemble_pointwise_avx2(spec: &PointwiseSpec) -> Result<Vec<u8>, String> {
                 a.vaddps(x, x, broadcast).map_err(err)?;
             }
             if let Some(activation) = spec.post_activation {
-                activation.emit_avx2(&mut a, x, zero, temp, post_slot)?;
+                activation.emit_avx2(&mut a, x, zero, temp, Some(broadcast), post_slot, &mut table)?;
             }
             let target = ymmword_ptr(rcx + disp(offset)?);
             if masked(q) {
@@ -635,6 +766,7 @@ fn assemble_pointwise_avx2(spec: &PointwiseSpec) -> Result<Vec<u8>, String> {
             (0..LANES).flat_map(|l| if l < spec.last_lanes { u32::MAX } else { 0 }.to_le_bytes()).collect();
         a.db(&bytes).map_err(err)?;
     }
+    table.place(&mut a)?;
     a.assemble(0).map_err(err)
 }
 
@@ -817,16 +949,28 @@ impl DepthwiseSpec {
 
     /// The most output rows of a band computing `group` vectors of a row together:
     /// beside the accumulators, the input vectors (at stride 2, those of two tap
-    /// columns), a zero for relu, and on AVX-512 the taps and at stride 2 the two
+    /// columns), `activation_registers` for the activations (a zero for relu, one more
+    /// for sigmoid and silu), and on AVX-512 the taps and at stride 2 the two
     /// permutations and the two loads they gather from; on AVX2 a register for the
     /// broadcast tap (or a lane mask) and at stride 2 the two loads.
-    pub fn most_rows(simd: Simd, taps: usize, stride_w: usize, relu: bool, group: usize) -> usize {
+    pub fn most_rows(simd: Simd, taps: usize, stride_w: usize, activation_registers: usize, group: usize) -> usize {
         let fixed = match simd {
             Simd::Avx512 => (if taps <= 9 { taps } else { 0 }) + if stride_w == 2 { 4 } else { 0 },
             Simd::Avx2 => 1 + if stride_w == 2 { 2 } else { 0 },
-        } + usize::from(relu);
+        } + activation_registers;
         let inputs = if stride_w == 2 { 2 * group } else { group };
         simd.registers().saturating_sub(fixed + inputs) / group.max(1)
+    }
+
+    /// Registers the activations take besides the first input vector's: none, one, or
+    /// two for sigmoid and silu.
+    pub fn activation_registers(&self) -> usize {
+        let activations = [self.activation, self.post_activation];
+        if activations.iter().flatten().any(|a| a.uses_exp()) {
+            2
+        } else {
+            usize::from(activations.iter().any(Option::is_some))
+        }
     }
 
     pub fn fits(&self) -> bool {
@@ -834,7 +978,7 @@ impl DepthwiseSpec {
             self.simd,
             self.taps.0 * self.taps.1,
             self.stride.1,
-            self.activation.is_some() || self.post_activation.is_some(),
+            self.activation_registers(),
             self.group,
         );
         self.rows >= 1
@@ -1069,6 +1213,8 @@ fn assemble_depthwise_avx2(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
     let scratch = YMM[take(1)];
     // The activations' scratch (with the first input vector's register).
     let spare = if activated { Some(YMM[take(1)]) } else { None };
+    let spare_exp = if spec.activation_registers() == 2 { Some(YMM[take(1)]) } else { None };
+    let mut table = VectorConstants::default();
     let [low, high] = if sw == 2 { [YMM[take(1)], YMM[take(1)]] } else { [ymm0; 2] };
     let acc = |q: usize, g: usize| YMM[acc_first + q * group + g];
     let input = |g: usize| YMM[input_first + g];
@@ -1188,7 +1334,15 @@ fn assemble_depthwise_avx2(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
                     a.vmovups(scratch, ymmword_ptr(label)).map_err(err)?;
                 }
                 if let Some(activation) = spec.activation {
-                    activation.emit_avx2(&mut a, x, spare.expect("an activation register"), input(0), 0)?;
+                    activation.emit_avx2(
+                        &mut a,
+                        x,
+                        spare.expect("an activation register"),
+                        input(0),
+                        spare_exp,
+                        0,
+                        &mut table,
+                    )?;
                 }
                 if spec.residual {
                     let source = ymmword_ptr(rcx + disp(offset)?);
@@ -1200,7 +1354,15 @@ fn assemble_depthwise_avx2(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
                     a.vaddps(x, x, input(0)).map_err(err)?;
                 }
                 if let Some(activation) = spec.post_activation {
-                    activation.emit_avx2(&mut a, x, spare.expect("an activation register"), input(0), post_slot)?;
+                    activation.emit_avx2(
+                        &mut a,
+                        x,
+                        spare.expect("an activation register"),
+                        input(0),
+                        spare_exp,
+                        post_slot,
+                        &mut table,
+                    )?;
                 }
                 let target = ymmword_ptr(rdx + disp(offset)?);
                 if masked {
@@ -1223,6 +1385,7 @@ fn assemble_depthwise_avx2(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
             (0..LANES).flat_map(|l| if lanes & (1 << l) != 0 { u32::MAX } else { 0 }.to_le_bytes()).collect();
         a.db(&bytes).map_err(err)?;
     }
+    table.place(&mut a)?;
     a.assemble(0).map_err(err)
 }
 
