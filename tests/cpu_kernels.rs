@@ -32,6 +32,7 @@ mod common;
 
 use cnnc::backend::clif::{CodegenOptions, CpuLevel, compile_jit_with};
 use cnnc::front::{BuildOptions, compile_source};
+use cnnc::ir::Graph;
 use cnnc::passes::{OptLevel, optimize};
 use cnnc::tensor::{Tensor, relative_l2};
 use proptest::prelude::*;
@@ -340,14 +341,35 @@ fn check_source(source: &str, batch: usize, winograd_shape: bool, depthwise: boo
     check_scaled(source, batch, winograd_shape, depthwise, 1.0)
 }
 
-/// [`check_source`] with the input (standard normal) times `scale`: a large scale takes
-/// the activations' arguments past their clamps (exp's at -88 and 87 for sigmoid and
-/// silu).
-fn check_scaled(source: &str, batch: usize, winograd_shape: bool, depthwise: bool, scale: f32) -> Result<(), String> {
+/// The program compiled at `batch`, with random weights (seed 11), optimized at -O2.
+fn optimized_graph(source: &str, batch: usize) -> Result<Graph, String> {
     let mut graph = compile_source(source, &BuildOptions { batch, input_shape: None })
         .map_err(|d| format!("does not compile: {:?}\n{source}", d.first().map(|d| &d.message)))?;
     graph.weights = cnnc::weights::random_weights(&graph, 11);
     optimize(&mut graph, OptLevel::O2)?;
+    Ok(graph)
+}
+
+/// For each vector ISA the host has ("AVX-512" by default, "AVX2" at x86-64-v3, which an
+/// AVX-512 host runs too), the algorithm of the graph's first kernel.
+fn first_kernel_per_host_isa(graph: &Graph) -> Vec<(&'static str, String)> {
+    let mut isas = Vec::new();
+    if CpuLevel::X86_64V4.host_has() {
+        isas.push(("AVX-512", CodegenOptions::default()));
+    }
+    if CpuLevel::X86_64V3.host_has() {
+        isas.push(("AVX2", CodegenOptions { cpu: Some(CpuLevel::X86_64V3), ..CodegenOptions::default() }));
+    }
+    isas.into_iter()
+        .map(|(isa, options)| (isa, compile_jit_with(graph, &options).unwrap().kernels()[0].algorithm.clone()))
+        .collect()
+}
+
+/// [`check_source`] with the input (standard normal) times `scale`: a large scale takes
+/// the activations' arguments past their clamps (exp's at -88 and 87 for sigmoid and
+/// silu).
+fn check_scaled(source: &str, batch: usize, winograd_shape: bool, depthwise: bool, scale: f32) -> Result<(), String> {
+    let graph = optimized_graph(source, batch)?;
     let mut inputs = vec![cnnc::weights::random_normal(&graph.node(graph.inputs[0]).shape, 12)];
     inputs[0].data.iter_mut().for_each(|x| *x *= scale);
     let reference = cnnc::interp::run(&graph, &graph.weights, &inputs).map_err(|e| e.to_string())?;
@@ -464,19 +486,8 @@ fn depthwise_layers_fuse_any_epilogue() {
         // Where the host has AVX-512 or AVX2, the layer runs on that ISA's depthwise
         // bands (by default, and the AVX2 ones at x86-64-v3 on an AVX-512 host too), with
         // the epilogue in registers exactly when it is made of relus and a residual.
-        let mut graph = compile_source(&source, &BuildOptions { batch, input_shape: None }).unwrap();
-        graph.weights = cnnc::weights::random_weights(&graph, 11);
-        optimize(&mut graph, OptLevel::O2).unwrap();
-        let mut isas = Vec::new();
-        if CpuLevel::X86_64V4.host_has() {
-            isas.push(("AVX-512", CodegenOptions::default()));
-        }
-        if CpuLevel::X86_64V3.host_has() {
-            isas.push(("AVX2", CodegenOptions { cpu: Some(CpuLevel::X86_64V3), ..CodegenOptions::default() }));
-        }
-        for (isa, options) in isas {
-            let model = compile_jit_with(&graph, &options).unwrap();
-            let algorithm = &model.kernels()[0].algorithm;
+        let graph = optimized_graph(&source, batch).unwrap();
+        for (isa, algorithm) in first_kernel_per_host_isa(&graph) {
             assert!(algorithm.starts_with(&format!("depthwise, {isa} bands")), "{algorithm}\n{source}");
             // AVX-512 runs relus in registers, AVX2 also leaky relu, the clamps, the
             // hard activations, sigmoid and silu.
@@ -513,19 +524,8 @@ fn pointwise_layers_run_on_the_pixel_tiles() {
         if let Err(e) = check_scaled(&source, batch, false, false, 200.0) {
             panic!("input times 200: {e}");
         }
-        let mut graph = compile_source(&source, &BuildOptions { batch, input_shape: None }).unwrap();
-        graph.weights = cnnc::weights::random_weights(&graph, 11);
-        optimize(&mut graph, OptLevel::O2).unwrap();
-        let mut isas = Vec::new();
-        if CpuLevel::X86_64V4.host_has() {
-            isas.push(("AVX-512", CodegenOptions::default()));
-        }
-        if CpuLevel::X86_64V3.host_has() {
-            isas.push(("AVX2", CodegenOptions { cpu: Some(CpuLevel::X86_64V3), ..CodegenOptions::default() }));
-        }
-        for (isa, options) in isas {
-            let model = compile_jit_with(&graph, &options).unwrap();
-            let algorithm = &model.kernels()[0].algorithm;
+        let graph = optimized_graph(&source, batch).unwrap();
+        for (isa, algorithm) in first_kernel_per_host_isa(&graph) {
             // Sigmoid and silu run in registers on AVX2 only.
             let tiles = isa == "AVX2" || !(body.contains("sigmoid") || body.contains("silu"));
             assert_eq!(algorithm.starts_with(&format!("pointwise, {isa} pixel tiles")), tiles, "{algorithm}\n{source}");
@@ -550,9 +550,7 @@ fn register_sigmoid_and_silu_keep_nans() {
     ];
     for body in programs {
         let source = format!("network nans {{\n    {body}\n}}\n");
-        let mut graph = compile_source(&source, &BuildOptions { batch: 1, input_shape: None }).unwrap();
-        graph.weights = cnnc::weights::random_weights(&graph, 11);
-        optimize(&mut graph, OptLevel::O2).unwrap();
+        let graph = optimized_graph(&source, 1).unwrap();
         let shape = graph.node(graph.inputs[0]).shape.clone();
         let plane = shape[2] * shape[3];
         let mut input = cnnc::weights::random_normal(&shape, 12);
