@@ -171,26 +171,9 @@ fn a_layer_reads_rounded_inputs_and_weights() {
 /// The cpu target's tolerance against the reference (relative L2).
 const CPU_TOLERANCE: f64 = 1e-4;
 
-/// The cpu target at each level this machine runs (the host's own features first).
-fn cpu_levels() -> Vec<Option<cnnc::backend::clif::CpuLevel>> {
-    use cnnc::backend::clif::CpuLevel;
-    let mut levels = vec![None];
-    levels.extend(
-        [CpuLevel::X86_64V2, CpuLevel::X86_64V3, CpuLevel::X86_64V4].into_iter().filter(|l| l.host_has()).map(Some),
-    );
-    levels
-}
-
-/// The cpu target's bf16 layer by layer against the interpreter's, each layer given the
-/// same inputs (the cpu's values of its operands): (the worst layer's relative L2 error
-/// and its name, the end-to-end error of the outputs against the interpreter's own bf16
-/// run, and against its f32 run).
-///
-/// Why layer by layer: bf16 rounding is a step function, so the last-bit differences of
-/// f32 accumulation order move a few activations across a rounding boundary (a 2^-8
-/// relative step each), and deep networks amplify those: SqueezeNet's output differs
-/// from the simulation by 3.8e-4 end to end while every layer, on the same inputs,
-/// agrees within 1e-6.
+/// The cpu target's bf16 layer by layer against the interpreter's
+/// ([`common::cpu_layers_against_simulation`]), on `graph` rounded to bf16 and asked for
+/// bf16.
 fn cpu_layers_against_reference(
     graph: &Graph,
     inputs: &[Tensor],
@@ -199,35 +182,7 @@ fn cpu_layers_against_reference(
 ) -> ((f64, String), f64, f64) {
     let mut simulated = graph.clone();
     assign(&mut simulated, Precision::Bf16);
-    let nodes: Vec<_> = simulated
-        .topo_order()
-        .unwrap()
-        .into_iter()
-        .filter(|&id| !matches!(simulated.node(id).op, Op::Input { .. }))
-        .collect();
-    let (copy, positions) = cnnc::compare::with_every_node_as_output(&simulated, &nodes);
-    let options = cnnc::exec::ExecOptions { threads: Some(threads), cpu, precision: Precision::Bf16 };
-    let executor = cnnc::exec::compile_with(copy, cnnc::exec::Target::Cpu, &options).unwrap();
-    let cpu_values = executor.run(inputs).unwrap();
-    let cpu_of: std::collections::HashMap<_, &Tensor> =
-        nodes.iter().zip(&positions).map(|(&id, &k)| (id, &cpu_values[k])).collect();
-    let mut worst = (0.0f64, String::new());
-    interp::run_rewriting(&simulated, &simulated.weights, inputs, &mut |id, value| {
-        if let Some(cpu) = cpu_of.get(&id) {
-            let error = relative_l2(&cpu.data, &value.data);
-            if error > worst.0 || worst.1.is_empty() {
-                worst = (error, simulated.node(id).name.clone());
-            }
-            *value = (*cpu).clone();
-        }
-    })
-    .unwrap();
-    let against = |reference: Vec<Tensor>| {
-        reference.iter().zip(&cpu_values).map(|(r, c)| relative_l2(&c.data, &r.data)).fold(0.0, f64::max)
-    };
-    let end_to_end = against(interp::run(&simulated, &simulated.weights, inputs).unwrap());
-    let against_f32 = against(interp::run(graph, &graph.weights, inputs).unwrap());
-    (worst, end_to_end, against_f32)
+    common::cpu_layers_against_simulation(&simulated, graph, inputs, cpu, threads, Precision::Bf16)
 }
 
 /// Examples on the cpu target in bf16 against the interpreter's bf16, layer by layer
@@ -241,7 +196,7 @@ fn cpu_bf16_matches_the_simulation_on_examples() {
         // Every CPU level and thread count on the small ones, the host on two threads on
         // the others.
         let small = name == "lenet5.cnn" || name == "digits.cnn";
-        let levels = if small { cpu_levels() } else { vec![None] };
+        let levels = if small { common::cpu_levels() } else { vec![None] };
         let threads_tried: &[usize] = if small { &[1, 2] } else { &[2] };
         for cpu in levels {
             for &threads in threads_tried {
@@ -399,7 +354,7 @@ fn the_cpu_target_rounds_as_round_bf16() {
     graph.weights.insert("c.weight", Tensor::new(vec![1, 1, 1, 1], vec![1.0]).unwrap());
     cnnc::passes::optimize(&mut graph, OptLevel::O2).unwrap();
     let input = Tensor::new(vec![1, 1, 5, 7], data.clone()).unwrap();
-    for cpu in cpu_levels() {
+    for cpu in common::cpu_levels() {
         let options = cnnc::exec::ExecOptions { threads: Some(1), cpu, precision: Precision::Bf16 };
         let executor = cnnc::exec::compile_with(graph.clone(), cnnc::exec::Target::Cpu, &options).unwrap();
         let out = executor.run(std::slice::from_ref(&input)).unwrap().remove(0);

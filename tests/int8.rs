@@ -266,54 +266,6 @@ fn the_percentile_method_cuts_outliers() {
     assert_eq!(percentile.method, "percentile 99.99");
 }
 
-/// The cpu target's int8 layer by layer against the interpreter's, each layer given the
-/// cpu's values of its operands: (the worst layer's relative L2 error and its name, the
-/// end-to-end error against the interpreter's int8 run and against its f32 run).
-fn cpu_layers_against_reference(
-    graph: &Graph,
-    f32_graph: &Graph,
-    inputs: &[Tensor],
-    cpu: Option<cnnc::backend::clif::CpuLevel>,
-    threads: usize,
-) -> ((f64, String), f64, f64) {
-    let nodes: Vec<_> =
-        graph.topo_order().unwrap().into_iter().filter(|&id| !matches!(graph.node(id).op, Op::Input { .. })).collect();
-    let (copy, positions) = cnnc::compare::with_every_node_as_output(graph, &nodes);
-    let options = cnnc::exec::ExecOptions { threads: Some(threads), cpu, ..Default::default() };
-    let executor = cnnc::exec::compile_with(copy, cnnc::exec::Target::Cpu, &options).unwrap();
-    let cpu_values = executor.run(inputs).unwrap();
-    let cpu_of: std::collections::HashMap<_, &Tensor> =
-        nodes.iter().zip(&positions).map(|(&id, &k)| (id, &cpu_values[k])).collect();
-    let mut worst = (0.0f64, String::new());
-    interp::run_rewriting(graph, &graph.weights, inputs, &mut |id, value| {
-        if let Some(cpu) = cpu_of.get(&id) {
-            let error = relative_l2(&cpu.data, &value.data);
-            if error > worst.0 || worst.1.is_empty() {
-                worst = (error, graph.node(id).name.clone());
-            }
-            *value = (*cpu).clone();
-        }
-    })
-    .unwrap();
-    let outputs = &cpu_values[..graph.outputs.len()];
-    let against = |reference: Vec<Tensor>| {
-        reference.iter().zip(outputs).map(|(r, c)| relative_l2(&c.data, &r.data)).fold(0.0, f64::max)
-    };
-    let end_to_end = against(interp::run(graph, &graph.weights, inputs).unwrap());
-    let against_f32 = against(interp::run(f32_graph, &f32_graph.weights, inputs).unwrap());
-    (worst, end_to_end, against_f32)
-}
-
-/// The cpu target at each level this machine runs (the host's own features first).
-fn cpu_levels() -> Vec<Option<cnnc::backend::clif::CpuLevel>> {
-    use cnnc::backend::clif::CpuLevel;
-    let mut levels = vec![None];
-    levels.extend(
-        [CpuLevel::X86_64V2, CpuLevel::X86_64V3, CpuLevel::X86_64V4].into_iter().filter(|l| l.host_has()).map(Some),
-    );
-    levels
-}
-
 /// Examples on the cpu target in int8 against the simulation, layer by layer (the small
 /// ones at every CPU level, one and two threads); int8 is far from f32. The errors
 /// against f32 are printed (random weights; BENCHMARKS.md has them).
@@ -323,12 +275,12 @@ fn cpu_int8_matches_the_simulation_on_examples() {
         let (f32_graph, graph) = int8_graph(&example(name), 2, 7, Method::MinMax);
         let inputs = common::random_inputs(&graph, 11);
         let small = name == "lenet5.cnn" || name == "digits.cnn";
-        let levels = if small { cpu_levels() } else { vec![None] };
+        let levels = if small { common::cpu_levels() } else { vec![None] };
         let threads_tried: &[usize] = if small { &[1, 2] } else { &[2] };
         for cpu in levels {
             for &threads in threads_tried {
                 let ((error, layer), end_to_end, against_f32) =
-                    cpu_layers_against_reference(&graph, &f32_graph, &inputs, cpu, threads);
+                    common::cpu_layers_against_simulation(&graph, &f32_graph, &inputs, cpu, threads, Precision::F32);
                 let level = cpu.map_or("host", |l| l.name());
                 eprintln!(
                     "{name} cpu {level} {threads} thread(s): worst layer {error:.2e} ({layer}), end to end {end_to_end:.2e} \
@@ -351,7 +303,8 @@ fn cpu_int8_matches_the_simulation_on_random_layers() {
         let method = if case.is_multiple_of(2) { Method::MinMax } else { Method::Percentile(99.9) };
         let (f32_graph, graph) = int8_graph(&source, batch, case, method);
         let inputs = common::random_inputs(&graph, case + 100);
-        let ((error, layer), _, against_f32) = cpu_layers_against_reference(&graph, &f32_graph, &inputs, None, 2);
+        let ((error, layer), _, against_f32) =
+            common::cpu_layers_against_simulation(&graph, &f32_graph, &inputs, None, 2, Precision::F32);
         assert!(error <= INT8_TOLERANCE, "case {case}: layer {layer}: {error:e}\n{source}");
         assert!(against_f32 > 10.0 * INT8_TOLERANCE, "case {case}: int8 {against_f32:e} from f32\n{source}");
     }
@@ -396,7 +349,7 @@ fn the_cpu_target_quantizes_as_the_interpreter() {
         let want = q.offset(*x) * 127.0 * m;
         assert!(want.is_nan() && y.is_nan() || want == *y, "{x:e}: {y:e} vs {want:e}");
     }
-    for cpu in cpu_levels() {
+    for cpu in common::cpu_levels() {
         let options = cnnc::exec::ExecOptions { threads: Some(1), cpu, ..Default::default() };
         let executor = cnnc::exec::compile_with(graph.clone(), cnnc::exec::Target::Cpu, &options).unwrap();
         let out = executor.run(std::slice::from_ref(&input)).unwrap().remove(0);
