@@ -405,7 +405,7 @@ fn prepare(
             // operands.
             if node.precision != Precision::F32 {
                 let vectors = options.conv_vectors.max(1);
-                let simd = bf16_simd(simd);
+                let simd = reduced_precision_simd(simd);
                 return Ok(Kernel::Conv(ConvKernel::new(
                     conv,
                     shape,
@@ -449,7 +449,7 @@ fn prepare(
                 bias,
                 *out_features,
                 options.linear_vectors.max(1),
-                if node.precision != Precision::F32 { bf16_simd(simd) } else { simd },
+                if node.precision != Precision::F32 { reduced_precision_simd(simd) } else { simd },
                 node.precision,
             ))
         }
@@ -919,6 +919,6 @@ pub(crate) fn define_constant_function<M: Module>(module: &mut M, name: &str, va
 /// `crate::precision`); the AVX2 and f32x4 tiles are the ones this path was checked on
 /// against the interpreter, so an AVX-512 machine runs them too until the `vdpbf16ps`
 /// (and integer) tiles are enabled.
-fn bf16_simd(simd: Option<Simd>) -> Option<Simd> {
+fn reduced_precision_simd(simd: Option<Simd>) -> Option<Simd> {
     simd.map(|_| Simd::Avx2)
 }
