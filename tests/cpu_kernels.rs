@@ -533,6 +533,34 @@ fn pointwise_layers_run_on_the_pixel_tiles() {
     }
 }
 
+/// The direct AVX2 tiles apply sigmoid and silu in registers where the activation is the
+/// whole epilogue (EfficientNet's 3x3/s2 stem): whole and partial tiles and blocks, at
+/// scales 1 and 200 (past exp's clamps); with a residual the f32x4 store applies it.
+#[test]
+fn direct_tiles_apply_sigmoid_and_silu_in_registers() {
+    let programs = [
+        ("input x: [3, 30, 30]\n    conv(32, 3, stride=2, pad=1)\n    silu", 1, true),
+        ("input x: [5, 13, 11]\n    conv(20, 3, stride=2, pad=(0, 1, 1, 0))\n    sigmoid", 2, true),
+        ("input x: [4, 9, 9]\n    conv(12, 5, pad=2, dilation=2)\n    silu", 1, true),
+        ("input x: [8, 9, 9]\n    conv(8, 3, pad=1)\n    silu\n    add(x)", 1, false),
+    ];
+    for (body, batch, in_registers) in programs {
+        let source = format!("network direct {{\n    {body}\n}}\n");
+        if let Err(e) = check_source(&source, batch, false, false) {
+            panic!("{e}");
+        }
+        if let Err(e) = check_scaled(&source, batch, false, false, 200.0) {
+            panic!("input times 200: {e}");
+        }
+        let graph = optimized_graph(&source, batch).unwrap();
+        for (isa, algorithm) in first_kernel_per_host_isa(&graph) {
+            assert!(algorithm.starts_with("direct"), "{algorithm}\n{source}");
+            let want = isa == "AVX2" && in_registers;
+            assert_eq!(algorithm.ends_with("activation in registers"), want, "{isa}: {algorithm}\n{source}");
+        }
+    }
+}
+
 /// Sigmoid and silu in AVX2's registers give NaN exactly where the interpreter does (a
 /// NaN input spreads through a pointwise layer's pixel and a depthwise layer's window),
 /// and elsewhere its values within the tolerance: inputs of scale 50 with NaN in every
@@ -547,6 +575,7 @@ fn register_sigmoid_and_silu_keep_nans() {
         "input x: [8, 9, 13]\n    conv(8, 1)\n    sigmoid\n    add(x)\n    silu",
         "input x: [7, 10, 19]\n    conv(7, 3, pad=1, groups=7)\n    silu",
         "input x: [7, 10, 19]\n    conv(7, 3, stride=2, pad=1, groups=7)\n    sigmoid",
+        "input x: [3, 10, 19]\n    conv(16, 3, stride=2, pad=1)\n    silu",
     ];
     for body in programs {
         let source = format!("network nans {{\n    {body}\n}}\n");
@@ -563,7 +592,9 @@ fn register_sigmoid_and_silu_keep_nans() {
         let model = compile_jit_with(&graph, &options).unwrap();
         let algorithm = &model.kernels()[0].algorithm;
         assert!(
-            algorithm.starts_with("pointwise, AVX2 pixel tiles") || algorithm.starts_with("depthwise, AVX2 bands"),
+            algorithm.starts_with("pointwise, AVX2 pixel tiles")
+                || algorithm.starts_with("depthwise, AVX2 bands")
+                || algorithm.ends_with("activation in registers"),
             "{algorithm}\n{source}"
         );
         assert!(!algorithm.contains("per band"), "{algorithm}\n{source}");

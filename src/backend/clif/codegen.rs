@@ -429,15 +429,10 @@ fn prepare(
                 let m = WinogradKernel::tile_size(&shape, options.winograd_f4);
                 return Ok(Kernel::Winograd(WinogradKernel::new(conv, shape, m, &weight.data, bias)));
             }
-            Kernel::Conv(ConvKernel::new(
-                conv,
-                shape,
-                &weight.data,
-                bias,
-                options.conv_vectors.max(1),
-                simd,
-                Precision::F32,
-            ))
+            Kernel::Conv(
+                ConvKernel::new(conv, shape, &weight.data, bias, options.conv_vectors.max(1), simd, Precision::F32)
+                    .with_register_activation(&node.epilogue),
+            )
         }
         Op::Linear { out_features, .. } => {
             let weight = required(weights, node, &x_shape, ParamRole::Weight)?;
@@ -733,7 +728,7 @@ pub(crate) fn define_model<M: Module>(
             Kernel::Winograd(k) => k.algorithm(),
             Kernel::Linear(k) => k.algorithm(!tiles.is_empty()),
             Kernel::Pool(p) => p.algorithm(),
-            Kernel::Broadcast(_) | Kernel::Softmax | Kernel::Lrn(_) => "elementwise (one thread)".into(),
+            Kernel::Softmax | Kernel::Lrn(_) => "elementwise (one thread)".into(),
             _ => "elementwise".into(),
         };
         let info = KernelInfo {
@@ -868,6 +863,7 @@ fn emit_kernel(
         }
         Kernel::Permute(perm) => movement::emit_permute(kb, operands[0].1, perm, operands[0].0, out),
         Kernel::LayerNorm(shape, _) => normalize::emit_layer_norm(kb, shape, operands[0].0, out),
+        Kernel::Broadcast(combine) => elementwise::emit_broadcast(kb, *combine, &node.shape, operands, out, epilogue),
         Kernel::Concat => {
             let batch = node.shape[0];
             let parts: Vec<(Loc, usize)> =
@@ -881,9 +877,7 @@ fn emit_kernel(
 
 /// Emits the body of a kernel that one part runs alone.
 fn emit_serial_kernel(kb: &mut Kb, kernel: &Kernel, node: &Node, operands: &[(Loc, &[usize])], out: Loc) {
-    let epilogue: &Epilogue = &node.epilogue;
     match kernel {
-        Kernel::Broadcast(combine) => elementwise::emit_broadcast(kb, *combine, &node.shape, operands, out, epilogue),
         Kernel::Softmax => normalize::emit_softmax(kb, &node.shape, operands[0].0, out),
         Kernel::Lrn(lrn) => normalize::emit_lrn(kb, lrn, &node.shape, operands[0].0, out),
         _ => unreachable!("shared kernels are emitted by emit_kernel"),

@@ -236,6 +236,7 @@ mod tests {
                 in_step: 4 * plane as i64,
                 taps: tap_offsets.clone(),
                 bf16: true,
+                activation: None,
             };
             assert!(spec.fits());
             let code = assemble(&spec).unwrap();
@@ -355,6 +356,7 @@ mod tests {
                     in_step: 4 * (hp * wp) as i64,
                     taps: (0..k).flat_map(|kh| (0..k).map(move |kw| 4 * (kh * wp + kw) as i64)).collect(),
                     bf16: true,
+                    activation: None,
                 };
                 assert!(spec.fits(), "{spec:?}");
                 let code = assemble(&spec).unwrap();

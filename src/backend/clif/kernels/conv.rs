@@ -29,7 +29,7 @@
 
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, types};
 
-use super::x86::{Simd, TileSpec, Ukernel};
+use super::x86::{RegisterActivation, Simd, TileSpec, Ukernel};
 use super::{F32, F32X4, Kb, Loc, MicroKernel};
 use crate::ir::{Conv, Epilogue};
 use crate::precision::Precision;
@@ -261,15 +261,29 @@ impl Blocking {
 
 /// The micro-kernel: `pixels x vectors` accumulators over the reduction, then the
 /// epilogue and the stores.
-fn emit_tile(kb: &mut Kb, reduction: &Reduction, tile: &Tile, block: &Block, oc_stride: i64, epilogue: &Epilogue) {
-    let spec = kb.simd.map(|simd| tile_spec(simd, reduction, tile.pixels, tile.in_stride, block.vectors));
+///
+/// `in_registers`: the micro-kernel applies `epilogue`'s activation (its whole epilogue)
+/// itself, see [`ConvKernel::register_activation`].
+fn emit_tile(
+    kb: &mut Kb,
+    reduction: &Reduction,
+    tile: &Tile,
+    block: &Block,
+    oc_stride: i64,
+    epilogue: &Epilogue,
+    in_registers: Option<RegisterActivation>,
+) {
+    let spec = kb.simd.map(|simd| tile_spec(simd, reduction, tile.pixels, tile.in_stride, block.vectors, in_registers));
     if let Some(func) = spec.and_then(|spec| kb.tile_kernel(&Ukernel::Tile(spec))) {
         // The machine-code micro-kernel leaves the tile pixel-major in a stack buffer.
         let buffer = kb.tile_buffer();
         kb.fb.ins().call(func, &[tile.in_base, block.weights, block.bias, buffer]);
-        store_buffered_tile(kb, buffer, tile, block, oc_stride, epilogue);
+        let rest = Epilogue { activation: None, ..epilogue.clone() };
+        store_buffered_tile(kb, buffer, tile, block, oc_stride, if in_registers.is_some() { &rest } else { epilogue });
         return;
     }
+    // Without its micro-kernel (a tile that does not fit) the f32x4 code below applies
+    // the whole epilogue.
     let style = kb.micro_kernel;
     let lanes = 4 * block.vectors as i64;
     let taps = reduction.taps.len();
@@ -358,7 +372,14 @@ fn emit_tile(kb: &mut Kb, reduction: &Reduction, tile: &Tile, block: &Block, oc_
 }
 
 /// The machine-code micro-kernel of a tile (`vectors` in f32x4 units).
-fn tile_spec(simd: Simd, reduction: &Reduction, pixels: usize, pixel_stride: i64, vectors: usize) -> TileSpec {
+fn tile_spec(
+    simd: Simd,
+    reduction: &Reduction,
+    pixels: usize,
+    pixel_stride: i64,
+    vectors: usize,
+    activation: Option<RegisterActivation>,
+) -> TileSpec {
     TileSpec {
         simd,
         pixels,
@@ -368,6 +389,7 @@ fn tile_spec(simd: Simd, reduction: &Reduction, pixels: usize, pixel_stride: i64
         in_step: reduction.in_step,
         taps: reduction.taps.clone(),
         bf16: false,
+        activation,
     }
 }
 
@@ -564,6 +586,10 @@ pub(crate) struct ConvKernel {
     /// applied at the store ([`pack_operands`]). Either way the f32 tiles then compute
     /// what the interpreter's simulation computes.
     precision: Precision,
+    /// An activation the machine-code tiles apply in registers (see `TileSpec`), set by
+    /// [`ConvKernel::with_register_activation`]: the whole epilogue is then that
+    /// activation, and the store applies nothing.
+    register_activation: Option<RegisterActivation>,
     /// The packed weights and bias, little-endian f32.
     pub data: Vec<u8>,
 }
@@ -595,7 +621,31 @@ impl ConvKernel {
         };
         let data = pack_operands(weight, bias, conv.groups, k, blocking, precision);
         let bias_start = conv.groups * blocking.group_lanes() * k;
-        ConvKernel { conv: conv.clone(), shape, blocking, tile_width, simd, bias_start, precision, data }
+        ConvKernel {
+            conv: conv.clone(),
+            shape,
+            blocking,
+            tile_width,
+            simd,
+            bias_start,
+            precision,
+            register_activation: None,
+            data,
+        }
+    }
+
+    /// The kernel with `epilogue`'s activation applied in the AVX2 tiles' registers,
+    /// where that is the whole epilogue (no residual or pooling), the layer is f32, and
+    /// the activation is sigmoid or silu: the ones whose exp is slow in the f32x4
+    /// epilogue. Otherwise the kernel as it was.
+    pub fn with_register_activation(mut self, epilogue: &Epilogue) -> ConvKernel {
+        let only_activation = Epilogue { activation: epilogue.activation, ..Epilogue::default() } == *epilogue;
+        if let (Some(Simd::Avx2), Some(activation), true, Precision::F32) =
+            (self.simd, epilogue.activation, only_activation, self.precision)
+        {
+            self.register_activation = RegisterActivation::of(activation, Simd::Avx2).filter(|f| f.uses_exp());
+        }
+        self
     }
 
     fn padded(&self) -> bool {
@@ -634,6 +684,9 @@ impl ConvKernel {
         let s = &self.shape;
         let line = if self.line_mode() { s.out_h * s.out_w } else { s.out_w };
         text = text + ", " + &block_text(self.blocking, self.tile_width.min(line), simd);
+        if let (Some(_), Some(_)) = (simd, self.register_activation) {
+            text.push_str(", activation in registers");
+        }
         match self.precision {
             Precision::F32 => {}
             Precision::Bf16 => text.push_str(", bf16 operands"),
@@ -665,7 +718,9 @@ impl ConvKernel {
         let reduction = self.reduction();
         let Some(simd) = self.simd else { return Vec::new() };
         let kinds = self.blocking.kinds().into_iter();
-        kinds.map(|v| Ukernel::Tile(tile_spec(simd, &reduction, pixels, pixel_stride, v))).collect()
+        kinds
+            .map(|v| Ukernel::Tile(tile_spec(simd, &reduction, pixels, pixel_stride, v, self.register_activation)))
+            .collect()
     }
 
     pub fn emit(&self, kb: &mut Kb, x: Loc, out: Loc, residual: Option<Loc>, scratch: Loc, epilogue: &Epilogue) {
@@ -832,7 +887,9 @@ impl ConvKernel {
         if self.line_mode() {
             // Output pixel q reads its window at input offset q: tile the plane as a line.
             let total = s.out_h * s.out_w;
-            let tile = |kb: &mut Kb, tile: Tile| emit_tile(kb, reduction, &tile, block, oc_stride, ep);
+            let tile = |kb: &mut Kb, tile: Tile| {
+                emit_tile(kb, reduction, &tile, block, oc_stride, ep, self.register_activation)
+            };
             let line = Line { count: total, width: self.tile_width, in_stride: 4, out_stride: 4 };
             emit_line(kb, line, in_g, Some(chunk), tile);
         } else {
@@ -848,7 +905,7 @@ impl ConvKernel {
                 let line = Line { count: s.out_w, width: self.tile_width, in_stride: col_in, out_stride: 4 };
                 emit_line(kb, line, in_row, None, |kb, mut tile| {
                     tile.out_offset = kb.fb.ins().iadd(tile.out_offset, out_row);
-                    emit_tile(kb, reduction, &tile, block, oc_stride, ep)
+                    emit_tile(kb, reduction, &tile, block, oc_stride, ep, self.register_activation)
                 });
             });
         }
@@ -1004,7 +1061,7 @@ impl LinearKernel {
         self.blocking
             .kinds()
             .into_iter()
-            .map(|v| Ukernel::Tile(tile_spec(simd, &reduction, pixels, stride, v)))
+            .map(|v| Ukernel::Tile(tile_spec(simd, &reduction, pixels, stride, v, None)))
             .collect()
     }
 
@@ -1040,7 +1097,7 @@ impl LinearKernel {
         let out_stride = (self.out_features * 4) as i64;
         let run = |kb: &mut Kb, block: &Block| {
             let line = Line { count: self.batch, width: self.tile_width, in_stride, out_stride };
-            emit_line(kb, line, x_base, None, |kb, tile| emit_tile(kb, &reduction, &tile, block, 4, epilogue));
+            emit_line(kb, line, x_base, None, |kb, tile| emit_tile(kb, &reduction, &tile, block, 4, epilogue, None));
         };
         // The parts share the blocks of output features.
         kb.for_share(self.blocking.full_blocks, |kb, ob| {

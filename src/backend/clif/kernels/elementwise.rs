@@ -161,7 +161,8 @@ fn collapse(out_shape: &[usize], operand_shapes: &[&[usize]]) -> (Vec<usize>, Ve
 }
 
 /// `out = x0 (op) x1 (op) ...` left to right, broadcasting size-1 dimensions, then the
-/// epilogue's activation.
+/// epilogue's activation. The parts share the outermost of the collapsed dimensions; a
+/// shape that collapses to one dimension runs on one part.
 pub(crate) fn emit_broadcast(
     kb: &mut Kb,
     combine: Combine,
@@ -175,7 +176,7 @@ pub(crate) fn emit_broadcast(
     let bases: Vec<Value> = operands.iter().map(|(loc, _)| kb.addr(*loc)).collect();
     let dst = kb.addr(out);
     let inner = *dims.last().expect("at least one dimension");
-    emit_outer(kb, &dims, &strides, 0, bases, dst, &mut |kb, srcs, dst| {
+    let mut run = |kb: &mut Kb, srcs: &[Value], dst: Value| {
         // The innermost dimension: operands walk it (stride 1) or broadcast (stride 0).
         let broadcast: Vec<Option<(Value, Value)>> = srcs
             .iter()
@@ -216,7 +217,12 @@ pub(crate) fn emit_broadcast(
             let value = fold(kb, combine, &values);
             kb.epilogue(epilogue, value, None)
         });
-    });
+    };
+    if dims.len() > 1 {
+        emit_outer(kb, &dims, &strides, 0, bases, dst, &mut run);
+    } else {
+        kb.on_last_part(|kb| emit_outer(kb, &dims, &strides, 0, bases, dst, &mut run));
+    }
 }
 
 fn fold(kb: &mut Kb, combine: Combine, values: &[Value]) -> Value {
@@ -246,7 +252,7 @@ fn emit_outer(
         return;
     }
     let out_stride: usize = dims[d + 1..].iter().product();
-    kb.for_range(dims[d], |kb, i| {
+    let body = |kb: &mut Kb, i: Value| {
         let srcs: Vec<Value> = srcs
             .iter()
             .zip(strides)
@@ -254,7 +260,10 @@ fn emit_outer(
             .collect();
         let dst = kb.index(dst, i, 4 * out_stride as i64);
         emit_outer(kb, dims, strides, d + 1, srcs, dst, inner);
-    });
+    };
+    // The parts share the outermost dimension (a squeeze-and-excitation gate's
+    // `[N * C, H * W]`: whole channel planes each); each value is computed as by one part.
+    if d == 0 { kb.for_share(dims[d], body) } else { kb.for_range(dims[d], body) }
 }
 
 /// Concatenation along dimension 1: per batch element, each operand's block in turn,
