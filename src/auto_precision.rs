@@ -7,11 +7,13 @@
 //! 1. [`measure_times`]: the graph is compiled for the cpu target three times, every
 //!    layer that can take it in f32, in bf16 and in int8 (from the calibration), and
 //!    each conv and linear layer's kernel is timed by the profiler (`bench --profile`'s
-//!    timings: the median of several runs). A precision the cpu level cannot compile is
-//!    no candidate (its reason is kept for the report).
+//!    timings), in interleaved rounds (one run of each of the three models in turn); the
+//!    medians are kept. A precision the cpu level cannot compile is no candidate (its
+//!    reason is kept for the report).
 //! 2. [`choose`]: for each layer, the reduced precisions that are faster than its f32
-//!    kernel by at least [`MIN_SAVING`] of its time (below that, the difference is the
-//!    noise of a shared machine) are its candidates. Each candidate's error is measured
+//!    kernel by at least [`MIN_SAVING`] of its time, by the medians and in at least
+//!    [`MIN_FASTER_ROUNDS`] of the paired rounds (on a shared machine the medians alone
+//!    let noise pass a kernel that is no faster), are its candidates. Each candidate's error is measured
 //!    with that layer alone reduced ("error alone"); candidates alone over the budget are
 //!    dropped. The rest are taken greedily, in order of milliseconds saved per unit of
 //!    error (no error first; ties by the time saved, then by layer order, bf16 before
@@ -113,6 +115,10 @@ pub struct Timings {
     pub totals: [Option<f64>; 3],
     /// Why a precision could not be timed at all (it does not compile for the cpu level).
     pub unavailable: Vec<(Kind, String)>,
+    /// The layers and reduced precisions whose kernel was not faster than f32 in enough
+    /// of the paired rounds ([`MIN_FASTER_ROUNDS`]), whatever the medians say: no
+    /// candidates.
+    pub unsteady: Vec<(String, Kind)>,
 }
 
 /// One layer's row in the report.
@@ -129,6 +135,9 @@ pub struct LayerChoice {
     /// The network's error with this layer alone in bf16 or int8 (`None`: not measured,
     /// because that precision is not faster for this layer or cannot run it).
     pub alone_error: [Option<f64>; 3],
+    /// Whether that precision was found not faster than f32 for this layer (by the
+    /// medians or the paired rounds).
+    pub not_faster: [bool; 3],
 }
 
 impl LayerChoice {
@@ -258,17 +267,25 @@ fn uniform(graph: &Graph, kind: Kind, calibration: &Calibration) -> Result<Graph
     Ok(graph)
 }
 
-/// Profiled runs of each timing: two untimed, then at least 5 and until 0.25 s have
-/// passed, at most 50; the medians are kept.
+/// Profiled rounds: two untimed runs of each model, then rounds of one profiled run of
+/// each (f32, bf16, int8, one after another, so that a change in the machine's load
+/// falls on all three alike), at least 9 and until 0.5 s have passed, at most 60.
 const WARMUP_RUNS: usize = 2;
-const MIN_RUNS: usize = 5;
-const MAX_RUNS: usize = 50;
-const MIN_SECONDS: f64 = 0.25;
+const MIN_ROUNDS: usize = 9;
+const MAX_ROUNDS: usize = 60;
+const MIN_SECONDS: f64 = 0.5;
+
+/// A reduced precision counts as faster for a layer only when its kernel beat the f32
+/// kernel by [`MIN_SAVING`] in at least this fraction of the rounds (a paired test: on
+/// a shared machine, medians alone let noise pick a kernel that is not faster).
+pub const MIN_FASTER_ROUNDS: f64 = 0.8;
 
 /// Times every conv and linear layer of `graph` (optimized for the cpu target, weights
-/// bound, at the batch it will run at) in f32, bf16 and int8 on the cpu target: the
-/// median over several profiled runs on random inputs of each layer's kernel, with every
-/// layer in that precision.
+/// bound, at the batch it will run at) in f32, bf16 and int8 on the cpu target: with
+/// every layer in one precision, each layer's kernel over interleaved profiled rounds on
+/// random inputs; the medians are kept, and a reduced precision whose kernel was not
+/// faster by [`MIN_SAVING`] in [`MIN_FASTER_ROUNDS`] of the rounds is marked unsteady
+/// ([`Timings::unsteady`]: no candidate).
 pub fn measure_times(graph: &Graph, calibration: &Calibration, options: &Options) -> Result<Timings, String> {
     let inputs: Vec<Tensor> = graph
         .inputs
@@ -286,9 +303,8 @@ pub fn measure_times(graph: &Graph, calibration: &Calibration, options: &Options
         })
         .collect();
     let mut timings = Timings::default();
-    for (name, _) in &names {
-        timings.layers.insert(name.clone(), [None; 3]);
-    }
+    // Each precision's model, and the kernel index of each layer that runs in it.
+    let mut models: Vec<(Kind, crate::backend::clif::JitModel, Vec<Option<usize>>)> = Vec::new();
     for kind in Kind::ALL {
         let uniform = uniform(graph, kind, calibration)?;
         let codegen = CodegenOptions { profile: true, cpu: options.cpu, ..Default::default() };
@@ -305,30 +321,58 @@ pub fn measure_times(graph: &Graph, calibration: &Calibration, options: &Options
         for _ in 0..WARMUP_RUNS {
             model.run(&inputs)?;
         }
-        let kernels = model.kernels().to_vec();
-        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); kernels.len()];
-        let started = std::time::Instant::now();
-        let mut runs = 0;
-        while runs < MIN_RUNS || (runs < MAX_RUNS && started.elapsed().as_secs_f64() < MIN_SECONDS) {
-            for (index, (_, seconds)) in model.profile(&inputs)?.into_iter().enumerate() {
-                if let Some(s) = samples.get_mut(index) {
-                    s.push(seconds * 1e3);
+        let kernels: Vec<Option<usize>> = names
+            .iter()
+            .map(|(name, kernel)| {
+                let node = uniform.node_ids().into_iter().map(|id| uniform.node(id)).find(|n| n.name == *name)?;
+                if kind_of(node.precision) != kind {
+                    return None;
+                }
+                model.kernels().iter().position(|k| k.name == *kernel)
+            })
+            .collect();
+        models.push((kind, model, kernels));
+    }
+    // samples[model][layer][round], and each model's total per round.
+    let mut samples: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); names.len()]; models.len()];
+    let mut totals: Vec<Vec<f64>> = vec![Vec::new(); models.len()];
+    let started = std::time::Instant::now();
+    let mut rounds = 0;
+    while rounds < MIN_ROUNDS || (rounds < MAX_ROUNDS && started.elapsed().as_secs_f64() < MIN_SECONDS) {
+        for (m, (_, model, kernels)) in models.iter().enumerate() {
+            let times = model.profile(&inputs)?;
+            totals[m].push(times.iter().map(|(_, s)| s * 1e3).sum());
+            for (layer, index) in kernels.iter().enumerate() {
+                if let Some(&(_, seconds)) = index.and_then(|i| times.get(i)) {
+                    samples[m][layer].push(seconds * 1e3);
                 }
             }
-            runs += 1;
         }
-        let medians: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
-        timings.totals[kind.index()] = Some(medians.iter().sum());
-        for (name, kernel) in &names {
-            let precision = uniform.node_ids().into_iter().map(|id| uniform.node(id)).find(|n| n.name == *name);
-            let runs_in_kind = precision.is_some_and(|n| kind_of(n.precision) == kind);
-            if !runs_in_kind {
+        rounds += 1;
+    }
+    for (m, (kind, _, _)) in models.iter().enumerate() {
+        timings.totals[kind.index()] = Some(median(&mut totals[m].clone()));
+    }
+    for (layer, (name, _)) in names.iter().enumerate() {
+        let mut times = [None; 3];
+        for (m, (kind, _, _)) in models.iter().enumerate() {
+            let s = &samples[m][layer];
+            if s.len() == rounds {
+                times[kind.index()] = Some(median(&mut s.clone()));
+            }
+        }
+        // The paired test, against the f32 model (always the first).
+        for (m, (kind, _, _)) in models.iter().enumerate().skip(1) {
+            let (reduced, f32s) = (&samples[m][layer], &samples[0][layer]);
+            if reduced.len() != rounds || f32s.len() != rounds {
                 continue;
             }
-            if let Some(index) = kernels.iter().position(|k| k.name == *kernel) {
-                timings.layers.get_mut(name).expect("inserted above")[kind.index()] = Some(medians[index]);
+            let faster = reduced.iter().zip(f32s).filter(|(r, f)| **r <= **f * (1.0 - MIN_SAVING)).count();
+            if (faster as f64) < MIN_FASTER_ROUNDS * rounds as f64 {
+                timings.unsteady.push((name.clone(), *kind));
             }
         }
+        timings.layers.insert(name.clone(), times);
     }
     Ok(timings)
 }
@@ -498,6 +542,7 @@ pub fn choose(
                 kind: Kind::F32,
                 times_ms: times,
                 alone_error: [None; 3],
+                not_faster: [false; 3],
             }
         })
         .collect();
@@ -513,7 +558,8 @@ pub fn choose(
         let Some(f32_ms) = row.times_ms[0] else { continue };
         for kind in [Kind::Bf16, Kind::Int8] {
             let Some(ms) = row.times_ms[kind.index()] else { continue };
-            if ms > f32_ms * (1.0 - MIN_SAVING) {
+            if ms > f32_ms * (1.0 - MIN_SAVING) || timings.unsteady.iter().any(|(n, k)| *n == row.name && *k == kind) {
+                row.not_faster[kind.index()] = true;
                 continue;
             }
             let alone = BTreeMap::from([(row.name.as_str(), kind)]);
@@ -594,24 +640,20 @@ impl fmt::Display for Choice {
         let width = self.layers.iter().map(|l| elide(&l.name).chars().count()).max().unwrap_or(5).max(5);
         let ms = |t: Option<f64>| t.map_or("-".to_string(), |t| format!("{t:.3}"));
         // The error alone where measured; otherwise why not: slower, or cannot run.
-        let err = |l: &LayerChoice, kind: Kind| match (
-            l.alone_error[kind.index()],
-            l.times_ms[kind.index()],
-            l.times_ms[0],
-        ) {
-            (Some(e), _, _) => format!("{e:.2e}"),
-            (None, Some(_), Some(_)) => "slower".to_string(),
-            _ => "n/a".to_string(),
+        let err = |l: &LayerChoice, kind: Kind| match l.alone_error[kind.index()] {
+            Some(e) => format!("{e:.2e}"),
+            None if l.not_faster[kind.index()] => "not faster".to_string(),
+            None => "n/a".to_string(),
         };
         writeln!(
             f,
-            "  {:<width$}  {:<6}  {:<9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}",
+            "  {:<width$}  {:<6}  {:<9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>10}  {:>10}",
             "layer", "op", "precision", "f32 ms", "bf16 ms", "int8 ms", "chosen ms", "bf16 err", "int8 err"
         )?;
         for l in &self.layers {
             writeln!(
                 f,
-                "  {:<width$}  {:<6}  {:<9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}",
+                "  {:<width$}  {:<6}  {:<9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>10}  {:>10}",
                 elide(&l.name),
                 l.op,
                 l.kind.name(),
@@ -636,9 +678,10 @@ impl fmt::Display for Choice {
         )?;
         writeln!(
             f,
-            "  (err: the network's error with that layer alone reduced, measured where that precision is at least {}% \
-             faster than f32 for it; slower: it is not)",
-            (MIN_SAVING * 100.0) as u32
+            "  (err: the network's error with that layer alone reduced, measured where that precision's kernel is at least \
+             {}% faster than f32's, by the medians and in {}% of the interleaved runs; not faster: it is not)",
+            (MIN_SAVING * 100.0) as u32,
+            (MIN_FASTER_ROUNDS * 100.0) as u32
         )?;
         for (kind, reason) in &self.unavailable {
             writeln!(f, "  {} is not available on this cpu level: {reason}", kind.name())?;

@@ -188,8 +188,8 @@ fn a_zero_budget_keeps_f32() {
     }
 }
 
-/// A precision not faster than f32 by [`MIN_SAVING`] is never chosen and not even
-/// measured; with nothing faster, the choice is all f32 without running anything but
+/// A precision not faster than f32 by [`MIN_SAVING`] (or not steadily: the paired
+/// rounds) is never chosen and not even measured; with nothing faster, the choice is all f32 without running anything but
 /// the f32 reference. The choice is the same given the same timings.
 #[test]
 fn only_faster_precisions_are_chosen_and_the_choice_is_deterministic() {
@@ -200,6 +200,16 @@ fn only_faster_precisions_are_chosen_and_the_choice_is_deterministic() {
     assert_eq!(choice.counts(), [5, 0, 0]);
     assert_eq!(choice.trials, 0);
     assert!(choice.layers.iter().all(|l| l.alone_error == [None; 3]));
+    // Faster by the medians but not steadily in the paired rounds: no candidate either.
+    let mut unsteady = modeled(&graph, Some(0.5), Some(0.25));
+    for id in layers(&graph) {
+        unsteady.unsteady.push((graph.node(id).name.clone(), Kind::Bf16));
+        unsteady.unsteady.push((graph.node(id).name.clone(), Kind::Int8));
+    }
+    let choice = choose(&graph, &calibration, &runs, &unsteady, &generous).unwrap();
+    assert_eq!((choice.counts(), choice.trials), ([5, 0, 0], 0));
+    let report = choice.to_string();
+    assert_eq!(report.lines().filter(|l| l.ends_with("not faster  not faster")).count(), 5, "{report}");
     // bf16 faster, int8 cannot run: bf16 everywhere within a generous budget.
     let bf16_only = modeled(&graph, Some(0.5), None);
     let choice = choose(&graph, &calibration, &runs, &bf16_only, &generous).unwrap();
@@ -395,4 +405,97 @@ fn the_build_script_api_chooses() {
     let error = model.auto_precision(-1.0, &calib, &inputs).compile().unwrap_err().to_string();
     assert!(error.contains("--max-error -1"), "{error}");
     std::fs::remove_dir_all(dir).ok();
+}
+
+/// The figures of BENCHMARKS.md's "--precision auto" section: every example (one
+/// input) at batch 1 with random weights (BatchNorm statistics drawn as
+/// `weights::random_weights` draws them), calibrated (minmax) on 4 random N(0, 1)
+/// images, `--max-error 1e-2` (relative L2) measured on those images, as `cnnc run
+/// --precision auto --calib-inputs` would with the calibration's own inputs. Two
+/// choices per example: from this machine's timings (the kernels' medians), and from
+/// modeled timings (bf16 at 1/2 and int8 at 1/4 of f32's time) for the examples of at
+/// most `CNNC_AUTO_MODELED_MACS` multiply-adds (default 1e9; each needs about four
+/// compilations per layer), whose error the interpreter then recomputes. Each choice's
+/// error must be within the budget. Slow: `cargo test --test auto_precision
+/// -- --ignored --nocapture`; `CNNC_AUTO_EXAMPLES=a,b` takes those examples only.
+#[test]
+#[ignore]
+fn auto_on_every_example() {
+    let budget = 1e-2;
+    let modeled_macs: u64 =
+        std::env::var("CNNC_AUTO_MODELED_MACS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000_000);
+    let only: Option<Vec<String>> =
+        std::env::var("CNNC_AUTO_EXAMPLES").ok().map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
+    let mut names: Vec<String> = std::fs::read_dir(repo().join("examples"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".cnn"))
+        .filter(|n| only.as_ref().is_none_or(|o| o.iter().any(|x| x == n.trim_end_matches(".cnn"))))
+        .collect();
+    names.sort();
+    println!(
+        "| example | layers | measured: f32/bf16/int8 | error | kernels f32 -> chosen (ms) | modeled: f32/bf16/int8 | \
+         error (cpu; interpreter) | modeled time vs f32 |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for name in names {
+        let source = example(&name);
+        let Ok(graph) = common::random_graph(&source, 1, 7, OptLevel::O2) else { continue };
+        if graph.inputs.len() != 1 {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let runs: Vec<Vec<Tensor>> = (0..4).map(|k| common::random_inputs(&graph, 500 + 10 * k)).collect();
+        let calibration = calibrate(&graph, &runs, Method::MinMax).unwrap();
+        let opts = Options { cpu: None, threads: None, max_error: budget, metric: Metric::L2 };
+        let timings = measure_times(&graph, &calibration, &opts).unwrap();
+        let real = choose(&graph, &calibration, &runs, &timings, &opts).unwrap();
+        eprint!("{real}");
+        assert!(real.error <= budget, "{name}: {}", real.error);
+        let counts = |c: &Choice| {
+            let [a, b, d] = c.counts();
+            format!("{a}/{b}/{d}")
+        };
+        let ms = |t: Option<f64>| t.map_or("-".into(), |t| format!("{t:.2}"));
+        let macs = cnnc::summary::summarize(&graph).total_macs;
+        let modeled_cells = if macs <= modeled_macs {
+            let timings = modeled_by_macs(&graph, 0.5, 0.25);
+            let choice = choose(&graph, &calibration, &runs, &timings, &opts).unwrap();
+            assert!(choice.error <= budget, "{name}: {}", choice.error);
+            let interpreter = interpreter_error(&graph, &choice, &runs, Metric::L2);
+            assert!(interpreter <= budget + CPU_VS_INTERPRETER, "{name}: {interpreter:e}");
+            let f32_total: f64 = choice.layers.iter().map(|l| l.times_ms[0].unwrap()).sum();
+            let chosen: f64 = choice.layers.iter().map(|l| l.times_ms[l.kind as usize].unwrap()).sum();
+            format!(
+                "{} | {:.2e}; {interpreter:.2e} | {:.0}% |",
+                counts(&choice),
+                choice.error,
+                100.0 * chosen / f32_total
+            )
+        } else {
+            "(not run) | | |".into()
+        };
+        println!(
+            "| {} | {} | {} | {:.2e} | {} -> {} | {modeled_cells}",
+            name.trim_end_matches(".cnn"),
+            real.layers.len(),
+            counts(&real),
+            real.error,
+            ms(real.f32_total_ms),
+            ms(real.chosen_total_ms),
+        );
+        eprintln!("{name}: {:.1} s", started.elapsed().as_secs_f64());
+    }
+}
+
+/// Timings modeled on the layers' multiply-adds: f32 at 1 ms per 10^8 (the conv and
+/// linear layers only), bf16 and int8 at the given fractions of it; int8 only where the
+/// calibration applies.
+fn modeled_by_macs(graph: &Graph, bf16: f64, int8: f64) -> Timings {
+    let mut timings = Timings::default();
+    for id in layers(graph) {
+        let f32_ms = cnnc::summary::macs(graph, id) as f64 / 1e8 + 1e-4;
+        timings.layers.insert(graph.node(id).name.clone(), [Some(f32_ms), Some(bf16 * f32_ms), Some(int8 * f32_ms)]);
+    }
+    timings
 }
