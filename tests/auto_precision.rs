@@ -27,11 +27,16 @@ use cnnc::ir::Graph;
 use cnnc::passes::OptLevel;
 use cnnc::tensor::Tensor;
 
-/// How far the interpreter's error may be from the one the cpu target measured. The cpu
-/// target's outputs agree with the simulation within 1e-6 relative L2 (tests/int8.rs,
-/// tests/bf16.rs), on both sides of the difference, so the two errors differ by about
-/// 2e-6 of the output's norm; 1e-5 leaves room for the f32 layers' rounding.
-const CPU_VS_INTERPRETER: f64 = 1e-5;
+/// How far the cpu target's outputs may be from the interpreter's exact simulation, end
+/// to end (relative L2 of the outputs, against the f32 outputs' norm), on the examples
+/// the tests below choose for. Every reduced layer agrees with the simulation within
+/// 1e-6 given the same inputs (tests/int8.rs, tests/bf16.rs); end to end, the last-bit
+/// differences of the f32 layers move a few values across a bf16 or int8 rounding
+/// boundary, which later layers amplify (tests/common's `cpu_layers_against_simulation`:
+/// 3.8e-4 for SqueezeNet in bf16). The error the cpu target measured and the one the
+/// interpreter recomputes differ by at most that distance (the triangle inequality),
+/// which each test measures and allows, and asserts below this limit.
+const END_TO_END_LIMIT: f64 = 1e-3;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -78,15 +83,54 @@ fn options(max_error: f64, metric: Metric) -> Options {
     Options { cpu: None, threads: Some(1), max_error, metric }
 }
 
-/// The reference interpreter's error of the choice on the runs: its simulation of the
-/// assigned graph against its f32 graph.
-fn interpreter_error(graph: &Graph, choice: &Choice, runs: &[Vec<Tensor>], metric: Metric) -> f64 {
+/// The interpreter's recomputation of a choice's error on the runs.
+struct Recomputed {
+    /// The interpreter's simulation of the assigned graph against its f32 graph.
+    error: f64,
+    /// How far the cpu target's measurement may be from it: with l2, the cpu outputs'
+    /// distances from the interpreter's (assigned and f32), relative to the f32
+    /// outputs' norm; with top1, the fraction of inputs where the cpu target's class
+    /// differs from the interpreter's in either graph. The triangle inequality bounds
+    /// the difference of the two errors by it (plus 1e-9 for the norms' rounding).
+    allowance: f64,
+}
+
+fn recompute(graph: &Graph, choice: &Choice, runs: &[Vec<Tensor>], metric: Metric) -> Recomputed {
     let mut assigned = graph.clone();
     choice.apply(&mut assigned).unwrap();
-    let outputs = |g: &Graph| -> Vec<Vec<Tensor>> {
+    let interpreted = |g: &Graph| -> Vec<Vec<Tensor>> {
         runs.iter().map(|run| cnnc::interp::run(g, &g.weights, run).unwrap()).collect()
     };
-    measure(metric, &outputs(&assigned), &outputs(graph))
+    let on_cpu = |g: &Graph| -> Vec<Vec<Tensor>> {
+        let options = cnnc::exec::ExecOptions { threads: Some(1), ..Default::default() };
+        let executor = cnnc::exec::compile_with(g.clone(), cnnc::exec::Target::Cpu, &options).unwrap();
+        runs.iter().map(|run| executor.run(run).unwrap()).collect()
+    };
+    let (a_i, f_i, a_c, f_c) = (interpreted(&assigned), interpreted(graph), on_cpu(&assigned), on_cpu(graph));
+    let error = measure(metric, &a_i, &f_i);
+    let allowance = match metric {
+        Metric::L2 => {
+            let flat = |r: &[Vec<Tensor>]| -> Vec<f64> {
+                r.iter().flatten().flat_map(|t| t.data.iter().map(|&v| v as f64)).collect()
+            };
+            let (a_i, f_i, a_c, f_c) = (flat(&a_i), flat(&f_i), flat(&a_c), flat(&f_c));
+            let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+            let distance = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
+            let (n_i, n_c) = (norm(&f_i), norm(&f_c));
+            // With e_cpu = |a_c - f_c| / n_c and e_int = |a_i - f_i| / n_i:
+            // |e_cpu - e_int| <= (|a_c - a_i| + |f_c - f_i|) / n_c + e_int |n_i - n_c| / n_c.
+            (distance(&a_c, &a_i) + distance(&f_c, &f_i)) / n_c + error * (n_i - n_c).abs() / n_c + 1e-9
+        }
+        Metric::Top1 => {
+            let classes = |r: &[Vec<Tensor>]| -> Vec<usize> {
+                r.iter().flat_map(|run| cnnc::tensor::argmax_rows(&run[0])).collect()
+            };
+            let (a_i, f_i, a_c, f_c) = (classes(&a_i), classes(&f_i), classes(&a_c), classes(&f_c));
+            let differ = (0..a_i.len()).filter(|&k| a_i[k] != a_c[k] || f_i[k] != f_c[k]).count();
+            differ as f64 / a_i.len().max(1) as f64 + 1e-9
+        }
+    };
+    Recomputed { error, allowance }
 }
 
 /// The precisions set on a graph's conv and linear layers, by name.
@@ -96,7 +140,8 @@ fn kinds_of(graph: &Graph) -> Vec<(String, &'static str)> {
 
 /// (a) On examples with modeled timings and a budget of 1e-2 (relative L2): the error
 /// the choice reports is at most the budget, the interpreter's exact simulation gives
-/// the same error within [`CPU_VS_INTERPRETER`] (so it is within the budget too), the
+/// the same error within the distance of the cpu target's outputs from the simulation
+/// (measured, at most [`END_TO_END_LIMIT`]; so it is within the budget up to it), the
 /// graph the choice is applied to carries what the report says, and reduced precision
 /// was taken somewhere (the budget is not met by doing nothing).
 #[test]
@@ -108,20 +153,17 @@ fn the_choice_is_within_budget_by_the_interpreter() {
         let timings = modeled(&graph, Some(0.5), Some(0.25));
         let choice = choose(&graph, &calibration, &runs, &timings, &options(budget, Metric::L2)).unwrap();
         eprint!("{choice}");
-        let interpreter = interpreter_error(&graph, &choice, &runs, Metric::L2);
+        let Recomputed { error: interpreter, allowance } = recompute(&graph, &choice, &runs, Metric::L2);
         let [f32s, bf16s, int8s] = choice.counts();
         eprintln!(
             "{name}: {f32s} f32, {bf16s} bf16, {int8s} int8; error {:.4e} on the cpu target, {interpreter:.4e} in the \
-             interpreter",
+             interpreter (allowance {allowance:.1e})",
             choice.error
         );
         assert!(choice.error <= budget, "{name}: {}", choice.error);
-        assert!(
-            (interpreter - choice.error).abs() <= CPU_VS_INTERPRETER,
-            "{name}: {interpreter:e} vs {:e}",
-            choice.error
-        );
-        assert!(interpreter <= budget + CPU_VS_INTERPRETER, "{name}: {interpreter:e}");
+        assert!(allowance <= END_TO_END_LIMIT, "{name}: the cpu target is {allowance:e} from the simulation");
+        assert!((interpreter - choice.error).abs() <= allowance, "{name}: {interpreter:e} vs {:e}", choice.error);
+        assert!(interpreter <= budget + allowance, "{name}: {interpreter:e}");
         assert_eq!(choice.layers.len(), layers(&graph).len());
         let mut assigned = graph.clone();
         choice.apply(&mut assigned).unwrap();
@@ -140,22 +182,23 @@ fn the_choice_is_within_budget_by_the_interpreter() {
 }
 
 /// The top-1 form: the fraction of inputs whose class changes, at most the budget on
-/// the cpu target, and in the interpreter within one input (a near tie may fall the
-/// other way between the two).
+/// the cpu target, and the same in the interpreter but for the inputs where the two
+/// targets' classes differ (a near tie may fall the other way), at most one of 8.
 #[test]
 fn the_top1_budget_holds() {
     let (graph, calibration, runs) = setup("lenet5.cnn", 8, 5);
     let timings = modeled(&graph, Some(0.5), Some(0.25));
     for budget in [0.0, 0.25] {
         let choice = choose(&graph, &calibration, &runs, &timings, &options(budget, Metric::Top1)).unwrap();
-        let interpreter = interpreter_error(&graph, &choice, &runs, Metric::Top1);
+        let Recomputed { error: interpreter, allowance } = recompute(&graph, &choice, &runs, Metric::Top1);
         eprintln!(
-            "top1 budget {budget}: counts {:?}, error {} (interpreter {interpreter})",
+            "top1 budget {budget}: counts {:?}, error {} (interpreter {interpreter}, allowance {allowance})",
             choice.counts(),
             choice.error
         );
         assert!(choice.error <= budget);
-        assert!(interpreter <= budget + 1.0 / 8.0 + 1e-12, "{interpreter}");
+        assert!((interpreter - choice.error).abs() <= allowance, "{interpreter} vs {}", choice.error);
+        assert!(allowance <= 1.0 / 8.0 + 1e-6, "{allowance}");
         assert_eq!(choice.items, 8);
     }
     // A network whose output is not class scores is refused for top1.
@@ -413,9 +456,11 @@ fn the_build_script_api_chooses() {
 /// images, `--max-error 1e-2` (relative L2) measured on those images, as `cnnc run
 /// --precision auto --calib-inputs` would with the calibration's own inputs. Two
 /// choices per example: from this machine's timings (the kernels' medians), and from
-/// modeled timings (bf16 at 1/2 and int8 at 1/4 of f32's time) for the examples of at
-/// most `CNNC_AUTO_MODELED_MACS` multiply-adds (default 1e9; each needs about four
-/// compilations per layer), whose error the interpreter then recomputes. Each choice's
+/// modeled timings (bf16 at 1/2 and int8 at 1/4 of f32's time, f32's in proportion to
+/// each layer's multiply-adds) for the examples of at most `CNNC_AUTO_MODELED_MACS`
+/// multiply-adds (default 1e9) and `CNNC_AUTO_MODELED_LAYERS` conv and linear layers
+/// (default 30: the choice compiles the network up to four times per layer), whose
+/// error the interpreter then recomputes. Each choice's
 /// error must be within the budget. Slow: `cargo test --test auto_precision
 /// -- --ignored --nocapture`; `CNNC_AUTO_EXAMPLES=a,b` takes those examples only.
 #[test]
@@ -424,6 +469,8 @@ fn auto_on_every_example() {
     let budget = 1e-2;
     let modeled_macs: u64 =
         std::env::var("CNNC_AUTO_MODELED_MACS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000_000);
+    let modeled_layers: usize =
+        std::env::var("CNNC_AUTO_MODELED_LAYERS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
     let only: Option<Vec<String>> =
         std::env::var("CNNC_AUTO_EXAMPLES").ok().map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
     let mut names: Vec<String> = std::fs::read_dir(repo().join("examples"))
@@ -435,7 +482,7 @@ fn auto_on_every_example() {
     names.sort();
     println!(
         "| example | layers | measured: f32/bf16/int8 | error | kernels f32 -> chosen (ms) | modeled: f32/bf16/int8 | \
-         error (cpu; interpreter) | modeled time vs f32 |"
+         error: cpu; interpreter (cpu vs simulation) | modeled time vs f32 |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for name in names {
@@ -458,16 +505,17 @@ fn auto_on_every_example() {
         };
         let ms = |t: Option<f64>| t.map_or("-".into(), |t| format!("{t:.2}"));
         let macs = cnnc::summary::summarize(&graph).total_macs;
-        let modeled_cells = if macs <= modeled_macs {
+        let modeled_cells = if macs <= modeled_macs && real.layers.len() <= modeled_layers {
             let timings = modeled_by_macs(&graph, 0.5, 0.25);
             let choice = choose(&graph, &calibration, &runs, &timings, &opts).unwrap();
             assert!(choice.error <= budget, "{name}: {}", choice.error);
-            let interpreter = interpreter_error(&graph, &choice, &runs, Metric::L2);
-            assert!(interpreter <= budget + CPU_VS_INTERPRETER, "{name}: {interpreter:e}");
+            let Recomputed { error: interpreter, allowance } = recompute(&graph, &choice, &runs, Metric::L2);
+            assert!((interpreter - choice.error).abs() <= allowance, "{name}: {interpreter:e} vs {:e}", choice.error);
+            assert!(interpreter <= budget + allowance, "{name}: {interpreter:e} (allowance {allowance:e})");
             let f32_total: f64 = choice.layers.iter().map(|l| l.times_ms[0].unwrap()).sum();
             let chosen: f64 = choice.layers.iter().map(|l| l.times_ms[l.kind as usize].unwrap()).sum();
             format!(
-                "{} | {:.2e}; {interpreter:.2e} | {:.0}% |",
+                "{} | {:.2e}; {interpreter:.2e} ({allowance:.0e}) | {:.0}% |",
                 counts(&choice),
                 choice.error,
                 100.0 * chosen / f32_total
