@@ -413,6 +413,14 @@ fn the_command_line_chooses_and_refuses() {
     let missing_inputs = dir.join("absent.npy");
     absent[7] = missing_inputs.to_str().unwrap();
     refused(&absent, &["absent.npy"]);
+    // A calibration of another network: named, with the command that makes one.
+    let mut other = Calibration::from_json(&std::fs::read_to_string(calib).unwrap()).unwrap();
+    other.network = "digits".into();
+    let other_path = dir.join("other.calib.json");
+    std::fs::write(&other_path, other.to_json()).unwrap();
+    let mut stale = auto.to_vec();
+    stale[5] = other_path.to_str().unwrap();
+    refused(&stale, &["other.calib.json", "for network `digits`, not `lenet5`", "cnnc calibrate"]);
     let mut cross = vec!["build", "examples/lenet5.cnn", "--random-weights", "-o", dir_text];
     cross.extend_from_slice(&auto);
     cross.extend_from_slice(&["--target-triple", "aarch64-unknown-linux-gnu"]);
