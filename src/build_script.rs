@@ -86,6 +86,15 @@ pub struct Model {
     cargo_metadata: bool,
     precision: crate::precision::Precision,
     calibration: Option<PathBuf>,
+    auto: Option<AutoPrecision>,
+}
+
+/// What [`Model::auto_precision`] chooses within.
+#[derive(Clone, Debug)]
+struct AutoPrecision {
+    max_error: f64,
+    inputs: PathBuf,
+    metric: crate::auto_precision::Metric,
 }
 
 /// What [`Model::compile`] wrote.
@@ -123,6 +132,7 @@ impl Model {
             cargo_metadata: true,
             precision: crate::precision::Precision::F32,
             calibration: None,
+            auto: None,
         }
     }
 
@@ -180,6 +190,34 @@ impl Model {
     pub fn int8(mut self, calibration: impl AsRef<Path>) -> Model {
         self.calibration = Some(calibration.as_ref().to_path_buf());
         self.precision = crate::precision::Precision::F32;
+        self.auto = None;
+        self
+    }
+
+    /// Chooses each conv and linear layer's precision (`--precision auto --max-error E
+    /// --calib FILE --calib-inputs X.npy`, see [`crate::auto_precision`]): the fastest of
+    /// f32, bf16 and int8, timed on the machine that runs the build script, that keeps
+    /// the network's relative L2 error against f32 (or, with [`Model::budget_metric`],
+    /// the fraction of top-1 changes) on the inputs at most `max_error`. `calibration`
+    /// is the file `cnnc calibrate` made for this network; `inputs` an .npy float32
+    /// batch `[N, C, H, W]` (or `[C, H, W]`), usually the calibration's own inputs.
+    /// The report is printed as `cargo:warning` lines when the cargo metadata is on.
+    /// Replaces [`Model::precision`] and [`Model::int8`]; refused for a cross build
+    /// (the timings are this machine's).
+    pub fn auto_precision(mut self, max_error: f64, calibration: impl AsRef<Path>, inputs: impl AsRef<Path>) -> Model {
+        self.calibration = Some(calibration.as_ref().to_path_buf());
+        self.precision = crate::precision::Precision::F32;
+        let metric = self.auto.as_ref().map_or_else(Default::default, |a| a.metric);
+        self.auto = Some(AutoPrecision { max_error, inputs: inputs.as_ref().to_path_buf(), metric });
+        self
+    }
+
+    /// How [`Model::auto_precision`] measures the error: relative L2 (the default) or the
+    /// fraction of inputs whose top-1 class changes. Call it after `auto_precision`.
+    pub fn budget_metric(mut self, metric: crate::auto_precision::Metric) -> Model {
+        if let Some(auto) = &mut self.auto {
+            auto.metric = metric;
+        }
         self
     }
 
@@ -206,7 +244,21 @@ impl Model {
             return Err(Error::new("cnnc::build: int8 takes a calibration: use .int8(\"NET.calib.json\")"));
         }
         crate::precision::assign(&mut graph, self.precision);
-        if let Some(path) = &self.calibration {
+        let triple = self.triple();
+        if let Some(auto) = &self.auto {
+            if triple.is_some() {
+                return Err(Error::new(
+                    "cnnc::build: auto_precision times the layers on this machine: it cannot choose for another target",
+                ));
+            }
+            let choice = self.choose(auto, &graph)?;
+            if self.cargo_metadata {
+                for line in choice.to_string().lines() {
+                    println!("cargo:warning={line}");
+                }
+            }
+            choice.apply(&mut graph).map_err(|e| Error::new(format!("cnnc::build: {e}")))?;
+        } else if let Some(path) = &self.calibration {
             let failed = |e: String| Error::new(format!("cnnc::build: {}: {e}", path.display()));
             let bytes = crate::io::read_file(path, 64 << 20, "calibration file").map_err(|e| failed(e.to_string()))?;
             let text = String::from_utf8(bytes).map_err(|_| failed("the calibration file is not UTF-8 text".into()))?;
@@ -219,7 +271,6 @@ impl Model {
                  not starting with a digit (set another with .name(..))"
             )));
         }
-        let triple = self.triple();
         let artifacts = crate::backend::clif::compile_object(&graph, &name, triple.as_deref())
             .map_err(|e| Error::new(format!("cnnc::build: {}: {e}", self.source.display())))?;
         let arena_bytes = header_arena_bytes(&artifacts.header, &name).unwrap_or_else(|| arena_bytes(&graph));
@@ -272,12 +323,38 @@ impl Model {
         }
     }
 
+    /// `auto_precision`: timed on `graph` (at the model's batch), errors measured at
+    /// batch 1 on the inputs.
+    fn choose(&self, auto: &AutoPrecision, graph: &Graph) -> Result<crate::auto_precision::Choice, Error> {
+        let path = self.calibration.as_ref().expect("auto_precision sets it");
+        let failed = |e: String| Error::new(format!("cnnc::build: {}: {e}", path.display()));
+        let bytes = crate::io::read_file(path, 64 << 20, "calibration file").map_err(|e| failed(e.to_string()))?;
+        let text = String::from_utf8(bytes).map_err(|_| failed("the calibration file is not UTF-8 text".into()))?;
+        let calibration = crate::calibrate::Calibration::from_json(&text).map_err(failed)?;
+        let one = if self.batch == 1 { graph.clone() } else { self.graph_at(1)? };
+        let inputs_failed = |e: String| Error::new(format!("cnnc::build: {}: {e}", auto.inputs.display()));
+        let bytes = crate::io::read_file(&auto.inputs, MAX_INPUTS_BYTES, "calibration inputs")
+            .map_err(|e| inputs_failed(e.to_string()))?;
+        let batch = crate::io::read_npy(&bytes).map_err(|e| inputs_failed(e.to_string()))?;
+        let runs = crate::auto_precision::runs_of_items(&one, batch).map_err(inputs_failed)?;
+        let options =
+            crate::auto_precision::Options { cpu: None, threads: None, max_error: auto.max_error, metric: auto.metric };
+        let timings = crate::auto_precision::measure_times(graph, &calibration, &options).map_err(failed)?;
+        crate::auto_precision::choose(&one, &calibration, &runs, &timings, &options)
+            .map_err(|e| Error::new(format!("cnnc::build: auto_precision: {e}")))
+    }
+
     /// The graph: parsed, weights bound, optimized at O2.
     fn graph(&self) -> Result<Graph, Error> {
+        self.graph_at(self.batch)
+    }
+
+    /// The graph at a batch size.
+    fn graph_at(&self, batch: usize) -> Result<Graph, Error> {
         let path = &self.source;
         let bytes =
             std::fs::read(path).map_err(|e| Error::new(format!("cnnc::build: cannot read {}: {e}", path.display())))?;
-        let options = BuildOptions { batch: self.batch, input_shape: None };
+        let options = BuildOptions { batch, input_shape: None };
         let file_name = path.display().to_string();
         let mut graph = crate::front::compile_bytes(&bytes, &options).map_err(|diags| {
             let source = String::from_utf8_lossy(&bytes);
@@ -305,6 +382,9 @@ impl Model {
         Ok(graph)
     }
 }
+
+/// The largest .npy file of inputs [`Model::auto_precision`] reads.
+const MAX_INPUTS_BYTES: u64 = 1 << 30;
 
 /// The given triple or Cargo's `TARGET`.
 fn triple_or_target(triple: Option<&str>) -> Option<String> {

@@ -21,6 +21,7 @@
 //! Every error in a user's input is a [`diag::Diag`] with a span, rendered against the
 //! source by [`diag::render`]; nothing a user writes makes the compiler panic.
 
+pub mod auto_precision;
 pub mod backend;
 pub mod budget;
 pub mod build_script;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use cnnc::passes;
 
 use super::args::{
-    Format, MemoryArgs, OptArgs, PrecisionArgs, ShapeArgs, Target, ThreadArgs, WeightArgs, WeightSource,
+    AutoContext, Format, MemoryArgs, OptArgs, PrecisionArgs, ShapeArgs, Target, ThreadArgs, WeightArgs, WeightSource,
 };
 use super::common::{UserError, prepare};
 
@@ -182,7 +182,7 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
     let inputs: Vec<cnnc::tensor::Tensor> =
         graph.inputs.iter().map(|&i| cnnc::weights::random_normal(&graph.node(i).shape, args.seed + 1)).collect();
     let network = graph.name.clone();
-    let started = std::time::Instant::now();
+    let mut started = std::time::Instant::now();
     passes::optimize_for(&mut graph, args.opt.level(), args.target.to_exec().capabilities())?;
     args.precision.check()?;
     let precision = args.precision.name();
@@ -190,7 +190,21 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
         if args.target == Target::Gpu {
             return Err(UserError(format!("error: --precision {precision}: the gpu target runs f32 only")));
         }
-        args.precision.assign(&mut graph)?;
+        let context = AutoContext {
+            net: &args.net,
+            shape: &args.shape,
+            weights: &weights,
+            batch,
+            level: args.opt.level(),
+            mean: None,
+            std: None,
+            options: args.threads.options(),
+        };
+        let resolving = std::time::Instant::now();
+        let assignment = args.precision.resolve(&context)?;
+        // The passes and the code generation are timed, not the choice of precisions.
+        started += resolving.elapsed();
+        assignment.apply(&mut graph)?;
         if args.target == Target::Cpu
             && let Some(note) = args.precision.cpu_note()
         {

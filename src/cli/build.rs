@@ -6,7 +6,7 @@ use clap::ValueEnum;
 
 use cnnc::passes;
 
-use super::args::{CpuArg, OptArgs, PrecisionArgs, ShapeArgs, WeightArgs};
+use super::args::{AutoContext, CpuArg, OptArgs, PrecisionArgs, ShapeArgs, WeightArgs};
 use super::common::{UserError, not_built, prepare};
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Debug)]
@@ -107,8 +107,25 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
         if emit.iter().any(|e| matches!(e, Emit::Wgsl | Emit::Plan)) || *target == BuildTarget::Gpu {
             return Err(UserError(format!("error: --precision {}: the gpu target runs f32 only", precision.name())));
         }
+        if precision.precision == super::args::PrecisionArg::Auto && target_triple.is_some() {
+            return Err(UserError(
+                "error: --precision auto times the layers on this machine: it cannot choose for --target-triple \
+                 (choose here with --emit ir, or build for this machine)"
+                    .into(),
+            ));
+        }
+        let context = AutoContext {
+            net,
+            shape,
+            weights,
+            batch: shape.batch as usize,
+            level: opt.level(),
+            mean: None,
+            std: None,
+            options: cnnc::exec::ExecOptions { cpu: cpu.map(CpuArg::level), ..Default::default() },
+        };
         // The IR, DOT and header outputs show each layer's precision.
-        precision.assign(&mut graph)?;
+        precision.resolve(&context)?.apply(&mut graph)?;
         if emit.iter().any(|e| matches!(e, Emit::Obj | Emit::Header))
             && let Some(note) = args.precision.cpu_note()
         {

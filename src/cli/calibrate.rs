@@ -77,6 +77,45 @@ fn input_files(dir: &Path) -> Result<Vec<PathBuf>, UserError> {
     Ok(files)
 }
 
+/// The calibration inputs of a network (the graph `probe`, at batch 1, with one input):
+/// a directory of images and .npy files (sorted by name) or one file, read as `cnnc
+/// run --input` reads them (images resized and normalized with `mean` and `std`), split
+/// into one run per batch item. `--precision auto --calib-inputs` reads them the same
+/// way.
+pub(super) fn read_calibration_inputs(
+    probe: &cnnc::ir::Graph,
+    inputs: &Path,
+    mean: Option<&[f32]>,
+    std: Option<&[f32]>,
+) -> Result<Vec<Vec<cnnc::tensor::Tensor>>, UserError> {
+    let files = if inputs.is_dir() { input_files(inputs)? } else { vec![inputs.to_path_buf()] };
+    // One run per batch item, on the graph built for batch 1.
+    let mut runs = Vec::new();
+    let mut bytes = 0u64;
+    for file in &files {
+        let spec = [file.display().to_string()];
+        let batch = super::run::read_inputs(probe, &spec, mean, std)?;
+        let tensor = batch.into_iter().next().expect("one input");
+        // Every item is kept (the percentile method runs them twice): at most as much
+        // as one input file may hold.
+        bytes += 4 * tensor.data.len() as u64;
+        if bytes > MAX_INPUT_BYTES {
+            return Err(UserError(format!(
+                "error: {}: the calibration inputs exceed {} MiB; calibrate on a sample",
+                inputs.display(),
+                MAX_INPUT_BYTES >> 20
+            )));
+        }
+        let item: usize = tensor.shape[1..].iter().product();
+        for data in tensor.data.chunks(item.max(1)) {
+            let mut shape = tensor.shape.clone();
+            shape[0] = 1;
+            runs.push(vec![cnnc::tensor::Tensor { shape, data: data.to_vec() }]);
+        }
+    }
+    Ok(runs)
+}
+
 pub fn exec(args: &Args) -> Result<(), UserError> {
     let method = match args.method {
         MethodArg::Minmax => Method::MinMax,
@@ -97,31 +136,7 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
         )));
     }
     check_budget(net, &probe, args.weights.memory.max_memory)?;
-    let files = if args.inputs.is_dir() { input_files(&args.inputs)? } else { vec![args.inputs.clone()] };
-    // One run per batch item, on the graph built for batch 1.
-    let mut runs = Vec::new();
-    let mut bytes = 0u64;
-    for file in &files {
-        let spec = [file.display().to_string()];
-        let batch = super::run::read_inputs(&probe, &spec, args.mean.as_deref(), args.std.as_deref())?;
-        let tensor = batch.into_iter().next().expect("one input");
-        // Every item is kept (the percentile method runs them twice): at most as much
-        // as one input file may hold.
-        bytes += 4 * tensor.data.len() as u64;
-        if bytes > MAX_INPUT_BYTES {
-            return Err(UserError(format!(
-                "error: {}: the calibration inputs exceed {} MiB; calibrate on a sample",
-                args.inputs.display(),
-                MAX_INPUT_BYTES >> 20
-            )));
-        }
-        let item: usize = tensor.shape[1..].iter().product();
-        for data in tensor.data.chunks(item.max(1)) {
-            let mut shape = tensor.shape.clone();
-            shape[0] = 1;
-            runs.push(vec![cnnc::tensor::Tensor { shape, data: data.to_vec() }]);
-        }
-    }
+    let runs = read_calibration_inputs(&probe, &args.inputs, args.mean.as_deref(), args.std.as_deref())?;
     let mut graph = prepare(net, &args.shape, 1, Some(&args.weights))?;
     // The generic pipeline, which the cpu and reference targets run.
     passes::optimize(&mut graph, args.opt.level())?;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use cnnc::ir::Graph;
 use cnnc::passes;
 
-use super::args::{OptArgs, PrecisionArgs, ShapeArgs, Target, ThreadArgs, WeightArgs};
+use super::args::{AutoContext, OptArgs, PrecisionArgs, ShapeArgs, Target, ThreadArgs, WeightArgs};
 use super::common::{MAX_INPUT_BYTES, UserError, check_budget, prepare, read_limited};
 
 #[derive(clap::Args)]
@@ -170,11 +170,13 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
         return Err(UserError(format!("error: --batch {} but the input holds {batch} items", shape.batch)));
     }
     let mut graph = prepare(net, shape, batch, Some(weights))?;
+    let context = AutoContext { net, shape, weights, batch, level, mean, std, options: threads.options() };
+    let assignment = precision.resolve(&context)?;
     if !compare.is_empty() {
         // One graph for every target, so that each node's value can be compared: the
         // generic pipeline's, which every target runs (no pooling fused for the gpu).
         passes::optimize(&mut graph, level)?;
-        precision.assign(&mut graph)?;
+        assignment.apply(&mut graph)?;
         if compare.contains(&Target::Cpu)
             && let Some(note) = args.precision.cpu_note()
         {
@@ -196,12 +198,12 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
     let output_names: Vec<String> = graph.outputs.iter().map(|o| o.name.clone()).collect();
     let destinations = output_files(output, &output_names)?;
     if let Some(dir) = dump_activations {
-        dump(&graph, level, precision, &inputs, dir)?;
+        dump(&graph, level, &assignment, &inputs, dir)?;
     }
     let compile_started = std::time::Instant::now();
     passes::optimize_for(&mut graph, level, target.to_exec().capabilities())?;
     // The graph carries each layer's precision: the executor takes it as it is.
-    precision.assign(&mut graph)?;
+    assignment.apply(&mut graph)?;
     let options = threads.options();
     if *target == Target::Cpu
         && let Some(note) = args.precision.cpu_note()
@@ -249,14 +251,14 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
 fn dump(
     graph: &Graph,
     level: passes::OptLevel,
-    precision: &super::args::PrecisionArgs,
+    assignment: &super::args::Assignment,
     inputs: &[cnnc::tensor::Tensor],
     dir: &std::path::Path,
 ) -> Result<(), UserError> {
     let started = std::time::Instant::now();
     let mut traced = graph.clone();
     passes::optimize(&mut traced, level)?;
-    precision.assign(&mut traced)?;
+    assignment.apply(&mut traced)?;
     let dump = cnnc::explain::activations::dump_activations(
         &traced,
         inputs,
