@@ -2,8 +2,9 @@
 // The window starts at oh*SH - PT (it may start in the padding) and is clipped to the
 // padded input; max pooling takes the maximum of the real positions (NaN wins), average
 // pooling divides their sum by their count, or with COUNT_PAD by the clipped window's
-// size. Global max pooling is the case of a window as large as the input. A dilated max
-// pooling (DH or DW above 1) takes KH x KW taps DH and DW apart instead.
+// size. Global max pooling is the case of a window as large as the input. A dilated
+// pooling (DH or DW above 1) takes KH x KW taps DH and DW apart instead; its average
+// divides by the number of real taps, or with COUNT_PAD of taps inside the padded input.
 //
 // Constants: TOTAL, H, W, OH, OW, KH, KW, SH, SW, PT, PL, PB, PR, DH, DW, IS_MAX, COUNT_PAD.
 
@@ -27,11 +28,28 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     var best = negative_infinity();
     var sum = 0.0;
     if (DH != 1u || DW != 1u) {
+        var real_rows = 0;
+        var padded_rows = 0;
+        var real_cols = 0;
+        var padded_cols = 0;
+        for (var tw = 0; tw < i32(KW); tw += 1) {
+            let iw = w_start + tw * i32(DW);
+            if (iw >= 0 && iw < i32(W)) {
+                real_cols += 1;
+            }
+            if (iw >= -i32(PL) && iw < i32(W + PR)) {
+                padded_cols += 1;
+            }
+        }
         for (var th = 0; th < i32(KH); th += 1) {
             let ih = h_start + th * i32(DH);
+            if (ih >= -i32(PT) && ih < i32(H + PB)) {
+                padded_rows += 1;
+            }
             if (ih < 0 || ih >= i32(H)) {
                 continue;
             }
+            real_rows += 1;
             for (var tw = 0; tw < i32(KW); tw += 1) {
                 let iw = w_start + tw * i32(DW);
                 if (iw < 0 || iw >= i32(W)) {
@@ -41,9 +59,18 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
                 if (v > best || v != v) {
                     best = v;
                 }
+                sum += v;
             }
         }
-        store_y(i, epilogue(i, best));
+        var dilated = best;
+        if (!IS_MAX) {
+            var count = real_rows * real_cols;
+            if (COUNT_PAD) {
+                count = padded_rows * padded_cols;
+            }
+            dilated = sum / f32(count);
+        }
+        store_y(i, epilogue(i, dilated));
         return;
     }
     for (var ih = h0; ih < h1; ih += 1) {

@@ -788,8 +788,13 @@ fn max_pool(pool: &Pool, x: &Tensor, out_shape: Vec<usize>) -> Tensor {
 /// Average pooling as PyTorch's `avg_pool2d`: the sum over the real positions of the
 /// window, divided by the number of real positions (`count_pad=false`) or by the window
 /// clipped to the padded input (`count_pad=true`; with `ceil=true` a last window that
-/// runs past the padding is smaller than the kernel).
+/// runs past the padding is smaller than the kernel). A dilated pool (ONNX's
+/// `AveragePool` `dilations`) averages its taps `dilation` apart the same way: the real
+/// taps, divided by their number or by the number of taps inside the padded input.
 fn avg_pool(pool: &Pool, x: &Tensor, out_shape: Vec<usize>) -> Tensor {
+    if pool.dilation != crate::ir::Hw::square(1) {
+        return dilated_avg_pool(pool, x, out_shape);
+    }
     let (in_h, in_w) = (x.shape[2], x.shape[3]);
     let (out_h, out_w) = (out_shape[2], out_shape[3]);
     let mut out = Tensor::zeros(out_shape);
@@ -808,6 +813,44 @@ fn avg_pool(pool: &Pool, x: &Tensor, out_shape: Vec<usize>) -> Tensor {
                 }
                 let divisor =
                     if pool.count_pad { rows.padded_len * cols.padded_len } else { rows.real.len() * cols.real.len() };
+                out_plane[oh * out_w + ow] = (sum / divisor as f64) as f32;
+            }
+        }
+    }
+    out
+}
+
+/// [`avg_pool`] with taps `dilation` apart.
+fn dilated_avg_pool(pool: &Pool, x: &Tensor, out_shape: Vec<usize>) -> Tensor {
+    let (in_h, in_w) = (x.shape[2], x.shape[3]);
+    let (out_h, out_w) = (out_shape[2], out_shape[3]);
+    // Taps inside the padded input count when `count_pad`; `taps` on the padded extent
+    // gives them (shifted by the padding before).
+    let padded_count = |o: usize, (k, s, d): (usize, usize, usize), before: usize, after: usize, len: usize| {
+        taps(o, (k, s, d), 0, before + len + after).count()
+    };
+    let mut out = Tensor::zeros(out_shape);
+    for plane_index in 0..x.shape[0] * x.shape[1] {
+        let in_plane = &x.data[plane_index * in_h * in_w..][..in_h * in_w];
+        let out_plane = &mut out.data[plane_index * out_h * out_w..][..out_h * out_w];
+        let window_h = (pool.kernel.h, pool.stride.h, pool.dilation.h);
+        let window_w = (pool.kernel.w, pool.stride.w, pool.dilation.w);
+        for oh in 0..out_h {
+            let rows = taps(oh, window_h, pool.pad.top, in_h);
+            for ow in 0..out_w {
+                let cols = taps(ow, window_w, pool.pad.left, in_w);
+                let mut sum = 0.0f64;
+                for ih in rows.clone() {
+                    for iw in cols.clone() {
+                        sum += in_plane[ih * in_w + iw] as f64;
+                    }
+                }
+                let divisor = if pool.count_pad {
+                    padded_count(oh, window_h, pool.pad.top, pool.pad.bottom, in_h)
+                        * padded_count(ow, window_w, pool.pad.left, pool.pad.right, in_w)
+                } else {
+                    rows.clone().count() * cols.clone().count()
+                };
                 out_plane[oh * out_w + ow] = (sum / divisor as f64) as f32;
             }
         }

@@ -53,8 +53,11 @@ fn every_example_round_trips_with_the_same_ir_and_weights() {
     let mut failures = Vec::new();
     let mut examples = examples();
     assert!(examples.len() >= 30, "examples/ holds {} programs", examples.len());
-    // And what examples do not use: asymmetric pads, `same` on pools, dilated max pools.
-    for program in ["asymmetric_pads.cnn", "same_padding.cnn", "max_pool_dilation.cnn"] {
+    // And what examples do not use: asymmetric pads, `same` on pools, dilated pools,
+    // rank-3 tensors.
+    for program in
+        ["asymmetric_pads.cnn", "same_padding.cnn", "max_pool_dilation.cnn", "avg_pool_dilation.cnn", "rank3.cnn"]
+    {
         examples.push(repo().join("tests/programs").join(program));
     }
     for path in &examples {
@@ -265,7 +268,9 @@ fn imported_programs_agree_with_onnxruntime_on_the_original() {
     let tmp = TempDir::new("ort");
     let torch = tmp.0.join("torch_style.onnx");
     std::fs::write(&torch, torch_style::model().write_to_bytes().expect("serializes")).expect("write");
-    let mut models: Vec<(String, PathBuf)> = vec![("torch_style".into(), torch)];
+    let axes = tmp.0.join("other_axes.onnx");
+    std::fs::write(&axes, torch_style::other_axes().write_to_bytes().expect("serializes")).expect("write");
+    let mut models: Vec<(String, PathBuf)> = vec![("torch_style".into(), torch), ("other_axes".into(), axes)];
     for name in
         ["lenet5", "alexnet_original", "squeezenet1_1", "mobilenet_v3_small", "shufflenet_v2_x1_0", "convnext_tiny"]
     {
@@ -447,6 +452,33 @@ mod torch_style {
             initializer,
             input: vec![input],
             output: vec![info("logits", &[1, 5])],
+            ..Default::default()
+        };
+        ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 17, ..Default::default() }],
+            graph: Some(graph).into(),
+            ..Default::default()
+        }
+    }
+
+    /// Softmax and Concat along axes other than 1, on rank 4 (H and W) and rank 3 (L),
+    /// which the import writes as a `permute` swapping the axis with 1 around the op.
+    pub fn other_axes() -> ModelProto {
+        let nodes = vec![
+            node("Softmax", "/softmax_w", &["x"], "sw", vec![int("axis", -1)]),
+            node("Softmax", "/softmax_h", &["x"], "sh", vec![int("axis", 2)]),
+            node("Concat", "/concat_w", &["sw", "sh"], "cw", vec![int("axis", 3)]),
+            node("Concat", "/concat_h", &["x", "sh"], "ch", vec![int("axis", -2)]),
+            node("Relu", "/relu", &["seq"], "r", vec![]),
+            node("Softmax", "/softmax_l", &["r"], "sl", vec![]),
+            node("Concat", "/concat_l", &["seq", "sl", "r"], "cl", vec![int("axis", 2)]),
+        ];
+        let graph = GraphProto {
+            name: "other_axes".into(),
+            node: nodes,
+            input: vec![info("x", &[2, 3, 4, 5]), info("seq", &[2, 3, 6])],
+            output: vec![info("cw", &[2, 3, 4, 10]), info("ch", &[2, 3, 8, 5]), info("cl", &[2, 3, 18])],
             ..Default::default()
         };
         ModelProto {

@@ -556,6 +556,31 @@ fn max_pool_dilation_takes_taps_apart() {
 }
 
 #[test]
+fn avg_pool_dilation_averages_taps_apart() {
+    // The row [1, 5, 2, 4, 3], kernel (1, 2), dilation (1, 2): taps j and j + 2.
+    // No padding: 3 windows: (1+2)/2 = 1.5, (5+4)/2 = 4.5, (2+3)/2 = 2.5.
+    let row = [1.0, 5.0, 2.0, 4.0, 3.0];
+    let source = "network t {\n input x: [1, 1, 5]\n avg_pool((1, 2), stride=1, dilation=(1, 2))\n}";
+    let out = run_single(source, &Weights::default(), tensor(&[1, 1, 1, 5], &row));
+    assert_close(&out, &[1, 1, 1, 3], &[1.5, 4.5, 2.5]);
+    // Left and right padding 1: 5 windows from -1: taps {-1, 1}, {0, 2}, {1, 3}, {2, 4},
+    // {3, 5}. count_pad=false averages the real taps: 5, 1.5, 4.5, 2.5, 4.
+    let source = "network t {\n input x: [1, 1, 5]\n avg_pool((1, 2), stride=1, pad=(0, 1, 0, 1), dilation=(1, 2))\n}";
+    let out = run_single(source, &Weights::default(), tensor(&[1, 1, 1, 5], &row));
+    assert_close(&out, &[1, 1, 1, 5], &[5.0, 1.5, 4.5, 2.5, 4.0]);
+    // count_pad=true: every tap lies in the padded input [-1, 6): all divide by 2.
+    let source = "network t {\n input x: [1, 1, 5]\n avg_pool((1, 2), stride=1, pad=(0, 1, 0, 1), count_pad=true, dilation=(1, 2))\n}";
+    let out = run_single(source, &Weights::default(), tensor(&[1, 1, 1, 5], &row));
+    assert_close(&out, &[1, 1, 1, 5], &[2.5, 1.5, 4.5, 2.5, 2.0]);
+    // ceil=true, kernel 2, dilation 3 (span 4), stride 2, no padding: ceil((5 - 4)/2) + 1
+    // = 2 windows, taps {0, 3} and {2, 5}; the second has one real tap (2) and one past
+    // the padded input, so even count_pad divides it by 1: (1+4)/2 = 2.5, 2.
+    let source = "network t {\n input x: [1, 1, 5]\n avg_pool((1, 2), stride=(1, 2), ceil=true, count_pad=true, dilation=(1, 3))\n}";
+    let out = run_single(source, &Weights::default(), tensor(&[1, 1, 1, 5], &row));
+    assert_close(&out, &[1, 1, 1, 2], &[2.5, 2.0]);
+}
+
+#[test]
 fn conv_asymmetric_padding() {
     // A 1x1x3x3 input 1..9, a 2x2 kernel of ones, pad (top 0, left 1, bottom 1, right 0):
     // H (3+1-2)+1 = 3, W 3; output (i, j) sums rows {i, i+1} and columns {j-1, j} of the

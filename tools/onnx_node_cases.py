@@ -131,9 +131,9 @@ def main() -> int:
         directory.mkdir(parents=True)
         onnx.save(model, directory / "model.onnx")
         for i, array in enumerate(inputs):
-            np.save(directory / f"input_{i}.npy", array)
+            np.save(directory / f"input_{i}.npy", np.ascontiguousarray(array))
         for i, array in enumerate(expected_outputs(model, inputs, outputs, case)):
-            np.save(directory / f"output_{i}.npy", array)
+            np.save(directory / f"output_{i}.npy", np.ascontiguousarray(array))
         written += 1
     print(f"onnx_node_cases: {written} tests written to {root} (onnx {onnx.__version__})")
     return 0

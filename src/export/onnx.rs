@@ -17,7 +17,7 @@
 //! | `batch_norm` | `BatchNormalization` (on `[N, C, H, W]` and `[N, F]`) |
 //! | `relu`, `leaky_relu`, `sigmoid`, `tanh` | `Relu`, `LeakyRelu`, `Sigmoid`, `Tanh` |
 //! | `softmax` | `Softmax(axis = 1)` |
-//! | `max_pool`, `avg_pool` | `MaxPool`, `AveragePool` (`pads` = top, left, bottom, right; `ceil_mode`, `count_include_pad`, max's `dilations`) |
+//! | `max_pool`, `avg_pool` | `MaxPool`, `AveragePool` (`pads` = top, left, bottom, right; `ceil_mode`, `count_include_pad`, `dilations`: a model with a dilated `avg_pool` imports opset 19, where `AveragePool` has them) |
 //! | `global_avg_pool`, `global_max_pool` | `GlobalAveragePool`, `GlobalMaxPool` |
 //! | `adaptive_avg_pool` | `Identity` when the size is already right; `AveragePool` when the input divides evenly; otherwise per axis one `Slice` + `ReduceMean` per bin (PyTorch's edges `floor(i*In/Out)..ceil((i+1)*In/Out)`) and a `Concat` |
 //! | `dropout`, `dropout2d` | `Identity` |
@@ -48,6 +48,9 @@ use crate::weights::Weights;
 pub const OPSET: i64 = 17;
 /// The ONNX IR version of the exported models (the one that goes with opset 17).
 pub const IR_VERSION: i64 = 8;
+/// The opset (and IR version) of a model with a dilated `avg_pool`: `AveragePool` has
+/// `dilations` from opset 19 on. The other ops the exporter writes mean the same there.
+pub const DILATED_AVERAGE_OPSET: (i64, i64) = (19, 9);
 
 /// A protobuf message may not exceed 2 GiB; leave room for everything but the weights.
 const MAX_MODEL_BYTES: usize = (1 << 31) - (64 << 20);
@@ -193,9 +196,12 @@ pub fn to_model(graph: &Graph, weights: &Weights, intermediates: bool) -> Result
         output: output_infos,
         ..GraphProto::default()
     };
+    let dilated_average =
+        order.iter().any(|&id| matches!(&graph.node(id).op, Op::AvgPool(p) if p.dilation != Hw::square(1)));
+    let (opset, ir_version) = if dilated_average { DILATED_AVERAGE_OPSET } else { (OPSET, IR_VERSION) };
     Ok(ModelProto {
-        ir_version: IR_VERSION,
-        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: OPSET, ..Default::default() }],
+        ir_version,
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: opset, ..Default::default() }],
         producer_name: "cnnc".to_string(),
         producer_version: env!("CARGO_PKG_VERSION").to_string(),
         graph: Some(graph_proto).into(),

@@ -257,6 +257,7 @@ fn op_spec(op: &str) -> &'static [ArgSpec] {
         opt("pad", Pad),
         opt("ceil", Bool),
         opt("count_pad", Bool),
+        opt("dilation", IntOrPair),
     ];
     const ADAPTIVE: &[ArgSpec] = &[req("out", IntOrPair)];
     const DROPOUT: &[ArgSpec] = &[opt("p", Float)];
@@ -459,11 +460,11 @@ impl<'a> Lowerer<'a> {
                 shape = std::iter::once(self.options.batch).chain(override_shape.iter().copied()).collect();
             }
         }
-        if ok && dims.len() != 3 && dims.len() != 1 {
+        if ok && !(1..=3).contains(&dims.len()) {
             self.error(Diag::new(
-                format!("an input is [C, H, W] or [F], not {} dimensions", dims.len()),
+                format!("an input is [C, H, W], [C, L] or [F], not {} dimensions", dims.len()),
                 span.clone(),
-                "expected 1 or 3 dimensions",
+                "expected 1, 2 or 3 dimensions",
             ));
             ok = false;
         }
@@ -1581,7 +1582,7 @@ impl<'a> Lowerer<'a> {
             "gelu" => Op::Activation(Activation::Gelu { tanh: args.bool("tanh", false) }),
             "softmax" => Op::Softmax,
             "max_pool" | "avg_pool" => {
-                // `dilation` is max_pool's only (avg_pool's spec has none: 1x1).
+                // `dilation`: PyTorch's for max_pool, ONNX's (opset 19) for avg_pool.
                 let (kernel, stride, dilation) = window(args);
                 let pad = self.resolve_pad(op_name, args, input_shape, span, (kernel, stride, dilation))?;
                 let pool = Pool {

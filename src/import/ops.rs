@@ -118,9 +118,9 @@ pub fn import_graph(g: &GraphProto, opset: i64) -> Result<Imported, ImportError>
         {
             *first = 1;
         }
-        if !(dims.len() == 2 || dims.len() == 4) || dims.iter().any(|&d| !(1..=MAX_DIM).contains(&d)) {
+        if !(2..=4).contains(&dims.len()) || dims.iter().any(|&d| !(1..=MAX_DIM).contains(&d)) {
             return Err(ImportError::new(format!(
-                "graph input `{}` has shape {dims:?}; cnnc needs [N, C, H, W] or [N, F], static but for N (-1: a symbolic dimension)",
+                "graph input `{}` has shape {dims:?}; cnnc needs [N, C, H, W], [N, C, L] or [N, F], static but for N (-1: a symbolic dimension)",
                 input.name
             )));
         }
@@ -529,10 +529,20 @@ impl<'m> Importer<'m> {
                 let rank = self.shape(x).len();
                 let default = if self.opset >= 13 { -1 } else { 1 };
                 let axis = model::axis(attr_int(node, "axis", default), rank);
-                if axis != Some(1) || (self.opset < 13 && rank != 2) {
-                    return Err(err(node, "Softmax over a dimension other than 1 (channels) is not expressible"));
-                }
+                // Before opset 13, Softmax flattens the dimensions from `axis` on.
+                let axis = match axis {
+                    Some(axis) if axis >= 1 && (self.opset >= 13 || axis + 1 == rank) => axis,
+                    _ => {
+                        return Err(err(
+                            node,
+                            "Softmax over the batch, or (before opset 13) over several dimensions, is not expressible",
+                        ));
+                    }
+                };
+                // Over another dimension than 1: that dimension swapped with 1 around it.
+                let x = self.swap_with_dim1(node, x, axis)?;
                 let id = self.add(node, None, Op::Softmax, &[x], vec![])?;
+                let id = self.swap_with_dim1(node, id, axis)?;
                 self.set(node, 0, Val::Node(id))
             }
             "Add" | "Mul" => self.arith(i),
@@ -548,10 +558,17 @@ impl<'m> Importer<'m> {
                     operands.push(self.dynamic(node, k)?);
                 }
                 let rank = operands.first().map(|&o| self.shape(o).len()).unwrap_or(0);
-                if model::axis(attr_int(node, "axis", 1), rank) != Some(1) {
-                    return Err(err(node, "Concat along a dimension other than 1 (channels) is not expressible"));
+                let axis = match model::axis(attr_int(node, "axis", 1), rank) {
+                    Some(axis) if axis >= 1 => axis,
+                    _ => return Err(err(node, "Concat along the batch (dimension 0) is not expressible")),
+                };
+                // Along another dimension than 1: each operand's dimension swapped with 1.
+                let mut swapped = Vec::new();
+                for operand in operands {
+                    swapped.push(self.swap_with_dim1(node, operand, axis)?);
                 }
-                let id = self.add(node, None, Op::Concat, &operands, vec![])?;
+                let id = self.add(node, None, Op::Concat, &swapped, vec![])?;
+                let id = self.swap_with_dim1(node, id, axis)?;
                 self.set(node, 0, Val::Node(id))
             }
             "Slice" => self.slice(i),
@@ -580,6 +597,18 @@ impl<'m> Importer<'m> {
             }
             _ => Err(err(node, "this op is not supported by cnnc import")),
         }
+    }
+
+    /// `x` with dimensions 1 and `axis` exchanged (a `permute`), or `x` itself when
+    /// `axis` is 1: how an op of the language that works along dimension 1 (softmax,
+    /// concat) runs along another.
+    fn swap_with_dim1(&mut self, node: &NodeProto, x: NodeId, axis: usize) -> Result<NodeId, ImportError> {
+        if axis == 1 {
+            return Ok(x);
+        }
+        let mut perm: Vec<usize> = (0..self.shape(x).len()).collect();
+        perm.swap(1, axis);
+        self.add(node, None, Op::Permute { perm }, &[x], vec![])
     }
 
     fn rank4(&self, node: &NodeProto) -> Result<NodeId, ImportError> {
@@ -677,9 +706,6 @@ impl<'m> Importer<'m> {
         };
         let stride = Self::hw_attr(node, "strides", 1)?;
         let dilation = Self::hw_attr(node, "dilations", 1)?;
-        if dilation != Hw::square(1) && node.op_type != "MaxPool" {
-            return Err(err(node, "average pooling with dilations is not expressible (max_pool has `dilation`)"));
-        }
         if attr_int(node, "storage_order", 0) != 0 {
             return Err(err(node, "storage_order=1"));
         }

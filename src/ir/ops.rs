@@ -69,8 +69,8 @@ pub struct Pool {
     pub kernel: Hw,
     pub stride: Hw,
     pub pad: Pad,
-    /// Max pooling only (PyTorch's `MaxPool2d(dilation=)`): the taps of a window are
-    /// `dilation` apart. Always 1x1 for average pooling.
+    /// The taps of a window are `dilation` apart (PyTorch's `MaxPool2d(dilation=)`;
+    /// for average pooling ONNX's `AveragePool` `dilations`, which PyTorch lacks).
     pub dilation: Hw,
     /// PyTorch's `ceil_mode`; the output shape on the node already accounts for it.
     pub ceil: bool,

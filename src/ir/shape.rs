@@ -84,6 +84,16 @@ fn expect_4d(op: &Op, shape: &[usize]) -> Result<(), ShapeError> {
     if shape.len() == 4 {
         return Ok(());
     }
+    if shape.len() == 3 {
+        return Err(ShapeError::new(format!(
+            "{} needs [N, C, H, W]; its input {} is [N, C, L]",
+            op.mnemonic(),
+            fmt_shape(shape)
+        ))
+        .with_help(
+            "a [N, C, L] tensor takes the elementwise ops, dropout, add, mul, concat, softmax, flatten, linear and layer_norm",
+        ));
+    }
     Err(ShapeError::new(format!("{} expects a 4-D [N, C, H, W] tensor, got {}", op.mnemonic(), fmt_shape(shape))))
 }
 
@@ -167,8 +177,8 @@ fn broadcast(op: &Op, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
 
 fn concat(op: &Op, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
     let first = inputs[0];
-    if first.len() != 2 && first.len() != 4 {
-        return Err(ShapeError::new(format!("concat joins 2-D or 4-D tensors, got {}", fmt_shape(first))));
+    if !(2..=4).contains(&first.len()) {
+        return Err(ShapeError::new(format!("concat joins 2-D, 3-D or 4-D tensors, got {}", fmt_shape(first))));
     }
     let mut out = first.to_vec();
     for (index, other) in inputs.iter().enumerate().skip(1) {

@@ -6,7 +6,8 @@
 //! it never wins) or 0 (sums), wide enough for the last window. Four outputs of a row are
 //! then computed at once in f32x4 registers, with one vector load per tap at stride 1
 //! and two loads and a `shufps` at stride 2 (other strides run one output at a time).
-//! Dilated max pooling reads its taps `dilation` apart in the padded copy.
+//! Dilated pooling (max, and ONNX's dilated average) reads its taps `dilation` apart in
+//! the padded copy.
 //! Undilated max pooling (k x k, k > 1) runs in two passes per output row instead (`separable`),
 //! reading the input in place: the maxima of the window's rows inside the input, column
 //! by column, into a row buffer whose border columns are -inf, then the windows over
@@ -40,11 +41,12 @@ struct Window {
 }
 
 /// The windows of a pooling op along a dimension of `in_len` giving `out_len` outputs,
-/// clipped as the interpreter (and PyTorch) clip them.
+/// clipped as the interpreter (and PyTorch) clip them. With `dilation` above 1 only the
+/// divisors are meaningful: the number of real taps, or with `count_pad` of taps inside
+/// the padded input (the interpreter's dilated average).
 fn pool_windows(
     out_len: usize,
-    kernel: usize,
-    stride: usize,
+    (kernel, stride, dilation): (usize, usize, usize),
     pad_before: usize,
     pad_after: usize,
     in_len: usize,
@@ -52,6 +54,15 @@ fn pool_windows(
 ) -> Vec<Window> {
     (0..out_len)
         .map(|o| {
+            if dilation > 1 {
+                let first = (o * stride) as isize - pad_before as isize;
+                let taps = |lo: isize, hi: isize| {
+                    (0..kernel as isize).map(|i| first + i * dilation as isize).filter(|&p| p >= lo && p < hi).count()
+                };
+                let real = taps(0, in_len as isize);
+                let padded = taps(-(pad_before as isize), (in_len + pad_after) as isize);
+                return Window { start: 0, len: real, divisor: if count_pad { padded } else { real } };
+            }
             let start = (o * stride) as isize - pad_before as isize;
             let end = (start + kernel as isize).min((in_len + pad_after) as isize);
             let real_start = start.max(0) as usize;
@@ -78,7 +89,7 @@ fn adaptive_windows(out_len: usize, in_len: usize) -> Vec<Window> {
 struct Windowed {
     kernel: (usize, usize),
     stride: (usize, usize),
-    /// The taps' spacing (max pooling's `dilation`; 1 for averages).
+    /// The taps' spacing (`dilation`).
     dilation: (usize, usize),
     /// The input's offset in the padded plane (top, left).
     pad: (usize, usize),
@@ -126,8 +137,8 @@ impl PoolKernel {
         let padded_w = (p.left + in_w + p.right).max((out_hw.1 - 1) * s.w + span(k.w, d.w)).max(p.left + in_w);
         let divisors = (kind == PoolKind::Avg).then(|| {
             let count_pad = pool.count_pad;
-            let rows = pool_windows(out_hw.0, k.h, s.h, p.top, p.bottom, in_h, count_pad);
-            let cols = pool_windows(out_hw.1, k.w, s.w, p.left, p.right, in_w, count_pad);
+            let rows = pool_windows(out_hw.0, (k.h, s.h, d.h), p.top, p.bottom, in_h, count_pad);
+            let cols = pool_windows(out_hw.1, (k.w, s.w, d.w), p.left, p.right, in_w, count_pad);
             let whole = rows.iter().all(|w| w.divisor == k.h) && cols.iter().all(|w| w.divisor == k.w);
             (!whole).then(|| {
                 let factors = |windows: &[Window]| windows.iter().map(|w| w.divisor as f32).collect();
