@@ -402,19 +402,17 @@ fn prepare(
             };
             let bias = bias.map(|b| b.data.as_slice());
             // A bf16 or int8 layer runs on the direct tiles, which round or quantize its
-            // operands.
+            // operands; an int8 one on an AVX2 host, on the integer tiles when they apply
+            // (`kernels::int8`; AVX-512 hosts keep the f32 tiles for now).
             if node.precision != Precision::F32 {
                 let vectors = options.conv_vectors.max(1);
-                let simd = reduced_precision_simd(simd);
-                return Ok(Kernel::Conv(ConvKernel::new(
-                    conv,
-                    shape,
-                    &weight.data,
-                    bias,
-                    vectors,
-                    simd,
-                    node.precision,
-                )));
+                let precision = node.precision;
+                let kernel =
+                    ConvKernel::new(conv, shape, &weight.data, bias, vectors, reduced_precision_simd(simd), precision);
+                if precision.is_int8() && simd == Some(Simd::Avx2) && ConvKernel::int8_tiles_apply(conv) {
+                    return Ok(Kernel::Conv(kernel.with_int8_tiles(&weight.data, bias)));
+                }
+                return Ok(Kernel::Conv(kernel));
             }
             if let Some(simd) = simd.filter(|&simd| PointwiseKernel::applies(simd, conv, &node.epilogue)) {
                 let shape = (x_shape[0], x_shape[1], node.shape[1], node.shape[2] * node.shape[3]);
