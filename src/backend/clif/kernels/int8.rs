@@ -189,6 +189,13 @@ pub(super) fn nan_seen(kb: &mut Kb) -> Variable {
 /// Quantizes `count` values of two input channels, `low` and `high` (addresses; equal
 /// for an odd last channel), into the words of a pair plane at `dst`, noting NaNs in
 /// `nan`.
+///
+/// Each offset is `Int8Input::offset`'s, computed in integers after the rounding:
+/// `clamp(sat_i32(round_half_even(x / scale)), -zp, 255 - zp)`. The same value: where
+/// `|round(x / scale)| < 2^24` the f32 sum `round(x / scale) + zp` is exact, and beyond
+/// it (infinities included) both forms clamp to the bound of its sign; a NaN becomes 0
+/// here, and is noted, for the f32 tiles to take the batch element. The integer clamp
+/// (`pmaxsd`, `pminsd`) is much shorter than Cranelift's NaN-keeping `fmax` and `fmin`.
 pub(super) fn copy_pairs(
     kb: &mut Kb,
     input: Int8Input,
@@ -200,19 +207,27 @@ pub(super) fn copy_pairs(
     let flags = MemFlagsData::new();
     kb.map_floats(count, &[low, high], dst, |kb, ty, values| {
         let int_ty = if ty == F32 { I32 } else { types::I32X4 };
-        let mut halves = [values[0], values[1]].map(|x| offset(kb, input, ty, x));
+        let int_constant = |kb: &mut Kb, value: i64| {
+            let scalar = kb.fb.ins().iconst(I32, value);
+            if ty == F32 { scalar } else { kb.fb.ins().splat(int_ty, scalar) }
+        };
+        let zero_point = i64::from(input.zero_point());
+        let (least, most) = (int_constant(kb, -zero_point), int_constant(kb, 255 - zero_point));
+        let scale = kb.constant(ty, input.scale());
+        let mut halves = [values[0], values[1]];
         for half in &mut halves {
             let lanes = if ty == F32 { kb.fb.ins().splat(types::F32X4, *half) } else { *half };
             let is_nan = kb.fb.ins().fcmp(FloatCC::Unordered, lanes, lanes);
             let seen = kb.fb.use_var(nan);
             let seen = kb.fb.ins().bor(seen, is_nan);
             kb.fb.def_var(nan, seen);
-            // Integers in [-255, 255]: the conversion is exact (a NaN becomes 0, and the
-            // layer then takes the f32 tiles).
-            *half = kb.fb.ins().fcvt_to_sint_sat(int_ty, *half);
+            let q = kb.fb.ins().fdiv(*half, scale);
+            let q = kb.fb.ins().nearest(q);
+            let q = kb.fb.ins().fcvt_to_sint_sat(int_ty, q);
+            let q = kb.fb.ins().smax(q, least);
+            *half = kb.fb.ins().smin(q, most);
         }
-        let mask = kb.fb.ins().iconst(I32, 0xffff);
-        let mask = if ty == F32 { mask } else { kb.fb.ins().splat(int_ty, mask) };
+        let mask = int_constant(kb, 0xffff);
         let low = kb.fb.ins().band(halves[0], mask);
         let high = kb.fb.ins().ishl_imm_u(halves[1], 16);
         let word = kb.fb.ins().bor(low, high);
