@@ -409,7 +409,7 @@ fn prepare(
                 let precision = node.precision;
                 let kernel =
                     ConvKernel::new(conv, shape, &weight.data, bias, vectors, reduced_precision_simd(simd), precision);
-                if precision.is_int8() && simd == Some(Simd::Avx2) && ConvKernel::int8_tiles_apply(conv) {
+                if precision.is_int8() && simd == Some(Simd::Avx2) && ConvKernel::int8_tiles_apply(conv, x_shape[1]) {
                     return Ok(Kernel::Conv(kernel.with_int8_tiles(&weight.data, bias)));
                 }
                 return Ok(Kernel::Conv(kernel));
