@@ -30,9 +30,10 @@
 //! direct tiles fed the integers (exact too, and NaN-keeping), whose packed weights the
 //! kernel also holds.
 //!
-//! Where it runs: int8 conv layers with one group on AVX2 hosts (`codegen`). Grouped and
-//! depthwise int8 layers, int8 linear layers, and every int8 layer on AVX-512 hosts run
-//! on the f32 direct tiles fed the integers.
+//! Where it runs: int8 conv layers with one group and at least 4 input channels on AVX2
+//! hosts (`codegen`, `ConvKernel::int8_tiles_apply`). Grouped and depthwise int8 layers,
+//! those of 1 to 3 input channels, int8 linear layers, and every int8 layer on AVX-512
+//! hosts run on the f32 direct tiles fed the integers.
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
