@@ -379,8 +379,9 @@ fn the_cpu_target_quantizes_as_the_interpreter() {
 
 /// An int8 graph on the cpu target at x86-64-v3 (`threads` threads), layer by layer
 /// against the interpreter's simulation, each layer fed the cpu's values of its operands:
-/// every int8 conv layer with one group and 4 input channels or more (the rule of
-/// `ConvKernel::int8_tiles_apply`) must run on the AVX2 integer tiles and give the
+/// every int8 conv layer with one group and 4 input channels or more, and every int8
+/// linear layer of 4 input features or more (the rules of `ConvKernel::int8_tiles_apply`
+/// and `LinearKernel::int8_tiles_apply`), must run on the AVX2 integer tiles and give the
 /// simulation's values bit for bit (a NaN for a NaN) when its epilogue is exact in f32
 /// (none, relu, clamp, a residual add); with another activation (sigmoid...), whose
 /// code rounds differently from the interpreter's in the last bit, within
@@ -409,13 +410,13 @@ fn integer_tiles_against_simulation(
     interp::run_rewriting(graph, &graph.weights, inputs, &mut |id, value| {
         let Some(cpu) = cpu_of.get(&id) else { return };
         let node = graph.node(id);
-        let in_channels = graph.node(graph.op_operands(id)[0]).shape[1];
-        if let Op::Conv(conv) = &node.op
-            && node.precision.is_int8()
-            && conv.groups == 1
-            && in_channels >= 4
-            && failure.is_none()
-        {
+        let x_shape = &graph.node(graph.op_operands(id)[0]).shape;
+        let on_tiles = match &node.op {
+            Op::Conv(conv) => conv.groups == 1 && x_shape[1] >= 4,
+            Op::Linear { .. } => x_shape.last().is_some_and(|&k| k >= 4),
+            _ => false,
+        };
+        if on_tiles && node.precision.is_int8() && failure.is_none() {
             let prefix = format!("{} (", node.name);
             let algorithm = algorithms.iter().find(|(name, _)| name.starts_with(&prefix)).map(|(_, a)| a.as_str());
             let differ =
@@ -451,10 +452,11 @@ fn integer_tiles_against_simulation(
 }
 
 /// The AVX2 integer tiles (`kernels/int8.rs`, x86-64-v3, also where AVX-512 is the
-/// default) are exact: every one-group int8 conv layer gives the simulation's values bit
-/// for bit, on the examples (batch 2) and on the random layers (odd channel counts,
-/// partial tiles of pixels and of channels, stride, padding, dilation, no epilogue,
-/// relu and sigmoid; batch 1 to 3), with 1 and 2 threads. The other layers keep
+/// default) are exact: every int8 conv (one group) and linear layer they run gives the
+/// simulation's values bit for bit, on the examples (batch 2) and on the random layers
+/// (odd channel and feature counts, partial tiles of pixels, rows and channels, stride,
+/// padding, dilation, no epilogue, relu and sigmoid; batch 1 to 3), with 1 and 2
+/// threads. The other layers keep
 /// `INT8_TOLERANCE` (`cpu_int8_matches_the_simulation_on_random_layers`).
 #[test]
 fn avx2_integer_tiles_match_the_simulation_bit_for_bit() {
@@ -486,14 +488,14 @@ fn avx2_integer_tiles_match_the_simulation_bit_for_bit() {
             close += c;
         }
     }
-    eprintln!("conv layer runs on the integer tiles: {exact} bit for bit, {close} (sigmoid) within {INT8_TOLERANCE:e}");
+    eprintln!("layer runs on the integer tiles: {exact} bit for bit, {close} (sigmoid) within {INT8_TOLERANCE:e}");
     assert!(exact >= 100 && close >= 4, "too few layers ran on the integer tiles: {exact} and {close}");
 }
 
 /// An input with a NaN takes the f32 tiles (no integer holds a NaN), for that batch
-/// element only, whichever part's share of the copy met it; the outputs that read it
-/// are NaN, the others exact, as in the simulation. Saturated values (infinities,
-/// outliers) run on the integer tiles.
+/// element only (a conv; a linear layer's whole batch), whichever part's share of the
+/// copy met it; the outputs that read it are NaN, the others exact, as in the
+/// simulation. Saturated values (infinities, outliers) run on the integer tiles.
 #[test]
 fn avx2_integer_tiles_keep_nan() {
     if !cnnc::backend::clif::CpuLevel::X86_64V3.host_has() {
@@ -519,6 +521,17 @@ fn avx2_integer_tiles_keep_nan() {
     let nans = out.data.iter().filter(|x| x.is_nan()).count();
     // The 3x3 window around one pixel (away from the border), in all 19 channels.
     assert_eq!(nans, 9 * 19, "the simulation's NaNs");
+
+    // A linear layer (495 features, odd): the whole batch takes the f32 tiles when a
+    // row has a NaN; that row's outputs are NaN.
+    let source = "network t {\n    input x: [5, 9, 11]\n    flatten\n    fc: linear(21)\n}\n";
+    let (_, graph) = int8_graph(source, 3, 5, Method::MinMax);
+    for threads in [1, 2] {
+        let checked = integer_tiles_against_simulation(&graph, &inputs, threads).unwrap();
+        assert_eq!(checked, (1, 0));
+    }
+    let out = interp::run(&graph, &graph.weights, &inputs).unwrap().remove(0);
+    assert_eq!(out.data.iter().filter(|x| x.is_nan()).count(), 21, "the simulation's NaNs");
 }
 
 /// The trained digits model: calibrated on the ten sample images of

@@ -441,7 +441,7 @@ fn prepare(
             let weight = required(weights, node, &x_shape, ParamRole::Weight)?;
             let bias = param(weights, node, &x_shape, ParamRole::Bias)?.map(|b| b.data.as_slice());
             // Every dimension but the last indexes rows.
-            Kernel::Linear(LinearKernel::new(
+            let kernel = LinearKernel::new(
                 x_shape[..x_shape.len() - 1].iter().product(),
                 &weight.data,
                 bias,
@@ -449,7 +449,14 @@ fn prepare(
                 options.linear_vectors.max(1),
                 if node.precision != Precision::F32 { reduced_precision_simd(simd) } else { simd },
                 node.precision,
-            ))
+            );
+            // An int8 layer on an AVX2 host: the integer tiles (`kernels::int8`).
+            let in_features = x_shape.last().copied().unwrap_or(0);
+            if node.precision.is_int8() && simd == Some(Simd::Avx2) && LinearKernel::int8_tiles_apply(in_features) {
+                Kernel::Linear(kernel.with_int8_tiles(&weight.data, bias))
+            } else {
+                Kernel::Linear(kernel)
+            }
         }
         Op::ScaleShift => {
             let scale = required(weights, node, &x_shape, ParamRole::Scale)?;

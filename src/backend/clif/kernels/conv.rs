@@ -1106,6 +1106,8 @@ pub(crate) struct LinearKernel {
     /// bf16 or int8: the weights packed rounded or quantized, the input rounded or
     /// quantized into the scratch buffer first (as `ConvKernel::precision`).
     precision: Precision,
+    /// int8 on the AVX2 integer tiles (as `ConvKernel::int8_pairs`).
+    int8_pairs: Option<usize>,
     /// The packed weights and bias, little-endian f32.
     pub data: Vec<u8>,
 }
@@ -1130,16 +1132,63 @@ impl LinearKernel {
         };
         let data = pack_operands(weight, bias, 1, in_features, blocking, precision);
         let bias_start = blocking.group_lanes() * in_features;
-        LinearKernel { batch, tile_width, simd, in_features, out_features, blocking, bias_start, precision, data }
+        let int8_pairs = None;
+        LinearKernel {
+            batch,
+            tile_width,
+            simd,
+            in_features,
+            out_features,
+            blocking,
+            bias_start,
+            precision,
+            int8_pairs,
+            data,
+        }
     }
 
-    /// Scratch bytes for the rounded or quantized copy of the input.
+    /// Whether an int8 linear layer runs on the AVX2 integer tiles: 4 input features or
+    /// more (as convs, [`ConvKernel::int8_tiles_apply`]).
+    pub fn int8_tiles_apply(in_features: usize) -> bool {
+        in_features >= 4
+    }
+
+    /// This int8 kernel (made with the AVX2 tiles) on the integer tiles, given the same
+    /// weights and bias again; it keeps the f32 tiles' data for inputs with a NaN. Each
+    /// row of the input is quantized into scratch as i16 offsets in order (a row of
+    /// pairs of features; a zero after an odd last one).
+    pub fn with_int8_tiles(mut self, weight: &[f32], bias: Option<&[f32]>) -> LinearKernel {
+        let Precision::Int8(input) = self.precision else {
+            panic!("internal error: the integer tiles run int8 layers only");
+        };
+        assert!(self.simd == Some(Simd::Avx2) && LinearKernel::int8_tiles_apply(self.in_features));
+        let (integers, scales) = crate::precision::quantize_weights(weight, self.out_features);
+        let m = crate::precision::output_scales(input, &scales);
+        let pairs = int8::pack_pairs(&integers, &m, bias, self.in_features, 1, self.blocking);
+        self.int8_pairs = Some(pairs.len());
+        self.data = [pairs, std::mem::take(&mut self.data)].concat();
+        self
+    }
+
+    /// Scratch bytes for the rounded or quantized copy of the input; with the integer
+    /// tiles, then the parts' NaN flags.
     pub fn scratch_bytes(&self) -> usize {
-        if self.precision != Precision::F32 { 4 * self.batch * self.in_features } else { 0 }
+        match (self.precision, self.int8_pairs) {
+            (Precision::F32, _) => 0,
+            (_, Some(_)) => self.nan_slots() + 4 * super::super::codegen::MAX_PARTS,
+            _ => 4 * self.batch * self.in_features,
+        }
     }
 
-    fn reduction(&self) -> Reduction {
-        Reduction { count: self.in_features, in_step: 4, taps: vec![0], int8_pairs: false }
+    /// Where the NaN flags start in the scratch buffer, after the f32 copy.
+    fn nan_slots(&self) -> usize {
+        (4 * self.batch * self.in_features).div_ceil(64) * 64
+    }
+
+    fn reduction(&self, operands: Operands) -> Reduction {
+        let pairs = operands == Operands::Int8Pairs;
+        let count = if pairs { self.in_features.div_ceil(2) } else { self.in_features };
+        Reduction { count, in_step: 4, taps: vec![0], int8_pairs: pairs }
     }
 
     /// The algorithm, for profiles: `tiled` when the machine-code micro-kernels run it.
@@ -1148,6 +1197,7 @@ impl LinearKernel {
         let operands = match self.precision {
             Precision::F32 => "",
             Precision::Bf16 => ", bf16 operands",
+            Precision::Int8(_) if self.int8_pairs.is_some() && simd.is_some() => ", int8 integer tiles (vpmaddwd)",
             Precision::Int8(_) => ", int8 operands (as f32)",
         };
         format!("gemm, {}{operands}", block_text(self.blocking, self.tile_width.min(self.batch), simd))
@@ -1155,46 +1205,86 @@ impl LinearKernel {
 
     /// The micro-kernels the tiles of this layer can use.
     pub fn tile_specs(&self) -> Vec<Ukernel> {
-        let reduction = self.reduction();
+        let reduction = self.reduction(Operands::Floats);
         let (pixels, stride) = (self.batch.min(self.tile_width), (self.in_features * 4) as i64);
         let Some(simd) = self.simd else { return Vec::new() };
-        self.blocking
-            .kinds()
-            .into_iter()
-            .map(|v| Ukernel::Tile(tile_spec(simd, &reduction, pixels, stride, v)))
-            .collect()
+        let kinds = self.blocking.kinds().into_iter();
+        let mut specs: Vec<Ukernel> =
+            kinds.clone().map(|v| Ukernel::Tile(tile_spec(simd, &reduction, pixels, stride, v))).collect();
+        if self.int8_pairs.is_some() {
+            let reduction = self.reduction(Operands::Int8Pairs);
+            let stride = (reduction.count * 4) as i64;
+            specs.extend(kinds.map(|v| Ukernel::Int8Tile(tile_spec(simd, &reduction, pixels, stride, v))));
+        }
+        specs
     }
 
     pub fn emit(&self, kb: &mut Kb, x: Loc, out: Loc, residual: Option<Loc>, scratch: Loc, epilogue: &Epilogue) {
         let k = self.in_features;
-        let reduction = self.reduction();
-        let mut x_base = kb.addr(x);
-        if self.precision != Precision::F32 {
+        let x_base = kb.addr(x);
+        let scratch_base = kb.addr(scratch);
+        let outputs = Outputs { out: kb.addr(out), residual: residual.map(|r| kb.addr(r)), epilogue };
+        let data = kb.data();
+        let float_copy = |kb: &mut Kb| {
             // The parts round (or quantize) a share of the rows each, then all read all
             // of them.
-            let scratch_base = kb.addr(scratch);
             kb.for_share(self.batch, |kb, row| {
                 let src = kb.index(x_base, row, (k * 4) as i64);
                 let dst = kb.index(scratch_base, row, (k * 4) as i64);
                 copy_operand(kb, self.precision, src, dst, k);
             });
             kb.sync();
-            x_base = scratch_base;
+        };
+        match (self.precision, self.int8_pairs) {
+            (Precision::F32, _) => self.emit_rows(kb, Operands::Floats, data, x_base, &outputs),
+            (Precision::Int8(input), Some(pairs_bytes)) => {
+                // The rows as i16 offsets, `ceil(k / 2)` words each.
+                let row_bytes = (k.div_ceil(2) * 4) as i64;
+                let nan = int8::nan_seen(kb);
+                kb.for_share(self.batch, |kb, row| {
+                    let src = kb.index(x_base, row, (k * 4) as i64);
+                    let dst = kb.index(scratch_base, row, row_bytes);
+                    int8::copy_row(kb, input, src, dst, k, nan);
+                });
+                let slots = kb.offset(scratch_base, self.nan_slots() as i64);
+                let nan = int8::any_part_saw_nan(kb, nan, slots);
+                let floats = kb.offset(data, pairs_bytes as i64);
+                kb.when_else(
+                    nan,
+                    |kb| {
+                        // A NaN in the input: the f32 tiles, which keep it.
+                        float_copy(kb);
+                        self.emit_rows(kb, Operands::Floats, floats, scratch_base, &outputs);
+                    },
+                    |kb| self.emit_rows(kb, Operands::Int8Pairs, data, scratch_base, &outputs),
+                );
+            }
+            _ => {
+                float_copy(kb);
+                self.emit_rows(kb, Operands::Floats, data, scratch_base, &outputs);
+            }
         }
-        let out_base = kb.addr(out);
-        let residual_base = residual.map(|r| kb.addr(r));
-        let data = kb.data();
+    }
+
+    /// Runs every block of output features over the rows at `x_base` (the input or its
+    /// copy), with the tiles of `operands` and their packed data at `data`.
+    fn emit_rows(&self, kb: &mut Kb, operands: Operands, data: Value, x_base: Value, outputs: &Outputs) {
+        let reduction = self.reduction(operands);
+        let k = reduction.count;
+        let bias_start =
+            if operands == Operands::Int8Pairs { self.blocking.group_lanes() * k } else { self.bias_start };
         // A row per batch element: the features of one output are 4 bytes apart.
         let bases = BlockBases {
             weights: data,
-            bias: kb.offset(data, self.bias_start as i64 * 4),
-            out: out_base,
-            residual: residual_base,
+            bias: kb.offset(data, bias_start as i64 * 4),
+            out: outputs.out,
+            residual: outputs.residual,
             channel_bytes: 4,
             requant: self.precision.is_int8().then_some((self.blocking.group_lanes() * 4) as i64),
         };
         let in_stride = (k * 4) as i64;
         let out_stride = (self.out_features * 4) as i64;
+        let epilogue = outputs.epilogue;
         let run = |kb: &mut Kb, block: &Block| {
             let line = Line { count: self.batch, width: self.tile_width, in_stride, out_stride };
             emit_line(kb, line, x_base, None, |kb, tile| emit_tile(kb, &reduction, &tile, block, 4, epilogue));

@@ -208,32 +208,65 @@ pub(super) fn copy_pairs(
     let flags = MemFlagsData::new();
     kb.map_floats(count, &[low, high], dst, |kb, ty, values| {
         let int_ty = if ty == F32 { I32 } else { types::I32X4 };
-        let int_constant = |kb: &mut Kb, value: i64| {
-            let scalar = kb.fb.ins().iconst(I32, value);
-            if ty == F32 { scalar } else { kb.fb.ins().splat(int_ty, scalar) }
-        };
-        let zero_point = i64::from(input.zero_point());
-        let (least, most) = (int_constant(kb, -zero_point), int_constant(kb, 255 - zero_point));
-        let scale = kb.constant(ty, input.scale());
-        let mut halves = [values[0], values[1]];
-        for half in &mut halves {
-            let lanes = if ty == F32 { kb.fb.ins().splat(types::F32X4, *half) } else { *half };
-            let is_nan = kb.fb.ins().fcmp(FloatCC::Unordered, lanes, lanes);
-            let seen = kb.fb.use_var(nan);
-            let seen = kb.fb.ins().bor(seen, is_nan);
-            kb.fb.def_var(nan, seen);
-            let q = kb.fb.ins().fdiv(*half, scale);
-            let q = kb.fb.ins().nearest(q);
-            let q = kb.fb.ins().fcvt_to_sint_sat(int_ty, q);
-            let q = kb.fb.ins().smax(q, least);
-            *half = kb.fb.ins().smin(q, most);
-        }
-        let mask = int_constant(kb, 0xffff);
+        let halves = [values[0], values[1]].map(|x| quantize(kb, input, x, nan));
+        let mask = kb.fb.ins().iconst(I32, 0xffff);
+        let mask = if ty == F32 { mask } else { kb.fb.ins().splat(int_ty, mask) };
         let low = kb.fb.ins().band(halves[0], mask);
         let high = kb.fb.ins().ishl_imm_u(halves[1], 16);
         let word = kb.fb.ins().bor(low, high);
         kb.fb.ins().bitcast(ty, flags, word)
     });
+}
+
+/// The offset `q_x - zp` of an F32 or F32X4 input `x` as an I32 or I32X4 (see
+/// [`copy_pairs`]), noting a NaN in `nan`.
+fn quantize(kb: &mut Kb, input: Int8Input, x: Value, nan: Variable) -> Value {
+    let ty = kb.fb.func.dfg.value_type(x);
+    let int_ty = if ty == F32 { I32 } else { types::I32X4 };
+    let int_constant = |kb: &mut Kb, value: i64| {
+        let scalar = kb.fb.ins().iconst(I32, value);
+        if ty == F32 { scalar } else { kb.fb.ins().splat(int_ty, scalar) }
+    };
+    let zero_point = i64::from(input.zero_point());
+    let (least, most) = (int_constant(kb, -zero_point), int_constant(kb, 255 - zero_point));
+    let scale = kb.constant(ty, input.scale());
+    let lanes = if ty == F32 { kb.fb.ins().splat(types::F32X4, x) } else { x };
+    let is_nan = kb.fb.ins().fcmp(FloatCC::Unordered, lanes, lanes);
+    let seen = kb.fb.use_var(nan);
+    let seen = kb.fb.ins().bor(seen, is_nan);
+    kb.fb.def_var(nan, seen);
+    let q = kb.fb.ins().fdiv(x, scale);
+    let q = kb.fb.ins().nearest(q);
+    let q = kb.fb.ins().fcvt_to_sint_sat(int_ty, q);
+    let q = kb.fb.ins().smax(q, least);
+    kb.fb.ins().smin(q, most)
+}
+
+/// Quantizes a row of `count` values at `src` into `count` i16 offsets at `dst`, in
+/// order (so word `j` is the pair of values `2j`, `2j + 1`, as the integer tiles of a
+/// linear layer read them), and a zero after an odd last one; NaNs noted in `nan`.
+pub(super) fn copy_row(kb: &mut Kb, input: Int8Input, src: Value, dst: Value, count: usize, nan: Variable) {
+    kb.for_range(count / 8, |kb, i| {
+        let from = kb.index(src, i, 32);
+        let to = kb.index(dst, i, 16);
+        let low = kb.load(types::F32X4, from, 0);
+        let high = kb.load(types::F32X4, from, 16);
+        let low = quantize(kb, input, low, nan);
+        let high = quantize(kb, input, high, nan);
+        // Offsets in [-255, 255]: the narrowing never saturates.
+        let words = kb.fb.ins().snarrow(low, high);
+        kb.store(words, to, 0);
+    });
+    for i in count / 8 * 8..count {
+        let x = kb.load(F32, src, 4 * i as i64);
+        let q = quantize(kb, input, x, nan);
+        let q = kb.fb.ins().ireduce(types::I16, q);
+        kb.store(q, dst, 2 * i as i64);
+    }
+    if count % 2 == 1 {
+        let zero = kb.fb.ins().iconst(types::I16, 0);
+        kb.store(zero, dst, 2 * count as i64);
+    }
 }
 
 /// Publishes whether this part's copy met a NaN (`nan`) in its slot of `slots` (one i32
