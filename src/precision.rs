@@ -62,17 +62,19 @@
 //!
 //! Where int8 runs: the reference interpreter simulates it exactly (the integers
 //! accumulated in f64, exact to 2^53). On the cpu target:
-//! - a conv layer with one group and at least 4 input channels, on an AVX2 host
-//!   (x86-64-v3, or `--cpu x86-64-v3`),
-//!   runs on the integer tiles of `backend/clif/kernels/int8.rs`: the input is copied
-//!   into the scratch buffer as i16 offsets `q_x - zp`, two input channels per 32-bit
-//!   word, the weights are packed as i16 pairs, `vpmaddwd` and `vpaddd` sum the products
-//!   exactly in i32, and the store converts the sum to f32 (rounded to nearest even) and
-//!   applies `* m[c] + bias[c]` (the same two roundings) before the epilogue: bit for
-//!   bit the simulation, with no limit on the partial sums but i32's. An input with a
-//!   NaN (no integer holds one) takes the f32 direct tiles below for that batch element;
-//! - every other int8 layer (linear, grouped and depthwise convs, convs of 1 to 3 input
-//!   channels, and all of them on AVX-512 hosts and below AVX2) runs on the f32 direct tiles fed the integers,
+//! - a conv layer with one group and at least 4 input channels, or a linear layer of at
+//!   least 4 input features, on an AVX2 host (x86-64-v3, or `--cpu x86-64-v3`), runs on
+//!   the integer tiles of `backend/clif/kernels/int8.rs`: the input is copied into the
+//!   scratch buffer as i16 offsets `q_x - zp`, two input channels (or features) per
+//!   32-bit word, the weights are packed as i16 pairs, `vpmaddwd` and `vpaddd` sum the
+//!   products exactly in i32, and the store converts the sum to f32 (rounded to nearest
+//!   even) and applies `* m[c] + bias[c]` (the same two roundings) before the epilogue:
+//!   bit for bit the simulation, with no limit on the partial sums but i32's. An input
+//!   with a NaN (no integer holds one) takes the f32 direct tiles below (for that batch
+//!   element; a linear layer's whole batch);
+//! - every other int8 layer (grouped and depthwise convs, those of 1 to 3 input
+//!   channels or features, and all of them on AVX-512 hosts and below AVX2) runs on the
+//!   f32 direct tiles fed the integers,
 //!   `q_x - zp` (as the input is copied into the scratch buffer) and `q_w` (packed),
 //!   whose products are exact in f32 and whose sums are exact while every partial sum
 //!   stays below 2^24 in magnitude (at least up to K = 518 whatever the values; beyond,
