@@ -38,10 +38,10 @@
 //!   127)`; an all-zero channel gets `s_w[c] = 1` (its integers are all 0). -128 is left
 //!   out: with the scale set by `max|w_c|`, rounding never reaches it, and the bound
 //!   `|q_w| <= 127` is the same for both signs. That bound is what the integer kernels
-//!   need: VNNI's `vpdpbusd` (u8 x s8 into i32) takes these integers as they are, and
+//!   need: VNNI's `vpdpbusd` (u8 x s8 into i32) takes these integers as they are, while
 //!   AVX2's `vpmaddubsw` adds two u8 x s8 products into a saturating i16, where a pair
-//!   reaches 2 x 255 x 127 = 64770 > 32767, so that kernel (not written yet) will have
-//!   to split the pairs or use 7-bit inputs (2 x 127 x 127 = 32258 fits);
+//!   reaches 2 x 255 x 127 = 64770 > 32767; the AVX2 kernel therefore multiplies i16
+//!   operands with `vpmaddwd` (each pair summed exactly into an i32) instead;
 //! - its input activations are quantized per tensor to u8 with a zero point, from a
 //!   calibration ([`crate::calibrate`], `cnnc calibrate`): the calibrated range `[lo, hi]`
 //!   is widened to contain 0, `s_x = (hi - lo) / 255`, `zp = round_half_even(-lo /
@@ -61,16 +61,30 @@
 //! with a longer reduction stays f32 ([`Precision::applies_to`] says no).
 //!
 //! Where int8 runs: the reference interpreter simulates it exactly (the integers
-//! accumulated in f64, exact to 2^53). The cpu target gives its results but not yet its
-//! speed: it feeds its f32 direct tiles the integers, `q_x - zp` (as the input is copied
-//! into the scratch buffer) and `q_w` (packed), whose products are exact in f32 and
-//! whose sums are exact while every partial sum stays below 2^24 in magnitude (at least
-//! up to K = 518 whatever the values; beyond, a sum past 2^24 rounds, by at most 2^-24
-//! of it); the accumulators start at 0 and the store applies `* m[c] + bias[c]` (the
-//! same two roundings) before the epilogue. No Winograd, pointwise or depthwise kernels
-//! for an int8 layer, as for bf16. The u8 x s8 kernels (`vpmaddubsw` on AVX2,
-//! `vpdpbusd` on AVX-512 VNNI) that make it faster than f32 are left for later; so is
-//! `--precision auto`. The gpu target refuses int8.
+//! accumulated in f64, exact to 2^53). On the cpu target:
+//! - a conv layer with one group and at least 4 input channels, or a linear layer of at
+//!   least 4 input features, on an AVX2 host (x86-64-v3, or `--cpu x86-64-v3`), runs on
+//!   the integer tiles of `backend/clif/kernels/int8.rs`: the input is copied into the
+//!   scratch buffer as i16 offsets `q_x - zp`, two input channels (or features) per
+//!   32-bit word, the weights are packed as i16 pairs, `vpmaddwd` and `vpaddd` sum the
+//!   products exactly in i32, and the store converts the sum to f32 (rounded to nearest
+//!   even) and applies `* m[c] + bias[c]` (the same two roundings) before the epilogue:
+//!   bit for bit the simulation, with no limit on the partial sums but i32's. An input
+//!   with a NaN (no integer holds one) takes the f32 direct tiles below (for that batch
+//!   element; a linear layer's whole batch);
+//! - every other int8 layer (grouped and depthwise convs, those of 1 to 3 input
+//!   channels or features, and all of them on AVX-512 hosts and below AVX2) runs on the
+//!   f32 direct tiles fed the integers,
+//!   `q_x - zp` (as the input is copied into the scratch buffer) and `q_w` (packed),
+//!   whose products are exact in f32 and whose sums are exact while every partial sum
+//!   stays below 2^24 in magnitude (at least up to K = 518 whatever the values; beyond,
+//!   a sum past 2^24 rounds, by at most 2^-24 of it); the accumulators start at 0 and
+//!   the store is the same. This gives int8's results but not its speed.
+//!
+//! No Winograd, pointwise or depthwise kernels for an int8 layer, as for bf16. The
+//! VNNI kernels (`vpdpbusd` on AVX-512) are left for later; `--precision auto`
+//! (`crate::auto_precision`) chooses per layer between f32, bf16 and int8. The gpu
+//! target refuses int8.
 
 use std::fmt;
 

@@ -312,7 +312,9 @@ fn cpu_int8_matches_the_simulation_on_random_layers() {
 
 /// The cpu target's input quantization (Cranelift code, four lanes and one at a time)
 /// is `Int8Input::offset`'s, special values included, at every CPU level: a 1x1 conv
-/// of weight 1 (q_w = 127) gives `offset * 127 * m`, bit for bit as the interpreter.
+/// of weights (1, 0, 0, 0) (q_w = 127 for channel 0, whose values are the specials; 4
+/// input channels, so that the AVX2 integer tiles take it) gives `offset * 127 * m`,
+/// bit for bit as the interpreter.
 #[test]
 fn the_cpu_target_quantizes_as_the_interpreter() {
     let q = Int8Input::new(0.5, 10).unwrap();
@@ -336,31 +338,200 @@ fn the_cpu_target_quantizes_as_the_interpreter() {
         127.75,
     ];
     let data: Vec<f32> = (0..35).map(|i| specials[i % specials.len()]).collect();
-    let source = "network t {\n    input x: [1, 5, 7]\n    c: conv(1, 1, bias=false)\n}\n";
+    let source = "network t {\n    input x: [4, 5, 7]\n    c: conv(1, 1, bias=false)\n}\n";
     let mut graph = cnnc::front::compile_source(source, &Default::default()).unwrap();
-    graph.weights.insert("c.weight", Tensor::new(vec![1, 1, 1, 1], vec![1.0]).unwrap());
+    graph.weights.insert("c.weight", Tensor::new(vec![1, 4, 1, 1], vec![1.0, 0.0, 0.0, 0.0]).unwrap());
+    // Channel 0 holds the values, the other three zeros.
+    let image = |data: &[f32]| {
+        let planes: Vec<f32> = data.iter().copied().chain(std::iter::repeat_n(0.0, 3 * data.len())).collect();
+        Tensor::new(vec![1, 4, 5, 7], planes).unwrap()
+    };
     cnnc::passes::optimize(&mut graph, OptLevel::O2).unwrap();
     let id = graph.node_ids().into_iter().find(|&id| matches!(graph.node(id).op, Op::Conv(_))).unwrap();
     graph.node_mut(id).precision = Precision::Int8(q);
-    let input = Tensor::new(vec![1, 1, 5, 7], data.clone()).unwrap();
+    let input = image(&data);
     let expected = interp::run(&graph, &graph.weights, std::slice::from_ref(&input)).unwrap().remove(0);
     let m = q.scale() * (1.0 / 127.0);
     for (x, y) in data.iter().zip(&expected.data) {
         let want = q.offset(*x) * 127.0 * m;
         assert!(want.is_nan() && y.is_nan() || want == *y, "{x:e}: {y:e} vs {want:e}");
     }
-    for cpu in common::cpu_levels() {
-        let options = cnnc::exec::ExecOptions { threads: Some(1), cpu, ..Default::default() };
-        let executor = cnnc::exec::compile_with(graph.clone(), cnnc::exec::Target::Cpu, &options).unwrap();
-        let out = executor.run(std::slice::from_ref(&input)).unwrap().remove(0);
-        for ((x, y), e) in data.iter().zip(&out.data).zip(&expected.data) {
-            let same = if e.is_nan() { y.is_nan() } else { y == e };
-            assert!(same, "{cpu:?}: {x:e} gave {y:e}, expected {e:e}");
+    // With the NaN, the AVX2 level runs the f32 tiles (the integer tiles cannot hold
+    // it); without, its integer tiles, which must saturate the same way.
+    let finite: Vec<f32> = data.iter().map(|&x| if x.is_nan() { 0.75 } else { x }).collect();
+    for data in [data, finite] {
+        let input = image(&data);
+        let expected = interp::run(&graph, &graph.weights, std::slice::from_ref(&input)).unwrap().remove(0);
+        for cpu in common::cpu_levels() {
+            let options = cnnc::exec::ExecOptions { threads: Some(1), cpu, ..Default::default() };
+            let executor = cnnc::exec::compile_with(graph.clone(), cnnc::exec::Target::Cpu, &options).unwrap();
+            let out = executor.run(std::slice::from_ref(&input)).unwrap().remove(0);
+            for ((x, y), e) in data.iter().zip(&out.data).zip(&expected.data) {
+                let same = if e.is_nan() { y.is_nan() } else { y == e };
+                assert!(same, "{cpu:?}: {x:e} gave {y:e}, expected {e:e}");
+            }
         }
     }
     // The gpu target refuses an int8 graph.
     let error = cnnc::exec::compile(graph, cnnc::exec::Target::Gpu).err().unwrap();
     assert!(error.contains("the gpu target runs f32 only"), "{error}");
+}
+
+/// An int8 graph on the cpu target at x86-64-v3 (`threads` threads), layer by layer
+/// against the interpreter's simulation, each layer fed the cpu's values of its operands:
+/// every int8 conv layer with one group and 4 input channels or more, and every int8
+/// linear layer of 4 input features or more (the rules of `ConvKernel::int8_tiles_apply`
+/// and `LinearKernel::int8_tiles_apply`), must run on the AVX2 integer tiles and give the
+/// simulation's values bit for bit (a NaN for a NaN) when its epilogue is exact in f32
+/// (none, relu, clamp, a residual add); with another activation (sigmoid...), whose
+/// code rounds differently from the interpreter's in the last bit, within
+/// `INT8_TOLERANCE`. Returns how many layers were checked bit for bit and within the
+/// tolerance, or the first that failed.
+fn integer_tiles_against_simulation(
+    graph: &Graph,
+    inputs: &[Tensor],
+    threads: usize,
+) -> Result<(usize, usize), String> {
+    use cnnc::backend::clif::{CodegenOptions, CpuLevel, compile_jit_with};
+    use cnnc::ir::Activation;
+    let nodes: Vec<_> =
+        graph.topo_order().unwrap().into_iter().filter(|&id| !matches!(graph.node(id).op, Op::Input { .. })).collect();
+    let (copy, positions) = cnnc::compare::with_every_node_as_output(graph, &nodes);
+    let options = CodegenOptions { cpu: Some(CpuLevel::X86_64V3), ..CodegenOptions::default() };
+    let mut model = compile_jit_with(&copy, &options)?;
+    model.set_threads(threads);
+    let algorithms: Vec<(String, String)> =
+        model.kernels().iter().map(|k| (k.name.clone(), k.algorithm.clone())).collect();
+    let values = model.run(inputs)?;
+    let cpu_of: std::collections::HashMap<_, &Tensor> =
+        nodes.iter().zip(&positions).map(|(&id, &k)| (id, &values[k])).collect();
+    let mut checked = (0, 0);
+    let mut failure = None;
+    interp::run_rewriting(graph, &graph.weights, inputs, &mut |id, value| {
+        let Some(cpu) = cpu_of.get(&id) else { return };
+        let node = graph.node(id);
+        let x_shape = &graph.node(graph.op_operands(id)[0]).shape;
+        let on_tiles = match &node.op {
+            Op::Conv(conv) => conv.groups == 1 && x_shape[1] >= 4,
+            Op::Linear { .. } => x_shape.last().is_some_and(|&k| k >= 4),
+            _ => false,
+        };
+        if on_tiles && node.precision.is_int8() && failure.is_none() {
+            let prefix = format!("{} (", node.name);
+            let algorithm = algorithms.iter().find(|(name, _)| name.starts_with(&prefix)).map(|(_, a)| a.as_str());
+            let differ =
+                cpu.data.iter().zip(&value.data).filter(|(c, v)| !(c.is_nan() && v.is_nan() || c == v)).count();
+            let ep = &node.epilogue;
+            let exact = [ep.activation, ep.post_activation]
+                .iter()
+                .all(|a| matches!(a, None | Some(Activation::Relu | Activation::Clamp { .. })));
+            let error = relative_l2(&cpu.data, &value.data);
+            if !algorithm.unwrap_or_default().contains("int8 integer tiles") {
+                failure = Some(format!("layer {}: not on the integer tiles: {algorithm:?}", node.name));
+            } else if !exact {
+                if error > INT8_TOLERANCE || error.is_nan() {
+                    failure = Some(format!("layer {}: {error:e} from the simulation", node.name));
+                }
+                checked.1 += 1;
+            } else if differ > 0 {
+                let first = cpu.data.iter().zip(&value.data).position(|(c, v)| !(c.is_nan() && v.is_nan() || c == v));
+                let first = first.map(|i| (i, cpu.data[i], value.data[i]));
+                failure = Some(format!(
+                    "layer {}: {differ} of {} values differ from the simulation (first: {first:?})",
+                    node.name,
+                    value.data.len()
+                ));
+            } else {
+                checked.0 += 1;
+            }
+        }
+        *value = (*cpu).clone();
+    })
+    .unwrap();
+    failure.map_or(Ok(checked), Err)
+}
+
+/// The AVX2 integer tiles (`kernels/int8.rs`, x86-64-v3, also where AVX-512 is the
+/// default) are exact: every int8 conv (one group) and linear layer they run gives the
+/// simulation's values bit for bit, on the examples (batch 2) and on the random layers
+/// (odd channel and feature counts, partial tiles of pixels, rows and channels, stride,
+/// padding, dilation, no epilogue, relu and sigmoid; batch 1 to 3), with 1 and 2
+/// threads. The other layers keep
+/// `INT8_TOLERANCE` (`cpu_int8_matches_the_simulation_on_random_layers`).
+#[test]
+fn avx2_integer_tiles_match_the_simulation_bit_for_bit() {
+    if !cnnc::backend::clif::CpuLevel::X86_64V3.host_has() {
+        eprintln!("skipped: this machine has no AVX2");
+        return;
+    }
+    let mut exact = 0;
+    let mut close = 0;
+    for name in ["lenet5.cnn", "digits.cnn", "squeezenet1_1.cnn", "resnet18_cifar.cnn", "mobilenet_v2.cnn"] {
+        let (_, graph) = int8_graph(&example(name), 2, 7, Method::MinMax);
+        let inputs = common::random_inputs(&graph, 11);
+        for threads in [1, 2] {
+            let (e, c) = integer_tiles_against_simulation(&graph, &inputs, threads)
+                .unwrap_or_else(|e| panic!("{name}, {threads} thread(s): {e}"));
+            exact += e;
+            close += c;
+        }
+    }
+    for (case, (source, batch)) in common::random_conv_linear_programs(40).into_iter().enumerate() {
+        let case = case as u64;
+        let method = if case.is_multiple_of(2) { Method::MinMax } else { Method::Percentile(99.9) };
+        let (_, graph) = int8_graph(&source, batch, case, method);
+        let inputs = common::random_inputs(&graph, case + 100);
+        for threads in [1, 2] {
+            let (e, c) = integer_tiles_against_simulation(&graph, &inputs, threads)
+                .unwrap_or_else(|e| panic!("case {case}, {threads} thread(s): {e}\n{source}"));
+            exact += e;
+            close += c;
+        }
+    }
+    eprintln!("layer runs on the integer tiles: {exact} bit for bit, {close} (sigmoid) within {INT8_TOLERANCE:e}");
+    assert!(exact >= 100 && close >= 4, "too few layers ran on the integer tiles: {exact} and {close}");
+}
+
+/// An input with a NaN takes the f32 tiles (no integer holds a NaN), for that batch
+/// element only (a conv; a linear layer's whole batch), whichever part's share of the
+/// copy met it; the outputs that read it are NaN, the others exact, as in the
+/// simulation. Saturated values (infinities, outliers) run on the integer tiles.
+#[test]
+fn avx2_integer_tiles_keep_nan() {
+    if !cnnc::backend::clif::CpuLevel::X86_64V3.host_has() {
+        eprintln!("skipped: this machine has no AVX2");
+        return;
+    }
+    let source = "network t {\n    input x: [5, 9, 11]\n    c: conv(19, 3, pad=1)\n    relu\n}\n";
+    let (_, graph) = int8_graph(source, 3, 3, Method::MinMax);
+    let mut inputs = common::random_inputs(&graph, 4);
+    let plane = 9 * 11;
+    let image = 5 * plane;
+    // Batch element 1: a NaN in channel 4 (the odd last one); element 2: infinities
+    // and a large value, which saturate.
+    inputs[0].data[image + 4 * plane + 20] = f32::NAN;
+    inputs[0].data[2 * image + 3] = f32::INFINITY;
+    inputs[0].data[2 * image + plane + 50] = f32::NEG_INFINITY;
+    inputs[0].data[2 * image + 2 * plane + 7] = 1e30;
+    for threads in [1, 2] {
+        let checked = integer_tiles_against_simulation(&graph, &inputs, threads).unwrap();
+        assert_eq!(checked, (1, 0));
+    }
+    let out = interp::run(&graph, &graph.weights, &inputs).unwrap().remove(0);
+    let nans = out.data.iter().filter(|x| x.is_nan()).count();
+    // The 3x3 window around one pixel (away from the border), in all 19 channels.
+    assert_eq!(nans, 9 * 19, "the simulation's NaNs");
+
+    // A linear layer (495 features, odd): the whole batch takes the f32 tiles when a
+    // row has a NaN; that row's outputs are NaN.
+    let source = "network t {\n    input x: [5, 9, 11]\n    flatten\n    fc: linear(21)\n}\n";
+    let (_, graph) = int8_graph(source, 3, 5, Method::MinMax);
+    for threads in [1, 2] {
+        let checked = integer_tiles_against_simulation(&graph, &inputs, threads).unwrap();
+        assert_eq!(checked, (1, 0));
+    }
+    let out = interp::run(&graph, &graph.weights, &inputs).unwrap().remove(0);
+    assert_eq!(out.data.iter().filter(|x| x.is_nan()).count(), 21, "the simulation's NaNs");
 }
 
 /// The trained digits model: calibrated on the ten sample images of

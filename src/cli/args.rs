@@ -332,8 +332,9 @@ impl PrecisionArgs {
             ),
             PrecisionArg::Int8 => Some(
                 "note: --precision int8 on the cpu target: the conv and linear layers quantize their weights and \
-                 inputs and sum the integers exactly on the f32 kernels (int8's results, not yet its speed: no \
-                 u8 x s8 kernels yet)"
+                 inputs and sum the integers exactly; on AVX2 hosts the convs of one group and 4 or more input \
+                 channels and the linear layers run on integer tiles, the others (and every layer on AVX-512 \
+                 hosts, until the VNNI kernels) on the f32 kernels, with int8's results but not its speed"
                     .to_string(),
             ),
         }

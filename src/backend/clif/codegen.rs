@@ -402,19 +402,17 @@ fn prepare(
             };
             let bias = bias.map(|b| b.data.as_slice());
             // A bf16 or int8 layer runs on the direct tiles, which round or quantize its
-            // operands.
+            // operands; an int8 one on an AVX2 host, on the integer tiles when they apply
+            // (`kernels::int8`; AVX-512 hosts keep the f32 tiles for now).
             if node.precision != Precision::F32 {
                 let vectors = options.conv_vectors.max(1);
-                let simd = reduced_precision_simd(simd);
-                return Ok(Kernel::Conv(ConvKernel::new(
-                    conv,
-                    shape,
-                    &weight.data,
-                    bias,
-                    vectors,
-                    simd,
-                    node.precision,
-                )));
+                let precision = node.precision;
+                let kernel =
+                    ConvKernel::new(conv, shape, &weight.data, bias, vectors, reduced_precision_simd(simd), precision);
+                if precision.is_int8() && simd == Some(Simd::Avx2) && ConvKernel::int8_tiles_apply(conv, x_shape[1]) {
+                    return Ok(Kernel::Conv(kernel.with_int8_tiles(&weight.data, bias)));
+                }
+                return Ok(Kernel::Conv(kernel));
             }
             if let Some(simd) = simd.filter(|&simd| PointwiseKernel::applies(simd, conv, &node.epilogue)) {
                 let shape = (x_shape[0], x_shape[1], node.shape[1], node.shape[2] * node.shape[3]);
@@ -438,7 +436,7 @@ fn prepare(
             let weight = required(weights, node, &x_shape, ParamRole::Weight)?;
             let bias = param(weights, node, &x_shape, ParamRole::Bias)?.map(|b| b.data.as_slice());
             // Every dimension but the last indexes rows.
-            Kernel::Linear(LinearKernel::new(
+            let kernel = LinearKernel::new(
                 x_shape[..x_shape.len() - 1].iter().product(),
                 &weight.data,
                 bias,
@@ -446,7 +444,14 @@ fn prepare(
                 options.linear_vectors.max(1),
                 if node.precision != Precision::F32 { reduced_precision_simd(simd) } else { simd },
                 node.precision,
-            ))
+            );
+            // An int8 layer on an AVX2 host: the integer tiles (`kernels::int8`).
+            let in_features = x_shape.last().copied().unwrap_or(0);
+            if node.precision.is_int8() && simd == Some(Simd::Avx2) && LinearKernel::int8_tiles_apply(in_features) {
+                Kernel::Linear(kernel.with_int8_tiles(&weight.data, bias))
+            } else {
+                Kernel::Linear(kernel)
+            }
         }
         Op::ScaleShift => {
             let scale = required(weights, node, &x_shape, ParamRole::Scale)?;

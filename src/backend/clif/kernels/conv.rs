@@ -27,10 +27,11 @@
 //! of them (register moves, free at rename on current x86 cores); `MicroKernel` has
 //! variants that trade those copies for loads.
 
+use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, types};
 
 use super::x86::{RegisterActivation, Simd, TileSpec, Ukernel};
-use super::{F32, F32X4, Kb, Loc, MicroKernel};
+use super::{F32, F32X4, Kb, Loc, MicroKernel, int8};
 use crate::ir::{Conv, Epilogue};
 use crate::precision::Precision;
 
@@ -78,6 +79,16 @@ impl Blocking {
     pub(super) fn group_lanes(&self) -> usize {
         4 * (self.full_blocks * self.vectors + self.tail_vectors)
     }
+
+    /// (first output channel, lanes) of each block of a group.
+    pub(super) fn blocks(&self) -> Vec<(usize, usize)> {
+        let mut blocks: Vec<(usize, usize)> =
+            (0..self.full_blocks).map(|b| (b * 4 * self.vectors, 4 * self.vectors)).collect();
+        if self.tail_vectors > 0 {
+            blocks.push((self.full_blocks * 4 * self.vectors, 4 * self.tail_vectors));
+        }
+        blocks
+    }
 }
 
 /// Packs `[out][k]` weights (and a bias) into the block layout described in the module
@@ -111,7 +122,12 @@ pub(super) fn pack(weight: &[f32], bias: Option<&[f32]>, groups: usize, k: usize
 
 /// One value per output channel laid out as `pack` lays out the bias (blocks of
 /// `4 * vectors` lanes per group, the lanes past a group's channels 0), little-endian.
-fn channel_region(values: Option<&[f32]>, groups: usize, out_per_group: usize, blocking: Blocking) -> Vec<u8> {
+pub(super) fn channel_region(
+    values: Option<&[f32]>,
+    groups: usize,
+    out_per_group: usize,
+    blocking: Blocking,
+) -> Vec<u8> {
     let mut blocks: Vec<(usize, usize)> =
         (0..blocking.full_blocks).map(|b| (b * 4 * blocking.vectors, 4 * blocking.vectors)).collect();
     if blocking.tail_vectors > 0 {
@@ -140,18 +156,9 @@ fn copy_operand(kb: &mut Kb, precision: Precision, src: Value, dst: Value, count
     match precision {
         Precision::F32 => kb.copy_floats(src, dst, count),
         Precision::Bf16 => kb.copy_floats_bf16(src, dst, count),
-        Precision::Int8(input) => kb.map_floats(count, &[src], dst, |kb, ty, values| {
-            let scale = kb.constant(ty, input.scale());
-            let zero_point = kb.constant(ty, input.zero_point() as f32);
-            let (low, high) = (kb.constant(ty, 0.0), kb.constant(ty, 255.0));
-            let q = kb.fb.ins().fdiv(values[0], scale);
-            let q = kb.fb.ins().nearest(q);
-            let q = kb.fb.ins().fadd(q, zero_point);
-            // Cranelift's fmax and fmin return NaN when either operand is NaN.
-            let q = kb.fb.ins().fmax(q, low);
-            let q = kb.fb.ins().fmin(q, high);
-            kb.fb.ins().fsub(q, zero_point)
-        }),
+        Precision::Int8(input) => {
+            kb.map_floats(count, &[src], dst, |kb, ty, values| int8::offset(kb, input, ty, values[0]))
+        }
     }
 }
 
@@ -191,6 +198,9 @@ struct Reduction {
     in_step: i64,
     /// Byte offset of each tap in the input, relative to the pixel's window origin.
     taps: Vec<i64>,
+    /// Whether the steps are pairs of int8 input channels for the integer tiles
+    /// (`int8`), which then run every tile.
+    int8_pairs: bool,
 }
 
 /// Where a tile's pixels are: pixel `p` reads the input from `in_base + p * in_stride`
@@ -274,7 +284,11 @@ fn emit_tile(
     in_registers: Option<RegisterActivation>,
 ) {
     let spec = kb.simd.map(|simd| tile_spec(simd, reduction, tile.pixels, tile.in_stride, block.vectors, in_registers));
-    if let Some(func) = spec.and_then(|spec| kb.tile_kernel(&Ukernel::Tile(spec))) {
+    let ukernel = spec.map(|spec| if reduction.int8_pairs { Ukernel::Int8Tile(spec) } else { Ukernel::Tile(spec) });
+    let func = ukernel.and_then(|ukernel| kb.tile_kernel(&ukernel));
+    // The pairs are only laid out for kernels whose integer tiles all fit (`with_int8_tiles`).
+    assert!(func.is_some() || !reduction.int8_pairs, "internal error: an int8 tile was not defined");
+    if let Some(func) = func {
         // The machine-code micro-kernel leaves the tile pixel-major in a stack buffer.
         let buffer = kb.tile_buffer();
         kb.fb.ins().call(func, &[tile.in_base, block.weights, block.bias, buffer]);
@@ -590,8 +604,19 @@ pub(crate) struct ConvKernel {
     /// [`ConvKernel::with_register_activation`]: the whole epilogue is then that
     /// activation, and the store applies nothing.
     register_activation: Option<RegisterActivation>,
+    /// int8 on the AVX2 integer tiles ([`ConvKernel::with_int8_tiles`]): the bytes of
+    /// their packed data (`int8::pack_pairs`), which comes first, the f32 tiles' after it.
+    int8_pairs: Option<usize>,
     /// The packed weights and bias, little-endian f32.
     pub data: Vec<u8>,
+}
+
+/// Which operands a convolution's tiles read: f32 (as the layer's precision has them),
+/// or the pairs of int8 input channels of the integer tiles.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Operands {
+    Floats,
+    Int8Pairs,
 }
 
 impl ConvKernel {
@@ -630,6 +655,7 @@ impl ConvKernel {
             bias_start,
             precision,
             register_activation: None,
+            int8_pairs: None,
             data,
         }
     }
@@ -645,6 +671,31 @@ impl ConvKernel {
         {
             self.register_activation = RegisterActivation::of(activation, Simd::Avx2).filter(|f| f.uses_exp());
         }
+        self
+    }
+
+    /// Whether an int8 convolution runs on the AVX2 integer tiles (`int8`): one group,
+    /// and at least 4 input channels. With 3 (an RGB image), a quarter of the pairs'
+    /// products are padding and the f32 tiles were faster (ResNet-18's 7x7 `conv1`,
+    /// one thread: 3.73 ms on the integer tiles, 2.87 on the f32 ones).
+    pub fn int8_tiles_apply(conv: &Conv, in_channels: usize) -> bool {
+        conv.groups == 1 && in_channels >= 4
+    }
+
+    /// This int8 kernel (made with the AVX2 tiles, `Simd::Avx2`, and a layer for which
+    /// [`ConvKernel::int8_tiles_apply`]) on the integer tiles, given the same weights
+    /// and bias again. It keeps the f32 tiles' data for inputs with a NaN.
+    pub fn with_int8_tiles(mut self, weight: &[f32], bias: Option<&[f32]>) -> ConvKernel {
+        let Precision::Int8(input) = self.precision else {
+            panic!("internal error: the integer tiles run int8 layers only");
+        };
+        assert!(self.simd == Some(Simd::Avx2) && ConvKernel::int8_tiles_apply(&self.conv, self.shape.in_channels));
+        let taps = self.conv.kernel.h * self.conv.kernel.w;
+        let (integers, scales) = crate::precision::quantize_weights(weight, self.shape.out_channels);
+        let m = crate::precision::output_scales(input, &scales);
+        let pairs = int8::pack_pairs(&integers, &m, bias, self.shape.in_channels, taps, self.blocking);
+        self.int8_pairs = Some(pairs.len());
+        self.data = [pairs, std::mem::take(&mut self.data)].concat();
         self
     }
 
@@ -664,13 +715,27 @@ impl ConvKernel {
         (self.shape.in_h + p.top + p.bottom, self.shape.in_w + p.left + p.right)
     }
 
-    /// Scratch bytes for the padded (or rounded) copy of one batch element's input.
+    /// Scratch bytes for the padded (or rounded) copy of one batch element's input; with
+    /// the integer tiles, then the parts' NaN flags (`int8::any_part_saw_nan`).
     pub fn scratch_bytes(&self) -> usize {
         if !self.copied() {
             return 0;
         }
+        match self.int8_pairs {
+            Some(_) => self.nan_slots() + 4 * super::super::codegen::MAX_PARTS,
+            None => self.float_copy_bytes(),
+        }
+    }
+
+    /// Bytes of the f32 copy of one batch element's input (the pair planes take fewer).
+    fn float_copy_bytes(&self) -> usize {
         let (hp, wp) = self.padded_hw();
         4 * self.shape.in_channels * hp * wp
+    }
+
+    /// Where the NaN flags start in the scratch buffer.
+    fn nan_slots(&self) -> usize {
+        self.float_copy_bytes().div_ceil(64) * 64
     }
 
     /// The algorithm, for profiles: `tiled` when the machine-code micro-kernels run it.
@@ -690,16 +755,21 @@ impl ConvKernel {
         match self.precision {
             Precision::F32 => {}
             Precision::Bf16 => text.push_str(", bf16 operands"),
+            Precision::Int8(_) if self.int8_pairs.is_some() && simd.is_some() => {
+                text.push_str(", int8 integer tiles (vpmaddwd)")
+            }
             Precision::Int8(_) => text.push_str(", int8 operands (as f32)"),
         }
         text
     }
 
-    fn reduction(&self) -> Reduction {
+    fn reduction(&self, operands: Operands) -> Reduction {
         let c = &self.conv;
         let (hp, wp) = self.padded_hw();
+        let in_per_group = self.shape.in_channels / c.groups;
         Reduction {
-            count: self.shape.in_channels / c.groups,
+            int8_pairs: operands == Operands::Int8Pairs,
+            count: if operands == Operands::Int8Pairs { in_per_group.div_ceil(2) } else { in_per_group },
             in_step: (hp * wp) as i64 * 4,
             taps: (0..c.kernel.h)
                 .flat_map(|kh| (0..c.kernel.w).map(move |kw| ((kh * c.dilation.h * wp + kw * c.dilation.w) * 4) as i64))
@@ -715,95 +785,126 @@ impl ConvKernel {
         } else {
             (s.out_w.min(self.tile_width), (self.conv.stride.w * 4) as i64)
         };
-        let reduction = self.reduction();
         let Some(simd) = self.simd else { return Vec::new() };
+        let reduction = self.reduction(Operands::Floats);
         let kinds = self.blocking.kinds().into_iter();
-        kinds
+        let mut specs: Vec<Ukernel> = kinds
+            .clone()
             .map(|v| Ukernel::Tile(tile_spec(simd, &reduction, pixels, pixel_stride, v, self.register_activation)))
-            .collect()
+            .collect();
+        if self.int8_pairs.is_some() {
+            let reduction = self.reduction(Operands::Int8Pairs);
+            specs.extend(kinds.map(|v| Ukernel::Int8Tile(tile_spec(simd, &reduction, pixels, pixel_stride, v, None))));
+        }
+        specs
     }
 
     pub fn emit(&self, kb: &mut Kb, x: Loc, out: Loc, residual: Option<Loc>, scratch: Loc, epilogue: &Epilogue) {
+        let s = &self.shape;
+        let in_image = (s.in_channels * s.in_h * s.in_w) as i64 * 4;
+        let x_base = kb.addr(x);
+        let outputs = Outputs { out: kb.addr(out), residual: residual.map(|r| kb.addr(r)), epilogue };
+        let scratch_base = kb.addr(scratch);
+        let data = kb.data();
+        kb.for_range(s.batch, |kb, n| {
+            let x_n = kb.index(x_base, n, in_image);
+            if let Some(pairs_bytes) = self.int8_pairs {
+                let slots = kb.offset(scratch_base, self.nan_slots() as i64);
+                let nan = self.emit_pair_copy(kb, x_n, scratch_base, slots);
+                let floats = kb.offset(data, pairs_bytes as i64);
+                kb.when_else(
+                    nan,
+                    |kb| {
+                        // A NaN in this input: the f32 tiles, which keep it.
+                        self.emit_pad_copy(kb, x_n, scratch_base);
+                        kb.sync();
+                        self.emit_groups(kb, Operands::Floats, floats, scratch_base, n, &outputs);
+                    },
+                    |kb| self.emit_groups(kb, Operands::Int8Pairs, data, scratch_base, n, &outputs),
+                );
+            } else {
+                let input = if self.copied() {
+                    self.emit_pad_copy(kb, x_n, scratch_base);
+                    kb.sync();
+                    scratch_base
+                } else {
+                    x_n
+                };
+                self.emit_groups(kb, Operands::Floats, data, input, n, &outputs);
+            }
+            if self.copied() && s.batch > 1 {
+                // The next batch element's padded copy overwrites the scratch buffer.
+                kb.sync();
+            }
+        });
+    }
+
+    /// Runs every group of batch element `n` over `input` (its copy or the tensor itself),
+    /// with the tiles of `operands` and their packed data at `data`.
+    fn emit_groups(&self, kb: &mut Kb, operands: Operands, data: Value, input: Value, n: Value, outputs: &Outputs) {
         let s = &self.shape;
         let c = &self.conv;
         let (hp, wp) = self.padded_hw();
         let in_per_group = s.in_channels / c.groups;
         let out_per_group = s.out_channels / c.groups;
-        let in_image = (s.in_channels * s.in_h * s.in_w) as i64 * 4;
         let out_plane = (s.out_h * s.out_w) as i64 * 4;
-        let k = in_per_group * c.kernel.h * c.kernel.w;
+        let reduction = self.reduction(operands);
+        // Packed columns per output channel: input channels (or pairs) times taps.
+        let k = reduction.count * reduction.taps.len();
+        let bias_start =
+            if operands == Operands::Int8Pairs { c.groups * self.blocking.group_lanes() * k } else { self.bias_start };
         let group_lanes = self.blocking.group_lanes();
-        let reduction = self.reduction();
-
-        let x_base = kb.addr(x);
-        let out_base = kb.addr(out);
-        let residual_base = residual.map(|r| kb.addr(r));
-        let scratch_base = kb.addr(scratch);
-        let data = kb.data();
-        kb.for_range(s.batch, |kb, n| {
-            let x_n = kb.index(x_base, n, in_image);
-            let input = if self.copied() {
-                self.emit_pad_copy(kb, x_n, scratch_base);
-                kb.sync();
-                scratch_base
-            } else {
-                x_n
+        let (out_base, residual_base, epilogue) = (outputs.out, outputs.residual, outputs.epilogue);
+        kb.for_range(c.groups, |kb, g| {
+            let in_g = kb.index(input, g, (in_per_group * hp * wp) as i64 * 4);
+            // Output channel index of the group's first channel, over the batch.
+            let out_channel = kb.fb.ins().imul_imm_s(n, s.out_channels as i64);
+            let group_channel = kb.fb.ins().imul_imm_s(g, out_per_group as i64);
+            let out_channel = kb.fb.ins().iadd(out_channel, group_channel);
+            let out_g = kb.index(out_base, out_channel, out_plane);
+            let res_g = residual_base.map(|r| kb.index(r, out_channel, out_plane));
+            let bias_data = kb.offset(data, bias_start as i64 * 4);
+            let bases = BlockBases {
+                weights: kb.index(data, g, (group_lanes * k * 4) as i64),
+                bias: kb.index(bias_data, g, (group_lanes * 4) as i64),
+                out: out_g,
+                residual: res_g,
+                channel_bytes: out_plane,
+                requant: self.precision.is_int8().then_some((c.groups * group_lanes * 4) as i64),
             };
-            kb.for_range(c.groups, |kb, g| {
-                let in_g = kb.index(input, g, (in_per_group * hp * wp) as i64 * 4);
-                // Output channel index of the group's first channel, over the batch.
-                let out_channel = kb.fb.ins().imul_imm_s(n, s.out_channels as i64);
-                let group_channel = kb.fb.ins().imul_imm_s(g, out_per_group as i64);
-                let out_channel = kb.fb.ins().iadd(out_channel, group_channel);
-                let out_g = kb.index(out_base, out_channel, out_plane);
-                let res_g = residual_base.map(|r| kb.index(r, out_channel, out_plane));
-                let bias_data = kb.offset(data, self.bias_start as i64 * 4);
-                let bases = BlockBases {
-                    weights: kb.index(data, g, (group_lanes * k * 4) as i64),
-                    bias: kb.index(bias_data, g, (group_lanes * 4) as i64),
-                    out: out_g,
-                    residual: res_g,
-                    channel_bytes: out_plane,
-                    requant: self.precision.is_int8().then_some((c.groups * group_lanes * 4) as i64),
-                };
-                let (chunks, chunk_size) = self.chunking();
-                if chunks > 1 {
-                    // The parts share the chunks of pixels, each running every block.
-                    kb.for_share(chunks, |kb, chunk_index| {
-                        let chunk = Chunk { index: chunk_index, size: chunk_size };
-                        kb.for_range(self.blocking.full_blocks, |kb, ob| {
-                            let block = self.blocking.full_block(kb, &bases, k, ob);
-                            self.emit_pixels(kb, &reduction, in_g, &block, chunk, epilogue);
-                        });
-                        if self.blocking.tail_vectors > 0 {
-                            let block = self.blocking.tail_block(kb, &bases, k);
-                            self.emit_pixels(kb, &reduction, in_g, &block, chunk, epilogue);
-                        }
-                    });
-                } else {
-                    // One pass over the weights: the parts share the blocks of output
-                    // channels, each cut into `pieces` runs of pixels so that the share
-                    // stays even when the blocks are few (two parts over 2 blocks and a
-                    // tail once got 48 and 80 channels). A part reads a block's weights
-                    // once, a block split between two parts is read by both.
-                    let (pieces, size) = block_pieces(chunk_size);
-                    kb.for_share(self.blocking.full_blocks * pieces, |kb, i| {
-                        let ob = kb.fb.ins().udiv_imm_u(i, pieces as i64);
-                        let piece = kb.fb.ins().urem_imm_u(i, pieces as i64);
+            let (chunks, chunk_size) = self.chunking();
+            if chunks > 1 {
+                // The parts share the chunks of pixels, each running every block.
+                kb.for_share(chunks, |kb, chunk_index| {
+                    let chunk = Chunk { index: chunk_index, size: chunk_size };
+                    kb.for_range(self.blocking.full_blocks, |kb, ob| {
                         let block = self.blocking.full_block(kb, &bases, k, ob);
-                        self.emit_pixels(kb, &reduction, in_g, &block, Chunk { index: piece, size }, epilogue);
+                        self.emit_pixels(kb, &reduction, in_g, &block, chunk, epilogue);
                     });
                     if self.blocking.tail_vectors > 0 {
-                        kb.for_share(pieces, |kb, piece| {
-                            let block = self.blocking.tail_block(kb, &bases, k);
-                            self.emit_pixels(kb, &reduction, in_g, &block, Chunk { index: piece, size }, epilogue);
-                        });
+                        let block = self.blocking.tail_block(kb, &bases, k);
+                        self.emit_pixels(kb, &reduction, in_g, &block, chunk, epilogue);
                     }
+                });
+            } else {
+                // One pass over the weights: the parts share the blocks of output
+                // channels, each cut into `pieces` runs of pixels so that the share
+                // stays even when the blocks are few (two parts over 2 blocks and a
+                // tail once got 48 and 80 channels). A part reads a block's weights
+                // once, a block split between two parts is read by both.
+                let (pieces, size) = block_pieces(chunk_size);
+                kb.for_share(self.blocking.full_blocks * pieces, |kb, i| {
+                    let ob = kb.fb.ins().udiv_imm_u(i, pieces as i64);
+                    let piece = kb.fb.ins().urem_imm_u(i, pieces as i64);
+                    let block = self.blocking.full_block(kb, &bases, k, ob);
+                    self.emit_pixels(kb, &reduction, in_g, &block, Chunk { index: piece, size }, epilogue);
+                });
+                if self.blocking.tail_vectors > 0 {
+                    kb.for_share(pieces, |kb, piece| {
+                        let block = self.blocking.tail_block(kb, &bases, k);
+                        self.emit_pixels(kb, &reduction, in_g, &block, Chunk { index: piece, size }, epilogue);
+                    });
                 }
-            });
-            if self.copied() && s.batch > 1 {
-                // The next batch element's padded copy overwrites the scratch buffer.
-                kb.sync();
             }
         });
     }
@@ -878,6 +979,45 @@ impl ConvKernel {
         });
     }
 
+    /// Copies one batch element's input into the scratch buffer as the integer tiles'
+    /// pair planes (`int8`; this part's share of the pairs, zero borders: the offset of
+    /// the real 0), and returns whether any part met a NaN (`int8::any_part_saw_nan`,
+    /// which waits for every part's copy).
+    fn emit_pair_copy(&self, kb: &mut Kb, x_n: Value, scratch: Value, slots: Value) -> Value {
+        let Precision::Int8(input) = self.precision else { unreachable!("the integer tiles run int8 layers") };
+        let s = &self.shape;
+        let p = self.conv.pad;
+        let (hp, wp) = self.padded_hw();
+        let pairs = s.in_channels.div_ceil(2);
+        let plane = (s.in_h * s.in_w * 4) as i64;
+        let nan = int8::nan_seen(kb);
+        kb.for_share(pairs, |kb, pair| {
+            let low = kb.index(x_n, pair, 2 * plane);
+            let high = if s.in_channels % 2 == 1 {
+                // The odd last channel is paired with itself (its partner's weights are 0).
+                let last = kb.fb.ins().icmp_imm_u(IntCC::Equal, pair, pairs as i64 - 1);
+                let next = kb.offset(low, plane);
+                kb.fb.ins().select(last, low, next)
+            } else {
+                kb.offset(low, plane)
+            };
+            let dst_plane = kb.index(scratch, pair, (hp * wp * 4) as i64);
+            if !self.padded() {
+                int8::copy_pairs(kb, input, (low, high), dst_plane, s.in_h * s.in_w, nan);
+                return;
+            }
+            kb.zero_floats(dst_plane, hp * wp);
+            let dst_plane = kb.offset(dst_plane, ((p.top * wp + p.left) * 4) as i64);
+            kb.for_range(s.in_h, |kb, row| {
+                let low = kb.index(low, row, (s.in_w * 4) as i64);
+                let high = kb.index(high, row, (s.in_w * 4) as i64);
+                let dst = kb.index(dst_plane, row, (wp * 4) as i64);
+                int8::copy_pairs(kb, input, (low, high), dst, s.in_w, nan);
+            });
+        });
+        int8::any_part_saw_nan(kb, nan, slots)
+    }
+
     /// Runs a block over a chunk of the group's output pixels, tile by tile.
     fn emit_pixels(&self, kb: &mut Kb, reduction: &Reduction, in_g: Value, block: &Block, chunk: Chunk, ep: &Epilogue) {
         let s = &self.shape;
@@ -910,6 +1050,14 @@ impl ConvKernel {
             });
         }
     }
+}
+
+/// Where a convolution's outputs go: the output (and residual) of the batch's first
+/// channel, and the epilogue.
+struct Outputs<'e> {
+    out: Value,
+    residual: Option<Value>,
+    epilogue: &'e Epilogue,
 }
 
 /// Runs of pixels per block when the parts share the blocks: up to `BLOCK_PIECES` runs
@@ -1006,6 +1154,8 @@ pub(crate) struct LinearKernel {
     /// bf16 or int8: the weights packed rounded or quantized, the input rounded or
     /// quantized into the scratch buffer first (as `ConvKernel::precision`).
     precision: Precision,
+    /// int8 on the AVX2 integer tiles (as `ConvKernel::int8_pairs`).
+    int8_pairs: Option<usize>,
     /// The packed weights and bias, little-endian f32.
     pub data: Vec<u8>,
 }
@@ -1030,16 +1180,63 @@ impl LinearKernel {
         };
         let data = pack_operands(weight, bias, 1, in_features, blocking, precision);
         let bias_start = blocking.group_lanes() * in_features;
-        LinearKernel { batch, tile_width, simd, in_features, out_features, blocking, bias_start, precision, data }
+        let int8_pairs = None;
+        LinearKernel {
+            batch,
+            tile_width,
+            simd,
+            in_features,
+            out_features,
+            blocking,
+            bias_start,
+            precision,
+            int8_pairs,
+            data,
+        }
     }
 
-    /// Scratch bytes for the rounded or quantized copy of the input.
+    /// Whether an int8 linear layer runs on the AVX2 integer tiles: 4 input features or
+    /// more (as convs, [`ConvKernel::int8_tiles_apply`]).
+    pub fn int8_tiles_apply(in_features: usize) -> bool {
+        in_features >= 4
+    }
+
+    /// This int8 kernel (made with the AVX2 tiles) on the integer tiles, given the same
+    /// weights and bias again; it keeps the f32 tiles' data for inputs with a NaN. Each
+    /// row of the input is quantized into scratch as i16 offsets in order (a row of
+    /// pairs of features; a zero after an odd last one).
+    pub fn with_int8_tiles(mut self, weight: &[f32], bias: Option<&[f32]>) -> LinearKernel {
+        let Precision::Int8(input) = self.precision else {
+            panic!("internal error: the integer tiles run int8 layers only");
+        };
+        assert!(self.simd == Some(Simd::Avx2) && LinearKernel::int8_tiles_apply(self.in_features));
+        let (integers, scales) = crate::precision::quantize_weights(weight, self.out_features);
+        let m = crate::precision::output_scales(input, &scales);
+        let pairs = int8::pack_pairs(&integers, &m, bias, self.in_features, 1, self.blocking);
+        self.int8_pairs = Some(pairs.len());
+        self.data = [pairs, std::mem::take(&mut self.data)].concat();
+        self
+    }
+
+    /// Scratch bytes for the rounded or quantized copy of the input; with the integer
+    /// tiles, then the parts' NaN flags.
     pub fn scratch_bytes(&self) -> usize {
-        if self.precision != Precision::F32 { 4 * self.batch * self.in_features } else { 0 }
+        match (self.precision, self.int8_pairs) {
+            (Precision::F32, _) => 0,
+            (_, Some(_)) => self.nan_slots() + 4 * super::super::codegen::MAX_PARTS,
+            _ => 4 * self.batch * self.in_features,
+        }
     }
 
-    fn reduction(&self) -> Reduction {
-        Reduction { count: self.in_features, in_step: 4, taps: vec![0] }
+    /// Where the NaN flags start in the scratch buffer, after the f32 copy.
+    fn nan_slots(&self) -> usize {
+        (4 * self.batch * self.in_features).div_ceil(64) * 64
+    }
+
+    fn reduction(&self, operands: Operands) -> Reduction {
+        let pairs = operands == Operands::Int8Pairs;
+        let count = if pairs { self.in_features.div_ceil(2) } else { self.in_features };
+        Reduction { count, in_step: 4, taps: vec![0], int8_pairs: pairs }
     }
 
     /// The algorithm, for profiles: `tiled` when the machine-code micro-kernels run it.
@@ -1048,6 +1245,7 @@ impl LinearKernel {
         let operands = match self.precision {
             Precision::F32 => "",
             Precision::Bf16 => ", bf16 operands",
+            Precision::Int8(_) if self.int8_pairs.is_some() && simd.is_some() => ", int8 integer tiles (vpmaddwd)",
             Precision::Int8(_) => ", int8 operands (as f32)",
         };
         format!("gemm, {}{operands}", block_text(self.blocking, self.tile_width.min(self.batch), simd))
@@ -1055,46 +1253,86 @@ impl LinearKernel {
 
     /// The micro-kernels the tiles of this layer can use.
     pub fn tile_specs(&self) -> Vec<Ukernel> {
-        let reduction = self.reduction();
+        let reduction = self.reduction(Operands::Floats);
         let (pixels, stride) = (self.batch.min(self.tile_width), (self.in_features * 4) as i64);
         let Some(simd) = self.simd else { return Vec::new() };
-        self.blocking
-            .kinds()
-            .into_iter()
-            .map(|v| Ukernel::Tile(tile_spec(simd, &reduction, pixels, stride, v, None)))
-            .collect()
+        let kinds = self.blocking.kinds().into_iter();
+        let mut specs: Vec<Ukernel> =
+            kinds.clone().map(|v| Ukernel::Tile(tile_spec(simd, &reduction, pixels, stride, v, None))).collect();
+        if self.int8_pairs.is_some() {
+            let reduction = self.reduction(Operands::Int8Pairs);
+            let stride = (reduction.count * 4) as i64;
+            specs.extend(kinds.map(|v| Ukernel::Int8Tile(tile_spec(simd, &reduction, pixels, stride, v, None))));
+        }
+        specs
     }
 
     pub fn emit(&self, kb: &mut Kb, x: Loc, out: Loc, residual: Option<Loc>, scratch: Loc, epilogue: &Epilogue) {
         let k = self.in_features;
-        let reduction = self.reduction();
-        let mut x_base = kb.addr(x);
-        if self.precision != Precision::F32 {
+        let x_base = kb.addr(x);
+        let scratch_base = kb.addr(scratch);
+        let outputs = Outputs { out: kb.addr(out), residual: residual.map(|r| kb.addr(r)), epilogue };
+        let data = kb.data();
+        let float_copy = |kb: &mut Kb| {
             // The parts round (or quantize) a share of the rows each, then all read all
             // of them.
-            let scratch_base = kb.addr(scratch);
             kb.for_share(self.batch, |kb, row| {
                 let src = kb.index(x_base, row, (k * 4) as i64);
                 let dst = kb.index(scratch_base, row, (k * 4) as i64);
                 copy_operand(kb, self.precision, src, dst, k);
             });
             kb.sync();
-            x_base = scratch_base;
+        };
+        match (self.precision, self.int8_pairs) {
+            (Precision::F32, _) => self.emit_rows(kb, Operands::Floats, data, x_base, &outputs),
+            (Precision::Int8(input), Some(pairs_bytes)) => {
+                // The rows as i16 offsets, `ceil(k / 2)` words each.
+                let row_bytes = (k.div_ceil(2) * 4) as i64;
+                let nan = int8::nan_seen(kb);
+                kb.for_share(self.batch, |kb, row| {
+                    let src = kb.index(x_base, row, (k * 4) as i64);
+                    let dst = kb.index(scratch_base, row, row_bytes);
+                    int8::copy_row(kb, input, src, dst, k, nan);
+                });
+                let slots = kb.offset(scratch_base, self.nan_slots() as i64);
+                let nan = int8::any_part_saw_nan(kb, nan, slots);
+                let floats = kb.offset(data, pairs_bytes as i64);
+                kb.when_else(
+                    nan,
+                    |kb| {
+                        // A NaN in the input: the f32 tiles, which keep it.
+                        float_copy(kb);
+                        self.emit_rows(kb, Operands::Floats, floats, scratch_base, &outputs);
+                    },
+                    |kb| self.emit_rows(kb, Operands::Int8Pairs, data, scratch_base, &outputs),
+                );
+            }
+            _ => {
+                float_copy(kb);
+                self.emit_rows(kb, Operands::Floats, data, scratch_base, &outputs);
+            }
         }
-        let out_base = kb.addr(out);
-        let residual_base = residual.map(|r| kb.addr(r));
-        let data = kb.data();
+    }
+
+    /// Runs every block of output features over the rows at `x_base` (the input or its
+    /// copy), with the tiles of `operands` and their packed data at `data`.
+    fn emit_rows(&self, kb: &mut Kb, operands: Operands, data: Value, x_base: Value, outputs: &Outputs) {
+        let reduction = self.reduction(operands);
+        let k = reduction.count;
+        let bias_start =
+            if operands == Operands::Int8Pairs { self.blocking.group_lanes() * k } else { self.bias_start };
         // A row per batch element: the features of one output are 4 bytes apart.
         let bases = BlockBases {
             weights: data,
-            bias: kb.offset(data, self.bias_start as i64 * 4),
-            out: out_base,
-            residual: residual_base,
+            bias: kb.offset(data, bias_start as i64 * 4),
+            out: outputs.out,
+            residual: outputs.residual,
             channel_bytes: 4,
             requant: self.precision.is_int8().then_some((self.blocking.group_lanes() * 4) as i64),
         };
         let in_stride = (k * 4) as i64;
         let out_stride = (self.out_features * 4) as i64;
+        let epilogue = outputs.epilogue;
         let run = |kb: &mut Kb, block: &Block| {
             let line = Line { count: self.batch, width: self.tile_width, in_stride, out_stride };
             emit_line(kb, line, x_base, None, |kb, tile| emit_tile(kb, &reduction, &tile, block, 4, epilogue, None));

@@ -13,6 +13,7 @@ pub(crate) mod depthwise;
 pub(crate) mod elementwise;
 #[cfg(test)]
 mod emulate;
+pub(crate) mod int8;
 pub(crate) mod movement;
 pub(crate) mod normalize;
 pub(crate) mod pointwise;

@@ -122,14 +122,14 @@ const ZMM: [AsmRegisterZmm; 32] = [
     zmm18, zmm19, zmm20, zmm21, zmm22, zmm23, zmm24, zmm25, zmm26, zmm27, zmm28, zmm29, zmm30, zmm31,
 ];
 
-const YMM: [AsmRegisterYmm; 16] =
+pub(super) const YMM: [AsmRegisterYmm; 16] =
     [ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14, ymm15];
 
-fn disp(bytes: i64) -> Result<i32, String> {
+pub(super) fn disp(bytes: i64) -> Result<i32, String> {
     i32::try_from(bytes).map_err(|_| format!("internal error: micro-kernel displacement {bytes} exceeds 32 bits"))
 }
 
-fn err(e: IcedError) -> String {
+pub(super) fn err(e: IcedError) -> String {
     format!("internal error: assembling a micro-kernel: {e}")
 }
 
@@ -1409,6 +1409,9 @@ fn assemble_depthwise_avx2(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Ukernel {
     Tile(TileSpec),
+    /// The AVX2 integer tile of an int8 layer (`int8`): a [`TileSpec`]'s geometry over
+    /// pairs of input channels.
+    Int8Tile(TileSpec),
     Pointwise(PointwiseSpec),
     Pool(PoolSpec),
     Depthwise(DepthwiseSpec),
@@ -1418,6 +1421,7 @@ impl Ukernel {
     pub fn fits(&self) -> bool {
         match self {
             Ukernel::Tile(spec) => spec.fits(),
+            Ukernel::Int8Tile(spec) => super::int8::fits(spec),
             Ukernel::Pointwise(spec) => spec.fits(),
             Ukernel::Pool(spec) => spec.fits(),
             Ukernel::Depthwise(spec) => spec.fits(),
@@ -1427,6 +1431,7 @@ impl Ukernel {
     pub fn assemble(&self) -> Result<Vec<u8>, String> {
         match self {
             Ukernel::Tile(spec) => assemble(spec),
+            Ukernel::Int8Tile(spec) => super::int8::assemble(spec),
             Ukernel::Pointwise(spec) => assemble_pointwise(spec),
             Ukernel::Pool(spec) => assemble_pool(spec),
             Ukernel::Depthwise(spec) => assemble_depthwise(spec),
@@ -1437,7 +1442,7 @@ impl Ukernel {
     /// residual)`, `(from, to)` or `(origin, weights, out, residual)`.
     pub fn arguments(&self) -> usize {
         match self {
-            Ukernel::Tile(_) => 4,
+            Ukernel::Tile(_) | Ukernel::Int8Tile(_) => 4,
             Ukernel::Pointwise(_) => 5,
             Ukernel::Pool(_) => 2,
             Ukernel::Depthwise(_) => 4,

@@ -1,0 +1,305 @@
+//! The integer micro-kernel of int8 convolutions and linear layers on AVX2 (x86-64-v3):
+//! exact integer
+//! sums, so the layer computes bit for bit what the interpreter's simulation computes
+//! (`crate::precision`), with no limit on the partial sums but i32's.
+//!
+//! The operands are 16-bit integers taken two input channels at a time. The layer's
+//! input is copied into the scratch buffer as *pair planes*: plane `j` holds, per padded
+//! pixel, a 32-bit word whose low half is channel `2j`'s offset `q_x - zp` and whose high
+//! half is channel `2j + 1`'s, both i16 in [-255, 255] (an odd last channel is paired
+//! with itself; its partner's weights are 0). A pair plane has the byte geometry of one
+//! f32 channel plane, so the tiles walk it exactly as the f32 direct tiles walk the f32
+//! copy (`conv`): `ceil(C / 2)` steps instead of `C`, the same taps, pixels and strides.
+//! The weights are packed the same way, `[pair][tap][lane]` with a word per lane holding
+//! the s8 weights of the two channels as i16, then three regions laid out as the f32
+//! tiles' bias: zeros, the factors `m[c]` and the bias. A linear layer is the 1x1 case
+//! over rows: each row of its input is copied as its i16 offsets in order (`copy_row`;
+//! word `j` holds features `2j` and `2j + 1`, a zero after an odd last one), and the
+//! weights take half the bytes of f32's (VGG-16's 25088 x 4096 `classifier.0`, bound by
+//! reading them: 48 to 18 ms).
+//!
+//! One tile: `pixels x vectors` ymm accumulators of 8 i32 (8 output channels), zeroed;
+//! per step and tap, the weight vectors are loaded, each pixel's word is broadcast
+//! (`vpbroadcastd`), and `vpmaddwd` multiplies the 16 i16 pairs and adds each pair's two
+//! products into an i32 (at most 2 x 255 x 127 in magnitude, exact), which `vpaddd` adds
+//! to the accumulator (exact: the layer's reduction is at most `INT8_MAX_REDUCTION`).
+//! `vpmaddubsw` (u8 x s8, faster) is not used: its i16 pair sums saturate (2 x 255 x
+//! 127 is over 32767). At the end, `vcvtdq2ps` rounds each sum to f32 (to nearest even, as the
+//! simulation's `f32(acc)`), and the tile is stored pixel-major to the tile buffer as
+//! the f32 tiles store theirs; the conv kernel's store then computes `f32(acc * m[c]) +
+//! bias[c]` (two roundings) and the epilogue.
+//!
+//! NaN: no integer holds one, and the simulation makes every output that reads a NaN a
+//! NaN. The quantizing copy notes whether it met a NaN (each part its share, in a flag
+//! slot per part after the copy); if any part did, that batch element (a linear layer:
+//! the whole batch) runs on the f32
+//! direct tiles fed the integers (exact too, and NaN-keeping), whose packed weights the
+//! kernel also holds.
+//!
+//! Where it runs: int8 conv layers with one group and at least 4 input channels, and
+//! int8 linear layers of at least 4 input features, on AVX2 hosts (`codegen`,
+//! `ConvKernel::int8_tiles_apply`, `LinearKernel::int8_tiles_apply`). Grouped and
+//! depthwise int8 layers, those of 1 to 3 input channels or features, and every int8
+//! layer on AVX-512 hosts run on the f32 direct tiles fed the integers.
+
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
+use cranelift_frontend::Variable;
+use iced_x86::code_asm::*;
+
+use super::conv::{Blocking, channel_region};
+use super::x86::{Simd, TileSpec, YMM, disp, err};
+use super::{F32, I32, Kb};
+use crate::precision::Int8Input;
+
+/// Bytes of one ymm register.
+const VECTOR_BYTES: i64 = 32;
+
+/// Whether the integer tile of `spec` fits AVX2's registers: the f32 tile's accumulators
+/// and weight vectors, a broadcast register and a product register.
+pub(super) fn fits(spec: &TileSpec) -> bool {
+    spec.simd == Simd::Avx2 && !spec.bf16 && spec.fits()
+}
+
+/// Assembles the integer tile of `spec` (`x86::Ukernel::Int8Tile`): the signature and
+/// geometry of the f32 tiles (`x86`), `steps` pairs of input channels; the bias argument
+/// is not read (the sums start at 0).
+pub(super) fn assemble(spec: &TileSpec) -> Result<Vec<u8>, String> {
+    assert!(fits(spec), "int8 micro-kernel tile does not fit the registers: {spec:?}");
+    let mut a = CodeAssembler::new(64).map_err(err)?;
+    let (p_count, v_count) = (spec.pixels, spec.vectors);
+    let acc = |p: usize, v: usize| YMM[p * v_count + v];
+    let weight = |v: usize| YMM[p_count * v_count + v];
+    let x = YMM[p_count * v_count + v_count];
+    let product = YMM[p_count * v_count + v_count + 1];
+    let tap_bytes = v_count as i64 * VECTOR_BYTES;
+    let step_bytes = tap_bytes * spec.taps.len() as i64;
+
+    for p in 0..p_count {
+        for v in 0..v_count {
+            a.vpxor(acc(p, v), acc(p, v), acc(p, v)).map_err(err)?;
+        }
+    }
+    // One step (a pair of input channels): per tap, the weight vectors, then per pixel
+    // a broadcast word and its multiply-adds; `u` steps past the current pointers.
+    let step = |a: &mut CodeAssembler, u: i64| -> Result<(), String> {
+        for (t, &tap) in spec.taps.iter().enumerate() {
+            let w_offset = u * step_bytes + t as i64 * tap_bytes;
+            for v in 0..v_count {
+                a.vmovdqu(weight(v), ymmword_ptr(rsi + disp(w_offset + VECTOR_BYTES * v as i64)?)).map_err(err)?;
+            }
+            for p in 0..p_count {
+                let offset = u * spec.in_step + tap + p as i64 * spec.pixel_stride;
+                a.vpbroadcastd(x, dword_ptr(rdi + disp(offset)?)).map_err(err)?;
+                for v in 0..v_count {
+                    a.vpmaddwd(product, weight(v), x).map_err(err)?;
+                    a.vpaddd(acc(p, v), acc(p, v), product).map_err(err)?;
+                }
+            }
+        }
+        Ok(())
+    };
+    // Steps unrolled so that an iteration has at least 4 taps, as the f32 tiles.
+    let unroll = 4usize.div_ceil(spec.taps.len()).clamp(1, spec.steps.max(1));
+    let iterations = spec.steps / unroll;
+    if iterations > 0 {
+        a.mov(r8, iterations as u64).map_err(err)?;
+        let mut head = a.create_label();
+        a.set_label(&mut head).map_err(err)?;
+        for u in 0..unroll {
+            step(&mut a, u as i64)?;
+        }
+        a.add(rdi, disp(unroll as i64 * spec.in_step)?).map_err(err)?;
+        a.add(rsi, disp(unroll as i64 * step_bytes)?).map_err(err)?;
+        a.dec(r8).map_err(err)?;
+        a.jnz(head).map_err(err)?;
+    }
+    for u in 0..spec.steps % unroll {
+        step(&mut a, u as i64)?;
+    }
+    for p in 0..p_count {
+        for v in 0..v_count {
+            let offset = (p * v_count + v) as i64 * VECTOR_BYTES;
+            a.vcvtdq2ps(acc(p, v), acc(p, v)).map_err(err)?;
+            a.vmovups(ymmword_ptr(rcx + disp(offset)?), acc(p, v)).map_err(err)?;
+        }
+    }
+    a.vzeroupper().map_err(err)?;
+    a.ret().map_err(err)?;
+    a.assemble(0).map_err(err)
+}
+
+/// The packed data of the integer tiles of a one-group convolution: its weights'
+/// integers (`[out][in_channels * taps]`, as f32) in pairs of input channels, then a
+/// zero region, the factors `m[c]` and the bias, each laid out as the f32 tiles' bias;
+/// padded to 64 bytes. `m` has one factor per output channel.
+pub(super) fn pack_pairs(
+    integers: &[f32],
+    m: &[f32],
+    bias: Option<&[f32]>,
+    in_channels: usize,
+    taps: usize,
+    blocking: Blocking,
+) -> Vec<u8> {
+    let k = in_channels * taps;
+    let out_channels = integers.len() / k.max(1);
+    let pairs = in_channels.div_ceil(2);
+    let mut packed: Vec<u8> = Vec::with_capacity(4 * blocking.group_lanes() * (pairs * taps + 3) + 64);
+    let as_i16 = |w: f32| u32::from(w as i16 as u16);
+    for (first, lanes) in blocking.blocks() {
+        let rows: Vec<Option<&[f32]>> =
+            (first..first + lanes).map(|oc| (oc < out_channels).then(|| &integers[oc * k..][..k])).collect();
+        for pair in 0..pairs {
+            for tap in 0..taps {
+                for row in &rows {
+                    let word = row.map_or(0, |r| {
+                        let low = as_i16(r[2 * pair * taps + tap]);
+                        let high = if 2 * pair + 1 < in_channels { as_i16(r[(2 * pair + 1) * taps + tap]) } else { 0 };
+                        low | high << 16
+                    });
+                    packed.extend_from_slice(&word.to_le_bytes());
+                }
+            }
+        }
+    }
+    packed.extend(channel_region(None, 1, out_channels, blocking));
+    packed.extend(channel_region(Some(m), 1, out_channels, blocking));
+    packed.extend(channel_region(bias, 1, out_channels, blocking));
+    packed.resize(packed.len().div_ceil(64) * 64, 0);
+    packed
+}
+
+/// `q_x - zp` of an F32 or F32X4 input `x` (`Int8Input::offset`: a division, rounding
+/// half to even, the zero point added, a clamp to [0, 255] that keeps NaN, the zero
+/// point taken off), as f32.
+pub(super) fn offset(kb: &mut Kb, input: Int8Input, ty: Type, x: Value) -> Value {
+    let scale = kb.constant(ty, input.scale());
+    let zero_point = kb.constant(ty, input.zero_point() as f32);
+    let (low, high) = (kb.constant(ty, 0.0), kb.constant(ty, 255.0));
+    let q = kb.fb.ins().fdiv(x, scale);
+    let q = kb.fb.ins().nearest(q);
+    let q = kb.fb.ins().fadd(q, zero_point);
+    // Cranelift's fmax and fmin return NaN when either operand is NaN.
+    let q = kb.fb.ins().fmax(q, low);
+    let q = kb.fb.ins().fmin(q, high);
+    kb.fb.ins().fsub(q, zero_point)
+}
+
+/// A variable that collects, lane by lane, whether the quantizing copy met a NaN.
+pub(super) fn nan_seen(kb: &mut Kb) -> Variable {
+    let var = kb.fb.declare_var(types::I32X4);
+    let zero = kb.fb.ins().iconst(I32, 0);
+    let zero = kb.fb.ins().splat(types::I32X4, zero);
+    kb.fb.def_var(var, zero);
+    var
+}
+
+/// Quantizes `count` values of two input channels, `low` and `high` (addresses; equal
+/// for an odd last channel), into the words of a pair plane at `dst`, noting NaNs in
+/// `nan`.
+///
+/// Each offset is `Int8Input::offset`'s, computed in integers after the rounding:
+/// `clamp(sat_i32(round_half_even(x / scale)), -zp, 255 - zp)`. The same value: where
+/// `|round(x / scale)| < 2^24` the f32 sum `round(x / scale) + zp` is exact, and beyond
+/// it (infinities included) both forms clamp to the bound of its sign; a NaN becomes 0
+/// here, and is noted, for the f32 tiles to take the batch element. The integer clamp
+/// (`pmaxsd`, `pminsd`) is much shorter than Cranelift's NaN-keeping `fmax` and `fmin`.
+pub(super) fn copy_pairs(
+    kb: &mut Kb,
+    input: Int8Input,
+    (low, high): (Value, Value),
+    dst: Value,
+    count: usize,
+    nan: Variable,
+) {
+    let flags = MemFlagsData::new();
+    kb.map_floats(count, &[low, high], dst, |kb, ty, values| {
+        let int_ty = if ty == F32 { I32 } else { types::I32X4 };
+        let halves = [values[0], values[1]].map(|x| quantize(kb, input, x, nan));
+        let mask = kb.fb.ins().iconst(I32, 0xffff);
+        let mask = if ty == F32 { mask } else { kb.fb.ins().splat(int_ty, mask) };
+        let low = kb.fb.ins().band(halves[0], mask);
+        let high = kb.fb.ins().ishl_imm_u(halves[1], 16);
+        let word = kb.fb.ins().bor(low, high);
+        kb.fb.ins().bitcast(ty, flags, word)
+    });
+}
+
+/// The offset `q_x - zp` of an F32 or F32X4 input `x` as an I32 or I32X4 (see
+/// [`copy_pairs`]), noting a NaN in `nan`.
+fn quantize(kb: &mut Kb, input: Int8Input, x: Value, nan: Variable) -> Value {
+    let ty = kb.fb.func.dfg.value_type(x);
+    let int_ty = if ty == F32 { I32 } else { types::I32X4 };
+    let int_constant = |kb: &mut Kb, value: i64| {
+        let scalar = kb.fb.ins().iconst(I32, value);
+        if ty == F32 { scalar } else { kb.fb.ins().splat(int_ty, scalar) }
+    };
+    let zero_point = i64::from(input.zero_point());
+    let (least, most) = (int_constant(kb, -zero_point), int_constant(kb, 255 - zero_point));
+    let scale = kb.constant(ty, input.scale());
+    let lanes = if ty == F32 { kb.fb.ins().splat(types::F32X4, x) } else { x };
+    let is_nan = kb.fb.ins().fcmp(FloatCC::Unordered, lanes, lanes);
+    let seen = kb.fb.use_var(nan);
+    let seen = kb.fb.ins().bor(seen, is_nan);
+    kb.fb.def_var(nan, seen);
+    let q = kb.fb.ins().fdiv(x, scale);
+    let q = kb.fb.ins().nearest(q);
+    let q = kb.fb.ins().fcvt_to_sint_sat(int_ty, q);
+    let q = kb.fb.ins().smax(q, least);
+    kb.fb.ins().smin(q, most)
+}
+
+/// Quantizes a row of `count` values at `src` into `count` i16 offsets at `dst`, in
+/// order (so word `j` is the pair of values `2j`, `2j + 1`, as the integer tiles of a
+/// linear layer read them), and a zero after an odd last one; NaNs noted in `nan`.
+pub(super) fn copy_row(kb: &mut Kb, input: Int8Input, src: Value, dst: Value, count: usize, nan: Variable) {
+    kb.for_range(count / 8, |kb, i| {
+        let from = kb.index(src, i, 32);
+        let to = kb.index(dst, i, 16);
+        let low = kb.load(types::F32X4, from, 0);
+        let high = kb.load(types::F32X4, from, 16);
+        let low = quantize(kb, input, low, nan);
+        let high = quantize(kb, input, high, nan);
+        // Offsets in [-255, 255]: the narrowing never saturates.
+        let words = kb.fb.ins().snarrow(low, high);
+        kb.store(words, to, 0);
+    });
+    for i in count / 8 * 8..count {
+        let x = kb.load(F32, src, 4 * i as i64);
+        let q = quantize(kb, input, x, nan);
+        let q = kb.fb.ins().ireduce(types::I16, q);
+        kb.store(q, dst, 2 * i as i64);
+    }
+    if count % 2 == 1 {
+        let zero = kb.fb.ins().iconst(types::I16, 0);
+        kb.store(zero, dst, 2 * count as i64);
+    }
+}
+
+/// Publishes whether this part's copy met a NaN (`nan`) in its slot of `slots` (one i32
+/// per part), waits for every part, and returns whether any part met one (an `icmp`
+/// result, the same in every part). Each part writes its own slot each time, so the
+/// slots need no reset; the next writes come after the barrier that ends the batch
+/// element or the kernel.
+pub(super) fn any_part_saw_nan(kb: &mut Kb, nan: Variable, slots: Value) -> Value {
+    let seen = kb.fb.use_var(nan);
+    let seen = kb.fb.ins().vany_true(seen);
+    let seen = kb.fb.ins().uextend(I32, seen);
+    let part = kb.part;
+    let slot = kb.index(slots, part, 4);
+    kb.store(seen, slot, 0);
+    kb.sync();
+    let any = kb.fb.declare_var(I32);
+    let zero = kb.fb.ins().iconst(I32, 0);
+    kb.fb.def_var(any, zero);
+    let parts = kb.parts;
+    kb.for_dynamic(parts, |kb, i| {
+        let slot = kb.index(slots, i, 4);
+        let flag = kb.load(I32, slot, 0);
+        let so_far = kb.fb.use_var(any);
+        let so_far = kb.fb.ins().bor(so_far, flag);
+        kb.fb.def_var(any, so_far);
+    });
+    let any = kb.fb.use_var(any);
+    kb.fb.ins().icmp_imm_u(IntCC::NotEqual, any, 0)
+}
