@@ -256,6 +256,13 @@ fn bad_inputs_and_weights_exit_1_with_a_message() {
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(stderr.contains(expected), "{args:?}: expected `{expected}` in\n{stderr}");
     }
+    // An image for an input that is not one ([C, L] here): its shape, and what to give.
+    let rank3 = dir.join("rank3.cnn");
+    std::fs::write(&rank3, "network r {\n    input x: [4, 10]\n    relu\n}\n").unwrap();
+    let out = cnnc(&["run", rank3.to_str().unwrap(), "--random-weights", "--input", "examples/digits/3.png"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("per item, not an image ([C, H, W]): give it as a .npy file"), "{stderr}");
     std::fs::remove_dir_all(dir).ok();
 }
 

@@ -99,7 +99,11 @@ pub(super) fn read_inputs(
             cnnc::io::conform_input(tensor, chw).map_err(|e| located(&e))?
         } else {
             if chw.len() != 3 {
-                return Err(located(&format!("input `{name}` is {} values per item, not an image", chw[0])));
+                let dims: Vec<String> = chw.iter().map(usize::to_string).collect();
+                return Err(located(&format!(
+                    "input `{name}` is [{}] per item, not an image ([C, H, W]): give it as a .npy file",
+                    dims.join(", ")
+                )));
             }
             let c = chw[0];
             // ImageNet's statistics for RGB; other channel counts are only scaled to [0, 1].

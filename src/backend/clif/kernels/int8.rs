@@ -48,7 +48,7 @@ use cranelift_frontend::Variable;
 use iced_x86::code_asm::*;
 
 use super::conv::{Blocking, channel_region};
-use super::x86::{Simd, TileSpec, YMM, disp, err};
+use super::x86::{Simd, TileSpec, YMM, disp, emit_steps, err};
 use super::{F32, I32, Kb};
 use crate::precision::Int8Input;
 
@@ -99,24 +99,8 @@ pub(super) fn assemble(spec: &TileSpec) -> Result<Vec<u8>, String> {
         }
         Ok(())
     };
-    // Steps unrolled so that an iteration has at least 4 taps, as the f32 tiles.
-    let unroll = 4usize.div_ceil(spec.taps.len()).clamp(1, spec.steps.max(1));
-    let iterations = spec.steps / unroll;
-    if iterations > 0 {
-        a.mov(r8, iterations as u64).map_err(err)?;
-        let mut head = a.create_label();
-        a.set_label(&mut head).map_err(err)?;
-        for u in 0..unroll {
-            step(&mut a, u as i64)?;
-        }
-        a.add(rdi, disp(unroll as i64 * spec.in_step)?).map_err(err)?;
-        a.add(rsi, disp(unroll as i64 * step_bytes)?).map_err(err)?;
-        a.dec(r8).map_err(err)?;
-        a.jnz(head).map_err(err)?;
-    }
-    for u in 0..spec.steps % unroll {
-        step(&mut a, u as i64)?;
-    }
+    // The steps unrolled and looped as the f32 tiles'.
+    emit_steps(&mut a, spec, step_bytes, &step)?;
     for p in 0..p_count {
         for v in 0..v_count {
             let offset = (p * v_count + v) as i64 * VECTOR_BYTES;
