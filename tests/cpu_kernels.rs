@@ -406,6 +406,18 @@ fn check_scaled(source: &str, batch: usize, winograd_shape: bool, depthwise: boo
     Ok(())
 }
 
+/// [`check_scaled`] at input scales 1 and 200 (past exp's clamps for sigmoid and silu),
+/// panicking on a failure; then the optimized graph, for assertions on the kernels chosen.
+fn check_at_two_scales(source: &str, batch: usize, depthwise: bool) -> Graph {
+    if let Err(e) = check_source(source, batch, false, depthwise) {
+        panic!("{e}");
+    }
+    if let Err(e) = check_scaled(source, batch, false, depthwise, 200.0) {
+        panic!("input times 200: {e}");
+    }
+    optimized_graph(source, batch).unwrap()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(256),
@@ -477,16 +489,10 @@ fn depthwise_layers_fuse_any_epilogue() {
     ];
     for (body, batch) in programs {
         let source = format!("network dw {{\n    {body}\n}}\n");
-        if let Err(e) = check_source(&source, batch, false, true) {
-            panic!("{e}");
-        }
-        if let Err(e) = check_scaled(&source, batch, false, true, 200.0) {
-            panic!("input times 200: {e}");
-        }
+        let graph = check_at_two_scales(&source, batch, true);
         // Where the host has AVX-512 or AVX2, the layer runs on that ISA's depthwise
         // bands (by default, and the AVX2 ones at x86-64-v3 on an AVX-512 host too), with
         // the epilogue in registers exactly when it is made of relus and a residual.
-        let graph = optimized_graph(&source, batch).unwrap();
         for (isa, algorithm) in first_kernel_per_host_isa(&graph) {
             assert!(algorithm.starts_with(&format!("depthwise, {isa} bands")), "{algorithm}\n{source}");
             // AVX-512 runs relus in registers, AVX2 also leaky relu, the clamps, the
@@ -518,13 +524,7 @@ fn pointwise_layers_run_on_the_pixel_tiles() {
     ];
     for (body, batch) in programs {
         let source = format!("network pw {{\n    {body}\n}}\n");
-        if let Err(e) = check_source(&source, batch, false, false) {
-            panic!("{e}");
-        }
-        if let Err(e) = check_scaled(&source, batch, false, false, 200.0) {
-            panic!("input times 200: {e}");
-        }
-        let graph = optimized_graph(&source, batch).unwrap();
+        let graph = check_at_two_scales(&source, batch, false);
         for (isa, algorithm) in first_kernel_per_host_isa(&graph) {
             // Sigmoid and silu run in registers on AVX2 only.
             let tiles = isa == "AVX2" || !(body.contains("sigmoid") || body.contains("silu"));
@@ -546,13 +546,7 @@ fn direct_tiles_apply_sigmoid_and_silu_in_registers() {
     ];
     for (body, batch, in_registers) in programs {
         let source = format!("network direct {{\n    {body}\n}}\n");
-        if let Err(e) = check_source(&source, batch, false, false) {
-            panic!("{e}");
-        }
-        if let Err(e) = check_scaled(&source, batch, false, false, 200.0) {
-            panic!("input times 200: {e}");
-        }
-        let graph = optimized_graph(&source, batch).unwrap();
+        let graph = check_at_two_scales(&source, batch, false);
         for (isa, algorithm) in first_kernel_per_host_isa(&graph) {
             assert!(algorithm.starts_with("direct"), "{algorithm}\n{source}");
             let want = isa == "AVX2" && in_registers;
