@@ -37,6 +37,7 @@ use std::fmt;
 
 use crate::backend::clif::{CodegenOptions, CpuLevel};
 use crate::calibrate::Calibration;
+use crate::exec::median;
 use crate::ir::{Graph, NodeId};
 use crate::precision::Precision;
 use crate::tensor::{Tensor, argmax_rows, relative_l2};
@@ -383,16 +384,6 @@ fn kind_of(precision: Precision) -> Kind {
         Precision::Bf16 => Kind::Bf16,
         Precision::Int8(_) => Kind::Int8,
     }
-}
-
-/// The median of samples (sorted in place); 0 for none.
-fn median(samples: &mut [f64]) -> f64 {
-    if samples.is_empty() {
-        return 0.0;
-    }
-    samples.sort_by(f64::total_cmp);
-    let n = samples.len();
-    if n % 2 == 1 { samples[n / 2] } else { (samples[n / 2 - 1] + samples[n / 2]) / 2.0 }
 }
 
 /// Runs assignments of one graph on the calibration inputs and measures their error

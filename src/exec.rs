@@ -105,6 +105,17 @@ pub fn default_threads() -> usize {
 /// 0.4 M MACs take 30 microseconds on one core).
 pub const PARALLEL_MIN_MACS: u64 = 20_000_000;
 
+/// The median of timing samples (sorted in place); 0 for none. `bench` (cpu and gpu)
+/// and `--precision auto` report medians of runs.
+pub fn median(samples: &mut [f64]) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    match samples.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => samples[n / 2],
+        n => (samples[n / 2 - 1] + samples[n / 2]) / 2.0,
+    }
+}
+
 /// The CPU target's threads for a graph: as asked, else one per core for networks of
 /// at least [`PARALLEL_MIN_MACS`] multiply-adds and one below.
 pub fn threads_for(graph: &Graph, options: &ExecOptions) -> usize {

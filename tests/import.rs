@@ -454,6 +454,11 @@ mod torch_style {
             output: vec![info("logits", &[1, 5])],
             ..Default::default()
         };
+        opset17(graph)
+    }
+
+    /// `graph` as an IR-version-8, opset-17 model (what torch.onnx writes).
+    fn opset17(graph: GraphProto) -> ModelProto {
         ModelProto {
             ir_version: 8,
             opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 17, ..Default::default() }],
@@ -481,12 +486,7 @@ mod torch_style {
             output: vec![info("cw", &[2, 3, 4, 10]), info("ch", &[2, 3, 8, 5]), info("cl", &[2, 3, 18])],
             ..Default::default()
         };
-        ModelProto {
-            ir_version: 8,
-            opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 17, ..Default::default() }],
-            graph: Some(graph).into(),
-            ..Default::default()
-        }
+        opset17(graph)
     }
 }
 

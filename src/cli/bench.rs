@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use cnnc::exec::median;
 use cnnc::passes;
 
 use super::args::{
@@ -149,16 +150,6 @@ fn profile_cpu(
         }
     }
     Ok(())
-}
-
-/// The median of samples (sorted in place); 0 for none.
-fn median(samples: &mut [f64]) -> f64 {
-    if samples.is_empty() {
-        return 0.0;
-    }
-    samples.sort_by(f64::total_cmp);
-    let n = samples.len();
-    if n % 2 == 1 { samples[n / 2] } else { (samples[n / 2 - 1] + samples[n / 2]) / 2.0 }
 }
 
 impl Args {

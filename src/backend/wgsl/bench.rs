@@ -14,18 +14,9 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::runtime::{GpuOptions, TimestampMethod, TimestampQueries, adapter_features, compile_gpu_on, open_device};
+use crate::exec::median;
 use crate::ir::Graph;
 use crate::tensor::Tensor;
-
-/// The median of `values` (sorted in place); 0 when empty.
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
-}
 
 /// One dispatch's GPU time over the timed runs.
 #[derive(Clone, Debug, Serialize, Deserialize)]

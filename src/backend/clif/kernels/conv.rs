@@ -292,8 +292,11 @@ fn emit_tile(
         // The machine-code micro-kernel leaves the tile pixel-major in a stack buffer.
         let buffer = kb.tile_buffer();
         kb.fb.ins().call(func, &[tile.in_base, block.weights, block.bias, buffer]);
-        let rest = Epilogue { activation: None, ..epilogue.clone() };
-        store_buffered_tile(kb, buffer, tile, block, oc_stride, if in_registers.is_some() { &rest } else { epilogue });
+        match in_registers {
+            // The activation was the whole epilogue (`with_register_activation`).
+            Some(_) => store_buffered_tile(kb, buffer, tile, block, oc_stride, &Epilogue::default()),
+            None => store_buffered_tile(kb, buffer, tile, block, oc_stride, epilogue),
+        }
         return;
     }
     // Without its micro-kernel (a tile that does not fit) the f32x4 code below applies
