@@ -586,23 +586,45 @@ impl PoolKernel {
         });
     }
 
-    /// One output per plane: f32x4 partial results over the plane, then the lanes.
+    /// One output per plane: f32x4 partial results over the plane in four independent
+    /// accumulators (one chain of adds waits out each add's latency: MobileNet v3's and
+    /// EfficientNet's squeeze-and-excitation pools ran at 1.4 to 1.7 times ORT's time),
+    /// then the accumulators and the lanes.
     fn emit_global(&self, kb: &mut Kb, src: Value, dst: Value) {
+        const CHAINS: usize = 4;
         let count = self.in_hw.0 * self.in_hw.1;
         let vectors = count / 4;
         let mut acc = self.initial(kb, F32);
         if vectors > 0 {
-            let acc_var = kb.fb.declare_var(F32X4);
-            let init = self.initial(kb, F32X4);
-            kb.fb.def_var(acc_var, init);
-            kb.for_range(vectors, |kb, i| {
-                let addr = kb.index(src, i, 16);
-                let v = kb.load(F32X4, addr, 0);
-                let a = kb.fb.use_var(acc_var);
-                let a = self.accumulate(kb, a, v);
-                kb.fb.def_var(acc_var, a);
+            let vars: Vec<_> = (0..CHAINS)
+                .map(|_| {
+                    let var = kb.fb.declare_var(F32X4);
+                    let init = self.initial(kb, F32X4);
+                    kb.fb.def_var(var, init);
+                    var
+                })
+                .collect();
+            let rounds = vectors / CHAINS;
+            kb.for_range(rounds, |kb, i| {
+                let base = kb.index(src, i, 16 * CHAINS as i64);
+                for (c, &var) in vars.iter().enumerate() {
+                    let v = kb.load(F32X4, base, 16 * c as i64);
+                    let a = kb.fb.use_var(var);
+                    let a = self.accumulate(kb, a, v);
+                    kb.fb.def_var(var, a);
+                }
             });
-            let partial = kb.fb.use_var(acc_var);
+            for (c, &var) in vars.iter().enumerate().take(vectors - rounds * CHAINS) {
+                let v = kb.load(F32X4, src, (16 * (rounds * CHAINS + c)) as i64);
+                let a = kb.fb.use_var(var);
+                let a = self.accumulate(kb, a, v);
+                kb.fb.def_var(var, a);
+            }
+            let mut partial = kb.fb.use_var(vars[0]);
+            for &var in &vars[1..] {
+                let next = kb.fb.use_var(var);
+                partial = self.accumulate(kb, partial, next);
+            }
             for lane in 0..4u8 {
                 let v = kb.fb.ins().extractlane(partial, lane);
                 acc = self.accumulate(kb, acc, v);
