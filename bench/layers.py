@@ -3,14 +3,15 @@
 
 `cnnc build --emit onnx` writes the model with random weights (fixed seed); ONNX Runtime
 (all graph optimizations on, its profiler on) runs it, and `cnnc bench --profile --format
-json` times cnnc's kernels. With `--precision int8`, both sides run int8 with the
-calibration `bench/compare_int8.py` makes (the same N(0, 1) images for `cnnc calibrate`
-and ORT's `quantize_static`, QDQ, per-channel; needs a Python with onnx), and ORT's
-QLinearConv and QGemm nodes pair with cnnc's int8 layers by name. Each cnnc convolution or linear layer is paired with the ORT
+json` times cnnc's kernels. Each cnnc convolution or linear layer is paired with the ORT
 node that does the same multiply-adds, give or take ORT's padding of output channels to
 blocks of 16 (ORT fuses BatchNorm, activations and residual adds into its convolutions
 and names a fused node after the last node it swallowed, so names do not match); pools
-pair in order. Prints a Markdown table per layer (medians, ratio cnnc / ORT, the time of
+pair in order. With `--precision int8`, both sides run int8 with the calibration
+`bench/compare_int8.py` makes (the same N(0, 1) images for `cnnc calibrate` and ORT's
+`quantize_static`, QDQ, per-channel; needs a Python with onnx), and ORT's QLinearConv and
+QGemm nodes, whose profile omits the weights' shapes but which keep the layer's name,
+pair with cnnc's layers by name. Prints a Markdown table per layer (medians, ratio cnnc / ORT, the time of
 what did not pair on each side) and one per cnnc algorithm. Run from the repository root:
 
     .venv/bin/python bench/layers.py resnet50 [--batch 1] [--threads 1] [--runs 20]
