@@ -23,10 +23,11 @@ For each network, with the weights `cnnc build --random-weights --seed 0` draws:
   (||y_int8 - y_f32|| / ||y_f32||), and how many top-1 classes agree; plus cnnc f32
   against ORT f32, which checks that both run the same weights.
 
-Needs a Python with numpy, onnx and onnxruntime (the quantization tools import onnx; the
-repository's `.venv` has no onnx) and optionally openvino. Run from the repository root:
+Needs a Python with numpy, onnx, onnxruntime and sympy (ORT's quantization tools import
+onnx, and `quant_pre_process` sympy; tools/setup-python.sh's `.venv` has neither) and
+optionally openvino. Run from the repository root:
 
-    PYTHON -m pip install onnx onnxruntime openvino   # once
+    PYTHON -m pip install onnx onnxruntime sympy openvino   # once
     PYTHON bench/compare_int8.py [--batch 1 8] [--threads 1 2] [--runs 10] [--repeat 3] [net ...]
 
 Prints, per batch size, a Markdown table of medians (ms) per engine and thread count,
@@ -108,6 +109,12 @@ def main():
     parser.add_argument("--no-accuracy", action="store_true", help="time only")
     parser.add_argument("nets", nargs="*", default=DEFAULT)
     args = parser.parse_args()
+    missing = subprocess.run([sys.executable, "-c", "import numpy, onnx, onnxruntime.quantization, sympy"],
+                             capture_output=True, text=True)
+    if missing.returncode != 0:
+        sys.exit(f"compare_int8.py needs numpy, onnx, onnxruntime and sympy in {sys.executable} (ORT's "
+                 f"quantization tools import onnx, and quant_pre_process sympy): "
+                 f"{missing.stderr.strip().splitlines()[-1]}")
     args.openvino = not args.no_openvino and have_openvino()
     for batch in args.batch:
         if args.calib_items % batch or args.eval_items % batch:
@@ -126,9 +133,13 @@ def cnnc(args, *argv, capture=True):
 
 
 def child(script, *argv):
-    """Runs a child script with this Python and returns its stdout."""
-    return subprocess.run([sys.executable, "-c", script, *map(str, argv)], check=True, capture_output=True,
-                          text=True).stdout
+    """Runs a child script with this Python and returns its stdout (exits with its
+    error's last lines when it fails)."""
+    out = subprocess.run([sys.executable, "-c", script, *map(str, argv)], capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"a child process failed ({' '.join(map(str, argv))}):\n"
+                 + "\n".join(out.stderr.strip().splitlines()[-5:]))
+    return out.stdout
 
 
 def measure(args, net, batch):
