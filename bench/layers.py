@@ -7,15 +7,20 @@ json` times cnnc's kernels. Each cnnc convolution or linear layer is paired with
 node that does the same multiply-adds, give or take ORT's padding of output channels to
 blocks of 16 (ORT fuses BatchNorm, activations and residual adds into its convolutions
 and names a fused node after the last node it swallowed, so names do not match); pools
-pair in order. Prints a Markdown table per layer (medians, ratio cnnc / ORT, the time of
+pair in order. With `--precision int8`, both sides run int8 with the calibration
+`bench/compare_int8.py` makes (the same N(0, 1) images for `cnnc calibrate` and ORT's
+`quantize_static`, QDQ, per-channel; needs a Python with onnx), and ORT's QLinearConv and
+QGemm nodes, whose profile omits the weights' shapes but which keep the layer's name,
+pair with cnnc's layers by name. Prints a Markdown table per layer (medians, ratio cnnc / ORT, the time of
 what did not pair on each side) and one per cnnc algorithm. Run from the repository root:
 
     .venv/bin/python bench/layers.py resnet50 [--batch 1] [--threads 1] [--runs 20]
+    PYTHON bench/layers.py resnet50 --precision int8   # PYTHON with onnx, as compare_int8.py
 
 ORT's profiler adds a little time per node; the totals of both sides are printed next to
 each other, and `bench/compare.py` gives the end-to-end ratios without profilers.
 """
-import argparse, json, math, os, pathlib, subprocess, sys, tempfile
+import argparse, json, math, os, pathlib, re, subprocess, sys, tempfile
 
 ORT_CHILD = r"""
 import collections, json, sys
@@ -74,6 +79,24 @@ def kind(kernel):
     return "pool" if op.endswith("pool") else "other"
 
 
+def quantize(args, source, model, tmp):
+    """The int8 pair of `compare_int8.py`: cnnc's calibration file and ORT's QDQ model,
+    from the same calibration images."""
+    import numpy as np, onnx
+    from compare_int8 import QUANTIZE_CHILD
+    dims = [d.dim_value for d in onnx.load(model, load_external_data=False).graph.input[0].type.tensor_type.shape.dim]
+    calib = tmp / "calib.npy"
+    items = -(-args.calib_items // dims[0]) * dims[0]
+    np.save(calib, np.random.default_rng(args.seed).standard_normal([items, *dims[1:]]).astype(np.float32))
+    calib_json = tmp / "net.calib.json"
+    subprocess.run([args.cnnc, "calibrate", source, "--random-weights", "--seed", "0", "--inputs", str(calib), "-o",
+                    str(calib_json)], check=True, capture_output=True)
+    quantized = str(tmp / "int8.onnx")
+    subprocess.run([sys.executable, "-c", QUANTIZE_CHILD, model, str(tmp / "pre.onnx"), quantized, str(calib)],
+                   check=True, capture_output=True)
+    return quantized, calib_json
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("net")
@@ -81,6 +104,9 @@ def main():
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--precision", choices=["f32", "int8"], default="f32")
+    parser.add_argument("--calib-items", type=int, default=8, help="N(0, 1) calibration images (int8)")
+    parser.add_argument("--seed", type=int, default=1234, help="seed of the calibration images (int8)")
     args = parser.parse_args()
     source = f"examples/{args.net}.cnn" if not args.net.endswith(".cnn") else args.net
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,12 +115,16 @@ def main():
         name = json.loads(subprocess.run([args.cnnc, "summary", source, "--format", "json"], check=True,
                                          capture_output=True, text=True).stdout)["network"]
         model = str(pathlib.Path(tmp) / f"{name}.onnx")
+        precision = []
+        if args.precision == "int8":
+            model, calib_json = quantize(args, source, model, pathlib.Path(tmp))
+            precision = ["--precision", "int8", "--calib", str(calib_json)]
         out = subprocess.run([sys.executable, "-c", ORT_CHILD, model, str(args.threads), str(args.runs),
                               str(pathlib.Path(tmp) / "ort")], check=True, capture_output=True, text=True)
         ort_nodes = json.loads(out.stdout)
-    out = subprocess.run([args.cnnc, "bench", source, "--seed", "0", "--batch", str(args.batch), "--threads",
-                          str(args.threads), "--runs", str(args.runs), "--profile", "--format", "json"],
-                         check=True, capture_output=True, text=True)
+        out = subprocess.run([args.cnnc, "bench", source, "--seed", "0", "--batch", str(args.batch), "--threads",
+                              str(args.threads), "--runs", str(args.runs), "--profile", "--format", "json",
+                              *precision], check=True, capture_output=True, text=True)
     kernels = json.loads(out.stdout)
     for node in ort_nodes:
         node["ms"] = median(node["times"])
@@ -103,7 +133,13 @@ def main():
     rows = []
     for kernel in kernels:
         match = None
-        if kind(kernel) == "mac":
+        if kind(kernel) == "mac" and args.precision == "int8":
+            # ORT's profile omits the prepacked int8 weights' shapes; its quantized nodes
+            # keep the layer's name (QLinearConv `conv1_token_1`, QGemm `fc`).
+            layer = kernel["kernel"].rsplit(" (", 1)[0]
+            same = lambda n: n["op"] in ("QLinearConv", "QGemm") and re.sub(r"_token_\d+$", "", n["name"]) == layer
+            match = next((n for n in ort_nodes if not n["used"] and same(n)), None)
+        elif kind(kernel) == "mac":
             # ORT may pad a layer's output channels to its block of 16 (and its
             # multiply-adds with them).
             close = lambda macs: macs is not None and kernel["macs"] <= macs <= kernel["macs"] * 1.02
@@ -113,7 +149,8 @@ def main():
         if match is not None:
             match["used"] = True
         rows.append((kernel, match))
-    print(f"\n### {args.net}, batch {args.batch}, {args.threads} thread(s): cnnc kernels against ORT nodes\n")
+    print(f"\n### {args.net}, batch {args.batch}, {args.threads} thread(s), {args.precision}: cnnc kernels against ORT "
+          "nodes\n")
     print("| layer | cnnc algorithm | cnnc ms | ORT node | ORT ms | ratio |")
     print("| --- | --- | --- | --- | --- | --- |")
     for kernel, match in rows:

@@ -182,12 +182,9 @@ pub(super) fn nan_seen(kb: &mut Kb) -> Variable {
 /// for an odd last channel), into the words of a pair plane at `dst`, noting NaNs in
 /// `nan`.
 ///
-/// Each offset is `Int8Input::offset`'s, computed in integers after the rounding:
-/// `clamp(sat_i32(round_half_even(x / scale)), -zp, 255 - zp)`. The same value: where
-/// `|round(x / scale)| < 2^24` the f32 sum `round(x / scale) + zp` is exact, and beyond
-/// it (infinities included) both forms clamp to the bound of its sign; a NaN becomes 0
-/// here, and is noted, for the f32 tiles to take the batch element. The integer clamp
-/// (`pmaxsd`, `pminsd`) is much shorter than Cranelift's NaN-keeping `fmax` and `fmin`.
+/// Each offset is `Int8Input::offset`'s, computed as [`quantize_bits`] computes it: the
+/// low 16 bits of its result are the offset's i16, so a word is the first channel's
+/// bits masked and the second's shifted up 16.
 pub(super) fn copy_pairs(
     kb: &mut Kb,
     input: Int8Input,
@@ -199,7 +196,7 @@ pub(super) fn copy_pairs(
     let flags = MemFlagsData::new();
     kb.map_floats(count, &[low, high], dst, |kb, ty, values| {
         let int_ty = if ty == F32 { I32 } else { types::I32X4 };
-        let halves = [values[0], values[1]].map(|x| quantize(kb, input, x, nan));
+        let halves = [values[0], values[1]].map(|x| quantize_bits(kb, input, x, nan));
         let mask = kb.fb.ins().iconst(I32, 0xffff);
         let mask = if ty == F32 { mask } else { kb.fb.ins().splat(int_ty, mask) };
         let low = kb.fb.ins().band(halves[0], mask);
@@ -209,28 +206,61 @@ pub(super) fn copy_pairs(
     });
 }
 
-/// The offset `q_x - zp` of an F32 or F32X4 input `x` as an I32 or I32X4 (see
-/// [`copy_pairs`]), noting a NaN in `nan`.
-fn quantize(kb: &mut Kb, input: Int8Input, x: Value, nan: Variable) -> Value {
-    let ty = kb.fb.func.dfg.value_type(x);
-    let int_ty = if ty == F32 { I32 } else { types::I32X4 };
-    let int_constant = |kb: &mut Kb, value: i64| {
-        let scalar = kb.fb.ins().iconst(I32, value);
-        if ty == F32 { scalar } else { kb.fb.ins().splat(int_ty, scalar) }
-    };
-    let zero_point = i64::from(input.zero_point());
-    let (least, most) = (int_constant(kb, -zero_point), int_constant(kb, 255 - zero_point));
-    let scale = kb.constant(ty, input.scale());
-    let lanes = if ty == F32 { kb.fb.ins().splat(types::F32X4, x) } else { x };
-    let is_nan = kb.fb.ins().fcmp(FloatCC::Unordered, lanes, lanes);
+/// 1.5 x 2^23: adding it to an f32 of magnitude at most 2^22 rounds that value to an
+/// integer, half to even (the default rounding of the addition), and leaves the integer
+/// in the sum's low bits: `bits(v + MAGIC) = MAGIC_BITS + round_half_even(v)`.
+const MAGIC: f32 = 12_582_912.0;
+/// The bits of [`MAGIC`].
+const MAGIC_BITS: i64 = 0x4b40_0000;
+
+/// The offset `q_x - zp` of an F32 or F32X4 input `x`, as an I32 or I32X4 whose low 16
+/// bits are the offset's i16 (the whole value is `MAGIC_BITS` plus the offset), noting
+/// a NaN in `nan`.
+///
+/// `Int8Input::offset` is `clamp(round_half_even(x / scale) + zp, 0, 255) - zp`, which
+/// is `clamp(round_half_even(x / scale), -zp, 255 - zp)`, and, the bounds being
+/// integers and the rounding monotonic, `round_half_even(clamp(x / scale, -zp, 255 -
+/// zp))`: here the quotient is clamped in f32 (`maxps`, `minps`; infinities go to the
+/// bounds) and rounded by adding [`MAGIC`] (exact for |v| <= 255). A NaN gives some
+/// finite word (whatever `maxps` makes of it); it is noted, and the batch element it
+/// belongs to runs on the f32 tiles, which never read the word. Four vector
+/// instructions after the division, where `nearest`, `fcvt_to_sint_sat` and an integer
+/// clamp took ten.
+fn quantize_bits(kb: &mut Kb, input: Int8Input, x: Value, nan: Variable) -> Value {
+    let flags = MemFlagsData::new();
+    let scalar = kb.fb.func.dfg.value_type(x) == F32;
+    let x = if scalar { kb.fb.ins().splat(types::F32X4, x) } else { x };
+    let zero_point = input.zero_point() as f32;
+    let least = kb.constant(types::F32X4, -zero_point);
+    let most = kb.constant(types::F32X4, 255.0 - zero_point);
+    let scale = kb.constant(types::F32X4, input.scale());
+    let magic = kb.constant(types::F32X4, MAGIC);
+    let is_nan = kb.fb.ins().fcmp(FloatCC::Unordered, x, x);
     let seen = kb.fb.use_var(nan);
     let seen = kb.fb.ins().bor(seen, is_nan);
     kb.fb.def_var(nan, seen);
     let q = kb.fb.ins().fdiv(x, scale);
-    let q = kb.fb.ins().nearest(q);
-    let q = kb.fb.ins().fcvt_to_sint_sat(int_ty, q);
-    let q = kb.fb.ins().smax(q, least);
-    kb.fb.ins().smin(q, most)
+    // `least < q ? q : least` and `q < most ? q : most`, the forms Cranelift lowers to
+    // `maxps` and `minps`.
+    let above = kb.fb.ins().fcmp(FloatCC::LessThan, least, q);
+    let above = kb.fb.ins().bitcast(types::F32X4, flags, above);
+    let q = kb.fb.ins().bitselect(above, q, least);
+    let below = kb.fb.ins().fcmp(FloatCC::LessThan, q, most);
+    let below = kb.fb.ins().bitcast(types::F32X4, flags, below);
+    let q = kb.fb.ins().bitselect(below, q, most);
+    let q = kb.fb.ins().fadd(q, magic);
+    let bits = kb.fb.ins().bitcast(types::I32X4, flags, q);
+    if scalar { kb.fb.ins().extractlane(bits, 0) } else { bits }
+}
+
+/// The offset `q_x - zp` of an F32 or F32X4 input `x` as an I32 or I32X4 (see
+/// [`quantize_bits`]), noting a NaN in `nan`.
+fn quantize(kb: &mut Kb, input: Int8Input, x: Value, nan: Variable) -> Value {
+    let bits = quantize_bits(kb, input, x, nan);
+    let ty = kb.fb.func.dfg.value_type(bits);
+    let bias = kb.fb.ins().iconst(I32, MAGIC_BITS);
+    let bias = if ty == I32 { bias } else { kb.fb.ins().splat(ty, bias) };
+    kb.fb.ins().isub(bits, bias)
 }
 
 /// Quantizes a row of `count` values at `src` into `count` i16 offsets at `dst`, in
