@@ -863,6 +863,7 @@ impl<'a> Lowerer<'a> {
             let example = match op_name {
                 "permute" => "permute(0, 2, 3, 1)",
                 "reshape" => "reshape(16, 7, 7)",
+                "mean" => "mean(2, 3, keepdim=true)",
                 _ => "split(24, 40)",
             };
             self.error(
