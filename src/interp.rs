@@ -374,6 +374,17 @@ fn eval_node(
             let params = NodeParams::load(node, &x.shape, weights)?;
             layer_norm(x, params.require(ParamRole::Weight)?, params.require(ParamRole::Bias)?, *eps, *axis)
         }
+        // Over the last `dims` dimensions: the layer norm of `[outer, count]`.
+        Op::LayerNormLast { eps, dims } => {
+            let params = NodeParams::load(node, &x.shape, weights)?;
+            let split = x.shape.len() - dims;
+            let count: usize = x.shape[split..].iter().product();
+            let flat = |t: &Tensor, shape: Vec<usize>| Tensor { shape, data: t.data.clone() };
+            let rows = flat(x, vec![x.shape[..split].iter().product(), count]);
+            let (weight, bias) = (params.require(ParamRole::Weight)?, params.require(ParamRole::Bias)?);
+            let y = layer_norm(&rows, &flat(weight, vec![count]), &flat(bias, vec![count]), *eps, 1);
+            flat(&y, x.shape.clone())
+        }
         Op::Scale => {
             let params = NodeParams::load(node, &x.shape, weights)?;
             let scale = params.require(ParamRole::Parameter)?;

@@ -65,6 +65,7 @@ fn every_example_round_trips_with_the_same_ir_and_weights() {
         "pool1d.cnn",
         "reshape.cnn",
         "onnx_elementwise.cnn",
+        "layer_norm_dims.cnn",
     ] {
         examples.push(repo().join("tests/programs").join(program));
     }

@@ -20,7 +20,8 @@
 //! that changes dimension 0, ReduceMean over the batch as MeanVarianceNormalization's
 //! expansion does: 22); a LayerNormalization whose mean and inverse-deviation outputs
 //! are used (every LayerNormalization test has them as graph outputs: 19, 6 of them
-//! over the batch too); integer tensors (not generated). What the language still lacks:
+//! over the batch too; without them, one over several dimensions but the batch imports
+//! as `layer_norm(dims=)`); integer tensors (not generated). What the language still lacks:
 //! MatMul by a weight of rank other than 2 (4).
 
 use std::path::{Path, PathBuf};

@@ -31,6 +31,7 @@
 //! | `slice` (a part of `chunk`/`split`) | `Slice` on axis 1 |
 //! | `channel_shuffle` | `Reshape` to `[N, g, C/g, H, W]`, `Transpose(0, 2, 1, 3, 4)`, `Reshape` back |
 //! | `permute` | `Transpose` |
+//! | `layer_norm(dims=k)` | `LayerNormalization(axis = rank - k)` |
 //! | `layer_norm` | `LayerNormalization(axis = -1)`; over another dimension (`layer_norm2d`), between two `Transpose`s that move it last and back |
 //! | `scale` | `Mul` by the `[C, 1, 1]` parameter (broadcast) |
 
@@ -487,6 +488,11 @@ impl Builder {
             Op::Permute { perm } => {
                 let perm = perm.iter().map(|&d| d as i64).collect();
                 self.node("Transpose", name, &[x], &outs, vec![("perm", Attr::Ints(perm))]);
+            }
+            Op::LayerNormLast { eps, dims } => {
+                let axis = (shape.len() - dims) as i64;
+                let attrs = vec![("axis", Attr::Int(axis)), ("epsilon", Attr::Float(*eps as f32))];
+                self.node("LayerNormalization", name, &with_params(params), &outs, attrs);
             }
             Op::LayerNorm { eps, axis } => {
                 let mut inputs = with_params(params);

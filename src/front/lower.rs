@@ -273,6 +273,7 @@ fn op_spec(op: &str) -> &'static [ArgSpec] {
     const CHUNK: &[ArgSpec] = &[req("chunks", Int)];
     const GROUPS: &[ArgSpec] = &[req("groups", Int)];
     const EPS: &[ArgSpec] = &[opt("eps", Float)];
+    const LAYER_NORM: &[ArgSpec] = &[opt("eps", Float), opt("dims", Int)];
     match op {
         "conv" => CONV,
         "linear" => LINEAR,
@@ -289,7 +290,8 @@ fn op_spec(op: &str) -> &'static [ArgSpec] {
         "lrn" => LRN,
         "chunk" => CHUNK,
         "channel_shuffle" => GROUPS,
-        "layer_norm" | "layer_norm2d" => EPS,
+        "layer_norm" => LAYER_NORM,
+        "layer_norm2d" => EPS,
         _ => &[],
     }
 }
@@ -1696,7 +1698,11 @@ impl<'a> Lowerer<'a> {
                 k: args.float("k", 2.0),
             },
             "channel_shuffle" => Op::ChannelShuffle { groups: args.int("groups", 1) as usize },
-            "layer_norm" => Op::LayerNorm { eps: args.float("eps", 1e-5), axis: input_shape.len().saturating_sub(1) },
+            // `dims=k`: nn.LayerNorm over the last k dimensions together.
+            "layer_norm" => match args.int("dims", 1) {
+                1 => Op::LayerNorm { eps: args.float("eps", 1e-5), axis: input_shape.len().saturating_sub(1) },
+                dims => Op::LayerNormLast { eps: args.float("eps", 1e-5), dims: dims.max(0) as usize },
+            },
             "layer_norm2d" => {
                 if input_shape.len() != 4 {
                     self.error(Diag::new(

@@ -1368,11 +1368,37 @@ impl<'m> Importer<'m> {
 
     fn layer_norm(&mut self, node: &NodeProto, _: Option<()>) -> Result<(), ImportError> {
         let x = self.dynamic(node, 0)?;
-        let rank = self.shape(x).len();
-        if model::axis(attr_int(node, "axis", -1), rank) != Some(rank - 1) {
-            return Err(err(node, "LayerNormalization over more than the last dimension is not expressible"));
+        let shape = self.shape(x);
+        let rank = shape.len();
+        match model::axis(attr_int(node, "axis", -1), rank) {
+            Some(axis) if axis + 1 == rank => self.layer_norm_on(node, node, x, rank - 1),
+            // Over the last dimensions from `axis` on: `layer_norm(dims=)`.
+            Some(axis) if axis >= 1 => {
+                if node.output.iter().skip(1).any(|o| !o.is_empty() && self.uses.contains_key(o.as_str())) {
+                    return Err(err(node, "its mean and inverse-deviation outputs are used"));
+                }
+                let trailing = shape[axis..].to_vec();
+                let count: usize = trailing.iter().product();
+                let w = self.constant(node, 1, "the scale")?;
+                let b = self.constant(node, 2, "the bias (LayerNormalization without one is not supported)")?;
+                if w.len() != count || b.len() != count {
+                    return Err(err(
+                        node,
+                        format!("scale or bias of {} / {} values for the {count} of {trailing:?}", w.len(), b.len()),
+                    ));
+                }
+                let eps = shortest(attr_float(node, "epsilon", 1e-5));
+                let tensors = vec![
+                    (ParamRole::Weight, Self::float_tensor(&w, trailing.clone())),
+                    (ParamRole::Bias, Self::float_tensor(&b, trailing)),
+                ];
+                let hint = Self::weight_path(&w, "weight");
+                let op = Op::LayerNormLast { eps, dims: rank - axis };
+                let id = self.add(node, hint.as_deref(), op, &[x], tensors)?;
+                self.set(node, 0, Val::Node(id))
+            }
+            _ => Err(err(node, "LayerNormalization over the batch (axis 0) is not expressible")),
         }
-        self.layer_norm_on(node, node, x, rank - 1)
     }
 
     fn layer_norm_on(&mut self, ln: &NodeProto, last: &NodeProto, x: NodeId, axis: usize) -> Result<(), ImportError> {

@@ -843,6 +843,13 @@ impl Writer<'_> {
                 }
                 "mean"
             }
+            Op::LayerNormLast { eps, dims } => {
+                if *eps != 1e-5 {
+                    args.push(format!("eps={}", num(*eps)?));
+                }
+                args.push(format!("dims={dims}"));
+                "layer_norm"
+            }
             Op::LayerNorm { eps, axis } => {
                 if *eps != 1e-5 {
                     args.push(format!("eps={}", num(*eps)?));

@@ -305,6 +305,13 @@ pub enum Op {
         eps: f64,
         axis: usize,
     },
+    /// `nn.LayerNorm(x.shape[-dims:], eps)`: layer normalization over the last `dims`
+    /// dimensions together (`dims >= 2`; one is `LayerNorm`), with an elementwise affine
+    /// `weight` and `bias` of those dimensions' shape.
+    LayerNormLast {
+        eps: f64,
+        dims: usize,
+    },
     /// A learned per-channel multiplier of shape `[C, 1, 1]` (ConvNeXt's `layer_scale`),
     /// named by the layer's path itself.
     Scale,
@@ -381,7 +388,7 @@ impl Op {
             Op::Slice { .. } => "slice",
             Op::ChannelShuffle { .. } => "channel_shuffle",
             Op::Permute { .. } => "permute",
-            Op::LayerNorm { .. } => "layer_norm",
+            Op::LayerNorm { .. } | Op::LayerNormLast { .. } => "layer_norm",
             Op::Scale => "scale",
         }
     }
@@ -422,6 +429,10 @@ impl Op {
                 let c = input.get(1).copied().unwrap_or(0);
                 vec![(ParamRole::Scale, vec![c]), (ParamRole::Shift, vec![c])]
             }
+            Op::LayerNormLast { dims, .. } => {
+                let trailing = input[input.len().saturating_sub(*dims)..].to_vec();
+                vec![(ParamRole::Weight, trailing.clone()), (ParamRole::Bias, trailing)]
+            }
             Op::LayerNorm { axis, .. } => {
                 let c = input.get(*axis).copied().unwrap_or(0);
                 vec![(ParamRole::Weight, vec![c]), (ParamRole::Bias, vec![c])]
@@ -438,7 +449,13 @@ impl Op {
     pub fn is_weighted(&self) -> bool {
         matches!(
             self,
-            Op::Conv(_) | Op::Linear { .. } | Op::BatchNorm { .. } | Op::ScaleShift | Op::LayerNorm { .. } | Op::Scale
+            Op::Conv(_)
+                | Op::Linear { .. }
+                | Op::BatchNorm { .. }
+                | Op::ScaleShift
+                | Op::LayerNorm { .. }
+                | Op::LayerNormLast { .. }
+                | Op::Scale
         )
     }
 
@@ -491,6 +508,7 @@ impl Op {
                 format!("perm={}", perm.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","))
             }
             Op::LayerNorm { eps, axis } => format!("eps={eps:e} axis={axis}"),
+            Op::LayerNormLast { eps, dims } => format!("eps={eps:e} dims={dims}"),
             Op::Reshape { shape } => {
                 format!("shape={}", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","))
             }

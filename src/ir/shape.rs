@@ -459,6 +459,16 @@ fn infer_unchecked(op: &Op, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeErro
             }
             Ok(perm.iter().map(|&d| x[d]).collect())
         }
+        Op::LayerNormLast { dims, .. } => {
+            if *dims < 2 || *dims >= x.len() {
+                return Err(ShapeError::new(format!(
+                    "layer_norm over the last {dims} dimensions of {}: name 2 to {} (never the batch)",
+                    fmt_shape(x),
+                    x.len().saturating_sub(1)
+                )));
+            }
+            Ok(x.to_vec())
+        }
         Op::LayerNorm { axis, .. } => {
             if x.len() < 2 || *axis == 0 || *axis >= x.len() {
                 return Err(ShapeError::new(format!("layer_norm over dimension {axis} of {}", fmt_shape(x))));

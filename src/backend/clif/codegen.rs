@@ -522,6 +522,19 @@ fn prepare(
             };
             Kernel::LayerNorm(shape, weight.data.iter().chain(&bias.data).copied().collect())
         }
+        // Over the last `dims` dimensions: one row of their values per outer index.
+        Op::LayerNormLast { eps, dims } => {
+            let weight = required(weights, node, &x_shape, ParamRole::Weight)?;
+            let bias = required(weights, node, &x_shape, ParamRole::Bias)?;
+            let split = x_shape.len() - dims;
+            let shape = LayerNorm {
+                outer: x_shape[..split].iter().product(),
+                count: x_shape[split..].iter().product(),
+                inner: 1,
+                eps: *eps,
+            };
+            Kernel::LayerNorm(shape, weight.data.iter().chain(&bias.data).copied().collect())
+        }
         // A scale-shift with no shift: `x * s + 0` rounds as `x * s`.
         Op::Scale => {
             let scale = required(weights, node, &x_shape, ParamRole::Parameter)?;

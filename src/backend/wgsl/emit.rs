@@ -897,6 +897,16 @@ fn emit_node<'a>(
             b.float("EPS", *eps);
             b.finish("layer_norm", Grid::Invocations((outer * inner) as u64))?
         }
+        // Over the last `dims` dimensions: `[outer, count]` with the weight flattened.
+        Op::LayerNormLast { eps, dims } => {
+            let mut b = start(&node.name)?;
+            with_operands(&mut b)?;
+            let split = shape.len() - dims;
+            b.uint("C", shape[split..].iter().product());
+            b.uint("INNER", 1);
+            b.float("EPS", *eps);
+            b.finish("layer_norm", Grid::Invocations(shape[..split].iter().product::<usize>() as u64))?
+        }
     };
     kernels.extend(kernel);
     Ok(())
