@@ -338,6 +338,16 @@ fn eval_node(
         // NaN passes through relu, as in PyTorch.
         Op::Activation(activation) => map(x, |v| activate(*activation, v)),
         Op::Softmax => softmax_dim1(x),
+        // 1-D pooling on [N, C, L] is the 2-D pooling of [N, C, 1, L].
+        Op::MaxPool(pool) | Op::AvgPool(pool) if x.shape.len() == 3 => {
+            let flat = Tensor { shape: crate::ir::shape::as_4d(&x.shape), data: x.data.clone() };
+            let pooled = if matches!(node.op, Op::MaxPool(_)) {
+                max_pool(pool, &flat, crate::ir::shape::as_4d(&out_shape))
+            } else {
+                avg_pool(pool, &flat, crate::ir::shape::as_4d(&out_shape))
+            };
+            Tensor { shape: out_shape, data: pooled.data }
+        }
         Op::MaxPool(pool) => max_pool(pool, x, out_shape),
         Op::AvgPool(pool) => avg_pool(pool, x, out_shape),
         Op::GlobalAvgPool => adaptive_avg_pool(x, out_shape),
@@ -346,7 +356,9 @@ fn eval_node(
         // Dropout and stochastic depth are the identity at inference.
         Op::Dropout { .. } | Op::Dropout2d { .. } | Op::StochasticDepth { .. } => x.clone(),
         // Row-major data is already in C, H, W order.
-        Op::Flatten => Tensor { shape: out_shape, data: x.data.clone() },
+        Op::Flatten | Op::Reshape { .. } => Tensor { shape: out_shape, data: x.data.clone() },
+        Op::Identity => x.clone(),
+        Op::Mean { dims, .. } => mean(x, dims, out_shape),
         Op::Add => broadcast_fold(operands, out_shape, |acc, v| acc + v),
         Op::Mul => broadcast_fold(operands, out_shape, |acc, v| acc * v),
         Op::Concat => concat_dim1(operands, out_shape),
@@ -361,6 +373,17 @@ fn eval_node(
         Op::LayerNorm { eps, axis } => {
             let params = NodeParams::load(node, &x.shape, weights)?;
             layer_norm(x, params.require(ParamRole::Weight)?, params.require(ParamRole::Bias)?, *eps, *axis)
+        }
+        // Over the last `dims` dimensions: the layer norm of `[outer, count]`.
+        Op::LayerNormLast { eps, dims } => {
+            let params = NodeParams::load(node, &x.shape, weights)?;
+            let split = x.shape.len() - dims;
+            let count: usize = x.shape[split..].iter().product();
+            let flat = |t: &Tensor, shape: Vec<usize>| Tensor { shape, data: t.data.clone() };
+            let rows = flat(x, vec![x.shape[..split].iter().product(), count]);
+            let (weight, bias) = (params.require(ParamRole::Weight)?, params.require(ParamRole::Bias)?);
+            let y = layer_norm(&rows, &flat(weight, vec![count]), &flat(bias, vec![count]), *eps, 1);
+            flat(&y, x.shape.clone())
         }
         Op::Scale => {
             let params = NodeParams::load(node, &x.shape, weights)?;
@@ -391,6 +414,8 @@ fn activate(activation: Activation, v: f32) -> f32 {
         // `-inf * 0` is NaN for hardswish(-inf) and gelu(-inf), as in PyTorch.
         Activation::HardSwish => x * clamp(x + 3.0, 0.0, 6.0) / 6.0,
         Activation::HardSigmoid => clamp(x + 3.0, 0.0, 6.0) / 6.0,
+        Activation::HardSigmoidAffine { alpha, beta } => clamp(alpha * x + beta, 0.0, 1.0),
+        Activation::Erf => libm::erf(x),
         Activation::Silu => x / (1.0 + (-x).exp()),
         Activation::Gelu { tanh: false } => 0.5 * x * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2)),
         Activation::Gelu { tanh: true } => {
@@ -400,6 +425,32 @@ fn activate(activation: Activation, v: f32) -> f32 {
         }
     };
     y as f32
+}
+
+/// The mean over `dims` (in f64, rounded once), the output in row-major order over the
+/// kept dimensions.
+fn mean(x: &Tensor, dims: &[usize], out_shape: Vec<usize>) -> Tensor {
+    let shape = &x.shape;
+    let mut strides = vec![1usize; shape.len()];
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        strides[d] = strides[d + 1] * shape[d + 1];
+    }
+    // Offsets of the positions along `axes`, row-major.
+    let strides = &strides;
+    let offsets = |axes: &[usize]| -> Vec<usize> {
+        axes.iter().fold(vec![0], |offsets, &a| {
+            let (size, stride) = (shape[a], strides[a]);
+            offsets.iter().flat_map(|&o| (0..size).map(move |i| o + i * stride)).collect()
+        })
+    };
+    let kept: Vec<usize> = (0..shape.len()).filter(|d| !dims.contains(d)).collect();
+    let reduced = offsets(dims);
+    let count = reduced.len() as f64;
+    let data = offsets(&kept)
+        .iter()
+        .map(|&base| (reduced.iter().map(|&r| x.data[base + r] as f64).sum::<f64>() / count) as f32)
+        .collect();
+    Tensor { shape: out_shape, data }
 }
 
 /// `x` limited to `[min, max]`; NaN stays NaN.

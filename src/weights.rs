@@ -468,7 +468,10 @@ pub fn random_weights(graph: &Graph, seed: u64) -> Weights {
     for id in graph.topo_order().unwrap_or_default() {
         let node = graph.node(id);
         // Normalizations and scales: weights near 1, biases near 0.
-        let batch_norm = matches!(node.op, Op::BatchNorm { .. } | Op::ScaleShift | Op::LayerNorm { .. } | Op::Scale);
+        let batch_norm = matches!(
+            node.op,
+            Op::BatchNorm { .. } | Op::ScaleShift | Op::LayerNorm { .. } | Op::LayerNormLast { .. } | Op::Scale
+        );
         for param in &node.params {
             let mut rng = rng_for(seed, TAG_WEIGHTS, &param.name);
             let n: usize = param.shape.iter().product();

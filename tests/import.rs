@@ -54,10 +54,19 @@ fn every_example_round_trips_with_the_same_ir_and_weights() {
     let mut examples = examples();
     assert!(examples.len() >= 30, "examples/ holds {} programs", examples.len());
     // And what examples do not use: asymmetric pads, `same` on pools, dilated pools,
-    // rank-3 tensors.
-    for program in
-        ["asymmetric_pads.cnn", "same_padding.cnn", "max_pool_dilation.cnn", "avg_pool_dilation.cnn", "rank3.cnn"]
-    {
+    // rank-3 tensors, 1-D pools, reshape, erf and ONNX's hardsigmoid. (`mean.cnn` is not
+    // here: its `mean(2, 3, keepdim=true)` imports as `global_avg_pool`.)
+    for program in [
+        "asymmetric_pads.cnn",
+        "same_padding.cnn",
+        "max_pool_dilation.cnn",
+        "avg_pool_dilation.cnn",
+        "rank3.cnn",
+        "pool1d.cnn",
+        "reshape.cnn",
+        "onnx_elementwise.cnn",
+        "layer_norm_dims.cnn",
+    ] {
         examples.push(repo().join("tests/programs").join(program));
     }
     for path in &examples {

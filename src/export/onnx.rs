@@ -15,19 +15,23 @@
 //! | `conv` | `Conv` (`pads` = top, left, bottom, right) |
 //! | `linear` | `Gemm` with `transB = 1` on `[N, F]`; on higher ranks (the last dimension) `MatMul` by the `Transpose`d weight, then `Add` of the bias |
 //! | `batch_norm` | `BatchNormalization` (on `[N, C, H, W]` and `[N, F]`) |
-//! | `relu`, `leaky_relu`, `sigmoid`, `tanh` | `Relu`, `LeakyRelu`, `Sigmoid`, `Tanh` |
+//! | `relu`, `leaky_relu`, `sigmoid`, `tanh`, `erf` | `Relu`, `LeakyRelu`, `Sigmoid`, `Tanh`, `Erf` |
+//! | `hardsigmoid(alpha=, beta=)` | `HardSigmoid(alpha, beta)` (the plain `hardsigmoid` as PyTorch's `relu6(x + 3) / 6`, see below) |
 //! | `softmax` | `Softmax(axis = 1)` |
-//! | `max_pool`, `avg_pool` | `MaxPool`, `AveragePool` (`pads` = top, left, bottom, right; `ceil_mode`, `count_include_pad`, `dilations`: a model with a dilated `avg_pool` imports opset 19, where `AveragePool` has them) |
+//! | `max_pool`, `avg_pool` | `MaxPool`, `AveragePool` (one spatial axis on `[N, C, L]`; `pads` = top, left, bottom, right; `ceil_mode`, `count_include_pad`, `dilations`: a model with a dilated `avg_pool` imports opset 19, where `AveragePool` has them) |
 //! | `global_avg_pool`, `global_max_pool` | `GlobalAveragePool`, `GlobalMaxPool` |
 //! | `adaptive_avg_pool` | `Identity` when the size is already right; `AveragePool` when the input divides evenly; otherwise per axis one `Slice` + `ReduceMean` per bin (PyTorch's edges `floor(i*In/Out)..ceil((i+1)*In/Out)`) and a `Concat` |
-//! | `dropout`, `dropout2d` | `Identity` |
+//! | `dropout`, `dropout2d`, `identity` | `Identity` |
 //! | `flatten` | `Flatten(axis = 1)` |
+//! | `reshape` | `Reshape` to the output's shape, batch included |
+//! | `mean` | `ReduceMean` (`axes` an attribute at opset 17, `keepdims`) |
 //! | `add`, `mul` | a chain of `Add` / `Mul` (numpy broadcasting covers the language's) |
 //! | `concat` | `Concat(axis = 1)` |
 //! | `lrn` | PyTorch's `LocalResponseNorm` decomposition (ONNX's `LRN` centres even windows differently) |
 //! | `slice` (a part of `chunk`/`split`) | `Slice` on axis 1 |
 //! | `channel_shuffle` | `Reshape` to `[N, g, C/g, H, W]`, `Transpose(0, 2, 1, 3, 4)`, `Reshape` back |
 //! | `permute` | `Transpose` |
+//! | `layer_norm(dims=k)` | `LayerNormalization(axis = rank - k)` |
 //! | `layer_norm` | `LayerNormalization(axis = -1)`; over another dimension (`layer_norm2d`), between two `Transpose`s that move it last and back |
 //! | `scale` | `Mul` by the `[C, 1, 1]` parameter (broadcast) |
 
@@ -405,8 +409,8 @@ impl Builder {
             }
             Op::Activation(activation) => self.activation(*activation, name, &x, out),
             Op::Softmax => self.node("Softmax", name, &[x], &outs, vec![("axis", Attr::Int(1))]),
-            Op::MaxPool(p) => self.node("MaxPool", name, &[x], &outs, pool_attrs(p, false)),
-            Op::AvgPool(p) => self.node("AveragePool", name, &[x], &outs, pool_attrs(p, true)),
+            Op::MaxPool(p) => self.node("MaxPool", name, &[x], &outs, pool_attrs(p, false, shape.len() == 3)),
+            Op::AvgPool(p) => self.node("AveragePool", name, &[x], &outs, pool_attrs(p, true, shape.len() == 3)),
             Op::GlobalAvgPool => self.node("GlobalAveragePool", name, &[x], &outs, vec![]),
             Op::GlobalMaxPool => self.node("GlobalMaxPool", name, &[x], &outs, vec![]),
             Op::AdaptiveAvgPool { out: size } => {
@@ -416,7 +420,22 @@ impl Builder {
                 }
                 self.adaptive_avg_pool(name, &x, input, *size, out);
             }
-            Op::Dropout { .. } | Op::Dropout2d { .. } | Op::StochasticDepth { .. } => {
+            Op::Mean { dims, keepdim } => {
+                let axes = Attr::Ints(dims.iter().map(|&d| d as i64).collect());
+                self.node(
+                    "ReduceMean",
+                    name,
+                    &[x],
+                    &outs,
+                    vec![("axes", axes), ("keepdims", Attr::Int(*keepdim as i64))],
+                );
+            }
+            Op::Reshape { .. } => {
+                let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+                let target = self.const_i64(&format!("{name}/shape"), &dims);
+                self.node("Reshape", name, &[x, target], &outs, vec![]);
+            }
+            Op::Dropout { .. } | Op::Dropout2d { .. } | Op::StochasticDepth { .. } | Op::Identity => {
                 self.node("Identity", name, &[x], &outs, vec![])
             }
             Op::Flatten => self.node("Flatten", name, &[x], &outs, vec![("axis", Attr::Int(1))]),
@@ -470,6 +489,11 @@ impl Builder {
                 let perm = perm.iter().map(|&d| d as i64).collect();
                 self.node("Transpose", name, &[x], &outs, vec![("perm", Attr::Ints(perm))]);
             }
+            Op::LayerNormLast { eps, dims } => {
+                let axis = (shape.len() - dims) as i64;
+                let attrs = vec![("axis", Attr::Int(axis)), ("epsilon", Attr::Float(*eps as f32))];
+                self.node("LayerNormalization", name, &with_params(params), &outs, attrs);
+            }
             Op::LayerNorm { eps, axis } => {
                 let mut inputs = with_params(params);
                 let attrs = |axis: i64| vec![("axis", Attr::Int(axis)), ("epsilon", Attr::Float(*eps as f32))];
@@ -522,6 +546,14 @@ impl Builder {
                 let clipped = self.step("Clip", name, "clip", &[shifted, zero, six.clone()], vec![]);
                 self.node("Div", name, &[clipped, six], &outs, vec![]);
             }
+            Activation::HardSigmoidAffine { alpha, beta } => self.node(
+                "HardSigmoid",
+                name,
+                &[x],
+                &outs,
+                vec![("alpha", Attr::Float(alpha as f32)), ("beta", Attr::Float(beta as f32))],
+            ),
+            Activation::Erf => self.node("Erf", name, &[x], &outs, vec![]),
             Activation::Silu => {
                 let sigmoid = self.step("Sigmoid", name, "sigmoid", std::slice::from_ref(&x), vec![]);
                 self.node("Mul", name, &[x, sigmoid], &outs, vec![]);
@@ -651,11 +683,14 @@ impl Builder {
     }
 }
 
-fn pool_attrs(p: &Pool, average: bool) -> Vec<(&'static str, Attr)> {
+/// A pool's attributes; `one_axis` for 1-D pooling on `[N, C, L]` (the window's width).
+fn pool_attrs(p: &Pool, average: bool, one_axis: bool) -> Vec<(&'static str, Attr)> {
+    let hw = |v: Hw| if one_axis { vec![v.w as i64] } else { hw(v) };
+    let pads = if one_axis { vec![p.pad.left as i64, p.pad.right as i64] } else { pads(p.pad) };
     let mut attrs = vec![
         ("kernel_shape", Attr::Ints(hw(p.kernel))),
         ("strides", Attr::Ints(hw(p.stride))),
-        ("pads", Attr::Ints(pads(p.pad))),
+        ("pads", Attr::Ints(pads)),
         ("ceil_mode", Attr::Int(p.ceil as i64)),
     ];
     if average {

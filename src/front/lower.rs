@@ -48,6 +48,7 @@ pub const OP_NAMES: &[&str] = &[
     "hardsigmoid",
     "silu",
     "gelu",
+    "erf",
     "softmax",
     "max_pool",
     "avg_pool",
@@ -58,6 +59,9 @@ pub const OP_NAMES: &[&str] = &[
     "dropout2d",
     "stochastic_depth",
     "flatten",
+    "reshape",
+    "identity",
+    "mean",
     "add",
     "mul",
     "concat",
@@ -264,10 +268,12 @@ fn op_spec(op: &str) -> &'static [ArgSpec] {
     const STOCHASTIC_DEPTH: &[ArgSpec] = &[req("p", Float)];
     const HARDTANH: &[ArgSpec] = &[opt("min", Float), opt("max", Float)];
     const GELU: &[ArgSpec] = &[opt("tanh", Bool)];
+    const HARDSIGMOID: &[ArgSpec] = &[opt("alpha", Float), opt("beta", Float)];
     const LRN: &[ArgSpec] = &[opt("size", Int), opt("alpha", Float), opt("beta", Float), opt("k", Float)];
     const CHUNK: &[ArgSpec] = &[req("chunks", Int)];
     const GROUPS: &[ArgSpec] = &[req("groups", Int)];
     const EPS: &[ArgSpec] = &[opt("eps", Float)];
+    const LAYER_NORM: &[ArgSpec] = &[opt("eps", Float), opt("dims", Int)];
     match op {
         "conv" => CONV,
         "linear" => LINEAR,
@@ -280,10 +286,12 @@ fn op_spec(op: &str) -> &'static [ArgSpec] {
         "stochastic_depth" => STOCHASTIC_DEPTH,
         "hardtanh" => HARDTANH,
         "gelu" => GELU,
+        "hardsigmoid" => HARDSIGMOID,
         "lrn" => LRN,
         "chunk" => CHUNK,
         "channel_shuffle" => GROUPS,
-        "layer_norm" | "layer_norm2d" => EPS,
+        "layer_norm" => LAYER_NORM,
+        "layer_norm2d" => EPS,
         _ => &[],
     }
 }
@@ -854,7 +862,12 @@ impl<'a> Lowerer<'a> {
     /// `min`.
     fn int_list_args(&mut self, op_name: &str, name_span: &Span, args: &[Arg], min: i64) -> Option<Vec<usize>> {
         if args.is_empty() {
-            let example = if op_name == "permute" { "permute(0, 2, 3, 1)" } else { "split(24, 40)" };
+            let example = match op_name {
+                "permute" => "permute(0, 2, 3, 1)",
+                "reshape" => "reshape(16, 7, 7)",
+                "mean" => "mean(2, 3, keepdim=true)",
+                _ => "split(24, 40)",
+            };
             self.error(
                 Diag::new(format!("`{op_name}` needs a list of integers"), name_span.clone(), "no arguments")
                     .note(format!("e.g. `{example}`")),
@@ -1470,7 +1483,8 @@ impl<'a> Lowerer<'a> {
     fn check_float(&mut self, op_name: &str, name: &str, v: f64, span: &Span) -> Option<ArgValue> {
         let ok = match name {
             "p" => (0.0..1.0).contains(&v),
-            "eps" | "alpha" => v > 0.0 && v.is_finite(),
+            "eps" => v > 0.0 && v.is_finite(),
+            "alpha" if op_name != "hardsigmoid" => v > 0.0 && v.is_finite(),
             _ => v.is_finite(),
         };
         if ok {
@@ -1478,7 +1492,8 @@ impl<'a> Lowerer<'a> {
         } else {
             let expected = match name {
                 "p" => "a probability in [0, 1)",
-                "eps" | "alpha" => "a positive number",
+                "eps" => "a positive number",
+                "alpha" if op_name != "hardsigmoid" => "a positive number",
                 _ => "a finite number",
             };
             self.error(Diag::new(
@@ -1501,11 +1516,56 @@ impl<'a> Lowerer<'a> {
             let perm = self.int_list_args(op_name, &name.span, args, 0)?;
             return self.finish_node(step, Op::Permute { perm }, path, &[input?]);
         }
+        if op_name == "mean" {
+            return self.mean(step, name, args, input, path);
+        }
+        if op_name == "reshape" {
+            let shape = self.int_list_args(op_name, &name.span, args, 1)?;
+            return self.finish_node(step, Op::Reshape { shape }, path, &[input?]);
+        }
         let args = self.bind_args(op_name, &name.span, args)?;
         let input = input?;
         let input_shape = self.graph.node(input).shape.clone();
         let op = self.build_op(op_name, &args, &input_shape, &name.span)?;
         self.finish_node(step, op, path, &[input])
+    }
+
+    /// `mean(d1, d2, ..., keepdim=false)`: the dimensions as integers, then the keyword.
+    fn mean(&mut self, step: &'a Step, name: &Ident, args: &'a [Arg], input: Value, path: String) -> Value {
+        let (keywords, positional): (Vec<&Arg>, Vec<&Arg>) = args.iter().partition(|a| a.keyword.is_some());
+        let positional: Vec<Arg> = positional.into_iter().cloned().collect();
+        let dims = self.int_list_args("mean", &name.span, &positional, 1);
+        let mut keepdim = Some(false);
+        for arg in keywords {
+            let keyword = arg.keyword.as_ref().expect("partitioned on the keyword");
+            if keyword.name != "keepdim" {
+                self.error(
+                    Diag::new(
+                        format!("`mean` has no argument `{}`", keyword.name),
+                        keyword.span.clone(),
+                        "unknown argument",
+                    )
+                    .note("its arguments are: the dimensions, then keepdim"),
+                );
+                keepdim = None;
+                continue;
+            }
+            match self.eval(&arg.value) {
+                Some(ArgValue::Bool(b)) => keepdim = keepdim.map(|_| b),
+                Some(_) => {
+                    self.error(Diag::new(
+                        "`mean` argument `keepdim` must be `true` or `false`",
+                        arg.value.span.clone(),
+                        "expected `true` or `false`",
+                    ));
+                    keepdim = None;
+                }
+                None => keepdim = None,
+            }
+        }
+        let (mut dims, keepdim, input) = (dims?, keepdim?, input?);
+        dims.sort_unstable();
+        self.finish_node(step, Op::Mean { dims, keepdim }, path, &[input])
     }
 
     /// The `pad` of a window op: explicit, or `same` (ONNX's `SAME_UPPER`: the odd pixel
@@ -1520,6 +1580,10 @@ impl<'a> Lowerer<'a> {
     ) -> Option<Pad> {
         if !args.is_same_pad() {
             return Some(args.pad());
+        }
+        // A pool on [N, C, L]: `same` along L.
+        if input_shape.len() == 3 && op_name != "conv" {
+            return Some(same_pad(Hw::new(1, input_shape[2]), kernel, stride, dilation));
         }
         if input_shape.len() != 4 {
             self.error(Diag::new(
@@ -1577,14 +1641,38 @@ impl<'a> Lowerer<'a> {
                 Op::Activation(Activation::Clamp { min, max })
             }
             "hardswish" => Op::Activation(Activation::HardSwish),
-            "hardsigmoid" => Op::Activation(Activation::HardSigmoid),
+            // PyTorch's formula unless a constant is given, then ONNX's `alpha * x + beta`.
+            "hardsigmoid" if args.values.is_empty() => Op::Activation(Activation::HardSigmoid),
+            "hardsigmoid" => Op::Activation(Activation::HardSigmoidAffine {
+                alpha: args.float("alpha", 1.0 / 6.0),
+                beta: args.float("beta", 0.5),
+            }),
             "silu" => Op::Activation(Activation::Silu),
             "gelu" => Op::Activation(Activation::Gelu { tanh: args.bool("tanh", false) }),
+            "erf" => Op::Activation(Activation::Erf),
             "softmax" => Op::Softmax,
             "max_pool" | "avg_pool" => {
                 // `dilation`: PyTorch's for max_pool, ONNX's (opset 19) for avg_pool.
-                let (kernel, stride, dilation) = window(args);
+                let (mut kernel, mut stride, mut dilation) = window(args);
+                if input_shape.len() == 3 {
+                    // 1-D pooling along L of [N, C, L]: single integers, the window 1 x k.
+                    for name in ["kernel", "stride", "pad", "dilation"] {
+                        if let Some((ArgValue::Pair(..) | ArgValue::Quad(..), at)) = args.values.get(name) {
+                            self.error(
+                                Diag::new(
+                                    format!("`{op_name}` on [N, C, L] takes a single integer `{name}`, along L"),
+                                    at.clone(),
+                                    "a tuple",
+                                )
+                                .note("1-D pooling: nn.MaxPool1d / nn.AvgPool1d"),
+                            );
+                            return None;
+                        }
+                    }
+                    (kernel, stride, dilation) = (Hw::new(1, kernel.w), Hw::new(1, stride.w), Hw::new(1, dilation.w));
+                }
                 let pad = self.resolve_pad(op_name, args, input_shape, span, (kernel, stride, dilation))?;
+                let pad = if input_shape.len() == 3 { Pad { top: 0, bottom: 0, ..pad } } else { pad };
                 let pool = Pool {
                     kernel,
                     stride,
@@ -1602,6 +1690,7 @@ impl<'a> Lowerer<'a> {
             "dropout2d" => Op::Dropout2d { p: args.float("p", 0.5) },
             "stochastic_depth" => Op::StochasticDepth { p: args.float("p", 0.0) },
             "flatten" => Op::Flatten,
+            "identity" => Op::Identity,
             "lrn" => Op::Lrn {
                 size: args.int("size", 5) as usize,
                 alpha: args.float("alpha", 1e-4),
@@ -1609,7 +1698,11 @@ impl<'a> Lowerer<'a> {
                 k: args.float("k", 2.0),
             },
             "channel_shuffle" => Op::ChannelShuffle { groups: args.int("groups", 1) as usize },
-            "layer_norm" => Op::LayerNorm { eps: args.float("eps", 1e-5), axis: input_shape.len().saturating_sub(1) },
+            // `dims=k`: nn.LayerNorm over the last k dimensions together.
+            "layer_norm" => match args.int("dims", 1) {
+                1 => Op::LayerNorm { eps: args.float("eps", 1e-5), axis: input_shape.len().saturating_sub(1) },
+                dims => Op::LayerNormLast { eps: args.float("eps", 1e-5), dims: dims.max(0) as usize },
+            },
             "layer_norm2d" => {
                 if input_shape.len() != 4 {
                     self.error(Diag::new(

@@ -317,6 +317,15 @@ pub fn fold(node: &NodeProto, inputs: &[Option<&Const>], opset: i64) -> Result<O
                 _ => Err(format!("Cast to {to:?} is not supported")),
             }
         }
+        "CastLike" => {
+            let (c, like) = (get(0)?, get(1)?);
+            match like.data {
+                Data::F32(_) => {
+                    one(Const { dims: c.dims.clone(), data: Data::F32(c.floats()), origin: c.origin.clone() })
+                }
+                Data::I64(_) => one(Const::i64(c.dims.clone(), c.floats().iter().map(|&x| x as i64).collect())),
+            }
+        }
         "Unsqueeze" | "Squeeze" => {
             let c = get(0)?;
             let axes = if opset >= 13 {

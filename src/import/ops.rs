@@ -149,6 +149,16 @@ pub fn import_graph(g: &GraphProto, opset: i64) -> Result<Imported, ImportError>
     }
     im.name_leaf_modules();
     for o in &g.output {
+        // An output that is an input itself (an `Identity` or `Dropout` of it): an
+        // `identity` node gives it a tensor of its own to name.
+        if let Some(Val::Node(id)) = im.values.get(&o.name)
+            && matches!(im.out.graph.node(*id).op, Op::Input { .. })
+        {
+            let id = *id;
+            let node = NodeProto { op_type: "Identity".into(), output: vec![o.name.clone()], ..Default::default() };
+            let copy = im.add(&node, None, Op::Identity, &[id], vec![])?;
+            im.values.insert(o.name.clone(), Val::Node(copy));
+        }
         match im.values.get(&o.name) {
             Some(Val::Node(id)) => {
                 // `output` is a keyword, and the name the language gives a network's result.
@@ -505,15 +515,24 @@ impl<'m> Importer<'m> {
             "HardSwish" => self.activation(node, Activation::HardSwish),
             "HardSigmoid" => {
                 let (alpha, beta) = (attr_float(node, "alpha", 0.2), attr_float(node, "beta", 0.5));
-                if (alpha - 1.0 / 6.0).abs() > 1e-6 || beta != 0.5 {
-                    return Err(err(
-                        node,
-                        format!(
-                            "HardSigmoid with alpha={alpha}, beta={beta}; cnnc's hardsigmoid is alpha=1/6, beta=0.5"
-                        ),
-                    ));
+                if !(alpha.is_finite() && beta.is_finite()) {
+                    return Err(err(node, format!("HardSigmoid with alpha={alpha}, beta={beta}")));
                 }
-                self.activation(node, Activation::HardSigmoid)
+                self.activation(node, hard_sigmoid(alpha, beta))
+            }
+            "Erf" => self.activation(node, Activation::Erf),
+            // float32 like float32 (every computed tensor is): the identity; a constant
+            // takes the element type of a constant `like`.
+            "CastLike" => {
+                let v = match (self.input(node, 0)?.clone(), self.input(node, 1)?) {
+                    (Val::Const(c), Val::Const(like)) if matches!(like.data, Data::I64(_)) => {
+                        let ints = c.ints().ok_or_else(|| err(node, "a CastLike of fractions to integers"))?;
+                        Val::Const(Const { dims: c.dims.clone(), data: Data::I64(ints), origin: c.origin.clone() })
+                    }
+                    (Val::Const(c), _) => Val::Const(Const { data: Data::F32(c.floats()), ..c }),
+                    (v, _) => v,
+                };
+                self.set(node, 0, v)
             }
             "Clip" => self.clip(node),
             "Gelu" => {
@@ -695,8 +714,35 @@ impl<'m> Importer<'m> {
         self.set(node, 0, Val::Node(id))
     }
 
-    fn pool(&mut self, node: &NodeProto) -> Result<(), ImportError> {
-        let x = self.rank4(node)?;
+    fn pool(&mut self, onnx_node: &NodeProto) -> Result<(), ImportError> {
+        let x = self.dynamic(onnx_node, 0)?;
+        let rank = self.shape(x).len();
+        if rank != 3 && rank != 4 {
+            return Err(err(
+                onnx_node,
+                format!("needs a 4-D [N, C, H, W] or 3-D [N, C, L] input, got {:?}", self.shape(x)),
+            ));
+        }
+        // 1-D pooling on [N, C, L]: the node with its one-axis attributes as the 1 x k
+        // window of the 2-D pooling over [N, C, 1, L].
+        let flat;
+        let node = if rank == 3 {
+            let mut n = onnx_node.clone();
+            for a in &mut n.attribute {
+                match a.name.as_str() {
+                    "kernel_shape" | "strides" | "dilations" if a.ints.len() == 1 => a.ints.insert(0, 1),
+                    "pads" if a.ints.len() == 2 => a.ints = vec![0, a.ints[0], 0, a.ints[1]],
+                    "kernel_shape" | "strides" | "dilations" | "pads" => {
+                        return Err(err(onnx_node, format!("`{}` = {:?} on a 3-D input", a.name, a.ints)));
+                    }
+                    _ => {}
+                }
+            }
+            flat = n;
+            &flat
+        } else {
+            onnx_node
+        };
         if node.output.len() > 1 && node.output[1..].iter().any(|o| !o.is_empty()) {
             return Err(err(node, "MaxPool's Indices output is not supported"));
         }
@@ -709,10 +755,19 @@ impl<'m> Importer<'m> {
         if attr_int(node, "storage_order", 0) != 0 {
             return Err(err(node, "storage_order=1"));
         }
-        let input = self.shape(x);
+        let input = crate::ir::shape::as_4d(&self.shape(x));
         let pad = Self::pads(node, &input, kernel, stride, dilation)?;
         if pad.top.max(pad.bottom) >= kernel.h || pad.left.max(pad.right) >= kernel.w {
             return Err(err(node, format!("pool padding {pad} not smaller than the kernel {kernel}")));
+        }
+        if rank == 3
+            && pad.left != pad.right
+            && crate::ir::shape::same_pad(Hw::new(1, input[3]), kernel, stride, dilation) != pad
+        {
+            return Err(err(
+                node,
+                format!("1-D pads [{}, {}] differ, which cnnc writes only as `same`", pad.left, pad.right),
+            ));
         }
         let p = Pool {
             kernel,
@@ -722,7 +777,7 @@ impl<'m> Importer<'m> {
             ceil: attr_int(node, "ceil_mode", 0) != 0,
             count_pad: attr_int(node, "count_include_pad", 0) != 0,
         };
-        let whole = kernel == Hw::new(input[2], input[3]) && stride == kernel && pad.is_zero();
+        let whole = rank == 4 && kernel == Hw::new(input[2], input[3]) && stride == kernel && pad.is_zero();
         let op = match node.op_type.as_str() {
             "MaxPool" => Op::MaxPool(p),
             // One window over the whole map: our exporter's adaptive_avg_pool(1).
@@ -734,13 +789,41 @@ impl<'m> Importer<'m> {
     }
 
     fn reduce(&mut self, node: &NodeProto) -> Result<(), ImportError> {
-        let x = self.rank4(node)?;
-        let axes =
+        let x = self.dynamic(node, 0)?;
+        let rank = self.shape(x).len();
+        let listed =
             if self.opset >= 18 { self.opt_constant(node, 1).and_then(|c| c.ints()) } else { attr_ints(node, "axes") }
                 .unwrap_or_default();
-        let mut axes: Vec<usize> = axes.iter().filter_map(|&a| model::axis(a, 4)).collect();
+        // No axes: every dimension (unless `noop_with_empty_axes`, the identity).
+        if listed.is_empty() && attr_int(node, "noop_with_empty_axes", 0) != 0 {
+            let v = self.input(node, 0)?.clone();
+            return self.set(node, 0, v);
+        }
+        let mut axes: Vec<usize> = if listed.is_empty() {
+            (0..rank).collect()
+        } else {
+            listed
+                .iter()
+                .map(|&a| model::axis(a, rank).ok_or_else(|| err(node, format!("axes {listed:?} out of range"))))
+                .collect::<Result<_, _>>()?
+        };
         axes.sort_unstable();
-        if axes != [2, 3] {
+        axes.dedup();
+        if axes.first() == Some(&0) {
+            return Err(err(
+                node,
+                format!(
+                    "{} over axes {axes:?} reduces the batch (dimension 0), which is not expressible",
+                    node.op_type
+                ),
+            ));
+        }
+        let keepdim = attr_int(node, "keepdims", 1) != 0;
+        if node.op_type == "ReduceMean" && (rank != 4 || axes != [2, 3]) {
+            let id = self.add(node, None, Op::Mean { dims: axes, keepdim }, &[x], vec![])?;
+            return self.set(node, 0, Val::Node(id));
+        }
+        if rank != 4 || axes != [2, 3] {
             return Err(err(
                 node,
                 format!("{} over axes {axes:?}; cnnc reduces over H and W (2, 3) only", node.op_type),
@@ -748,7 +831,7 @@ impl<'m> Importer<'m> {
         }
         let op = if node.op_type == "ReduceMean" { Op::GlobalAvgPool } else { Op::GlobalMaxPool };
         let id = self.add(node, None, op, &[x], vec![])?;
-        let id = if attr_int(node, "keepdims", 1) == 0 {
+        let id = if !keepdim {
             let mut flat = node.clone();
             flat.name = String::new();
             if let Some((scope, _)) = node.name.rsplit_once('/') {
@@ -1014,6 +1097,12 @@ impl<'m> Importer<'m> {
                 if !is_add && scalar == Some(0.5) && self.gelu_half_pattern(i, x)? {
                     return Ok(());
                 }
+                if !is_add
+                    && let Some(alpha) = scalar
+                    && self.hard_sigmoid_affine_pattern(i, x, alpha)?
+                {
+                    return Ok(());
+                }
                 if !is_add && shape.len() == 4 && c.dims == [shape[1], 1, 1] {
                     let t = Self::float_tensor(c, c.dims.clone());
                     let hint = c.origin.clone();
@@ -1062,6 +1151,28 @@ impl<'m> Importer<'m> {
         let id = self.add(div, None, Op::Activation(Activation::HardSigmoid), &[x], vec![])?;
         self.set(div, 0, Val::Node(id))?;
         Ok(true)
+    }
+
+    /// ONNX's HardSigmoid as its function body expands it: `Mul(x, alpha) -> Add(beta) ->
+    /// Min(1) -> Max(0)` (or `Max(0)` first), from the `Mul` at `i`.
+    fn hard_sigmoid_affine_pattern(&mut self, i: usize, x: NodeId, alpha: f32) -> Result<bool, ImportError> {
+        let chain = match self.chain(i, &["Add", "Min", "Max"]) {
+            Some(chain) => chain,
+            None => match self.chain(i, &["Add", "Max", "Min"]) {
+                Some(chain) => chain,
+                None => return Ok(false),
+            },
+        };
+        let out = |k: usize| self.nodes[chain[k]].output[0].clone();
+        let beta = self.scalar_with(self.node_ref(chain[1]), &out(0));
+        let (min_at, max_at) = if self.nodes[chain[2]].op_type == "Min" { (2, 3) } else { (3, 2) };
+        let one = self.scalar_with(self.node_ref(chain[min_at]), &out(min_at - 1));
+        let zero = self.scalar_with(self.node_ref(chain[max_at]), &out(max_at - 1));
+        let Some(beta) = beta else { return Ok(false) };
+        if one != Some(1.0) || zero != Some(0.0) || !alpha.is_finite() || !beta.is_finite() {
+            return Ok(false);
+        }
+        self.pattern(&chain, chain[3], Op::Activation(hard_sigmoid(alpha, beta)), x)
     }
 
     /// GELU through erf from its `Div(x, sqrt 2)` node `d`: `Erf -> Add(1)`, then
@@ -1215,10 +1326,16 @@ impl<'m> Importer<'m> {
                 return self.pattern(&c, c[2], Op::ChannelShuffle { groups: dims[1] }, x).map(|_| ());
             }
         }
-        Err(err(
-            node,
-            format!("Reshape from {input:?} to {dims:?} is not expressible (cnnc reshapes only to [N, -1], a flatten)"),
-        ))
+        if dims.first() != input.first() || !(2..=4).contains(&dims.len()) {
+            return Err(err(
+                node,
+                format!(
+                    "Reshape from {input:?} to {dims:?} is not expressible (cnnc keeps the batch, dimension 0, and reshapes to rank 2, 3 or 4)"
+                ),
+            ));
+        }
+        let id = self.add(node, None, Op::Reshape { shape: dims[1..].to_vec() }, &[x], vec![])?;
+        self.set(node, 0, Val::Node(id))
     }
 
     fn transpose(&mut self, i: usize) -> Result<(), ImportError> {
@@ -1251,11 +1368,37 @@ impl<'m> Importer<'m> {
 
     fn layer_norm(&mut self, node: &NodeProto, _: Option<()>) -> Result<(), ImportError> {
         let x = self.dynamic(node, 0)?;
-        let rank = self.shape(x).len();
-        if model::axis(attr_int(node, "axis", -1), rank) != Some(rank - 1) {
-            return Err(err(node, "LayerNormalization over more than the last dimension is not expressible"));
+        let shape = self.shape(x);
+        let rank = shape.len();
+        match model::axis(attr_int(node, "axis", -1), rank) {
+            Some(axis) if axis + 1 == rank => self.layer_norm_on(node, node, x, rank - 1),
+            // Over the last dimensions from `axis` on: `layer_norm(dims=)`.
+            Some(axis) if axis >= 1 => {
+                if node.output.iter().skip(1).any(|o| !o.is_empty() && self.uses.contains_key(o.as_str())) {
+                    return Err(err(node, "its mean and inverse-deviation outputs are used"));
+                }
+                let trailing = shape[axis..].to_vec();
+                let count: usize = trailing.iter().product();
+                let w = self.constant(node, 1, "the scale")?;
+                let b = self.constant(node, 2, "the bias (LayerNormalization without one is not supported)")?;
+                if w.len() != count || b.len() != count {
+                    return Err(err(
+                        node,
+                        format!("scale or bias of {} / {} values for the {count} of {trailing:?}", w.len(), b.len()),
+                    ));
+                }
+                let eps = shortest(attr_float(node, "epsilon", 1e-5));
+                let tensors = vec![
+                    (ParamRole::Weight, Self::float_tensor(&w, trailing.clone())),
+                    (ParamRole::Bias, Self::float_tensor(&b, trailing)),
+                ];
+                let hint = Self::weight_path(&w, "weight");
+                let op = Op::LayerNormLast { eps, dims: rank - axis };
+                let id = self.add(node, hint.as_deref(), op, &[x], tensors)?;
+                self.set(node, 0, Val::Node(id))
+            }
+            _ => Err(err(node, "LayerNormalization over the batch (axis 0) is not expressible")),
         }
-        self.layer_norm_on(node, node, x, rank - 1)
     }
 
     fn layer_norm_on(&mut self, ln: &NodeProto, last: &NodeProto, x: NodeId, axis: usize) -> Result<(), ImportError> {
@@ -1354,6 +1497,19 @@ impl<'m> Importer<'m> {
             start += len;
         }
         Ok(())
+    }
+}
+
+/// ONNX's `HardSigmoid(alpha, beta)`: PyTorch's `hardsigmoid` for alpha = 1/6 and beta =
+/// 0.5 (torch.onnx's export of nn.Hardsigmoid), else `hardsigmoid(alpha=, beta=)`.
+fn hard_sigmoid(alpha: f32, beta: f32) -> Activation {
+    // 1/6 in f32 reads back as 1/6, as it was written.
+    let sixth = (alpha - 1.0 / 6.0).abs() <= 1e-7;
+    if sixth && beta == 0.5 {
+        Activation::HardSigmoid
+    } else {
+        let alpha = if sixth { 1.0 / 6.0 } else { shortest(alpha) };
+        Activation::HardSigmoidAffine { alpha, beta: shortest(beta) }
     }
 }
 

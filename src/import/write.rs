@@ -700,7 +700,11 @@ impl Writer<'_> {
         let node = self.graph.node(id);
         let input = self.graph.op_operands(id).first().map(|&o| self.graph.node(o).shape.clone()).unwrap_or_default();
         let bad = |what: &str| format!("layer `{}`: {what}", node.name);
-        let hw = |v: Hw| if v.h == v.w { v.h.to_string() } else { format!("({}, {})", v.h, v.w) };
+        // On [N, C, L] a pool's window is 1 x k: written as `k`.
+        let rank3 = input.len() == 3;
+        let hw = |v: Hw| {
+            if v.h == v.w || (rank3 && v.h <= 1) { v.w.to_string() } else { format!("({}, {})", v.h, v.w) }
+        };
         // Symmetric pads as `n` or `(h, w)`; asymmetric ones as `same` where they are the
         // input's `same` padding (SAME_UPPER), else `(top, left, bottom, right)`.
         let pad = |p: Pad, kernel: Hw, stride: Hw, dilation: Hw| -> Option<String> {
@@ -708,6 +712,14 @@ impl Writer<'_> {
                 None
             } else if p.top == p.bottom && p.left == p.right {
                 Some(hw(Hw::new(p.top, p.left)))
+            } else if rank3 && p.top == 0 && p.bottom == 0 {
+                // Along L only: `same` or nothing the language writes.
+                let same = crate::ir::shape::same_pad(Hw::new(1, input[2]), kernel, stride, dilation) == p;
+                Some(if same {
+                    "same".to_string()
+                } else {
+                    format!("({}, {}, {}, {})", p.top, p.left, p.bottom, p.right)
+                })
             } else if input.len() == 4
                 && crate::ir::shape::same_pad(Hw::new(input[2], input[3]), kernel, stride, dilation) == p
             {
@@ -769,6 +781,13 @@ impl Writer<'_> {
                     args.push("tanh=true".into());
                     "gelu"
                 }
+                Activation::HardSigmoidAffine { alpha, beta } => {
+                    args.push(format!("alpha={}", num(*alpha)?));
+                    if *beta != 0.5 {
+                        args.push(format!("beta={}", num(*beta)?));
+                    }
+                    "hardsigmoid"
+                }
                 other => other.mnemonic(),
             },
             Op::MaxPool(p) | Op::AvgPool(p) => {
@@ -812,6 +831,24 @@ impl Writer<'_> {
             Op::Permute { perm } => {
                 args.extend(perm.iter().map(|d| d.to_string()));
                 "permute"
+            }
+            Op::Reshape { shape } => {
+                args.extend(shape.iter().map(|d| d.to_string()));
+                "reshape"
+            }
+            Op::Mean { dims, keepdim } => {
+                args.extend(dims.iter().map(|d| d.to_string()));
+                if *keepdim {
+                    args.push("keepdim=true".into());
+                }
+                "mean"
+            }
+            Op::LayerNormLast { eps, dims } => {
+                if *eps != 1e-5 {
+                    args.push(format!("eps={}", num(*eps)?));
+                }
+                args.push(format!("dims={dims}"));
+                "layer_norm"
             }
             Op::LayerNorm { eps, axis } => {
                 if *eps != 1e-5 {

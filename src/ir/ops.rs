@@ -100,6 +100,13 @@ pub enum Activation {
     HardSwish,
     /// nn.Hardsigmoid: `relu6(x + 3) / 6`.
     HardSigmoid,
+    /// ONNX's `HardSigmoid(alpha, beta)`: `min(max(alpha * x + beta, 0), 1)`, NaN passing
+    /// through (`hardsigmoid(alpha=, beta=)`; ONNX's defaults are 0.2 and 0.5).
+    /// Invariant: `alpha` and `beta` finite.
+    HardSigmoidAffine {
+        alpha: f64,
+        beta: f64,
+    },
     /// nn.SiLU: `x * sigmoid(x)`.
     Silu,
     /// nn.GELU: `x * Phi(x)` with the normal CDF through erf, or with
@@ -107,6 +114,8 @@ pub enum Activation {
     Gelu {
         tanh: bool,
     },
+    /// `torch.erf`: the error function (ONNX's `Erf`).
+    Erf,
 }
 
 impl Activation {
@@ -129,9 +138,10 @@ impl Activation {
             Activation::Clamp { min, max } if *min == 0.0 && *max == 6.0 => "relu6",
             Activation::Clamp { .. } => "hardtanh",
             Activation::HardSwish => "hardswish",
-            Activation::HardSigmoid => "hardsigmoid",
+            Activation::HardSigmoid | Activation::HardSigmoidAffine { .. } => "hardsigmoid",
             Activation::Silu => "silu",
             Activation::Gelu { .. } => "gelu",
+            Activation::Erf => "erf",
         }
     }
 
@@ -141,6 +151,7 @@ impl Activation {
             Activation::LeakyRelu { slope } => format!("slope={slope}"),
             Activation::Clamp { min, max } if !(*min == 0.0 && *max == 6.0) => format!("min={min} max={max}"),
             Activation::Gelu { tanh: true } => "tanh=true".into(),
+            Activation::HardSigmoidAffine { alpha, beta } => format!("alpha={alpha} beta={beta}"),
             _ => String::new(),
         }
     }
@@ -246,6 +257,19 @@ pub enum Op {
         p: f64,
     },
     Flatten,
+    /// `x.reshape(N, *shape)`: the same values in row-major order under another shape,
+    /// the batch kept (`shape` is the output's dimensions after the batch).
+    Reshape {
+        shape: Vec<usize>,
+    },
+    /// `nn.Identity`: the value itself.
+    Identity,
+    /// `x.mean(dims, keepdim)`: the mean over `dims` (ascending, distinct, never the
+    /// batch), which stay as size 1 when `keepdim`, else go.
+    Mean {
+        dims: Vec<usize>,
+        keepdim: bool,
+    },
     /// Elementwise sum of its operands, broadcasting size-1 dimensions.
     Add,
     /// Elementwise product of its operands, broadcasting size-1 dimensions.
@@ -280,6 +304,13 @@ pub enum Op {
     LayerNorm {
         eps: f64,
         axis: usize,
+    },
+    /// `nn.LayerNorm(x.shape[-dims:], eps)`: layer normalization over the last `dims`
+    /// dimensions together (`dims >= 2`; one is `LayerNorm`), with an elementwise affine
+    /// `weight` and `bias` of those dimensions' shape.
+    LayerNormLast {
+        eps: f64,
+        dims: usize,
     },
     /// A learned per-channel multiplier of shape `[C, 1, 1]` (ConvNeXt's `layer_scale`),
     /// named by the layer's path itself.
@@ -346,6 +377,9 @@ impl Op {
             Op::Dropout2d { .. } => "dropout2d",
             Op::StochasticDepth { .. } => "stochastic_depth",
             Op::Flatten => "flatten",
+            Op::Reshape { .. } => "reshape",
+            Op::Identity => "identity",
+            Op::Mean { .. } => "mean",
             Op::Add => "add",
             Op::Mul => "mul",
             Op::Concat => "concat",
@@ -354,7 +388,7 @@ impl Op {
             Op::Slice { .. } => "slice",
             Op::ChannelShuffle { .. } => "channel_shuffle",
             Op::Permute { .. } => "permute",
-            Op::LayerNorm { .. } => "layer_norm",
+            Op::LayerNorm { .. } | Op::LayerNormLast { .. } => "layer_norm",
             Op::Scale => "scale",
         }
     }
@@ -395,6 +429,10 @@ impl Op {
                 let c = input.get(1).copied().unwrap_or(0);
                 vec![(ParamRole::Scale, vec![c]), (ParamRole::Shift, vec![c])]
             }
+            Op::LayerNormLast { dims, .. } => {
+                let trailing = input[input.len().saturating_sub(*dims)..].to_vec();
+                vec![(ParamRole::Weight, trailing.clone()), (ParamRole::Bias, trailing)]
+            }
             Op::LayerNorm { axis, .. } => {
                 let c = input.get(*axis).copied().unwrap_or(0);
                 vec![(ParamRole::Weight, vec![c]), (ParamRole::Bias, vec![c])]
@@ -411,7 +449,13 @@ impl Op {
     pub fn is_weighted(&self) -> bool {
         matches!(
             self,
-            Op::Conv(_) | Op::Linear { .. } | Op::BatchNorm { .. } | Op::ScaleShift | Op::LayerNorm { .. } | Op::Scale
+            Op::Conv(_)
+                | Op::Linear { .. }
+                | Op::BatchNorm { .. }
+                | Op::ScaleShift
+                | Op::LayerNorm { .. }
+                | Op::LayerNormLast { .. }
+                | Op::Scale
         )
     }
 
@@ -464,6 +508,13 @@ impl Op {
                 format!("perm={}", perm.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","))
             }
             Op::LayerNorm { eps, axis } => format!("eps={eps:e} axis={axis}"),
+            Op::LayerNormLast { eps, dims } => format!("eps={eps:e} dims={dims}"),
+            Op::Reshape { shape } => {
+                format!("shape={}", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","))
+            }
+            Op::Mean { dims, keepdim } => {
+                format!("dims={} keepdim={keepdim}", dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","))
+            }
             _ => String::new(),
         }
     }

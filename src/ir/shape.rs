@@ -91,13 +91,43 @@ fn expect_4d(op: &Op, shape: &[usize]) -> Result<(), ShapeError> {
             fmt_shape(shape)
         ))
         .with_help(
-            "a [N, C, L] tensor takes the elementwise ops, dropout, add, mul, concat, softmax, flatten, linear and layer_norm",
+            "a [N, C, L] tensor takes the elementwise ops, dropout, add, mul, concat, softmax, flatten, reshape, mean, linear, layer_norm, and max_pool and avg_pool along L",
         ));
     }
     Err(ShapeError::new(format!("{} expects a 4-D [N, C, H, W] tensor, got {}", op.mnemonic(), fmt_shape(shape))))
 }
 
+/// A `[N, C, L]` tensor as the `[N, C, 1, L]` map the window ops see (1-D pooling).
+pub fn as_4d(shape: &[usize]) -> Vec<usize> {
+    match shape {
+        [n, c, l] => vec![*n, *c, 1, *l],
+        _ => shape.to_vec(),
+    }
+}
+
 fn pool_out(op: &Op, pool: &Pool, input: &[usize]) -> Result<Vec<usize>, ShapeError> {
+    // 1-D pooling: a window along L of `[N, C, L]`, the 2-D pool over `[N, C, 1, L]`.
+    if input.len() == 3 {
+        let flat = pool.kernel.h == 1
+            && pool.stride.h == 1
+            && pool.dilation.h == 1
+            && pool.pad.top == 0
+            && pool.pad.bottom == 0;
+        if !flat {
+            return Err(ShapeError::new(format!(
+                "{} of {} [N, C, L] takes one window size (kernel {}, stride {}, pad {})",
+                op.mnemonic(),
+                fmt_shape(input),
+                pool.kernel,
+                pool.stride,
+                pool.pad
+            ))
+            .with_help("on [N, C, L] the kernel, stride, pad and dilation are single integers, along L"));
+        }
+        let mut out = pool_out(op, pool, &as_4d(input))?;
+        out.remove(2);
+        return Ok(out);
+    }
     expect_4d(op, input)?;
     // ONNX allows pads below the kernel: every window then holds at least one real pixel.
     if pool.pad.top.max(pool.pad.bottom) >= pool.kernel.h || pool.pad.left.max(pool.pad.right) >= pool.kernel.w {
@@ -298,7 +328,61 @@ fn infer_unchecked(op: &Op, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeErro
             }
             Ok(x.to_vec())
         }
-        Op::Activation(_) | Op::Dropout { .. } | Op::StochasticDepth { .. } => Ok(x.to_vec()),
+        Op::Activation(_) | Op::Dropout { .. } | Op::StochasticDepth { .. } | Op::Identity => Ok(x.to_vec()),
+        Op::Mean { dims, keepdim } => {
+            let ascending = dims.windows(2).all(|w| w[0] < w[1]);
+            if dims.is_empty() || !ascending || dims[0] == 0 || dims.iter().any(|&d| d >= x.len()) {
+                let dims: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+                return Err(ShapeError::new(format!(
+                    "mean over dimensions ({}) of {}: name dimensions 1..{} of the input, each once",
+                    dims.join(", "),
+                    fmt_shape(x),
+                    x.len().saturating_sub(1)
+                ))
+                .with_help("dimension 0 is the batch, which mean does not reduce"));
+            }
+            let out: Vec<usize> = (0..x.len())
+                .filter_map(|d| match dims.contains(&d) {
+                    false => Some(x[d]),
+                    true => keepdim.then_some(1),
+                })
+                .collect();
+            if out.len() < 2 {
+                return Err(ShapeError::new(format!(
+                    "mean over every dimension of {} but the batch leaves a tensor of rank 1",
+                    fmt_shape(x)
+                ))
+                .with_help("keep the reduced dimensions with `keepdim=true`"));
+            }
+            Ok(out)
+        }
+        Op::Reshape { shape } => {
+            let mut out = vec![x.first().copied().unwrap_or(0)];
+            out.extend(shape);
+            let per_image = |s: &[usize]| s.iter().skip(1).try_fold(1usize, |a, &d| a.checked_mul(d));
+            if x.len() < 2 || !(2..=4).contains(&out.len()) {
+                return Err(ShapeError::new(format!(
+                    "reshape of {} to {}: the result has rank {}; reshape makes tensors of rank 2, 3 or 4",
+                    fmt_shape(x),
+                    fmt_shape(&out),
+                    out.len()
+                )));
+            }
+            if per_image(x).is_none() || per_image(x) != per_image(&out) {
+                let count = |n: Option<usize>| n.map_or("too many".to_string(), |n| n.to_string());
+                return Err(ShapeError::new(format!(
+                    "reshape of {} to {}: {} values per image, not {}",
+                    fmt_shape(x),
+                    fmt_shape(&out),
+                    count(per_image(&out)),
+                    count(per_image(x))
+                ))
+                .with_help(
+                    "the arguments are the dimensions after the batch; their product is the input's per image",
+                ));
+            }
+            Ok(out)
+        }
         Op::Dropout2d { .. } => {
             expect_4d(op, x)?;
             Ok(x.to_vec())
@@ -374,6 +458,16 @@ fn infer_unchecked(op: &Op, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeErro
                 .with_help(format!("name each of 0..{} once", x.len())));
             }
             Ok(perm.iter().map(|&d| x[d]).collect())
+        }
+        Op::LayerNormLast { dims, .. } => {
+            if *dims < 2 || *dims >= x.len() {
+                return Err(ShapeError::new(format!(
+                    "layer_norm over the last {dims} dimensions of {}: name 2 to {} (never the batch)",
+                    fmt_shape(x),
+                    x.len().saturating_sub(1)
+                )));
+            }
+            Ok(x.to_vec())
         }
         Op::LayerNorm { axis, .. } => {
             if x.len() < 2 || *axis == 0 || *axis >= x.len() {

@@ -50,6 +50,15 @@ pub fn verify(graph: &Graph) -> Result<(), String> {
                             activation.name()
                         ));
                     }
+                    if let Activation::HardSigmoidAffine { alpha, beta } = activation
+                        && !(alpha.is_finite() && beta.is_finite())
+                    {
+                        problems.push(format!(
+                            "{}: {} with a constant that is not finite",
+                            node.name,
+                            activation.name()
+                        ));
+                    }
                 }
                 // The residual is added before any pooling: it has the op's own output shape.
                 let kernel_shape = match node.epilogue.pool {

@@ -26,6 +26,7 @@ fn passes_through(op: &Op) -> bool {
         Op::Activation(_)
             | Op::Dropout { .. }
             | Op::StochasticDepth { .. }
+            | Op::Identity
             | Op::BatchNorm { .. }
             | Op::ScaleShift
             | Op::Softmax

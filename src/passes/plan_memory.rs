@@ -34,7 +34,14 @@ const ALIGN: usize = 64;
 pub fn can_run_in_place(op: &Op) -> bool {
     matches!(
         op,
-        Op::Activation(_) | Op::ScaleShift | Op::Scale | Op::Flatten | Op::Dropout { .. } | Op::StochasticDepth { .. }
+        Op::Activation(_)
+            | Op::ScaleShift
+            | Op::Scale
+            | Op::Flatten
+            | Op::Reshape { .. }
+            | Op::Identity
+            | Op::Dropout { .. }
+            | Op::StochasticDepth { .. }
     )
 }
 

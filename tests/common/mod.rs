@@ -83,6 +83,8 @@ pub fn replay_memory_plan(graph: &Graph) -> Result<(), String> {
                 | Op::ScaleShift
                 | Op::Scale
                 | Op::Flatten
+                | Op::Reshape { .. }
+                | Op::Identity
                 | Op::Dropout { .. }
                 | Op::Dropout2d { .. }
                 | Op::StochasticDepth { .. } => position == 0,

@@ -28,9 +28,11 @@ use super::kernels::movement::{self, ChannelMap};
 use super::kernels::normalize::{self, LayerNorm, Lrn};
 use super::kernels::pointwise::PointwiseKernel;
 use super::kernels::pool::{PoolKernel, PoolKind};
+use super::kernels::reduce;
 use super::kernels::winograd::WinogradKernel;
 use super::kernels::x86::{Simd, Ukernel};
 use super::kernels::{Base, Kb, Loc, MathFns, MicroKernel};
+use crate::ir::shape::as_4d;
 use crate::ir::{Activation, Epilogue, Graph, Node, NodeId, Op, ParamRole};
 use crate::passes::plan_memory::concat_is_free;
 use crate::precision::Precision;
@@ -311,6 +313,8 @@ enum Kernel {
     Permute(Vec<usize>),
     /// The normalization's shape; the data holds the weight and bias.
     LayerNorm(LayerNorm, Vec<f32>),
+    /// `mean` over some dimensions; the data holds its offset tables.
+    Mean(reduce::Mean, Vec<u8>),
 }
 
 impl Kernel {
@@ -324,6 +328,7 @@ impl Kernel {
             Kernel::Linear(k) => Some(std::mem::take(&mut k.data)),
             Kernel::ScaleShift(d) | Kernel::LayerNorm(_, d) => Some(d.iter().flat_map(|x| x.to_le_bytes()).collect()),
             Kernel::Pool(p) => p.data(),
+            Kernel::Mean(_, tables) => Some(std::mem::take(tables)),
             _ => None,
         }
     }
@@ -476,13 +481,25 @@ fn prepare(
             Kernel::ScaleShift(scale.into_iter().chain(shift).collect())
         }
         Op::Activation(activation) => Kernel::Activation(*activation),
-        Op::Flatten | Op::Dropout { .. } | Op::Dropout2d { .. } | Op::StochasticDepth { .. } => Kernel::Copy,
+        Op::Flatten
+        | Op::Reshape { .. }
+        | Op::Identity
+        | Op::Dropout { .. }
+        | Op::Dropout2d { .. }
+        | Op::StochasticDepth { .. } => Kernel::Copy,
         Op::Softmax => Kernel::Softmax,
-        Op::MaxPool(pool) => Kernel::Pool(
-            PoolKernel::window(PoolKind::Max, pool, &x_shape, (node.shape[2], node.shape[3])).with_simd(simd),
-        ),
+        Op::Mean { dims, .. } => {
+            let (mean, tables) = reduce::Mean::new(&x_shape, dims);
+            Kernel::Mean(mean, tables)
+        }
+        // 1-D pooling on [N, C, L] runs as the 2-D pooling of [N, C, 1, L].
+        Op::MaxPool(pool) => {
+            let (x_shape, shape) = (as_4d(&x_shape), as_4d(&node.shape));
+            Kernel::Pool(PoolKernel::window(PoolKind::Max, pool, &x_shape, (shape[2], shape[3])).with_simd(simd))
+        }
         Op::AvgPool(pool) => {
-            Kernel::Pool(PoolKernel::window(PoolKind::Avg, pool, &x_shape, (node.shape[2], node.shape[3])))
+            let (x_shape, shape) = (as_4d(&x_shape), as_4d(&node.shape));
+            Kernel::Pool(PoolKernel::window(PoolKind::Avg, pool, &x_shape, (shape[2], shape[3])))
         }
         Op::GlobalAvgPool => Kernel::Pool(PoolKernel::global(PoolKind::Avg, &x_shape)),
         Op::GlobalMaxPool => Kernel::Pool(PoolKernel::global(PoolKind::Max, &x_shape)),
@@ -501,6 +518,19 @@ fn prepare(
                 outer: x_shape[..*axis].iter().product(),
                 count: x_shape[*axis],
                 inner: x_shape[axis + 1..].iter().product(),
+                eps: *eps,
+            };
+            Kernel::LayerNorm(shape, weight.data.iter().chain(&bias.data).copied().collect())
+        }
+        // Over the last `dims` dimensions: one row of their values per outer index.
+        Op::LayerNormLast { eps, dims } => {
+            let weight = required(weights, node, &x_shape, ParamRole::Weight)?;
+            let bias = required(weights, node, &x_shape, ParamRole::Bias)?;
+            let split = x_shape.len() - dims;
+            let shape = LayerNorm {
+                outer: x_shape[..split].iter().product(),
+                count: x_shape[split..].iter().product(),
+                inner: 1,
                 eps: *eps,
             };
             Kernel::LayerNorm(shape, weight.data.iter().chain(&bias.data).copied().collect())
@@ -868,6 +898,7 @@ fn emit_kernel(
         }
         Kernel::Permute(perm) => movement::emit_permute(kb, operands[0].1, perm, operands[0].0, out),
         Kernel::LayerNorm(shape, _) => normalize::emit_layer_norm(kb, shape, operands[0].0, out),
+        Kernel::Mean(mean, _) => reduce::emit_mean(kb, mean, operands[0].0, out),
         Kernel::Broadcast(combine) => elementwise::emit_broadcast(kb, *combine, &node.shape, operands, out, epilogue),
         Kernel::Concat => {
             let batch = node.shape[0];

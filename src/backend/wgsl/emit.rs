@@ -28,6 +28,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ir::shape::as_4d;
 use crate::ir::{Activation, Epilogue, Graph, NodeId, Op, Pool, PoolKind};
 
 /// The text every module shares, between the prelude and the template.
@@ -409,6 +410,10 @@ impl<'a> KernelBuilder<'a> {
             }
             Activation::HardSwish => "hardswish(v)".to_string(),
             Activation::HardSigmoid => "hardsigmoid(v)".to_string(),
+            Activation::HardSigmoidAffine { alpha, beta } => {
+                format!("clamp_nan(fma(v, {}, {}), 0.0, 1.0)", self.float_literal(alpha), self.float_literal(beta))
+            }
+            Activation::Erf => "erf_approx(v)".to_string(),
             Activation::Silu => "silu(v)".to_string(),
             Activation::Gelu { tanh: false } => "gelu_erf(v)".to_string(),
             Activation::Gelu { tanh: true } => "gelu_tanh(v)".to_string(),
@@ -752,7 +757,9 @@ fn emit_node<'a>(
         }
         Op::MaxPool(pool) | Op::AvgPool(pool) => {
             let b = start(&node.name)?;
-            emit_pool(b, pool, matches!(node.op, Op::MaxPool(_)), &first_shape, shape, &with_operands, total)?
+            // 1-D pooling on [N, C, L] runs as the 2-D pooling of [N, C, 1, L].
+            let (in_shape, out_shape) = (as_4d(&first_shape), as_4d(shape));
+            emit_pool(b, pool, matches!(node.op, Op::MaxPool(_)), &in_shape, &out_shape, &with_operands, total)?
         }
         Op::GlobalMaxPool => {
             let b = start(&node.name)?;
@@ -795,7 +802,13 @@ fn emit_node<'a>(
             b.float("K", *k);
             b.finish("lrn", Grid::Invocations(total))?
         }
-        Op::Activation(_) | Op::Dropout { .. } | Op::Dropout2d { .. } | Op::StochasticDepth { .. } | Op::Flatten => {
+        Op::Activation(_)
+        | Op::Dropout { .. }
+        | Op::Dropout2d { .. }
+        | Op::StochasticDepth { .. }
+        | Op::Flatten
+        | Op::Reshape { .. }
+        | Op::Identity => {
             let copy_in_place = Activation::of(&node.op).is_none()
                 && node.epilogue.is_empty()
                 && operands.first().map(|&o| value(o)).transpose()? == Some(output);
@@ -807,6 +820,37 @@ fn emit_node<'a>(
                 b.function("fn value(i: u32) -> f32 {\n    return load_x(i);\n}\n");
                 b.finish("elementwise", Grid::Invocations(total))?
             }
+        }
+        Op::Mean { dims, .. } => {
+            // One output value per invocation: its first input value from the kept
+            // coordinates, then a loop over the reduced positions.
+            let mut strides = vec![1usize; first_shape.len()];
+            for d in (0..first_shape.len().saturating_sub(1)).rev() {
+                strides[d] = strides[d + 1] * first_shape[d + 1];
+            }
+            let steps = |axes: &[usize], var: &str, into: &str| -> String {
+                axes.iter()
+                    .rev()
+                    .map(|&a| {
+                        format!(
+                            "        {into} = {into} + ({var} % {}u) * {}u;\n        {var} = {var} / {}u;\n",
+                            first_shape[a], strides[a], first_shape[a]
+                        )
+                    })
+                    .collect()
+            };
+            let kept: Vec<usize> = (0..first_shape.len()).filter(|d| !dims.contains(d)).collect();
+            let count: usize = dims.iter().map(|&d| first_shape[d]).product();
+            let mut b = start(&node.name)?;
+            with_operands(&mut b)?;
+            b.uint("COUNT", count);
+            b.float("INVERSE", 1.0 / count as f64);
+            b.function(&format!(
+                "fn value(i: u32) -> f32 {{\n    var rest = i;\n    var base = 0u;\n{}    var sum = 0.0;\n    for (var r = 0u; r < COUNT; r = r + 1u) {{\n        var q = r;\n        var offset = 0u;\n{}        sum = sum + load_x(base + offset);\n    }}\n    return sum * INVERSE;\n}}\n",
+                steps(&kept, "rest", "base").replace("        ", "    "),
+                steps(dims, "q", "offset")
+            ));
+            b.finish("elementwise", Grid::Invocations(total))?
         }
         Op::ScaleShift | Op::BatchNorm { .. } => {
             let mut b = start(&node.name)?;
@@ -852,6 +896,16 @@ fn emit_node<'a>(
             b.uint("INNER", inner);
             b.float("EPS", *eps);
             b.finish("layer_norm", Grid::Invocations((outer * inner) as u64))?
+        }
+        // Over the last `dims` dimensions: `[outer, count]` with the weight flattened.
+        Op::LayerNormLast { eps, dims } => {
+            let mut b = start(&node.name)?;
+            with_operands(&mut b)?;
+            let split = shape.len() - dims;
+            b.uint("C", shape[split..].iter().product());
+            b.uint("INNER", 1);
+            b.float("EPS", *eps);
+            b.finish("layer_norm", Grid::Invocations(shape[..split].iter().product::<usize>() as u64))?
         }
     };
     kernels.extend(kernel);

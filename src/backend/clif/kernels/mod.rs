@@ -18,6 +18,7 @@ pub(crate) mod movement;
 pub(crate) mod normalize;
 pub(crate) mod pointwise;
 pub(crate) mod pool;
+pub(crate) mod reduce;
 pub(crate) mod winograd;
 pub(crate) mod x86;
 
@@ -381,6 +382,13 @@ impl<'a> Kb<'a> {
                 self.fb.ins().fmul(x, gate)
             }
             Activation::HardSigmoid => self.hard_sigmoid(x),
+            Activation::HardSigmoidAffine { alpha, beta } => {
+                let alpha = self.constant(ty, alpha as f32);
+                let beta = self.constant(ty, beta as f32);
+                let affine = self.mul_add(x, alpha, beta);
+                self.clamp(affine, 0.0, 1.0)
+            }
+            Activation::Erf => self.erf(x),
             Activation::Silu => {
                 // x / (1 + exp(-x)), PyTorch's formula.
                 let negated = self.fb.ins().fneg(x);

@@ -331,7 +331,12 @@ impl RegisterActivation {
             Activation::Clamp { min, max } => Some(RegisterActivation::Clamp { min: bits(min), max: bits(max) }),
             Activation::HardSigmoid => Some(RegisterActivation::HardSigmoid),
             Activation::HardSwish => Some(RegisterActivation::HardSwish),
-            Activation::Sigmoid | Activation::Tanh | Activation::Silu | Activation::Gelu { .. } => None,
+            Activation::Sigmoid
+            | Activation::Tanh
+            | Activation::Silu
+            | Activation::Gelu { .. }
+            | Activation::HardSigmoidAffine { .. }
+            | Activation::Erf => None,
         }
     }
 
