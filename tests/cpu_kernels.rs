@@ -14,12 +14,14 @@
 //!   sometimes a fused residual, for the Winograd kernel; proptest, shrinking to the
 //!   smallest failing layer) through the default code (the AVX-512 machine-code tiles
 //!   and Winograd where the host has AVX-512F, F(4x4) on the larger planes; 3x3
-//!   stride-1 layers also with Winograd off and with each of F(2x2) and F(4x4) forced;
+//!   stride-1 layers also with Winograd off and with each of F(2x2) and F(4x4) forced,
+//!   on AVX-512 and on AVX2;
 //!   a sixth depthwise, for the depthwise bands, and a few depthwise and pointwise
 //!   layers with epilogues of every activation and MobileNet's shapes, which assert
 //!   that they run on the bands and pixel tiles of each ISA the host has),
 //!   the AVX2 code (`x86-64-v3`, where the host has AVX2, and the default where it has
-//!   no AVX-512: direct tiles, pointwise pixel tiles and depthwise bands) and the
+//!   no AVX-512: direct tiles, pointwise pixel tiles, depthwise bands and Winograd on
+//!   16-pixel GEMM tiles) and the
 //!   portable f32x4
 //!   tiles, each on 1 and 2 threads, against the interpreter: relative L2 at most 1e-4
 //!   (the backends' tolerance; f32 against f64 accumulation).
@@ -250,8 +252,8 @@ fn pointwise_layer() -> impl Strategy<Value = Layer> {
 
 /// 3x3 stride-1 convolutions with the channels (32 and more on both sides, or 16 to 31
 /// inputs where F(4x4) runs the layer) and tiles (36 and more 2x2 output tiles) that
-/// select the Winograd kernel on AVX-512 (the smaller inputs take the direct kernel
-/// otherwise), on planes up to
+/// select the Winograd kernel on AVX-512 and AVX2 (the smaller inputs take the direct
+/// kernel otherwise), on planes up to
 /// 40x40 (from about 21x21 outputs on, 36 or more 4x4 tiles: F(4x4) by default): sizes
 /// of every remainder modulo 2 and 4 (partial tiles at the right and bottom edges), rows
 /// of fewer than four tiles, padding 0 and 1, and with padding 1 and as many outputs as
@@ -389,7 +391,14 @@ fn check_scaled(source: &str, batch: usize, winograd_shape: bool, depthwise: boo
     }
     // The AVX2 tiles, where this CPU runs them (the default is AVX-512 where it has it).
     if CpuLevel::X86_64V3.host_has() {
-        variants.push(("x86-64-v3", CodegenOptions { cpu: Some(CpuLevel::X86_64V3), ..CodegenOptions::default() }));
+        let v3 = CodegenOptions { cpu: Some(CpuLevel::X86_64V3), ..CodegenOptions::default() };
+        variants.push(("x86-64-v3", v3.clone()));
+        // Both Winograd variants on AVX2 too (the defaults above are AVX2's on a host
+        // without AVX-512).
+        if winograd_shape && CpuLevel::X86_64V4.host_has() {
+            variants.push(("x86-64-v3 winograd F(2x2)", CodegenOptions { winograd_f4: Some(false), ..v3.clone() }));
+            variants.push(("x86-64-v3 winograd F(4x4)", CodegenOptions { winograd_f4: Some(true), ..v3 }));
+        }
     }
     for (variant, options) in variants {
         let mut model = compile_jit_with(&graph, &options)?;
@@ -461,6 +470,72 @@ fn layers_with_large_weights_share_their_blocks() {
     for layer in &layers {
         if let Err(e) = check_layer(layer) {
             panic!("{e}");
+        }
+    }
+}
+
+/// The Winograd kernel on each ISA the host has (AVX-512 by default, AVX2 at x86-64-v3),
+/// both variants forced and the default, against the interpreter (within `TOLERANCE`),
+/// and 2 and 3 threads bit for bit as one: ResNet's 7x7 outputs (16 2x2 tiles, which
+/// Winograd runs on AVX2 only, by default F(2x2)), a 14x14 layer with a fused residual
+/// (F(4x4) by default on AVX2), a 23x21 plane of partial tiles and more than one GEMM
+/// tile and block of channels with partial ones (16-pixel tiles on AVX2, 6 channels;
+/// with 4x4 tiles of fewer than 9 pixels, 12), two images.
+#[test]
+fn winograd_runs_on_each_host_isa() {
+    let programs = [
+        ("input x: [40, 7, 7]\n    conv(40, 3, pad=1)\n    relu", 1, Some(2)),
+        ("input x: [32, 14, 14]\n    conv(32, 3, pad=1)\n    relu\n    add(x)\n    relu", 1, Some(4)),
+        ("input x: [33, 25, 23]\n    conv(45, 3)\n    leaky_relu(0.1)", 2, Some(4)),
+    ];
+    let mut isas: Vec<(&str, CodegenOptions)> = Vec::new();
+    if CpuLevel::X86_64V4.host_has() {
+        isas.push(("AVX-512", CodegenOptions::default()));
+    }
+    if CpuLevel::X86_64V3.host_has() {
+        isas.push(("AVX2", CodegenOptions { cpu: Some(CpuLevel::X86_64V3), ..CodegenOptions::default() }));
+    }
+    for (body, batch, avx2_default) in programs {
+        let source = format!("network wino {{\n    {body}\n}}\n");
+        let graph = optimized_graph(&source, batch).unwrap();
+        let inputs = vec![cnnc::weights::random_normal(&graph.node(graph.inputs[0]).shape, 12)];
+        let reference = cnnc::interp::run(&graph, &graph.weights, &inputs).unwrap();
+        for (isa, options) in &isas {
+            for f4 in [None, Some(false), Some(true)] {
+                let options = CodegenOptions { winograd_f4: f4, ..options.clone() };
+                let mut model = compile_jit_with(&graph, &options).unwrap();
+                let algorithm = model.kernels()[0].algorithm.clone();
+                // The 7x7 layer runs directly on AVX-512 by default (fewer than 36 tiles).
+                let m = match (f4, *isa) {
+                    (Some(f4), _) => Some(if f4 { 4 } else { 2 }),
+                    (None, "AVX2") => avx2_default,
+                    (None, _) => None,
+                };
+                let expected = m.map(|m| format!("winograd F({m}x{m},3x3)"));
+                let winograd = algorithm.starts_with("winograd");
+                if *isa == "AVX-512" && body.contains("[40, 7, 7]") && f4.is_none() {
+                    assert!(!winograd, "{isa}: {algorithm}\n{source}");
+                } else if let Some(expected) = expected {
+                    assert!(algorithm.starts_with(&expected), "{isa} {f4:?}: {algorithm}\n{source}");
+                } else {
+                    assert!(winograd, "{isa} {f4:?}: {algorithm}\n{source}");
+                }
+                if winograd {
+                    assert!(algorithm.contains(&format!("{isa} pixel tiles")), "{isa}: {algorithm}");
+                }
+                model.set_threads(1);
+                let single = model.run(&inputs).unwrap();
+                let error = relative_l2(&single[0].data, &reference[0].data);
+                assert!(error <= TOLERANCE, "{isa} {algorithm}: relative L2 {error:.3e}\n{source}");
+                for threads in [2, 3] {
+                    model.set_threads(threads);
+                    let got = model.run(&inputs).unwrap();
+                    assert!(
+                        bits(&got) == bits(&single),
+                        "{isa} {algorithm}: {threads} threads differ from one\n{source}"
+                    );
+                }
+            }
         }
     }
 }

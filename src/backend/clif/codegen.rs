@@ -75,11 +75,12 @@ pub struct CodegenOptions {
     /// baseline).
     pub cpu: Option<CpuLevel>,
     /// Run 3x3 stride-1 convolutions with 32 or more input and output channels and 36
-    /// or more 2x2 output tiles by Winograd's F(2x2, 3x3) or F(4x4, 3x3)
-    /// (`kernels/winograd.rs`) on AVX-512 targets, instead of directly: F(2x2) 1.2 to 2
-    /// times faster on the 14x14 to 224x224 layers of VGG-16 and ResNet-18 (2 threads),
-    /// F(4x4), where chosen, another 1.2 to 1.5 times on the 28x28 to 224x224 ones (one
-    /// thread).
+    /// (AVX2: 16) or more 2x2 output tiles by Winograd's F(2x2, 3x3) or F(4x4, 3x3)
+    /// (`kernels/winograd.rs`) on AVX-512 and AVX2 targets, instead of directly: on
+    /// AVX-512 F(2x2) 1.2 to 2 times faster on the 14x14 to 224x224 layers of VGG-16 and
+    /// ResNet-18 (2 threads), F(4x4), where chosen, another 1.2 to 1.5 times on the
+    /// 28x28 to 224x224 ones (one thread); on AVX2 (one thread) F(4x4) 2.0 to 2.8 times
+    /// faster on their 14x14 to 224x224 layers, F(2x2) 2.2 times on ResNet-18's 7x7.
     pub winograd: bool,
     /// Run depthwise convolutions (one input and one output channel per group) on the
     /// depthwise bands (`kernels/depthwise.rs`) on AVX-512 and AVX2 targets, instead of
@@ -428,9 +429,9 @@ fn prepare(
                 let kernel = DepthwiseKernel::new(simd, conv, shape, &weight.data, bias, &node.epilogue);
                 return Ok(Kernel::Depthwise(kernel));
             }
-            if options.winograd && simd == Some(Simd::Avx512) && WinogradKernel::applies(conv, &shape) {
-                let m = WinogradKernel::tile_size(&shape, options.winograd_f4);
-                return Ok(Kernel::Winograd(WinogradKernel::new(conv, shape, m, &weight.data, bias)));
+            if let Some(simd) = simd.filter(|&simd| options.winograd && WinogradKernel::applies(simd, conv, &shape)) {
+                let m = WinogradKernel::tile_size(simd, &shape, options.winograd_f4);
+                return Ok(Kernel::Winograd(WinogradKernel::new(simd, conv, shape, m, &weight.data, bias)));
             }
             Kernel::Conv(
                 ConvKernel::new(conv, shape, &weight.data, bias, options.conv_vectors.max(1), simd, Precision::F32)

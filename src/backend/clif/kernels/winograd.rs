@@ -1,6 +1,6 @@
 //! 3x3 stride-1 convolutions by Winograd's minimal filtering, F(m x m, 3x3) with m = 2
 //! or 4 (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", 2016), on
-//! AVX-512: each m x m block of output pixels (a *tile*) comes from the `alpha x alpha`
+//! AVX-512 and AVX2: each m x m block of output pixels (a *tile*) comes from the `alpha x alpha`
 //! input window around it (`alpha = m + 2`) as
 //! `Y = A^T [ sum over input channels of (G g G^T) . (B^T d B) ] A`, `alpha^2`
 //! multiplies per tile, channel pair and input window instead of the direct method's
@@ -27,8 +27,11 @@
 //!    F(4x4): 4x4 transposes), then the horizontal sums;
 //! 2. `alpha^2` GEMMs `M[xi] = U[xi] x V[xi]` (the parts share the pairs of element and
 //!    pixel tile, or of element and block of output channels: see `emit_gemms`), which
-//!    are pointwise convolutions over a "plane" of `T` pixels: the AVX-512 pixel-lane
-//!    tiles of `x86::assemble_pointwise` at full width. The bias rides on the element at
+//!    are pointwise convolutions over a "plane" of `T` pixels: the pixel-lane tiles of
+//!    `x86::assemble_pointwise` at full width, 64 pixels (four zmm vectors) by 6
+//!    channels on AVX-512, 16 pixels (two ymm vectors, `vmaskmovps` on a partial last
+//!    one) by 6 channels on AVX2 (where fewer than 9 pixels, by 12). Only this stage
+//!    depends on the ISA; the transforms are the same f32x4 code on both. The bias rides on the element at
 //!    row 1, column 1 (column 1 of `A^T` is all ones in both variants, so it enters
 //!    every output of the tile with weight 1), the others start from zeros;
 //! 3. output transform `A^T M A` (the parts share the output channels), the epilogue,
@@ -64,8 +67,14 @@ use super::x86::{PointwiseSpec, Simd, Ukernel};
 use super::{F32, F32X4, Kb, Loc};
 use crate::ir::{Conv, Epilogue, Pad};
 
-/// Pixel lanes of a full GEMM tile: four zmm vectors.
-const TILE_PIXELS: usize = 64;
+/// Pixel lanes of a full GEMM tile: four zmm vectors on AVX-512, two ymm vectors on
+/// AVX2 (whose 16 registers hold 6 channels x 2 vectors of accumulators).
+fn tile_pixels(simd: Simd) -> usize {
+    match simd {
+        Simd::Avx512 => 64,
+        Simd::Avx2 => 16,
+    }
+}
 /// The most bytes of a chunk's transformed input `V` and products `M` (at least one
 /// row of tiles). Larger chunks read the transformed weights fewer times per image.
 const CHUNK_BYTES: usize = 8 << 20;
@@ -74,9 +83,17 @@ const CHUNK_BYTES: usize = 8 << 20;
 const TILE_L1_BYTES: usize = 32 << 10;
 
 /// The fewest 2x2 tiles per image for Winograd. Each image reads `U`, 16/9 the size of
-/// the weights, at least once: measured on 2 threads, ResNet-18's 7x7 layers (16 tiles,
-/// 512 channels) ran 15% slower than directly, its 14x14 ones (49 tiles) 30% faster.
-const MIN_TILES: usize = 36;
+/// the weights, at least once: on AVX-512, measured on 2 threads, ResNet-18's 7x7
+/// layers (16 tiles, 512 channels) ran 15% slower than directly, its 14x14 ones (49
+/// tiles) 30% faster: 36. The AVX2 direct tiles are slower (62-65 GFLOP/s on those 7x7
+/// layers, against 90-97 on 56x56 and 28x28), and F(2x2) on 16-pixel tiles runs them
+/// 2.2 times faster (one thread, Zen 3: 3.53/3.53/3.55 -> 1.63/1.57/1.59 ms): 16.
+fn min_tiles(simd: Simd) -> usize {
+    match simd {
+        Simd::Avx512 => 36,
+        Simd::Avx2 => 16,
+    }
+}
 
 /// F(2x2, 3x3): `G` (4x3), `B^T` (4x4) and `A^T` (2x4), points 0, 1, -1, infinity.
 const G2: &[[f64; 3]] = &[[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
@@ -121,6 +138,8 @@ fn matrices(m: usize) -> (&'static [[f64; 3]], Matrix, Matrix) {
 
 /// A Winograd convolution ready to emit.
 pub(crate) struct WinogradKernel {
+    /// The ISA of the GEMMs' pointwise tiles (the transforms are f32x4 code either way).
+    simd: Simd,
     shape: ConvShape,
     pad: Pad,
     /// Output tile size: F(m x m, 3x3), 2 or 4; windows of `alpha = m + 2`.
@@ -157,11 +176,11 @@ impl WinogradKernel {
     /// Whether the Winograd kernel runs a convolution: 3x3, stride 1, dilation 1, one
     /// group, with enough channels on both sides that the GEMMs (which grow with
     /// `in * out`) outweigh the transforms (which grow with `in + out`), and enough
-    /// 2x2 tiles per image (`MIN_TILES`) that they outweigh reading the transformed
+    /// 2x2 tiles per image (`min_tiles`: 36, on AVX2 16) that they outweigh reading the transformed
     /// weights. 32 input channels, or 16 where F(4x4) runs the layer: SqueezeNet's
     /// 16 -> 64 on 55x55 went from 0.42 ms direct to 0.36 ms with F(4x4) (one thread;
-    /// with F(2x2) it was 0.42 too).
-    pub fn applies(conv: &Conv, shape: &ConvShape) -> bool {
+    /// with F(2x2) it was 0.42 too; on AVX2 0.615 -> 0.435 with F(4x4)).
+    pub fn applies(simd: Simd, conv: &Conv, shape: &ConvShape) -> bool {
         conv.kernel.h == 3
             && conv.kernel.w == 3
             && conv.stride.h == 1
@@ -169,33 +188,49 @@ impl WinogradKernel {
             && conv.dilation.h == 1
             && conv.dilation.w == 1
             && conv.groups == 1
-            && (shape.in_channels >= 32 || (shape.in_channels >= 16 && prefers_f4(shape)))
+            && (shape.in_channels >= 32 || (shape.in_channels >= 16 && Self::tile_size(simd, shape, None) == 4))
             && shape.out_channels >= 32
-            && shape.out_h.div_ceil(2) * shape.out_w.div_ceil(2) >= MIN_TILES
+            && shape.out_h.div_ceil(2) * shape.out_w.div_ceil(2) >= min_tiles(simd)
     }
 
-    /// The output tile size for a layer that Winograd runs: 4 where `f4` says so, or by
-    /// default where F(4x4) measured faster (see `prefers_f4`), else 2.
-    pub fn tile_size(shape: &ConvShape, f4: Option<bool>) -> usize {
-        if f4.unwrap_or_else(|| prefers_f4(shape)) { 4 } else { 2 }
+    /// The output tile size for a layer that Winograd runs: 4 where `f4` says so, 2
+    /// where it says not; by default where F(4x4) measured faster, else 2 (on AVX-512
+    /// see `prefers_f4`, on AVX2 `avx2_prefers_f4`).
+    pub fn tile_size(simd: Simd, shape: &ConvShape, f4: Option<bool>) -> usize {
+        let f4 = f4.unwrap_or_else(|| match simd {
+            Simd::Avx512 => prefers_f4(shape),
+            Simd::Avx2 => avx2_prefers_f4(shape),
+        });
+        if f4 { 4 } else { 2 }
     }
 
     /// `weight` is `[out][in][3][3]`; `m` the output tile size, 2 or 4.
-    pub fn new(conv: &Conv, shape: ConvShape, m: usize, weight: &[f32], bias: Option<&[f32]>) -> WinogradKernel {
+    pub fn new(
+        simd: Simd,
+        conv: &Conv,
+        shape: ConvShape,
+        m: usize,
+        weight: &[f32],
+        bias: Option<&[f32]>,
+    ) -> WinogradKernel {
         let (cin, cout) = (shape.in_channels, shape.out_channels);
         let (gm, _, _) = matrices(m);
         let elements = (m + 2) * (m + 2);
         let tiles_h = shape.out_h.div_ceil(m);
         let tiles_w = shape.out_w.div_ceil(m);
-        let pixels = TILE_PIXELS;
+        let pixels = tile_pixels(simd);
         let rows = choose_rows(tiles_h, tiles_w, elements * (cin + cout), CHUNK_BYTES);
         let tiles = rows * tiles_w;
-        // The widest pointwise tile that fits the registers next to `tiles.min(64)` pixels.
-        let channels = match tiles.min(pixels).div_ceil(16) {
-            4 => 6,
-            3 => 8,
-            2 => 12,
-            _ => 24,
+        // The widest pointwise tile that fits the registers next to `tiles.min(pixels)`
+        // pixels.
+        let vectors = tiles.min(pixels).div_ceil(simd.lanes());
+        let channels = match (simd, vectors) {
+            (Simd::Avx512, 4) => 6,
+            (Simd::Avx512, 3) => 8,
+            (Simd::Avx512, 2) => 12,
+            (Simd::Avx512, _) => 24,
+            (Simd::Avx2, 1) => 12,
+            (Simd::Avx2, _) => 6,
         };
         // `U[xi][out][in]`, then packed per element and block.
         let mut u = vec![0.0f32; elements * cout * cin];
@@ -215,6 +250,7 @@ impl WinogradKernel {
         let zeros_start = data.len() / 4;
         data.resize(data.len() + 4 * cout, 0);
         WinogradKernel {
+            simd,
             shape,
             pad: conv.pad,
             m,
@@ -301,11 +337,12 @@ impl WinogradKernel {
     }
 
     fn spec(&self, channels: usize, pixels: usize) -> PointwiseSpec {
+        let lanes = self.simd.lanes();
         PointwiseSpec {
-            simd: Simd::Avx512,
+            simd: self.simd,
             channels,
-            vectors: pixels.div_ceil(16),
-            last_lanes: (pixels - 1) % 16 + 1,
+            vectors: pixels.div_ceil(lanes),
+            last_lanes: (pixels - 1) % lanes + 1,
             steps: self.shape.in_channels,
             plane_bytes: 4 * self.tiles() as i64,
             prefetch: 0,
@@ -351,8 +388,9 @@ impl WinogradKernel {
     pub fn algorithm(&self) -> String {
         let m = self.m;
         format!(
-            "winograd F({m}x{m},3x3), {} tiles/chunk, AVX-512 pixel tiles {} px x {} ch",
+            "winograd F({m}x{m},3x3), {} tiles/chunk, {} pixel tiles {} px x {} ch",
             self.tiles(),
+            self.simd.name(),
             self.tiles().min(self.pixels),
             self.channels
         )
@@ -461,7 +499,7 @@ impl WinogradKernel {
     }
 
     /// The 16 or 36 GEMMs `M[xi] = U[xi] x V[xi]`. With few input channels (a pixel tile's
-    /// `V`, `64 * in` floats, fits the L1 cache next to the weights' stream), the parts
+    /// `V`, `pixels * in` floats, fits the L1 cache next to the weights' stream), the parts
     /// share the (element, pixel tile) pairs and run every block of output channels over
     /// a tile while it stays in L1; with more, they share the (element, block) pairs,
     /// element-major so that a part's consecutive blocks read the same `V[xi]` from L2,
@@ -626,6 +664,35 @@ fn prefers_f4(shape: &ConvShape) -> bool {
     let rows2 = choose_rows(tiles_h2, tiles_w2, 16 * (shape.in_channels + shape.out_channels), CHUNK_BYTES);
     let f2_chunks = tiles_h2.div_ceil(rows2);
     tiles >= 64 || (tiles >= 36 && (weight_bytes <= F4_WEIGHT_BYTES || f2_chunks > 1))
+}
+
+/// Whether F(4x4, 3x3) runs a layer by default on AVX2 (16-pixel GEMM tiles) rather
+/// than F(2x2, 3x3): from 16 4x4 tiles per image (14x14 outputs) on; below that (where
+/// Winograd `applies`: 7x7 outputs), F(2x2).
+///
+/// On AVX2 every layer that `applies` measured faster by Winograd than on the direct
+/// tiles (about 90-97 GFLOP/s on 56x56 and 28x28 outputs, 75-80 on 14x14, 55-65 on 7x7
+/// and VGG-16's first 224x224 layer), and F(4x4) faster than F(2x2) wherever it has 16
+/// or more tiles, unlike on AVX-512 (`prefers_f4`): the 16-pixel GEMM tiles lose less to
+/// F(4x4)'s smaller chunks, and the GEMMs' share of the time is larger. Measured on one
+/// thread (Zen 3, `cnnc bench --threads 1 --profile`, medians of 5 to 20 runs), direct
+/// -> F(2x2) -> F(4x4) in ms, as in -> out channels @ output size:
+/// - ResNet-18 64@56 2.47/2.47/2.45/2.51 -> 1.47/1.37/1.33/1.37 -> 1.24/1.17/1.15/1.17,
+///   128@28 2.41/2.38/2.41 -> 1.28/1.30/1.31 -> 1.12/1.08/1.12, 256@14 2.98/2.92/2.99
+///   -> 1.73/1.71/1.73 -> 1.17/1.17/1.18, 512@7 3.53/3.53/3.55 -> 1.63/1.57/1.59 ->
+///   3.00/2.90/2.86 (4 tiles of 4x4 for 49 outputs);
+/// - ResNet-50 64@56 2.45/2.43/2.45 -> 1.42/1.33/1.34 -> 1.23/1.13/1.14, 128@28
+///   2.39/2.38/2.39 -> 1.32/1.30/1.28 -> 1.06/1.04/1.07, 256@14 2.92 to 3.00 -> 1.63
+///   to 1.70 -> 1.03 to 1.05;
+/// - VGG-16 64@224 42.2 -> 23.1 -> 17.1, 128@112 19.8/38.8 -> 10.4/20.4 -> 7.8/14.0,
+///   256@56 19.0/39.0/38.5 -> 9.8/20.1/20.2 -> 6.9/13.0/13.1, 512@28 19.3/44.2/43.0
+///   -> 10.3/20.5/20.6 -> 7.8/15.6/15.7, 512@14 12.3/12.3/12.2 -> 6.5/6.5/6.4 ->
+///   3.9/3.9/3.8;
+/// - SqueezeNet 1.1 16->64@55 0.615/0.612 -> 0.457/0.458 -> 0.435/0.436, 32->128@27
+///   0.600/0.598 -> 0.393/0.390 -> 0.343/0.345, 48->192@13 0.335/0.330 -> 0.234/0.233
+///   -> 0.202/0.202, 64->256@13 0.712/0.712 -> 0.393/0.391 -> 0.316/0.316.
+fn avx2_prefers_f4(shape: &ConvShape) -> bool {
+    shape.out_h.div_ceil(4) * shape.out_w.div_ceil(4) >= 16
 }
 
 /// The most bytes of F(4x4)'s transformed weights `U` for 36 to 63 tiles (between
