@@ -427,6 +427,19 @@ fn check_at_two_scales(source: &str, batch: usize, depthwise: bool) -> Graph {
     optimized_graph(source, batch).unwrap()
 }
 
+/// Each one-layer program (a network body, a batch) checked at two scales
+/// ([`check_at_two_scales`]), then `expect(isa, algorithm, source)` asserted on the
+/// algorithm its kernel got on each host ISA.
+fn check_programs(programs: &[(&str, usize)], expect: impl Fn(&str, &str, &str)) {
+    for &(body, batch) in programs {
+        let source = format!("network layer {{\n    {body}\n}}\n");
+        let graph = check_at_two_scales(&source, batch, false);
+        for (isa, algorithm) in first_kernel_per_host_isa(&graph) {
+            expect(isa, &algorithm, &source);
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(256),
@@ -584,11 +597,14 @@ fn depthwise_layers_fuse_any_epilogue() {
 /// default, AVX2 at x86-64-v3), against the interpreter: MobileNet shapes (a 56x56
 /// expansion with relu6, whose plane splits into whole tiles, and a 7x7 projection,
 /// whose tiles are fewer than the blocks' and end in a partial one), and a plane of 437
-/// pixels with a partial last tile and a residual between two activations.
+/// pixels with a partial last tile and a residual between two activations; 16 inputs
+/// (blocks outermost on AVX2) with a tail block and a residual on two threads.
 #[test]
 fn pointwise_layers_run_on_the_pixel_tiles() {
     let programs = [
         ("input x: [16, 56, 56]\n    conv(96, 1)\n    relu6", 1),
+        // 16 inputs or fewer: the blocks run outermost (a tail block of 4), tiles shared.
+        ("input x: [16, 40, 40]\n    conv(16, 1)\n    add(x)", 2),
         ("input x: [96, 7, 7]\n    conv(24, 1)", 2),
         ("input x: [24, 19, 23]\n    conv(24, 1)\n    hardswish\n    add(x)\n    leaky_relu(0.1)", 1),
         // EfficientNet's silu and squeeze-excitation sigmoid (in AVX2's registers only),
@@ -606,6 +622,72 @@ fn pointwise_layers_run_on_the_pixel_tiles() {
             assert_eq!(algorithm.starts_with(&format!("pointwise, {isa} pixel tiles")), tiles, "{algorithm}\n{source}");
         }
     }
+}
+
+/// Pointwise layers on small planes whose last 16-pixel tile is mostly empty (7x7 and
+/// 5x5) run on AVX2 with the batch's planes joined into one (copied into scratch and
+/// back): batch 2, 3 (a joined plane that ends in a partial tile) and 8, blocks of
+/// channels full and partial, an activation in the tiles, a residual add and a
+/// post-activation applied on the way back, on 1 and 2 threads, at input scales 1 and
+/// 200. Batch 1 and the small channel counts keep the per-image tiles.
+#[test]
+fn pointwise_layers_on_small_planes_join_the_images() {
+    let joined = [
+        ("input x: [160, 7, 7]\n    conv(96, 1)\n    hardswish", 2),
+        ("input x: [96, 7, 7]\n    conv(160, 1)", 3),
+        ("input x: [112, 7, 7]\n    conv(112, 1)\n    silu\n    add(x)\n    sigmoid", 8),
+        ("input x: [100, 5, 5]\n    conv(100, 1)\n    add(x)", 3),
+    ];
+    let per_image =
+        [("input x: [160, 7, 7]\n    conv(96, 1)\n    relu6", 1), ("input x: [24, 7, 7]\n    conv(16, 1)", 8)];
+    for (programs, joins) in [(&joined[..], true), (&per_image[..], false)] {
+        check_programs(programs, |isa, algorithm, source| {
+            assert!(algorithm.starts_with(&format!("pointwise, {isa} pixel tiles")), "{algorithm}\n{source}");
+            // Only AVX2 joins the images.
+            assert_eq!(algorithm.contains("images joined"), joins && isa == "AVX2", "{algorithm}\n{source}");
+        });
+    }
+}
+
+/// Pointwise layers with long reductions on planes whose tiles run outermost run on AVX2
+/// in parts of at most 192 input channels, each part adding to the sums the one before
+/// stored, the last applying the epilogue: 2, 3 and 5 parts of uneven lengths, a plane
+/// that ends in a partial tile (14x14, 11x13), a partial block of output channels, every
+/// kind of epilogue (sigmoid and silu through the gate pass), joined images (7x7 at
+/// batch 8), on 1 and 2 threads, at input scales 1 and 200.
+#[test]
+fn long_pointwise_reductions_run_in_parts() {
+    let programs = [
+        ("input x: [385, 14, 14]\n    conv(64, 1)", 1),
+        ("input x: [576, 11, 13]\n    conv(97, 1)\n    silu", 2),
+        ("input x: [200, 12, 12]\n    conv(200, 1)\n    relu6\n    add(x)\n    leaky_relu(0.1)", 1),
+        ("input x: [960, 7, 7]\n    conv(160, 1)\n    sigmoid", 8),
+        ("input x: [193, 16, 8]\n    conv(193, 1)\n    add(x)", 2),
+    ];
+    check_programs(&programs, |isa, algorithm, source| {
+        assert!(algorithm.starts_with(&format!("pointwise, {isa} pixel tiles")), "{algorithm}\n{source}");
+        // Only AVX2 cuts the reduction.
+        assert_eq!(algorithm.contains("reduction in"), isa == "AVX2", "{algorithm}\n{source}");
+    });
+}
+
+/// A 1x1 convolution on a 1x1 map (squeeze-and-excitation's two layers after the global
+/// pool) runs as a fully connected layer over the batch, on the channel-lane GEMM tiles
+/// of each host ISA: batch 1, a partial tile of rows (3) and two full ones (8), partial
+/// blocks of output channels, every epilogue the gate uses and a residual add, at input
+/// scales 1 and 200.
+#[test]
+fn one_by_one_maps_run_as_linear_layers_over_the_batch() {
+    let programs = [
+        ("input x: [72, 1, 1]\n    conv(24, 1)\n    relu", 1),
+        ("input x: [24, 1, 1]\n    conv(72, 1)\n    hardsigmoid", 3),
+        ("input x: [40, 1, 1]\n    conv(10, 1)\n    silu", 8),
+        ("input x: [37, 1, 1]\n    conv(37, 1)\n    sigmoid\n    add(x)\n    relu6", 8),
+        ("input x: [19, 1, 1]\n    conv(53, 1)", 3),
+    ];
+    check_programs(&programs, |isa, algorithm, source| {
+        assert!(algorithm.starts_with(&format!("gemm, {isa} tiles")), "{isa}: {algorithm}\n{source}");
+    });
 }
 
 /// The direct AVX2 tiles apply sigmoid and silu in registers where the activation is the
@@ -778,4 +860,40 @@ fn objects_for_a_cpu_level_hold_only_its_instructions() {
     let v4 = build(CpuLevel::X86_64V4);
     assert!(v4.contains("AVX512F"), "x86-64-v4 object has no AVX-512 tiles: {v4:?}");
     println!("v2 {v2:?}\nv3 {v3:?}\nv4 {v4:?}");
+}
+
+/// The AVX2 depthwise bands store the partial last vector of a row whole where its 8
+/// lanes end inside the plane (the lanes past the row read back and blended in, also in
+/// the sigmoid/silu gate pass) and under a mask at the plane's end, and at stride 2 keep
+/// their accumulators in `vshufps` order until the epilogue: rows of 1 to 29 pixels
+/// (partial vectors in one group of two and after a whole group, narrower than the
+/// lanes so that a vector spans several rows), strides 1 and 2, 3x3 and 5x5, batch 8 on
+/// 1 and 2 threads (planes shared out between them), every kind of epilogue (none,
+/// relu6 and hardswish in registers, sigmoid and silu alone in the gate pass, silu after
+/// a residual, tanh per band), at scales 1 and 200, against the interpreter.
+#[test]
+fn depthwise_bands_store_partial_rows_whole() {
+    let programs = [
+        ("input x: [16, 14, 14]\n    conv(16, 3, pad=1, groups=16)\n    hardswish", 8),
+        ("input x: [9, 14, 14]\n    conv(9, 3, pad=1, groups=9)\n    silu", 8),
+        ("input x: [10, 28, 28]\n    conv(10, 3, pad=1, groups=10)\n    sigmoid", 2),
+        ("input x: [10, 28, 28]\n    conv(10, 5, pad=2, groups=10)\n    relu6\n    add(x)", 2),
+        ("input x: [12, 7, 7]\n    conv(12, 3, pad=1, groups=12)\n    silu\n    add(x)\n    silu", 8),
+        ("input x: [12, 7, 7]\n    conv(12, 5, pad=2, groups=12)", 8),
+        ("input x: [5, 9, 3]\n    conv(5, 3, pad=1, groups=5)\n    silu", 8),
+        ("input x: [5, 11, 1]\n    conv(5, (3, 1), pad=(1, 0, 1, 0), groups=5)\n    relu\n    add(x)", 3),
+        ("input x: [6, 13, 21]\n    conv(6, 3, pad=1, groups=6)\n    tanh\n    add(x)", 8),
+        ("input x: [8, 57, 57]\n    conv(8, 5, stride=2, pad=2, groups=8)\n    silu", 2),
+        ("input x: [8, 28, 28]\n    conv(8, 5, stride=2, pad=2, groups=8)\n    hardswish", 8),
+        ("input x: [7, 14, 14]\n    conv(7, 3, stride=2, pad=1, groups=7)\n    sigmoid", 8),
+        ("input x: [7, 15, 33]\n    conv(7, 3, stride=2, pad=1, groups=7)\n    relu6", 3),
+        ("input x: [4, 10, 10]\n    conv(4, 3, stride=2, groups=4)", 8),
+    ];
+    for (body, batch) in programs {
+        let source = format!("network dw {{\n    {body}\n}}\n");
+        let graph = check_at_two_scales(&source, batch, true);
+        for (isa, algorithm) in first_kernel_per_host_isa(&graph) {
+            assert!(algorithm.starts_with(&format!("depthwise, {isa} bands")), "{algorithm}\n{source}");
+        }
+    }
 }

@@ -33,7 +33,7 @@ use super::kernels::winograd::WinogradKernel;
 use super::kernels::x86::{Simd, Ukernel};
 use super::kernels::{Base, Kb, Loc, MathFns, MicroKernel};
 use crate::ir::shape::as_4d;
-use crate::ir::{Activation, Epilogue, Graph, Node, NodeId, Op, ParamRole};
+use crate::ir::{Activation, Conv, Epilogue, Graph, Node, NodeId, Op, ParamRole};
 use crate::passes::plan_memory::concat_is_free;
 use crate::precision::Precision;
 use crate::tensor::Tensor;
@@ -341,6 +341,7 @@ impl Kernel {
             // A pool pads one plane at a time into each part's own plane.
             Kernel::Pool(p) => p.scratch_bytes() * MAX_PARTS,
             Kernel::Winograd(k) => k.scratch_bytes(),
+            Kernel::Pointwise(k) => k.scratch_bytes(),
             _ => 0,
         }
     }
@@ -419,6 +420,18 @@ fn prepare(
                     return Ok(Kernel::Conv(kernel.with_int8_tiles(&weight.data, bias)));
                 }
                 return Ok(Kernel::Conv(kernel));
+            }
+            if simd.is_some() && applies_as_linear(conv, &shape) {
+                let kernel = LinearKernel::new(
+                    shape.batch,
+                    &weight.data,
+                    bias,
+                    shape.out_channels,
+                    options.linear_vectors.max(1),
+                    simd,
+                    Precision::F32,
+                );
+                return Ok(Kernel::Linear(kernel));
             }
             if let Some(simd) = simd.filter(|&simd| PointwiseKernel::applies(simd, conv, &node.epilogue)) {
                 let shape = (x_shape[0], x_shape[1], node.shape[1], node.shape[2] * node.shape[3]);
@@ -886,7 +899,7 @@ fn emit_kernel(
     let count: usize = node.shape.iter().product();
     match kernel {
         Kernel::Conv(conv) => conv.emit(kb, operands[0].0, out, residual, scratch, epilogue),
-        Kernel::Pointwise(k) => k.emit(kb, operands[0].0, out, residual),
+        Kernel::Pointwise(k) => k.emit(kb, operands[0].0, out, residual, scratch),
         Kernel::Depthwise(k) => k.emit(kb, operands[0].0, out, residual),
         Kernel::Winograd(k) => k.emit(kb, operands[0].0, out, residual, scratch, epilogue),
         Kernel::Linear(linear) => linear.emit(kb, operands[0].0, out, residual, scratch, epilogue),
@@ -952,4 +965,17 @@ pub(crate) fn define_constant_function<M: Module>(module: &mut M, name: &str, va
 /// (and integer) tiles are enabled.
 fn reduced_precision_simd(simd: Option<Simd>) -> Option<Simd> {
     simd.map(|_| Simd::Avx2)
+}
+
+/// Whether a convolution is a fully connected layer over the batch: a 1x1 kernel on a 1x1
+/// map (squeeze-and-excitation's two layers after the global pool), whose NCHW input
+/// and output are `[batch, channels]` rows. The linear kernel's tiles put output
+/// channels in the lanes and the images in the rows; the pixel-lane tiles would fill one
+/// lane of sixteen.
+fn applies_as_linear(conv: &Conv, shape: &ConvShape) -> bool {
+    conv.kernel.h == 1
+        && conv.kernel.w == 1
+        && conv.groups == 1
+        && conv.pad.is_zero()
+        && (shape.in_h, shape.in_w, shape.out_h, shape.out_w) == (1, 1, 1, 1)
 }

@@ -8,7 +8,10 @@
 //! the planes (images x channels). A band reads its input rows in place (padding rows
 //! are left out of the bands at the plane's edges, padding columns are masked off the
 //! loads), so nothing is copied. Bands whose rows lie at the same place relative to the
-//! plane's edges share one micro-kernel, and runs of them are loops.
+//! plane's edges share one micro-kernel, and runs of them are loops. On AVX2 a row's
+//! partial last vector is stored whole where its lanes end inside the plane (the bands
+//! that say so, `DepthwiseSpec::whole_tails`): the lanes past the row are the plane's
+//! next rows, which only this plane's thread writes, read back and written unchanged.
 //!
 //! An epilogue of relus and a residual add runs in the micro-kernel's registers (on
 //! AVX2 also the other activations the pointwise tiles run: leaky relu, the clamps
@@ -100,17 +103,14 @@ impl DepthwiseKernel {
             (Some(_), Simd::Avx512) => false,
         };
         let in_registers = fits(epilogue.activation) && fits(epilogue.post_activation);
-        // A zero for relu, and one more for sigmoid and silu (`DepthwiseSpec`).
-        let activations = [epilogue.activation, epilogue.post_activation];
-        let exp = activations.iter().flatten().any(|&a| RegisterActivation::of(a, simd).is_some_and(|r| r.uses_exp()));
-        let relu = in_registers && activations.iter().any(Option::is_some);
-        let activation_registers = if !in_registers {
-            0
-        } else if exp {
-            2
-        } else {
-            usize::from(relu)
-        };
+        // A zero for relu, and one more for sigmoid and silu, none for a gate pass
+        // (`DepthwiseSpec::registers_for`).
+        let register = |a: Option<Activation>| a.filter(|_| in_registers).and_then(|a| RegisterActivation::of(a, simd));
+        let activation_registers = DepthwiseSpec::registers_for(
+            register(epilogue.activation),
+            in_registers && epilogue.residual,
+            register(epilogue.post_activation),
+        );
         // Two vectors of a row together when the row has them, then as many rows as the
         // registers hold, spread evenly over the bands.
         let vectors = out_hw.1.div_ceil(simd.lanes());
@@ -161,10 +161,23 @@ impl DepthwiseKernel {
                     activation: self.register_activation(self.epilogue.activation),
                     residual: self.in_registers && self.epilogue.residual,
                     post_activation: self.register_activation(self.epilogue.post_activation),
+                    whole_tails: self.whole_tails(first_row, rows),
                 };
                 Band { first_row, spec }
             })
             .collect()
+    }
+
+    /// The rows from `first_row` on (at most `rows`) whose partial last vector lies
+    /// inside the plane on AVX2, where it is stored whole (`DepthwiseSpec::whole_tails`).
+    fn whole_tails(&self, first_row: usize, rows: usize) -> usize {
+        let lanes = self.simd.lanes();
+        let (out_h, out_w) = self.out_hw;
+        if self.simd != Simd::Avx2 || out_w % lanes == 0 {
+            return 0;
+        }
+        let row_end = out_w.div_ceil(lanes) * lanes;
+        (0..rows).take_while(|q| (first_row + q) * out_w + row_end <= out_h * out_w).count()
     }
 
     /// An activation of the epilogue when the micro-kernel runs it.
@@ -271,5 +284,52 @@ impl DepthwiseKernel {
             }
             v
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{Hw, Pad};
+
+    /// On AVX2 a band stores a row's partial last vector whole exactly where its 8 lanes
+    /// end inside the plane (the lanes past the row are the plane's next rows, which the
+    /// same thread writes; past the plane, another thread's plane or the buffer's end):
+    /// checked row by row against each band's first row, for rows narrower and wider
+    /// than the lanes, strides 1 and 2; never on AVX-512 nor for rows of whole vectors.
+    #[test]
+    fn whole_tails_end_inside_the_plane() {
+        let shapes =
+            [(14, 3, 1), (7, 3, 1), (7, 5, 1), (28, 5, 2), (3, 3, 1), (1, 1, 1), (9, 3, 2), (16, 3, 1), (56, 3, 2)];
+        for simd in [Simd::Avx2, Simd::Avx512] {
+            for (size, k, s) in shapes {
+                let conv = Conv {
+                    out_channels: 4,
+                    kernel: Hw::square(k),
+                    stride: Hw::square(s),
+                    pad: Pad::symmetric(Hw::square(k / 2)),
+                    dilation: Hw::square(1),
+                    groups: 4,
+                    bias: true,
+                };
+                let out = (size + 2 * (k / 2) - k) / s + 1;
+                let shape = (1, 4, (size, size + 1), (out, (size + 1 + 2 * (k / 2) - k) / s + 1));
+                let weight = vec![0.5; 4 * k * k];
+                let kernel = DepthwiseKernel::new(simd, &conv, shape, &weight, None, &Epilogue::default());
+                let (out_h, out_w) = kernel.out_hw;
+                let row_end = out_w.div_ceil(simd.lanes()) * simd.lanes();
+                let mut whole = 0;
+                for band in kernel.bands() {
+                    for q in 0..band.spec.rows {
+                        let row = band.first_row + q;
+                        let inside = (row * out_w + row_end) <= out_h * out_w;
+                        let want = simd == Simd::Avx2 && out_w % simd.lanes() != 0 && inside;
+                        assert_eq!(q < band.spec.whole_tails, want, "{simd:?} {shape:?} {k}x{k}/{s}, row {row}");
+                        whole += usize::from(want);
+                    }
+                }
+                assert_eq!(whole > 0, simd == Simd::Avx2 && out_w % 8 != 0 && out_h > 1, "{shape:?}");
+            }
+        }
     }
 }

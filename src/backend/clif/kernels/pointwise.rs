@@ -65,8 +65,46 @@ pub(crate) struct PointwiseKernel {
     residual: bool,
     post_activation: Option<RegisterActivation>,
     bias_start: usize,
+    /// The parts of the reduction each tile runs in turn: one, the whole, but for long
+    /// reductions where the tiles run outermost on AVX2 ([`MAX_PART`]).
+    parts: Vec<Part>,
+    /// Where the batch's planes run joined into one (`batch` is then 1 and `plane` the
+    /// joined plane): the images' sizes, and what of the epilogue runs as the output is
+    /// copied back.
+    joined: Option<Joined>,
     /// The packed weights and bias, little-endian f32.
     pub data: Vec<u8>,
+}
+
+/// A run of input channels of the reduction: from `first`, `steps` of them. The first
+/// part starts from the bias, the others from the sums stored by the one before, and
+/// only the last applies the epilogue.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Part {
+    first: usize,
+    steps: usize,
+    accumulate: bool,
+    finish: bool,
+}
+
+/// The most input channels a part of the reduction reads on AVX2, where the tiles run
+/// outermost: a 16-pixel tile's input is then 12 KiB, which stays in the L1 cache while
+/// every block of output channels reads it. One part for a whole long reduction left it
+/// to the L2 cache: 96 outputs on 14x14 at batch 8, 1 thread, ran at 89 GFLOP/s from 192
+/// inputs, 79 from 384 and 576, 66 from 960.
+const MAX_PART: usize = 192;
+
+/// A pointwise layer on small planes of several images, run as one plane: the input
+/// copied into scratch as `[in_channel][image][pixel]`, the tiles run over the joined
+/// plane into scratch, and the output copied back to NCHW with the residual add and
+/// post-activation. A 7x7 plane's 49 pixels fill four 16-pixel AVX2 tiles (49 of 64
+/// lanes); eight images' 392 fill 25 (392 of 400).
+#[derive(Clone, Copy, Debug)]
+struct Joined {
+    batch: usize,
+    plane: usize,
+    residual: bool,
+    post_activation: Option<Activation>,
 }
 
 impl PointwiseKernel {
@@ -95,6 +133,13 @@ impl PointwiseKernel {
         epilogue: &Epilogue,
     ) -> PointwiseKernel {
         let (batch, in_channels, out_channels, plane) = shape;
+        let joined = joins_images(simd, shape).then_some(Joined {
+            batch,
+            plane,
+            residual: epilogue.residual,
+            post_activation: epilogue.post_activation,
+        });
+        let (batch, plane) = if joined.is_some() { (1, batch * plane) } else { (batch, plane) };
         let (channels, tile_pixels) = match simd {
             Simd::Avx2 => (CHANNELS, AVX2_PIXELS),
             Simd::Avx512 if tiles_outer(simd, plane) => (CHANNELS, TILE_PIXELS),
@@ -106,6 +151,19 @@ impl PointwiseKernel {
         for oc in 0..out_channels {
             packed.extend_from_slice(&bias.map_or(0.0, |b| b[oc]).to_le_bytes());
         }
+        // Long reductions on AVX2, where the tiles run outermost: parts of at most
+        // MAX_PART input channels, of near-equal lengths.
+        let count = match simd {
+            Simd::Avx2 if tiles_outer(simd, plane) => in_channels.div_ceil(MAX_PART).max(1),
+            _ => 1,
+        };
+        let parts = (0..count)
+            .map(|i| {
+                let first = i * in_channels / count;
+                let end = (i + 1) * in_channels / count;
+                Part { first, steps: end - first, accumulate: i > 0, finish: i + 1 == count }
+            })
+            .collect();
         PointwiseKernel {
             simd,
             batch,
@@ -115,26 +173,33 @@ impl PointwiseKernel {
             channels,
             tile_pixels,
             activation: epilogue.activation.and_then(|a| RegisterActivation::of(a, simd)),
-            residual: epilogue.residual,
-            post_activation: epilogue.post_activation.and_then(|a| RegisterActivation::of(a, simd)),
+            residual: epilogue.residual && joined.is_none(),
+            post_activation: epilogue
+                .post_activation
+                .filter(|_| joined.is_none())
+                .and_then(|a| RegisterActivation::of(a, simd)),
             bias_start,
+            parts,
+            joined,
             data: packed,
         }
     }
 
-    fn spec(&self, channels: usize, pixels: usize) -> PointwiseSpec {
+    fn spec(&self, channels: usize, pixels: usize, part: &Part) -> PointwiseSpec {
         let lanes = self.simd.lanes();
         PointwiseSpec {
             simd: self.simd,
             channels,
             vectors: pixels.div_ceil(lanes),
             last_lanes: (pixels - 1) % lanes + 1,
-            steps: self.in_channels,
+            steps: part.steps,
             plane_bytes: 4 * self.plane as i64,
             prefetch: if tiles_outer(self.simd, self.plane) { 4 * self.tile_pixels as i64 } else { 0 },
             activation: self.activation,
             residual: self.residual,
             post_activation: self.post_activation,
+            accumulate: part.accumulate,
+            finish: part.finish,
         }
     }
 
@@ -160,18 +225,85 @@ impl PointwiseKernel {
 
     /// The micro-kernels this layer needs.
     pub fn tile_specs(&self) -> Vec<Ukernel> {
-        self.tile_kinds().into_iter().map(|(c, p)| Ukernel::Pointwise(self.spec(c, p))).collect()
+        let mut specs: Vec<Ukernel> = Vec::new();
+        for (c, p) in self.tile_kinds() {
+            for part in &self.parts {
+                let spec = Ukernel::Pointwise(self.spec(c, p, part));
+                if !specs.contains(&spec) {
+                    specs.push(spec);
+                }
+            }
+        }
+        specs
     }
 
     pub fn algorithm(&self) -> String {
-        format!("pointwise, {} pixel tiles {} px x {} ch", self.simd.name(), self.tile_pixels, self.channels)
+        let parts = match self.parts.len() {
+            1 => String::new(),
+            n => format!(", reduction in {n} parts"),
+        };
+        let joined = if self.joined.is_some() { ", images joined" } else { "" };
+        let (simd, pixels, channels) = (self.simd.name(), self.tile_pixels, self.channels);
+        format!("pointwise, {simd} pixel tiles {pixels} px x {channels} ch{parts}{joined}")
     }
 
-    pub fn emit(&self, kb: &mut Kb, x: Loc, out: Loc, residual: Option<Loc>) {
-        let plane_bytes = 4 * self.plane as i64;
+    /// Scratch bytes: the joined input and output (nothing otherwise).
+    pub fn scratch_bytes(&self) -> usize {
+        if self.joined.is_some() { 4 * (self.in_channels + self.out_channels) * self.plane } else { 0 }
+    }
+
+    pub fn emit(&self, kb: &mut Kb, x: Loc, out: Loc, residual: Option<Loc>, scratch: Loc) {
         let x_base = kb.addr(x);
         let out_base = kb.addr(out);
         let residual_base = residual.map(|r| kb.addr(r));
+        let Some(joined) = self.joined else {
+            self.emit_planes(kb, x_base, out_base, residual_base);
+            return;
+        };
+        // `[image][channel][pixel]` <-> `[channel][image][pixel]`: one plane of
+        // `joined.plane` floats at a time, the parts sharing the channels.
+        let (batch, plane) = (joined.batch, joined.plane);
+        let plane_bytes = 4 * plane as i64;
+        let joined_in = kb.addr(scratch);
+        let joined_out = kb.offset(joined_in, 4 * (self.in_channels * self.plane) as i64);
+        kb.for_share(self.in_channels, |kb, c| {
+            let row = kb.index(joined_in, c, batch as i64 * plane_bytes);
+            kb.for_range(batch, |kb, n| {
+                let image = kb.fb.ins().imul_imm_s(n, self.in_channels as i64);
+                let src_plane = kb.fb.ins().iadd(image, c);
+                let src = kb.index(x_base, src_plane, plane_bytes);
+                let dst = kb.index(row, n, plane_bytes);
+                kb.copy_floats(src, dst, plane);
+            });
+        });
+        kb.sync();
+        self.emit_planes(kb, joined_in, joined_out, None);
+        kb.sync();
+        let rest = Epilogue { residual: false, post_activation: joined.post_activation, ..Epilogue::default() };
+        kb.for_share(self.out_channels, |kb, c| {
+            let row = kb.index(joined_out, c, batch as i64 * plane_bytes);
+            kb.for_range(batch, |kb, n| {
+                let src = kb.index(row, n, plane_bytes);
+                let image = kb.fb.ins().imul_imm_s(n, self.out_channels as i64);
+                let dst_plane = kb.fb.ins().iadd(image, c);
+                let dst = kb.index(out_base, dst_plane, plane_bytes);
+                let residual = residual_base.filter(|_| joined.residual).map(|r| kb.index(r, dst_plane, plane_bytes));
+                let srcs: Vec<Value> = [src].into_iter().chain(residual).collect();
+                kb.map_floats(plane, &srcs, dst, |kb, _, values| {
+                    let sum = match values {
+                        [x, r] => kb.fb.ins().fadd(*x, *r),
+                        _ => values[0],
+                    };
+                    kb.epilogue(&rest, sum, None)
+                });
+            });
+        });
+    }
+
+    /// The tiles over every plane of the input at `x_base` into the output at `out_base`
+    /// (NCHW, `self.batch` images of `self.plane` pixels).
+    fn emit_planes(&self, kb: &mut Kb, x_base: Value, out_base: Value, residual_base: Option<Value>) {
+        let plane_bytes = 4 * self.plane as i64;
         let data = kb.data();
         let bias_data = kb.offset(data, 4 * self.bias_start as i64);
         let (channels, tile_pixels) = (self.channels, self.tile_pixels);
@@ -190,13 +322,17 @@ impl PointwiseKernel {
             let res_n = residual_base.map(|r| kb.index(r, n, self.out_channels as i64 * plane_bytes));
             // One tile: `channels` channels from channel `first`, `pixels` pixels from
             // byte `offset` of the plane.
-            let tile = |kb: &mut Kb, first: Value, channels: usize, pixels: usize, offset: Value| {
+            let tile = |kb: &mut Kb, first: Value, channels: usize, pixels: usize, offset: Value, part: &Part| {
                 let func = kb
-                    .tile_kernel(&Ukernel::Pointwise(self.spec(channels, pixels)))
+                    .tile_kernel(&Ukernel::Pointwise(self.spec(channels, pixels, part)))
                     .expect("pointwise micro-kernels are defined for every tile kind");
-                let weights = kb.index(data, first, 4 * self.in_channels as i64);
+                // The block's weights are `[in_channel][channel]`: the part's from
+                // `part.first` on.
+                let block = kb.index(data, first, 4 * self.in_channels as i64);
+                let weights = kb.offset(block, 4 * (part.first * channels) as i64);
                 let bias = kb.index(bias_data, first, 4);
-                let input = kb.fb.ins().iadd(x_n, offset);
+                let x_part = kb.offset(x_n, part.first as i64 * plane_bytes);
+                let input = kb.fb.ins().iadd(x_part, offset);
                 let channel = kb.fb.ins().imul_imm_s(first, plane_bytes);
                 let at = kb.fb.ins().iadd(channel, offset);
                 let output = kb.fb.ins().iadd(out_n, at);
@@ -206,25 +342,58 @@ impl PointwiseKernel {
                 };
                 kb.fb.ins().call(func, &[input, weights, bias, output, residual]);
             };
-            // Every block of channels over one tile of pixels.
+            // Every block of channels over one tile of pixels, one part of the
+            // reduction after the other.
             let column = |kb: &mut Kb, pixels: usize, offset: Value| {
-                kb.for_range(full_blocks, |kb, b| {
-                    let first = kb.fb.ins().imul_imm_s(b, channels as i64);
-                    tile(kb, first, channels, pixels, offset);
-                });
-                if tail > 0 {
-                    let first = kb.iconst((full_blocks * channels) as i64);
-                    tile(kb, first, tail, pixels, offset);
+                for part in &self.parts {
+                    kb.for_range(full_blocks, |kb, b| {
+                        let first = kb.fb.ins().imul_imm_s(b, channels as i64);
+                        tile(kb, first, channels, pixels, offset, part);
+                    });
+                    if tail > 0 {
+                        let first = kb.iconst((full_blocks * channels) as i64);
+                        tile(kb, first, tail, pixels, offset, part);
+                    }
                 }
             };
             // Every tile of pixels for one block of channels.
             let row = |kb: &mut Kb, first: Value, channels: usize| {
                 for &(pixels, start) in &tiles {
                     let offset = kb.iconst(4 * start as i64);
-                    tile(kb, first, channels, pixels, offset);
+                    for part in &self.parts {
+                        tile(kb, first, channels, pixels, offset, part);
+                    }
                 }
             };
-            if tiles_outer(self.simd, self.plane) {
+            if tiles_outer(self.simd, self.plane) && short_reduction(self.simd, self.in_channels) {
+                // Blocks outer over a large plane, the parts sharing each block's tiles:
+                // the input is read again by every block, but from few planes, while
+                // only one block's output (and residual) planes stream at a time.
+                let block = |kb: &mut Kb, first: Value, channels: usize| {
+                    kb.for_share(full_tiles, |kb, t| {
+                        let offset = kb.fb.ins().imul_imm_s(t, 4 * tile_pixels as i64);
+                        for part in &self.parts {
+                            tile(kb, first, channels, tile_pixels, offset, part);
+                        }
+                    });
+                    if rest > 0 {
+                        kb.on_last_part(|kb| {
+                            let offset = kb.iconst(4 * (full_tiles * tile_pixels) as i64);
+                            for part in &self.parts {
+                                tile(kb, first, channels, rest, offset, part);
+                            }
+                        });
+                    }
+                };
+                kb.for_range(full_blocks, |kb, b| {
+                    let first = kb.fb.ins().imul_imm_s(b, channels as i64);
+                    block(kb, first, channels);
+                });
+                if tail > 0 {
+                    let first = kb.iconst((full_blocks * channels) as i64);
+                    block(kb, first, tail);
+                }
+            } else if tiles_outer(self.simd, self.plane) {
                 // Tiles outer: a tile's input (every channel of 64 pixels) stays in the
                 // caches while all the blocks read it. The parts share the tiles.
                 kb.for_share(full_tiles, |kb, t| {
@@ -252,6 +421,35 @@ impl PointwiseKernel {
             }
         });
     }
+}
+
+/// Whether a layer runs its images' planes joined ([`Joined`]): on AVX2, at batch 2 and
+/// more, on planes of fewer than 8 tiles whose last tile is mostly empty (at least 15%
+/// more lanes than pixels: 7x7, not 14x14 or 8x8) and whose joined tiles waste at least
+/// a tenth of a lane per pixel less, and with channels enough on both
+/// sides that the copies cost little next to the multiply-adds (harmonic mean of the
+/// channel counts at least 64).
+fn joins_images(simd: Simd, (batch, in_channels, out_channels, plane): (usize, usize, usize, usize)) -> bool {
+    let lanes = plane.div_ceil(AVX2_PIXELS) * AVX2_PIXELS;
+    let joined_lanes = (batch * plane).div_ceil(AVX2_PIXELS) * AVX2_PIXELS;
+    simd == Simd::Avx2
+        && batch > 1
+        && !tiles_outer(simd, plane)
+        && 100 * lanes >= 115 * plane
+        && 10 * joined_lanes <= batch * (10 * lanes - plane)
+        && 2 * in_channels * out_channels >= 64 * (in_channels + out_channels)
+}
+
+/// Whether a layer over a large plane runs its blocks of output channels outermost, each
+/// over every tile, rather than its tiles: on AVX2, from 16 input channels or fewer.
+/// Tiles outer, a 16 -> 16 layer with a residual add on 112x112 streams 16 input, 16
+/// output and 16 residual planes at once, and at batch 8 (maps past the L2 cache) ran at
+/// 36 GFLOP/s; blocks outer, it re-reads its 16 input planes for each of three blocks
+/// and ran at 47 (MobileNet v3 large's features.1.block.1: 1.44 -> 1.09 ms; its 16 -> 64
+/// features.2.block.0 3.54 -> 2.93). From 24 and 32 inputs it lost (MobileNet v2's
+/// 32 -> 16 on 112x112: 1.48 -> 2.08 ms).
+fn short_reduction(simd: Simd, in_channels: usize) -> bool {
+    simd == Simd::Avx2 && in_channels <= 16
 }
 
 /// Whether the tiles of pixels of a `plane`-pixel plane run outermost (shared by the

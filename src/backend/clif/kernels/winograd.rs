@@ -349,6 +349,8 @@ impl WinogradKernel {
             activation: None,
             residual: false,
             post_activation: None,
+            accumulate: false,
+            finish: true,
         }
     }
 

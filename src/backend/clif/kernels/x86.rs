@@ -289,6 +289,11 @@ pub(crate) struct PointwiseSpec {
     pub activation: Option<RegisterActivation>,
     pub residual: bool,
     pub post_activation: Option<RegisterActivation>,
+    /// A part of a longer reduction (AVX2 only): `accumulate` starts the sums from the
+    /// output tile, where the earlier parts stored theirs, rather than from the bias;
+    /// without `finish` the sums store as they are, epilogue left to the last part.
+    pub accumulate: bool,
+    pub finish: bool,
 }
 
 /// An activation the pointwise tile applies in registers: those made of comparisons,
@@ -712,6 +717,7 @@ pub(crate) fn assemble_pointwise(spec: &PointwiseSpec) -> Result<Vec<u8>, String
 
 /// The AVX-512 pointwise tile.
 fn assemble_pointwise_512(spec: &PointwiseSpec) -> Result<Vec<u8>, String> {
+    assert!(!spec.accumulate && spec.finish, "the AVX-512 pointwise tile runs whole reductions");
     let mut a = CodeAssembler::new(64).map_err(err)?;
     let (r_count, q_count) = (spec.channels, spec.vectors);
     let acc = |r: usize, q: usize| ZMM[r * q_count + q];
@@ -827,10 +833,27 @@ fn assemble_pointwise_avx2(spec: &PointwiseSpec) -> Result<Vec<u8>, String> {
     let partial = spec.last_lanes < LANES;
     let masked = |q: usize| q + 1 == q_count && partial;
     let mut lanes_label = a.create_label();
-    for r in 0..r_count {
-        a.vbroadcastss(broadcast, dword_ptr(rdx + disp(4 * r as i64)?)).map_err(err)?;
-        for q in 0..q_count {
-            a.vmovaps(acc(r, q), broadcast).map_err(err)?;
+    if spec.accumulate {
+        // The earlier parts' sums, from the output tile.
+        if partial {
+            a.vmovups(broadcast, ymmword_ptr(lanes_label)).map_err(err)?;
+        }
+        for r in 0..r_count {
+            for q in 0..q_count {
+                let source = ymmword_ptr(rcx + disp(r as i64 * spec.plane_bytes + 32 * q as i64)?);
+                if masked(q) {
+                    a.vmaskmovps(acc(r, q), broadcast, source).map_err(err)?;
+                } else {
+                    a.vmovups(acc(r, q), source).map_err(err)?;
+                }
+            }
+        }
+    } else {
+        for r in 0..r_count {
+            a.vbroadcastss(broadcast, dword_ptr(rdx + disp(4 * r as i64)?)).map_err(err)?;
+            for q in 0..q_count {
+                a.vmovaps(acc(r, q), broadcast).map_err(err)?;
+            }
         }
     }
     if spec.prefetch != 0 {
@@ -875,11 +898,15 @@ fn assemble_pointwise_avx2(spec: &PointwiseSpec) -> Result<Vec<u8>, String> {
     a.jnz(head).map_err(err)?;
     // The epilogue, as on AVX-512 (see `assemble_pointwise_512`), the broadcast register
     // a third scratch for sigmoid and silu (whose constants go after the code).
+    // A part that does not finish the reduction stores its sums as they are.
+    let (activation, residual, post_activation) = match spec.finish {
+        true => (spec.activation, spec.residual, spec.post_activation),
+        false => (None, false, None),
+    };
     let temp = input(0);
     let mut table = VectorConstants::default();
-    let post_slot = spec.activation.map_or(0, |f| f.constants().len());
-    let constants: Vec<u32> =
-        spec.activation.into_iter().chain(spec.post_activation).flat_map(|f| f.constants()).collect();
+    let post_slot = activation.map_or(0, |f| f.constants().len());
+    let constants: Vec<u32> = activation.into_iter().chain(post_activation).flat_map(|f| f.constants()).collect();
     const CONSTANT_BYTES: i32 = 32;
     assert!(4 * constants.len() <= CONSTANT_BYTES as usize, "pointwise epilogue constants overflow their slots");
     if !constants.is_empty() {
@@ -892,16 +919,16 @@ fn assemble_pointwise_avx2(spec: &PointwiseSpec) -> Result<Vec<u8>, String> {
         a.vmovups(mask, ymmword_ptr(lanes_label)).map_err(err)?;
     }
     // Sigmoid or silu as the whole epilogue: stored first, then a `GatePass` over `stored`.
-    let pass = GatePass::for_epilogue(spec.activation, spec.residual, spec.post_activation);
+    let pass = GatePass::for_epilogue(activation, residual, post_activation);
     let mut stored = Vec::new();
     for r in 0..r_count {
         for q in 0..q_count {
             let x = acc(r, q);
             let offset = r as i64 * spec.plane_bytes + 32 * q as i64;
-            if let Some(activation) = spec.activation.filter(|_| pass.is_none()) {
+            if let Some(activation) = activation.filter(|_| pass.is_none()) {
                 activation.emit_avx2(&mut a, x, zero, temp, Some(broadcast), 0, &mut table)?;
             }
-            if spec.residual {
+            if residual {
                 let source = ymmword_ptr(r8 + disp(offset)?);
                 if masked(q) {
                     a.vmaskmovps(broadcast, mask, source).map_err(err)?;
@@ -910,7 +937,7 @@ fn assemble_pointwise_avx2(spec: &PointwiseSpec) -> Result<Vec<u8>, String> {
                 }
                 a.vaddps(x, x, broadcast).map_err(err)?;
             }
-            if let Some(activation) = spec.post_activation {
+            if let Some(activation) = post_activation {
                 activation.emit_avx2(&mut a, x, zero, temp, Some(broadcast), post_slot, &mut table)?;
             }
             let target = ymmword_ptr(rcx + disp(offset)?);
@@ -1082,14 +1109,20 @@ pub(crate) fn assemble_pool(spec: &PoolSpec) -> Result<Vec<u8>, String> {
 /// feed every output row of the band that reads them. At stride 2, two loads from
 /// column `2 * o + j` hold the inputs of tap `j` in their even floats and those of tap
 /// `j + 1` in their odd ones: on AVX-512 a `vpermi2ps` gathers each, on AVX2 a
-/// `vshufps` (0x88 even, 0xDD odd) then a `vpermpd` 0xD8 puts them in order. The
+/// `vshufps` (0x88 even, 0xDD odd) leaves them in the order [0 1 4 5 | 2 3 6 7], the
+/// same for every tap, so the accumulators hold that order and one `vpermpd` 0xD8 each
+/// puts them back before the epilogue (not one per input vector). The
 /// columns that padding puts outside the row are masked off the loads (zero-filled;
 /// masked lanes never fault: `k` masks on AVX-512, `vmaskmovps` with lane masks
 /// placed after the code on AVX2), so the input is read in place. On AVX-512 up to 9
 /// taps stay in registers, more are broadcast from memory by each multiply-add; on
 /// AVX2, whose 16 registers go to the accumulators, each tap is broadcast into one
-/// register before the multiply-adds of the row's vectors that use it. The last vector
-/// of a row stores under a mask.
+/// register before the multiply-adds of the row's vectors that use it. A partial last
+/// vector of a row stores under a mask, except on AVX2 where its 8 lanes end inside the
+/// plane (`whole_tails`): there it is stored whole, the lanes past the row read back
+/// and blended in, or left to the next row's store where that follows (`vmaskmovps`
+/// stores cost about 4 ns each on AMD Zen 3). The partial loads' lane masks stay in the
+/// registers the band leaves free, where there are some.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct DepthwiseSpec {
     pub simd: Simd,
@@ -1111,6 +1144,11 @@ pub(crate) struct DepthwiseSpec {
     pub activation: Option<RegisterActivation>,
     pub residual: bool,
     pub post_activation: Option<RegisterActivation>,
+    /// On AVX2, the band's first rows whose partial last vector is stored whole (its
+    /// lanes past the row read back and blended in, `vblendps`, or overwritten by the
+    /// next row's store): those whose 8 lanes end inside the plane, which one thread
+    /// writes. The others, and every row on AVX-512, store under a mask.
+    pub whole_tails: usize,
 }
 
 impl DepthwiseSpec {
@@ -1136,10 +1174,22 @@ impl DepthwiseSpec {
     }
 
     /// Registers the activations take besides the first input vector's: none, one, or
-    /// two for sigmoid and silu.
+    /// two for sigmoid and silu; none where sigmoid or silu is the whole epilogue, which
+    /// a [`GatePass`] runs after the stores with every register free.
     pub fn activation_registers(&self) -> usize {
-        let activations = [self.activation, self.post_activation];
-        if activations.iter().flatten().any(|a| a.uses_exp()) {
+        Self::registers_for(self.activation, self.residual, self.post_activation)
+    }
+
+    /// [`Self::activation_registers`] of an epilogue.
+    pub fn registers_for(
+        activation: Option<RegisterActivation>,
+        residual: bool,
+        post_activation: Option<RegisterActivation>,
+    ) -> usize {
+        let activations = [activation, post_activation];
+        if GatePass::for_epilogue(activation, residual, post_activation).is_some() {
+            0
+        } else if activations.iter().flatten().any(|a| a.uses_exp()) {
             2
         } else {
             usize::from(activations.iter().any(Option::is_some))
@@ -1164,6 +1214,7 @@ impl DepthwiseSpec {
             && self.out_w >= 1
             && self.valid.0 <= self.valid.1
             && self.rows <= most
+            && self.whole_tails <= self.rows
             && (self.simd == Simd::Avx2
                 || [self.activation, self.post_activation]
                     .iter()
@@ -1363,7 +1414,8 @@ fn assemble_depthwise_512(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
 }
 
 /// The AVX2 band: 8 lanes, `vmaskmovps` row edges under lane masks placed after the
-/// code, `vshufps` + `vpermpd` at stride 2, each tap broadcast into one register.
+/// code, `vshufps` at stride 2 (`vpermpd` once per accumulator), each tap broadcast
+/// into one register.
 fn assemble_depthwise_avx2(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
     const LANES: usize = 8;
     const ALL: u32 = 0xff;
@@ -1371,7 +1423,6 @@ fn assemble_depthwise_avx2(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
     let (kh, kw) = spec.taps;
     let (sh, sw) = spec.stride;
     let group = spec.group;
-    let activated = spec.activation.is_some() || spec.post_activation.is_some();
     let mut next = 0;
     let mut take = |n: usize| {
         let first = next;
@@ -1385,17 +1436,30 @@ fn assemble_depthwise_avx2(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
     // A broadcast tap, or the lane mask of a masked load or store.
     let scratch = YMM[take(1)];
     // The activations' scratch (with the first input vector's register).
-    let spare = if activated { Some(YMM[take(1)]) } else { None };
+    let spare = if spec.activation_registers() >= 1 { Some(YMM[take(1)]) } else { None };
     let spare_exp = if spec.activation_registers() == 2 { Some(YMM[take(1)]) } else { None };
     let mut table = VectorConstants::default();
     let pass = GatePass::for_epilogue(spec.activation, spec.residual, spec.post_activation);
     let [low, high] = if sw == 2 { [YMM[take(1)], YMM[take(1)]] } else { [ymm0; 2] };
+    // The registers free while the stores run: the input vectors, the stride-2 loads
+    // and those nothing takes (a gate's scratch for the whole last vectors below).
+    let inputs = (input_first..input_first + pair * group).map(|i| YMM[i]);
+    let loads = if sw == 2 { vec![low, high] } else { Vec::new() };
+    let unused = &YMM[next..];
+    let free: Vec<AsmRegisterYmm> = inputs.chain(loads).chain(unused.iter().copied()).collect();
     let acc = |q: usize, g: usize| YMM[acc_first + q * group + g];
+    // Where a row's vectors are one group, the lanes a whole last vector writes past
+    // the row are the next rows' first ones, stored after it (by this group or the next
+    // band): they need no blend (whose load would wait on the previous row's store where
+    // rows are narrower than the lanes). With a residual they are blended all the same.
+    let overwritten = spec.out_w.div_ceil(LANES) <= group && !spec.residual;
     let input = |g: usize| YMM[input_first + g];
     let in_row_bytes = 4 * spec.in_w as i64;
     let out_row_bytes = 4 * spec.out_w as i64;
     let vectors = spec.out_w.div_ceil(LANES);
     let last_lanes = spec.out_w - (vectors - 1) * LANES;
+    // The `vblendps` lanes of a whole last vector that lie past the row.
+    let past_row = (0xff << last_lanes) & 0xff;
     // The lanes of an 8-float load from column `start` that lie inside the row.
     let lanes_inside = |start: isize| -> u32 {
         (0..LANES as isize).filter(|l| (0..spec.in_w as isize).contains(&(start + l))).fold(0, |m, l| m | (1 << l))
@@ -1411,8 +1475,10 @@ fn assemble_depthwise_avx2(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
         label
     }
     // A load of 8 floats at `start` of the row at `row_offset`, zero outside the row.
+    // (A lane mask held in a register for the vector group, `held`, is not reloaded.)
     let load = |a: &mut CodeAssembler,
                 masks: &mut Vec<(u32, CodeLabel)>,
+                held: &[(u32, AsmRegisterYmm)],
                 to: AsmRegisterYmm,
                 row_offset: i64,
                 start: isize|
@@ -1423,6 +1489,8 @@ fn assemble_depthwise_avx2(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
             a.vxorps(to, to, to).map_err(err)
         } else if lanes == ALL {
             a.vmovups(to, at).map_err(err)
+        } else if let Some(&(_, mask)) = held.iter().find(|(m, _)| *m == lanes) {
+            a.vmaskmovps(to, mask, at).map_err(err)
         } else {
             let label = mask_of(a, masks, lanes);
             a.vmovups(scratch, ymmword_ptr(label)).map_err(err)?;
@@ -1450,6 +1518,24 @@ fn assemble_depthwise_avx2(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
                 a.vbroadcastss(acc(q, g), bias).map_err(err)?;
             }
         }
+        // The group's partial lane masks (the same in every input row) into the
+        // registers nothing takes, as many as there are.
+        let mut held: Vec<(u32, AsmRegisterYmm)> = Vec::new();
+        for j in (0..kw).step_by(pair) {
+            for g in 0..count {
+                let column = ((first + g) * LANES * sw) as isize + j as isize - spec.pad_left as isize;
+                let starts = if sw == 1 { vec![column] } else { vec![column, column + LANES as isize] };
+                for lanes in starts.into_iter().map(lanes_inside) {
+                    if lanes != 0 && lanes != ALL && held.len() < unused.len() && !held.iter().any(|(m, _)| *m == lanes)
+                    {
+                        let register = unused[held.len()];
+                        let label = mask_of(&mut a, &mut masks, lanes);
+                        a.vmovups(register, ymmword_ptr(label)).map_err(err)?;
+                        held.push((lanes, register));
+                    }
+                }
+            }
+        }
         for r in spec.valid.0..spec.valid.1 {
             // The band's output rows that read input row `r`, and with which tap row.
             let users: Vec<(usize, usize)> =
@@ -1467,18 +1553,20 @@ fn assemble_depthwise_avx2(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
                     if sw == 1 {
                         *live = lanes_inside(column) != 0;
                         if *live {
-                            load(&mut a, &mut masks, input(g), row_offset, column)?;
+                            load(&mut a, &mut masks, &held, input(g), row_offset, column)?;
                         }
                     } else {
                         let ends = (column, column + LANES as isize);
                         *live = lanes_inside(ends.0) != 0 || lanes_inside(ends.1) != 0;
                         if *live {
-                            load(&mut a, &mut masks, low, row_offset, ends.0)?;
-                            load(&mut a, &mut masks, high, row_offset, ends.1)?;
+                            load(&mut a, &mut masks, &held, low, row_offset, ends.0)?;
+                            load(&mut a, &mut masks, &held, high, row_offset, ends.1)?;
+                            // Even or odd columns in the order [0 1 4 5 | 2 3 6 7]
+                            // of the output lanes: the accumulators hold that order
+                            // and are put back in order once, before the epilogue.
                             for u in 0..columns {
                                 let x = input(u * group + g);
                                 a.vshufps(x, low, high, if u == 0 { 0x88 } else { 0xdd }).map_err(err)?;
-                                a.vpermpd(x, x, 0xd8).map_err(err)?;
                             }
                         }
                     }
@@ -1504,10 +1592,23 @@ fn assemble_depthwise_avx2(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
             for g in 0..count {
                 let x = acc(q, g);
                 let offset = q as i64 * out_row_bytes + 32 * (first + g) as i64;
-                let masked = first + g + 1 == vectors && last_lanes < LANES;
+                // The last vector of a row ending before its 8 lanes: stored whole where
+                // they lie inside the plane (`whole_tails`), the lanes past the row read
+                // back and blended in; else under a mask (`vmaskmovps` stores cost about
+                // 4 ns each on Zen 3, 14 of them per plane on a 14x14 one).
+                let tail = first + g + 1 == vectors && last_lanes < LANES;
+                // With a gate pass, a whole last vector takes the gate here, its
+                // constants from memory (the pass's loads would overlap the stores of
+                // the next row's first vector and stall on them).
+                let gate_here = pass.is_some() && free.len() >= 3;
+                let whole = tail && q < spec.whole_tails && (pass.is_none() || gate_here);
+                let masked = tail && !whole;
                 let lanes = masked.then(|| ymmword_ptr(mask_of(&mut a, &mut masks, (1 << last_lanes) - 1)));
                 if let Some(lanes) = lanes {
                     a.vmovups(scratch, lanes).map_err(err)?;
+                }
+                if sw == 2 {
+                    a.vpermpd(x, x, 0xd8).map_err(err)?;
                 }
                 if let Some(activation) = spec.activation.filter(|_| pass.is_none()) {
                     activation.emit_avx2(
@@ -1544,9 +1645,19 @@ fn assemble_depthwise_avx2(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
                 if masked {
                     a.vmaskmovps(target, scratch, x).map_err(err)?;
                 } else {
+                    if whole {
+                        if let Some(gate) = spec.activation.filter(|_| pass.is_some()) {
+                            gate.emit_avx2(&mut a, x, free[0], free[1], Some(free[2]), 0, &mut table)?;
+                        }
+                        if !overwritten {
+                            a.vblendps(x, x, target, past_row).map_err(err)?;
+                        }
+                    }
                     a.vmovups(target, x).map_err(err)?;
                 }
-                stored.push((target, lanes));
+                if !whole {
+                    stored.push((target, lanes));
+                }
             }
         }
         if let Some(pass) = pass {
