@@ -92,11 +92,13 @@ pub fn macs(graph: &Graph, id: NodeId) -> u64 {
         Op::Conv(c) => {
             let operands = graph.operands(id);
             let in_channels = graph.node(operands[0]).shape[1] as u64;
-            out * (in_channels / c.groups as u64) * (c.kernel.h * c.kernel.w) as u64
+            // Saturating: a kernel of millions of taps (a hostile program) must not overflow.
+            let taps = (c.kernel.h as u64).saturating_mul(c.kernel.w as u64);
+            out.saturating_mul(in_channels / c.groups as u64).saturating_mul(taps)
         }
         Op::Linear { .. } => {
             let operands = graph.operands(id);
-            out * graph.node(operands[0]).shape.last().copied().unwrap_or(0) as u64
+            out.saturating_mul(graph.node(operands[0]).shape.last().copied().unwrap_or(0) as u64)
         }
         _ => 0,
     }
@@ -128,7 +130,7 @@ pub fn summarize(graph: &Graph) -> Summary {
     Summary {
         network: graph.name.clone(),
         total_params: layers.iter().map(|l| l.params).sum(),
-        total_macs: layers.iter().map(|l| l.macs).sum(),
+        total_macs: layers.iter().fold(0u64, |total, l| total.saturating_add(l.macs)),
         total_output_bytes: layers.iter().map(|l| l.output_bytes).sum(),
         layers,
         optimized: None,

@@ -54,7 +54,7 @@ fn every_example_round_trips_with_the_same_ir_and_weights() {
     let mut examples = examples();
     assert!(examples.len() >= 30, "examples/ holds {} programs", examples.len());
     // And what examples do not use: asymmetric pads, `same` on pools, dilated pools,
-    // rank-3 tensors, 1-D pools, reshape, erf and ONNX's hardsigmoid. (`mean.cnn` is not
+    // rank-3 tensors, 1-D pools, reshape, erf and ONNX's hardsigmoid, one scalar per sample. (`mean.cnn` is not
     // here: its `mean(2, 3, keepdim=true)` imports as `global_avg_pool`.)
     for program in [
         "asymmetric_pads.cnn",
@@ -66,6 +66,7 @@ fn every_example_round_trips_with_the_same_ir_and_weights() {
         "reshape.cnn",
         "onnx_elementwise.cnn",
         "layer_norm_dims.cnn",
+        "scalars.cnn",
     ] {
         examples.push(repo().join("tests/programs").join(program));
     }
@@ -204,6 +205,14 @@ fn malformed_and_unsupported_models_exit_1_with_the_node_named() {
             Some(onnx_protobuf::tensor_shape_proto::dimension::Value::DimValue(1 << 40));
     }
     refused(&tmp.0, "huge_input", &huge.write_to_bytes().unwrap(), &["graph input `image`"]);
+
+    // A zero-size input (dimension 0 of 0, not a symbolic batch): refused at its reader.
+    let mut empty = lenet();
+    let input = &mut empty.graph.as_mut().unwrap().input[0];
+    if let Some(onnx_protobuf::type_proto::Value::TensorType(t)) = input.type_.as_mut().unwrap().value.as_mut() {
+        t.shape.as_mut().unwrap().dim[0].value = Some(onnx_protobuf::tensor_shape_proto::dimension::Value::DimValue(0));
+    }
+    refused(&tmp.0, "zero_size", &empty.write_to_bytes().unwrap(), &["node `conv1` (Conv)", "zero-size"]);
 
     let mut deep = lenet();
     let relu = deep.graph.as_mut().unwrap().node.iter_mut().find(|n| n.op_type == "Relu").unwrap();

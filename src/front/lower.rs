@@ -468,11 +468,11 @@ impl<'a> Lowerer<'a> {
                 shape = std::iter::once(self.options.batch).chain(override_shape.iter().copied()).collect();
             }
         }
-        if ok && !(1..=3).contains(&dims.len()) {
+        if ok && dims.len() > 3 {
             self.error(Diag::new(
-                format!("an input is [C, H, W], [C, L] or [F], not {} dimensions", dims.len()),
+                format!("an input is [C, H, W], [C, L], [F] or [] (a scalar), not {} dimensions", dims.len()),
                 span.clone(),
-                "expected 1, 2 or 3 dimensions",
+                "expected at most 3 dimensions",
             ));
             ok = false;
         }

@@ -55,6 +55,19 @@ fn err(node: &NodeProto, what: impl Into<String>) -> ImportError {
     ImportError::node(node, what)
 }
 
+/// A node out of scope by design: dimension 0 of every tensor is the batch, and a cnnc
+/// program describes one sample (its code runs any batch size), so an op that mixes
+/// dimension 0 with the others, reduces over it or indexes something by it has no
+/// program. `what` says how this node does.
+fn mixes_batch(node: &NodeProto, what: impl std::fmt::Display) -> ImportError {
+    err(
+        node,
+        format!(
+            "{what}: it mixes the batch (dimension 0) with the other dimensions, out of scope by design (a cnnc program describes one sample and runs any batch size)"
+        ),
+    )
+}
+
 /// Converts the model's graph.
 pub fn import_graph(g: &GraphProto, opset: i64) -> Result<Imported, ImportError> {
     let mut uses: HashMap<&str, usize> = HashMap::new();
@@ -111,16 +124,26 @@ pub fn import_graph(g: &GraphProto, opset: i64) -> Result<Imported, ImportError>
                 _ => -1,
             })
             .collect();
+        if dims.contains(&0) {
+            let why = format!(
+                "its input `{}` of shape {dims:?} is zero-size (it holds no values), which cnnc does not compute",
+                input.name
+            );
+            return Err(match g.node.iter().find(|n| n.input.contains(&input.name)) {
+                Some(node) => err(node, why),
+                None => ImportError::new(format!("graph input `{}`: {why}", input.name)),
+            });
+        }
         // A symbolic batch (`dynamic_axes`) is imported at 1: the program holds no batch.
         let mut dims = dims;
         if let Some(first) = dims.first_mut()
-            && *first <= 0
+            && *first < 0
         {
             *first = 1;
         }
-        if !(2..=4).contains(&dims.len()) || dims.iter().any(|&d| !(1..=MAX_DIM).contains(&d)) {
+        if !(1..=4).contains(&dims.len()) || dims.iter().any(|&d| !(1..=MAX_DIM).contains(&d)) {
             return Err(ImportError::new(format!(
-                "graph input `{}` has shape {dims:?}; cnnc needs [N, C, H, W], [N, C, L] or [N, F], static but for N (-1: a symbolic dimension)",
+                "graph input `{}` has shape {dims:?}; cnnc needs [N, C, H, W], [N, C, L], [N, F] or [N], static but for N (-1: a symbolic dimension)",
                 input.name
             )));
         }
@@ -135,6 +158,7 @@ pub fn import_graph(g: &GraphProto, opset: i64) -> Result<Imported, ImportError>
     if im.out.graph.inputs.is_empty() {
         return Err(ImportError::new("the graph has no input"));
     }
+    im.check_batch(g)?;
     // Constants first: they read nothing, and torch.onnx places them just before their
     // reader, which may be past the start of a pattern that needs them.
     for i in 0..g.node.len() {
@@ -285,6 +309,36 @@ impl<'m> Importer<'m> {
             self.out.free.remove(&id);
             self.out.graph.node_mut(id).name = module;
         }
+    }
+
+    /// Dimension 0 of every tensor is the batch: an input whose dimension 0 differs from
+    /// the first input's has no batch axis (ONNX broadcasts it against the others' last
+    /// dimensions), which a program of one sample cannot express. Refused at the first
+    /// node reading it.
+    fn check_batch(&self, g: &GraphProto) -> Result<(), ImportError> {
+        let graph = &self.out.graph;
+        let first = graph.node(graph.inputs[0]);
+        for &id in &graph.inputs[1..] {
+            let input = graph.node(id);
+            if input.shape[0] == first.shape[0] {
+                continue;
+            }
+            let onnx_name = self
+                .values
+                .iter()
+                .find(|(_, v)| matches!(v, Val::Node(n) if *n == id))
+                .map(|(k, _)| k.as_str())
+                .unwrap_or_default();
+            let why = format!(
+                "its input `{onnx_name}` of shape {:?} has no batch axis: its dimension 0 differs from the batch ({}) of `{}` {:?}, and a cnnc program describes one sample (dimension 0 of every tensor is the batch)",
+                input.shape, first.shape[0], first.name, first.shape
+            );
+            return Err(match g.node.iter().find(|n| n.input.iter().any(|i| i == onnx_name)) {
+                Some(node) => err(node, why),
+                None => ImportError::new(format!("graph input `{onnx_name}`: {why}")),
+            });
+        }
+        Ok(())
     }
 
     fn node_ref(&self, i: usize) -> &'m NodeProto {
@@ -498,8 +552,9 @@ impl<'m> Importer<'m> {
             "Flatten" => {
                 let x = self.dynamic(node, 0)?;
                 let rank = self.shape(x).len();
-                if model::axis(attr_int(node, "axis", 1), rank) != Some(1) {
-                    return Err(err(node, "Flatten at an axis other than 1 is not expressible"));
+                let axis = attr_int(node, "axis", 1);
+                if model::axis(axis, rank) != Some(1) {
+                    return Err(mixes_batch(node, format!("Flatten at axis {axis} of a rank-{rank} tensor")));
                 }
                 let id = self.add(node, None, Op::Flatten, &[x], vec![])?;
                 self.set(node, 0, Val::Node(id))
@@ -551,10 +606,11 @@ impl<'m> Importer<'m> {
                 // Before opset 13, Softmax flattens the dimensions from `axis` on.
                 let axis = match axis {
                     Some(axis) if axis >= 1 && (self.opset >= 13 || axis + 1 == rank) => axis,
+                    Some(0) => return Err(mixes_batch(node, "Softmax over dimension 0")),
                     _ => {
                         return Err(err(
                             node,
-                            "Softmax over the batch, or (before opset 13) over several dimensions, is not expressible",
+                            "Softmax over several dimensions (before opset 13, from `axis` on) is not expressible",
                         ));
                     }
                 };
@@ -578,8 +634,9 @@ impl<'m> Importer<'m> {
                 }
                 let rank = operands.first().map(|&o| self.shape(o).len()).unwrap_or(0);
                 let axis = match model::axis(attr_int(node, "axis", 1), rank) {
-                    Some(axis) if axis >= 1 => axis,
-                    _ => return Err(err(node, "Concat along the batch (dimension 0) is not expressible")),
+                    Some(0) => return Err(mixes_batch(node, "Concat along dimension 0")),
+                    Some(axis) => axis,
+                    None => return Err(err(node, format!("axis {} out of range", attr_int(node, "axis", 1)))),
                 };
                 // Along another dimension than 1: each operand's dimension swapped with 1.
                 let mut swapped = Vec::new();
@@ -810,13 +867,7 @@ impl<'m> Importer<'m> {
         axes.sort_unstable();
         axes.dedup();
         if axes.first() == Some(&0) {
-            return Err(err(
-                node,
-                format!(
-                    "{} over axes {axes:?} reduces the batch (dimension 0), which is not expressible",
-                    node.op_type
-                ),
-            ));
+            return Err(mixes_batch(node, format!("{} over axes {axes:?} reduces dimension 0", node.op_type)));
         }
         let keepdim = attr_int(node, "keepdims", 1) != 0;
         if node.op_type == "ReduceMean" && (rank != 4 || axes != [2, 3]) {
@@ -877,7 +928,7 @@ impl<'m> Importer<'m> {
             return Err(err(node, "Gemm on a tensor that is not 2-D"));
         }
         if attr_int(node, "transA", 0) != 0 {
-            return Err(err(node, "Gemm with transA=1 is not expressible"));
+            return Err(mixes_batch(node, "Gemm with transA=1 multiplies along dimension 0"));
         }
         let (alpha, beta) = (attr_float(node, "alpha", 1.0), attr_float(node, "beta", 1.0));
         let w = self.constant(node, 1, "the weight")?;
@@ -899,6 +950,9 @@ impl<'m> Importer<'m> {
                 // one for all (a scalar, [1], [1, 1]), expanded.
                 let per_output = b.dims.last() == Some(&out) && b.len() == out;
                 let one = b.len() == 1;
+                if b.dims.len() == 2 && b.dims[0] > 1 {
+                    return Err(mixes_batch(node, format!("C of shape {:?} adds a bias row per sample", b.dims)));
+                }
                 if b.dims.len() > 2 || !(per_output || one) {
                     return Err(err(
                         node,
@@ -934,12 +988,29 @@ impl<'m> Importer<'m> {
 
     /// `MatMul(x, W)` with a constant `[F, out]` weight, and an `Add` of a `[out]` bias
     /// after it when that is the product's only reader: a `linear` on the last dimension.
+    /// A weight of rank 1 is `linear(1)` and a `reshape` that drops the last dimension; one
+    /// of rank 3 or 4 whose leading dimensions broadcast over the batch (1) is one `linear`
+    /// when the others are 1 too, else one `linear` per channel (dimension 1 of a 4-D
+    /// product) on that channel's `slice` of `x` (or on `x` when it has one channel),
+    /// joined by a `concat`.
     fn matmul(&mut self, i: usize) -> Result<(), ImportError> {
         let node = self.node_ref(i);
         let x = self.dynamic(node, 0)?;
         let w = self.constant(node, 1, "the weight (a MatMul of two computed tensors is not supported)")?;
-        if w.dims.len() != 2 {
-            return Err(err(node, format!("weight of shape {:?}; cnnc imports a 2-D MatMul weight", w.dims)));
+        let xs = self.shape(x);
+        match w.dims.len() {
+            2 => {}
+            1 => return self.matmul_vector(node, x, &w),
+            3 | 4 => return self.matmul_stacked(node, x, &w),
+            _ => {
+                return Err(err(
+                    node,
+                    format!("weight of shape {:?}; cnnc imports MatMul weights of rank 1 to 4", w.dims),
+                ));
+            }
+        }
+        if xs.len() < 2 {
+            return Err(err(node, format!("MatMul of an input of shape {xs:?}")));
         }
         let wt = model::transpose(&w, &[1, 0]).map_err(|e| err(node, e))?;
         let out = wt.dims[0];
@@ -959,6 +1030,121 @@ impl<'m> Importer<'m> {
         self.linear(node, x, wt, None)
     }
 
+    /// `MatMul(x [N, ..., F], w [F])`: `linear(1, bias=false)` then `reshape` to `[N, ...]`.
+    fn matmul_vector(&mut self, node: &NodeProto, x: NodeId, w: &Const) -> Result<(), ImportError> {
+        let xs = self.shape(x);
+        if !(3..=5).contains(&xs.len()) {
+            return Err(err(
+                node,
+                format!(
+                    "MatMul of {xs:?} by a vector of shape {:?} leaves a tensor of rank {}; cnnc imports it on inputs of rank 3 or 4 (dimension 0 is the batch)",
+                    w.dims,
+                    xs.len().saturating_sub(1)
+                ),
+            ));
+        }
+        let k = w.dims[0];
+        let linear = Op::Linear { out_features: 1, bias: false };
+        let product = self.add_part(node, linear, x, vec![(ParamRole::Weight, Self::float_tensor(w, vec![1, k]))])?;
+        let shape = xs[1..xs.len() - 1].to_vec();
+        let id = self.add(node, None, Op::Reshape { shape }, &[product], vec![])?;
+        self.set(node, 0, Val::Node(id))
+    }
+
+    /// `MatMul(x, w)` with `w` of rank 3 or 4, `[..., F, out]`: the stacked dimensions of
+    /// `w` aligned with those of `x` from the right (ONNX's broadcast); dimension 0, the
+    /// batch, must be 1 in `w`; dimension 1 of a 4-D `x` may be per channel.
+    fn matmul_stacked(&mut self, node: &NodeProto, x: NodeId, w: &Const) -> Result<(), ImportError> {
+        let xs = self.shape(x);
+        let r = xs.len();
+        let (f, out) = (w.dims[w.dims.len() - 2], w.dims[w.dims.len() - 1]);
+        if w.dims.len() > r {
+            return Err(mixes_batch(
+                node,
+                format!(
+                    "MatMul of {xs:?} by a weight of shape {:?} of higher rank: the weight's leading dimension becomes dimension 0 of the product",
+                    w.dims
+                ),
+            ));
+        }
+        // The weight's stacked dimensions, aligned to x's dimensions 0..r-2.
+        let mut stacked = vec![1; r - w.dims.len()];
+        stacked.extend_from_slice(&w.dims[..w.dims.len() - 2]);
+        if stacked[0] != 1 {
+            return Err(mixes_batch(
+                node,
+                format!(
+                    "MatMul by a weight of shape {:?}: its dimension 0 ({}) is indexed by dimension 0 of the input (only a leading 1 is expressible)",
+                    w.dims, stacked[0]
+                ),
+            ));
+        }
+        let per_channel = stacked.iter().skip(1).any(|&d| d != 1);
+        let k = |c: usize| -> Tensor {
+            // Slice c of the stack, transposed to nn.Linear's [out, F].
+            let floats = w.floats();
+            let part = Const::f32(vec![f, out], floats[c * f * out..(c + 1) * f * out].to_vec());
+            let t = model::transpose(&part, &[1, 0]).expect("a 2-D constant transposes");
+            Self::float_tensor(&t, vec![out, f])
+        };
+        if !per_channel {
+            let t = k(0);
+            let hint = Self::weight_path(w, "weight");
+            let id = self.add(
+                node,
+                hint.as_deref(),
+                Op::Linear { out_features: out, bias: false },
+                &[x],
+                vec![(ParamRole::Weight, t)],
+            )?;
+            return self.set(node, 0, Val::Node(id));
+        }
+        let channels = stacked[1];
+        if r != 4 || !(xs[1] == channels || xs[1] == 1) {
+            return Err(err(
+                node,
+                format!(
+                    "MatMul of {xs:?} by a weight of shape {:?}: cnnc imports a weight per channel (dimension 1) of a 4-D product only",
+                    w.dims
+                ),
+            ));
+        }
+        // The slices first and together: the writer writes them as one `split`.
+        let mut inputs = Vec::new();
+        for c in 0..channels {
+            inputs.push(if xs[1] == 1 { x } else { self.add_part(node, Op::Slice { start: c, len: 1 }, x, vec![])? });
+        }
+        let mut parts = Vec::new();
+        for (c, &xc) in inputs.iter().enumerate() {
+            let linear = Op::Linear { out_features: out, bias: false };
+            parts.push(self.add_part(node, linear, xc, vec![(ParamRole::Weight, k(c))])?);
+        }
+        let id = self.add(node, None, Op::Concat, &parts, vec![])?;
+        self.set(node, 0, Val::Node(id))
+    }
+
+    /// A node of `node`'s expansion other than its result: left to the writer to name, in
+    /// the scope `node`'s name gives (as the parts of a `Split`).
+    fn add_part(
+        &mut self,
+        node: &NodeProto,
+        op: Op,
+        x: NodeId,
+        tensors: Vec<(ParamRole, Tensor)>,
+    ) -> Result<NodeId, ImportError> {
+        let unnamed = NodeProto { op_type: node.op_type.clone(), output: node.output.clone(), ..Default::default() };
+        let id = self.add(&unnamed, None, op, &[x], tensors)?;
+        let scope = if is_layer_path(&node.name) {
+            node.name.rsplit_once('.').map(|(scope, _)| scope.to_string()).unwrap_or_default()
+        } else if node.name.starts_with('/') {
+            torch_path(&node.name).join(".")
+        } else {
+            String::new()
+        };
+        self.out.free.insert(id, scope);
+        Ok(id)
+    }
+
     fn clip(&mut self, node: &NodeProto) -> Result<(), ImportError> {
         let (min, max) = if self.opset >= 11 {
             let get = |k: usize| -> Result<Option<f32>, ImportError> {
@@ -976,6 +1162,11 @@ impl<'m> Importer<'m> {
             (attr(node, "min").map(|a| a.f), attr(node, "max").map(|a| a.f))
         };
         let a = match (min, max) {
+            // No bounds: the identity.
+            (None, None) => {
+                let v = self.input(node, 0)?.clone();
+                return self.set(node, 0, v);
+            }
             (Some(0.0), None) => Activation::Relu,
             (Some(lo), Some(hi)) if lo < hi && lo.is_finite() && hi.is_finite() => {
                 Activation::Clamp { min: shortest(lo), max: shortest(hi) }
@@ -996,14 +1187,16 @@ impl<'m> Importer<'m> {
     /// `Sigmoid(x)` read once, by `Mul(x, sigmoid)`: SiLU.
     fn sigmoid(&mut self, i: usize) -> Result<(), ImportError> {
         let node = self.node_ref(i);
-        let x_name = node.input.first().cloned().unwrap_or_default();
+        // `x` by value: names differ where an identity (`x * 1`) stands between.
+        let x_value = self.dynamic(node, 0)?;
+        let is_x = |name: Option<&String>| matches!(name.and_then(|n| self.values.get(n)), Some(Val::Node(id)) if *id == x_value);
         if let Some(j) = node.output.first().and_then(|o| self.sole_reader(o))
             && self.nodes[j].op_type == "Mul"
         {
             let mul = self.node_ref(j);
             let s = &node.output[0];
-            if (mul.input[0] == *s && mul.input.get(1) == Some(&x_name))
-                || (mul.input.get(1) == Some(s) && mul.input[0] == x_name)
+            if (mul.input[0] == *s && is_x(mul.input.get(1)))
+                || (mul.input.get(1) == Some(s) && is_x(mul.input.first()))
             {
                 let x = self.dynamic(node, 0)?;
                 self.done[j] = true;
@@ -1091,6 +1284,10 @@ impl<'m> Importer<'m> {
                 let x = *x;
                 let shape = self.shape(x);
                 let scalar = c.scalar();
+                // `x * 1` and `x + 0` (the `alpha` of Swish's expansion): `x` itself.
+                if scalar == Some(if is_add { 0.0 } else { 1.0 }) {
+                    return self.set(node, 0, Val::Node(x));
+                }
                 if is_add && scalar == Some(3.0) && self.hardsigmoid_pattern(i, x)? {
                     return Ok(());
                 }
@@ -1326,12 +1523,13 @@ impl<'m> Importer<'m> {
                 return self.pattern(&c, c[2], Op::ChannelShuffle { groups: dims[1] }, x).map(|_| ());
             }
         }
-        if dims.first() != input.first() || !(2..=4).contains(&dims.len()) {
+        if dims.first() != input.first() {
+            return Err(mixes_batch(node, format!("Reshape from {input:?} to {dims:?} changes dimension 0")));
+        }
+        if !(2..=4).contains(&dims.len()) {
             return Err(err(
                 node,
-                format!(
-                    "Reshape from {input:?} to {dims:?} is not expressible (cnnc keeps the batch, dimension 0, and reshapes to rank 2, 3 or 4)"
-                ),
+                format!("Reshape from {input:?} to {dims:?} is not expressible (cnnc reshapes to rank 2, 3 or 4)"),
             ));
         }
         let id = self.add(node, None, Op::Reshape { shape: dims[1..].to_vec() }, &[x], vec![])?;
@@ -1375,7 +1573,7 @@ impl<'m> Importer<'m> {
             // Over the last dimensions from `axis` on: `layer_norm(dims=)`.
             Some(axis) if axis >= 1 => {
                 if node.output.iter().skip(1).any(|o| !o.is_empty() && self.uses.contains_key(o.as_str())) {
-                    return Err(err(node, "its mean and inverse-deviation outputs are used"));
+                    return Err(saved_for_training(node));
                 }
                 let trailing = shape[axis..].to_vec();
                 let count: usize = trailing.iter().product();
@@ -1397,13 +1595,14 @@ impl<'m> Importer<'m> {
                 let id = self.add(node, hint.as_deref(), op, &[x], tensors)?;
                 self.set(node, 0, Val::Node(id))
             }
-            _ => Err(err(node, "LayerNormalization over the batch (axis 0) is not expressible")),
+            Some(_) => Err(mixes_batch(node, "LayerNormalization from axis 0")),
+            None => Err(err(node, format!("axis {} out of range", attr_int(node, "axis", -1)))),
         }
     }
 
     fn layer_norm_on(&mut self, ln: &NodeProto, last: &NodeProto, x: NodeId, axis: usize) -> Result<(), ImportError> {
         if ln.output.iter().skip(1).any(|o| !o.is_empty() && self.uses.contains_key(o.as_str())) {
-            return Err(err(ln, "its mean and inverse-deviation outputs are used"));
+            return Err(saved_for_training(ln));
         }
         let c = self.shape(x)[axis];
         let w = self.constant(ln, 1, "the scale")?;
@@ -1464,8 +1663,10 @@ impl<'m> Importer<'m> {
     fn split(&mut self, node: &NodeProto) -> Result<(), ImportError> {
         let x = self.dynamic(node, 0)?;
         let shape = self.shape(x);
-        if model::axis(attr_int(node, "axis", 0), shape.len()) != Some(1) {
-            return Err(err(node, "Split along a dimension other than 1 (channels) is not expressible"));
+        match model::axis(attr_int(node, "axis", 0), shape.len()) {
+            Some(1) => {}
+            Some(0) => return Err(mixes_batch(node, "Split along dimension 0")),
+            _ => return Err(err(node, "Split along a dimension other than 1 (channels) is not expressible")),
         }
         let c = shape[1];
         let parts = node.output.len();
@@ -1498,6 +1699,17 @@ impl<'m> Importer<'m> {
         }
         Ok(())
     }
+}
+
+/// LayerNormalization's `Mean` and `InvStdDev` outputs in use: the ONNX operator's schema
+/// documents them as "Saved mean used during training to speed up gradient computation"
+/// and "Saved inverse standard deviation used during training to speed up gradient
+/// computation"; training mode is out of scope.
+fn saved_for_training(node: &NodeProto) -> ImportError {
+    err(
+        node,
+        "its Mean and InvStdDev outputs are used, which ONNX documents as saved for training (\"Saved mean used during training to speed up gradient computation\"); training mode is out of scope",
+    )
 }
 
 /// ONNX's `HardSigmoid(alpha, beta)`: PyTorch's `hardsigmoid` for alpha = 1/6 and beta =

@@ -7,9 +7,11 @@
 //! - `Op::Input` nodes have no operands and are listed, in order, in `Graph::inputs`;
 //!   every other op has the operand count its kind needs (merge ops at least two), plus
 //!   one when its epilogue has a residual.
-//! - Values have rank 2 (`[N, F]`), 3 (`[N, C, L]`) or 4 (`[N, C, H, W]`); window and
-//!   plane ops (conv, pools, batch_norm, lrn, ...) take rank 4 only (shape inference
-//!   refuses the others), the rest any rank their operands have.
+//! - Values have rank 2 (`[N, F]`), 3 (`[N, C, L]`) or 4 (`[N, C, H, W]`), or rank 1
+//!   (`[N]`, one scalar per sample: an `input x: []`); window and plane ops (conv, pools,
+//!   batch_norm, lrn, ...) take rank 4 only, and a rank-1 value is read only by the
+//!   elementwise ops (activations, dropout, identity, and add/mul of rank-1 operands):
+//!   shape inference refuses the others; the rest take any rank their operands have.
 //! - `Node::shape` is what [`shape::infer_node`] computes from the op's own operands'
 //!   shapes (all operands but an epilogue's residual), batch dimension included: the
 //!   op's output, pooled when the epilogue has a pool stage (only a conv's may). A

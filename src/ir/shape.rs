@@ -174,13 +174,20 @@ fn broadcast(op: &Op, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
     let mut out = first.to_vec();
     for (index, other) in inputs.iter().enumerate().skip(1) {
         if other.len() != out.len() {
-            return Err(ShapeError::new(format!(
+            let error = ShapeError::new(format!(
                 "{} operands have different ranks: {} and {} (operand {})",
                 op.mnemonic(),
                 fmt_shape(first),
                 fmt_shape(other),
                 index + 1
-            )));
+            ));
+            return Err(if first.len() == 1 || other.len() == 1 {
+                error.with_help(
+                    "a rank-1 tensor is one scalar per sample (dimension 0 is the batch); it combines only with another such tensor",
+                )
+            } else {
+                error
+            });
         }
         for dim in 0..out.len() {
             let (a, b) = (out[dim], other[dim]);
@@ -281,6 +288,17 @@ fn infer_unchecked(op: &Op, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeErro
         return Err(ShapeError::new(format!("{} got {} operands", op.mnemonic(), inputs.len())));
     }
     let x = inputs.first().copied().unwrap_or(&[]);
+    // A rank-1 value is one scalar per sample (dimension 0 is the batch): only the
+    // elementwise ops read it.
+    let elementwise = matches!(op, Op::Activation(_) | Op::Dropout { .. } | Op::Identity | Op::Add | Op::Mul);
+    if !elementwise && let Some(scalars) = inputs.iter().find(|s| s.len() == 1) {
+        return Err(ShapeError::new(format!(
+            "{} of {}, one scalar per sample: it has no dimension past the batch",
+            op.mnemonic(),
+            fmt_shape(scalars)
+        ))
+        .with_help("only activations, dropout, identity, add and mul take a tensor of one scalar per sample"));
+    }
     match op {
         Op::Input { .. } => Err(ShapeError::new("an input's shape is declared, not inferred")),
         Op::Conv(c) => {
