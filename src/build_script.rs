@@ -374,7 +374,7 @@ impl Model {
                     .map_err(|e| Error::new(format!("cnnc::build: {}: {e}", weights.display())))?
             }
         };
-        crate::passes::optimize(&mut graph, crate::passes::OptLevel::O2)
+        crate::passes::optimize_for(&mut graph, crate::passes::OptLevel::O2, crate::passes::Capabilities::CPU)
             .map_err(|e| Error::new(format!("cnnc::build: {file_name}: {e}")))?;
         if graph.memory.is_none() {
             crate::passes::plan_memory(&mut graph);

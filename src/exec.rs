@@ -28,11 +28,13 @@ impl Target {
     /// What the target's backend runs beyond the generic IR: the pass pipeline a graph
     /// compiled for it gets (`passes::optimize_for`). The CPU backend's tiles (pixels x
     /// channel blocks shared among threads) cannot take a pooling window; the GPU's
-    /// direct convolution kernel can. The reference interpreter gets the generic
+    /// direct convolution kernel can. The CPU's pointwise tiles take a gate (their
+    /// weights scaled per image); the GPU's kernels do not. The reference interpreter gets the generic
     /// pipeline: it is the ground truth the others are compared with.
     pub fn capabilities(self) -> Capabilities {
         match self {
-            Target::Cpu | Target::Reference => Capabilities::GENERIC,
+            Target::Cpu => Capabilities::CPU,
+            Target::Reference => Capabilities::GENERIC,
             Target::Gpu => Capabilities::GPU,
         }
     }

@@ -109,6 +109,28 @@ pub fn run_rewriting(
                     InterpError(format!("layer `{}`: operand {:?} has no value", node.name, operand))
                 })?);
             }
+            // A gated op reads its input times the gate, rounded as `mul` rounds.
+            let gated = match graph.gate(id) {
+                Some(g) => {
+                    let gate = values
+                        .get(&g)
+                        .ok_or_else(|| InterpError(format!("layer `{}`: gate {:?} has no value", node.name, g)))?;
+                    let x = operands.first().ok_or_else(|| InterpError(format!("layer `{}`: no input", node.name)))?;
+                    if gate.shape.len() != 4 || x.shape.len() != 4 || gate.shape[..2] != x.shape[..2] {
+                        return Err(InterpError(format!(
+                            "layer `{}`: gate {} does not match the input {}",
+                            node.name,
+                            gate.shape_string(),
+                            x.shape_string()
+                        )));
+                    }
+                    Some(broadcast_fold(&[x, gate], x.shape.clone(), |a, b| a * b))
+                }
+                None => None,
+            };
+            if let Some(gated) = &gated {
+                operands[0] = gated;
+            }
             let kernel_shape = check_node_shape(node, &operands)?;
             let mut value = eval_node(node, &operands, weights, kernel_shape)?;
             if !node.epilogue.is_empty() {

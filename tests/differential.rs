@@ -1,6 +1,7 @@
 //! Differential tests of the passes: the reference interpreter on the IR as written and on
-//! the `-O1` and `-O2` IR of the generic pipeline and the `-O2` IR of the GPU's (fused
-//! pooling) gives the same outputs (relative L2 at most 1e-5, the same argmax per row of
+//! the `-O1` IR of the generic pipeline, the `-O2` IR of the CPU's (the generic one and
+//! gates fused into 1x1 convs, which runs every generic pass) and the `-O2` IR of the
+//! GPU's (fused pooling) gives the same outputs (relative L2 at most 1e-5, the same argmax per row of
 //! 2-D outputs), on random weights and inputs, for every example network and every
 //! program of `tests/programs`, at batch 1 and 2. Also checks that every optimized graph
 //! verifies, that its memory plan replays (no value is overwritten while it is still to
@@ -105,10 +106,11 @@ fn compare_outputs(what: &str, graph: &Graph, reference: &[Tensor], optimized: &
 
 /// The pipelines checked at a batch size: optimization level and target capabilities.
 /// `-O1` runs a prefix of `-O2`'s pipeline, so at batch 2 only `-O2` is checked (one
-/// interpreter run fewer per program) unless `CNNC_DIFFERENTIAL_FULL` is set. The GPU's
-/// `-O2` (the generic one plus `fuse_pooling`) is checked at every batch size.
+/// interpreter run fewer per program) unless `CNNC_DIFFERENTIAL_FULL` is set. The CPU's
+/// `-O2` (the generic one plus `fuse_gates`) and the GPU's (plus `fuse_pooling`) are
+/// checked at every batch size.
 fn levels(batch: usize) -> Vec<(OptLevel, Capabilities)> {
-    let mut levels = vec![(OptLevel::O2, Capabilities::GENERIC), (OptLevel::O2, Capabilities::GPU)];
+    let mut levels = vec![(OptLevel::O2, Capabilities::CPU), (OptLevel::O2, Capabilities::GPU)];
     if batch == 1 || full_matrix() {
         levels.insert(0, (OptLevel::O1, Capabilities::GENERIC));
     }
@@ -116,7 +118,7 @@ fn levels(batch: usize) -> Vec<(OptLevel, Capabilities)> {
 }
 
 /// Checks one program, built at one batch size with weights bound; returns the problems
-/// found and, at the generic `-O2`, the memory plan's (arena, sum of intermediates) in
+/// found and, at the CPU's `-O2`, the memory plan's (arena, sum of intermediates) in
 /// bytes.
 fn check_program(name: &str, original: &Graph, batch: usize) -> (Vec<String>, Option<(usize, usize)>) {
     let inputs = random_inputs(original);
@@ -127,7 +129,11 @@ fn check_program(name: &str, original: &Graph, batch: usize) -> (Vec<String>, Op
     let mut problems = Vec::new();
     let mut memory = None;
     for (level, capabilities) in levels(batch) {
-        let pipeline = if capabilities == Capabilities::GENERIC { "" } else { " (GPU pipeline)" };
+        let pipeline = match capabilities {
+            Capabilities::GPU => " (GPU pipeline)",
+            Capabilities::CPU => " (CPU pipeline)",
+            _ => "",
+        };
         let what = format!("{name} batch {batch} {level:?}{pipeline}");
         let mut optimized = original.clone();
         if let Err(e) = passes::optimize_for(&mut optimized, level, capabilities) {
@@ -151,7 +157,7 @@ fn check_program(name: &str, original: &Graph, batch: usize) -> (Vec<String>, Op
                             plan.arena_bytes, plan.unplanned_bytes
                         ));
                     }
-                    if capabilities == Capabilities::GENERIC {
+                    if capabilities == Capabilities::CPU {
                         memory = Some((plan.arena_bytes, plan.unplanned_bytes));
                     }
                 }

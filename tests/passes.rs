@@ -281,12 +281,12 @@ fn examples() -> Vec<std::path::PathBuf> {
 #[test]
 fn every_pass_is_idempotent_on_every_example() {
     for path in examples() {
-        for capabilities in [Capabilities::GENERIC, Capabilities::GPU] {
+        for capabilities in [Capabilities::GENERIC, Capabilities::CPU, Capabilities::GPU] {
             let mut graph = compile_bytes(&std::fs::read(&path).unwrap(), &BuildOptions::default()).unwrap();
             passes::optimize_for(&mut graph, OptLevel::O2, capabilities).unwrap();
             for pass in ALL_PASSES {
-                // Passes outside the pipeline (convert_fc_to_conv, and fuse_pooling in the
-                // generic one) get their first run here.
+                // Passes outside the pipeline (convert_fc_to_conv, and fuse_pooling or
+                // fuse_gates where the pipeline leaves them out) get their first run here.
                 (pass.run)(&mut graph);
                 verify(&graph).unwrap();
                 assert!(!(pass.run)(&mut graph), "{} changed {} on a second run", pass.name, path.display());
@@ -314,4 +314,52 @@ fn examples_ir_after_o2() {
         passes::optimize(&mut graph, OptLevel::O2).unwrap();
         insta::assert_snapshot!(print(&graph));
     });
+}
+
+#[test]
+fn a_gate_fuses_into_the_one_by_one_conv_that_reads_it() {
+    // `p` reads x * g and has fewer outputs (6) than x has pixels (16): fused. `q` has
+    // 16 outputs, `r` is 3x3, and `s` shares its mul with a relu: they stay.
+    check_pass(
+        passes::fuse_gates,
+        "network n { input x: [8, 4, 4]; g = x |> global_avg_pool |> conv(8, 1) |> sigmoid; \
+         y = mul(x, g) |> p: conv(6, 1); a = mul(g, x) |> q: conv(16, 1); b = mul(g, x) |> r: conv(4, 3, pad=1); \
+         m = mul(g, x); c = m |> s: conv(4, 1); d = m |> relu; output y, a, b, c, d }",
+        "network n
+        %0 = input x : [1, 8, 4, 4]  # x
+        %1 = global_avg_pool(%0) : [1, 8, 1, 1]  # global_avg_pool_0
+        %2 = conv(%1) out=8 kernel=1x1 stride=1x1 pad=0x0 : [1, 8, 1, 1]  # conv_0 {conv_0.weight, conv_0.bias}
+        %3 = sigmoid(%2) : [1, 8, 1, 1]  # sigmoid_0
+        %4 = conv(%0 * %3) out=6 kernel=1x1 stride=1x1 pad=0x0 : [1, 6, 4, 4]  # p {p.weight, p.bias}
+        %5 = mul(%3, %0) : [1, 8, 4, 4]  # mul_1
+        %6 = conv(%5) out=16 kernel=1x1 stride=1x1 pad=0x0 : [1, 16, 4, 4]  # q {q.weight, q.bias}
+        %7 = mul(%3, %0) : [1, 8, 4, 4]  # mul_2
+        %8 = conv(%7) out=4 kernel=3x3 stride=1x1 pad=1x1 : [1, 4, 4, 4]  # r {r.weight, r.bias}
+        %9 = mul(%3, %0) : [1, 8, 4, 4]  # mul_3
+        %10 = conv(%9) out=4 kernel=1x1 stride=1x1 pad=0x0 : [1, 4, 4, 4]  # s {s.weight, s.bias}
+        %11 = relu(%9) : [1, 8, 4, 4]  # relu_0
+        output y = %4
+        output a = %6
+        output b = %8
+        output c = %10
+        output d = %11",
+    );
+}
+
+#[test]
+fn a_gate_keeps_the_residual_last_and_verify_checks_its_shape() {
+    // RegNet's block: the gated 1x1 conv also adds the block's input.
+    let source = "network n { input x: [8, 6, 6]; g = x |> global_avg_pool |> conv(8, 1) |> sigmoid; \
+                  mul(g, x) |> conv(8, 1) |> add(x) |> relu }";
+    let mut graph = compile(source);
+    passes::optimize_for(&mut graph, OptLevel::O2, Capabilities::CPU).unwrap();
+    let text = print(&graph);
+    assert!(text.contains("= conv(%0 * %2) out=8 kernel=1x1 stride=1x1 pad=0x0 -> add %0 -> relu"), "{text}");
+    let conv = graph.node_ids().into_iter().find(|&id| graph.gate(id).is_some()).unwrap();
+    // A gate of the wrong shape: the pool's input instead of its output.
+    let mut wrong = graph.clone();
+    let operands = wrong.operands(conv);
+    wrong.set_operands(conv, &[operands[0], operands[0], operands[2]]);
+    let error = verify(&wrong).unwrap_err();
+    assert!(error.contains("gate [1, 8, 6, 6] for an input [1, 8, 6, 6]"), "{error}");
 }

@@ -1,7 +1,7 @@
 //! Property test of the passes and the backends: random valid networks, written as
 //! `.cnn` source, compute the same outputs in the reference interpreter before and after
-//! `-O2`, the generic pipeline's and the GPU's (fused pooling), (relative L2 at most
-//! 1e-5), and the CPU backend's code for the generic `-O2` graph, on one and two
+//! `-O2`, the CPU pipeline's (the generic one and fused gates) and the GPU's (fused
+//! pooling), (relative L2 at most 1e-5), and the CPU backend's code for its `-O2` graph, on one and two
 //! threads, computes the interpreter's (at most 1e-4), on random weights and inputs. An
 //! eighth as many networks run on the GPU (lavapipe here) through the GPU pipeline
 //! against the interpreter (at most 1e-4).
@@ -539,7 +539,7 @@ enum Checked {
 }
 
 /// Compiles the source at `batch`, binds random weights, optimizes a copy at `-O2` with
-/// the generic pipeline and one with the GPU's, and compares the interpreter's outputs;
+/// the CPU's pipeline and one with the GPU's, and compares the interpreter's outputs;
 /// the error says what differs.
 fn check_equivalence(
     source: &str,
@@ -569,16 +569,17 @@ fn check_equivalence(
         return Ok(Checked::Overflowed);
     }
     let mut failures = Vec::new();
-    for (capabilities, level) in [(Capabilities::GENERIC, "-O2"), (Capabilities::GPU, "-O2 (GPU pipeline)")] {
+    for (capabilities, level) in [(Capabilities::CPU, "-O2 (CPU pipeline)"), (Capabilities::GPU, "-O2 (GPU pipeline)")]
+    {
         let mut optimized = original.clone();
         passes::optimize_for(&mut optimized, OptLevel::O2, capabilities)?;
         verify(&optimized).map_err(|e| format!("the {level} graph does not verify:\n{e}"))?;
         replay_memory_plan(&optimized).map_err(|e| format!("the {level} memory plan does not replay:\n{e}"))?;
         let actual = interp::run(&optimized, &optimized.weights, &inputs).map_err(|e| format!("{level} run: {e}"))?;
         failures.extend(compare(&original, level, &reference, &actual, TOLERANCE)?);
-        if capabilities == Capabilities::GENERIC {
-            // The CPU backend runs the generic -O2 graph (concat elimination, fused
-            // epilogues, its kernels) on one and on two threads.
+        if capabilities == Capabilities::CPU {
+            // The CPU backend runs its -O2 graph (concat elimination, fused epilogues
+            // and gates, its kernels) on one and on two threads.
             let mut jit = cnnc::backend::clif::compile_jit(&optimized).map_err(|e| format!("CPU backend: {e}"))?;
             for threads in [1, 2] {
                 jit.set_threads(threads);

@@ -99,7 +99,7 @@ pub fn exec(args: &Args) -> Result<(), UserError> {
     // The pipeline of the backend built for: with --target cpu, --emit wgsl,plan write
     // kernels for the generic graph (the GPU runs it too, without fused pooling).
     let capabilities = match target {
-        BuildTarget::Cpu => passes::Capabilities::GENERIC,
+        BuildTarget::Cpu => passes::Capabilities::CPU,
         BuildTarget::Gpu => passes::Capabilities::GPU,
     };
     passes::optimize_for(&mut graph, opt.level(), capabilities)?;

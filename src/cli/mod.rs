@@ -45,8 +45,10 @@ enum Command {
     /// Print the IR as text (the form the snapshot tests hold).
     ///
     /// The IR after the pass pipeline of a target (--target): the generic one by default,
-    /// which the reference interpreter and the cpu target run; the gpu target's also fuses
-    /// pooling into convolutions (`cnnc ir net.cnn --target gpu --after fuse_pooling`).
+    /// which the reference interpreter runs; the cpu target's also fuses
+    /// squeeze-and-excitation's multiply into the 1x1 conv after it (`cnnc ir net.cnn
+    /// --target cpu --after fuse_gates`), the gpu target's pooling into convolutions
+    /// (`cnnc ir net.cnn --target gpu --after fuse_pooling`).
     Ir(ir::Args),
     /// Run a network on its inputs (.npy, or PNG/JPEG images) and print its outputs.
     ///

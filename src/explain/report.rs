@@ -56,8 +56,9 @@ pub struct Report {
 /// The op as the table and the graph show it: its mnemonic and its fused epilogue.
 pub fn op_label(graph: &Graph, id: NodeId) -> String {
     let node = graph.node(id);
-    let mut label = node.op.mnemonic().to_string();
     let e = &node.epilogue;
+    // A gate multiplies the input first: `mul+conv+relu`.
+    let mut label = if e.gate { format!("mul+{}", node.op.mnemonic()) } else { node.op.mnemonic().to_string() };
     let mut push = |part: &str| {
         label.push('+');
         label.push_str(part);

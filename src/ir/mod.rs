@@ -183,13 +183,28 @@ impl Graph {
         edges.into_iter().map(|(_, n)| n).collect()
     }
 
-    /// The operands the op itself reads: all of them but an epilogue's residual.
+    /// The operands the op itself reads: all of them but an epilogue's residual and a
+    /// gate (`Epilogue::gate`; the operand ahead of the op's own reads, multiplied in).
     pub fn op_operands(&self, id: NodeId) -> Vec<NodeId> {
         let mut operands = self.operands(id);
-        if self.node(id).epilogue.residual {
+        let epilogue = &self.node(id).epilogue;
+        if epilogue.residual {
+            operands.pop();
+        }
+        if epilogue.gate {
             operands.pop();
         }
         operands
+    }
+
+    /// The gate operand of a gated op (`Epilogue::gate`), if any.
+    pub fn gate(&self, id: NodeId) -> Option<NodeId> {
+        let epilogue = &self.node(id).epilogue;
+        if !epilogue.gate {
+            return None;
+        }
+        let operands = self.operands(id);
+        operands.len().checked_sub(1 + usize::from(epilogue.residual)).map(|i| operands[i])
     }
 
     /// The residual operand of a fused epilogue, if any.
@@ -222,6 +237,20 @@ impl Graph {
     pub fn add_edge(&mut self, operand: NodeId, user: NodeId, position: usize) {
         self.memory = None;
         self.graph.add_edge(operand.0, user.0, position);
+    }
+
+    /// Replaces a node's operand edges with `operands`, at positions `0..n`. The caller
+    /// keeps shapes and the epilogue's operands consistent.
+    pub fn set_operands(&mut self, id: NodeId, operands: &[NodeId]) {
+        self.memory = None;
+        let edges: Vec<petgraph::stable_graph::EdgeIndex> =
+            self.graph.edges_directed(id.0, Direction::Incoming).map(|e| e.id()).collect();
+        for edge in edges {
+            self.graph.remove_edge(edge);
+        }
+        for (position, operand) in operands.iter().enumerate() {
+            self.graph.add_edge(operand.0, id.0, position);
+        }
     }
 
     /// Removes a node and its edges. The caller keeps the graph consistent.

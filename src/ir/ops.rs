@@ -165,10 +165,18 @@ impl Activation {
 
 /// What a kernel does to its result before storing it, in this order: `activation`,
 /// then `+ residual` (the node's last operand, of the kernel's own output shape), then
-/// `post_activation`, then `pool`. Written by `fuse_epilogues` and, for backends that
-/// can run it, `fuse_pooling`; empty as elaborated.
+/// `post_activation`, then `pool`; and one stage before the op, `gate`. Written by
+/// `fuse_epilogues` and, for backends that can run them, `fuse_pooling` and
+/// `fuse_gates`; empty as elaborated.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Epilogue {
+    /// The op's input multiplied first by a gate of one value per image and input
+    /// channel, `[N, C, 1, 1]` (squeeze-and-excitation's `x * s` before the 1x1 conv that
+    /// reads it), rounded to f32 as a `mul` would: the operand right after the op's own
+    /// (before any residual). Written by `fuse_gates` for backends that run it.
+    /// Invariant (`ir::verify`): only a conv of one group takes one, on a 4-D input,
+    /// and the gate's shape is `[N, C, 1, 1]` for that input's `N` and `C`.
+    pub gate: bool,
     pub activation: Option<Activation>,
     pub residual: bool,
     pub post_activation: Option<Activation>,

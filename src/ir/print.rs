@@ -23,7 +23,11 @@ pub fn print(graph: &Graph) -> String {
     let _ = writeln!(out, "network {}", graph.name);
     for id in &order {
         let node = graph.node(*id);
-        let operands: Vec<String> = graph.op_operands(*id).iter().map(|o| format!("%{}", numbers[o])).collect();
+        let mut operands: Vec<String> = graph.op_operands(*id).iter().map(|o| format!("%{}", numbers[o])).collect();
+        // A gated op reads its input times the gate: `conv(%3 * %5)`.
+        if let (Some(gate), Some(first)) = (graph.gate(*id), operands.first_mut()) {
+            *first = format!("{first} * %{}", numbers[&gate]);
+        }
         let _ = write!(out, "  %{} = {}", numbers[id], node.op.mnemonic());
         if !operands.is_empty() {
             let _ = write!(out, "({})", operands.join(", "));

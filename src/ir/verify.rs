@@ -60,6 +60,24 @@ pub fn verify(graph: &Graph) -> Result<(), String> {
                         ));
                     }
                 }
+                if let Some(gate) = graph.gate(id) {
+                    let x = shapes.first().copied().unwrap_or(&[]);
+                    let gate_shape = &graph.node(gate).shape;
+                    if !matches!(op, Op::Conv(c) if c.groups == 1) || x.len() != 4 {
+                        problems.push(format!(
+                            "{}: a gate on a {} (only a conv of one group takes one)",
+                            node.name,
+                            op.mnemonic()
+                        ));
+                    } else if *gate_shape != [x[0], x[1], 1, 1] {
+                        problems.push(format!(
+                            "{}: gate {} for an input {} (expected [N, C, 1, 1])",
+                            node.name,
+                            fmt_shape(gate_shape),
+                            fmt_shape(x)
+                        ));
+                    }
+                }
                 // The residual is added before any pooling: it has the op's own output shape.
                 let kernel_shape = match node.epilogue.pool {
                     Some(_) => shape::infer(op, &shapes).ok(),

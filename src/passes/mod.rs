@@ -5,7 +5,7 @@
 //! Pipelines are target-aware: a fusion that only some backends can run is in the
 //! pipeline of those backends only. A backend states what it runs beyond the generic IR
 //! as [`Capabilities`] (`exec::Target::capabilities`); [`pipeline`] and [`optimize`] are
-//! the generic pipeline (the reference interpreter and the CPU backend),
+//! the generic pipeline (the reference interpreter),
 //! [`pipeline_for`] and [`optimize_for`] a backend's.
 
 pub mod convert_fc_to_conv;
@@ -14,6 +14,7 @@ pub mod eliminate_identities;
 pub mod fold_batchnorm;
 pub mod fold_channels_last;
 pub mod fuse_epilogues;
+pub mod fuse_gates;
 pub mod fuse_pooling;
 pub mod plan_memory;
 
@@ -23,6 +24,7 @@ pub use eliminate_identities::eliminate_identities;
 pub use fold_batchnorm::fold_batchnorm;
 pub use fold_channels_last::fold_channels_last;
 pub use fuse_epilogues::fuse_epilogues;
+pub use fuse_gates::fuse_gates;
 pub use fuse_pooling::fuse_pooling;
 pub use plan_memory::plan_memory;
 
@@ -52,6 +54,7 @@ pub const ALL_PASSES: &[Pass] = &[
     Pass { name: "convert_fc_to_conv", run: convert_fc_to_conv },
     Pass { name: "fold_channels_last", run: fold_channels_last },
     Pass { name: "fuse_epilogues", run: fuse_epilogues },
+    Pass { name: "fuse_gates", run: fuse_gates },
     Pass { name: "fuse_pooling", run: fuse_pooling },
     Pass { name: "plan_memory", run: plan_memory },
 ];
@@ -63,15 +66,20 @@ pub const ALL_PASSES: &[Pass] = &[
 pub struct Capabilities {
     /// Convolutions whose epilogue pools (`ir::PoolEpilogue`, written by `fuse_pooling`).
     pub fused_pooling: bool,
+    /// 1x1 convolutions that multiply their input by a per-image, per-channel gate
+    /// (`ir::Epilogue::gate`, written by `fuse_gates`).
+    pub gated_convolutions: bool,
 }
 
 impl Capabilities {
     /// The generic IR only: what every executor runs. The reference interpreter runs
     /// anything, but gets this pipeline so that `cnnc ir` and the ground truth show the
     /// network without backend-specific rewrites.
-    pub const GENERIC: Capabilities = Capabilities { fused_pooling: false };
+    pub const GENERIC: Capabilities = Capabilities { fused_pooling: false, gated_convolutions: false };
+    /// The CPU backend: gated pointwise convolutions (the weights scaled per image).
+    pub const CPU: Capabilities = Capabilities { fused_pooling: false, gated_convolutions: true };
     /// The GPU backend: fused pooling in its direct convolution kernel.
-    pub const GPU: Capabilities = Capabilities { fused_pooling: true };
+    pub const GPU: Capabilities = Capabilities { fused_pooling: true, gated_convolutions: false };
 }
 
 /// The passes of an optimization level, in order: the generic pipeline.
@@ -102,6 +110,9 @@ pub fn pipeline_for(level: OptLevel, capabilities: Capabilities) -> Vec<Pass> {
                 by_name("fold_channels_last"),
                 by_name("fuse_epilogues"),
             ];
+            if capabilities.gated_convolutions {
+                passes.push(by_name("fuse_gates"));
+            }
             if capabilities.fused_pooling {
                 passes.push(by_name("fuse_pooling"));
             }

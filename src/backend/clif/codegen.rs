@@ -757,8 +757,7 @@ pub(crate) fn define_model<M: Module>(
             }
             None => None,
         };
-        scratch_bytes = scratch_bytes.max(kernel.scratch_bytes());
-        let operands: Vec<(Loc, &[usize])> = graph
+        let mut operands: Vec<(Loc, &[usize])> = graph
             .op_operands(id)
             .into_iter()
             .map(|o| Ok((layout.loc(o)?, graph.node(o).shape.as_slice())))
@@ -766,9 +765,35 @@ pub(crate) fn define_model<M: Module>(
         let residual = graph.residual(id).map(|r| layout.loc(r)).transpose()?;
         let out = layout.loc(id)?;
         let scratch = Loc { base: Base::Arena, offset: layout.scratch_offset };
+        let gate = match graph.gate(id) {
+            Some(g) => Some((layout.loc(g)?, graph.node(g).shape.as_slice())),
+            None => None,
+        };
+        // A gate the kernel does not take itself: the input times the gate is written
+        // into scratch past the kernel's own, and the kernel reads it from there.
+        let (kernel_gate, gated_input) = match gate {
+            Some((loc, _)) if matches!(&kernel, Kernel::Pointwise(k) if k.gated()) => (Some(loc), None),
+            Some(gate) => {
+                let own = kernel.scratch_bytes().div_ceil(64) * 64;
+                let gated = Loc { base: Base::Arena, offset: layout.scratch_offset + own };
+                let x = *operands
+                    .first()
+                    .ok_or_else(|| format!("internal error: gated layer `{}` has no input", node.name))?;
+                scratch_bytes = scratch_bytes.max(own + bytes_of(x.1));
+                operands[0].0 = gated;
+                (None, Some((x, gate, gated)))
+            }
+            None => (None, None),
+        };
+        scratch_bytes = scratch_bytes.max(kernel.scratch_bytes());
         let name = format!("{prefix}_k{index}_{}", node.op.mnemonic());
         let func = define_kernel(module, name, data, &tiles, &mut |kb| {
-            emit_kernel(kb, &kernel, node, &operands, residual, out, scratch)
+            if let Some((x, gate, gated)) = gated_input {
+                elementwise::emit_broadcast(kb, Combine::Mul, x.1, &[x, gate], gated, &Epilogue::default());
+                kb.sync();
+            }
+            let beside = Beside { residual, gate: kernel_gate };
+            emit_kernel(kb, &kernel, node, &operands, beside, out, scratch)
         })?;
         let algorithm = match &kernel {
             Kernel::Conv(k) => k.algorithm(!tiles.is_empty()),
@@ -885,21 +910,30 @@ pub(crate) fn define_model<M: Module>(
     Ok(DefinedModel { infer, infer_part, arena_bytes, kernels })
 }
 
+/// The operands a kernel reads beside the op's own: the residual its epilogue adds, and
+/// the gate it multiplies its input by where it takes that itself.
+#[derive(Clone, Copy)]
+struct Beside {
+    residual: Option<Loc>,
+    gate: Option<Loc>,
+}
+
 /// Emits the body of one node's kernel.
 fn emit_kernel(
     kb: &mut Kb,
     kernel: &Kernel,
     node: &Node,
     operands: &[(Loc, &[usize])],
-    residual: Option<Loc>,
+    beside: Beside,
     out: Loc,
     scratch: Loc,
 ) {
+    let Beside { residual, gate } = beside;
     let epilogue: &Epilogue = &node.epilogue;
     let count: usize = node.shape.iter().product();
     match kernel {
         Kernel::Conv(conv) => conv.emit(kb, operands[0].0, out, residual, scratch, epilogue),
-        Kernel::Pointwise(k) => k.emit(kb, operands[0].0, out, residual, scratch),
+        Kernel::Pointwise(k) => k.emit(kb, operands[0].0, out, residual, scratch, gate),
         Kernel::Depthwise(k) => k.emit(kb, operands[0].0, out, residual),
         Kernel::Winograd(k) => k.emit(kb, operands[0].0, out, residual, scratch, epilogue),
         Kernel::Linear(linear) => linear.emit(kb, operands[0].0, out, residual, scratch, epilogue),

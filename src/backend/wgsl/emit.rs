@@ -571,6 +571,12 @@ fn emit_node<'a>(
     if matches!(node.op, Op::Input { .. }) {
         return Ok(());
     }
+    if node.epilogue.gate {
+        return Err(format!(
+            "internal error: layer `{}` is gated (fuse_gates), which the gpu backend does not run",
+            node.name
+        ));
+    }
     if node.epilogue.pool.is_some() && !matches!(node.op, Op::Conv(_)) {
         return Err(format!("internal error: layer `{}`: only convolutions pool in their epilogue", node.name));
     }

@@ -11,7 +11,13 @@
 //! block of channels reads it), shared by the threads; small planes (fewer than 8 tiles)
 //! share the blocks instead, with tiles of 14 channels by 32 pixels on AVX-512 (the
 //! 16-pixel tiles on AVX2). The last, partial tile of a plane masks its last vector.
+//!
+//! A gated layer (`ir::Epilogue::gate`, squeeze-and-excitation's multiply) scales its
+//! packed weights per image by the gate into scratch, `W[o][c] * g[n][c]`, and the
+//! tiles read those: two copies, alternating between images, so that one sync per image
+//! separates the scaling from the tiles still reading the copy before.
 
+use cranelift_codegen::ir::types::{F32, F32X4};
 use cranelift_codegen::ir::{InstBuilder, Value};
 
 use super::x86::{PointwiseSpec, RegisterActivation, Simd, Ukernel};
@@ -72,6 +78,9 @@ pub(crate) struct PointwiseKernel {
     /// joined plane): the images' sizes, and what of the epilogue runs as the output is
     /// copied back.
     joined: Option<Joined>,
+    /// Whether the input is multiplied by a gate `[N, C, 1, 1]` (by scaling the weights
+    /// per image; the images are then never joined).
+    gate: bool,
     /// The packed weights and bias, little-endian f32.
     pub data: Vec<u8>,
 }
@@ -133,7 +142,7 @@ impl PointwiseKernel {
         epilogue: &Epilogue,
     ) -> PointwiseKernel {
         let (batch, in_channels, out_channels, plane) = shape;
-        let joined = joins_images(simd, shape).then_some(Joined {
+        let joined = (!epilogue.gate && joins_images(simd, shape)).then_some(Joined {
             batch,
             plane,
             residual: epilogue.residual,
@@ -181,6 +190,7 @@ impl PointwiseKernel {
             bias_start,
             parts,
             joined,
+            gate: epilogue.gate,
             data: packed,
         }
     }
@@ -243,21 +253,41 @@ impl PointwiseKernel {
             n => format!(", reduction in {n} parts"),
         };
         let joined = if self.joined.is_some() { ", images joined" } else { "" };
+        let joined = if self.gate { ", gated (weights scaled per image)" } else { joined };
         let (simd, pixels, channels) = (self.simd.name(), self.tile_pixels, self.channels);
         format!("pointwise, {simd} pixel tiles {pixels} px x {channels} ch{parts}{joined}")
     }
 
-    /// Scratch bytes: the joined input and output (nothing otherwise).
+    /// Scratch bytes: the joined input and output, or the two copies of the gated
+    /// weights (nothing otherwise).
     pub fn scratch_bytes(&self) -> usize {
-        if self.joined.is_some() { 4 * (self.in_channels + self.out_channels) * self.plane } else { 0 }
+        if self.gate {
+            2 * self.gated_weight_bytes()
+        } else if self.joined.is_some() {
+            4 * (self.in_channels + self.out_channels) * self.plane
+        } else {
+            0
+        }
     }
 
-    pub fn emit(&self, kb: &mut Kb, x: Loc, out: Loc, residual: Option<Loc>, scratch: Loc) {
+    /// The bytes of one image's copy of the gated weights, rounded up to a cache line.
+    fn gated_weight_bytes(&self) -> usize {
+        (4 * self.in_channels * self.out_channels).div_ceil(64) * 64
+    }
+
+    /// Whether the kernel multiplies its input by a gate itself (`emit`'s `gate`).
+    pub fn gated(&self) -> bool {
+        self.gate
+    }
+
+    /// `gate`, `[N, C, 1, 1]`, is given exactly when the kernel is [`Self::gated`].
+    pub fn emit(&self, kb: &mut Kb, x: Loc, out: Loc, residual: Option<Loc>, scratch: Loc, gate: Option<Loc>) {
         let x_base = kb.addr(x);
         let out_base = kb.addr(out);
         let residual_base = residual.map(|r| kb.addr(r));
         let Some(joined) = self.joined else {
-            self.emit_planes(kb, x_base, out_base, residual_base);
+            let gate = gate.map(|g| (kb.addr(g), kb.addr(scratch)));
+            self.emit_planes(kb, x_base, out_base, residual_base, gate);
             return;
         };
         // `[image][channel][pixel]` <-> `[channel][image][pixel]`: one plane of
@@ -277,7 +307,7 @@ impl PointwiseKernel {
             });
         });
         kb.sync();
-        self.emit_planes(kb, joined_in, joined_out, None);
+        self.emit_planes(kb, joined_in, joined_out, None, None);
         kb.sync();
         let rest = Epilogue { residual: false, post_activation: joined.post_activation, ..Epilogue::default() };
         kb.for_share(self.out_channels, |kb, c| {
@@ -301,8 +331,16 @@ impl PointwiseKernel {
     }
 
     /// The tiles over every plane of the input at `x_base` into the output at `out_base`
-    /// (NCHW, `self.batch` images of `self.plane` pixels).
-    fn emit_planes(&self, kb: &mut Kb, x_base: Value, out_base: Value, residual_base: Option<Value>) {
+    /// (NCHW, `self.batch` images of `self.plane` pixels); with `gate`, the gate's and the
+    /// gated weights' addresses, each image's weights scaled first.
+    fn emit_planes(
+        &self,
+        kb: &mut Kb,
+        x_base: Value,
+        out_base: Value,
+        residual_base: Option<Value>,
+        gate: Option<(Value, Value)>,
+    ) {
         let plane_bytes = 4 * self.plane as i64;
         let data = kb.data();
         let bias_data = kb.offset(data, 4 * self.bias_start as i64);
@@ -320,6 +358,18 @@ impl PointwiseKernel {
             let x_n = kb.index(x_base, n, self.in_channels as i64 * plane_bytes);
             let out_n = kb.index(out_base, n, self.out_channels as i64 * plane_bytes);
             let res_n = residual_base.map(|r| kb.index(r, n, self.out_channels as i64 * plane_bytes));
+            // The weights the tiles read: the packed ones, or this image's gated copy.
+            let weights_n = match gate {
+                Some((gate_base, copies)) => {
+                    let gate_n = kb.index(gate_base, n, 4 * self.in_channels as i64);
+                    let copy = kb.fb.ins().band_imm_u(n, 1);
+                    let copy = kb.index(copies, copy, self.gated_weight_bytes() as i64);
+                    self.emit_gated_weights(kb, data, gate_n, copy);
+                    kb.sync();
+                    copy
+                }
+                None => data,
+            };
             // One tile: `channels` channels from channel `first`, `pixels` pixels from
             // byte `offset` of the plane.
             let tile = |kb: &mut Kb, first: Value, channels: usize, pixels: usize, offset: Value, part: &Part| {
@@ -328,7 +378,7 @@ impl PointwiseKernel {
                     .expect("pointwise micro-kernels are defined for every tile kind");
                 // The block's weights are `[in_channel][channel]`: the part's from
                 // `part.first` on.
-                let block = kb.index(data, first, 4 * self.in_channels as i64);
+                let block = kb.index(weights_n, first, 4 * self.in_channels as i64);
                 let weights = kb.offset(block, 4 * (part.first * channels) as i64);
                 let bias = kb.index(bias_data, first, 4);
                 let x_part = kb.offset(x_n, part.first as i64 * plane_bytes);
@@ -418,6 +468,56 @@ impl PointwiseKernel {
                         row(kb, first, tail);
                     });
                 }
+            }
+        });
+    }
+}
+
+impl PointwiseKernel {
+    /// `copy = weights * gate` for one image: every packed row (one input channel of a
+    /// block of output channels) times that channel's gate value, the parts sharing the
+    /// input channels. A row of 4 floats or more runs in f32x4 steps, the last one
+    /// overlapping the one before where the row is not a multiple of 4 (it writes the
+    /// same products again).
+    fn emit_gated_weights(&self, kb: &mut Kb, weights: Value, gate_n: Value, copy: Value) {
+        let channels = self.channels;
+        let full_blocks = self.out_channels / channels;
+        let tail = self.out_channels % channels;
+        let in_channels = self.in_channels as i64;
+        let scale_row = |kb: &mut Kb, at: Value, len: usize, g: Value, g4: Value| {
+            let src = kb.fb.ins().iadd(weights, at);
+            let dst = kb.fb.ins().iadd(copy, at);
+            if len < 4 {
+                for i in 0..len as i64 {
+                    let w = kb.load_weight(F32, src, 4 * i);
+                    let product = kb.fb.ins().fmul(w, g);
+                    kb.store(product, dst, 4 * i);
+                }
+                return;
+            }
+            let starts = (0..len / 4).map(|v| 4 * v).chain((!len.is_multiple_of(4)).then_some(len - 4));
+            for start in starts {
+                let w = kb.load_weight(F32X4, src, 4 * start as i64);
+                let product = kb.fb.ins().fmul(w, g4);
+                kb.store(product, dst, 4 * start as i64);
+            }
+        };
+        kb.for_share(self.in_channels, |kb, c| {
+            let g = kb.index(gate_n, c, 4);
+            let g = kb.load(F32, g, 0);
+            let g4 = kb.fb.ins().splat(F32X4, g);
+            // Row `c` of the block from channel `first` is at float
+            // `first * in_channels + c * len`.
+            let row = kb.fb.ins().imul_imm_s(c, 4 * channels as i64);
+            kb.for_range(full_blocks, |kb, b| {
+                let block = kb.fb.ins().imul_imm_s(b, 4 * (channels as i64) * in_channels);
+                let at = kb.fb.ins().iadd(block, row);
+                scale_row(kb, at, channels, g, g4);
+            });
+            if tail > 0 {
+                let row = kb.fb.ins().imul_imm_s(c, 4 * tail as i64);
+                let at = kb.fb.ins().iadd_imm_s(row, 4 * (full_blocks * channels) as i64 * in_channels);
+                scale_row(kb, at, tail, g, g4);
             }
         });
     }
