@@ -569,12 +569,16 @@ fn depthwise_layers_fuse_any_epilogue() {
         ("input x: [40, 7, 7]\n    conv(40, 3, pad=1, groups=40)\n    relu\n    add(x)", 2),
         ("input x: [96, 14, 14]\n    conv(96, 3, pad=1, groups=96)\n    relu6", 1),
         ("input x: [16, 57, 57]\n    conv(16, 5, stride=2, pad=2, groups=16)\n    hardswish", 1),
-        // EfficientNet's: silu (and sigmoid) in AVX2's registers, at scales 1 and 200
-        // (arguments past exp's clamps).
+        // EfficientNet's: silu (and sigmoid) in registers, at scales 1 and 200
+        // (arguments past exp's clamps); on AVX-512 through the gate pass when alone.
         ("input x: [24, 29, 29]\n    conv(24, 3, pad=1, groups=24)\n    silu", 1),
         ("input x: [12, 30, 31]\n    conv(12, 5, stride=2, pad=2, groups=12)\n    silu", 2),
         ("input x: [6, 9, 19]\n    conv(6, 3, pad=1, groups=6)\n    silu\n    add(x)\n    sigmoid", 1),
         ("input x: [5, 11, 17]\n    conv(5, 3, pad=1, groups=5)\n    relu\n    add(x)\n    silu", 1),
+        // A leaky relu (k2 on AVX-512) between bands of masked loads; two groups of
+        // vectors with a partial last one under the gate pass.
+        ("input x: [7, 12, 40]\n    conv(7, 3, pad=1, groups=7)\n    leaky_relu(0.1)\n    add(x)\n    relu6", 2),
+        ("input x: [4, 9, 70]\n    conv(4, 3, stride=2, pad=1, groups=4)\n    sigmoid", 1),
     ];
     for (body, batch) in programs {
         let source = format!("network dw {{\n    {body}\n}}\n");
@@ -584,11 +588,10 @@ fn depthwise_layers_fuse_any_epilogue() {
         // the epilogue in registers exactly when it is made of relus and a residual.
         for (isa, algorithm) in first_kernel_per_host_isa(&graph) {
             assert!(algorithm.starts_with(&format!("depthwise, {isa} bands")), "{algorithm}\n{source}");
-            // AVX-512 runs relus in registers, AVX2 also leaky relu, the clamps, the
-            // hard activations, sigmoid and silu.
-            let others: &[&str] =
-                if isa == "AVX2" { &["tanh"] } else { &["sigmoid", "silu", "tanh", "leaky", "relu6", "hardswish"] };
-            let in_registers = !others.iter().any(|a| body.contains(a));
+            // Every activation but tanh runs in registers; on AVX-512 sigmoid and silu only
+            // as the whole epilogue (a gate pass after the stores).
+            let gate = body.contains("sigmoid") || body.contains("silu");
+            let in_registers = !(body.contains("tanh") || isa == "AVX-512" && gate && body.contains("add"));
             assert_eq!(!algorithm.contains("per band"), in_registers, "{algorithm}\n{source}");
         }
     }
@@ -618,8 +621,9 @@ fn pointwise_layers_run_on_the_pixel_tiles() {
         let source = format!("network pw {{\n    {body}\n}}\n");
         let graph = check_at_two_scales(&source, batch, false);
         for (isa, algorithm) in first_kernel_per_host_isa(&graph) {
-            // Sigmoid and silu run in registers on AVX2 only.
-            let tiles = isa == "AVX2" || !(body.contains("sigmoid") || body.contains("silu"));
+            // Sigmoid and silu run in registers on AVX-512 only as the whole epilogue.
+            let gate = body.contains("sigmoid") || body.contains("silu");
+            let tiles = isa == "AVX2" || !(gate && body.contains("add"));
             assert_eq!(algorithm.starts_with(&format!("pointwise, {isa} pixel tiles")), tiles, "{algorithm}\n{source}");
         }
     }
@@ -643,8 +647,8 @@ fn pointwise_layers_on_small_planes_join_the_images() {
         [("input x: [160, 7, 7]\n    conv(96, 1)\n    relu6", 1), ("input x: [24, 7, 7]\n    conv(16, 1)", 8)];
     for (programs, joins) in [(&joined[..], true), (&per_image[..], false)] {
         check_programs(programs, |isa, algorithm, source| {
-            // Sigmoid and silu run on the channel-lane tiles on AVX-512.
-            if isa == "AVX-512" && (source.contains("sigmoid") || source.contains("silu")) {
+            // Sigmoid and silu beside a residual run on the channel-lane tiles on AVX-512.
+            if isa == "AVX-512" && (source.contains("sigmoid") || source.contains("silu")) && source.contains("add") {
                 assert!(algorithm.starts_with("direct"), "{algorithm}\n{source}");
                 return;
             }
@@ -671,8 +675,8 @@ fn long_pointwise_reductions_run_in_parts() {
         ("input x: [193, 16, 8]\n    conv(193, 1)\n    add(x)", 2),
     ];
     check_programs(&programs, |isa, algorithm, source| {
-        // Sigmoid and silu run on the channel-lane tiles on AVX-512.
-        if isa == "AVX-512" && (source.contains("sigmoid") || source.contains("silu")) {
+        // Sigmoid and silu beside a residual run on the channel-lane tiles on AVX-512.
+        if isa == "AVX-512" && (source.contains("sigmoid") || source.contains("silu")) && source.contains("add") {
             assert!(algorithm.starts_with("direct"), "{algorithm}\n{source}");
             return;
         }
@@ -723,10 +727,11 @@ fn direct_tiles_apply_sigmoid_and_silu_in_registers() {
     }
 }
 
-/// Sigmoid and silu in AVX2's registers give NaN exactly where the interpreter does (a
-/// NaN input spreads through a pointwise layer's pixel and a depthwise layer's window),
-/// and elsewhere its values within the tolerance: inputs of scale 50 with NaN in every
-/// seventeenth pixel of the first channel, pointwise and depthwise layers.
+/// Sigmoid and silu in registers (on AVX2, and on AVX-512 through the gate pass) give
+/// NaN exactly where the interpreter does (a NaN input spreads through a pointwise
+/// layer's pixel and a depthwise layer's window), and elsewhere its values within the
+/// tolerance: inputs of scale 50 with NaN in every seventeenth pixel of the first
+/// channel, pointwise and depthwise layers.
 #[test]
 fn register_sigmoid_and_silu_keep_nans() {
     if !CpuLevel::X86_64V3.host_has() {
@@ -750,25 +755,39 @@ fn register_sigmoid_and_silu_keep_nans() {
         }
         let inputs = vec![input];
         let reference = cnnc::interp::run(&graph, &graph.weights, &inputs).unwrap();
-        let options = CodegenOptions { cpu: Some(CpuLevel::X86_64V3), ..CodegenOptions::default() };
-        let model = compile_jit_with(&graph, &options).unwrap();
-        let algorithm = &model.kernels()[0].algorithm;
-        assert!(
-            algorithm.starts_with("pointwise, AVX2 pixel tiles")
-                || algorithm.starts_with("depthwise, AVX2 bands")
-                || algorithm.ends_with("activation in registers"),
-            "{algorithm}\n{source}"
-        );
-        assert!(!algorithm.contains("per band"), "{algorithm}\n{source}");
-        let got = model.run(&inputs).unwrap();
-        let (got, want) = (&got[0].data, &reference[0].data);
-        let nans: Vec<bool> = want.iter().map(|x| x.is_nan()).collect();
-        assert!(nans.iter().any(|&n| n) && !nans.iter().all(|&n| n), "{source}");
-        assert_eq!(got.iter().map(|x| x.is_nan()).collect::<Vec<_>>(), nans, "NaN positions\n{source}");
-        let kept = |v: &[f32]| v.iter().zip(&nans).filter(|(_, n)| !**n).map(|(x, _)| *x).collect::<Vec<f32>>();
-        let error = relative_l2(&kept(got), &kept(want));
-        assert!(error <= TOLERANCE, "relative L2 {error:.3e}\n{source}");
+        let mut isas = vec![("AVX2", CodegenOptions { cpu: Some(CpuLevel::X86_64V3), ..CodegenOptions::default() })];
+        if CpuLevel::X86_64V4.host_has() {
+            isas.push(("AVX-512", CodegenOptions::default()));
+        }
+        for (isa, options) in isas {
+            let model = compile_jit_with(&graph, &options).unwrap();
+            let algorithm = &model.kernels()[0].algorithm;
+            // On AVX-512 the gate pass runs sigmoid or silu alone after a pointwise or
+            // depthwise layer.
+            let gate_pass = isa == "AVX-512" && !body.contains("add") && !body.contains("stride=2, pad=1)\n    silu");
+            if isa == "AVX2" || gate_pass {
+                assert!(
+                    algorithm.starts_with(&format!("pointwise, {isa} pixel tiles"))
+                        || algorithm.starts_with(&format!("depthwise, {isa} bands"))
+                        || algorithm.ends_with("activation in registers"),
+                    "{algorithm}\n{source}"
+                );
+                assert!(!algorithm.contains("per band"), "{algorithm}\n{source}");
+            }
+            let got = model.run(&inputs).unwrap();
+            check_nans(&got[0].data, &reference[0].data, &source);
+        }
     }
+}
+
+/// NaN exactly where `want` has it, the other values within the tolerance.
+fn check_nans(got: &[f32], want: &[f32], source: &str) {
+    let nans: Vec<bool> = want.iter().map(|x| x.is_nan()).collect();
+    assert!(nans.iter().any(|&n| n) && !nans.iter().all(|&n| n), "{source}");
+    assert_eq!(got.iter().map(|x| x.is_nan()).collect::<Vec<_>>(), nans, "NaN positions\n{source}");
+    let kept = |v: &[f32]| v.iter().zip(&nans).filter(|(_, n)| !**n).map(|(x, _)| *x).collect::<Vec<f32>>();
+    let error = relative_l2(&kept(got), &kept(want));
+    assert!(error <= TOLERANCE, "relative L2 {error:.3e}\n{source}");
 }
 
 /// Max pooling takes NaN wherever a window holds one, and otherwise the very maximum
@@ -912,7 +931,7 @@ fn depthwise_bands_store_partial_rows_whole() {
 /// Squeeze-and-excitation's multiply fused into the 1x1 conv that reads it
 /// (`fuse_gates`, the CPU pipeline): the pointwise tiles read weights scaled per image
 /// (on each host ISA, the gated kernel asserted), other kernels the input times the gate
-/// from scratch (a gelu epilogue, and silu on AVX-512, on the channel-lane tiles). Against the interpreter on
+/// from scratch (a gelu epilogue, on the channel-lane tiles). Against the interpreter on
 /// the unfused graph, relative L2 at most 1e-4: batch 1, 3 and 4 (both copies of the
 /// weights reused), full and partial blocks of output channels, rows of fewer than 4
 /// weights, a residual, on 1, 2 and 3 threads. In bf16 and int8 (the input times the
@@ -956,9 +975,8 @@ fn gated_pointwise_layers_scale_their_weights_per_image() {
         for (variant, options) in variants {
             let mut model = compile_jit_with(&gated, &options).unwrap();
             let proj = model.kernels().iter().find(|k| k.name.contains("(conv)") && !k.name.starts_with("fc")).unwrap();
-            // gelu runs on the channel-lane tiles, and silu too on AVX-512.
-            let avx512 = variant == "default" && CpuLevel::X86_64V4.host_has();
-            let tiles = variant != "f32x4" && !body.contains("gelu") && !(avx512 && body.contains("silu"));
+            // gelu runs on the channel-lane tiles.
+            let tiles = variant != "f32x4" && !body.contains("gelu");
             assert_eq!(proj.algorithm.contains("gated"), tiles, "{variant}: {}\n{source}", proj.algorithm);
             for threads in [1, 2, 3] {
                 model.set_threads(threads);

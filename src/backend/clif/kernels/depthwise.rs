@@ -21,7 +21,7 @@
 
 use cranelift_codegen::ir::{InstBuilder, Value};
 
-use super::x86::{DepthwiseSpec, RegisterActivation, Simd, Ukernel};
+use super::x86::{DepthwiseSpec, RegisterActivation, Simd, Ukernel, epilogue_in_registers};
 use super::{Kb, Loc};
 use crate::ir::{Activation, Conv, Epilogue};
 
@@ -95,14 +95,9 @@ impl DepthwiseKernel {
             }
             data.extend_from_slice(&bias.map_or(0.0, |b| b[c]).to_le_bytes());
         }
-        // AVX-512 runs relus in registers, AVX2 any activation made of comparisons, adds
-        // and multiplies (`RegisterActivation`).
-        let fits = |a: Option<Activation>| match (a, simd) {
-            (None, _) | (Some(Activation::Relu), _) => true,
-            (Some(a), Simd::Avx2) => RegisterActivation::of(a, simd).is_some(),
-            (Some(_), Simd::Avx512) => false,
-        };
-        let in_registers = fits(epilogue.activation) && fits(epilogue.post_activation);
+        // Any `RegisterActivation` (on AVX-512 sigmoid and silu as the whole epilogue).
+        let in_registers =
+            epilogue_in_registers(simd, epilogue.activation, epilogue.residual, epilogue.post_activation);
         // A zero for relu, and one more for sigmoid and silu, none for a gate pass
         // (`DepthwiseSpec::registers_for`).
         let register = |a: Option<Activation>| a.filter(|_| in_registers).and_then(|a| RegisterActivation::of(a, simd));

@@ -20,7 +20,7 @@
 use cranelift_codegen::ir::types::{F32, F32X4};
 use cranelift_codegen::ir::{InstBuilder, Value};
 
-use super::x86::{PointwiseSpec, RegisterActivation, Simd, Ukernel};
+use super::x86::{PointwiseSpec, RegisterActivation, Simd, Ukernel, epilogue_in_registers};
 use super::{Kb, Loc};
 use crate::ir::{Activation, Conv, Epilogue};
 
@@ -118,19 +118,17 @@ struct Joined {
 
 impl PointwiseKernel {
     /// Whether the pointwise tiles can run a convolution: 1x1, stride 1, no padding, one
-    /// group, an epilogue of activations that run in registers and a residual add at
-    /// most (a tanh or gelu, and on AVX-512 a sigmoid or silu, runs on the channel-lane
-    /// tiles instead).
+    /// group, an epilogue that runs in registers (`x86::epilogue_in_registers`: a tanh
+    /// or gelu, and on AVX-512 a sigmoid or silu beside a residual add, runs on the
+    /// channel-lane tiles instead).
     pub fn applies(simd: Simd, conv: &Conv, epilogue: &Epilogue) -> bool {
-        let in_registers = |a: Option<Activation>| a.is_none_or(|a| RegisterActivation::of(a, simd).is_some());
         conv.kernel.h == 1
             && conv.kernel.w == 1
             && conv.stride.h == 1
             && conv.stride.w == 1
             && conv.pad.is_zero()
             && conv.groups == 1
-            && in_registers(epilogue.activation)
-            && in_registers(epilogue.post_activation)
+            && epilogue_in_registers(simd, epilogue.activation, epilogue.residual, epilogue.post_activation)
     }
 
     /// `weight` is `[out][in]`, `shape` `(batch, in_channels, out_channels, plane)`.

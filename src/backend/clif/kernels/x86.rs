@@ -312,31 +312,46 @@ pub(crate) enum RegisterActivation {
     },
     HardSigmoid,
     HardSwish,
-    /// AVX2 only: `1 / (1 + exp(-x))`.
+    /// `1 / (1 + exp(-x))`: on AVX2 anywhere in an epilogue, on AVX-512 as the whole
+    /// epilogue only (a [`GatePass`] after the stores; [`epilogue_in_registers`]).
     Sigmoid,
-    /// AVX2 only: `x / (1 + exp(-x))`.
+    /// `x / (1 + exp(-x))`, as sigmoid.
     Silu,
 }
 
+/// Whether an epilogue runs in a tile's registers on `simd`: every activation a
+/// [`RegisterActivation`], and on AVX-512 sigmoid and silu only as the whole epilogue
+/// (no residual, nothing after them), which a [`GatePass`] runs after the stores.
+pub(crate) fn epilogue_in_registers(
+    simd: Simd,
+    activation: Option<Activation>,
+    residual: bool,
+    post_activation: Option<Activation>,
+) -> bool {
+    let register = |a: Option<Activation>| a.map(|a| RegisterActivation::of(a, simd));
+    let (activation, post_activation) = (register(activation), register(post_activation));
+    if activation == Some(None) || post_activation == Some(None) {
+        return false;
+    }
+    let (activation, post_activation) = (activation.flatten(), post_activation.flatten());
+    let uses_exp = [activation, post_activation].iter().flatten().any(|a| a.uses_exp());
+    simd == Simd::Avx2 || !uses_exp || GatePass::for_epilogue(activation, residual, post_activation).is_some()
+}
+
 impl RegisterActivation {
-    /// The activation in registers on `simd`, if it runs there (sigmoid and silu on AVX2
-    /// only).
-    pub fn of(activation: Activation, simd: Simd) -> Option<RegisterActivation> {
+    /// The activation in registers on `simd`, if it runs there (sigmoid and silu on
+    /// AVX-512 only as a whole epilogue: [`epilogue_in_registers`]).
+    pub fn of(activation: Activation, _simd: Simd) -> Option<RegisterActivation> {
         let bits = |v: f64| (v as f32).to_bits();
         match activation {
-            Activation::Sigmoid if simd == Simd::Avx2 => Some(RegisterActivation::Sigmoid),
-            Activation::Silu if simd == Simd::Avx2 => Some(RegisterActivation::Silu),
+            Activation::Sigmoid => Some(RegisterActivation::Sigmoid),
+            Activation::Silu => Some(RegisterActivation::Silu),
             Activation::Relu => Some(RegisterActivation::Relu),
             Activation::LeakyRelu { slope } => Some(RegisterActivation::LeakyRelu { slope: bits(slope) }),
             Activation::Clamp { min, max } => Some(RegisterActivation::Clamp { min: bits(min), max: bits(max) }),
             Activation::HardSigmoid => Some(RegisterActivation::HardSigmoid),
             Activation::HardSwish => Some(RegisterActivation::HardSwish),
-            Activation::Sigmoid
-            | Activation::Tanh
-            | Activation::Silu
-            | Activation::Gelu { .. }
-            | Activation::HardSigmoidAffine { .. }
-            | Activation::Erf => None,
+            Activation::Tanh | Activation::Gelu { .. } | Activation::HardSigmoidAffine { .. } | Activation::Erf => None,
         }
     }
 
@@ -405,7 +420,7 @@ impl RegisterActivation {
                 }
             }
             RegisterActivation::Sigmoid | RegisterActivation::Silu => {
-                return Err(format!("{self:?} runs in registers on AVX2 only"));
+                return Err(format!("{self:?} runs on AVX-512 in a gate pass only"));
             }
         }
         Ok(())
@@ -486,6 +501,13 @@ impl VectorConstants {
             }
         };
         ymmword_ptr(label)
+    }
+
+    /// The first float of the vector of `bits`, for `vbroadcastss` into a zmm register.
+    fn scalar_at(&mut self, a: &mut CodeAssembler, bits: u32) -> AsmMemoryOperand {
+        let _ = self.at(a, bits);
+        let label = self.0.iter().find(|(b, _)| *b == bits).expect("just added").1;
+        dword_ptr(label)
     }
 
     /// Places the vectors (after the code's `ret`).
@@ -621,6 +643,47 @@ where
     Ok(())
 }
 
+/// [`emit_exp_gate_with`] on AVX-512's zmm registers, the constants in registers
+/// (`constant`) and the blends under `k2`: the same operations in the same order, so
+/// the same results lane for lane. NaN lanes: silu divides the NaN; sigmoid moves the
+/// quotient into the ordered lanes only.
+fn emit_exp_gate_512(
+    a: &mut CodeAssembler,
+    silu: bool,
+    x: AsmRegisterZmm,
+    [p, n, r]: [AsmRegisterZmm; 3],
+    constant: &dyn Fn(f32) -> AsmRegisterZmm,
+) -> Result<(), String> {
+    let c = constant;
+    a.vmaxps(p, c(-88.0), x).map_err(err)?;
+    a.vminps(p, c(87.0), p).map_err(err)?;
+    a.vmovaps(n, c(-std::f32::consts::LOG2_E)).map_err(err)?;
+    a.vfmadd213ps(n, p, c(GATE_ROUND)).map_err(err)?;
+    a.vsubps(r, n, c(GATE_ROUND)).map_err(err)?;
+    a.vfmadd231ps(p, r, c(355.0 / 512.0)).map_err(err)?;
+    a.vfmsub231ps(p, r, c(2.121_944_4e-4)).map_err(err)?;
+    a.vpslld(n, n, 23).map_err(err)?;
+    a.vmovaps(r, c(GATE_POLYNOMIAL[0])).map_err(err)?;
+    for &coefficient in &GATE_POLYNOMIAL[1..] {
+        a.vfmadd213ps(r, p, c(coefficient)).map_err(err)?;
+    }
+    a.vmulps(r, r, p).map_err(err)?;
+    a.vfmadd213ps(r, p, p).map_err(err)?;
+    a.vaddps(r, r, c(1.0)).map_err(err)?;
+    a.vpaddd(r, r, n).map_err(err)?;
+    a.vcmpps(k2, x, c(-88.0), 1).map_err(err)?; // LT_OS
+    a.vmovaps(r.k2(), c(f32::INFINITY)).map_err(err)?;
+    a.vaddps(r, r, c(1.0)).map_err(err)?;
+    if silu {
+        a.vdivps(x, x, r).map_err(err)?;
+    } else {
+        a.vdivps(p, c(1.0), r).map_err(err)?;
+        a.vcmpps(k2, x, x, 7).map_err(err)?; // ORD_Q: the lanes that are not NaN
+        a.vmovaps(x.k2(), p).map_err(err)?;
+    }
+    Ok(())
+}
+
 /// Sigmoid or silu over vectors a tile has just stored, with the gate's twelve constants
 /// held in ymm4..ymm15 and ymm0..ymm3 as the working registers: in a tile's epilogue the
 /// free registers are too few for the constants, and loading each from memory (fourteen
@@ -670,6 +733,39 @@ impl GatePass {
             }
             None => a.vmovups(at, x).map_err(err),
         }
+    }
+
+    /// [`Self::begin`] on AVX-512: the constants broadcast into zmm20..zmm31 (clobbering
+    /// them; zmm0..zmm3 are the working registers, `k2` the blends' mask).
+    fn begin_512(&self, a: &mut CodeAssembler, table: &mut VectorConstants) -> Result<(), String> {
+        for (i, &v) in GATE_CONSTANTS.iter().enumerate() {
+            let at = table.scalar_at(a, v.to_bits());
+            a.vbroadcastss(ZMM[20 + i], at).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::apply`] on AVX-512: a partial vector loads and stores under `mask`, the
+    /// number of the `k` register holding its lanes (1 or 3).
+    fn apply_512(&self, a: &mut CodeAssembler, at: AsmMemoryOperand, mask: Option<usize>) -> Result<(), String> {
+        let x = ZMM[0];
+        type Under<T> = fn(T) -> T;
+        let (register_under, memory_under): (Under<AsmRegisterZmm>, Under<AsmMemoryOperand>) = match mask {
+            Some(1) => (|r| r.k1(), |m| m.k1()),
+            Some(3) => (|r| r.k3(), |m| m.k3()),
+            Some(k) => return Err(format!("the gate pass takes lane masks in k1 or k3, not k{k}")),
+            None => (|r| r, |m| m),
+        };
+        match mask {
+            Some(_) => a.vmovups(register_under(x).z(), at).map_err(err)?,
+            None => a.vmovups(x, at).map_err(err)?,
+        }
+        let constant = |v: f32| {
+            let i = GATE_CONSTANTS.iter().position(|c| c.to_bits() == v.to_bits()).expect("a gate constant");
+            ZMM[20 + i]
+        };
+        emit_exp_gate_512(a, self.silu, x, [ZMM[1], ZMM[2], ZMM[3]], &constant)?;
+        a.vmovups(memory_under(at), x).map_err(err)
     }
 
     /// The pass for an epilogue that is sigmoid or silu alone (no residual add, no
@@ -783,11 +879,15 @@ fn assemble_pointwise_512(spec: &PointwiseSpec) -> Result<Vec<u8>, String> {
     for (i, &bits) in constants.iter().enumerate() {
         a.mov(dword_ptr(rsp + 4 * i as i32), bits as i32).map_err(err)?;
     }
+    // Sigmoid or silu as the whole epilogue: stored first, then a `GatePass` over `stored`.
+    let pass = GatePass::for_epilogue(spec.activation, spec.residual, spec.post_activation);
+    let mut stored = Vec::new();
+    let mut table = VectorConstants::default();
     for r in 0..r_count {
         for q in 0..q_count {
             let x = acc(r, q);
             let offset = r as i64 * spec.plane_bytes + 64 * q as i64;
-            if let Some(activation) = spec.activation {
+            if let Some(activation) = spec.activation.filter(|_| pass.is_none()) {
                 activation.emit(&mut a, x, zero, temp, 0)?;
             }
             if spec.residual {
@@ -808,6 +908,13 @@ fn assemble_pointwise_512(spec: &PointwiseSpec) -> Result<Vec<u8>, String> {
             } else {
                 a.vmovups(target, x).map_err(err)?;
             }
+            stored.push((target, masked(q).then_some(1)));
+        }
+    }
+    if let Some(pass) = pass {
+        pass.begin_512(&mut a, &mut table)?;
+        for (target, mask) in stored {
+            pass.apply_512(&mut a, target, mask)?;
         }
     }
     if !constants.is_empty() {
@@ -815,6 +922,7 @@ fn assemble_pointwise_512(spec: &PointwiseSpec) -> Result<Vec<u8>, String> {
     }
     a.vzeroupper().map_err(err)?;
     a.ret().map_err(err)?;
+    table.place(&mut a)?;
     a.assemble(0).map_err(err)
 }
 
@@ -1140,7 +1248,8 @@ pub(crate) struct DepthwiseSpec {
     /// Vectors of a row computed together (`rows * group` accumulators).
     pub group: usize,
     /// Epilogue in registers: an activation, the residual add, an activation after it
-    /// (relus on AVX-512; any [`RegisterActivation`] on AVX2).
+    /// (any [`RegisterActivation`]; on AVX-512 sigmoid and silu as the whole epilogue
+    /// only, [`epilogue_in_registers`]).
     pub activation: Option<RegisterActivation>,
     pub residual: bool,
     pub post_activation: Option<RegisterActivation>,
@@ -1216,9 +1325,8 @@ impl DepthwiseSpec {
             && self.rows <= most
             && self.whole_tails <= self.rows
             && (self.simd == Simd::Avx2
-                || [self.activation, self.post_activation]
-                    .iter()
-                    .all(|a| matches!(a, None | Some(RegisterActivation::Relu))))
+                || ![self.activation, self.post_activation].iter().flatten().any(|a| a.uses_exp())
+                || GatePass::for_epilogue(self.activation, self.residual, self.post_activation).is_some())
     }
 }
 
@@ -1238,7 +1346,10 @@ fn assemble_depthwise_512(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
     let (sh, sw) = spec.stride;
     let group = spec.group;
     let weights_in_registers = spec.weight_registers();
-    let relu = spec.activation.is_some() || spec.post_activation.is_some();
+    // Sigmoid or silu as the whole epilogue: stored first, then a `GatePass` over every
+    // vector stored, after the last group (the taps stay in registers until then).
+    let pass = GatePass::for_epilogue(spec.activation, spec.residual, spec.post_activation);
+    let scratch_register = spec.activation_registers() >= 1;
     let mut next = 0;
     let mut take = |n: usize| {
         let first = next;
@@ -1250,7 +1361,9 @@ fn assemble_depthwise_512(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
     let pair = if sw == 2 { 2 } else { 1 };
     let input_first = take(pair * group);
     let weight_first = take(weights_in_registers);
-    let zero = if relu { Some(ZMM[take(1)]) } else { None };
+    // The activations' scratch (`k` of `RegisterActivation::emit`; `t` is the first
+    // input vector's register).
+    let spare = if scratch_register { Some(ZMM[take(1)]) } else { None };
     let [even_index, odd_index, table, second] =
         if sw == 2 { [ZMM[take(1)], ZMM[take(1)], ZMM[take(1)], ZMM[take(1)]] } else { [zmm0; 4] };
     let acc = |q: usize, g: usize| ZMM[acc_first + q * group + g];
@@ -1264,13 +1377,16 @@ fn assemble_depthwise_512(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
         (0..LANES_512 as isize).filter(|l| (0..spec.in_w as isize).contains(&(start + l))).fold(0, |m, l| m | (1 << l))
     };
     const ALL: u32 = 0xffff;
-    // The values in k1 and k2 (straight-line code: known at each point).
-    let mut masks = [None::<u32>; 2];
+    // The values in k1 and k2 (straight-line code: known at each point; leaky relu's
+    // comparison writes k2, which then holds none).
+    let masks = std::cell::Cell::new([None::<u32>; 2]);
     let mut set_mask = |a: &mut CodeAssembler, which: usize, value: u32| -> Result<(), String> {
-        if masks[which] != Some(value) {
+        let mut known = masks.get();
+        if known[which] != Some(value) {
             a.mov(eax, value).map_err(err)?;
             a.kmovw(if which == 0 { k1 } else { k2 }, eax).map_err(err)?;
-            masks[which] = Some(value);
+            known[which] = Some(value);
+            masks.set(known);
         }
         Ok(())
     };
@@ -1301,9 +1417,20 @@ fn assemble_depthwise_512(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
     for t in 0..weights_in_registers {
         a.vbroadcastss(ZMM[weight_first + t], dword_ptr(rsi + disp(4 * t as i64)?)).map_err(err)?;
     }
-    if let Some(zero) = zero {
-        a.vpxord(zero, zero, zero).map_err(err)?;
+    // The activations' constants on the stack, as in the pointwise tiles.
+    let in_band = |f: &Option<RegisterActivation>| f.filter(|_| pass.is_none());
+    let post_slot = in_band(&spec.activation).map_or(0, |f| f.constants().len());
+    let constants: Vec<u32> =
+        in_band(&spec.activation).into_iter().chain(spec.post_activation).flat_map(|f| f.constants()).collect();
+    const CONSTANT_BYTES: i32 = 32;
+    assert!(4 * constants.len() <= CONSTANT_BYTES as usize, "depthwise epilogue constants overflow their slots");
+    if !constants.is_empty() {
+        a.sub(rsp, CONSTANT_BYTES).map_err(err)?;
     }
+    for (i, &bits) in constants.iter().enumerate() {
+        a.mov(dword_ptr(rsp + 4 * i as i32), bits as i32).map_err(err)?;
+    }
+    let mut stored = Vec::new();
     let mut evens = a.create_label();
     let mut odds = a.create_label();
     if sw == 2 {
@@ -1368,15 +1495,14 @@ fn assemble_depthwise_512(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
                 }
             }
         }
-        // The epilogue and the stores. `max(0, x)` is x for NaN and -0.0, as the
-        // interpreter's relu.
+        // The epilogue and the stores.
         for q in 0..spec.rows {
             for g in 0..count {
                 let x = acc(q, g);
                 let offset = q as i64 * out_row_bytes + 64 * (first + g) as i64;
                 let masked = first + g + 1 == vectors && last_lanes < LANES_512;
-                if spec.activation.is_some() {
-                    a.vmaxps(x, zero.expect("a zero register for relu"), x).map_err(err)?;
+                if let Some(activation) = in_band(&spec.activation) {
+                    activation.emit(&mut a, x, spare.expect("an activation register"), input(0), 0)?;
                 }
                 if spec.residual {
                     let source = zmmword_ptr(rcx + disp(offset)?);
@@ -1387,8 +1513,8 @@ fn assemble_depthwise_512(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
                     }
                     a.vaddps(x, x, input(0)).map_err(err)?;
                 }
-                if spec.post_activation.is_some() {
-                    a.vmaxps(x, zero.expect("a zero register for relu"), x).map_err(err)?;
+                if let Some(activation) = spec.post_activation {
+                    activation.emit(&mut a, x, spare.expect("an activation register"), input(0), post_slot)?;
                 }
                 let target = zmmword_ptr(rdx + disp(offset)?);
                 if masked {
@@ -1396,8 +1522,21 @@ fn assemble_depthwise_512(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
                 } else {
                     a.vmovups(target, x).map_err(err)?;
                 }
+                stored.push((target, masked.then_some(3)));
             }
         }
+        // Leaky relu's comparison wrote k2.
+        masks.set([masks.get()[0], None]);
+    }
+    let mut table = VectorConstants::default();
+    if let Some(pass) = pass {
+        pass.begin_512(&mut a, &mut table)?;
+        for (target, mask) in stored {
+            pass.apply_512(&mut a, target, mask)?;
+        }
+    }
+    if !constants.is_empty() {
+        a.add(rsp, CONSTANT_BYTES).map_err(err)?;
     }
     a.vzeroupper().map_err(err)?;
     a.ret().map_err(err)?;
@@ -1407,9 +1546,10 @@ fn assemble_depthwise_512(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
         let table: Vec<u8> = (0..16u32).flat_map(|i| (2 * i).to_le_bytes()).collect();
         a.db(&table).map_err(err)?;
         a.set_label(&mut odds).map_err(err)?;
-        let table: Vec<u8> = (0..16u32).flat_map(|i| (2 * i + 1).to_le_bytes()).collect();
-        a.db(&table).map_err(err)?;
+        let odd: Vec<u8> = (0..16u32).flat_map(|i| (2 * i + 1).to_le_bytes()).collect();
+        a.db(&odd).map_err(err)?;
     }
+    table.place(&mut a)?;
     a.assemble(0).map_err(err)
 }
 
