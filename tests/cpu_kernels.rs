@@ -996,3 +996,36 @@ fn gated_pointwise_layers_scale_their_weights_per_image() {
         }
     }
 }
+
+/// The generated code runs its kernels with denormals flushed to zero (MXCSR's FTZ and
+/// DAZ), on one thread and on several, and gives the caller's MXCSR back: a 1x1 conv
+/// without bias over denormal inputs (1e-40) gives exactly 0 (the interpreter, in full
+/// IEEE arithmetic, a denormal), and MXCSR reads the same before and after each run.
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn kernels_flush_denormals_and_give_the_mxcsr_back() {
+    #[allow(deprecated)]
+    fn mxcsr() -> u32 {
+        // SAFETY: reading MXCSR has no preconditions on x86-64.
+        unsafe { std::arch::x86_64::_mm_getcsr() }
+    }
+    let source = "network d {\n    input x: [16, 9, 9]\n    conv(8, 1, bias=false)\n}\n";
+    let mut graph = compile_source(source, &BuildOptions { batch: 2, input_shape: None }).unwrap();
+    graph.weights = cnnc::weights::random_weights(&graph, 3);
+    optimize(&mut graph, OptLevel::O2).unwrap();
+    let mut input = cnnc::weights::random_normal(&graph.node(graph.inputs[0]).shape, 4);
+    input.data.iter_mut().for_each(|x| *x *= 1e-40);
+    assert!(input.data.iter().any(|x| x.is_subnormal()));
+    let reference = cnnc::interp::run(&graph, &graph.weights, std::slice::from_ref(&input)).unwrap();
+    assert!(reference[0].data.iter().any(|x| *x != 0.0), "the interpreter keeps denormals");
+    let before = mxcsr();
+    for options in [CodegenOptions::default(), CodegenOptions { wide: false, ..CodegenOptions::default() }] {
+        let mut model = compile_jit_with(&graph, &options).unwrap();
+        for threads in [1, 2] {
+            model.set_threads(threads);
+            let got = model.run(std::slice::from_ref(&input)).unwrap();
+            assert!(got[0].data.iter().all(|x| *x == 0.0), "{threads} threads: denormals were not flushed");
+            assert_eq!(mxcsr(), before, "the caller's MXCSR changed");
+        }
+    }
+}

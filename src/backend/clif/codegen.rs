@@ -15,7 +15,10 @@
 use std::collections::HashMap;
 
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::{AbiParam, Function, GlobalValueData, InstBuilder, Signature, Type, UserFuncName, types};
+use cranelift_codegen::ir::{
+    AbiParam, Function, GlobalValueData, InstBuilder, Signature, StackSlotData, StackSlotKind, Type, UserFuncName,
+    types,
+};
 use cranelift_codegen::isa::{CallConv, OwnedTargetIsa, TargetIsa};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
@@ -843,6 +846,20 @@ pub(crate) fn define_model<M: Module>(
     let infer_part_sig = signature(ptr, call_conv, 7, true);
     let infer = module.declare_function(infer_name, linkage, &infer_sig).map_err(module_error)?;
     let infer_part = module.declare_function(infer_part_name, linkage, &infer_part_sig).map_err(module_error)?;
+    // On x86-64 both run their kernels with denormals flushed to zero
+    // (`x86::assemble_flush_enter`), the caller's MXCSR restored before they return.
+    let flush = if module.isa().triple().architecture.to_string() == "x86_64" {
+        let mut define = |name: &str, bytes: Vec<u8>| -> Result<FuncId, String> {
+            let func = module.declare_function(name, Linkage::Local, &tile_sig(1)).map_err(module_error)?;
+            module.define_function_bytes(func, 16, &bytes, &[]).map_err(module_error)?;
+            Ok(func)
+        };
+        let enter = define(&format!("{prefix}_flush_enter"), super::kernels::x86::assemble_flush_enter()?)?;
+        let leave = define(&format!("{prefix}_flush_leave"), super::kernels::x86::assemble_flush_leave()?)?;
+        Some((enter, leave))
+    } else {
+        None
+    };
     for (func_id, sig, parallel) in [(infer, infer_sig, false), (infer_part, infer_part_sig, true)] {
         ctx.func = Function::with_name_signature(UserFuncName::user(0, func_id.as_u32()), sig);
         let mut fb = FunctionBuilder::new(&mut ctx.func, &mut builder_ctx);
@@ -872,6 +889,16 @@ pub(crate) fn define_model<M: Module>(
             params.extend([zero, one, zero, zero]);
         }
         let sync = fb.import_signature(sync_sig.clone());
+        let saved = match flush {
+            Some((enter, _)) => {
+                let slot = fb.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, 4, 2));
+                let saved = fb.ins().stack_addr(ptr, slot, 0);
+                let enter = module.declare_func_in_func(enter, fb.func);
+                fb.ins().call(enter, &[saved]);
+                Some(saved)
+            }
+            None => None,
+        };
         let tick = match profile_tick {
             Some(id) => Some(module.declare_func_in_func(id, fb.func)),
             None => None,
@@ -890,6 +917,10 @@ pub(crate) fn define_model<M: Module>(
         if let Some(tick) = tick {
             let index = fb.ins().iconst(types::I32, kernels.len() as i64);
             fb.ins().call(tick, &[index]);
+        }
+        if let (Some((_, leave)), Some(saved)) = (flush, saved) {
+            let leave = module.declare_func_in_func(leave, fb.func);
+            fb.ins().call(leave, &[saved]);
         }
         let zero = fb.ins().iconst(types::I32, 0);
         fb.ins().return_(&[zero]);
