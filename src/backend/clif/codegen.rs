@@ -889,13 +889,14 @@ pub(crate) fn define_model<M: Module>(
             params.extend([zero, one, zero, zero]);
         }
         let sync = fb.import_signature(sync_sig.clone());
-        let saved = match flush {
-            Some((enter, _)) => {
+        // The call that gives the caller's MXCSR back, with its saved value.
+        let leave = match flush {
+            Some((enter, leave)) => {
                 let slot = fb.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, 4, 2));
                 let saved = fb.ins().stack_addr(ptr, slot, 0);
                 let enter = module.declare_func_in_func(enter, fb.func);
                 fb.ins().call(enter, &[saved]);
-                Some(saved)
+                Some((module.declare_func_in_func(leave, fb.func), saved))
             }
             None => None,
         };
@@ -918,8 +919,7 @@ pub(crate) fn define_model<M: Module>(
             let index = fb.ins().iconst(types::I32, kernels.len() as i64);
             fb.ins().call(tick, &[index]);
         }
-        if let (Some((_, leave)), Some(saved)) = (flush, saved) {
-            let leave = module.declare_func_in_func(leave, fb.func);
+        if let Some((leave, saved)) = leave {
             fb.ins().call(leave, &[saved]);
         }
         let zero = fb.ins().iconst(types::I32, 0);

@@ -672,7 +672,7 @@ impl ConvKernel {
         if let (Some(Simd::Avx2), Some(activation), true, Precision::F32) =
             (self.simd, epilogue.activation, only_activation, self.precision)
         {
-            self.register_activation = RegisterActivation::of(activation, Simd::Avx2).filter(|f| f.uses_exp());
+            self.register_activation = RegisterActivation::of(activation).filter(|f| f.uses_exp());
         }
         self
     }

@@ -100,7 +100,7 @@ impl DepthwiseKernel {
             epilogue_in_registers(simd, epilogue.activation, epilogue.residual, epilogue.post_activation);
         // A zero for relu, and one more for sigmoid and silu, none for a gate pass
         // (`DepthwiseSpec::registers_for`).
-        let register = |a: Option<Activation>| a.filter(|_| in_registers).and_then(|a| RegisterActivation::of(a, simd));
+        let register = |a: Option<Activation>| a.filter(|_| in_registers).and_then(RegisterActivation::of);
         let activation_registers = DepthwiseSpec::registers_for(
             register(epilogue.activation),
             in_registers && epilogue.residual,
@@ -177,7 +177,7 @@ impl DepthwiseKernel {
 
     /// An activation of the epilogue when the micro-kernel runs it.
     fn register_activation(&self, activation: Option<Activation>) -> Option<RegisterActivation> {
-        activation.filter(|_| self.in_registers).and_then(|a| RegisterActivation::of(a, self.simd))
+        activation.filter(|_| self.in_registers).and_then(RegisterActivation::of)
     }
 
     /// The micro-kernels this layer needs.

@@ -179,12 +179,9 @@ impl PointwiseKernel {
             plane,
             channels,
             tile_pixels,
-            activation: epilogue.activation.and_then(|a| RegisterActivation::of(a, simd)),
+            activation: epilogue.activation.and_then(RegisterActivation::of),
             residual: epilogue.residual && joined.is_none(),
-            post_activation: epilogue
-                .post_activation
-                .filter(|_| joined.is_none())
-                .and_then(|a| RegisterActivation::of(a, simd)),
+            post_activation: epilogue.post_activation.filter(|_| joined.is_none()).and_then(RegisterActivation::of),
             bias_start,
             parts,
             joined,

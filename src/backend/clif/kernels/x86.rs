@@ -328,20 +328,30 @@ pub(crate) fn epilogue_in_registers(
     residual: bool,
     post_activation: Option<Activation>,
 ) -> bool {
-    let register = |a: Option<Activation>| a.map(|a| RegisterActivation::of(a, simd));
+    let register = |a: Option<Activation>| a.map(RegisterActivation::of);
     let (activation, post_activation) = (register(activation), register(post_activation));
     if activation == Some(None) || post_activation == Some(None) {
         return false;
     }
-    let (activation, post_activation) = (activation.flatten(), post_activation.flatten());
+    register_epilogue_fits(simd, activation.flatten(), residual, post_activation.flatten())
+}
+
+/// [`epilogue_in_registers`] once the activations are [`RegisterActivation`]s: on
+/// AVX-512 sigmoid and silu only through a [`GatePass`].
+fn register_epilogue_fits(
+    simd: Simd,
+    activation: Option<RegisterActivation>,
+    residual: bool,
+    post_activation: Option<RegisterActivation>,
+) -> bool {
     let uses_exp = [activation, post_activation].iter().flatten().any(|a| a.uses_exp());
     simd == Simd::Avx2 || !uses_exp || GatePass::for_epilogue(activation, residual, post_activation).is_some()
 }
 
 impl RegisterActivation {
-    /// The activation in registers on `simd`, if it runs there (sigmoid and silu on
-    /// AVX-512 only as a whole epilogue: [`epilogue_in_registers`]).
-    pub fn of(activation: Activation, _simd: Simd) -> Option<RegisterActivation> {
+    /// The activation in registers, if it runs there (on AVX-512 sigmoid and silu only
+    /// as a whole epilogue: [`epilogue_in_registers`]).
+    pub fn of(activation: Activation) -> Option<RegisterActivation> {
         let bits = |v: f64| (v as f32).to_bits();
         match activation {
             Activation::Sigmoid => Some(RegisterActivation::Sigmoid),
@@ -490,24 +500,26 @@ impl RegisterActivation {
 pub(crate) struct VectorConstants(Vec<(u32, CodeLabel)>);
 
 impl VectorConstants {
-    /// The vector of `bits` in every lane.
-    fn at(&mut self, a: &mut CodeAssembler, bits: u32) -> AsmMemoryOperand {
-        let label = match self.0.iter().find(|(b, _)| *b == bits) {
+    /// The label of the vector of `bits`, created the first time it is asked for.
+    fn label(&mut self, a: &mut CodeAssembler, bits: u32) -> CodeLabel {
+        match self.0.iter().find(|(b, _)| *b == bits) {
             Some(&(_, label)) => label,
             None => {
                 let label = a.create_label();
                 self.0.push((bits, label));
                 label
             }
-        };
-        ymmword_ptr(label)
+        }
+    }
+
+    /// The vector of `bits` in every lane.
+    fn at(&mut self, a: &mut CodeAssembler, bits: u32) -> AsmMemoryOperand {
+        ymmword_ptr(self.label(a, bits))
     }
 
     /// The first float of the vector of `bits`, for `vbroadcastss` into a zmm register.
     fn scalar_at(&mut self, a: &mut CodeAssembler, bits: u32) -> AsmMemoryOperand {
-        let _ = self.at(a, bits);
-        let label = self.0.iter().find(|(b, _)| *b == bits).expect("just added").1;
-        dword_ptr(label)
+        dword_ptr(self.label(a, bits))
     }
 
     /// Places the vectors (after the code's `ret`).
@@ -735,6 +747,35 @@ impl GatePass {
         }
     }
 
+    /// The pass over `stored`, each vector with its lane mask if partial.
+    fn run(
+        &self,
+        a: &mut CodeAssembler,
+        table: &mut VectorConstants,
+        stored: Vec<(AsmMemoryOperand, Option<AsmMemoryOperand>)>,
+    ) -> Result<(), String> {
+        self.begin(a, table)?;
+        for (target, lanes) in stored {
+            self.apply(a, target, lanes)?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::run`] on AVX-512, each partial vector with the number of the `k` register
+    /// holding its lanes.
+    fn run_512(
+        &self,
+        a: &mut CodeAssembler,
+        table: &mut VectorConstants,
+        stored: Vec<(AsmMemoryOperand, Option<usize>)>,
+    ) -> Result<(), String> {
+        self.begin_512(a, table)?;
+        for (target, mask) in stored {
+            self.apply_512(a, target, mask)?;
+        }
+        Ok(())
+    }
+
     /// [`Self::begin`] on AVX-512: the constants broadcast into zmm20..zmm31 (clobbering
     /// them; zmm0..zmm3 are the working registers, `k2` the blends' mask).
     fn begin_512(&self, a: &mut CodeAssembler, table: &mut VectorConstants) -> Result<(), String> {
@@ -783,6 +824,46 @@ impl GatePass {
             RegisterActivation::Sigmoid => Some(GatePass { silu: false }),
             _ => None,
         }
+    }
+}
+
+/// Bytes reserved below the stack pointer for an epilogue's activation constants.
+const CONSTANT_BYTES: i32 = 32;
+
+/// An epilogue's activation constants ([`RegisterActivation::constants`]) on the stack:
+/// the activation's from slot 0, the post-activation's from `post_slot`.
+struct StackConstants {
+    post_slot: usize,
+    reserved: bool,
+}
+
+impl StackConstants {
+    /// Reserves [`CONSTANT_BYTES`] below the stack pointer, when there are constants, and
+    /// stores them there.
+    fn push(
+        a: &mut CodeAssembler,
+        activation: Option<RegisterActivation>,
+        post_activation: Option<RegisterActivation>,
+    ) -> Result<StackConstants, String> {
+        let post_slot = activation.map_or(0, |f| f.constants().len());
+        let constants: Vec<u32> = activation.into_iter().chain(post_activation).flat_map(|f| f.constants()).collect();
+        assert!(4 * constants.len() <= CONSTANT_BYTES as usize, "epilogue constants overflow their slots");
+        let reserved = !constants.is_empty();
+        if reserved {
+            a.sub(rsp, CONSTANT_BYTES).map_err(err)?;
+        }
+        for (i, &bits) in constants.iter().enumerate() {
+            a.mov(dword_ptr(rsp + 4 * i as i32), bits as i32).map_err(err)?;
+        }
+        Ok(StackConstants { post_slot, reserved })
+    }
+
+    /// Gives the reserved bytes back.
+    fn pop(&self, a: &mut CodeAssembler) -> Result<(), String> {
+        if self.reserved {
+            a.add(rsp, CONSTANT_BYTES).map_err(err)?;
+        }
+        Ok(())
     }
 }
 
@@ -865,20 +946,11 @@ fn assemble_pointwise_512(spec: &PointwiseSpec) -> Result<Vec<u8>, String> {
     a.jnz(head).map_err(err)?;
     // The epilogue, with the registers of the loop's inputs and broadcasts as scratch.
     // `max(0, x)` is x for NaN and -0.0, as the interpreter's relu. The activations'
-    // constants go to the stack (`CONSTANT_BYTES` reserved below the return address),
-    // the post-activation's after the activation's.
+    // constants go to the stack (`StackConstants`), the post-activation's after the
+    // activation's.
     let temp = input(0);
-    let post_slot = spec.activation.map_or(0, |f| f.constants().len());
-    let constants: Vec<u32> =
-        spec.activation.into_iter().chain(spec.post_activation).flat_map(|f| f.constants()).collect();
-    const CONSTANT_BYTES: i32 = 32;
-    assert!(4 * constants.len() <= CONSTANT_BYTES as usize, "pointwise epilogue constants overflow their slots");
-    if !constants.is_empty() {
-        a.sub(rsp, CONSTANT_BYTES).map_err(err)?;
-    }
-    for (i, &bits) in constants.iter().enumerate() {
-        a.mov(dword_ptr(rsp + 4 * i as i32), bits as i32).map_err(err)?;
-    }
+    let stack = StackConstants::push(&mut a, spec.activation, spec.post_activation)?;
+    let post_slot = stack.post_slot;
     // Sigmoid or silu as the whole epilogue: stored first, then a `GatePass` over `stored`.
     let pass = GatePass::for_epilogue(spec.activation, spec.residual, spec.post_activation);
     let mut stored = Vec::new();
@@ -912,14 +984,9 @@ fn assemble_pointwise_512(spec: &PointwiseSpec) -> Result<Vec<u8>, String> {
         }
     }
     if let Some(pass) = pass {
-        pass.begin_512(&mut a, &mut table)?;
-        for (target, mask) in stored {
-            pass.apply_512(&mut a, target, mask)?;
-        }
+        pass.run_512(&mut a, &mut table, stored)?;
     }
-    if !constants.is_empty() {
-        a.add(rsp, CONSTANT_BYTES).map_err(err)?;
-    }
+    stack.pop(&mut a)?;
     a.vzeroupper().map_err(err)?;
     a.ret().map_err(err)?;
     table.place(&mut a)?;
@@ -1013,16 +1080,8 @@ fn assemble_pointwise_avx2(spec: &PointwiseSpec) -> Result<Vec<u8>, String> {
     };
     let temp = input(0);
     let mut table = VectorConstants::default();
-    let post_slot = activation.map_or(0, |f| f.constants().len());
-    let constants: Vec<u32> = activation.into_iter().chain(post_activation).flat_map(|f| f.constants()).collect();
-    const CONSTANT_BYTES: i32 = 32;
-    assert!(4 * constants.len() <= CONSTANT_BYTES as usize, "pointwise epilogue constants overflow their slots");
-    if !constants.is_empty() {
-        a.sub(rsp, CONSTANT_BYTES).map_err(err)?;
-    }
-    for (i, &bits) in constants.iter().enumerate() {
-        a.mov(dword_ptr(rsp + 4 * i as i32), bits as i32).map_err(err)?;
-    }
+    let stack = StackConstants::push(&mut a, activation, post_activation)?;
+    let post_slot = stack.post_slot;
     if partial {
         a.vmovups(mask, ymmword_ptr(lanes_label)).map_err(err)?;
     }
@@ -1058,14 +1117,9 @@ fn assemble_pointwise_avx2(spec: &PointwiseSpec) -> Result<Vec<u8>, String> {
         }
     }
     if let Some(pass) = pass {
-        pass.begin(&mut a, &mut table)?;
-        for (target, lanes) in stored {
-            pass.apply(&mut a, target, lanes)?;
-        }
+        pass.run(&mut a, &mut table, stored)?;
     }
-    if !constants.is_empty() {
-        a.add(rsp, CONSTANT_BYTES).map_err(err)?;
-    }
+    stack.pop(&mut a)?;
     a.vzeroupper().map_err(err)?;
     a.ret().map_err(err)?;
     if partial {
@@ -1324,9 +1378,7 @@ impl DepthwiseSpec {
             && self.valid.0 <= self.valid.1
             && self.rows <= most
             && self.whole_tails <= self.rows
-            && (self.simd == Simd::Avx2
-                || ![self.activation, self.post_activation].iter().flatten().any(|a| a.uses_exp())
-                || GatePass::for_epilogue(self.activation, self.residual, self.post_activation).is_some())
+            && register_epilogue_fits(self.simd, self.activation, self.residual, self.post_activation)
     }
 }
 
@@ -1417,19 +1469,10 @@ fn assemble_depthwise_512(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
     for t in 0..weights_in_registers {
         a.vbroadcastss(ZMM[weight_first + t], dword_ptr(rsi + disp(4 * t as i64)?)).map_err(err)?;
     }
-    // The activations' constants on the stack, as in the pointwise tiles.
-    let in_band = |f: &Option<RegisterActivation>| f.filter(|_| pass.is_none());
-    let post_slot = in_band(&spec.activation).map_or(0, |f| f.constants().len());
-    let constants: Vec<u32> =
-        in_band(&spec.activation).into_iter().chain(spec.post_activation).flat_map(|f| f.constants()).collect();
-    const CONSTANT_BYTES: i32 = 32;
-    assert!(4 * constants.len() <= CONSTANT_BYTES as usize, "depthwise epilogue constants overflow their slots");
-    if !constants.is_empty() {
-        a.sub(rsp, CONSTANT_BYTES).map_err(err)?;
-    }
-    for (i, &bits) in constants.iter().enumerate() {
-        a.mov(dword_ptr(rsp + 4 * i as i32), bits as i32).map_err(err)?;
-    }
+    // The activations' constants on the stack, as in the pointwise tiles (a gate pass's
+    // are in registers).
+    let in_band = spec.activation.filter(|_| pass.is_none());
+    let stack = StackConstants::push(&mut a, in_band, spec.post_activation)?;
     let mut stored = Vec::new();
     let mut evens = a.create_label();
     let mut odds = a.create_label();
@@ -1501,7 +1544,7 @@ fn assemble_depthwise_512(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
                 let x = acc(q, g);
                 let offset = q as i64 * out_row_bytes + 64 * (first + g) as i64;
                 let masked = first + g + 1 == vectors && last_lanes < LANES_512;
-                if let Some(activation) = in_band(&spec.activation) {
+                if let Some(activation) = in_band {
                     activation.emit(&mut a, x, spare.expect("an activation register"), input(0), 0)?;
                 }
                 if spec.residual {
@@ -1514,7 +1557,7 @@ fn assemble_depthwise_512(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
                     a.vaddps(x, x, input(0)).map_err(err)?;
                 }
                 if let Some(activation) = spec.post_activation {
-                    activation.emit(&mut a, x, spare.expect("an activation register"), input(0), post_slot)?;
+                    activation.emit(&mut a, x, spare.expect("an activation register"), input(0), stack.post_slot)?;
                 }
                 let target = zmmword_ptr(rdx + disp(offset)?);
                 if masked {
@@ -1526,18 +1569,16 @@ fn assemble_depthwise_512(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
             }
         }
         // Leaky relu's comparison wrote k2.
-        masks.set([masks.get()[0], None]);
+        let leaky = |f: Option<RegisterActivation>| matches!(f, Some(RegisterActivation::LeakyRelu { .. }));
+        if leaky(in_band) || leaky(spec.post_activation) {
+            masks.set([masks.get()[0], None]);
+        }
     }
     let mut table = VectorConstants::default();
     if let Some(pass) = pass {
-        pass.begin_512(&mut a, &mut table)?;
-        for (target, mask) in stored {
-            pass.apply_512(&mut a, target, mask)?;
-        }
+        pass.run_512(&mut a, &mut table, stored)?;
     }
-    if !constants.is_empty() {
-        a.add(rsp, CONSTANT_BYTES).map_err(err)?;
-    }
+    stack.pop(&mut a)?;
     a.vzeroupper().map_err(err)?;
     a.ret().map_err(err)?;
     if sw == 2 {
@@ -1639,17 +1680,8 @@ fn assemble_depthwise_avx2(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
     };
 
     // The activations' constants on the stack, as in the pointwise tiles.
-    let post_slot = spec.activation.map_or(0, |f| f.constants().len());
-    let constants: Vec<u32> =
-        spec.activation.into_iter().chain(spec.post_activation).flat_map(|f| f.constants()).collect();
-    const CONSTANT_BYTES: i32 = 32;
-    assert!(4 * constants.len() <= CONSTANT_BYTES as usize, "depthwise epilogue constants overflow their slots");
-    if !constants.is_empty() {
-        a.sub(rsp, CONSTANT_BYTES).map_err(err)?;
-    }
-    for (i, &bits) in constants.iter().enumerate() {
-        a.mov(dword_ptr(rsp + 4 * i as i32), bits as i32).map_err(err)?;
-    }
+    let stack = StackConstants::push(&mut a, spec.activation, spec.post_activation)?;
+    let post_slot = stack.post_slot;
     let bias = dword_ptr(rsi + disp(4 * (kh * kw) as i64)?);
     for first in (0..vectors).step_by(group) {
         let count = group.min(vectors - first);
@@ -1802,15 +1834,10 @@ fn assemble_depthwise_avx2(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
         }
         if let Some(pass) = pass {
             // Every register is reloaded for the next vectors.
-            pass.begin(&mut a, &mut table)?;
-            for (target, lanes) in stored {
-                pass.apply(&mut a, target, lanes)?;
-            }
+            pass.run(&mut a, &mut table, stored)?;
         }
     }
-    if !constants.is_empty() {
-        a.add(rsp, CONSTANT_BYTES).map_err(err)?;
-    }
+    stack.pop(&mut a)?;
     a.vzeroupper().map_err(err)?;
     a.ret().map_err(err)?;
     // The lane masks: all ones in the lanes kept, as `vmaskmovps` reads their sign bits.
