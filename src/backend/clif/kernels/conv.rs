@@ -663,13 +663,13 @@ impl ConvKernel {
         }
     }
 
-    /// The kernel with `epilogue`'s activation applied in the AVX2 tiles' registers,
-    /// where that is the whole epilogue (no residual or pooling), the layer is f32, and
-    /// the activation is sigmoid or silu: the ones whose exp is slow in the f32x4
-    /// epilogue. Otherwise the kernel as it was.
+    /// The kernel with `epilogue`'s activation applied by the machine-code tiles (AVX2
+    /// or AVX-512), where that is the whole epilogue (no residual or pooling), the layer
+    /// is f32, and the activation is sigmoid or silu: the ones whose exp is slow in the
+    /// f32x4 epilogue. Otherwise the kernel as it was.
     pub fn with_register_activation(mut self, epilogue: &Epilogue) -> ConvKernel {
         let only_activation = Epilogue { activation: epilogue.activation, ..Epilogue::default() } == *epilogue;
-        if let (Some(Simd::Avx2), Some(activation), true, Precision::F32) =
+        if let (Some(_), Some(activation), true, Precision::F32) =
             (self.simd, epilogue.activation, only_activation, self.precision)
         {
             self.register_activation = RegisterActivation::of(activation).filter(|f| f.uses_exp());

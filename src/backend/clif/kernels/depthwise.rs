@@ -13,11 +13,12 @@
 //! that say so, `DepthwiseSpec::whole_tails`): the lanes past the row are the plane's
 //! next rows, which only this plane's thread writes, read back and written unchanged.
 //!
-//! An epilogue of relus and a residual add runs in the micro-kernel's registers (on
-//! AVX2 also the other activations the pointwise tiles run: leaky relu, the clamps
-//! such as relu6, hardsigmoid, hardswish); any
-//! other runs after each band over its rows, which are still in the L1 cache, through
-//! the shared `Kb::activation` (so every activation the backend knows fuses here).
+//! The epilogue runs in the micro-kernel's registers where it is made of
+//! `x86::RegisterActivation`s and a residual add (relu, leaky relu, the clamps such as
+//! relu6, hardsigmoid, hardswish; sigmoid and silu anywhere on AVX2, as the whole
+//! epilogue on AVX-512, `x86::epilogue_in_registers`); any other runs after each band
+//! over its rows, which are still in the L1 cache, through the shared `Kb::activation`
+//! (so every activation the backend knows fuses here).
 
 use cranelift_codegen::ir::{InstBuilder, Value};
 

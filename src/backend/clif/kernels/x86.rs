@@ -102,11 +102,12 @@ pub(crate) struct TileSpec {
     /// accumulated in f32. The geometry (bytes per step, tap and pixel) is the f32
     /// tile's.
     pub bf16: bool,
-    /// An activation the tile applies to its results after storing them (a
-    /// [`GatePass`]), for a layer whose whole epilogue it is (no residual): AVX2 only,
-    /// and only sigmoid and silu, whose exp would otherwise run in the f32x4 epilogue
-    /// (EfficientNet's 3x3/s2 stem: 1.44 ms with the f32x4 silu, against 0.40 ms for
-    /// MobileNet v2's relu6 one).
+    /// An activation the tile applies to its results after storing them to the tile
+    /// buffer (a [`GatePass`]; whole vectors, so the reloads take the stores' values
+    /// straight from the store buffer), for a layer whose whole epilogue it is (no
+    /// residual): only sigmoid and silu, whose exp would otherwise run in the f32x4
+    /// epilogue (EfficientNet's 3x3/s2 stem, one thread: 1.44 ms with the f32x4 silu,
+    /// against 0.40 ms for MobileNet v2's relu6 one, on AVX2).
     pub activation: Option<RegisterActivation>,
 }
 
@@ -116,7 +117,7 @@ impl TileSpec {
         (1..=MAX_PIXELS).contains(&self.pixels)
             && (1..=self.simd.max_vectors(self.pixels)).contains(&self.vectors)
             && (!self.bf16 || self.simd == Simd::Avx512)
-            && self.activation.is_none_or(|f| self.simd == Simd::Avx2 && f.uses_exp() && !self.bf16)
+            && self.activation.is_none_or(|f| f.uses_exp() && !self.bf16)
     }
 }
 
@@ -206,14 +207,24 @@ where
             a.vmovups(vector_ptr(rcx + disp(offset)?), acc(p, v)).map_err(err)?;
         }
     }
-    // The activation (AVX2 only, sigmoid or silu: `TileSpec::fits`) over the stored tile.
+    // The activation (sigmoid or silu: `TileSpec::fits`) over the stored tile.
     let mut table = VectorConstants::default();
     if let Some(activation) = spec.activation {
         let pass = GatePass::for_epilogue(Some(activation), false, None)
             .ok_or("internal error: a tile activation other than sigmoid or silu")?;
-        pass.begin(&mut a, &mut table)?;
-        for i in 0..p_count * v_count {
-            pass.apply(&mut a, ymmword_ptr(rcx + disp(i as i64 * vector_bytes)?), None)?;
+        let at = |i: usize| disp(i as i64 * vector_bytes).map(|offset| rcx + offset);
+        let vectors = 0..p_count * v_count;
+        match spec.simd {
+            Simd::Avx2 => pass.run(
+                &mut a,
+                &mut table,
+                vectors.map(|i| Ok((ymmword_ptr(at(i)?), None))).collect::<Result<_, String>>()?,
+            )?,
+            Simd::Avx512 => pass.run_512(
+                &mut a,
+                &mut table,
+                vectors.map(|i| Ok((zmmword_ptr(at(i)?), None))).collect::<Result<_, String>>()?,
+            )?,
         }
     }
     a.vzeroupper().map_err(err)?;
@@ -313,7 +324,7 @@ pub(crate) enum RegisterActivation {
     HardSigmoid,
     HardSwish,
     /// `1 / (1 + exp(-x))`: on AVX2 anywhere in an epilogue, on AVX-512 as the whole
-    /// epilogue only (a [`GatePass`] after the stores; [`epilogue_in_registers`]).
+    /// epilogue only (a [`GatePass`]; [`epilogue_in_registers`]).
     Sigmoid,
     /// `x / (1 + exp(-x))`, as sigmoid.
     Silu,
@@ -321,7 +332,8 @@ pub(crate) enum RegisterActivation {
 
 /// Whether an epilogue runs in a tile's registers on `simd`: every activation a
 /// [`RegisterActivation`], and on AVX-512 sigmoid and silu only as the whole epilogue
-/// (no residual, nothing after them), which a [`GatePass`] runs after the stores.
+/// (no residual, nothing after them), which a [`GatePass`] runs (after the stores, or
+/// in the AVX-512 depthwise band on the accumulators before them).
 pub(crate) fn epilogue_in_registers(
     simd: Simd,
     activation: Option<Activation>,
@@ -801,12 +813,18 @@ impl GatePass {
             Some(_) => a.vmovups(register_under(x).z(), at).map_err(err)?,
             None => a.vmovups(x, at).map_err(err)?,
         }
+        self.gate_512(a, x, [ZMM[1], ZMM[2], ZMM[3]])?;
+        a.vmovups(memory_under(at), x).map_err(err)
+    }
+
+    /// The gate on `x` in place, on AVX-512, with the constants [`Self::begin_512`]
+    /// loaded into zmm20..zmm31, `work` three other registers and `k2` the blends' mask.
+    fn gate_512(&self, a: &mut CodeAssembler, x: AsmRegisterZmm, work: [AsmRegisterZmm; 3]) -> Result<(), String> {
         let constant = |v: f32| {
             let i = GATE_CONSTANTS.iter().position(|c| c.to_bits() == v.to_bits()).expect("a gate constant");
             ZMM[20 + i]
         };
-        emit_exp_gate_512(a, self.silu, x, [ZMM[1], ZMM[2], ZMM[3]], &constant)?;
-        a.vmovups(memory_under(at), x).map_err(err)
+        emit_exp_gate_512(a, self.silu, x, work, &constant)
     }
 
     /// The pass for an epilogue that is sigmoid or silu alone (no residual add, no
@@ -1338,7 +1356,8 @@ impl DepthwiseSpec {
 
     /// Registers the activations take besides the first input vector's: none, one, or
     /// two for sigmoid and silu; none where sigmoid or silu is the whole epilogue, which
-    /// a [`GatePass`] runs after the stores with every register free.
+    /// a [`GatePass`] runs after the accumulation with every other register free (on
+    /// AVX-512 on the accumulators, at most 16, before the stores; on AVX2 after them).
     pub fn activation_registers(&self) -> usize {
         Self::registers_for(self.activation, self.residual, self.post_activation)
     }
@@ -1398,9 +1417,15 @@ fn assemble_depthwise_512(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
     let (sh, sw) = spec.stride;
     let group = spec.group;
     let weights_in_registers = spec.weight_registers();
-    // Sigmoid or silu as the whole epilogue: stored first, then a `GatePass` over every
-    // vector stored, after the last group (the taps stay in registers until then).
+    // Sigmoid or silu as the whole epilogue: a `GatePass`'s gate on each accumulator in
+    // its register before the store, the constants in zmm20..zmm31 and zmm16..zmm18 the
+    // work registers (every register but the accumulators is free then; the taps and
+    // permutations are loaded again for a next group). Not a pass over the stored rows:
+    // reloading a row that a masked store has just written waits for the store (rows
+    // narrower than a vector overlap their neighbours' stores), which made silu cost
+    // about 200 cycles per vector on 7x7 planes.
     let pass = GatePass::for_epilogue(spec.activation, spec.residual, spec.post_activation);
+    assert!(pass.is_none() || spec.rows * group <= 16, "the gate's registers overlap the accumulators");
     let scratch_register = spec.activation_registers() >= 1;
     let mut next = 0;
     let mut take = |n: usize| {
@@ -1466,20 +1491,25 @@ fn assemble_depthwise_512(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
         a.mov(eax, (1u32 << last_lanes) - 1).map_err(err)?;
         a.kmovw(k3, eax).map_err(err)?;
     }
-    for t in 0..weights_in_registers {
-        a.vbroadcastss(ZMM[weight_first + t], dword_ptr(rsi + disp(4 * t as i64)?)).map_err(err)?;
-    }
-    // The activations' constants on the stack, as in the pointwise tiles (a gate pass's
-    // are in registers).
-    let in_band = spec.activation.filter(|_| pass.is_none());
-    let stack = StackConstants::push(&mut a, in_band, spec.post_activation)?;
-    let mut stored = Vec::new();
     let mut evens = a.create_label();
     let mut odds = a.create_label();
-    if sw == 2 {
-        a.vmovups(even_index, zmmword_ptr(evens)).map_err(err)?;
-        a.vmovups(odd_index, zmmword_ptr(odds)).map_err(err)?;
-    }
+    // The taps and the stride-2 permutations, in their registers.
+    let load_fixed = |a: &mut CodeAssembler| -> Result<(), String> {
+        for t in 0..weights_in_registers {
+            a.vbroadcastss(ZMM[weight_first + t], dword_ptr(rsi + disp(4 * t as i64)?)).map_err(err)?;
+        }
+        if sw == 2 {
+            a.vmovups(even_index, zmmword_ptr(evens)).map_err(err)?;
+            a.vmovups(odd_index, zmmword_ptr(odds)).map_err(err)?;
+        }
+        Ok(())
+    };
+    load_fixed(&mut a)?;
+    // The activations' constants on the stack, as in the pointwise tiles (a gate's are
+    // in registers).
+    let in_band = spec.activation.filter(|_| pass.is_none());
+    let stack = StackConstants::push(&mut a, in_band, spec.post_activation)?;
+    let mut constants = VectorConstants::default();
     let bias = dword_ptr(rsi + disp(4 * (kh * kw) as i64)?);
     for first in (0..vectors).step_by(group) {
         let count = group.min(vectors - first);
@@ -1539,6 +1569,9 @@ fn assemble_depthwise_512(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
             }
         }
         // The epilogue and the stores.
+        if let Some(pass) = pass {
+            pass.begin_512(&mut a, &mut constants)?;
+        }
         for q in 0..spec.rows {
             for g in 0..count {
                 let x = acc(q, g);
@@ -1546,6 +1579,9 @@ fn assemble_depthwise_512(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
                 let masked = first + g + 1 == vectors && last_lanes < LANES_512;
                 if let Some(activation) = in_band {
                     activation.emit(&mut a, x, spare.expect("an activation register"), input(0), 0)?;
+                }
+                if let Some(pass) = pass {
+                    pass.gate_512(&mut a, x, [ZMM[16], ZMM[17], ZMM[18]])?;
                 }
                 if spec.residual {
                     let source = zmmword_ptr(rcx + disp(offset)?);
@@ -1565,18 +1601,17 @@ fn assemble_depthwise_512(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
                 } else {
                     a.vmovups(target, x).map_err(err)?;
                 }
-                stored.push((target, masked.then_some(3)));
             }
         }
-        // Leaky relu's comparison wrote k2.
+        // Leaky relu's comparison and the gate's blends wrote k2.
         let leaky = |f: Option<RegisterActivation>| matches!(f, Some(RegisterActivation::LeakyRelu { .. }));
-        if leaky(in_band) || leaky(spec.post_activation) {
+        if leaky(in_band) || leaky(spec.post_activation) || pass.is_some() {
             masks.set([masks.get()[0], None]);
         }
-    }
-    let mut table = VectorConstants::default();
-    if let Some(pass) = pass {
-        pass.run_512(&mut a, &mut table, stored)?;
+        // The gate's constants took the taps' registers.
+        if pass.is_some() && first + group < vectors {
+            load_fixed(&mut a)?;
+        }
     }
     stack.pop(&mut a)?;
     a.vzeroupper().map_err(err)?;
@@ -1590,7 +1625,7 @@ fn assemble_depthwise_512(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
         let odd: Vec<u8> = (0..16u32).flat_map(|i| (2 * i + 1).to_le_bytes()).collect();
         a.db(&odd).map_err(err)?;
     }
-    table.place(&mut a)?;
+    constants.place(&mut a)?;
     a.assemble(0).map_err(err)
 }
 
