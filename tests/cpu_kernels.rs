@@ -635,6 +635,40 @@ fn pointwise_layers_run_on_the_pixel_tiles() {
     }
 }
 
+/// Pointwise layers on small planes with long reductions (at least 384 input channels, a
+/// multiple of 4) run on AVX-512 with the reduction in four fixed pieces the threads
+/// share, summed after a sync with the epilogue: tail blocks, partial tiles, a residual
+/// between two activations, sigmoid, batch 1 to 3; the same values, bit for bit, on 1 to
+/// 5 threads (the pieces do not depend on the thread count); 390 inputs (not a multiple
+/// of 4) and AVX2 keep the blocks shared.
+#[test]
+fn long_pointwise_reductions_on_small_planes_share_their_pieces() {
+    let programs = [
+        ("input x: [384, 14, 14]\n    conv(64, 1)", 1),
+        ("input x: [400, 9, 11]\n    conv(400, 1)\n    relu6\n    add(x)\n    hardswish", 3),
+        ("input x: [388, 5, 5]\n    conv(20, 1)\n    sigmoid", 2),
+        ("input x: [390, 7, 7]\n    conv(24, 1)", 2),
+    ];
+    for (body, batch) in programs {
+        let source = format!("network pw {{\n    {body}\n}}\n");
+        let graph = check_at_two_scales(&source, batch, false);
+        for (isa, algorithm) in first_kernel_per_host_isa(&graph) {
+            assert!(algorithm.starts_with(&format!("pointwise, {isa} pixel tiles")), "{algorithm}\n{source}");
+            let shared = isa == "AVX-512" && !body.contains("390");
+            assert_eq!(algorithm.contains("reduction shared"), shared, "{algorithm}\n{source}");
+        }
+        let inputs = vec![cnnc::weights::random_normal(&graph.node(graph.inputs[0]).shape, 12)];
+        let mut model = compile_jit_with(&graph, &CodegenOptions::default()).unwrap();
+        let single = model.run(&inputs).unwrap();
+        for threads in 2..=5 {
+            model.set_threads(threads);
+            let got = model.run(&inputs).unwrap();
+            let same = got[0].data.iter().zip(&single[0].data).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{threads} threads differ from one\n{source}");
+        }
+    }
+}
+
 /// Pointwise layers on small planes whose last 16-pixel tile is mostly empty (7x7 and
 /// 5x5) run on AVX2 with the batch's planes joined into one (copied into scratch and
 /// back): batch 2, 3 (a joined plane that ends in a partial tile) and 8, blocks of
