@@ -975,7 +975,8 @@ fn depthwise_bands_store_partial_rows_whole() {
 /// from scratch (a gelu epilogue, on the channel-lane tiles). Against the interpreter on
 /// the unfused graph, relative L2 at most 1e-4: batch 1, 3 and 4 (both copies of the
 /// weights reused), full and partial blocks of output channels, rows of fewer than 4
-/// weights, a residual, on 1, 2 and 3 threads. In bf16 and int8 (the input times the
+/// weights, a residual, long reductions on small planes (on AVX-512 in the pieces the
+/// threads share), on 1, 2 and 3 threads. In bf16 and int8 (the input times the
 /// gate from scratch, then the reduced-precision kernel) the result is bit for bit the
 /// unfused graph's on the CPU.
 #[test]
@@ -983,13 +984,16 @@ fn gated_pointwise_layers_scale_their_weights_per_image() {
     use cnnc::passes::{Capabilities, optimize_for};
     use cnnc::precision::{Int8Input, Precision};
     let gate = "g = x |> global_avg_pool |> fc1: conv(8, 1) |> relu |> fc2: conv(C, 1) |> hardsigmoid";
-    let programs: [(usize, &str, &str, usize); 6] = [
+    let programs: [(usize, &str, &str, usize); 8] = [
         (24, "12x12", "mul(g, x) |> conv(16, 1) |> relu6", 3),
         (40, "10x10", "mul(x, g) |> conv(10, 1)", 1),
         (96, "28x28", "mul(g, x) |> conv(24, 1)", 4),
         (16, "9x11", "mul(g, x) |> conv(16, 1) |> add(x) |> relu", 2),
         (32, "14x14", "mul(g, x) |> conv(18, 1) |> gelu", 3),
         (144, "17x15", "mul(g, x) |> conv(26, 1) |> silu", 2),
+        // Long reductions on small planes: on AVX-512 in four pieces the threads share.
+        (480, "14x14", "mul(g, x) |> conv(40, 1)", 3),
+        (672, "7x7", "mul(g, x) |> conv(30, 1) |> relu6", 2),
     ];
     for (channels, hw, body, batch) in programs {
         let (h, w) = hw.split_once('x').unwrap();
@@ -1019,6 +1023,8 @@ fn gated_pointwise_layers_scale_their_weights_per_image() {
             // gelu runs on the channel-lane tiles.
             let tiles = variant != "f32x4" && !body.contains("gelu");
             assert_eq!(proj.algorithm.contains("gated"), tiles, "{variant}: {}\n{source}", proj.algorithm);
+            let shared = variant == "default" && CpuLevel::X86_64V4.host_has() && channels >= 384;
+            assert_eq!(proj.algorithm.contains("reduction shared"), shared, "{variant}: {}\n{source}", proj.algorithm);
             for threads in [1, 2, 3] {
                 model.set_threads(threads);
                 let got = model.run(&inputs).unwrap();

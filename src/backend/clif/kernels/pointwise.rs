@@ -90,7 +90,7 @@ pub(crate) struct PointwiseKernel {
     /// per image; the images are then never joined).
     gate: bool,
     /// Whether the parts share the reduction rather than the blocks of output channels
-    /// (small planes on AVX-512, long reductions, no gate): the input channels in
+    /// (small planes on AVX-512, long reductions; gated or not): the input channels in
     /// [`QUARTERS`] pieces, piece `q`'s sums (from the bias for `q = 0`, else from 0)
     /// stored by the tiles without epilogue into the output (`q = 0`) or into scratch
     /// slot `q - 1`; after a sync the parts share the output planes, each the sum of its
@@ -183,7 +183,6 @@ impl PointwiseKernel {
         }
         let shared = simd == Simd::Avx512
             && !tiles_outer(simd, plane)
-            && !epilogue.gate
             && joined.is_none()
             && in_channels >= SHARED_MIN_CHANNELS
             && in_channels.is_multiple_of(QUARTERS);
@@ -298,22 +297,19 @@ impl PointwiseKernel {
         };
         let joined = if self.joined.is_some() { ", images joined" } else { "" };
         let joined = if self.gate { ", gated (weights scaled per image)" } else { joined };
-        let joined = if self.shared { ", reduction shared in 4 pieces" } else { joined };
+        let shared = if self.shared { ", reduction shared in 4 pieces" } else { "" };
         let (simd, pixels, channels) = (self.simd.name(), self.tile_pixels, self.channels);
-        format!("pointwise, {simd} pixel tiles {pixels} px x {channels} ch{parts}{joined}")
+        format!("pointwise, {simd} pixel tiles {pixels} px x {channels} ch{parts}{joined}{shared}")
     }
 
     /// Scratch bytes: the joined input and output, or the two copies of the gated
-    /// weights (nothing otherwise).
+    /// weights and the shared pieces' slots (nothing otherwise).
     pub fn scratch_bytes(&self) -> usize {
-        if self.gate {
-            2 * self.gated_weight_bytes()
-        } else if self.shared {
-            4 * (QUARTERS - 1) * self.batch * self.out_channels * self.plane
-        } else if self.joined.is_some() {
-            4 * (self.in_channels + self.out_channels) * self.plane
-        } else {
-            0
+        let gated = if self.gate { 2 * self.gated_weight_bytes() } else { 0 };
+        let slots = if self.shared { 4 * (QUARTERS - 1) * self.batch * self.out_channels * self.plane } else { 0 };
+        match self.joined {
+            Some(_) => 4 * (self.in_channels + self.out_channels) * self.plane,
+            None => gated + slots,
         }
     }
 
@@ -333,8 +329,12 @@ impl PointwiseKernel {
         let out_base = kb.addr(out);
         let residual_base = residual.map(|r| kb.addr(r));
         if self.shared {
-            let slots = kb.addr(scratch);
-            self.emit_shared(kb, x_base, out_base, residual_base, slots);
+            // The gated weights' two copies, then the slots.
+            let scratch = kb.addr(scratch);
+            let gate = gate.map(|g| (kb.addr(g), scratch));
+            let gated = if self.gate { 2 * self.gated_weight_bytes() } else { 0 };
+            let slots = kb.offset(scratch, gated as i64);
+            self.emit_shared(kb, x_base, out_base, residual_base, slots, gate);
             return;
         }
         let Some(joined) = self.joined else {
@@ -384,8 +384,18 @@ impl PointwiseKernel {
 
     /// [`Self::shared`]: the pieces of every image's reduction, shared by the parts, into
     /// the output and the scratch slots at `slots`; a sync; the sums and the epilogue,
-    /// the parts sharing the output planes.
-    fn emit_shared(&self, kb: &mut Kb, x_base: Value, out_base: Value, residual_base: Option<Value>, slots: Value) {
+    /// the parts sharing the output planes. With `gate` (the gate's and the gated
+    /// weights' addresses), each image's weights are scaled first, the parts sharing the
+    /// input channels as they then share the pieces (each scales the rows it reads).
+    fn emit_shared(
+        &self,
+        kb: &mut Kb,
+        x_base: Value,
+        out_base: Value,
+        residual_base: Option<Value>,
+        slots: Value,
+        gate: Option<(Value, Value)>,
+    ) {
         let plane_bytes = 4 * self.plane as i64;
         let out_image_bytes = self.out_channels as i64 * plane_bytes;
         let slot_bytes = self.batch as i64 * out_image_bytes;
@@ -403,6 +413,17 @@ impl PointwiseKernel {
         let data = kb.data();
         kb.for_range(self.batch, |kb, n| {
             let x_n = kb.index(x_base, n, self.in_channels as i64 * plane_bytes);
+            let weights_n = match gate {
+                Some((gate_base, copies)) => {
+                    let gate_n = kb.index(gate_base, n, 4 * self.in_channels as i64);
+                    let copy = kb.fb.ins().band_imm_u(n, 1);
+                    let copy = kb.index(copies, copy, self.gated_weight_bytes() as i64);
+                    self.emit_gated_weights(kb, data, gate_n, copy);
+                    kb.sync();
+                    copy
+                }
+                None => data,
+            };
             kb.for_share(QUARTERS, |kb, q| {
                 // Piece `q`: input channels from `q * steps`, into the output or slot q - 1.
                 let first = kb.fb.ins().imul_imm_s(q, steps as i64);
@@ -422,7 +443,7 @@ impl PointwiseKernel {
                         .tile_kernel(&Ukernel::Pointwise(self.piece_spec(channels, pixels)))
                         .expect("pointwise micro-kernels are defined for every piece");
                     // The block's weights are `[in_channel][channel]`: the piece's from `first` on.
-                    let block = kb.index(data, block_first, 4 * self.in_channels as i64);
+                    let block = kb.index(weights_n, block_first, 4 * self.in_channels as i64);
                     let block = kb.index(block, first, 4 * channels as i64);
                     let bias = kb.index(bias_base, block_first, 4);
                     let input = kb.offset(x_piece, 4 * start as i64);
