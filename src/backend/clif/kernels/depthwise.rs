@@ -217,48 +217,54 @@ impl DepthwiseKernel {
         let residual_base = residual.map(|r| kb.addr(r));
         let data = kb.data();
         let bands = self.bands();
-        kb.for_share(self.batch * self.channels, |kb, plane| {
-            let channel = kb.fb.ins().urem_imm_u(plane, self.channels as i64);
-            let weights = kb.index(data, channel, weight_bytes);
-            let x_plane = kb.index(x_base, plane, in_plane_bytes);
-            let out_plane = kb.index(out_base, plane, out_plane_bytes);
-            let res_plane = residual_base.map(|r| kb.index(r, plane, out_plane_bytes));
-            // The band of output row `first` (a value), with the micro-kernel of `spec`.
-            let band = |kb: &mut Kb, first: Value, spec: &DepthwiseSpec| {
-                let func = kb
-                    .tile_kernel(&Ukernel::Depthwise(spec.clone()))
-                    .expect("depthwise micro-kernels are defined for every band");
-                let origin_row = kb.fb.ins().imul_imm_s(first, self.stride.0 as i64);
-                let origin = kb.index(x_plane, origin_row, in_row);
-                let origin = kb.offset(origin, -(self.pad.0 as i64) * in_row);
-                let output = kb.index(out_plane, first, out_row);
-                let res = match res_plane {
-                    Some(r) => kb.index(r, first, out_row),
-                    None => kb.iconst(0),
+        // Image by image, the parts sharing the channels: each part writes the same
+        // channels of every image, which the pieces of a following pointwise layer's
+        // shared reduction read (`pointwise`).
+        kb.for_range(self.batch, |kb, n| {
+            kb.for_share(self.channels, |kb, channel| {
+                let image = kb.fb.ins().imul_imm_s(n, self.channels as i64);
+                let plane = kb.fb.ins().iadd(image, channel);
+                let weights = kb.index(data, channel, weight_bytes);
+                let x_plane = kb.index(x_base, plane, in_plane_bytes);
+                let out_plane = kb.index(out_base, plane, out_plane_bytes);
+                let res_plane = residual_base.map(|r| kb.index(r, plane, out_plane_bytes));
+                // The band of output row `first` (a value), with the micro-kernel of `spec`.
+                let band = |kb: &mut Kb, first: Value, spec: &DepthwiseSpec| {
+                    let func = kb
+                        .tile_kernel(&Ukernel::Depthwise(spec.clone()))
+                        .expect("depthwise micro-kernels are defined for every band");
+                    let origin_row = kb.fb.ins().imul_imm_s(first, self.stride.0 as i64);
+                    let origin = kb.index(x_plane, origin_row, in_row);
+                    let origin = kb.offset(origin, -(self.pad.0 as i64) * in_row);
+                    let output = kb.index(out_plane, first, out_row);
+                    let res = match res_plane {
+                        Some(r) => kb.index(r, first, out_row),
+                        None => kb.iconst(0),
+                    };
+                    kb.fb.ins().call(func, &[origin, weights, output, res]);
+                    if !self.in_registers && !self.epilogue.is_empty() {
+                        self.emit_band_epilogue(kb, spec.rows * out_w, output, res_plane.map(|_| res));
+                    }
                 };
-                kb.fb.ins().call(func, &[origin, weights, output, res]);
-                if !self.in_registers && !self.epilogue.is_empty() {
-                    self.emit_band_epilogue(kb, spec.rows * out_w, output, res_plane.map(|_| res));
+                // Runs of bands with the same micro-kernel: a loop each.
+                let mut start = 0;
+                while start < bands.len() {
+                    let spec = &bands[start].spec;
+                    let end = (start..bands.len()).find(|&b| bands[b].spec != *spec).unwrap_or(bands.len());
+                    let first = bands[start].first_row;
+                    if end - start == 1 {
+                        let first = kb.iconst(first as i64);
+                        band(kb, first, spec);
+                    } else {
+                        kb.for_range(end - start, |kb, i| {
+                            let row = kb.fb.ins().imul_imm_s(i, self.band_rows as i64);
+                            let row = kb.fb.ins().iadd_imm_s(row, first as i64);
+                            band(kb, row, spec);
+                        });
+                    }
+                    start = end;
                 }
-            };
-            // Runs of bands with the same micro-kernel: a loop each.
-            let mut start = 0;
-            while start < bands.len() {
-                let spec = &bands[start].spec;
-                let end = (start..bands.len()).find(|&b| bands[b].spec != *spec).unwrap_or(bands.len());
-                let first = bands[start].first_row;
-                if end - start == 1 {
-                    let first = kb.iconst(first as i64);
-                    band(kb, first, spec);
-                } else {
-                    kb.for_range(end - start, |kb, i| {
-                        let row = kb.fb.ins().imul_imm_s(i, self.band_rows as i64);
-                        let row = kb.fb.ins().iadd_imm_s(row, first as i64);
-                        band(kb, row, spec);
-                    });
-                }
-                start = end;
-            }
+            })
         });
     }
 

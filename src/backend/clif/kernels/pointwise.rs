@@ -469,32 +469,37 @@ impl PointwiseKernel {
         kb.sync();
         // The sums in piece order, then the epilogue: activation, residual, activation.
         let epilogue = &self.epilogue;
-        kb.for_share(self.batch * self.out_channels, |kb, i| {
-            let dst = kb.index(out_base, i, plane_bytes);
-            let mut srcs = vec![dst];
-            for slot in 0..QUARTERS - 1 {
-                let base = kb.offset(slots, slot as i64 * slot_bytes);
-                srcs.push(kb.index(base, i, plane_bytes));
-            }
-            if let Some(r) = residual_base.filter(|_| epilogue.residual) {
-                srcs.push(kb.index(r, i, plane_bytes));
-            }
-            kb.map_floats(self.plane, &srcs, dst, |kb, _, values| {
-                let mut v = values[0];
-                for &piece in &values[1..QUARTERS] {
-                    v = kb.fb.ins().fadd(v, piece);
+        // Image by image, the parts sharing the channels (as the depthwise layers do).
+        kb.for_range(self.batch, |kb, n| {
+            kb.for_share(self.out_channels, |kb, c| {
+                let image = kb.fb.ins().imul_imm_s(n, self.out_channels as i64);
+                let i = kb.fb.ins().iadd(image, c);
+                let dst = kb.index(out_base, i, plane_bytes);
+                let mut srcs = vec![dst];
+                for slot in 0..QUARTERS - 1 {
+                    let base = kb.offset(slots, slot as i64 * slot_bytes);
+                    srcs.push(kb.index(base, i, plane_bytes));
                 }
-                if let Some(activation) = epilogue.activation {
-                    v = kb.activation(activation, v);
+                if let Some(r) = residual_base.filter(|_| epilogue.residual) {
+                    srcs.push(kb.index(r, i, plane_bytes));
                 }
-                if let Some(&r) = values.get(QUARTERS) {
-                    v = kb.fb.ins().fadd(v, r);
-                }
-                if let Some(activation) = epilogue.post_activation {
-                    v = kb.activation(activation, v);
-                }
-                v
-            });
+                kb.map_floats(self.plane, &srcs, dst, |kb, _, values| {
+                    let mut v = values[0];
+                    for &piece in &values[1..QUARTERS] {
+                        v = kb.fb.ins().fadd(v, piece);
+                    }
+                    if let Some(activation) = epilogue.activation {
+                        v = kb.activation(activation, v);
+                    }
+                    if let Some(&r) = values.get(QUARTERS) {
+                        v = kb.fb.ins().fadd(v, r);
+                    }
+                    if let Some(activation) = epilogue.post_activation {
+                        v = kb.activation(activation, v);
+                    }
+                    v
+                });
+            })
         });
     }
 
