@@ -5,7 +5,7 @@
 //! which a depthwise group has one, and ran these layers at 3.5 to 4.5 GFLOP/s.
 //!
 //! Weights are packed per channel as its `kh * kw` taps then its bias. The parts share
-//! the planes (images x channels). A band reads its input rows in place (padding rows
+//! each image's channels. A band reads its input rows in place (padding rows
 //! are left out of the bands at the plane's edges, padding columns are masked off the
 //! loads), so nothing is copied. Bands whose rows lie at the same place relative to the
 //! plane's edges share one micro-kernel, and runs of them are loops. On AVX2 a row's
