@@ -649,14 +649,14 @@ fn long_pointwise_reductions_on_small_planes_share_their_pieces() {
         ("input x: [388, 5, 5]\n    conv(20, 1)\n    sigmoid", 2),
         ("input x: [390, 7, 7]\n    conv(24, 1)", 2),
     ];
+    check_programs(&programs, |isa, algorithm, source| {
+        assert!(algorithm.starts_with(&format!("pointwise, {isa} pixel tiles")), "{algorithm}\n{source}");
+        let shared = isa == "AVX-512" && !source.contains("390");
+        assert_eq!(algorithm.contains("reduction shared"), shared, "{algorithm}\n{source}");
+    });
     for (body, batch) in programs {
-        let source = format!("network pw {{\n    {body}\n}}\n");
-        let graph = check_at_two_scales(&source, batch, false);
-        for (isa, algorithm) in first_kernel_per_host_isa(&graph) {
-            assert!(algorithm.starts_with(&format!("pointwise, {isa} pixel tiles")), "{algorithm}\n{source}");
-            let shared = isa == "AVX-512" && !body.contains("390");
-            assert_eq!(algorithm.contains("reduction shared"), shared, "{algorithm}\n{source}");
-        }
+        let source = format!("network layer {{\n    {body}\n}}\n");
+        let graph = optimized_graph(&source, batch).unwrap();
         let inputs = vec![cnnc::weights::random_normal(&graph.node(graph.inputs[0]).shape, 12)];
         let mut model = compile_jit_with(&graph, &CodegenOptions::default()).unwrap();
         let single = model.run(&inputs).unwrap();

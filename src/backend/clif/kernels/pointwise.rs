@@ -400,30 +400,14 @@ impl PointwiseKernel {
         let out_image_bytes = self.out_channels as i64 * plane_bytes;
         let slot_bytes = self.batch as i64 * out_image_bytes;
         let steps = self.in_channels / QUARTERS;
-        let (channels, tile_pixels) = (self.channels, self.tile_pixels);
+        let channels = self.channels;
         let full_blocks = self.out_channels / channels;
         let tail = self.out_channels % channels;
-        let tiles: Vec<(usize, usize)> = (0..self.plane / tile_pixels)
-            .map(|t| (tile_pixels, t * tile_pixels))
-            .chain(
-                (!self.plane.is_multiple_of(tile_pixels))
-                    .then(|| (self.plane % tile_pixels, self.plane / tile_pixels * tile_pixels)),
-            )
-            .collect();
+        let tiles = self.plane_tiles();
         let data = kb.data();
         kb.for_range(self.batch, |kb, n| {
             let x_n = kb.index(x_base, n, self.in_channels as i64 * plane_bytes);
-            let weights_n = match gate {
-                Some((gate_base, copies)) => {
-                    let gate_n = kb.index(gate_base, n, 4 * self.in_channels as i64);
-                    let copy = kb.fb.ins().band_imm_u(n, 1);
-                    let copy = kb.index(copies, copy, self.gated_weight_bytes() as i64);
-                    self.emit_gated_weights(kb, data, gate_n, copy);
-                    kb.sync();
-                    copy
-                }
-                None => data,
-            };
+            let weights_n = self.emit_image_weights(kb, data, gate, n);
             kb.for_share(QUARTERS, |kb, q| {
                 // Piece `q`: input channels from `q * steps`, into the output or slot q - 1.
                 let first = kb.fb.ins().imul_imm_s(q, steps as i64);
@@ -522,27 +506,13 @@ impl PointwiseKernel {
         let rest = self.plane % tile_pixels;
         let full_blocks = self.out_channels / channels;
         let tail = self.out_channels % channels;
-        // (pixels, first pixel) of the plane's tiles.
-        let tiles: Vec<(usize, usize)> = (0..full_tiles)
-            .map(|t| (tile_pixels, t * tile_pixels))
-            .chain((rest > 0).then_some((rest, full_tiles * tile_pixels)))
-            .collect();
+        let tiles = self.plane_tiles();
         kb.for_range(self.batch, |kb, n| {
             let x_n = kb.index(x_base, n, self.in_channels as i64 * plane_bytes);
             let out_n = kb.index(out_base, n, self.out_channels as i64 * plane_bytes);
             let res_n = residual_base.map(|r| kb.index(r, n, self.out_channels as i64 * plane_bytes));
             // The weights the tiles read: the packed ones, or this image's gated copy.
-            let weights_n = match gate {
-                Some((gate_base, copies)) => {
-                    let gate_n = kb.index(gate_base, n, 4 * self.in_channels as i64);
-                    let copy = kb.fb.ins().band_imm_u(n, 1);
-                    let copy = kb.index(copies, copy, self.gated_weight_bytes() as i64);
-                    self.emit_gated_weights(kb, data, gate_n, copy);
-                    kb.sync();
-                    copy
-                }
-                None => data,
-            };
+            let weights_n = self.emit_image_weights(kb, data, gate, n);
             // One tile: `channels` channels from channel `first`, `pixels` pixels from
             // byte `offset` of the plane.
             let tile = |kb: &mut Kb, first: Value, channels: usize, pixels: usize, offset: Value, part: &Part| {
@@ -647,6 +617,32 @@ impl PointwiseKernel {
 }
 
 impl PointwiseKernel {
+    /// (pixels, first pixel) of the tiles of a plane: the full ones, then a partial one.
+    fn plane_tiles(&self) -> Vec<(usize, usize)> {
+        let (plane, tile_pixels) = (self.plane, self.tile_pixels);
+        (0..plane / tile_pixels)
+            .map(|t| (tile_pixels, t * tile_pixels))
+            .chain(
+                (!plane.is_multiple_of(tile_pixels)).then(|| (plane % tile_pixels, plane / tile_pixels * tile_pixels)),
+            )
+            .collect()
+    }
+
+    /// The weights image `n`'s tiles read: the packed ones at `data`, or with `gate` (the
+    /// gate's and the gated copies' addresses) this image's copy, scaled here, then a
+    /// sync (two copies alternate, so one sync per image suffices).
+    fn emit_image_weights(&self, kb: &mut Kb, data: Value, gate: Option<(Value, Value)>, n: Value) -> Value {
+        let Some((gate_base, copies)) = gate else {
+            return data;
+        };
+        let gate_n = kb.index(gate_base, n, 4 * self.in_channels as i64);
+        let copy = kb.fb.ins().band_imm_u(n, 1);
+        let copy = kb.index(copies, copy, self.gated_weight_bytes() as i64);
+        self.emit_gated_weights(kb, data, gate_n, copy);
+        kb.sync();
+        copy
+    }
+
     /// `copy = weights * gate` for one image: every packed row (one input channel of a
     /// block of output channels) times that channel's gate value, the parts sharing the
     /// input channels. A row of 4 floats or more runs in f32x4 steps, the last one
