@@ -274,17 +274,7 @@ impl DepthwiseKernel {
         let srcs: Vec<Value> = std::iter::once(output).chain(residual).collect();
         let epilogue = &self.epilogue;
         kb.map_floats(count, &srcs, output, |kb, _, values| {
-            let mut v = values[0];
-            if let Some(activation) = epilogue.activation {
-                v = kb.activation(activation, v);
-            }
-            if let Some(&r) = values.get(1) {
-                v = kb.fb.ins().fadd(v, r);
-            }
-            if let Some(activation) = epilogue.post_activation {
-                v = kb.activation(activation, v);
-            }
-            v
+            kb.epilogue_of(epilogue, values[0], values.get(1).copied())
         });
     }
 }

@@ -578,13 +578,20 @@ impl<'a> Kb<'a> {
     /// A fused epilogue on a computed value: activation, `+ residual` (loaded with the
     /// value's type from `residual`, an address and a byte offset), post-activation.
     pub fn epilogue(&mut self, epilogue: &Epilogue, x: Value, residual: Option<(Value, i64)>) -> Value {
+        let residual = residual.map(|(addr, offset)| {
+            let ty = self.fb.func.dfg.value_type(x);
+            self.load(ty, addr, offset)
+        });
+        self.epilogue_of(epilogue, x, residual)
+    }
+
+    /// [`Self::epilogue`] with the residual as a value of `x`'s type.
+    pub fn epilogue_of(&mut self, epilogue: &Epilogue, x: Value, residual: Option<Value>) -> Value {
         let mut x = x;
         if let Some(activation) = epilogue.activation {
             x = self.activation(activation, x);
         }
-        if let Some((addr, offset)) = residual {
-            let ty = self.fb.func.dfg.value_type(x);
-            let r = self.load(ty, addr, offset);
+        if let Some(r) = residual {
             x = self.fb.ins().fadd(x, r);
         }
         if let Some(activation) = epilogue.post_activation {

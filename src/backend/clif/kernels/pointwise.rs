@@ -305,12 +305,17 @@ impl PointwiseKernel {
     /// Scratch bytes: the joined input and output, or the two copies of the gated
     /// weights and the shared pieces' slots (nothing otherwise).
     pub fn scratch_bytes(&self) -> usize {
-        let gated = if self.gate { 2 * self.gated_weight_bytes() } else { 0 };
+        let gated = self.gated_scratch_bytes();
         let slots = if self.shared { 4 * (QUARTERS - 1) * self.batch * self.out_channels * self.plane } else { 0 };
         match self.joined {
             Some(_) => 4 * (self.in_channels + self.out_channels) * self.plane,
             None => gated + slots,
         }
+    }
+
+    /// Scratch bytes of the gated weights' two copies (0 for a layer without a gate).
+    fn gated_scratch_bytes(&self) -> usize {
+        if self.gate { 2 * self.gated_weight_bytes() } else { 0 }
     }
 
     /// The bytes of one image's copy of the gated weights, rounded up to a cache line.
@@ -332,8 +337,7 @@ impl PointwiseKernel {
             // The gated weights' two copies, then the slots.
             let scratch = kb.addr(scratch);
             let gate = gate.map(|g| (kb.addr(g), scratch));
-            let gated = if self.gate { 2 * self.gated_weight_bytes() } else { 0 };
-            let slots = kb.offset(scratch, gated as i64);
+            let slots = kb.offset(scratch, self.gated_scratch_bytes() as i64);
             self.emit_shared(kb, x_base, out_base, residual_base, slots, gate);
             return;
         }
@@ -372,11 +376,7 @@ impl PointwiseKernel {
                 let residual = residual_base.filter(|_| joined.residual).map(|r| kb.index(r, dst_plane, plane_bytes));
                 let srcs: Vec<Value> = [src].into_iter().chain(residual).collect();
                 kb.map_floats(plane, &srcs, dst, |kb, _, values| {
-                    let sum = match values {
-                        [x, r] => kb.fb.ins().fadd(*x, *r),
-                        _ => values[0],
-                    };
-                    kb.epilogue(&rest, sum, None)
+                    kb.epilogue_of(&rest, values[0], values.get(1).copied())
                 });
             });
         });
@@ -472,16 +472,7 @@ impl PointwiseKernel {
                     for &piece in &values[1..QUARTERS] {
                         v = kb.fb.ins().fadd(v, piece);
                     }
-                    if let Some(activation) = epilogue.activation {
-                        v = kb.activation(activation, v);
-                    }
-                    if let Some(&r) = values.get(QUARTERS) {
-                        v = kb.fb.ins().fadd(v, r);
-                    }
-                    if let Some(activation) = epilogue.post_activation {
-                        v = kb.activation(activation, v);
-                    }
-                    v
+                    kb.epilogue_of(epilogue, v, values.get(QUARTERS).copied())
                 });
             })
         });
