@@ -17,11 +17,12 @@
 //!
 //! Where it runs: the reference interpreter simulates it exactly; the cpu target
 //! rounds the weights when it packs them and each bf16 layer's input as it copies it
-//! into its scratch buffer, then runs its f32 kernels (direct tiles; no Winograd,
-//! pointwise or depthwise kernels for a bf16 layer), which gives bf16's results at
-//! every CPU level but not yet its speed: the AVX512_BF16 micro-kernels
-//! (`vdpbf16ps`, in `backend/clif/kernels/bf16.rs`) are built and tested but not wired
-//! in. The gpu target runs f32 only and refuses bf16.
+//! into its scratch buffer, then runs direct tiles (no Winograd, pointwise or depthwise
+//! kernels for a bf16 layer): on a host with AVX512_BF16 and no `--cpu` level, the
+//! `vdpbf16ps` tiles of `backend/clif/kernels/bf16.rs` (pairs of input channels, two
+//! exact products per f32 lane); elsewhere the f32 tiles over the rounded operands,
+//! which give bf16's results at every CPU level but not its speed. The gpu target runs
+//! f32 only and refuses bf16.
 //!
 //! The rounding ([`round_bf16`]) is round-to-nearest-even on the 16 bits dropped. A
 //! denormal f32 becomes a zero of its sign (the instructions treat denormal inputs as

@@ -309,6 +309,45 @@ fn the_command_line_runs_bf16() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// The kernels a bf16 layer runs on: the `vdpbf16ps` tiles where this CPU has
+/// AVX512_BF16 and no `--cpu` level is named, the f32 tiles over rounded operands
+/// otherwise (the profile's algorithm column says which).
+#[test]
+fn the_vdpbf16ps_tiles_run_where_the_host_has_them() {
+    let profile = |extra: &[&str]| {
+        let mut args = vec!["bench", "examples/resnet18_cifar.cnn", "--precision", "bf16", "--runs", "1", "--profile"];
+        args.extend_from_slice(extra);
+        let out = cnnc(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let host = profile(&[]);
+    let layers = |text: &str, algorithm: &str| {
+        text.lines().filter(|l| (l.contains("(conv)") || l.contains("(linear)")) && l.contains(algorithm)).count()
+    };
+    let convs_and_linear = host.lines().filter(|l| l.contains("(conv)") || l.contains("(linear)")).count();
+    assert!(convs_and_linear >= 10, "{host}");
+    let tiles = cfg!(target_arch = "x86_64") && cnnc::backend::clif::host_has_bf16() && {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    };
+    if tiles {
+        assert_eq!(layers(&host, "bf16 tiles (vdpbf16ps)"), convs_and_linear, "{host}");
+        let named = profile(&["--cpu", "x86-64-v4"]);
+        assert_eq!(layers(&named, "vdpbf16ps"), 0, "{named}");
+        assert_eq!(layers(&named, "bf16 operands"), convs_and_linear, "{named}");
+    } else {
+        assert_eq!(layers(&host, "vdpbf16ps"), 0, "{host}");
+        assert_eq!(layers(&host, "bf16 operands"), convs_and_linear, "{host}");
+    }
+}
+
 /// The build-script API builds bf16 objects, the header listing the bf16 layers.
 #[test]
 fn the_build_script_api_takes_a_precision() {

@@ -324,10 +324,16 @@ impl PrecisionArgs {
     pub fn cpu_note(&self) -> Option<String> {
         match self.precision {
             PrecisionArg::F32 | PrecisionArg::Auto => None,
-            PrecisionArg::Bf16 => Some(
+            PrecisionArg::Bf16 if cnnc::backend::clif::host_has_bf16() => Some(
                 "note: --precision bf16 on the cpu target: the conv and linear layers round their weights and \
-                 inputs to bf16 and run on the f32 kernels (bf16's results, not yet its speed: the vdpbf16ps \
-                 kernels are not wired in)"
+                 inputs to bf16 and run on the vdpbf16ps tiles of this CPU (AVX512_BF16); with --cpu, on the f32 \
+                 kernels over the rounded operands (the same results, not bf16's speed)"
+                    .to_string(),
+            ),
+            PrecisionArg::Bf16 => Some(
+                "note: --precision bf16 on the cpu target: this CPU has no AVX512_BF16, so the conv and linear \
+                 layers round their weights and inputs to bf16 and run on the f32 kernels (bf16's results, not \
+                 its speed)"
                     .to_string(),
             ),
             PrecisionArg::Int8 => Some(

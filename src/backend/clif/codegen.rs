@@ -93,6 +93,10 @@ pub struct CodegenOptions {
     /// shape (`WinogradKernel::tile_size`), `Some(true)` always F(4x4, 3x3), `Some(false)`
     /// always F(2x2, 3x3).
     pub winograd_f4: Option<bool>,
+    /// Run bf16 conv and linear layers on the `vdpbf16ps` tiles (`kernels/bf16.rs`) when
+    /// the target is this host with AVX-512 and AVX512_BF16 (no `cpu` level named: none
+    /// includes it); otherwise, or when false, on the f32 tiles over rounded operands.
+    pub bf16_tiles: bool,
     /// Run Cranelift's IR verifier on every function (slower compiles).
     pub verify: bool,
     /// Call `cnnc_profile_tick(kernel index)` between kernels (JIT only; see
@@ -113,6 +117,7 @@ impl Default for CodegenOptions {
             depthwise: true,
             winograd_f4: None,
             cpu: None,
+            bf16_tiles: true,
             verify: cfg!(debug_assertions),
             profile: false,
         }
@@ -388,6 +393,7 @@ fn prepare(
     id: NodeId,
     options: &CodegenOptions,
     simd: Option<Simd>,
+    bf16: bool,
 ) -> Result<Kernel, String> {
     let node = graph.node(id);
     // Graphs for this backend come from the generic pipeline, which has no fuse_pooling.
@@ -412,10 +418,15 @@ fn prepare(
             };
             let bias = bias.map(|b| b.data.as_slice());
             // A bf16 or int8 layer runs on the direct tiles, which round or quantize its
-            // operands; an int8 one on an AVX2 host, on the integer tiles when they apply
-            // (`kernels::int8`; AVX-512 hosts keep the f32 tiles for now).
+            // operands; a bf16 one on the `vdpbf16ps` tiles where the host has them
+            // (`kernels::bf16`), an int8 one on an AVX2 host on the integer tiles when
+            // they apply (`kernels::int8`; AVX-512 hosts keep the f32 tiles for now).
+            let vectors = options.conv_vectors.max(1);
+            if node.precision == Precision::Bf16 && bf16 {
+                let kernel = ConvKernel::new(conv, shape, &weight.data, bias, vectors, simd, Precision::Bf16);
+                return Ok(Kernel::Conv(kernel.with_bf16_tiles(&weight.data, bias)));
+            }
             if node.precision != Precision::F32 {
-                let vectors = options.conv_vectors.max(1);
                 let precision = node.precision;
                 let kernel =
                     ConvKernel::new(conv, shape, &weight.data, bias, vectors, reduced_precision_simd(simd), precision);
@@ -457,6 +468,12 @@ fn prepare(
         Op::Linear { out_features, .. } => {
             let weight = required(weights, node, &x_shape, ParamRole::Weight)?;
             let bias = param(weights, node, &x_shape, ParamRole::Bias)?.map(|b| b.data.as_slice());
+            // A bf16 layer on an AVX512_BF16 host runs on the `vdpbf16ps` tiles
+            // (`kernels::bf16`), other reduced-precision layers on the f32 tiles of at most
+            // AVX2, an int8 one on an AVX2 host on the integer tiles (`kernels::int8`).
+            let bf16_tiles = node.precision == Precision::Bf16 && bf16;
+            let tiles =
+                if node.precision != Precision::F32 && !bf16_tiles { reduced_precision_simd(simd) } else { simd };
             // Every dimension but the last indexes rows.
             let kernel = LinearKernel::new(
                 x_shape[..x_shape.len() - 1].iter().product(),
@@ -464,12 +481,16 @@ fn prepare(
                 bias,
                 *out_features,
                 options.linear_vectors.max(1),
-                if node.precision != Precision::F32 { reduced_precision_simd(simd) } else { simd },
+                tiles,
                 node.precision,
             );
-            // An int8 layer on an AVX2 host: the integer tiles (`kernels::int8`).
             let in_features = x_shape.last().copied().unwrap_or(0);
-            if node.precision.is_int8() && simd == Some(Simd::Avx2) && LinearKernel::int8_tiles_apply(in_features) {
+            if bf16_tiles {
+                Kernel::Linear(kernel.with_bf16_tiles(&weight.data, bias))
+            } else if node.precision.is_int8()
+                && simd == Some(Simd::Avx2)
+                && LinearKernel::int8_tiles_apply(in_features)
+            {
                 Kernel::Linear(kernel.with_int8_tiles(&weight.data, bias))
             } else {
                 Kernel::Linear(kernel)
@@ -627,6 +648,7 @@ pub(crate) fn define_model<M: Module>(
         (true, isa) if x64_has(isa, "has_avx2") => Some(Simd::Avx2),
         _ => None,
     };
+    let bf16 = bf16_tiles(options, simd);
     // The micro-kernels are written for the System V convention.
     let tile_sig = |arguments: usize| signature(ptr, CallConv::SystemV, arguments, false);
     let module_error = |e: cranelift_module::ModuleError| format!("internal error: Cranelift: {e:?}");
@@ -722,7 +744,7 @@ pub(crate) fn define_model<M: Module>(
         if bytes_of(&node.shape) >= 1 << 31 {
             return Err(format!("layer `{}` is larger than 2 GiB, more than the CPU backend supports", node.name));
         }
-        let mut kernel = prepare(graph, owned.as_deref().unwrap_or(&graph.weights), id, options, simd)?;
+        let mut kernel = prepare(graph, owned.as_deref().unwrap_or(&graph.weights), id, options, simd, bf16)?;
         if let Some(weights) = owned.as_deref_mut() {
             for param in &node.params {
                 weights.tensors.remove(&param.name);
@@ -1030,6 +1052,24 @@ pub(crate) fn define_constant_function<M: Module>(module: &mut M, name: &str, va
 /// (and integer) tiles are enabled.
 fn reduced_precision_simd(simd: Option<Simd>) -> Option<Simd> {
     simd.map(|_| Simd::Avx2)
+}
+
+/// Whether bf16 layers run on the `vdpbf16ps` tiles: AVX-512 tiles for this host (no
+/// `--cpu` level, none of which includes AVX512_BF16), which has AVX512_BF16.
+fn bf16_tiles(options: &CodegenOptions, simd: Option<Simd>) -> bool {
+    options.bf16_tiles && options.cpu.is_none() && simd == Some(Simd::Avx512) && host_has_bf16()
+}
+
+/// Whether this process's CPU has AVX512_BF16.
+pub fn host_has_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Whether a convolution is a fully connected layer over the batch: a 1x1 kernel on a 1x1

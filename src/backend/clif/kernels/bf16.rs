@@ -1,36 +1,33 @@
-//! The pieces of the bf16 convolution (AVX512_BF16, issue #19) that do not need the
-//! Cranelift side: the weights packed as bf16 pairs, and the micro-kernel that converts
-//! the input into bf16 pairs. With `TileSpec::bf16` (a `vdpbf16ps` per multiply-add),
-//! they make a bf16 layer the f32 direct convolution with half the reduction steps:
+//! The bf16 convolution and linear layers of AVX512_BF16 hosts (issue #19): the weights
+//! packed as bf16 pairs, the input converted into bf16 pairs, and with
+//! `TileSpec::bf16` (a `vdpbf16ps` per multiply-add) the f32 direct tiles' geometry with
+//! half the reduction steps (`conv::ConvKernel::with_bf16_tiles`,
+//! `conv::LinearKernel::with_bf16_tiles`):
 //!
 //! - **Input.** One batch element's input, per group, becomes `ceil(C / 2)` planes of
 //!   32-bit bf16 pairs (input channel `2s` in the low half, `2s + 1` in the high half,
 //!   zero for the missing channel of an odd count), zero-bordered like the f32 padded
 //!   copy: a pair plane has the byte geometry of one f32 plane, so the tile's `in_step`,
-//!   taps and pixel strides are the f32 ones. [`RowSpec`] converts one row (or a whole
-//!   unpadded plane) of two channels into it, in place of the f32 padded copy.
+//!   taps and pixel strides are the f32 ones. [`copy_pairs`] converts one row (or a
+//!   whole unpadded plane) of two channels into it; a linear layer's row becomes pairs of
+//!   consecutive features ([`copy_row`]).
 //! - **Weights.** [`pack_pairs`] turns `[out][C][kh][kw]` f32 weights into
 //!   `[out][ceil(C / 2)][kh][kw]` 32-bit pairs, rounded by `precision::round_bf16`; the
 //!   block packing of `conv::pack` then lays them out as it lays out f32 weights, one
 //!   pair per lane, and the bias stays f32.
 //!
-//! Not wired into the cpu target yet: the native code could not be run on the machine
-//! this slice was written on (no AVX-512), so bf16 layers run on the f32 kernels over
-//! rounded operands (`ConvKernel::bf16`), which compute the same values. The
-//! micro-kernels are checked here by running them on a small x86 emulator of the
-//! instructions they use ([`super::emulate`]), against the reference semantics, and
-//! a whole convolution laid out this way against the interpreter.
-//!
-//! Wiring it in (on a host with AVX512_BF16): in `ConvKernel`, when the target has it
-//! (`is_x86_feature_detected!("avx512bf16")` with no `--cpu`, since no x86-64 level
-//! includes it), pack `pack_pairs` output with `pack` and `k = pairs * taps`, make the
-//! reduction `pairs` steps, replace the padded copy by per-row [`RowSpec`] calls into
-//! the scratch buffer (zeroed borders as now; one pair plane per two channels), set
-//! `TileSpec::bf16`, and define `RowSpec` as a `Ukernel`; then time it against f32.
-#![cfg_attr(not(test), allow(dead_code))]
+//! The cpu target uses them for a bf16 layer when the host has AVX512_BF16 and no
+//! `--cpu` level is named (no x86-64 level includes it; `codegen::bf16_tiles`); other
+//! hosts run a bf16 layer on the f32 tiles over rounded operands (`ConvKernel::precision`),
+//! which compute the same values. [`RowSpec`], a machine-code form of [`copy_pairs`], is
+//! tested here but not used. The micro-kernels are also checked here on a small x86
+//! emulator of the instructions they use ([`super::emulate`]), so that these tests run
+//! on hosts without AVX-512.
 
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, types};
 use iced_x86::code_asm::*;
 
+use super::{F32, I32, Kb};
 use crate::precision::round_bf16;
 
 /// The bf16 bits of an f32, rounded as `vcvtneps2bf16` rounds ([`round_bf16`]).
@@ -57,6 +54,59 @@ pub(crate) fn pack_pairs(weight: &[f32], out: usize, channels: usize, taps: usiz
     packed
 }
 
+/// Writes `count` bf16 pairs at `dst` from the floats at `low` and `high`: word `p` is
+/// `bf16(low[p]) | (bf16(high[p]) << 16) & keep`, where `keep` (an I32) is `0xffff0000`,
+/// or 0 for the odd last channel of a group (whose `high` then need only be readable).
+/// The rounding is `Kb::round_bf16`'s, `round_bf16`'s.
+pub(super) fn copy_pairs(kb: &mut Kb, (low, high): (Value, Value), keep: Value, dst: Value, count: usize) {
+    let flags = MemFlagsData::new();
+    let keep_vector = kb.fb.ins().splat(types::I32X4, keep);
+    kb.map_floats(count, &[low, high], dst, |kb, ty, values| {
+        let (int_ty, keep) = if ty == F32 { (I32, keep) } else { (types::I32X4, keep_vector) };
+        let [low, high] = [values[0], values[1]].map(|x| {
+            let rounded = kb.round_bf16(x);
+            kb.fb.ins().bitcast(int_ty, flags, rounded)
+        });
+        let low = kb.fb.ins().ushr_imm_u(low, 16);
+        let high = kb.fb.ins().band(high, keep);
+        let word = kb.fb.ins().bor(low, high);
+        kb.fb.ins().bitcast(ty, flags, word)
+    });
+}
+
+/// Writes the `count` floats at `src` as `ceil(count / 2)` bf16 pairs at `dst`, in order
+/// (word `j` holds values `2j` and `2j + 1`, as a linear layer's `vdpbf16ps` tiles read
+/// them), and a zero after an odd last one.
+pub(super) fn copy_row(kb: &mut Kb, src: Value, dst: Value, count: usize) {
+    let flags = MemFlagsData::new();
+    // Eight values at a time: rounded, their bf16 bits in the low halves, narrowed into
+    // eight 16-bit lanes in order (exact: the bits are below 2^16).
+    kb.for_range(count / 8, |kb, i| {
+        let from = kb.index(src, i, 32);
+        let to = kb.index(dst, i, 16);
+        let [low, high] = [0, 16].map(|offset| {
+            let x = kb.load(types::F32X4, from, offset);
+            let rounded = kb.round_bf16(x);
+            let bits = kb.fb.ins().bitcast(types::I32X4, flags, rounded);
+            kb.fb.ins().ushr_imm_u(bits, 16)
+        });
+        let halves = kb.fb.ins().unarrow(low, high);
+        kb.store(halves, to, 0);
+    });
+    for i in count / 8 * 8..count {
+        let x = kb.load(F32, src, 4 * i as i64);
+        let rounded = kb.round_bf16(x);
+        let bits = kb.fb.ins().bitcast(I32, flags, rounded);
+        let bits = kb.fb.ins().ushr_imm_u(bits, 16);
+        let half = kb.fb.ins().ireduce(types::I16, bits);
+        kb.store(half, dst, 2 * i as i64);
+    }
+    if count % 2 == 1 {
+        let zero = kb.fb.ins().iconst(types::I16, 0);
+        kb.store(zero, dst, 2 * count as i64);
+    }
+}
+
 /// Converts `pixels` consecutive floats of two input channels into bf16 pairs:
 ///
 /// ```text
@@ -67,17 +117,20 @@ pub(crate) fn pack_pairs(weight: &[f32], out: usize, channels: usize, taps: usiz
 /// channel of an odd count; the `high` pointer is not read) `bf16(low[p])`. Whole
 /// vectors of 16 pixels in a loop, the rest under a mask (masked lanes are neither read
 /// nor written). AVX-512F and AVX512_BF16.
+#[cfg_attr(not(test), allow(dead_code))]
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct RowSpec {
     pub pixels: usize,
     pub high: bool,
 }
 
+#[cfg_attr(not(test), allow(dead_code))]
 fn err(e: IcedError) -> String {
     format!("internal error: assembling a bf16 conversion: {e}")
 }
 
 /// Assembles a [`RowSpec`].
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn assemble_row(spec: &RowSpec) -> Result<Vec<u8>, String> {
     assert!(spec.pixels >= 1, "an empty bf16 conversion");
     let mut a = CodeAssembler::new(64).map_err(err)?;

@@ -31,7 +31,7 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, types};
 
 use super::x86::{RegisterActivation, Simd, TileSpec, Ukernel};
-use super::{F32, F32X4, Kb, Loc, MicroKernel, int8};
+use super::{F32, F32X4, I32, Kb, Loc, MicroKernel, bf16, int8};
 use crate::ir::{Conv, Epilogue};
 use crate::precision::Precision;
 
@@ -198,9 +198,9 @@ struct Reduction {
     in_step: i64,
     /// Byte offset of each tap in the input, relative to the pixel's window origin.
     taps: Vec<i64>,
-    /// Whether the steps are pairs of int8 input channels for the integer tiles
-    /// (`int8`), which then run every tile.
-    int8_pairs: bool,
+    /// What a step reads: one f32 input channel, or a pair of them (int8 for the integer
+    /// tiles, bf16 for the `vdpbf16ps` tiles), whose tiles then run every tile.
+    operands: Operands,
 }
 
 /// Where a tile's pixels are: pixel `p` reads the input from `in_base + p * in_stride`
@@ -284,10 +284,12 @@ fn emit_tile(
     in_registers: Option<RegisterActivation>,
 ) {
     let spec = kb.simd.map(|simd| tile_spec(simd, reduction, tile.pixels, tile.in_stride, block.vectors, in_registers));
-    let ukernel = spec.map(|spec| if reduction.int8_pairs { Ukernel::Int8Tile(spec) } else { Ukernel::Tile(spec) });
+    let int8 = reduction.operands == Operands::Int8Pairs;
+    let ukernel = spec.map(|spec| if int8 { Ukernel::Int8Tile(spec) } else { Ukernel::Tile(spec) });
     let func = ukernel.and_then(|ukernel| kb.tile_kernel(&ukernel));
-    // The pairs are only laid out for kernels whose integer tiles all fit (`with_int8_tiles`).
-    assert!(func.is_some() || !reduction.int8_pairs, "internal error: an int8 tile was not defined");
+    // The pairs are only laid out for kernels whose pair tiles all fit (`with_int8_tiles`,
+    // `with_bf16_tiles`).
+    assert!(func.is_some() || reduction.operands == Operands::Floats, "internal error: a pair tile was not defined");
     if let Some(func) = func {
         // The machine-code micro-kernel leaves the tile pixel-major in a stack buffer.
         let buffer = kb.tile_buffer();
@@ -405,7 +407,7 @@ fn tile_spec(
         steps: reduction.count,
         in_step: reduction.in_step,
         taps: reduction.taps.clone(),
-        bf16: false,
+        bf16: reduction.operands == Operands::Bf16Pairs,
         activation,
     }
 }
@@ -610,16 +612,31 @@ pub(crate) struct ConvKernel {
     /// int8 on the AVX2 integer tiles ([`ConvKernel::with_int8_tiles`]): the bytes of
     /// their packed data (`int8::pack_pairs`), which comes first, the f32 tiles' after it.
     int8_pairs: Option<usize>,
+    /// bf16 on the `vdpbf16ps` tiles ([`ConvKernel::with_bf16_tiles`]): the data is the
+    /// weights as bf16 pairs, the input is copied as pair planes.
+    bf16_pairs: bool,
     /// The packed weights and bias, little-endian f32.
     pub data: Vec<u8>,
 }
 
 /// Which operands a convolution's tiles read: f32 (as the layer's precision has them),
-/// or the pairs of int8 input channels of the integer tiles.
+/// the pairs of int8 input channels of the integer tiles, or the bf16 pairs of the
+/// `vdpbf16ps` tiles (`bf16`).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Operands {
     Floats,
     Int8Pairs,
+    Bf16Pairs,
+}
+
+impl Operands {
+    /// Reduction steps over `channels` input channels (or features).
+    fn steps(self, channels: usize) -> usize {
+        match self {
+            Operands::Floats => channels,
+            Operands::Int8Pairs | Operands::Bf16Pairs => channels.div_ceil(2),
+        }
+    }
 }
 
 impl ConvKernel {
@@ -659,6 +676,7 @@ impl ConvKernel {
             precision,
             register_activation: None,
             int8_pairs: None,
+            bf16_pairs: false,
             data,
         }
     }
@@ -700,6 +718,29 @@ impl ConvKernel {
         self.int8_pairs = Some(pairs.len());
         self.data = [pairs, std::mem::take(&mut self.data)].concat();
         self
+    }
+
+    /// This bf16 kernel (made with the AVX-512 tiles, on a host with AVX512_BF16) on the
+    /// `vdpbf16ps` tiles, given the same weights and bias again: the weights packed as
+    /// bf16 pairs of input channels (`bf16::pack_pairs`), the input copied as pair
+    /// planes ([`ConvKernel::emit_bf16_copy`]). Every tile of the f32 geometry fits
+    /// (`wide_blocking`), so no tile falls back to the f32x4 code.
+    pub fn with_bf16_tiles(mut self, weight: &[f32], bias: Option<&[f32]>) -> ConvKernel {
+        assert!(self.precision == Precision::Bf16 && self.simd == Some(Simd::Avx512));
+        let c = &self.conv;
+        let taps = c.kernel.h * c.kernel.w;
+        let in_per_group = self.shape.in_channels / c.groups;
+        let pairs = bf16::pack_pairs(weight, self.shape.out_channels, in_per_group, taps);
+        let k = Operands::Bf16Pairs.steps(in_per_group) * taps;
+        self.data = pack(&pairs, bias, c.groups, k, self.blocking);
+        self.bias_start = c.groups * self.blocking.group_lanes() * k;
+        self.bf16_pairs = true;
+        self
+    }
+
+    /// The operands the tiles read.
+    fn operands(&self) -> Operands {
+        if self.bf16_pairs { Operands::Bf16Pairs } else { Operands::Floats }
     }
 
     fn padded(&self) -> bool {
@@ -757,6 +798,7 @@ impl ConvKernel {
         }
         match self.precision {
             Precision::F32 => {}
+            Precision::Bf16 if self.bf16_pairs && simd.is_some() => text.push_str(", bf16 tiles (vdpbf16ps)"),
             Precision::Bf16 => text.push_str(", bf16 operands"),
             Precision::Int8(_) if self.int8_pairs.is_some() && simd.is_some() => {
                 text.push_str(", int8 integer tiles (vpmaddwd)")
@@ -771,8 +813,8 @@ impl ConvKernel {
         let (hp, wp) = self.padded_hw();
         let in_per_group = self.shape.in_channels / c.groups;
         Reduction {
-            int8_pairs: operands == Operands::Int8Pairs,
-            count: if operands == Operands::Int8Pairs { in_per_group.div_ceil(2) } else { in_per_group },
+            operands,
+            count: operands.steps(in_per_group),
             in_step: (hp * wp) as i64 * 4,
             taps: (0..c.kernel.h)
                 .flat_map(|kh| (0..c.kernel.w).map(move |kw| ((kh * c.dilation.h * wp + kw * c.dilation.w) * 4) as i64))
@@ -789,7 +831,7 @@ impl ConvKernel {
             (s.out_w.min(self.tile_width), (self.conv.stride.w * 4) as i64)
         };
         let Some(simd) = self.simd else { return Vec::new() };
-        let reduction = self.reduction(Operands::Floats);
+        let reduction = self.reduction(self.operands());
         let kinds = self.blocking.kinds().into_iter();
         let mut specs: Vec<Ukernel> = kinds
             .clone()
@@ -825,6 +867,10 @@ impl ConvKernel {
                     },
                     |kb| self.emit_groups(kb, Operands::Int8Pairs, data, scratch_base, n, &outputs),
                 );
+            } else if self.bf16_pairs {
+                self.emit_bf16_copy(kb, x_n, scratch_base);
+                kb.sync();
+                self.emit_groups(kb, Operands::Bf16Pairs, data, scratch_base, n, &outputs);
             } else {
                 let input = if self.copied() {
                     self.emit_pad_copy(kb, x_n, scratch_base);
@@ -848,7 +894,6 @@ impl ConvKernel {
         let s = &self.shape;
         let c = &self.conv;
         let (hp, wp) = self.padded_hw();
-        let in_per_group = s.in_channels / c.groups;
         let out_per_group = s.out_channels / c.groups;
         let out_plane = (s.out_h * s.out_w) as i64 * 4;
         let reduction = self.reduction(operands);
@@ -859,7 +904,8 @@ impl ConvKernel {
         let group_lanes = self.blocking.group_lanes();
         let (out_base, residual_base, epilogue) = (outputs.out, outputs.residual, outputs.epilogue);
         kb.for_range(c.groups, |kb, g| {
-            let in_g = kb.index(input, g, (in_per_group * hp * wp) as i64 * 4);
+            // A group's planes (or pair planes) follow the previous group's.
+            let in_g = kb.index(input, g, (reduction.count * hp * wp) as i64 * 4);
             // Output channel index of the group's first channel, over the batch.
             let out_channel = kb.fb.ins().imul_imm_s(n, s.out_channels as i64);
             let group_channel = kb.fb.ins().imul_imm_s(g, out_per_group as i64);
@@ -978,6 +1024,51 @@ impl ConvKernel {
                 let src = kb.index(src_plane, row, (s.in_w * 4) as i64);
                 let dst = kb.index(dst_plane, row, (wp * 4) as i64);
                 copy_operand(kb, self.precision, src, dst, s.in_w);
+            });
+        });
+    }
+
+    /// Copies one batch element's input into the scratch buffer as the `vdpbf16ps` tiles'
+    /// pair planes (`bf16`; this part's share of the pairs, zero borders): each group's
+    /// channels `2s` and `2s + 1` rounded into pair plane `s` of the group, an odd last
+    /// channel's partner a zero (not the channel again: its weights are zero, but zero
+    /// times an infinity would be NaN).
+    fn emit_bf16_copy(&self, kb: &mut Kb, x_n: Value, scratch: Value) {
+        let s = &self.shape;
+        let p = self.conv.pad;
+        let (hp, wp) = self.padded_hw();
+        let in_per_group = s.in_channels / self.conv.groups;
+        let pairs = Operands::Bf16Pairs.steps(in_per_group);
+        let plane = (s.in_h * s.in_w * 4) as i64;
+        kb.for_share(self.conv.groups * pairs, |kb, i| {
+            let group = kb.fb.ins().udiv_imm_u(i, pairs as i64);
+            let pair = kb.fb.ins().urem_imm_u(i, pairs as i64);
+            let first = kb.fb.ins().imul_imm_s(group, in_per_group as i64);
+            let pair_channel = kb.fb.ins().imul_imm_s(pair, 2);
+            let channel = kb.fb.ins().iadd(first, pair_channel);
+            let low = kb.index(x_n, channel, plane);
+            let next = kb.offset(low, plane);
+            let (high, keep) = if in_per_group % 2 == 1 {
+                // The odd last channel: its plane again (in bounds), its high half zeroed.
+                let last = kb.fb.ins().icmp_imm_u(IntCC::Equal, pair, pairs as i64 - 1);
+                let high = kb.fb.ins().select(last, low, next);
+                let (none, all) = (kb.fb.ins().iconst(I32, 0), kb.fb.ins().iconst(I32, 0xffff_0000));
+                (high, kb.fb.ins().select(last, none, all))
+            } else {
+                (next, kb.fb.ins().iconst(I32, 0xffff_0000))
+            };
+            let dst_plane = kb.index(scratch, i, (hp * wp * 4) as i64);
+            if !self.padded() {
+                bf16::copy_pairs(kb, (low, high), keep, dst_plane, s.in_h * s.in_w);
+                return;
+            }
+            kb.zero_floats(dst_plane, hp * wp);
+            let dst_plane = kb.offset(dst_plane, ((p.top * wp + p.left) * 4) as i64);
+            kb.for_range(s.in_h, |kb, row| {
+                let low = kb.index(low, row, (s.in_w * 4) as i64);
+                let high = kb.index(high, row, (s.in_w * 4) as i64);
+                let dst = kb.index(dst_plane, row, (wp * 4) as i64);
+                bf16::copy_pairs(kb, (low, high), keep, dst, s.in_w);
             });
         });
     }
@@ -1159,6 +1250,8 @@ pub(crate) struct LinearKernel {
     precision: Precision,
     /// int8 on the AVX2 integer tiles (as `ConvKernel::int8_pairs`).
     int8_pairs: Option<usize>,
+    /// bf16 on the `vdpbf16ps` tiles (as `ConvKernel::bf16_pairs`).
+    bf16_pairs: bool,
     /// The packed weights and bias, little-endian f32.
     pub data: Vec<u8>,
 }
@@ -1194,8 +1287,23 @@ impl LinearKernel {
             bias_start,
             precision,
             int8_pairs,
+            bf16_pairs: false,
             data,
         }
+    }
+
+    /// This bf16 layer (made with the AVX-512 tiles, on a host with AVX512_BF16) on the
+    /// `vdpbf16ps` tiles, given the same weights and bias again: the weights packed as
+    /// bf16 pairs of features, each row of the input copied as pairs in order
+    /// (`bf16::copy_row`).
+    pub fn with_bf16_tiles(mut self, weight: &[f32], bias: Option<&[f32]>) -> LinearKernel {
+        assert!(self.precision == Precision::Bf16 && self.simd == Some(Simd::Avx512));
+        let pairs = bf16::pack_pairs(weight, self.out_features, self.in_features, 1);
+        let k = Operands::Bf16Pairs.steps(self.in_features);
+        self.data = pack(&pairs, bias, 1, k, self.blocking);
+        self.bias_start = self.blocking.group_lanes() * k;
+        self.bf16_pairs = true;
+        self
     }
 
     /// Whether an int8 linear layer runs on the AVX2 integer tiles: 4 input features or
@@ -1237,9 +1345,7 @@ impl LinearKernel {
     }
 
     fn reduction(&self, operands: Operands) -> Reduction {
-        let pairs = operands == Operands::Int8Pairs;
-        let count = if pairs { self.in_features.div_ceil(2) } else { self.in_features };
-        Reduction { count, in_step: 4, taps: vec![0], int8_pairs: pairs }
+        Reduction { count: operands.steps(self.in_features), in_step: 4, taps: vec![0], operands }
     }
 
     /// The algorithm, for profiles: `tiled` when the machine-code micro-kernels run it.
@@ -1247,6 +1353,7 @@ impl LinearKernel {
         let simd = self.simd.filter(|_| tiled);
         let operands = match self.precision {
             Precision::F32 => "",
+            Precision::Bf16 if self.bf16_pairs && simd.is_some() => ", bf16 tiles (vdpbf16ps)",
             Precision::Bf16 => ", bf16 operands",
             Precision::Int8(_) if self.int8_pairs.is_some() && simd.is_some() => ", int8 integer tiles (vpmaddwd)",
             Precision::Int8(_) => ", int8 operands (as f32)",
@@ -1256,8 +1363,8 @@ impl LinearKernel {
 
     /// The micro-kernels the tiles of this layer can use.
     pub fn tile_specs(&self) -> Vec<Ukernel> {
-        let reduction = self.reduction(Operands::Floats);
-        let (pixels, stride) = (self.batch.min(self.tile_width), (self.in_features * 4) as i64);
+        let reduction = self.reduction(if self.bf16_pairs { Operands::Bf16Pairs } else { Operands::Floats });
+        let (pixels, stride) = (self.batch.min(self.tile_width), (reduction.count * 4) as i64);
         let Some(simd) = self.simd else { return Vec::new() };
         let kinds = self.blocking.kinds().into_iter();
         let mut specs: Vec<Ukernel> =
@@ -1288,6 +1395,17 @@ impl LinearKernel {
         };
         match (self.precision, self.int8_pairs) {
             (Precision::F32, _) => self.emit_rows(kb, Operands::Floats, data, x_base, &outputs),
+            (Precision::Bf16, _) if self.bf16_pairs => {
+                // The rows as bf16 pairs, `ceil(k / 2)` words each.
+                let row_bytes = (k.div_ceil(2) * 4) as i64;
+                kb.for_share(self.batch, |kb, row| {
+                    let src = kb.index(x_base, row, (k * 4) as i64);
+                    let dst = kb.index(scratch_base, row, row_bytes);
+                    bf16::copy_row(kb, src, dst, k);
+                });
+                kb.sync();
+                self.emit_rows(kb, Operands::Bf16Pairs, data, scratch_base, &outputs);
+            }
             (Precision::Int8(input), Some(pairs_bytes)) => {
                 // The rows as i16 offsets, `ceil(k / 2)` words each.
                 let row_bytes = (k.div_ceil(2) * 4) as i64;
