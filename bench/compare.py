@@ -13,7 +13,10 @@ cnnc / ORT (below 1.0: cnnc is faster). The machine is shared, so each engine is
 `--repeat` times (3), alternating with the other, and keeps its best median. Run from the
 repository root:
 
-    .venv/bin/python bench/compare.py [--target cpu] [--batch 1 8] [--runs 10] [--repeat 3] [net ...]
+    .venv/bin/python bench/compare.py [--target cpu] [--precision f32|bf16] [--batch 1 8] [--runs 10] [--repeat 3] [net ...]
+
+`--precision bf16` times cnnc in bf16 (`cnnc bench --precision bf16`) against the same
+engines, whose ONNX files stay f32: ORT in f32, OpenVINO in f32 and in its default.
 """
 import argparse, json, os, pathlib, subprocess, sys, tempfile
 
@@ -78,6 +81,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--cnnc", default="target/release/cnnc")
     parser.add_argument("--target", default="cpu")
+    parser.add_argument("--precision", default="f32", choices=["f32", "bf16"], help="cnnc's precision")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
@@ -91,7 +95,8 @@ def main():
     # OPENBLAS settings some machines carry slow numpy down; ORT does not use them.
     for batch in args.batch:
         rows = [measure(args, net, batch, env) for net in args.nets]
-        print_table(args.target, batch, [row for row in rows if row is not None])
+        label = args.target if args.precision == "f32" else f"{args.target} {args.precision}"
+        print_table(label, batch, [row for row in rows if row is not None])
 
 
 def measure(args, net, batch, env):
@@ -121,7 +126,8 @@ def measure(args, net, batch, env):
             for threads in (1, 2):
                 out = subprocess.run([args.cnnc, "bench", source, "--seed", "0", "--batch", str(batch),
                                       "--target", args.target, "--threads", str(threads), "--runs", str(args.runs),
-                                      "--warmup", str(args.warmup), "--format", "json"], capture_output=True, text=True)
+                                      "--warmup", str(args.warmup), "--precision", args.precision, "--format", "json"],
+                                     capture_output=True, text=True)
                 if out.returncode != 0:
                     print(f"{net}: cnnc bench failed: {out.stderr.strip()}", file=sys.stderr)
                     return None

@@ -8,9 +8,9 @@
 //!   32-bit bf16 pairs (input channel `2s` in the low half, `2s + 1` in the high half,
 //!   zero for the missing channel of an odd count), zero-bordered like the f32 padded
 //!   copy: a pair plane has the byte geometry of one f32 plane, so the tile's `in_step`,
-//!   taps and pixel strides are the f32 ones. [`copy_pairs`] converts one row (or a
-//!   whole unpadded plane) of two channels into it; a linear layer's row becomes pairs of
-//!   consecutive features ([`copy_row`]).
+//!   taps and pixel strides are the f32 ones. [`RowSpec`], a micro-kernel
+//!   (`vcvtneps2bf16`), converts one row (or a whole unpadded plane) of two channels into
+//!   it; a linear layer's row becomes pairs of consecutive features ([`copy_row`]).
 //! - **Weights.** [`pack_pairs`] turns `[out][C][kh][kw]` f32 weights into
 //!   `[out][ceil(C / 2)][kh][kw]` 32-bit pairs, rounded by `precision::round_bf16`; the
 //!   block packing of `conv::pack` then lays them out as it lays out f32 weights, one
@@ -19,8 +19,7 @@
 //! The cpu target uses them for a bf16 layer when the host has AVX512_BF16 and no
 //! `--cpu` level is named (no x86-64 level includes it; `codegen::bf16_tiles`); other
 //! hosts run a bf16 layer on the f32 tiles over rounded operands (`ConvKernel::precision`),
-//! which compute the same values. [`RowSpec`], a machine-code form of [`copy_pairs`], is
-//! tested here but not used. The micro-kernels are also checked here on a small x86
+//! which compute the same values. The micro-kernels are also checked here on a small x86
 //! emulator of the instructions they use ([`super::emulate`]), so that these tests run
 //! on hosts without AVX-512.
 
@@ -52,26 +51,6 @@ pub(crate) fn pack_pairs(weight: &[f32], out: usize, channels: usize, taps: usiz
         }
     }
     packed
-}
-
-/// Writes `count` bf16 pairs at `dst` from the floats at `low` and `high`: word `p` is
-/// `bf16(low[p]) | (bf16(high[p]) << 16) & keep`, where `keep` (an I32) is `0xffff0000`,
-/// or 0 for the odd last channel of a group (whose `high` then need only be readable).
-/// The rounding is `Kb::round_bf16`'s, `round_bf16`'s.
-pub(super) fn copy_pairs(kb: &mut Kb, (low, high): (Value, Value), keep: Value, dst: Value, count: usize) {
-    let flags = MemFlagsData::new();
-    let keep_vector = kb.fb.ins().splat(types::I32X4, keep);
-    kb.map_floats(count, &[low, high], dst, |kb, ty, values| {
-        let (int_ty, keep) = if ty == F32 { (I32, keep) } else { (types::I32X4, keep_vector) };
-        let [low, high] = [values[0], values[1]].map(|x| {
-            let rounded = kb.round_bf16(x);
-            kb.fb.ins().bitcast(int_ty, flags, rounded)
-        });
-        let low = kb.fb.ins().ushr_imm_u(low, 16);
-        let high = kb.fb.ins().band(high, keep);
-        let word = kb.fb.ins().bor(low, high);
-        kb.fb.ins().bitcast(ty, flags, word)
-    });
 }
 
 /// Writes the `count` floats at `src` as `ceil(count / 2)` bf16 pairs at `dst`, in order
@@ -117,20 +96,17 @@ pub(super) fn copy_row(kb: &mut Kb, src: Value, dst: Value, count: usize) {
 /// channel of an odd count; the `high` pointer is not read) `bf16(low[p])`. Whole
 /// vectors of 16 pixels in a loop, the rest under a mask (masked lanes are neither read
 /// nor written). AVX-512F and AVX512_BF16.
-#[cfg_attr(not(test), allow(dead_code))]
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct RowSpec {
     pub pixels: usize,
     pub high: bool,
 }
 
-#[cfg_attr(not(test), allow(dead_code))]
 fn err(e: IcedError) -> String {
     format!("internal error: assembling a bf16 conversion: {e}")
 }
 
 /// Assembles a [`RowSpec`].
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn assemble_row(spec: &RowSpec) -> Result<Vec<u8>, String> {
     assert!(spec.pixels >= 1, "an empty bf16 conversion");
     let mut a = CodeAssembler::new(64).map_err(err)?;

@@ -31,7 +31,7 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, types};
 
 use super::x86::{RegisterActivation, Simd, TileSpec, Ukernel};
-use super::{F32, F32X4, I32, Kb, Loc, MicroKernel, bf16, int8};
+use super::{F32, F32X4, Kb, Loc, MicroKernel, bf16, int8};
 use crate::ir::{Conv, Epilogue};
 use crate::precision::Precision;
 
@@ -841,6 +841,9 @@ impl ConvKernel {
             let reduction = self.reduction(Operands::Int8Pairs);
             specs.extend(kinds.map(|v| Ukernel::Int8Tile(tile_spec(simd, &reduction, pixels, pixel_stride, v, None))));
         }
+        if self.bf16_pairs {
+            specs.extend(self.bf16_row_specs());
+        }
         specs
     }
 
@@ -1030,9 +1033,10 @@ impl ConvKernel {
 
     /// Copies one batch element's input into the scratch buffer as the `vdpbf16ps` tiles'
     /// pair planes (`bf16`; this part's share of the pairs, zero borders): each group's
-    /// channels `2s` and `2s + 1` rounded into pair plane `s` of the group, an odd last
-    /// channel's partner a zero (not the channel again: its weights are zero, but zero
-    /// times an infinity would be NaN).
+    /// channels `2s` and `2s + 1` rounded into pair plane `s` of the group by the
+    /// [`bf16::RowSpec`] micro-kernels (a whole plane, or row by row into a padded one),
+    /// an odd last channel's partner a zero (not the channel again: its weights are
+    /// zero, but zero times an infinity would be NaN).
     fn emit_bf16_copy(&self, kb: &mut Kb, x_n: Value, scratch: Value) {
         let s = &self.shape;
         let p = self.conv.pad;
@@ -1040,6 +1044,7 @@ impl ConvKernel {
         let in_per_group = s.in_channels / self.conv.groups;
         let pairs = Operands::Bf16Pairs.steps(in_per_group);
         let plane = (s.in_h * s.in_w * 4) as i64;
+        let specs = self.bf16_row_specs();
         kb.for_share(self.conv.groups * pairs, |kb, i| {
             let group = kb.fb.ins().udiv_imm_u(i, pairs as i64);
             let pair = kb.fb.ins().urem_imm_u(i, pairs as i64);
@@ -1047,19 +1052,25 @@ impl ConvKernel {
             let pair_channel = kb.fb.ins().imul_imm_s(pair, 2);
             let channel = kb.fb.ins().iadd(first, pair_channel);
             let low = kb.index(x_n, channel, plane);
-            let next = kb.offset(low, plane);
-            let (high, keep) = if in_per_group % 2 == 1 {
-                // The odd last channel: its plane again (in bounds), its high half zeroed.
-                let last = kb.fb.ins().icmp_imm_u(IntCC::Equal, pair, pairs as i64 - 1);
-                let high = kb.fb.ins().select(last, low, next);
-                let (none, all) = (kb.fb.ins().iconst(I32, 0), kb.fb.ins().iconst(I32, 0xffff_0000));
-                (high, kb.fb.ins().select(last, none, all))
-            } else {
-                (next, kb.fb.ins().iconst(I32, 0xffff_0000))
-            };
+            let high = kb.offset(low, plane);
             let dst_plane = kb.index(scratch, i, (hp * wp * 4) as i64);
+            // Converts `(low, high)` rows into `dst`, the high half zero for an odd
+            // group's last pair (whose `high` is then not read).
+            let convert = |kb: &mut Kb, low: Value, high: Value, dst: Value| {
+                let call = |kb: &mut Kb, spec: &Ukernel| {
+                    let f = kb.tile_kernel(spec).expect("internal error: a bf16 row conversion was not defined");
+                    kb.fb.ins().call(f, &[low, high, dst]);
+                };
+                match specs.get(1) {
+                    Some(low_only) => {
+                        let last = kb.fb.ins().icmp_imm_u(IntCC::Equal, pair, pairs as i64 - 1);
+                        kb.when_else(last, |kb| call(kb, low_only), |kb| call(kb, &specs[0]));
+                    }
+                    None => call(kb, &specs[0]),
+                }
+            };
             if !self.padded() {
-                bf16::copy_pairs(kb, (low, high), keep, dst_plane, s.in_h * s.in_w);
+                convert(kb, low, high, dst_plane);
                 return;
             }
             kb.zero_floats(dst_plane, hp * wp);
@@ -1068,9 +1079,22 @@ impl ConvKernel {
                 let low = kb.index(low, row, (s.in_w * 4) as i64);
                 let high = kb.index(high, row, (s.in_w * 4) as i64);
                 let dst = kb.index(dst_plane, row, (wp * 4) as i64);
-                bf16::copy_pairs(kb, (low, high), keep, dst, s.in_w);
+                convert(kb, low, high, dst);
             });
         });
+    }
+
+    /// The row conversions of [`ConvKernel::emit_bf16_copy`]: two channels, then (for an
+    /// odd count per group) the last one alone.
+    fn bf16_row_specs(&self) -> Vec<Ukernel> {
+        let s = &self.shape;
+        let pixels = if self.padded() { s.in_w } else { s.in_h * s.in_w };
+        let odd = (s.in_channels / self.conv.groups) % 2 == 1;
+        let mut specs = vec![Ukernel::Bf16Row(bf16::RowSpec { pixels, high: true })];
+        if odd {
+            specs.push(Ukernel::Bf16Row(bf16::RowSpec { pixels, high: false }));
+        }
+        specs
     }
 
     /// Copies one batch element's input into the scratch buffer as the integer tiles'

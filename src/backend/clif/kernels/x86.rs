@@ -1905,6 +1905,9 @@ pub(crate) enum Ukernel {
     Pointwise(PointwiseSpec),
     Pool(PoolSpec),
     Depthwise(DepthwiseSpec),
+    /// The conversion of two channels' rows into the bf16 pairs of the `vdpbf16ps`
+    /// tiles (`bf16`).
+    Bf16Row(super::bf16::RowSpec),
 }
 
 impl Ukernel {
@@ -1915,6 +1918,7 @@ impl Ukernel {
             Ukernel::Pointwise(spec) => spec.fits(),
             Ukernel::Pool(spec) => spec.fits(),
             Ukernel::Depthwise(spec) => spec.fits(),
+            Ukernel::Bf16Row(spec) => spec.pixels >= 1,
         }
     }
 
@@ -1925,17 +1929,20 @@ impl Ukernel {
             Ukernel::Pointwise(spec) => assemble_pointwise(spec),
             Ukernel::Pool(spec) => assemble_pool(spec),
             Ukernel::Depthwise(spec) => assemble_depthwise(spec),
+            Ukernel::Bf16Row(spec) => super::bf16::assemble_row(spec),
         }
     }
 
     /// Pointer arguments: `(in, weights, bias, tile)`, `(in, weights, bias, out,
-    /// residual)`, `(from, to)` or `(origin, weights, out, residual)`.
+    /// residual)`, `(from, to)`, `(origin, weights, out, residual)` or `(low, high,
+    /// pairs)`.
     pub fn arguments(&self) -> usize {
         match self {
             Ukernel::Tile(_) | Ukernel::Int8Tile(_) => 4,
             Ukernel::Pointwise(_) => 5,
             Ukernel::Pool(_) => 2,
             Ukernel::Depthwise(_) => 4,
+            Ukernel::Bf16Row(_) => 3,
         }
     }
 }
