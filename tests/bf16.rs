@@ -214,6 +214,24 @@ fn cpu_bf16_matches_the_simulation_on_examples() {
     }
 }
 
+/// Pointwise layers on planes large enough for the pixel-lane `vdpbf16ps` tiles (where
+/// the host has them): an odd count of input channels (the last pair's high half zero),
+/// partial blocks of output channels, a residual add with relu, a sigmoid, no bias; on
+/// one and two threads, batch 2, against the simulation layer by layer.
+#[test]
+fn cpu_bf16_pointwise_layers_match_the_simulation() {
+    let source = "block residual() {\n    c: conv(22, 1)\n    add(in)\n    relu\n}\n\
+                  network pw {\n    input x: [37, 48, 48]\n    p: conv(22, 1)\n    q: residual()\n    \
+                  s: conv(23, 1)\n    sigmoid\n    t: conv(16, 1, bias=false)\n}\n";
+    let graph = common::random_graph(source, 2, 3, OptLevel::O2).unwrap();
+    let inputs = common::random_inputs(&graph, 5);
+    for threads in [1, 2] {
+        let ((error, layer), _, against_f32) = cpu_layers_against_reference(&graph, &inputs, None, threads);
+        assert!(error <= CPU_TOLERANCE, "{threads} threads: layer {layer}: {error:e}");
+        assert!(against_f32 > 10.0 * error, "{threads} threads: bf16 {error:e}, f32 {against_f32:e}");
+    }
+}
+
 /// Random conv layers (kernel, stride, padding, dilation, groups, depthwise, 1x1 with
 /// and without padding, odd sizes, fused epilogues) and linear layers, in the style of
 /// the property tests, on the cpu target in bf16 against the simulation, layer by layer.

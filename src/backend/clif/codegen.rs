@@ -423,6 +423,14 @@ fn prepare(
             // they apply (`kernels::int8`; AVX-512 hosts keep the f32 tiles for now).
             let vectors = options.conv_vectors.max(1);
             if node.precision == Precision::Bf16 && bf16 {
+                // Pointwise layers on large planes on the pixel-lane tiles, which store
+                // without transposes (their short reductions made the channel-lane
+                // tiles' stores the cost), the others on the direct tiles.
+                let epilogue = Epilogue { gate: false, ..node.epilogue.clone() };
+                if PointwiseKernel::bf16_applies(conv, &epilogue, shape.out_h * shape.out_w) {
+                    let shape = (x_shape[0], x_shape[1], node.shape[1], node.shape[2] * node.shape[3]);
+                    return Ok(Kernel::Pointwise(PointwiseKernel::bf16(shape, &weight.data, bias, &epilogue)));
+                }
                 let kernel = ConvKernel::new(conv, shape, &weight.data, bias, vectors, simd, Precision::Bf16);
                 return Ok(Kernel::Conv(kernel.with_bf16_tiles(&weight.data, bias)));
             }

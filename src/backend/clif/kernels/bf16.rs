@@ -23,9 +23,11 @@
 //! emulator of the instructions they use ([`super::emulate`]), so that these tests run
 //! on hosts without AVX-512.
 
+use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, types};
 use iced_x86::code_asm::*;
 
+use super::x86::Ukernel;
 use super::{F32, I32, Kb};
 use crate::precision::round_bf16;
 
@@ -51,6 +53,43 @@ pub(crate) fn pack_pairs(weight: &[f32], out: usize, channels: usize, taps: usiz
         }
     }
     packed
+}
+
+/// The [`RowSpec`] micro-kernels [`convert`] calls for rows of `pixels`: two channels,
+/// then (for an odd count of channels) the last one alone.
+pub(super) fn row_specs(pixels: usize, odd: bool) -> Vec<Ukernel> {
+    let mut specs = vec![Ukernel::Bf16Row(RowSpec { pixels, high: true })];
+    if odd {
+        specs.push(Ukernel::Bf16Row(RowSpec { pixels, high: false }));
+    }
+    specs
+}
+
+/// Converts `pixels` floats of channels `low` and `high` into pairs at `dst` by the
+/// [`RowSpec`] micro-kernels ([`row_specs`]); with `odd`, the pair `pair` (a run-time
+/// value) of `pairs` is the last channel alone when it is the last pair, its high half
+/// zero and `high` not read (not the channel again: its weights are zero, but zero times
+/// an infinity would be NaN).
+pub(super) fn convert(
+    kb: &mut Kb,
+    (low, high): (Value, Value),
+    dst: Value,
+    pixels: usize,
+    odd: bool,
+    pair: Value,
+    pairs: usize,
+) {
+    let call = |kb: &mut Kb, high_too: bool| {
+        let spec = Ukernel::Bf16Row(RowSpec { pixels, high: high_too });
+        let f = kb.tile_kernel(&spec).expect("internal error: a bf16 row conversion was not defined");
+        kb.fb.ins().call(f, &[low, high, dst]);
+    };
+    if odd {
+        let last = kb.fb.ins().icmp_imm_u(IntCC::Equal, pair, pairs as i64 - 1);
+        kb.when_else(last, |kb| call(kb, false), |kb| call(kb, true));
+    } else {
+        call(kb, true);
+    }
 }
 
 /// Writes the `count` floats at `src` as `ceil(count / 2)` bf16 pairs at `dst`, in order

@@ -842,7 +842,9 @@ impl ConvKernel {
             specs.extend(kinds.map(|v| Ukernel::Int8Tile(tile_spec(simd, &reduction, pixels, pixel_stride, v, None))));
         }
         if self.bf16_pairs {
-            specs.extend(self.bf16_row_specs());
+            let s = &self.shape;
+            let pixels = if self.padded() { s.in_w } else { s.in_h * s.in_w };
+            specs.extend(bf16::row_specs(pixels, (s.in_channels / self.conv.groups) % 2 == 1));
         }
         specs
     }
@@ -1033,10 +1035,9 @@ impl ConvKernel {
 
     /// Copies one batch element's input into the scratch buffer as the `vdpbf16ps` tiles'
     /// pair planes (`bf16`; this part's share of the pairs, zero borders): each group's
-    /// channels `2s` and `2s + 1` rounded into pair plane `s` of the group by the
-    /// [`bf16::RowSpec`] micro-kernels (a whole plane, or row by row into a padded one),
-    /// an odd last channel's partner a zero (not the channel again: its weights are
-    /// zero, but zero times an infinity would be NaN).
+    /// channels `2s` and `2s + 1` rounded into pair plane `s` of the group by
+    /// `bf16::convert` (a whole plane, or row by row into a padded one), an odd last
+    /// channel's partner a zero.
     fn emit_bf16_copy(&self, kb: &mut Kb, x_n: Value, scratch: Value) {
         let s = &self.shape;
         let p = self.conv.pad;
@@ -1044,7 +1045,8 @@ impl ConvKernel {
         let in_per_group = s.in_channels / self.conv.groups;
         let pairs = Operands::Bf16Pairs.steps(in_per_group);
         let plane = (s.in_h * s.in_w * 4) as i64;
-        let specs = self.bf16_row_specs();
+        let odd = in_per_group % 2 == 1;
+        let pixels = if self.padded() { s.in_w } else { s.in_h * s.in_w };
         kb.for_share(self.conv.groups * pairs, |kb, i| {
             let group = kb.fb.ins().udiv_imm_u(i, pairs as i64);
             let pair = kb.fb.ins().urem_imm_u(i, pairs as i64);
@@ -1054,23 +1056,8 @@ impl ConvKernel {
             let low = kb.index(x_n, channel, plane);
             let high = kb.offset(low, plane);
             let dst_plane = kb.index(scratch, i, (hp * wp * 4) as i64);
-            // Converts `(low, high)` rows into `dst`, the high half zero for an odd
-            // group's last pair (whose `high` is then not read).
-            let convert = |kb: &mut Kb, low: Value, high: Value, dst: Value| {
-                let call = |kb: &mut Kb, spec: &Ukernel| {
-                    let f = kb.tile_kernel(spec).expect("internal error: a bf16 row conversion was not defined");
-                    kb.fb.ins().call(f, &[low, high, dst]);
-                };
-                match specs.get(1) {
-                    Some(low_only) => {
-                        let last = kb.fb.ins().icmp_imm_u(IntCC::Equal, pair, pairs as i64 - 1);
-                        kb.when_else(last, |kb| call(kb, low_only), |kb| call(kb, &specs[0]));
-                    }
-                    None => call(kb, &specs[0]),
-                }
-            };
             if !self.padded() {
-                convert(kb, low, high, dst_plane);
+                bf16::convert(kb, (low, high), dst_plane, pixels, odd, pair, pairs);
                 return;
             }
             kb.zero_floats(dst_plane, hp * wp);
@@ -1079,22 +1066,9 @@ impl ConvKernel {
                 let low = kb.index(low, row, (s.in_w * 4) as i64);
                 let high = kb.index(high, row, (s.in_w * 4) as i64);
                 let dst = kb.index(dst_plane, row, (wp * 4) as i64);
-                convert(kb, low, high, dst);
+                bf16::convert(kb, (low, high), dst, pixels, odd, pair, pairs);
             });
         });
-    }
-
-    /// The row conversions of [`ConvKernel::emit_bf16_copy`]: two channels, then (for an
-    /// odd count per group) the last one alone.
-    fn bf16_row_specs(&self) -> Vec<Ukernel> {
-        let s = &self.shape;
-        let pixels = if self.padded() { s.in_w } else { s.in_h * s.in_w };
-        let odd = (s.in_channels / self.conv.groups) % 2 == 1;
-        let mut specs = vec![Ukernel::Bf16Row(bf16::RowSpec { pixels, high: true })];
-        if odd {
-            specs.push(Ukernel::Bf16Row(bf16::RowSpec { pixels, high: false }));
-        }
-        specs
     }
 
     /// Copies one batch element's input into the scratch buffer as the integer tiles'

@@ -23,7 +23,7 @@ use cranelift_codegen::ir::types::{F32, F32X4};
 use cranelift_codegen::ir::{InstBuilder, Value};
 
 use super::x86::{PointwiseSpec, RegisterActivation, Simd, Ukernel, epilogue_in_registers};
-use super::{Kb, Loc};
+use super::{Kb, Loc, bf16};
 use crate::ir::{Activation, Conv, Epilogue};
 
 /// Output channels per tile, and pixel vectors (16 lanes) per full tile.
@@ -104,6 +104,10 @@ pub(crate) struct PointwiseKernel {
     /// Where the zeros (one per output channel) start in `data`: the bias of the pieces
     /// after the first.
     zeros_start: usize,
+    /// bf16 on the `vdpbf16ps` tiles ([`PointwiseKernel::bf16`]): the layer's input
+    /// channels. `in_channels` is then the count of pairs, the weights are bf16 pairs,
+    /// and the input is copied into scratch as pair planes before the tiles run.
+    bf16: Option<usize>,
     /// The packed weights and bias, little-endian f32.
     pub data: Vec<u8>,
 }
@@ -221,8 +225,37 @@ impl PointwiseKernel {
             shared,
             epilogue: epilogue.clone(),
             zeros_start,
+            bf16: None,
             data: packed,
         }
+    }
+
+    /// Whether a bf16 convolution (of a plane of `pixels` outputs) runs on
+    /// [`Self::bf16`]: one [`Self::applies`] to on AVX-512, on a plane where the tiles
+    /// run outermost. On smaller planes the direct tiles were as fast.
+    pub fn bf16_applies(conv: &Conv, epilogue: &Epilogue, pixels: usize) -> bool {
+        Self::applies(Simd::Avx512, conv, epilogue) && tiles_outer(Simd::Avx512, pixels)
+    }
+
+    /// A bf16 layer on AVX-512 with AVX512_BF16 (`shape` and `weight` as [`Self::new`]'s):
+    /// the f32 kernel over `ceil(in / 2)` pair channels, the weights packed as bf16 pairs
+    /// (`bf16::pack_pairs`), the tiles' multiply-adds `vdpbf16ps`. Never shared in pieces
+    /// nor gated (a gate is applied to the input before the kernel: [`Self::gated`] is
+    /// false).
+    pub fn bf16(
+        shape: (usize, usize, usize, usize),
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        epilogue: &Epilogue,
+    ) -> PointwiseKernel {
+        let (batch, in_channels, out_channels, plane) = shape;
+        let pairs = bf16::pack_pairs(weight, out_channels, in_channels, 1);
+        let epilogue = Epilogue { gate: false, ..epilogue.clone() };
+        let shape = (batch, in_channels.div_ceil(2), out_channels, plane);
+        let mut kernel = PointwiseKernel::new(Simd::Avx512, shape, &pairs, bias, &epilogue);
+        kernel.shared = false;
+        kernel.bf16 = Some(in_channels);
+        kernel
     }
 
     /// The tile of one piece of a shared reduction ([`Self::shared`]): its sums as they
@@ -252,6 +285,7 @@ impl PointwiseKernel {
             post_activation: self.post_activation,
             accumulate: part.accumulate,
             finish: part.finish,
+            bf16: self.bf16.is_some(),
         }
     }
 
@@ -277,7 +311,10 @@ impl PointwiseKernel {
 
     /// The micro-kernels this layer needs.
     pub fn tile_specs(&self) -> Vec<Ukernel> {
-        let mut specs: Vec<Ukernel> = Vec::new();
+        let mut specs: Vec<Ukernel> = match self.bf16 {
+            Some(channels) => bf16::row_specs(self.plane, channels % 2 == 1),
+            None => Vec::new(),
+        };
         for (c, p) in self.tile_kinds() {
             let pieces = self.shared.then(|| self.piece_spec(c, p));
             for spec in self.parts.iter().map(|part| self.spec(c, p, part)).chain(pieces) {
@@ -298,13 +335,18 @@ impl PointwiseKernel {
         let joined = if self.joined.is_some() { ", images joined" } else { "" };
         let joined = if self.gate { ", gated (weights scaled per image)" } else { joined };
         let shared = if self.shared { ", reduction shared in 4 pieces" } else { "" };
+        let bf16 = if self.bf16.is_some() { ", bf16 tiles (vdpbf16ps)" } else { "" };
         let (simd, pixels, channels) = (self.simd.name(), self.tile_pixels, self.channels);
-        format!("pointwise, {simd} pixel tiles {pixels} px x {channels} ch{parts}{joined}{shared}")
+        format!("pointwise, {simd} pixel tiles {pixels} px x {channels} ch{parts}{joined}{shared}{bf16}")
     }
 
     /// Scratch bytes: the joined input and output, or the two copies of the gated
     /// weights and the shared pieces' slots (nothing otherwise).
     pub fn scratch_bytes(&self) -> usize {
+        if self.bf16.is_some() {
+            // The pair planes of every image.
+            return 4 * self.batch * self.in_channels * self.plane;
+        }
         let gated = self.gated_scratch_bytes();
         let slots = if self.shared { 4 * (QUARTERS - 1) * self.batch * self.out_channels * self.plane } else { 0 };
         match self.joined {
@@ -333,6 +375,26 @@ impl PointwiseKernel {
         let x_base = kb.addr(x);
         let out_base = kb.addr(out);
         let residual_base = residual.map(|r| kb.addr(r));
+        if let Some(channels) = self.bf16 {
+            // Every image's pair planes (the parts share them), then the tiles over them.
+            let pairs = self.in_channels;
+            let plane_bytes = 4 * self.plane as i64;
+            let scratch = kb.addr(scratch);
+            kb.for_share(self.batch * pairs, |kb, i| {
+                let image = kb.fb.ins().udiv_imm_u(i, pairs as i64);
+                let pair = kb.fb.ins().urem_imm_u(i, pairs as i64);
+                let first = kb.fb.ins().imul_imm_s(image, channels as i64);
+                let pair_channel = kb.fb.ins().imul_imm_s(pair, 2);
+                let channel = kb.fb.ins().iadd(first, pair_channel);
+                let low = kb.index(x_base, channel, plane_bytes);
+                let high = kb.offset(low, plane_bytes);
+                let dst = kb.index(scratch, i, plane_bytes);
+                bf16::convert(kb, (low, high), dst, self.plane, channels % 2 == 1, pair, pairs);
+            });
+            kb.sync();
+            self.emit_planes(kb, scratch, out_base, residual_base, None);
+            return;
+        }
         if self.shared {
             // The gated weights' two copies, then the slots.
             let scratch = kb.addr(scratch);

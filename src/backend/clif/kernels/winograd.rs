@@ -351,6 +351,7 @@ impl WinogradKernel {
             post_activation: None,
             accumulate: false,
             finish: true,
+            bf16: false,
         }
     }
 

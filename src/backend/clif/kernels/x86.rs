@@ -306,6 +306,10 @@ pub(crate) struct PointwiseSpec {
     /// without `finish` the sums store as they are, epilogue left to the last part.
     pub accumulate: bool,
     pub finish: bool,
+    /// bf16 (AVX-512 with AVX512_BF16): each step is a pair of input channels, the
+    /// input's planes and the weights hold bf16 pairs (`bf16`), and each multiply-add is
+    /// a `vdpbf16ps`.
+    pub bf16: bool,
 }
 
 /// An activation the pointwise tile applies in registers: those made of comparisons,
@@ -896,6 +900,7 @@ impl PointwiseSpec {
             Simd::Avx2 => self.vectors.max(2),
         };
         self.channels >= 1
+            && (!self.bf16 || self.simd == Simd::Avx512)
             && (1..=4).contains(&self.vectors)
             && (1..=self.simd.lanes()).contains(&self.last_lanes)
             && self.channels * self.vectors + inputs + 2 <= self.simd.registers()
@@ -964,7 +969,11 @@ fn assemble_pointwise_512(spec: &PointwiseSpec) -> Result<Vec<u8>, String> {
     for r in 0..r_count {
         a.vbroadcastss(broadcast, dword_ptr(rsi + disp(4 * r as i64)?)).map_err(err)?;
         for q in 0..q_count {
-            a.vfmadd231ps(acc(r, q), input(q), broadcast).map_err(err)?;
+            if spec.bf16 {
+                a.vdpbf16ps(acc(r, q), input(q), broadcast).map_err(err)?;
+            } else {
+                a.vfmadd231ps(acc(r, q), input(q), broadcast).map_err(err)?;
+            }
         }
     }
     a.add(rdi, disp(spec.plane_bytes)?).map_err(err)?;
