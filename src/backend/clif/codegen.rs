@@ -431,8 +431,7 @@ fn prepare(
                     let shape = (x_shape[0], x_shape[1], node.shape[1], node.shape[2] * node.shape[3]);
                     return Ok(Kernel::Pointwise(PointwiseKernel::bf16(shape, &weight.data, bias, &epilogue)));
                 }
-                let kernel = ConvKernel::new(conv, shape, &weight.data, bias, vectors, simd, Precision::Bf16);
-                return Ok(Kernel::Conv(kernel.with_bf16_tiles(&weight.data, bias)));
+                return Ok(Kernel::Conv(ConvKernel::bf16(conv, shape, &weight.data, bias)));
             }
             if node.precision != Precision::F32 {
                 let precision = node.precision;
@@ -476,29 +475,19 @@ fn prepare(
         Op::Linear { out_features, .. } => {
             let weight = required(weights, node, &x_shape, ParamRole::Weight)?;
             let bias = param(weights, node, &x_shape, ParamRole::Bias)?.map(|b| b.data.as_slice());
+            // Every dimension but the last indexes rows.
+            let rows = x_shape[..x_shape.len() - 1].iter().product();
+            let in_features = x_shape.last().copied().unwrap_or(0);
             // A bf16 layer on an AVX512_BF16 host runs on the `vdpbf16ps` tiles
             // (`kernels::bf16`), other reduced-precision layers on the f32 tiles of at most
             // AVX2, an int8 one on an AVX2 host on the integer tiles (`kernels::int8`).
-            let bf16_tiles = node.precision == Precision::Bf16 && bf16;
-            let tiles =
-                if node.precision != Precision::F32 && !bf16_tiles { reduced_precision_simd(simd) } else { simd };
-            // Every dimension but the last indexes rows.
-            let kernel = LinearKernel::new(
-                x_shape[..x_shape.len() - 1].iter().product(),
-                &weight.data,
-                bias,
-                *out_features,
-                options.linear_vectors.max(1),
-                tiles,
-                node.precision,
-            );
-            let in_features = x_shape.last().copied().unwrap_or(0);
-            if bf16_tiles {
-                Kernel::Linear(kernel.with_bf16_tiles(&weight.data, bias))
-            } else if node.precision.is_int8()
-                && simd == Some(Simd::Avx2)
-                && LinearKernel::int8_tiles_apply(in_features)
-            {
+            if node.precision == Precision::Bf16 && bf16 {
+                return Ok(Kernel::Linear(LinearKernel::bf16(rows, &weight.data, bias, *out_features)));
+            }
+            let tiles = if node.precision != Precision::F32 { reduced_precision_simd(simd) } else { simd };
+            let vectors = options.linear_vectors.max(1);
+            let kernel = LinearKernel::new(rows, &weight.data, bias, *out_features, vectors, tiles, node.precision);
+            if node.precision.is_int8() && simd == Some(Simd::Avx2) && LinearKernel::int8_tiles_apply(in_features) {
                 Kernel::Linear(kernel.with_int8_tiles(&weight.data, bias))
             } else {
                 Kernel::Linear(kernel)

@@ -557,7 +557,7 @@ fn transpose4(kb: &mut Kb, rows: [Value; 4]) -> [Value; 4] {
 }
 
 /// The shapes of a convolution, batch included.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct ConvShape {
     pub batch: usize,
     pub in_channels: usize,
@@ -651,8 +651,16 @@ impl ConvKernel {
         simd: Option<Simd>,
         precision: Precision,
     ) -> ConvKernel {
-        let out_per_group = shape.out_channels / conv.groups;
+        let mut kernel = ConvKernel::unpacked(conv, shape, vectors, simd, precision);
         let k = shape.in_channels / conv.groups * conv.kernel.h * conv.kernel.w;
+        kernel.data = pack_operands(weight, bias, conv.groups, k, kernel.blocking, precision);
+        kernel.bias_start = conv.groups * kernel.blocking.group_lanes() * k;
+        kernel
+    }
+
+    /// The kernel's geometry, with no data yet.
+    fn unpacked(conv: &Conv, shape: ConvShape, vectors: usize, simd: Option<Simd>, precision: Precision) -> ConvKernel {
+        let out_per_group = shape.out_channels / conv.groups;
         // The pixels tiled in one line: the whole plane or a row (see `line_mode`).
         let padded_w = shape.in_w + conv.pad.left + conv.pad.right;
         let line = conv.stride.h == 1 && conv.stride.w == 1 && padded_w == shape.out_w;
@@ -664,20 +672,18 @@ impl ConvKernel {
             }
             None => (4, Blocking::new(out_per_group, vectors, 1)),
         };
-        let data = pack_operands(weight, bias, conv.groups, k, blocking, precision);
-        let bias_start = conv.groups * blocking.group_lanes() * k;
         ConvKernel {
             conv: conv.clone(),
             shape,
             blocking,
             tile_width,
             simd,
-            bias_start,
+            bias_start: 0,
             precision,
             register_activation: None,
             int8_pairs: None,
             bf16_pairs: false,
-            data,
+            data: Vec::new(),
         }
     }
 
@@ -720,22 +726,20 @@ impl ConvKernel {
         self
     }
 
-    /// This bf16 kernel (made with the AVX-512 tiles, on a host with AVX512_BF16) on the
-    /// `vdpbf16ps` tiles, given the same weights and bias again: the weights packed as
-    /// bf16 pairs of input channels (`bf16::pack_pairs`), the input copied as pair
-    /// planes ([`ConvKernel::emit_bf16_copy`]). Every tile of the f32 geometry fits
-    /// (`wide_blocking`), so no tile falls back to the f32x4 code.
-    pub fn with_bf16_tiles(mut self, weight: &[f32], bias: Option<&[f32]>) -> ConvKernel {
-        assert!(self.precision == Precision::Bf16 && self.simd == Some(Simd::Avx512));
-        let c = &self.conv;
-        let taps = c.kernel.h * c.kernel.w;
-        let in_per_group = self.shape.in_channels / c.groups;
-        let pairs = bf16::pack_pairs(weight, self.shape.out_channels, in_per_group, taps);
+    /// A bf16 convolution on the AVX-512 `vdpbf16ps` tiles (a host with AVX512_BF16):
+    /// the weights packed as bf16 pairs of input channels (`bf16::pack_pairs`), the input
+    /// copied as pair planes ([`ConvKernel::emit_bf16_copy`]). Every tile of the f32
+    /// geometry fits (`wide_blocking`), so no tile falls back to the f32x4 code.
+    pub fn bf16(conv: &Conv, shape: ConvShape, weight: &[f32], bias: Option<&[f32]>) -> ConvKernel {
+        let mut kernel = ConvKernel::unpacked(conv, shape, 1, Some(Simd::Avx512), Precision::Bf16);
+        let taps = conv.kernel.h * conv.kernel.w;
+        let in_per_group = shape.in_channels / conv.groups;
+        let pairs = bf16::pack_pairs(weight, shape.out_channels, in_per_group, taps);
         let k = Operands::Bf16Pairs.steps(in_per_group) * taps;
-        self.data = pack(&pairs, bias, c.groups, k, self.blocking);
-        self.bias_start = c.groups * self.blocking.group_lanes() * k;
-        self.bf16_pairs = true;
-        self
+        kernel.data = pack(&pairs, bias, conv.groups, k, kernel.blocking);
+        kernel.bias_start = conv.groups * kernel.blocking.group_lanes() * k;
+        kernel.bf16_pairs = true;
+        kernel
     }
 
     /// The operands the tiles read.
@@ -1265,6 +1269,21 @@ impl LinearKernel {
         precision: Precision,
     ) -> LinearKernel {
         let in_features = weight.len() / out_features;
+        let mut kernel = LinearKernel::unpacked(batch, in_features, out_features, vectors, simd, precision);
+        kernel.data = pack_operands(weight, bias, 1, in_features, kernel.blocking, precision);
+        kernel.bias_start = kernel.blocking.group_lanes() * in_features;
+        kernel
+    }
+
+    /// The layer's geometry, with no data yet.
+    fn unpacked(
+        batch: usize,
+        in_features: usize,
+        out_features: usize,
+        vectors: usize,
+        simd: Option<Simd>,
+        precision: Precision,
+    ) -> LinearKernel {
         let (tile_width, blocking) = match simd {
             Some(simd) => {
                 let width = wide_tile_width(batch, simd);
@@ -1272,9 +1291,6 @@ impl LinearKernel {
             }
             None => (4, Blocking::new(out_features, vectors, 1)),
         };
-        let data = pack_operands(weight, bias, 1, in_features, blocking, precision);
-        let bias_start = blocking.group_lanes() * in_features;
-        let int8_pairs = None;
         LinearKernel {
             batch,
             tile_width,
@@ -1282,26 +1298,27 @@ impl LinearKernel {
             in_features,
             out_features,
             blocking,
-            bias_start,
+            bias_start: 0,
             precision,
-            int8_pairs,
+            int8_pairs: None,
             bf16_pairs: false,
-            data,
+            data: Vec::new(),
         }
     }
 
-    /// This bf16 layer (made with the AVX-512 tiles, on a host with AVX512_BF16) on the
-    /// `vdpbf16ps` tiles, given the same weights and bias again: the weights packed as
-    /// bf16 pairs of features, each row of the input copied as pairs in order
-    /// (`bf16::copy_row`).
-    pub fn with_bf16_tiles(mut self, weight: &[f32], bias: Option<&[f32]>) -> LinearKernel {
-        assert!(self.precision == Precision::Bf16 && self.simd == Some(Simd::Avx512));
-        let pairs = bf16::pack_pairs(weight, self.out_features, self.in_features, 1);
-        let k = Operands::Bf16Pairs.steps(self.in_features);
-        self.data = pack(&pairs, bias, 1, k, self.blocking);
-        self.bias_start = self.blocking.group_lanes() * k;
-        self.bf16_pairs = true;
-        self
+    /// A bf16 layer on the AVX-512 `vdpbf16ps` tiles (a host with AVX512_BF16): the
+    /// weights packed as bf16 pairs of features, each row of the input copied as pairs
+    /// in order (`bf16::copy_row`).
+    pub fn bf16(batch: usize, weight: &[f32], bias: Option<&[f32]>, out_features: usize) -> LinearKernel {
+        let in_features = weight.len() / out_features;
+        let mut kernel =
+            LinearKernel::unpacked(batch, in_features, out_features, 1, Some(Simd::Avx512), Precision::Bf16);
+        let pairs = bf16::pack_pairs(weight, out_features, in_features, 1);
+        let k = Operands::Bf16Pairs.steps(in_features);
+        kernel.data = pack(&pairs, bias, 1, k, kernel.blocking);
+        kernel.bias_start = kernel.blocking.group_lanes() * k;
+        kernel.bf16_pairs = true;
+        kernel
     }
 
     /// Whether an int8 linear layer runs on the AVX2 integer tiles: 4 input features or
