@@ -377,11 +377,34 @@ fn the_cpu_target_quantizes_as_the_interpreter() {
     assert!(error.contains("the gpu target runs f32 only"), "{error}");
 }
 
-/// An int8 graph on the cpu target at x86-64-v3 (`threads` threads), layer by layer
+/// Which integer tiles a check runs: AVX2's (x86-64-v3: convs and linear layers), or
+/// the host's AVX-512 VNNI tiles (convs only).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Tiles {
+    Avx2,
+    Vnni,
+}
+
+impl Tiles {
+    /// The kinds of integer tiles this machine runs.
+    fn on_this_host() -> Vec<Tiles> {
+        let mut tiles = Vec::new();
+        if cnnc::backend::clif::CpuLevel::X86_64V3.host_has() {
+            tiles.push(Tiles::Avx2);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if cnnc::backend::clif::CpuLevel::X86_64V4.host_has() && std::arch::is_x86_feature_detected!("avx512vnni") {
+            tiles.push(Tiles::Vnni);
+        }
+        tiles
+    }
+}
+
+/// An int8 graph on the cpu target with `tiles` (`threads` threads), layer by layer
 /// against the interpreter's simulation, each layer fed the cpu's values of its operands:
-/// every int8 conv layer with one group and 4 input channels or more, and every int8
+/// every int8 conv layer with one group and 4 input channels or more, and (AVX2) every int8
 /// linear layer of 4 input features or more (the rules of `ConvKernel::int8_tiles_apply`
-/// and `LinearKernel::int8_tiles_apply`), must run on the AVX2 integer tiles and give the
+/// and `LinearKernel::int8_tiles_apply`), must run on the integer tiles and give the
 /// simulation's values bit for bit (a NaN for a NaN) when its epilogue is exact in f32
 /// (none, relu, clamp, a residual add); with another activation (sigmoid...), whose
 /// code rounds differently from the interpreter's in the last bit, within
@@ -391,13 +414,15 @@ fn integer_tiles_against_simulation(
     graph: &Graph,
     inputs: &[Tensor],
     threads: usize,
+    tiles: Tiles,
 ) -> Result<(usize, usize), String> {
     use cnnc::backend::clif::{CodegenOptions, CpuLevel, compile_jit_with};
     use cnnc::ir::Activation;
     let nodes: Vec<_> =
         graph.topo_order().unwrap().into_iter().filter(|&id| !matches!(graph.node(id).op, Op::Input { .. })).collect();
     let (copy, positions) = cnnc::compare::with_every_node_as_output(graph, &nodes);
-    let options = CodegenOptions { cpu: Some(CpuLevel::X86_64V3), ..CodegenOptions::default() };
+    let cpu = (tiles == Tiles::Avx2).then_some(CpuLevel::X86_64V3);
+    let options = CodegenOptions { cpu, ..CodegenOptions::default() };
     let mut model = compile_jit_with(&copy, &options)?;
     model.set_threads(threads);
     let algorithms: Vec<(String, String)> =
@@ -413,9 +438,10 @@ fn integer_tiles_against_simulation(
         let x_shape = &graph.node(graph.op_operands(id)[0]).shape;
         let on_tiles = match &node.op {
             Op::Conv(conv) => conv.groups == 1 && x_shape[1] >= 4,
-            Op::Linear { .. } => x_shape.last().is_some_and(|&k| k >= 4),
+            Op::Linear { .. } => tiles == Tiles::Avx2 && x_shape.last().is_some_and(|&k| k >= 4),
             _ => false,
         };
+        let instruction = if tiles == Tiles::Avx2 { "(vpmaddwd)" } else { "(vpdpbusd)" };
         if on_tiles && node.precision.is_int8() && failure.is_none() {
             let prefix = format!("{} (", node.name);
             let algorithm = algorithms.iter().find(|(name, _)| name.starts_with(&prefix)).map(|(_, a)| a.as_str());
@@ -426,7 +452,7 @@ fn integer_tiles_against_simulation(
                 .iter()
                 .all(|a| matches!(a, None | Some(Activation::Relu | Activation::Clamp { .. })));
             let error = relative_l2(&cpu.data, &value.data);
-            if !algorithm.unwrap_or_default().contains("int8 integer tiles") {
+            if !algorithm.unwrap_or_default().contains(&format!("int8 integer tiles {instruction}")) {
                 failure = Some(format!("layer {}: not on the integer tiles: {algorithm:?}", node.name));
             } else if !exact {
                 if error > INT8_TOLERANCE || error.is_nan() {
@@ -451,87 +477,100 @@ fn integer_tiles_against_simulation(
     failure.map_or(Ok(checked), Err)
 }
 
-/// The AVX2 integer tiles (`kernels/int8.rs`, x86-64-v3, also where AVX-512 is the
-/// default) are exact: every int8 conv (one group) and linear layer they run gives the
-/// simulation's values bit for bit, on the examples (batch 2) and on the random layers
-/// (odd channel and feature counts, partial tiles of pixels, rows and channels, stride,
-/// padding, dilation, no epilogue, relu and sigmoid; batch 1 to 3), with 1 and 2
-/// threads. The other layers keep
-/// `INT8_TOLERANCE` (`cpu_int8_matches_the_simulation_on_random_layers`).
+/// The integer tiles (`kernels/int8.rs`) are exact: AVX2's (x86-64-v3, also where
+/// AVX-512 is the default) and, on a host with AVX512_VNNI, the AVX-512 VNNI tiles
+/// (`vpdpbusd`, convs). Every int8 conv (one group) and (AVX2) linear layer they run
+/// gives the simulation's values bit for bit, on the examples (batch 2) and on the
+/// random layers (odd channel and feature counts, partial tiles of pixels, rows and
+/// channels, stride, padding, dilation, no epilogue, relu and sigmoid; batch 1 to 3),
+/// with 1 and 2 threads. The other layers keep `INT8_TOLERANCE`
+/// (`cpu_int8_matches_the_simulation_on_random_layers`).
 #[test]
-fn avx2_integer_tiles_match_the_simulation_bit_for_bit() {
-    if !cnnc::backend::clif::CpuLevel::X86_64V3.host_has() {
+fn integer_tiles_match_the_simulation_bit_for_bit() {
+    let kinds = Tiles::on_this_host();
+    if kinds.is_empty() {
         eprintln!("skipped: this machine has no AVX2");
         return;
     }
-    let mut exact = 0;
-    let mut close = 0;
-    for name in ["lenet5.cnn", "digits.cnn", "squeezenet1_1.cnn", "resnet18_cifar.cnn", "mobilenet_v2.cnn"] {
-        let (_, graph) = int8_graph(&example(name), 2, 7, Method::MinMax);
-        let inputs = common::random_inputs(&graph, 11);
-        for threads in [1, 2] {
-            let (e, c) = integer_tiles_against_simulation(&graph, &inputs, threads)
-                .unwrap_or_else(|e| panic!("{name}, {threads} thread(s): {e}"));
-            exact += e;
-            close += c;
+    for tiles in kinds {
+        let mut exact = 0;
+        let mut close = 0;
+        for name in ["lenet5.cnn", "digits.cnn", "squeezenet1_1.cnn", "resnet18_cifar.cnn", "mobilenet_v2.cnn"] {
+            let (_, graph) = int8_graph(&example(name), 2, 7, Method::MinMax);
+            let inputs = common::random_inputs(&graph, 11);
+            for threads in [1, 2] {
+                let (e, c) = integer_tiles_against_simulation(&graph, &inputs, threads, tiles)
+                    .unwrap_or_else(|e| panic!("{tiles:?}: {name}, {threads} thread(s): {e}"));
+                exact += e;
+                close += c;
+            }
         }
-    }
-    for (case, (source, batch)) in common::random_conv_linear_programs(40).into_iter().enumerate() {
-        let case = case as u64;
-        let method = if case.is_multiple_of(2) { Method::MinMax } else { Method::Percentile(99.9) };
-        let (_, graph) = int8_graph(&source, batch, case, method);
-        let inputs = common::random_inputs(&graph, case + 100);
-        for threads in [1, 2] {
-            let (e, c) = integer_tiles_against_simulation(&graph, &inputs, threads)
-                .unwrap_or_else(|e| panic!("case {case}, {threads} thread(s): {e}\n{source}"));
-            exact += e;
-            close += c;
+        for (case, (source, batch)) in common::random_conv_linear_programs(40).into_iter().enumerate() {
+            let case = case as u64;
+            let method = if case.is_multiple_of(2) { Method::MinMax } else { Method::Percentile(99.9) };
+            let (_, graph) = int8_graph(&source, batch, case, method);
+            let inputs = common::random_inputs(&graph, case + 100);
+            for threads in [1, 2] {
+                let (e, c) = integer_tiles_against_simulation(&graph, &inputs, threads, tiles)
+                    .unwrap_or_else(|e| panic!("{tiles:?}: case {case}, {threads} thread(s): {e}\n{source}"));
+                exact += e;
+                close += c;
+            }
         }
+        eprintln!(
+            "{tiles:?}: layer runs on the integer tiles: {exact} bit for bit, {close} (sigmoid) within {INT8_TOLERANCE:e}"
+        );
+        assert!(exact >= 100 && close >= 4, "{tiles:?}: too few layers ran on the integer tiles: {exact} and {close}");
     }
-    eprintln!("layer runs on the integer tiles: {exact} bit for bit, {close} (sigmoid) within {INT8_TOLERANCE:e}");
-    assert!(exact >= 100 && close >= 4, "too few layers ran on the integer tiles: {exact} and {close}");
 }
 
 /// An input with a NaN takes the f32 tiles (no integer holds a NaN), for that batch
 /// element only (a conv; a linear layer's whole batch), whichever part's share of the
 /// copy met it; the outputs that read it are NaN, the others exact, as in the
-/// simulation. Saturated values (infinities, outliers) run on the integer tiles.
+/// simulation. Saturated values (infinities, outliers) run on the integer tiles. On
+/// AVX2's tiles and (convs) the VNNI tiles where the host has them.
 #[test]
-fn avx2_integer_tiles_keep_nan() {
-    if !cnnc::backend::clif::CpuLevel::X86_64V3.host_has() {
+fn integer_tiles_keep_nan() {
+    let kinds = Tiles::on_this_host();
+    if kinds.is_empty() {
         eprintln!("skipped: this machine has no AVX2");
         return;
     }
-    let source = "network t {\n    input x: [5, 9, 11]\n    c: conv(19, 3, pad=1)\n    relu\n}\n";
-    let (_, graph) = int8_graph(source, 3, 3, Method::MinMax);
-    let mut inputs = common::random_inputs(&graph, 4);
-    let plane = 9 * 11;
-    let image = 5 * plane;
-    // Batch element 1: a NaN in channel 4 (the odd last one); element 2: infinities
-    // and a large value, which saturate.
-    inputs[0].data[image + 4 * plane + 20] = f32::NAN;
-    inputs[0].data[2 * image + 3] = f32::INFINITY;
-    inputs[0].data[2 * image + plane + 50] = f32::NEG_INFINITY;
-    inputs[0].data[2 * image + 2 * plane + 7] = 1e30;
-    for threads in [1, 2] {
-        let checked = integer_tiles_against_simulation(&graph, &inputs, threads).unwrap();
-        assert_eq!(checked, (1, 0));
-    }
-    let out = interp::run(&graph, &graph.weights, &inputs).unwrap().remove(0);
-    let nans = out.data.iter().filter(|x| x.is_nan()).count();
-    // The 3x3 window around one pixel (away from the border), in all 19 channels.
-    assert_eq!(nans, 9 * 19, "the simulation's NaNs");
+    for tiles in kinds {
+        let source = "network t {\n    input x: [5, 9, 11]\n    c: conv(19, 3, pad=1)\n    relu\n}\n";
+        let (_, graph) = int8_graph(source, 3, 3, Method::MinMax);
+        let mut inputs = common::random_inputs(&graph, 4);
+        let plane = 9 * 11;
+        let image = 5 * plane;
+        // Batch element 1: a NaN in channel 4 (the odd last one); element 2: infinities
+        // and a large value, which saturate.
+        inputs[0].data[image + 4 * plane + 20] = f32::NAN;
+        inputs[0].data[2 * image + 3] = f32::INFINITY;
+        inputs[0].data[2 * image + plane + 50] = f32::NEG_INFINITY;
+        inputs[0].data[2 * image + 2 * plane + 7] = 1e30;
+        for threads in [1, 2] {
+            let checked = integer_tiles_against_simulation(&graph, &inputs, threads, tiles).unwrap();
+            assert_eq!(checked, (1, 0), "{tiles:?}");
+        }
+        let out = interp::run(&graph, &graph.weights, &inputs).unwrap().remove(0);
+        let nans = out.data.iter().filter(|x| x.is_nan()).count();
+        // The 3x3 window around one pixel (away from the border), in all 19 channels.
+        assert_eq!(nans, 9 * 19, "the simulation's NaNs");
+        if tiles == Tiles::Vnni {
+            continue;
+        }
 
-    // A linear layer (495 features, odd): the whole batch takes the f32 tiles when a
-    // row has a NaN; that row's outputs are NaN.
-    let source = "network t {\n    input x: [5, 9, 11]\n    flatten\n    fc: linear(21)\n}\n";
-    let (_, graph) = int8_graph(source, 3, 5, Method::MinMax);
-    for threads in [1, 2] {
-        let checked = integer_tiles_against_simulation(&graph, &inputs, threads).unwrap();
-        assert_eq!(checked, (1, 0));
+        // A linear layer (495 features, odd): the whole batch takes the f32 tiles when a
+        // row has a NaN; that row's outputs are NaN.
+        let source = "network t {\n    input x: [5, 9, 11]\n    flatten\n    fc: linear(21)\n}\n";
+        let (_, graph) = int8_graph(source, 3, 5, Method::MinMax);
+        for threads in [1, 2] {
+            let checked = integer_tiles_against_simulation(&graph, &inputs, threads, tiles).unwrap();
+            assert_eq!(checked, (1, 0));
+        }
+        let out = interp::run(&graph, &graph.weights, &inputs).unwrap().remove(0);
+        assert_eq!(out.data.iter().filter(|x| x.is_nan()).count(), 21, "the simulation's NaNs");
     }
-    let out = interp::run(&graph, &graph.weights, &inputs).unwrap().remove(0);
-    assert_eq!(out.data.iter().filter(|x| x.is_nan()).count(), 21, "the simulation's NaNs");
 }
 
 /// The trained digits model: calibrated on the ten sample images of

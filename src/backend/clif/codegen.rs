@@ -97,6 +97,10 @@ pub struct CodegenOptions {
     /// the target is this host with AVX-512 and AVX512_BF16 (no `cpu` level named: none
     /// includes it); otherwise, or when false, on the f32 tiles over rounded operands.
     pub bf16_tiles: bool,
+    /// Run int8 convolutions on the AVX-512 VNNI integer tiles (`kernels/int8.rs`,
+    /// `vpdpbusd`) when the target has AVX512_VNNI (the host's ISA; no x86-64 level
+    /// includes it); otherwise, or when false, on the f32 tiles fed the integers.
+    pub vnni_tiles: bool,
     /// Run Cranelift's IR verifier on every function (slower compiles).
     pub verify: bool,
     /// Call `cnnc_profile_tick(kernel index)` between kernels (JIT only; see
@@ -118,6 +122,7 @@ impl Default for CodegenOptions {
             winograd_f4: None,
             cpu: None,
             bf16_tiles: true,
+            vnni_tiles: true,
             verify: cfg!(debug_assertions),
             profile: false,
         }
@@ -394,6 +399,7 @@ fn prepare(
     options: &CodegenOptions,
     simd: Option<Simd>,
     bf16: bool,
+    vnni: bool,
 ) -> Result<Kernel, String> {
     let node = graph.node(id);
     // Graphs for this backend come from the generic pipeline, which has no fuse_pooling.
@@ -435,9 +441,13 @@ fn prepare(
             }
             if node.precision != Precision::F32 {
                 let precision = node.precision;
-                let kernel =
-                    ConvKernel::new(conv, shape, &weight.data, bias, vectors, reduced_precision_simd(simd), precision);
-                if precision.is_int8() && simd == Some(Simd::Avx2) && ConvKernel::int8_tiles_apply(conv, x_shape[1]) {
+                // The integer tiles: AVX2's pairs, or with AVX512_VNNI the AVX-512 quads.
+                let integer_tiles = precision.is_int8()
+                    && ConvKernel::int8_tiles_apply(conv, x_shape[1])
+                    && (simd == Some(Simd::Avx2) || (simd == Some(Simd::Avx512) && vnni));
+                let tiles = if integer_tiles { simd } else { reduced_precision_simd(simd) };
+                let kernel = ConvKernel::new(conv, shape, &weight.data, bias, vectors, tiles, precision);
+                if integer_tiles {
                     return Ok(Kernel::Conv(kernel.with_int8_tiles(&weight.data, bias)));
                 }
                 return Ok(Kernel::Conv(kernel));
@@ -646,6 +656,8 @@ pub(crate) fn define_model<M: Module>(
         _ => None,
     };
     let bf16 = bf16_tiles(options, simd);
+    // int8 convolutions on the VNNI tiles (`kernels::int8`) where the ISA has them.
+    let vnni = options.vnni_tiles && x64_has(module.isa(), "has_avx512vnni");
     // The micro-kernels are written for the System V convention.
     let tile_sig = |arguments: usize| signature(ptr, CallConv::SystemV, arguments, false);
     let module_error = |e: cranelift_module::ModuleError| format!("internal error: Cranelift: {e:?}");
@@ -741,7 +753,7 @@ pub(crate) fn define_model<M: Module>(
         if bytes_of(&node.shape) >= 1 << 31 {
             return Err(format!("layer `{}` is larger than 2 GiB, more than the CPU backend supports", node.name));
         }
-        let mut kernel = prepare(graph, owned.as_deref().unwrap_or(&graph.weights), id, options, simd, bf16)?;
+        let mut kernel = prepare(graph, owned.as_deref().unwrap_or(&graph.weights), id, options, simd, bf16, vnni)?;
         if let Some(weights) = owned.as_deref_mut() {
             for param in &node.params {
                 weights.tensors.remove(&param.name);

@@ -284,7 +284,7 @@ fn emit_tile(
     in_registers: Option<RegisterActivation>,
 ) {
     let spec = kb.simd.map(|simd| tile_spec(simd, reduction, tile.pixels, tile.in_stride, block.vectors, in_registers));
-    let int8 = reduction.operands == Operands::Int8Pairs;
+    let int8 = reduction.operands.integers();
     let ukernel = spec.map(|spec| if int8 { Ukernel::Int8Tile(spec) } else { Ukernel::Tile(spec) });
     let func = ukernel.and_then(|ukernel| kb.tile_kernel(&ukernel));
     // The pairs are only laid out for kernels whose pair tiles all fit (`with_int8_tiles`,
@@ -626,6 +626,8 @@ pub(crate) struct ConvKernel {
 enum Operands {
     Floats,
     Int8Pairs,
+    /// The quads of u8 input channels of the AVX-512 VNNI integer tiles (`int8`).
+    Int8Quads,
     Bf16Pairs,
 }
 
@@ -635,7 +637,13 @@ impl Operands {
         match self {
             Operands::Floats => channels,
             Operands::Int8Pairs | Operands::Bf16Pairs => channels.div_ceil(2),
+            Operands::Int8Quads => channels.div_ceil(4),
         }
+    }
+
+    /// Whether the integer tiles (`int8`) run these operands.
+    fn integers(self) -> bool {
+        matches!(self, Operands::Int8Pairs | Operands::Int8Quads)
     }
 }
 
@@ -709,18 +717,26 @@ impl ConvKernel {
         conv.groups == 1 && in_channels >= 4
     }
 
-    /// This int8 kernel (made with the AVX2 tiles, `Simd::Avx2`, and a layer for which
+    /// This int8 kernel (made with the AVX2 tiles, `Simd::Avx2`, or on a host with
+    /// AVX512_VNNI the AVX-512 ones, and a layer for which
     /// [`ConvKernel::int8_tiles_apply`]) on the integer tiles, given the same weights
-    /// and bias again. It keeps the f32 tiles' data for inputs with a NaN.
+    /// and bias again: pairs of i16 on AVX2, quads of bytes on AVX-512 (`int8`). It
+    /// keeps the f32 tiles' data for inputs with a NaN.
     pub fn with_int8_tiles(mut self, weight: &[f32], bias: Option<&[f32]>) -> ConvKernel {
         let Precision::Int8(input) = self.precision else {
             panic!("internal error: the integer tiles run int8 layers only");
         };
-        assert!(self.simd == Some(Simd::Avx2) && ConvKernel::int8_tiles_apply(&self.conv, self.shape.in_channels));
+        assert!(self.simd.is_some() && ConvKernel::int8_tiles_apply(&self.conv, self.shape.in_channels));
         let taps = self.conv.kernel.h * self.conv.kernel.w;
         let (integers, scales) = crate::precision::quantize_weights(weight, self.shape.out_channels);
         let m = crate::precision::output_scales(input, &scales);
-        let pairs = int8::pack_pairs(&integers, &m, bias, self.shape.in_channels, taps, self.blocking);
+        let (channels, blocking) = (self.shape.in_channels, self.blocking);
+        let pairs = match self.simd {
+            Some(Simd::Avx512) => {
+                int8::pack_quads(&integers, input.zero_point() as i32, &m, bias, channels, taps, blocking)
+            }
+            _ => int8::pack_pairs(&integers, &m, bias, channels, taps, blocking),
+        };
         self.int8_pairs = Some(pairs.len());
         self.data = [pairs, std::mem::take(&mut self.data)].concat();
         self
@@ -745,6 +761,11 @@ impl ConvKernel {
     /// The operands the tiles read.
     fn operands(&self) -> Operands {
         if self.bf16_pairs { Operands::Bf16Pairs } else { Operands::Floats }
+    }
+
+    /// The operands of the integer tiles: quads on AVX-512 (VNNI), pairs on AVX2.
+    fn integer_operands(&self) -> Operands {
+        if self.simd == Some(Simd::Avx512) { Operands::Int8Quads } else { Operands::Int8Pairs }
     }
 
     fn padded(&self) -> bool {
@@ -804,6 +825,9 @@ impl ConvKernel {
             Precision::F32 => {}
             Precision::Bf16 if self.bf16_pairs && simd.is_some() => text.push_str(", bf16 tiles (vdpbf16ps)"),
             Precision::Bf16 => text.push_str(", bf16 operands"),
+            Precision::Int8(_) if self.int8_pairs.is_some() && simd == Some(Simd::Avx512) => {
+                text.push_str(", int8 integer tiles (vpdpbusd)")
+            }
             Precision::Int8(_) if self.int8_pairs.is_some() && simd.is_some() => {
                 text.push_str(", int8 integer tiles (vpmaddwd)")
             }
@@ -842,7 +866,7 @@ impl ConvKernel {
             .map(|v| Ukernel::Tile(tile_spec(simd, &reduction, pixels, pixel_stride, v, self.register_activation)))
             .collect();
         if self.int8_pairs.is_some() {
-            let reduction = self.reduction(Operands::Int8Pairs);
+            let reduction = self.reduction(self.integer_operands());
             specs.extend(kinds.map(|v| Ukernel::Int8Tile(tile_spec(simd, &reduction, pixels, pixel_stride, v, None))));
         }
         if self.bf16_pairs {
@@ -874,7 +898,7 @@ impl ConvKernel {
                         kb.sync();
                         self.emit_groups(kb, Operands::Floats, floats, scratch_base, n, &outputs);
                     },
-                    |kb| self.emit_groups(kb, Operands::Int8Pairs, data, scratch_base, n, &outputs),
+                    |kb| self.emit_groups(kb, self.integer_operands(), data, scratch_base, n, &outputs),
                 );
             } else if self.bf16_pairs {
                 self.emit_bf16_copy(kb, x_n, scratch_base);
@@ -908,8 +932,7 @@ impl ConvKernel {
         let reduction = self.reduction(operands);
         // Packed columns per output channel: input channels (or pairs) times taps.
         let k = reduction.count * reduction.taps.len();
-        let bias_start =
-            if operands == Operands::Int8Pairs { c.groups * self.blocking.group_lanes() * k } else { self.bias_start };
+        let bias_start = if operands.integers() { c.groups * self.blocking.group_lanes() * k } else { self.bias_start };
         let group_lanes = self.blocking.group_lanes();
         let (out_base, residual_base, epilogue) = (outputs.out, outputs.residual, outputs.epilogue);
         kb.for_range(c.groups, |kb, g| {
@@ -1087,6 +1110,34 @@ impl ConvKernel {
         let pairs = s.in_channels.div_ceil(2);
         let plane = (s.in_h * s.in_w * 4) as i64;
         let nan = int8::nan_seen(kb);
+        if self.integer_operands() == Operands::Int8Quads {
+            // Quads of channels `4j` to `4j + 3`, a channel past the last reading the last
+            // (its weights are 0); the border is the zero point in every byte.
+            let quads = s.in_channels.div_ceil(4);
+            let border = u32::from_le_bytes([input.zero_point(); 4]);
+            kb.for_share(quads, |kb, quad| {
+                let first = kb.fb.ins().imul_imm_s(quad, 4);
+                let last = kb.iconst(s.in_channels as i64 - 1);
+                let srcs = [0, 1, 2, 3].map(|i| {
+                    let channel = kb.fb.ins().iadd_imm_s(first, i);
+                    let channel = kb.fb.ins().umin(channel, last);
+                    kb.index(x_n, channel, plane)
+                });
+                let dst_plane = kb.index(scratch, quad, (hp * wp * 4) as i64);
+                if !self.padded() {
+                    int8::copy_quads(kb, input, srcs, dst_plane, s.in_h * s.in_w, nan);
+                    return;
+                }
+                int8::fill_words(kb, dst_plane, hp * wp, border);
+                let dst_plane = kb.offset(dst_plane, ((p.top * wp + p.left) * 4) as i64);
+                kb.for_range(s.in_h, |kb, row| {
+                    let srcs = srcs.map(|src| kb.index(src, row, (s.in_w * 4) as i64));
+                    let dst = kb.index(dst_plane, row, (wp * 4) as i64);
+                    int8::copy_quads(kb, input, srcs, dst, s.in_w, nan);
+                });
+            });
+            return int8::any_part_saw_nan(kb, nan, slots);
+        }
         kb.for_share(pairs, |kb, pair| {
             let low = kb.index(x_n, pair, 2 * plane);
             let high = if s.in_channels % 2 == 1 {

@@ -55,17 +55,21 @@ use crate::precision::Int8Input;
 /// Bytes of one ymm register.
 const VECTOR_BYTES: i64 = 32;
 
-/// Whether the integer tile of `spec` fits AVX2's registers: the f32 tile's accumulators
-/// and weight vectors, a broadcast register and a product register.
+/// Whether the integer tile of `spec` fits: on AVX2 the f32 tile's accumulators and
+/// weight vectors, a broadcast register and a product register; on AVX-512 (the VNNI
+/// tile, [`assemble_vnni`]) the f32 tile's registers.
 pub(super) fn fits(spec: &TileSpec) -> bool {
-    spec.simd == Simd::Avx2 && !spec.bf16 && spec.fits()
+    !spec.bf16 && spec.fits()
 }
 
 /// Assembles the integer tile of `spec` (`x86::Ukernel::Int8Tile`): the signature and
-/// geometry of the f32 tiles (`x86`), `steps` pairs of input channels; the bias argument
-/// is not read (the sums start at 0).
+/// geometry of the f32 tiles (`x86`); on AVX2 `steps` pairs of input channels, the bias
+/// argument not read (the sums start at 0); on AVX-512 the VNNI tile of quads.
 pub(super) fn assemble(spec: &TileSpec) -> Result<Vec<u8>, String> {
     assert!(fits(spec), "int8 micro-kernel tile does not fit the registers: {spec:?}");
+    if spec.simd == Simd::Avx512 {
+        return assemble_vnni(spec);
+    }
     let mut a = CodeAssembler::new(64).map_err(err)?;
     let (p_count, v_count) = (spec.pixels, spec.vectors);
     let acc = |p: usize, v: usize| YMM[p * v_count + v];
@@ -111,6 +115,137 @@ pub(super) fn assemble(spec: &TileSpec) -> Result<Vec<u8>, String> {
     a.vzeroupper().map_err(err)?;
     a.ret().map_err(err)?;
     a.assemble(0).map_err(err)
+}
+
+/// Assembles the VNNI tile of `spec` (AVX-512 with AVX512_VNNI): the f32 tile's
+/// geometry over `steps` quads of input channels. The input's quad planes hold per
+/// pixel a 32-bit word of four u8 `q_x` (channels `4j` to `4j + 3`), the weights a word
+/// of four s8 `q_w` per lane; `vpdpbusd` adds the four products of each lane's bytes
+/// into its i32 accumulator, exactly. The accumulators start at the bias argument's
+/// i32 correction `-zp * sum(q_w)` ([`pack_quads`]), so that they end at the sum of
+/// `(q_x - zp) * q_w`; `vcvtdq2ps` rounds it to f32 for the store, as on AVX2.
+fn assemble_vnni(spec: &TileSpec) -> Result<Vec<u8>, String> {
+    const ZMM_BYTES: i64 = 64;
+    let zmm = |i: usize| super::x86::ZMM[i];
+    let mut a = CodeAssembler::new(64).map_err(err)?;
+    let (p_count, v_count) = (spec.pixels, spec.vectors);
+    let acc = |p: usize, v: usize| zmm(p * v_count + v);
+    let weight = |v: usize| zmm(p_count * v_count + v);
+    let x = zmm(p_count * v_count + v_count);
+    let tap_bytes = v_count as i64 * ZMM_BYTES;
+    let step_bytes = tap_bytes * spec.taps.len() as i64;
+    for p in 0..p_count {
+        for v in 0..v_count {
+            a.vmovdqu32(acc(p, v), zmmword_ptr(rdx + disp(ZMM_BYTES * v as i64)?)).map_err(err)?;
+        }
+    }
+    let step = |a: &mut CodeAssembler, u: i64| -> Result<(), String> {
+        for (t, &tap) in spec.taps.iter().enumerate() {
+            let w_offset = u * step_bytes + t as i64 * tap_bytes;
+            for v in 0..v_count {
+                a.vmovdqu32(weight(v), zmmword_ptr(rsi + disp(w_offset + ZMM_BYTES * v as i64)?)).map_err(err)?;
+            }
+            for p in 0..p_count {
+                let offset = u * spec.in_step + tap + p as i64 * spec.pixel_stride;
+                a.vpbroadcastd(x, dword_ptr(rdi + disp(offset)?)).map_err(err)?;
+                for v in 0..v_count {
+                    a.vpdpbusd(acc(p, v), x, weight(v)).map_err(err)?;
+                }
+            }
+        }
+        Ok(())
+    };
+    emit_steps(&mut a, spec, step_bytes, &step)?;
+    for p in 0..p_count {
+        for v in 0..v_count {
+            let offset = (p * v_count + v) as i64 * ZMM_BYTES;
+            a.vcvtdq2ps(acc(p, v), acc(p, v)).map_err(err)?;
+            a.vmovups(zmmword_ptr(rcx + disp(offset)?), acc(p, v)).map_err(err)?;
+        }
+    }
+    a.vzeroupper().map_err(err)?;
+    a.ret().map_err(err)?;
+    a.assemble(0).map_err(err)
+}
+
+/// The packed data of the VNNI tiles of a one-group convolution: its weights' integers
+/// (`[out][in_channels * taps]`, as f32) in quads of input channels (`[quad][tap][lane]`,
+/// a word of four s8 per lane, 0 past the last channel), then each channel's correction
+/// `-zp * sum(q_w)` as i32 bits where the pairs' zero region is (the accumulators'
+/// start), the factors `m[c]` and the bias, each laid out as the f32 tiles' bias; padded
+/// to 64 bytes.
+pub(super) fn pack_quads(
+    integers: &[f32],
+    zero_point: i32,
+    m: &[f32],
+    bias: Option<&[f32]>,
+    in_channels: usize,
+    taps: usize,
+    blocking: Blocking,
+) -> Vec<u8> {
+    let k = in_channels * taps;
+    let out_channels = integers.len() / k.max(1);
+    let quads = in_channels.div_ceil(4);
+    let mut packed: Vec<u8> = Vec::with_capacity(4 * blocking.group_lanes() * (quads * taps + 3) + 64);
+    for (first, lanes) in blocking.blocks() {
+        let rows: Vec<Option<&[f32]>> =
+            (first..first + lanes).map(|oc| (oc < out_channels).then(|| &integers[oc * k..][..k])).collect();
+        for quad in 0..quads {
+            for tap in 0..taps {
+                for row in &rows {
+                    let word = row.map_or(0, |r| {
+                        (0..4).filter(|i| 4 * quad + i < in_channels).fold(0u32, |word, i| {
+                            word | u32::from(r[(4 * quad + i) * taps + tap] as i8 as u8) << (8 * i)
+                        })
+                    });
+                    packed.extend_from_slice(&word.to_le_bytes());
+                }
+            }
+        }
+    }
+    let corrections: Vec<f32> = (0..out_channels)
+        .map(|oc| {
+            let sum: i32 = integers[oc * k..][..k].iter().map(|&w| w as i32).sum();
+            f32::from_bits((-zero_point * sum) as u32)
+        })
+        .collect();
+    packed.extend(channel_region(Some(&corrections), 1, out_channels, blocking));
+    packed.extend(channel_region(Some(m), 1, out_channels, blocking));
+    packed.extend(channel_region(bias, 1, out_channels, blocking));
+    packed.resize(packed.len().div_ceil(64) * 64, 0);
+    packed
+}
+
+/// Quantizes `count` values of four input channels (`srcs`, addresses; a channel past
+/// the last may repeat one: its weights are 0) into the words of a quad plane at `dst`,
+/// byte `i` of each word channel `i`'s `q_x` in [0, 255], noting NaNs in `nan`. Each
+/// `q_x` is `Int8Input::offset`'s plus the zero point, from [`quantize_bits`].
+pub(super) fn copy_quads(kb: &mut Kb, input: Int8Input, srcs: [Value; 4], dst: Value, count: usize, nan: Variable) {
+    let flags = MemFlagsData::new();
+    kb.map_floats(count, &srcs, dst, |kb, ty, values| {
+        let int_ty = if ty == F32 { I32 } else { types::I32X4 };
+        let shift = input.zero_point() as i64 - MAGIC_BITS;
+        let shift = kb.fb.ins().iconst(I32, shift);
+        let shift = if ty == F32 { shift } else { kb.fb.ins().splat(int_ty, shift) };
+        let mut word = None;
+        for (i, &x) in values.iter().enumerate() {
+            let bits = quantize_bits(kb, input, x, nan);
+            let q = kb.fb.ins().iadd(bits, shift);
+            let q = if i > 0 { kb.fb.ins().ishl_imm_u(q, 8 * i as i64) } else { q };
+            word = Some(match word {
+                Some(w) => kb.fb.ins().bor(w, q),
+                None => q,
+            });
+        }
+        let word = word.expect("four channels");
+        kb.fb.ins().bitcast(ty, flags, word)
+    });
+}
+
+/// Writes `count` copies of the 32-bit `word` at `dst` (a quad plane's border: the zero
+/// point in every byte, the real 0).
+pub(super) fn fill_words(kb: &mut Kb, dst: Value, count: usize, word: u32) {
+    kb.map_floats(count, &[], dst, |kb, ty, _| kb.constant(ty, f32::from_bits(word)));
 }
 
 /// The packed data of the integer tiles of a one-group convolution: its weights'
