@@ -402,7 +402,7 @@ impl Tiles {
 
 /// An int8 graph on the cpu target with `tiles` (`threads` threads), layer by layer
 /// against the interpreter's simulation, each layer fed the cpu's values of its operands:
-/// every int8 conv layer with one group and 4 input channels or more, and (AVX2) every int8
+/// every int8 conv layer with one group (on AVX2, of 4 input channels or more), and (AVX2) every int8
 /// linear layer of 4 input features or more (the rules of `ConvKernel::int8_tiles_apply`
 /// and `LinearKernel::int8_tiles_apply`), must run on the integer tiles and give the
 /// simulation's values bit for bit (a NaN for a NaN) when its epilogue is exact in f32
@@ -437,7 +437,7 @@ fn integer_tiles_against_simulation(
         let node = graph.node(id);
         let x_shape = &graph.node(graph.op_operands(id)[0]).shape;
         let on_tiles = match &node.op {
-            Op::Conv(conv) => conv.groups == 1 && x_shape[1] >= 4,
+            Op::Conv(conv) => conv.groups == 1 && (x_shape[1] >= 4 || tiles == Tiles::Vnni),
             Op::Linear { .. } => tiles == Tiles::Avx2 && x_shape.last().is_some_and(|&k| k >= 4),
             _ => false,
         };

@@ -338,9 +338,10 @@ impl PrecisionArgs {
             ),
             PrecisionArg::Int8 => Some(
                 "note: --precision int8 on the cpu target: the conv and linear layers quantize their weights and \
-                 inputs and sum the integers exactly; on AVX2 hosts the convs of one group and 4 or more input \
-                 channels and the linear layers run on integer tiles, the others (and every layer on AVX-512 \
-                 hosts, until the VNNI kernels) on the f32 kernels, with int8's results but not its speed"
+                 inputs and sum the integers exactly; on AVX-512 hosts with VNNI the convs of one group run on \
+                 vpdpbusd tiles; on AVX2 hosts (or --cpu x86-64-v3) the convs of one group and 4 or more input \
+                 channels and the linear layers run on integer tiles; the others on the f32 kernels, with int8's \
+                 results but not its speed"
                     .to_string(),
             ),
         }

@@ -443,8 +443,8 @@ fn prepare(
                 let precision = node.precision;
                 // The integer tiles: AVX2's pairs, or with AVX512_VNNI the AVX-512 quads.
                 let integer_tiles = precision.is_int8()
-                    && ConvKernel::int8_tiles_apply(conv, x_shape[1])
-                    && (simd == Some(Simd::Avx2) || (simd == Some(Simd::Avx512) && vnni));
+                    && simd.is_some_and(|simd| ConvKernel::int8_tiles_apply(conv, x_shape[1], simd))
+                    && (simd == Some(Simd::Avx2) || vnni);
                 let tiles = if integer_tiles { simd } else { reduced_precision_simd(simd) };
                 let kernel = ConvKernel::new(conv, shape, &weight.data, bias, vectors, tiles, precision);
                 if integer_tiles {

@@ -709,12 +709,14 @@ impl ConvKernel {
         self
     }
 
-    /// Whether an int8 convolution runs on the AVX2 integer tiles (`int8`): one group,
-    /// and at least 4 input channels. With 3 (an RGB image), a quarter of the pairs'
-    /// products are padding and the f32 tiles were faster (ResNet-18's 7x7 `conv1`,
-    /// one thread: 3.73 ms on the integer tiles, 2.87 on the f32 ones).
-    pub fn int8_tiles_apply(conv: &Conv, in_channels: usize) -> bool {
-        conv.groups == 1 && in_channels >= 4
+    /// Whether an int8 convolution runs on the integer tiles (`int8`) of `simd`: one
+    /// group; on AVX2 at least 4 input channels. With 3 (an RGB image), a quarter of the
+    /// pairs' products are padding and the f32 tiles were faster (ResNet-18's 7x7
+    /// `conv1`, one thread: 3.73 ms on the integer tiles, 2.87 on the f32 ones). The
+    /// VNNI tiles' four products per lane are still faster with 3 (ResNet-50's `conv1`,
+    /// one thread: 6.48 ms on the f32 tiles).
+    pub fn int8_tiles_apply(conv: &Conv, in_channels: usize, simd: Simd) -> bool {
+        conv.groups == 1 && (in_channels >= 4 || simd == Simd::Avx512)
     }
 
     /// This int8 kernel (made with the AVX2 tiles, `Simd::Avx2`, or on a host with
@@ -726,7 +728,7 @@ impl ConvKernel {
         let Precision::Int8(input) = self.precision else {
             panic!("internal error: the integer tiles run int8 layers only");
         };
-        assert!(self.simd.is_some() && ConvKernel::int8_tiles_apply(&self.conv, self.shape.in_channels));
+        assert!(self.simd.is_some_and(|simd| ConvKernel::int8_tiles_apply(&self.conv, self.shape.in_channels, simd)));
         let taps = self.conv.kernel.h * self.conv.kernel.w;
         let (integers, scales) = crate::precision::quantize_weights(weight, self.shape.out_channels);
         let m = crate::precision::output_scales(input, &scales);
