@@ -659,7 +659,7 @@ pub(crate) fn define_model<M: Module>(
     // int8 convolutions on the VNNI tiles (`kernels::int8`) where the ISA has them.
     let vnni = options.vnni_tiles && x64_has(module.isa(), "has_avx512vnni");
     // The micro-kernels are written for the System V convention.
-    let tile_sig = |arguments: usize| signature(ptr, CallConv::SystemV, arguments, false);
+    let tile_sig = |arguments: usize, returns: bool| signature(ptr, CallConv::SystemV, arguments, returns);
     let module_error = |e: cranelift_module::ModuleError| format!("internal error: Cranelift: {e:?}");
 
     // The C math functions.
@@ -773,8 +773,9 @@ pub(crate) fn define_model<M: Module>(
         for spec in specs.into_iter().filter(Ukernel::fits) {
             let bytes = spec.assemble()?;
             let name = format!("{prefix}_k{index}_tile{}", tiles.len());
-            let func =
-                module.declare_function(&name, Linkage::Local, &tile_sig(spec.arguments())).map_err(module_error)?;
+            let func = module
+                .declare_function(&name, Linkage::Local, &tile_sig(spec.arguments(), spec.returns()))
+                .map_err(module_error)?;
             module.define_function_bytes(func, 64, &bytes, &[]).map_err(module_error)?;
             tiles.push((spec, func));
         }
@@ -881,7 +882,7 @@ pub(crate) fn define_model<M: Module>(
     // (`x86::assemble_flush_enter`), the caller's MXCSR restored before they return.
     let flush = if module.isa().triple().architecture.to_string() == "x86_64" {
         let mut define = |name: &str, bytes: Vec<u8>| -> Result<FuncId, String> {
-            let func = module.declare_function(name, Linkage::Local, &tile_sig(1)).map_err(module_error)?;
+            let func = module.declare_function(name, Linkage::Local, &tile_sig(1, false)).map_err(module_error)?;
             module.define_function_bytes(func, 16, &bytes, &[]).map_err(module_error)?;
             Ok(func)
         };

@@ -870,6 +870,11 @@ impl ConvKernel {
         if self.int8_pairs.is_some() {
             let reduction = self.reduction(self.integer_operands());
             specs.extend(kinds.map(|v| Ukernel::Int8Tile(tile_spec(simd, &reduction, pixels, pixel_stride, v, None))));
+            if let (Operands::Int8Quads, Precision::Int8(input)) = (self.integer_operands(), self.precision) {
+                let s = &self.shape;
+                let pixels = if self.padded() { s.in_w } else { s.in_h * s.in_w };
+                specs.push(Ukernel::Int8Quads(int8::QuadSpec::new(input, pixels)));
+            }
         }
         if self.bf16_pairs {
             let s = &self.shape;

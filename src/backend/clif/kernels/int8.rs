@@ -36,11 +36,19 @@
 //! direct tiles fed the integers (exact too, and NaN-keeping), whose packed weights the
 //! kernel also holds.
 //!
-//! Where it runs: int8 conv layers with one group and at least 4 input channels, and
-//! int8 linear layers of at least 4 input features, on AVX2 hosts (`codegen`,
-//! `ConvKernel::int8_tiles_apply`, `LinearKernel::int8_tiles_apply`). Grouped and
-//! depthwise int8 layers, those of 1 to 3 input channels or features, and every int8
-//! layer on AVX-512 hosts run on the f32 direct tiles fed the integers.
+//! **VNNI** (AVX-512 hosts with AVX512_VNNI, [`assemble_vnni`]): quads instead of pairs.
+//! The input is copied as *quad planes* of u8 `q_x` (four channels per 32-bit word,
+//! [`QuadSpec`], a micro-kernel that also reports a NaN; the border is the zero point in
+//! every byte), the weights as s8 quads ([`pack_quads`]), and `vpdpbusd` adds each
+//! lane's four u8 x s8 products into its i32 accumulator, which starts at `-zp *
+//! sum(q_w)`: the sum of `(q_x - zp) * q_w`, exact, then as on AVX2.
+//!
+//! Where it runs: int8 conv layers with one group, on AVX2 hosts with at least 4 input
+//! channels and on AVX-512 hosts with VNNI with any (`codegen`,
+//! `ConvKernel::int8_tiles_apply`), and int8 linear layers of at least 4 input features
+//! on AVX2 hosts (`LinearKernel::int8_tiles_apply`). Grouped and depthwise int8 layers,
+//! the other small ones, the linear layers on AVX-512 hosts and every int8 layer on
+//! AVX-512 hosts without VNNI run on the f32 direct tiles fed the integers.
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
@@ -216,30 +224,108 @@ pub(super) fn pack_quads(
     packed
 }
 
-/// Quantizes `count` values of four input channels (`srcs`, addresses; a channel past
-/// the last may repeat one: its weights are 0) into the words of a quad plane at `dst`,
-/// byte `i` of each word channel `i`'s `q_x` in [0, 255], noting NaNs in `nan`. Each
-/// `q_x` is `Int8Input::offset`'s plus the zero point, from [`quantize_bits`].
-pub(super) fn copy_quads(kb: &mut Kb, input: Int8Input, srcs: [Value; 4], dst: Value, count: usize, nan: Variable) {
-    let flags = MemFlagsData::new();
-    kb.map_floats(count, &srcs, dst, |kb, ty, values| {
-        let int_ty = if ty == F32 { I32 } else { types::I32X4 };
-        let shift = input.zero_point() as i64 - MAGIC_BITS;
-        let shift = kb.fb.ins().iconst(I32, shift);
-        let shift = if ty == F32 { shift } else { kb.fb.ins().splat(int_ty, shift) };
-        let mut word = None;
-        for (i, &x) in values.iter().enumerate() {
-            let bits = quantize_bits(kb, input, x, nan);
-            let q = kb.fb.ins().iadd(bits, shift);
-            let q = if i > 0 { kb.fb.ins().ishl_imm_u(q, 8 * i as i64) } else { q };
-            word = Some(match word {
-                Some(w) => kb.fb.ins().bor(w, q),
-                None => q,
-            });
+/// Quantizes `pixels` consecutive floats of four input channels into the words of a
+/// quad plane, byte `i` of each word channel `i`'s `q_x` in [0, 255] (a channel past the
+/// last may repeat one: its weights are 0):
+///
+/// ```text
+/// uint32_t quantize(const float *c0, const float *c1, const float *c2, const float *c3,
+///                   uint32_t *quads);
+/// ```
+///
+/// Returns nonzero when any value read was NaN. Each `q_x` is `Int8Input::offset`'s
+/// plus the zero point, computed as [`quantize_bits`] computes it: `x / scale` clamped
+/// to `[-zp, 255 - zp]` (`vmaxps`, `vminps`), rounded half to even by adding [`MAGIC`],
+/// whose bits less [`MAGIC_BITS`] are the offset; plus `zp`. Sixteen pixels per vector,
+/// the rest under a mask. AVX-512F.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct QuadSpec {
+    pub pixels: usize,
+    /// The input's scale, as f32 bits.
+    pub scale: u32,
+    pub zero_point: u8,
+}
+
+impl QuadSpec {
+    pub fn new(input: Int8Input, pixels: usize) -> QuadSpec {
+        QuadSpec { pixels, scale: input.scale().to_bits(), zero_point: input.zero_point() }
+    }
+}
+
+/// Assembles a [`QuadSpec`].
+pub(super) fn assemble_quads(spec: &QuadSpec) -> Result<Vec<u8>, String> {
+    let zmm = |i: usize| super::x86::ZMM[i];
+    let mut a = CodeAssembler::new(64).map_err(err)?;
+    let zero_point = spec.zero_point as f32;
+    let constants = [
+        spec.scale,
+        (-zero_point).to_bits(),
+        (255.0 - zero_point).to_bits(),
+        MAGIC.to_bits(),
+        (spec.zero_point as i64 - MAGIC_BITS) as i32 as u32,
+    ];
+    let (scale, least, most, magic, shift) = (zmm(16), zmm(17), zmm(18), zmm(19), zmm(20));
+    for (register, value) in [scale, least, most, magic, shift].into_iter().zip(constants) {
+        a.mov(eax, value).map_err(err)?;
+        a.vpbroadcastd(register, eax).map_err(err)?;
+    }
+    a.kxorw(k2, k2, k2).map_err(err)?;
+    a.xor(r10, r10).map_err(err)?;
+    let sources = [rdi, rsi, rdx, rcx];
+    // One vector of 16 pixels at byte `r10` of each row (masked by k1 when `masked`).
+    let body = |a: &mut CodeAssembler, masked: bool| -> Result<(), String> {
+        for (c, &source) in sources.iter().enumerate() {
+            let x = zmm(c);
+            let from = zmmword_ptr(source + r10);
+            if masked { a.vmovups(x.k1().z(), from) } else { a.vmovups(x, from) }.map_err(err)?;
+            a.vcmpps(k3, x, x, 3).map_err(err)?; // UNORD_Q: NaN
+            a.korw(k2, k2, k3).map_err(err)?;
+            a.vdivps(x, x, scale).map_err(err)?;
+            a.vmaxps(x, x, least).map_err(err)?;
+            a.vminps(x, x, most).map_err(err)?;
+            a.vaddps(x, x, magic).map_err(err)?;
+            a.vpaddd(x, x, shift).map_err(err)?;
+            if c > 0 {
+                a.vpslld(x, x, 8 * c as u32).map_err(err)?;
+                a.vpord(zmm(0), zmm(0), x).map_err(err)?;
+            }
         }
-        let word = word.expect("four channels");
-        kb.fb.ins().bitcast(ty, flags, word)
-    });
+        let to = zmmword_ptr(r8 + r10);
+        if masked { a.vmovdqu32(to.k1(), zmm(0)) } else { a.vmovdqu32(to, zmm(0)) }.map_err(err)
+    };
+    let (full, rest) = (spec.pixels / 16, spec.pixels % 16);
+    if full > 0 {
+        a.mov(r9, full as u64).map_err(err)?;
+        let mut head = a.create_label();
+        a.set_label(&mut head).map_err(err)?;
+        body(&mut a, false)?;
+        a.add(r10, 64).map_err(err)?;
+        a.dec(r9).map_err(err)?;
+        a.jnz(head).map_err(err)?;
+    }
+    if rest > 0 {
+        a.mov(eax, (1u32 << rest) - 1).map_err(err)?;
+        a.kmovw(k1, eax).map_err(err)?;
+        body(&mut a, true)?;
+    }
+    a.kmovw(eax, k2).map_err(err)?;
+    a.vzeroupper().map_err(err)?;
+    a.ret().map_err(err)?;
+    a.assemble(0).map_err(err)
+}
+
+/// Quantizes `count` values of the four channels `srcs` into the quad plane at `dst`
+/// ([`QuadSpec`]'s micro-kernel, which `kb` defines for the layer), noting NaNs in
+/// `nan`.
+pub(super) fn copy_quads(kb: &mut Kb, input: Int8Input, srcs: [Value; 4], dst: Value, count: usize, nan: Variable) {
+    let spec = super::x86::Ukernel::Int8Quads(QuadSpec::new(input, count));
+    let f = kb.tile_kernel(&spec).expect("internal error: an int8 quad conversion was not defined");
+    let call = kb.fb.ins().call(f, &[srcs[0], srcs[1], srcs[2], srcs[3], dst]);
+    let seen = kb.fb.inst_results(call)[0];
+    let seen = kb.fb.ins().splat(types::I32X4, seen);
+    let so_far = kb.fb.use_var(nan);
+    let so_far = kb.fb.ins().bor(so_far, seen);
+    kb.fb.def_var(nan, so_far);
 }
 
 /// Writes `count` copies of the 32-bit `word` at `dst` (a quad plane's border: the zero

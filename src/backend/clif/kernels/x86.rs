@@ -1917,6 +1917,8 @@ pub(crate) enum Ukernel {
     /// The conversion of two channels' rows into the bf16 pairs of the `vdpbf16ps`
     /// tiles (`bf16`).
     Bf16Row(super::bf16::RowSpec),
+    /// The quantization of four channels' rows into the quads of the VNNI tiles (`int8`).
+    Int8Quads(super::int8::QuadSpec),
 }
 
 impl Ukernel {
@@ -1928,6 +1930,7 @@ impl Ukernel {
             Ukernel::Pool(spec) => spec.fits(),
             Ukernel::Depthwise(spec) => spec.fits(),
             Ukernel::Bf16Row(spec) => spec.pixels >= 1,
+            Ukernel::Int8Quads(spec) => spec.pixels >= 1,
         }
     }
 
@@ -1939,6 +1942,7 @@ impl Ukernel {
             Ukernel::Pool(spec) => assemble_pool(spec),
             Ukernel::Depthwise(spec) => assemble_depthwise(spec),
             Ukernel::Bf16Row(spec) => super::bf16::assemble_row(spec),
+            Ukernel::Int8Quads(spec) => super::int8::assemble_quads(spec),
         }
     }
 
@@ -1952,7 +1956,13 @@ impl Ukernel {
             Ukernel::Pool(_) => 2,
             Ukernel::Depthwise(_) => 4,
             Ukernel::Bf16Row(_) => 3,
+            Ukernel::Int8Quads(_) => 5,
         }
+    }
+
+    /// Whether the micro-kernel returns an I32 (`Int8Quads`: whether it met a NaN).
+    pub fn returns(&self) -> bool {
+        matches!(self, Ukernel::Int8Quads(_))
     }
 }
 
