@@ -377,8 +377,8 @@ fn the_cpu_target_quantizes_as_the_interpreter() {
     assert!(error.contains("the gpu target runs f32 only"), "{error}");
 }
 
-/// Which integer tiles a check runs: AVX2's (x86-64-v3: convs and linear layers), or
-/// the host's AVX-512 VNNI tiles (convs only).
+/// Which integer tiles a check runs: AVX2's (x86-64-v3), or the host's AVX-512 VNNI
+/// tiles.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Tiles {
     Avx2,
@@ -402,7 +402,7 @@ impl Tiles {
 
 /// An int8 graph on the cpu target with `tiles` (`threads` threads), layer by layer
 /// against the interpreter's simulation, each layer fed the cpu's values of its operands:
-/// every int8 conv layer with one group (on AVX2, of 4 input channels or more), and (AVX2) every int8
+/// every int8 conv layer with one group (on AVX2, of 4 input channels or more), and every int8
 /// linear layer of 4 input features or more (the rules of `ConvKernel::int8_tiles_apply`
 /// and `LinearKernel::int8_tiles_apply`), must run on the integer tiles and give the
 /// simulation's values bit for bit (a NaN for a NaN) when its epilogue is exact in f32
@@ -438,7 +438,7 @@ fn integer_tiles_against_simulation(
         let x_shape = &graph.node(graph.op_operands(id)[0]).shape;
         let on_tiles = match &node.op {
             Op::Conv(conv) => conv.groups == 1 && (x_shape[1] >= 4 || tiles == Tiles::Vnni),
-            Op::Linear { .. } => tiles == Tiles::Avx2 && x_shape.last().is_some_and(|&k| k >= 4),
+            Op::Linear { .. } => x_shape.last().is_some_and(|&k| k >= 4),
             _ => false,
         };
         let instruction = if tiles == Tiles::Avx2 { "(vpmaddwd)" } else { "(vpdpbusd)" };
@@ -479,7 +479,7 @@ fn integer_tiles_against_simulation(
 
 /// The integer tiles (`kernels/int8.rs`) are exact: AVX2's (x86-64-v3, also where
 /// AVX-512 is the default) and, on a host with AVX512_VNNI, the AVX-512 VNNI tiles
-/// (`vpdpbusd`, convs). Every int8 conv (one group) and (AVX2) linear layer they run
+/// (`vpdpbusd`). Every int8 conv (one group) and linear layer they run
 /// gives the simulation's values bit for bit, on the examples (batch 2) and on the
 /// random layers (odd channel and feature counts, partial tiles of pixels, rows and
 /// channels, stride, padding, dilation, no epilogue, relu and sigmoid; batch 1 to 3),
@@ -528,7 +528,7 @@ fn integer_tiles_match_the_simulation_bit_for_bit() {
 /// element only (a conv; a linear layer's whole batch), whichever part's share of the
 /// copy met it; the outputs that read it are NaN, the others exact, as in the
 /// simulation. Saturated values (infinities, outliers) run on the integer tiles. On
-/// AVX2's tiles and (convs) the VNNI tiles where the host has them.
+/// AVX2's tiles and the VNNI tiles where the host has them.
 #[test]
 fn integer_tiles_keep_nan() {
     let kinds = Tiles::on_this_host();
@@ -556,9 +556,6 @@ fn integer_tiles_keep_nan() {
         let nans = out.data.iter().filter(|x| x.is_nan()).count();
         // The 3x3 window around one pixel (away from the border), in all 19 channels.
         assert_eq!(nans, 9 * 19, "the simulation's NaNs");
-        if tiles == Tiles::Vnni {
-            continue;
-        }
 
         // A linear layer (495 features, odd): the whole batch takes the f32 tiles when a
         // row has a NaN; that row's outputs are NaN.

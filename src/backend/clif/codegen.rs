@@ -490,14 +490,22 @@ fn prepare(
             let in_features = x_shape.last().copied().unwrap_or(0);
             // A bf16 layer on an AVX512_BF16 host runs on the `vdpbf16ps` tiles
             // (`kernels::bf16`), other reduced-precision layers on the f32 tiles of at most
-            // AVX2, an int8 one on an AVX2 host on the integer tiles (`kernels::int8`).
+            // AVX2, an int8 one on an AVX2 host (or with VNNI) on the integer tiles
+            // (`kernels::int8`).
             if node.precision == Precision::Bf16 && bf16 {
                 return Ok(Kernel::Linear(LinearKernel::bf16(rows, &weight.data, bias, *out_features)));
             }
-            let tiles = if node.precision != Precision::F32 { reduced_precision_simd(simd) } else { simd };
+            let integer_tiles = node.precision.is_int8()
+                && LinearKernel::int8_tiles_apply(in_features)
+                && (simd == Some(Simd::Avx2) || (simd == Some(Simd::Avx512) && vnni));
+            let tiles = match node.precision {
+                Precision::F32 => simd,
+                _ if integer_tiles => simd,
+                _ => reduced_precision_simd(simd),
+            };
             let vectors = options.linear_vectors.max(1);
             let kernel = LinearKernel::new(rows, &weight.data, bias, *out_features, vectors, tiles, node.precision);
-            if node.precision.is_int8() && simd == Some(Simd::Avx2) && LinearKernel::int8_tiles_apply(in_features) {
+            if integer_tiles {
                 Kernel::Linear(kernel.with_int8_tiles(&weight.data, bias))
             } else {
                 Kernel::Linear(kernel)

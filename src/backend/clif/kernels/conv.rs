@@ -1379,6 +1379,11 @@ impl LinearKernel {
         kernel
     }
 
+    /// The operands of the integer tiles: quads on AVX-512 (VNNI), pairs on AVX2.
+    fn integer_operands(&self) -> Operands {
+        if self.simd == Some(Simd::Avx512) { Operands::Int8Quads } else { Operands::Int8Pairs }
+    }
+
     /// Whether an int8 linear layer runs on the AVX2 integer tiles: 4 input features or
     /// more (as convs, [`ConvKernel::int8_tiles_apply`]).
     pub fn int8_tiles_apply(in_features: usize) -> bool {
@@ -1393,10 +1398,16 @@ impl LinearKernel {
         let Precision::Int8(input) = self.precision else {
             panic!("internal error: the integer tiles run int8 layers only");
         };
-        assert!(self.simd == Some(Simd::Avx2) && LinearKernel::int8_tiles_apply(self.in_features));
+        assert!(self.simd.is_some() && LinearKernel::int8_tiles_apply(self.in_features));
         let (integers, scales) = crate::precision::quantize_weights(weight, self.out_features);
         let m = crate::precision::output_scales(input, &scales);
-        let pairs = int8::pack_pairs(&integers, &m, bias, self.in_features, 1, self.blocking);
+        let (features, blocking) = (self.in_features, self.blocking);
+        let pairs = match self.simd {
+            Some(Simd::Avx512) => {
+                int8::pack_quads(&integers, input.zero_point() as i32, &m, bias, features, 1, blocking)
+            }
+            _ => int8::pack_pairs(&integers, &m, bias, features, 1, blocking),
+        };
         self.int8_pairs = Some(pairs.len());
         self.data = [pairs, std::mem::take(&mut self.data)].concat();
         self
@@ -1428,6 +1439,9 @@ impl LinearKernel {
             Precision::F32 => "",
             Precision::Bf16 if self.bf16_pairs && simd.is_some() => ", bf16 tiles (vdpbf16ps)",
             Precision::Bf16 => ", bf16 operands",
+            Precision::Int8(_) if self.int8_pairs.is_some() && simd == Some(Simd::Avx512) => {
+                ", int8 integer tiles (vpdpbusd)"
+            }
             Precision::Int8(_) if self.int8_pairs.is_some() && simd.is_some() => ", int8 integer tiles (vpmaddwd)",
             Precision::Int8(_) => ", int8 operands (as f32)",
         };
@@ -1443,7 +1457,7 @@ impl LinearKernel {
         let mut specs: Vec<Ukernel> =
             kinds.clone().map(|v| Ukernel::Tile(tile_spec(simd, &reduction, pixels, stride, v, None))).collect();
         if self.int8_pairs.is_some() {
-            let reduction = self.reduction(Operands::Int8Pairs);
+            let reduction = self.reduction(self.integer_operands());
             let stride = (reduction.count * 4) as i64;
             specs.extend(kinds.map(|v| Ukernel::Int8Tile(tile_spec(simd, &reduction, pixels, stride, v, None))));
         }
@@ -1480,13 +1494,19 @@ impl LinearKernel {
                 self.emit_rows(kb, Operands::Bf16Pairs, data, scratch_base, &outputs);
             }
             (Precision::Int8(input), Some(pairs_bytes)) => {
-                // The rows as i16 offsets, `ceil(k / 2)` words each.
-                let row_bytes = (k.div_ceil(2) * 4) as i64;
+                // The rows as i16 offsets (AVX2) or u8 `q_x` (VNNI), `ceil(k / 2)` or
+                // `ceil(k / 4)` words each.
+                let operands = self.integer_operands();
+                let row_bytes = (operands.steps(k) * 4) as i64;
                 let nan = int8::nan_seen(kb);
                 kb.for_share(self.batch, |kb, row| {
                     let src = kb.index(x_base, row, (k * 4) as i64);
                     let dst = kb.index(scratch_base, row, row_bytes);
-                    int8::copy_row(kb, input, src, dst, k, nan);
+                    if operands == Operands::Int8Quads {
+                        int8::copy_row_bytes(kb, input, src, dst, k, nan);
+                    } else {
+                        int8::copy_row(kb, input, src, dst, k, nan);
+                    }
                 });
                 let slots = kb.offset(scratch_base, self.nan_slots() as i64);
                 let nan = int8::any_part_saw_nan(kb, nan, slots);
@@ -1498,7 +1518,7 @@ impl LinearKernel {
                         float_copy(kb);
                         self.emit_rows(kb, Operands::Floats, floats, scratch_base, &outputs);
                     },
-                    |kb| self.emit_rows(kb, Operands::Int8Pairs, data, scratch_base, &outputs),
+                    |kb| self.emit_rows(kb, operands, data, scratch_base, &outputs),
                 );
             }
             _ => {
@@ -1513,8 +1533,7 @@ impl LinearKernel {
     fn emit_rows(&self, kb: &mut Kb, operands: Operands, data: Value, x_base: Value, outputs: &Outputs) {
         let reduction = self.reduction(operands);
         let k = reduction.count;
-        let bias_start =
-            if operands == Operands::Int8Pairs { self.blocking.group_lanes() * k } else { self.bias_start };
+        let bias_start = if operands.integers() { self.blocking.group_lanes() * k } else { self.bias_start };
         // A row per batch element: the features of one output are 4 bytes apart.
         let bases = BlockBases {
             weights: data,

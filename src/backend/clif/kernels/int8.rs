@@ -328,6 +328,37 @@ pub(super) fn copy_quads(kb: &mut Kb, input: Int8Input, srcs: [Value; 4], dst: V
     kb.fb.def_var(nan, so_far);
 }
 
+/// Quantizes a row of `count` values at `src` into `count` u8 `q_x` at `dst`, in order
+/// (so word `j` holds values `4j` to `4j + 3`, as a linear layer's VNNI tiles read them);
+/// the bytes after the last up to a whole word are left as they are (their weights are
+/// 0, and integer products of 0 are 0). NaNs noted in `nan`.
+pub(super) fn copy_row_bytes(kb: &mut Kb, input: Int8Input, src: Value, dst: Value, count: usize, nan: Variable) {
+    let shift = kb.fb.ins().iconst(I32, input.zero_point() as i64 - MAGIC_BITS);
+    let shift_vector = kb.fb.ins().splat(types::I32X4, shift);
+    let little = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+    // Four values at a time: their u8 `q_x` narrowed (exactly: they are in [0, 255])
+    // into the first word of a vector.
+    kb.for_range(count / 4, |kb, i| {
+        let from = kb.index(src, i, 16);
+        let x = kb.load(types::F32X4, from, 0);
+        let bits = quantize_bits(kb, input, x, nan);
+        let q = kb.fb.ins().iadd(bits, shift_vector);
+        let halves = kb.fb.ins().unarrow(q, q);
+        let bytes = kb.fb.ins().unarrow(halves, halves);
+        let words = kb.fb.ins().bitcast(types::I32X4, little, bytes);
+        let word = kb.fb.ins().extractlane(words, 0);
+        let to = kb.index(dst, i, 4);
+        kb.store(word, to, 0);
+    });
+    for i in count / 4 * 4..count {
+        let x = kb.load(F32, src, 4 * i as i64);
+        let bits = quantize_bits(kb, input, x, nan);
+        let q = kb.fb.ins().iadd(bits, shift);
+        let q = kb.fb.ins().ireduce(types::I8, q);
+        kb.store(q, dst, i as i64);
+    }
+}
+
 /// Writes `count` copies of the 32-bit `word` at `dst` (a quad plane's border: the zero
 /// point in every byte, the real 0).
 pub(super) fn fill_words(kb: &mut Kb, dst: Value, count: usize, word: u32) {
