@@ -20,7 +20,8 @@
 //! into its scratch buffer, then runs direct tiles (no Winograd, pointwise or depthwise
 //! kernels for a bf16 layer): on a host with AVX512_BF16 and no `--cpu` level, the
 //! `vdpbf16ps` tiles of `backend/clif/kernels/bf16.rs` (pairs of input channels, two
-//! exact products per f32 lane); elsewhere the f32 tiles over the rounded operands,
+//! exact products per f32 lane; pointwise layers on large planes on the pointwise pixel
+//! tiles with `vdpbf16ps`); elsewhere the f32 tiles over the rounded operands,
 //! which give bf16's results at every CPU level but not its speed. The gpu target runs
 //! f32 only and refuses bf16.
 //!
@@ -73,17 +74,24 @@
 //!   bit for bit the simulation, with no limit on the partial sums but i32's. An input
 //!   with a NaN (no integer holds one) takes the f32 direct tiles below (for that batch
 //!   element; a linear layer's whole batch);
-//! - every other int8 layer (grouped and depthwise convs, those of 1 to 3 input
-//!   channels or features, and all of them on AVX-512 hosts and below AVX2) runs on the
-//!   f32 direct tiles fed the integers,
+//! - on an AVX-512 host with AVX512_VNNI (the host's ISA, no `--cpu` level), a conv
+//!   layer with one group, whatever its input channels, or a linear layer of at least 4
+//!   input features, runs on the VNNI tiles of the same file: the input copied as u8
+//!   `q_x`, four input channels (or features) per 32-bit word, the weights as s8 quads,
+//!   `vpdpbusd` summing four products per lane exactly into i32 accumulators that start
+//!   at `-zp * sum(q_w)` (so that they end at the sum of `(q_x - zp) * q_w`), then the
+//!   same store: bit for bit the simulation, a NaN handled as on AVX2;
+//! - every other int8 layer (grouped and depthwise convs, on AVX2 those of 1 to 3 input
+//!   channels or features, on AVX-512 hosts without VNNI all of them, and below AVX2)
+//!   runs on the f32 direct tiles fed the integers,
 //!   `q_x - zp` (as the input is copied into the scratch buffer) and `q_w` (packed),
 //!   whose products are exact in f32 and whose sums are exact while every partial sum
 //!   stays below 2^24 in magnitude (at least up to K = 518 whatever the values; beyond,
 //!   a sum past 2^24 rounds, by at most 2^-24 of it); the accumulators start at 0 and
 //!   the store is the same. This gives int8's results but not its speed.
 //!
-//! No Winograd, pointwise or depthwise kernels for an int8 layer, as for bf16. The
-//! VNNI kernels (`vpdpbusd` on AVX-512) are left for later; `--precision auto`
+//! No Winograd, pointwise or depthwise kernels for an int8 layer (a bf16 layer has the
+//! pointwise pixel tiles on large planes, and no others); `--precision auto`
 //! (`crate::auto_precision`) chooses per layer between f32, bf16 and int8. The gpu
 //! target refuses int8.
 
