@@ -55,6 +55,17 @@ pub(crate) fn pack_pairs(weight: &[f32], out: usize, channels: usize, taps: usiz
     packed
 }
 
+/// Pair plane `i` (a run-time value) of runs of `pairs` pair planes, each run over
+/// `channels` input channels (a group's, or an image's): `(pair, channel)`, its index in
+/// its run and the input channel of its low half.
+pub(super) fn pair_channel(kb: &mut Kb, i: Value, pairs: usize, channels: usize) -> (Value, Value) {
+    let run = kb.fb.ins().udiv_imm_u(i, pairs as i64);
+    let pair = kb.fb.ins().urem_imm_u(i, pairs as i64);
+    let first = kb.fb.ins().imul_imm_s(run, channels as i64);
+    let low = kb.fb.ins().imul_imm_s(pair, 2);
+    (pair, kb.fb.ins().iadd(first, low))
+}
+
 /// The [`RowSpec`] micro-kernels [`convert`] calls for rows of `pixels`: two channels,
 /// then (for an odd count of channels) the last one alone.
 pub(super) fn row_specs(pixels: usize, odd: bool) -> Vec<Ukernel> {

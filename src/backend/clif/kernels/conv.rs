@@ -1042,28 +1042,51 @@ impl ConvKernel {
         (units.div_ceil(size), size)
     }
 
+    /// Writes one plane of the copy at `dst_plane` (padded geometry, 32-bit words) from
+    /// the input planes `srcs`: without padding the whole plane in one `convert` call,
+    /// else `border` over the whole padded plane (`border(kb, dst, words)`) and then
+    /// `convert(kb, rows, dst, pixels)` row by row into its interior.
+    fn emit_plane<const N: usize>(
+        &self,
+        kb: &mut Kb,
+        srcs: [Value; N],
+        dst_plane: Value,
+        border: impl Fn(&mut Kb, Value, usize),
+        convert: impl Fn(&mut Kb, [Value; N], Value, usize),
+    ) {
+        let s = &self.shape;
+        let p = self.conv.pad;
+        let (hp, wp) = self.padded_hw();
+        if !self.padded() {
+            // The plane in one run, not row by row.
+            convert(kb, srcs, dst_plane, s.in_h * s.in_w);
+            return;
+        }
+        border(kb, dst_plane, hp * wp);
+        let dst_plane = kb.offset(dst_plane, ((p.top * wp + p.left) * 4) as i64);
+        kb.for_range(s.in_h, |kb, row| {
+            let rows = srcs.map(|src| kb.index(src, row, (s.in_w * 4) as i64));
+            let dst = kb.index(dst_plane, row, (wp * 4) as i64);
+            convert(kb, rows, dst, s.in_w);
+        });
+    }
+
     /// Copies one batch element's input into the scratch buffer with zero borders (this
     /// part's share of the channels), rounded to bf16 for a bf16 layer, as the integer
     /// offsets `q_x - zp` for an int8 layer (the zero borders are then the real 0's).
     fn emit_pad_copy(&self, kb: &mut Kb, x_n: Value, scratch: Value) {
         let s = &self.shape;
-        let p = self.conv.pad;
         let (hp, wp) = self.padded_hw();
         kb.for_share(s.in_channels, |kb, channel| {
             let src_plane = kb.index(x_n, channel, (s.in_h * s.in_w * 4) as i64);
             let dst_plane = kb.index(scratch, channel, (hp * wp * 4) as i64);
-            if !self.padded() {
-                // Only rounded or quantized: the plane in one run, not row by row.
-                copy_operand(kb, self.precision, src_plane, dst_plane, s.in_h * s.in_w);
-                return;
-            }
-            kb.zero_floats(dst_plane, hp * wp);
-            let dst_plane = kb.offset(dst_plane, ((p.top * wp + p.left) * 4) as i64);
-            kb.for_range(s.in_h, |kb, row| {
-                let src = kb.index(src_plane, row, (s.in_w * 4) as i64);
-                let dst = kb.index(dst_plane, row, (wp * 4) as i64);
-                copy_operand(kb, self.precision, src, dst, s.in_w);
-            });
+            self.emit_plane(
+                kb,
+                [src_plane],
+                dst_plane,
+                |kb: &mut Kb, dst, words| kb.zero_floats(dst, words),
+                |kb, [src], dst, count| copy_operand(kb, self.precision, src, dst, count),
+            );
         });
     }
 
@@ -1074,34 +1097,23 @@ impl ConvKernel {
     /// channel's partner a zero.
     fn emit_bf16_copy(&self, kb: &mut Kb, x_n: Value, scratch: Value) {
         let s = &self.shape;
-        let p = self.conv.pad;
         let (hp, wp) = self.padded_hw();
         let in_per_group = s.in_channels / self.conv.groups;
         let pairs = Operands::Bf16Pairs.steps(in_per_group);
         let plane = (s.in_h * s.in_w * 4) as i64;
         let odd = in_per_group % 2 == 1;
-        let pixels = if self.padded() { s.in_w } else { s.in_h * s.in_w };
         kb.for_share(self.conv.groups * pairs, |kb, i| {
-            let group = kb.fb.ins().udiv_imm_u(i, pairs as i64);
-            let pair = kb.fb.ins().urem_imm_u(i, pairs as i64);
-            let first = kb.fb.ins().imul_imm_s(group, in_per_group as i64);
-            let pair_channel = kb.fb.ins().imul_imm_s(pair, 2);
-            let channel = kb.fb.ins().iadd(first, pair_channel);
+            let (pair, channel) = bf16::pair_channel(kb, i, pairs, in_per_group);
             let low = kb.index(x_n, channel, plane);
             let high = kb.offset(low, plane);
             let dst_plane = kb.index(scratch, i, (hp * wp * 4) as i64);
-            if !self.padded() {
-                bf16::convert(kb, (low, high), dst_plane, pixels, odd, pair, pairs);
-                return;
-            }
-            kb.zero_floats(dst_plane, hp * wp);
-            let dst_plane = kb.offset(dst_plane, ((p.top * wp + p.left) * 4) as i64);
-            kb.for_range(s.in_h, |kb, row| {
-                let low = kb.index(low, row, (s.in_w * 4) as i64);
-                let high = kb.index(high, row, (s.in_w * 4) as i64);
-                let dst = kb.index(dst_plane, row, (wp * 4) as i64);
-                bf16::convert(kb, (low, high), dst, pixels, odd, pair, pairs);
-            });
+            self.emit_plane(
+                kb,
+                [low, high],
+                dst_plane,
+                |kb: &mut Kb, dst, words| kb.zero_floats(dst, words),
+                |kb, [low, high], dst, pixels| bf16::convert(kb, (low, high), dst, pixels, odd, pair, pairs),
+            );
         });
     }
 
@@ -1112,7 +1124,6 @@ impl ConvKernel {
     fn emit_pair_copy(&self, kb: &mut Kb, x_n: Value, scratch: Value, slots: Value) -> Value {
         let Precision::Int8(input) = self.precision else { unreachable!("the integer tiles run int8 layers") };
         let s = &self.shape;
-        let p = self.conv.pad;
         let (hp, wp) = self.padded_hw();
         let pairs = s.in_channels.div_ceil(2);
         let plane = (s.in_h * s.in_w * 4) as i64;
@@ -1131,16 +1142,9 @@ impl ConvKernel {
                     kb.index(x_n, channel, plane)
                 });
                 let dst_plane = kb.index(scratch, quad, (hp * wp * 4) as i64);
-                if !self.padded() {
-                    int8::copy_quads(kb, input, srcs, dst_plane, s.in_h * s.in_w, nan);
-                    return;
-                }
-                int8::fill_words(kb, dst_plane, hp * wp, border);
-                let dst_plane = kb.offset(dst_plane, ((p.top * wp + p.left) * 4) as i64);
-                kb.for_range(s.in_h, |kb, row| {
-                    let srcs = srcs.map(|src| kb.index(src, row, (s.in_w * 4) as i64));
-                    let dst = kb.index(dst_plane, row, (wp * 4) as i64);
-                    int8::copy_quads(kb, input, srcs, dst, s.in_w, nan);
+                let border = |kb: &mut Kb, dst, words| int8::fill_words(kb, dst, words, border);
+                self.emit_plane(kb, srcs, dst_plane, border, |kb, srcs, dst, pixels| {
+                    int8::copy_quads(kb, input, srcs, dst, pixels, nan)
                 });
             });
             return int8::any_part_saw_nan(kb, nan, slots);
@@ -1156,18 +1160,13 @@ impl ConvKernel {
                 kb.offset(low, plane)
             };
             let dst_plane = kb.index(scratch, pair, (hp * wp * 4) as i64);
-            if !self.padded() {
-                int8::copy_pairs(kb, input, (low, high), dst_plane, s.in_h * s.in_w, nan);
-                return;
-            }
-            kb.zero_floats(dst_plane, hp * wp);
-            let dst_plane = kb.offset(dst_plane, ((p.top * wp + p.left) * 4) as i64);
-            kb.for_range(s.in_h, |kb, row| {
-                let low = kb.index(low, row, (s.in_w * 4) as i64);
-                let high = kb.index(high, row, (s.in_w * 4) as i64);
-                let dst = kb.index(dst_plane, row, (wp * 4) as i64);
-                int8::copy_pairs(kb, input, (low, high), dst, s.in_w, nan);
-            });
+            self.emit_plane(
+                kb,
+                [low, high],
+                dst_plane,
+                |kb: &mut Kb, dst, words| kb.zero_floats(dst, words),
+                |kb, [low, high], dst, pixels| int8::copy_pairs(kb, input, (low, high), dst, pixels, nan),
+            );
         });
         int8::any_part_saw_nan(kb, nan, slots)
     }

@@ -381,11 +381,7 @@ impl PointwiseKernel {
             let plane_bytes = 4 * self.plane as i64;
             let scratch = kb.addr(scratch);
             kb.for_share(self.batch * pairs, |kb, i| {
-                let image = kb.fb.ins().udiv_imm_u(i, pairs as i64);
-                let pair = kb.fb.ins().urem_imm_u(i, pairs as i64);
-                let first = kb.fb.ins().imul_imm_s(image, channels as i64);
-                let pair_channel = kb.fb.ins().imul_imm_s(pair, 2);
-                let channel = kb.fb.ins().iadd(first, pair_channel);
+                let (pair, channel) = bf16::pair_channel(kb, i, pairs, channels);
                 let low = kb.index(x_base, channel, plane_bytes);
                 let high = kb.offset(low, plane_bytes);
                 let dst = kb.index(scratch, i, plane_bytes);
