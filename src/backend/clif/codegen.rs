@@ -97,9 +97,10 @@ pub struct CodegenOptions {
     /// the target is this host with AVX-512 and AVX512_BF16 (no `cpu` level named: none
     /// includes it); otherwise, or when false, on the f32 tiles over rounded operands.
     pub bf16_tiles: bool,
-    /// Run int8 convolutions on the AVX-512 VNNI integer tiles (`kernels/int8.rs`,
-    /// `vpdpbusd`) when the target has AVX512_VNNI (the host's ISA; no x86-64 level
-    /// includes it); otherwise, or when false, on the f32 tiles fed the integers.
+    /// Run int8 convs and linear layers on the AVX-512 VNNI integer tiles
+    /// (`kernels/int8.rs`, `vpdpbusd`) when the target has AVX512_VNNI (the host's ISA;
+    /// no x86-64 level includes it); otherwise, or when false, on the f32 tiles fed the
+    /// integers.
     pub vnni_tiles: bool,
     /// Run Cranelift's IR verifier on every function (slower compiles).
     pub verify: bool,
@@ -425,8 +426,8 @@ fn prepare(
             let bias = bias.map(|b| b.data.as_slice());
             // A bf16 or int8 layer runs on the direct tiles, which round or quantize its
             // operands; a bf16 one on the `vdpbf16ps` tiles where the host has them
-            // (`kernels::bf16`), an int8 one on an AVX2 host on the integer tiles when
-            // they apply (`kernels::int8`; AVX-512 hosts keep the f32 tiles for now).
+            // (`kernels::bf16`), an int8 one on the integer tiles when they apply, on an
+            // AVX2 host or with VNNI (`kernels::int8`).
             let vectors = options.conv_vectors.max(1);
             if node.precision == Precision::Bf16 && bf16 {
                 // Pointwise layers on large planes on the pixel-lane tiles, which store
@@ -497,7 +498,7 @@ fn prepare(
             }
             let integer_tiles = node.precision.is_int8()
                 && LinearKernel::int8_tiles_apply(in_features)
-                && (simd == Some(Simd::Avx2) || (simd == Some(Simd::Avx512) && vnni));
+                && (simd == Some(Simd::Avx2) || vnni);
             let tiles = match node.precision {
                 Precision::F32 => simd,
                 _ if integer_tiles => simd,
@@ -664,8 +665,8 @@ pub(crate) fn define_model<M: Module>(
         _ => None,
     };
     let bf16 = bf16_tiles(options, simd);
-    // int8 convolutions on the VNNI tiles (`kernels::int8`) where the ISA has them.
-    let vnni = options.vnni_tiles && x64_has(module.isa(), "has_avx512vnni");
+    // int8 layers on the AVX-512 VNNI tiles (`kernels::int8`) where the ISA has them.
+    let vnni = options.vnni_tiles && simd == Some(Simd::Avx512) && x64_has(module.isa(), "has_avx512vnni");
     // The micro-kernels are written for the System V convention.
     let tile_sig = |arguments: usize, returns: bool| signature(ptr, CallConv::SystemV, arguments, returns);
     let module_error = |e: cranelift_module::ModuleError| format!("internal error: Cranelift: {e:?}");

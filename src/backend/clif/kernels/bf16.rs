@@ -1,8 +1,8 @@
 //! The bf16 convolution and linear layers of AVX512_BF16 hosts (issue #19): the weights
 //! packed as bf16 pairs, the input converted into bf16 pairs, and with
 //! `TileSpec::bf16` (a `vdpbf16ps` per multiply-add) the f32 direct tiles' geometry with
-//! half the reduction steps (`conv::ConvKernel::with_bf16_tiles`,
-//! `conv::LinearKernel::with_bf16_tiles`):
+//! half the reduction steps (`conv::ConvKernel::bf16`, `conv::LinearKernel::bf16`,
+//! `pointwise::PointwiseKernel::bf16`):
 //!
 //! - **Input.** One batch element's input, per group, becomes `ceil(C / 2)` planes of
 //!   32-bit bf16 pairs (input channel `2s` in the low half, `2s + 1` in the high half,
@@ -160,7 +160,6 @@ fn err(e: IcedError) -> String {
 pub(crate) fn assemble_row(spec: &RowSpec) -> Result<Vec<u8>, String> {
     assert!(spec.pixels >= 1, "an empty bf16 conversion");
     let mut a = CodeAssembler::new(64).map_err(err)?;
-    let (full, rest) = (spec.pixels / 16, spec.pixels % 16);
     // One vector: loads (masked with k1 when `masked`), conversions, the store.
     let body = |a: &mut CodeAssembler, masked: bool| -> Result<(), String> {
         let load = |a: &mut CodeAssembler, to: AsmRegisterZmm, from: AsmRegister64| {
@@ -178,24 +177,14 @@ pub(crate) fn assemble_row(spec: &RowSpec) -> Result<Vec<u8>, String> {
         }
         if masked { a.vmovups(zmmword_ptr(rdx).k1(), zmm0) } else { a.vmovups(zmmword_ptr(rdx), zmm0) }.map_err(err)
     };
-    if full > 0 {
-        a.mov(rcx, full as u64).map_err(err)?;
-        let mut head = a.create_label();
-        a.set_label(&mut head).map_err(err)?;
-        body(&mut a, false)?;
+    let advance = |a: &mut CodeAssembler| -> Result<(), String> {
         a.add(rdi, 64).map_err(err)?;
         if spec.high {
             a.add(rsi, 64).map_err(err)?;
         }
-        a.add(rdx, 64).map_err(err)?;
-        a.dec(rcx).map_err(err)?;
-        a.jnz(head).map_err(err)?;
-    }
-    if rest > 0 {
-        a.mov(eax, (1u32 << rest) - 1).map_err(err)?;
-        a.kmovw(k1, eax).map_err(err)?;
-        body(&mut a, true)?;
-    }
+        a.add(rdx, 64).map_err(err)
+    };
+    super::x86::emit_lanes_512(&mut a, spec.pixels, rcx, &body, &advance)?;
     a.vzeroupper().map_err(err)?;
     a.ret().map_err(err)?;
     a.assemble(0).map_err(err)

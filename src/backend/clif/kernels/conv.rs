@@ -29,11 +29,12 @@
 
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, types};
+use cranelift_frontend::Variable;
 
 use super::x86::{RegisterActivation, Simd, TileSpec, Ukernel};
 use super::{F32, F32X4, Kb, Loc, MicroKernel, bf16, int8};
 use crate::ir::{Conv, Epilogue};
-use crate::precision::Precision;
+use crate::precision::{Int8Input, Precision};
 
 /// The fewest chunks a plane is cut into when it has that many units (rows or tiles):
 /// the parts of a multithreaded run share a convolution's chunks.
@@ -287,8 +288,8 @@ fn emit_tile(
     let int8 = reduction.operands.integers();
     let ukernel = spec.map(|spec| if int8 { Ukernel::Int8Tile(spec) } else { Ukernel::Tile(spec) });
     let func = ukernel.and_then(|ukernel| kb.tile_kernel(&ukernel));
-    // The pairs are only laid out for kernels whose pair tiles all fit (`with_int8_tiles`,
-    // `with_bf16_tiles`).
+    // The pairs (or quads) are only laid out for kernels whose tiles all fit
+    // (`with_int8_tiles`, `ConvKernel::bf16`, `LinearKernel::bf16`).
     assert!(func.is_some() || reduction.operands == Operands::Floats, "internal error: a pair tile was not defined");
     if let Some(func) = func {
         // The machine-code micro-kernel leaves the tile pixel-major in a stack buffer.
@@ -609,10 +610,11 @@ pub(crate) struct ConvKernel {
     /// [`ConvKernel::with_register_activation`]: the whole epilogue is then that
     /// activation, and the store applies nothing.
     register_activation: Option<RegisterActivation>,
-    /// int8 on the AVX2 integer tiles ([`ConvKernel::with_int8_tiles`]): the bytes of
-    /// their packed data (`int8::pack_pairs`), which comes first, the f32 tiles' after it.
+    /// int8 on the integer tiles ([`ConvKernel::with_int8_tiles`]; AVX2's pairs or the
+    /// VNNI quads): the bytes of their packed data (`int8::pack`), which comes first, the
+    /// f32 tiles' after it.
     int8_pairs: Option<usize>,
-    /// bf16 on the `vdpbf16ps` tiles ([`ConvKernel::with_bf16_tiles`]): the data is the
+    /// bf16 on the `vdpbf16ps` tiles ([`ConvKernel::bf16`]): the data is the
     /// weights as bf16 pairs, the input is copied as pair planes.
     bf16_pairs: bool,
     /// The packed weights and bias, little-endian f32.
@@ -644,6 +646,12 @@ impl Operands {
     /// Whether the integer tiles (`int8`) run these operands.
     fn integers(self) -> bool {
         matches!(self, Operands::Int8Pairs | Operands::Int8Quads)
+    }
+
+    /// The operands of the integer tiles of `simd`: quads on AVX-512 (VNNI), pairs on
+    /// AVX2.
+    fn integer_tiles(simd: Option<Simd>) -> Operands {
+        if simd == Some(Simd::Avx512) { Operands::Int8Quads } else { Operands::Int8Pairs }
     }
 }
 
@@ -728,17 +736,10 @@ impl ConvKernel {
         let Precision::Int8(input) = self.precision else {
             panic!("internal error: the integer tiles run int8 layers only");
         };
-        assert!(self.simd.is_some_and(|simd| ConvKernel::int8_tiles_apply(&self.conv, self.shape.in_channels, simd)));
+        let simd = self.simd.filter(|&simd| ConvKernel::int8_tiles_apply(&self.conv, self.shape.in_channels, simd));
+        let simd = simd.expect("internal error: the integer tiles do not apply");
         let taps = self.conv.kernel.h * self.conv.kernel.w;
-        let (integers, scales) = crate::precision::quantize_weights(weight, self.shape.out_channels);
-        let m = crate::precision::output_scales(input, &scales);
-        let (channels, blocking) = (self.shape.in_channels, self.blocking);
-        let pairs = match self.simd {
-            Some(Simd::Avx512) => {
-                int8::pack_quads(&integers, input.zero_point() as i32, &m, bias, channels, taps, blocking)
-            }
-            _ => int8::pack_pairs(&integers, &m, bias, channels, taps, blocking),
-        };
+        let pairs = int8::pack(simd, weight, input, bias, self.shape.in_channels, taps, self.blocking);
         self.int8_pairs = Some(pairs.len());
         self.data = [pairs, std::mem::take(&mut self.data)].concat();
         self
@@ -763,11 +764,6 @@ impl ConvKernel {
     /// The operands the tiles read.
     fn operands(&self) -> Operands {
         if self.bf16_pairs { Operands::Bf16Pairs } else { Operands::Floats }
-    }
-
-    /// The operands of the integer tiles: quads on AVX-512 (VNNI), pairs on AVX2.
-    fn integer_operands(&self) -> Operands {
-        if self.simd == Some(Simd::Avx512) { Operands::Int8Quads } else { Operands::Int8Pairs }
     }
 
     fn padded(&self) -> bool {
@@ -868,18 +864,16 @@ impl ConvKernel {
             .map(|v| Ukernel::Tile(tile_spec(simd, &reduction, pixels, pixel_stride, v, self.register_activation)))
             .collect();
         if self.int8_pairs.is_some() {
-            let reduction = self.reduction(self.integer_operands());
+            let reduction = self.reduction(Operands::integer_tiles(self.simd));
             specs.extend(kinds.map(|v| Ukernel::Int8Tile(tile_spec(simd, &reduction, pixels, pixel_stride, v, None))));
-            if let (Operands::Int8Quads, Precision::Int8(input)) = (self.integer_operands(), self.precision) {
-                let s = &self.shape;
-                let pixels = if self.padded() { s.in_w } else { s.in_h * s.in_w };
-                specs.push(Ukernel::Int8Quads(int8::QuadSpec::new(input, pixels)));
+            if let (Operands::Int8Quads, Precision::Int8(input)) = (Operands::integer_tiles(self.simd), self.precision)
+            {
+                specs.push(Ukernel::Int8Quads(int8::QuadSpec::new(input, self.copied_run())));
             }
         }
         if self.bf16_pairs {
-            let s = &self.shape;
-            let pixels = if self.padded() { s.in_w } else { s.in_h * s.in_w };
-            specs.extend(bf16::row_specs(pixels, (s.in_channels / self.conv.groups) % 2 == 1));
+            let odd = (self.shape.in_channels / self.conv.groups) % 2 == 1;
+            specs.extend(bf16::row_specs(self.copied_run(), odd));
         }
         specs
     }
@@ -895,7 +889,7 @@ impl ConvKernel {
             let x_n = kb.index(x_base, n, in_image);
             if let Some(pairs_bytes) = self.int8_pairs {
                 let slots = kb.offset(scratch_base, self.nan_slots() as i64);
-                let nan = self.emit_pair_copy(kb, x_n, scratch_base, slots);
+                let nan = self.emit_integer_copy(kb, x_n, scratch_base, slots);
                 let floats = kb.offset(data, pairs_bytes as i64);
                 kb.when_else(
                     nan,
@@ -905,7 +899,7 @@ impl ConvKernel {
                         kb.sync();
                         self.emit_groups(kb, Operands::Floats, floats, scratch_base, n, &outputs);
                     },
-                    |kb| self.emit_groups(kb, self.integer_operands(), data, scratch_base, n, &outputs),
+                    |kb| self.emit_groups(kb, Operands::integer_tiles(self.simd), data, scratch_base, n, &outputs),
                 );
             } else if self.bf16_pairs {
                 self.emit_bf16_copy(kb, x_n, scratch_base);
@@ -1042,6 +1036,13 @@ impl ConvKernel {
         (units.div_ceil(size), size)
     }
 
+    /// The values [`Self::emit_plane`] converts in one run: a row of a padded plane, or a
+    /// whole plane.
+    fn copied_run(&self) -> usize {
+        let s = &self.shape;
+        if self.padded() { s.in_w } else { s.in_h * s.in_w }
+    }
+
     /// Writes one plane of the copy at `dst_plane` (padded geometry, 32-bit words) from
     /// the input planes `srcs`: without padding the whole plane in one `convert` call,
     /// else `border` over the whole padded plane (`border(kb, dst, words)`) and then
@@ -1059,7 +1060,7 @@ impl ConvKernel {
         let (hp, wp) = self.padded_hw();
         if !self.padded() {
             // The plane in one run, not row by row.
-            convert(kb, srcs, dst_plane, s.in_h * s.in_w);
+            convert(kb, srcs, dst_plane, self.copied_run());
             return;
         }
         border(kb, dst_plane, hp * wp);
@@ -1067,7 +1068,7 @@ impl ConvKernel {
         kb.for_range(s.in_h, |kb, row| {
             let rows = srcs.map(|src| kb.index(src, row, (s.in_w * 4) as i64));
             let dst = kb.index(dst_plane, row, (wp * 4) as i64);
-            convert(kb, rows, dst, s.in_w);
+            convert(kb, rows, dst, self.copied_run());
         });
     }
 
@@ -1117,38 +1118,52 @@ impl ConvKernel {
         });
     }
 
-    /// Copies one batch element's input into the scratch buffer as the integer tiles'
-    /// pair planes (`int8`; this part's share of the pairs, zero borders: the offset of
-    /// the real 0), and returns whether any part met a NaN (`int8::any_part_saw_nan`,
+    /// Copies one batch element's input into the scratch buffer for the integer tiles
+    /// (`int8`; this part's share, borders at the real 0): pair planes on AVX2 or quad
+    /// planes with VNNI. Returns whether any part met a NaN (`int8::any_part_saw_nan`,
     /// which waits for every part's copy).
-    fn emit_pair_copy(&self, kb: &mut Kb, x_n: Value, scratch: Value, slots: Value) -> Value {
+    fn emit_integer_copy(&self, kb: &mut Kb, x_n: Value, scratch: Value, slots: Value) -> Value {
         let Precision::Int8(input) = self.precision else { unreachable!("the integer tiles run int8 layers") };
+        let nan = int8::nan_seen(kb);
+        match Operands::integer_tiles(self.simd) {
+            Operands::Int8Quads => self.emit_quad_planes(kb, input, x_n, scratch, nan),
+            _ => self.emit_pair_planes(kb, input, x_n, scratch, nan),
+        }
+        int8::any_part_saw_nan(kb, nan, slots)
+    }
+
+    /// The quad planes of the VNNI tiles: u8 `q_x` of channels `4j` to `4j + 3` per word
+    /// (a channel past the last reading the last: its weights are 0), the border the zero
+    /// point in every byte.
+    fn emit_quad_planes(&self, kb: &mut Kb, input: Int8Input, x_n: Value, scratch: Value, nan: Variable) {
+        let s = &self.shape;
+        let (hp, wp) = self.padded_hw();
+        let plane = (s.in_h * s.in_w * 4) as i64;
+        let quads = s.in_channels.div_ceil(4);
+        let border = u32::from_le_bytes([input.zero_point(); 4]);
+        kb.for_share(quads, |kb, quad| {
+            let first = kb.fb.ins().imul_imm_s(quad, 4);
+            let last = kb.iconst(s.in_channels as i64 - 1);
+            let srcs = [0, 1, 2, 3].map(|i| {
+                let channel = kb.fb.ins().iadd_imm_s(first, i);
+                let channel = kb.fb.ins().umin(channel, last);
+                kb.index(x_n, channel, plane)
+            });
+            let dst_plane = kb.index(scratch, quad, (hp * wp * 4) as i64);
+            let border = |kb: &mut Kb, dst, words| int8::fill_words(kb, dst, words, border);
+            self.emit_plane(kb, srcs, dst_plane, border, |kb, srcs, dst, pixels| {
+                int8::copy_quads(kb, input, srcs, dst, pixels, nan)
+            });
+        });
+    }
+
+    /// The pair planes of the AVX2 integer tiles: two channels' i16 offsets `q_x - zp`
+    /// per word (the odd last channel paired with itself: its partner's weights are 0).
+    fn emit_pair_planes(&self, kb: &mut Kb, input: Int8Input, x_n: Value, scratch: Value, nan: Variable) {
         let s = &self.shape;
         let (hp, wp) = self.padded_hw();
         let pairs = s.in_channels.div_ceil(2);
         let plane = (s.in_h * s.in_w * 4) as i64;
-        let nan = int8::nan_seen(kb);
-        if self.integer_operands() == Operands::Int8Quads {
-            // Quads of channels `4j` to `4j + 3`, a channel past the last reading the last
-            // (its weights are 0); the border is the zero point in every byte.
-            let quads = s.in_channels.div_ceil(4);
-            let border = u32::from_le_bytes([input.zero_point(); 4]);
-            kb.for_share(quads, |kb, quad| {
-                let first = kb.fb.ins().imul_imm_s(quad, 4);
-                let last = kb.iconst(s.in_channels as i64 - 1);
-                let srcs = [0, 1, 2, 3].map(|i| {
-                    let channel = kb.fb.ins().iadd_imm_s(first, i);
-                    let channel = kb.fb.ins().umin(channel, last);
-                    kb.index(x_n, channel, plane)
-                });
-                let dst_plane = kb.index(scratch, quad, (hp * wp * 4) as i64);
-                let border = |kb: &mut Kb, dst, words| int8::fill_words(kb, dst, words, border);
-                self.emit_plane(kb, srcs, dst_plane, border, |kb, srcs, dst, pixels| {
-                    int8::copy_quads(kb, input, srcs, dst, pixels, nan)
-                });
-            });
-            return int8::any_part_saw_nan(kb, nan, slots);
-        }
         kb.for_share(pairs, |kb, pair| {
             let low = kb.index(x_n, pair, 2 * plane);
             let high = if s.in_channels % 2 == 1 {
@@ -1168,7 +1183,6 @@ impl ConvKernel {
                 |kb, [low, high], dst, pixels| int8::copy_pairs(kb, input, (low, high), dst, pixels, nan),
             );
         });
-        int8::any_part_saw_nan(kb, nan, slots)
     }
 
     /// Runs a block over a chunk of the group's output pixels, tile by tile.
@@ -1307,7 +1321,7 @@ pub(crate) struct LinearKernel {
     /// bf16 or int8: the weights packed rounded or quantized, the input rounded or
     /// quantized into the scratch buffer first (as `ConvKernel::precision`).
     precision: Precision,
-    /// int8 on the AVX2 integer tiles (as `ConvKernel::int8_pairs`).
+    /// int8 on the integer tiles (as `ConvKernel::int8_pairs`).
     int8_pairs: Option<usize>,
     /// bf16 on the `vdpbf16ps` tiles (as `ConvKernel::bf16_pairs`).
     bf16_pairs: bool,
@@ -1378,13 +1392,8 @@ impl LinearKernel {
         kernel
     }
 
-    /// The operands of the integer tiles: quads on AVX-512 (VNNI), pairs on AVX2.
-    fn integer_operands(&self) -> Operands {
-        if self.simd == Some(Simd::Avx512) { Operands::Int8Quads } else { Operands::Int8Pairs }
-    }
-
-    /// Whether an int8 linear layer runs on the AVX2 integer tiles: 4 input features or
-    /// more (as convs, [`ConvKernel::int8_tiles_apply`]).
+    /// Whether an int8 linear layer runs on the integer tiles (AVX2's, or the VNNI tiles):
+    /// 4 input features or more (as convs on AVX2, [`ConvKernel::int8_tiles_apply`]).
     pub fn int8_tiles_apply(in_features: usize) -> bool {
         in_features >= 4
     }
@@ -1397,16 +1406,9 @@ impl LinearKernel {
         let Precision::Int8(input) = self.precision else {
             panic!("internal error: the integer tiles run int8 layers only");
         };
-        assert!(self.simd.is_some() && LinearKernel::int8_tiles_apply(self.in_features));
-        let (integers, scales) = crate::precision::quantize_weights(weight, self.out_features);
-        let m = crate::precision::output_scales(input, &scales);
-        let (features, blocking) = (self.in_features, self.blocking);
-        let pairs = match self.simd {
-            Some(Simd::Avx512) => {
-                int8::pack_quads(&integers, input.zero_point() as i32, &m, bias, features, 1, blocking)
-            }
-            _ => int8::pack_pairs(&integers, &m, bias, features, 1, blocking),
-        };
+        let simd = self.simd.filter(|_| LinearKernel::int8_tiles_apply(self.in_features));
+        let simd = simd.expect("internal error: the integer tiles do not apply");
+        let pairs = int8::pack(simd, weight, input, bias, self.in_features, 1, self.blocking);
         self.int8_pairs = Some(pairs.len());
         self.data = [pairs, std::mem::take(&mut self.data)].concat();
         self
@@ -1456,7 +1458,7 @@ impl LinearKernel {
         let mut specs: Vec<Ukernel> =
             kinds.clone().map(|v| Ukernel::Tile(tile_spec(simd, &reduction, pixels, stride, v, None))).collect();
         if self.int8_pairs.is_some() {
-            let reduction = self.reduction(self.integer_operands());
+            let reduction = self.reduction(Operands::integer_tiles(self.simd));
             let stride = (reduction.count * 4) as i64;
             specs.extend(kinds.map(|v| Ukernel::Int8Tile(tile_spec(simd, &reduction, pixels, stride, v, None))));
         }
@@ -1495,7 +1497,7 @@ impl LinearKernel {
             (Precision::Int8(input), Some(pairs_bytes)) => {
                 // The rows as i16 offsets (AVX2) or u8 `q_x` (VNNI), `ceil(k / 2)` or
                 // `ceil(k / 4)` words each.
-                let operands = self.integer_operands();
+                let operands = Operands::integer_tiles(self.simd);
                 let row_bytes = (operands.steps(k) * 4) as i64;
                 let nan = int8::nan_seen(kb);
                 kb.for_share(self.batch, |kb, row| {

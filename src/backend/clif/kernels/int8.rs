@@ -39,16 +39,17 @@
 //! **VNNI** (AVX-512 hosts with AVX512_VNNI, [`assemble_vnni`]): quads instead of pairs.
 //! The input is copied as *quad planes* of u8 `q_x` (four channels per 32-bit word,
 //! [`QuadSpec`], a micro-kernel that also reports a NaN; the border is the zero point in
-//! every byte), the weights as s8 quads ([`pack_quads`]), and `vpdpbusd` adds each
+//! every byte), the weights as s8 quads ([`pack`]), and `vpdpbusd` adds each
 //! lane's four u8 x s8 products into its i32 accumulator, which starts at `-zp *
 //! sum(q_w)`: the sum of `(q_x - zp) * q_w`, exact, then as on AVX2.
 //!
 //! Where it runs: int8 conv layers with one group, on AVX2 hosts with at least 4 input
 //! channels and on AVX-512 hosts with VNNI with any (`codegen`,
 //! `ConvKernel::int8_tiles_apply`), and int8 linear layers of at least 4 input features
-//! on AVX2 hosts (`LinearKernel::int8_tiles_apply`). Grouped and depthwise int8 layers,
-//! the other small ones, the linear layers on AVX-512 hosts and every int8 layer on
-//! AVX-512 hosts without VNNI run on the f32 direct tiles fed the integers.
+//! on both (`LinearKernel::int8_tiles_apply`; a linear layer's rows quantized in order,
+//! [`copy_row`] and [`copy_row_bytes`]). Grouped and depthwise int8 layers, the smaller
+//! ones, and every int8 layer on AVX-512 hosts without VNNI run on the f32 direct tiles
+//! fed the integers.
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
@@ -130,7 +131,7 @@ pub(super) fn assemble(spec: &TileSpec) -> Result<Vec<u8>, String> {
 /// pixel a 32-bit word of four u8 `q_x` (channels `4j` to `4j + 3`), the weights a word
 /// of four s8 `q_w` per lane; `vpdpbusd` adds the four products of each lane's bytes
 /// into its i32 accumulator, exactly. The accumulators start at the bias argument's
-/// i32 correction `-zp * sum(q_w)` ([`pack_quads`]), so that they end at the sum of
+/// i32 correction `-zp * sum(q_w)` ([`pack`]), so that they end at the sum of
 /// `(q_x - zp) * q_w`; `vcvtdq2ps` rounds it to f32 for the store, as on AVX2.
 fn assemble_vnni(spec: &TileSpec) -> Result<Vec<u8>, String> {
     const ZMM_BYTES: i64 = 64;
@@ -174,54 +175,6 @@ fn assemble_vnni(spec: &TileSpec) -> Result<Vec<u8>, String> {
     a.vzeroupper().map_err(err)?;
     a.ret().map_err(err)?;
     a.assemble(0).map_err(err)
-}
-
-/// The packed data of the VNNI tiles of a one-group convolution: its weights' integers
-/// (`[out][in_channels * taps]`, as f32) in quads of input channels (`[quad][tap][lane]`,
-/// a word of four s8 per lane, 0 past the last channel), then each channel's correction
-/// `-zp * sum(q_w)` as i32 bits where the pairs' zero region is (the accumulators'
-/// start), the factors `m[c]` and the bias, each laid out as the f32 tiles' bias; padded
-/// to 64 bytes.
-pub(super) fn pack_quads(
-    integers: &[f32],
-    zero_point: i32,
-    m: &[f32],
-    bias: Option<&[f32]>,
-    in_channels: usize,
-    taps: usize,
-    blocking: Blocking,
-) -> Vec<u8> {
-    let k = in_channels * taps;
-    let out_channels = integers.len() / k.max(1);
-    let quads = in_channels.div_ceil(4);
-    let mut packed: Vec<u8> = Vec::with_capacity(4 * blocking.group_lanes() * (quads * taps + 3) + 64);
-    for (first, lanes) in blocking.blocks() {
-        let rows: Vec<Option<&[f32]>> =
-            (first..first + lanes).map(|oc| (oc < out_channels).then(|| &integers[oc * k..][..k])).collect();
-        for quad in 0..quads {
-            for tap in 0..taps {
-                for row in &rows {
-                    let word = row.map_or(0, |r| {
-                        (0..4).filter(|i| 4 * quad + i < in_channels).fold(0u32, |word, i| {
-                            word | u32::from(r[(4 * quad + i) * taps + tap] as i8 as u8) << (8 * i)
-                        })
-                    });
-                    packed.extend_from_slice(&word.to_le_bytes());
-                }
-            }
-        }
-    }
-    let corrections: Vec<f32> = (0..out_channels)
-        .map(|oc| {
-            let sum: i32 = integers[oc * k..][..k].iter().map(|&w| w as i32).sum();
-            f32::from_bits((-zero_point * sum) as u32)
-        })
-        .collect();
-    packed.extend(channel_region(Some(&corrections), 1, out_channels, blocking));
-    packed.extend(channel_region(Some(m), 1, out_channels, blocking));
-    packed.extend(channel_region(bias, 1, out_channels, blocking));
-    packed.resize(packed.len().div_ceil(64) * 64, 0);
-    packed
 }
 
 /// Quantizes `pixels` consecutive floats of four input channels into the words of a
@@ -293,21 +246,8 @@ pub(super) fn assemble_quads(spec: &QuadSpec) -> Result<Vec<u8>, String> {
         let to = zmmword_ptr(r8 + r10);
         if masked { a.vmovdqu32(to.k1(), zmm(0)) } else { a.vmovdqu32(to, zmm(0)) }.map_err(err)
     };
-    let (full, rest) = (spec.pixels / 16, spec.pixels % 16);
-    if full > 0 {
-        a.mov(r9, full as u64).map_err(err)?;
-        let mut head = a.create_label();
-        a.set_label(&mut head).map_err(err)?;
-        body(&mut a, false)?;
-        a.add(r10, 64).map_err(err)?;
-        a.dec(r9).map_err(err)?;
-        a.jnz(head).map_err(err)?;
-    }
-    if rest > 0 {
-        a.mov(eax, (1u32 << rest) - 1).map_err(err)?;
-        a.kmovw(k1, eax).map_err(err)?;
-        body(&mut a, true)?;
-    }
+    let advance = |a: &mut CodeAssembler| a.add(r10, 64).map_err(err);
+    super::x86::emit_lanes_512(&mut a, spec.pixels, r9, &body, &advance)?;
     a.kmovw(eax, k2).map_err(err)?;
     a.vzeroupper().map_err(err)?;
     a.ret().map_err(err)?;
@@ -365,41 +305,58 @@ pub(super) fn fill_words(kb: &mut Kb, dst: Value, count: usize, word: u32) {
     kb.map_floats(count, &[], dst, |kb, ty, _| kb.constant(ty, f32::from_bits(word)));
 }
 
-/// The packed data of the integer tiles of a one-group convolution: its weights'
-/// integers (`[out][in_channels * taps]`, as f32) in pairs of input channels, then a
-/// zero region, the factors `m[c]` and the bias, each laid out as the f32 tiles' bias;
-/// padded to 64 bytes. `m` has one factor per output channel.
-pub(super) fn pack_pairs(
-    integers: &[f32],
-    m: &[f32],
+/// The packed data of the integer tiles of `simd` for a one-group convolution (a linear
+/// layer: `taps` 1) of `in_channels` input channels, given its f32 weights
+/// (`[out][in_channels * taps]`): their integers (`precision::quantize_weights`) in
+/// words of input channels, `[word][tap][lane]`, 0 past the last channel: on AVX2 pairs
+/// of i16, on AVX-512 (VNNI) quads of s8. Then three regions laid out as the f32 tiles'
+/// bias: where the accumulators start (zeros on AVX2; on AVX-512 each channel's
+/// correction `-zp * sum(q_w)` as i32 bits, so that they end at the sum of
+/// `(q_x - zp) * q_w`), the factors `m[c]` and the bias; padded to 64 bytes.
+pub(super) fn pack(
+    simd: Simd,
+    weight: &[f32],
+    input: Int8Input,
     bias: Option<&[f32]>,
     in_channels: usize,
     taps: usize,
     blocking: Blocking,
 ) -> Vec<u8> {
     let k = in_channels * taps;
-    let out_channels = integers.len() / k.max(1);
-    let pairs = in_channels.div_ceil(2);
-    let mut packed: Vec<u8> = Vec::with_capacity(4 * blocking.group_lanes() * (pairs * taps + 3) + 64);
-    let as_i16 = |w: f32| u32::from(w as i16 as u16);
+    let out_channels = weight.len() / k.max(1);
+    let (integers, scales) = crate::precision::quantize_weights(weight, out_channels);
+    let m = crate::precision::output_scales(input, &scales);
+    let per_word = if simd == Simd::Avx512 { 4 } else { 2 };
+    let (bits, words) = (32 / per_word, in_channels.div_ceil(per_word));
+    let mut packed: Vec<u8> = Vec::with_capacity(4 * blocking.group_lanes() * (words * taps + 3) + 64);
     for (first, lanes) in blocking.blocks() {
         let rows: Vec<Option<&[f32]>> =
             (first..first + lanes).map(|oc| (oc < out_channels).then(|| &integers[oc * k..][..k])).collect();
-        for pair in 0..pairs {
+        for word in 0..words {
             for tap in 0..taps {
                 for row in &rows {
-                    let word = row.map_or(0, |r| {
-                        let low = as_i16(r[2 * pair * taps + tap]);
-                        let high = if 2 * pair + 1 < in_channels { as_i16(r[(2 * pair + 1) * taps + tap]) } else { 0 };
-                        low | high << 16
+                    // Each integer's two's complement in its `bits` (|q_w| <= 127).
+                    let value = row.map_or(0, |r| {
+                        (0..per_word).filter(|i| per_word * word + i < in_channels).fold(0u32, |value, i| {
+                            let integer = r[(per_word * word + i) * taps + tap] as i32 as u32;
+                            value | (integer & (u32::MAX >> (32 - bits))) << (bits * i)
+                        })
                     });
-                    packed.extend_from_slice(&word.to_le_bytes());
+                    packed.extend_from_slice(&value.to_le_bytes());
                 }
             }
         }
     }
-    packed.extend(channel_region(None, 1, out_channels, blocking));
-    packed.extend(channel_region(Some(m), 1, out_channels, blocking));
+    let corrections: Option<Vec<f32>> = (simd == Simd::Avx512).then(|| {
+        (0..out_channels)
+            .map(|oc| {
+                let sum: i32 = integers[oc * k..][..k].iter().map(|&w| w as i32).sum();
+                f32::from_bits((-i32::from(input.zero_point()) * sum) as u32)
+            })
+            .collect()
+    });
+    packed.extend(channel_region(corrections.as_deref(), 1, out_channels, blocking));
+    packed.extend(channel_region(Some(&m), 1, out_channels, blocking));
     packed.extend(channel_region(bias, 1, out_channels, blocking));
     packed.resize(packed.len().div_ceil(64) * 64, 0);
     packed

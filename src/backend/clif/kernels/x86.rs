@@ -237,6 +237,34 @@ where
 /// `step(a, u)` (a step `u` steps past the input and weight pointers), unrolled so that
 /// an iteration does at least 4 taps, counted down in r8, the pointers (rdi, rsi)
 /// advancing `spec.in_step` and `step_bytes` per step; then the steps left over.
+/// Emits `body` over `lanes` 32-bit lanes in vectors of 16 (AVX-512): `lanes / 16`
+/// times in a loop counted in `counter`, `advance` after each, then once with `masked`
+/// true for the rest, the first `lanes % 16` lanes in k1 (set through eax).
+pub(super) fn emit_lanes_512(
+    a: &mut CodeAssembler,
+    lanes: usize,
+    counter: AsmRegister64,
+    body: &dyn Fn(&mut CodeAssembler, bool) -> Result<(), String>,
+    advance: &dyn Fn(&mut CodeAssembler) -> Result<(), String>,
+) -> Result<(), String> {
+    let (full, rest) = (lanes / 16, lanes % 16);
+    if full > 0 {
+        a.mov(counter, full as u64).map_err(err)?;
+        let mut head = a.create_label();
+        a.set_label(&mut head).map_err(err)?;
+        body(a, false)?;
+        advance(a)?;
+        a.dec(counter).map_err(err)?;
+        a.jnz(head).map_err(err)?;
+    }
+    if rest > 0 {
+        a.mov(eax, (1u32 << rest) - 1).map_err(err)?;
+        a.kmovw(k1, eax).map_err(err)?;
+        body(a, true)?;
+    }
+    Ok(())
+}
+
 pub(super) fn emit_steps(
     a: &mut CodeAssembler,
     spec: &TileSpec,
@@ -1947,8 +1975,8 @@ impl Ukernel {
     }
 
     /// Pointer arguments: `(in, weights, bias, tile)`, `(in, weights, bias, out,
-    /// residual)`, `(from, to)`, `(origin, weights, out, residual)` or `(low, high,
-    /// pairs)`.
+    /// residual)`, `(from, to)`, `(origin, weights, out, residual)`, `(low, high,
+    /// pairs)` or `(c0, c1, c2, c3, quads)`.
     pub fn arguments(&self) -> usize {
         match self {
             Ukernel::Tile(_) | Ukernel::Int8Tile(_) => 4,
