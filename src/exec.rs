@@ -94,6 +94,9 @@ pub struct ExecOptions {
     /// a calibration ([`crate::calibrate::Calibration::assign`]); both targets that run
     /// it then take the graph as it is.
     pub precision: crate::precision::Precision,
+    /// Which kernels the cpu target runs bf16 layers on (by default the faster on this
+    /// host, [`crate::backend::clif::Bf16Tiles`]).
+    pub bf16_tiles: crate::backend::clif::Bf16Tiles,
 }
 
 /// The CPU target's threads unless told otherwise: one per core this process may use
@@ -160,7 +163,11 @@ pub fn compile_with(mut graph: Graph, target: Target, options: &ExecOptions) -> 
         Target::Gpu => Ok(Box::new(crate::backend::wgsl::compile_gpu(&graph)?)),
         Target::Cpu => {
             let threads = threads_for(&graph, options);
-            let codegen = crate::backend::clif::CodegenOptions { cpu: options.cpu, ..Default::default() };
+            let codegen = crate::backend::clif::CodegenOptions {
+                cpu: options.cpu,
+                bf16_tiles: options.bf16_tiles,
+                ..Default::default()
+            };
             let mut model = crate::backend::clif::compile_jit_owned(graph, &codegen)?;
             model.set_threads(threads);
             Ok(Box::new(model))

@@ -15,6 +15,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use cnnc::backend::clif::Bf16Tiles;
 use cnnc::interp;
 use cnnc::ir::{Graph, Op, verify};
 use cnnc::passes::OptLevel;
@@ -179,10 +180,34 @@ fn cpu_layers_against_reference(
     inputs: &[Tensor],
     cpu: Option<cnnc::backend::clif::CpuLevel>,
     threads: usize,
+    tiles: Bf16Tiles,
 ) -> ((f64, String), f64, f64) {
     let mut simulated = graph.clone();
     assign(&mut simulated, Precision::Bf16);
-    common::cpu_layers_against_simulation(&simulated, graph, inputs, cpu, threads, Precision::Bf16)
+    common::cpu_layers_against_simulation(&simulated, graph, inputs, cpu, threads, Precision::Bf16, tiles)
+}
+
+/// The kernels a bf16 check runs on this host: the f32 kernels over rounded operands
+/// always, the `vdpbf16ps` tiles too where the host has them (whichever the host's
+/// default is, `Bf16Tiles::Auto`).
+fn bf16_kernels() -> Vec<Bf16Tiles> {
+    let mut kinds = vec![Bf16Tiles::Never];
+    if vdpbf16ps_host() {
+        kinds.push(Bf16Tiles::Always);
+    }
+    kinds
+}
+
+/// Whether this host runs the `vdpbf16ps` tiles (AVX-512 and AVX512_BF16).
+fn vdpbf16ps_host() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        cnnc::backend::clif::host_has_bf16() && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Examples on the cpu target in bf16 against the interpreter's bf16, layer by layer
@@ -199,16 +224,23 @@ fn cpu_bf16_matches_the_simulation_on_examples() {
         let levels = if small { common::cpu_levels() } else { vec![None] };
         let threads_tried: &[usize] = if small { &[1, 2] } else { &[2] };
         for cpu in levels {
+            // The `vdpbf16ps` tiles run only for the host (no level named).
+            let kernels = if cpu.is_none() { bf16_kernels() } else { vec![Bf16Tiles::Never] };
             for &threads in threads_tried {
-                let ((error, layer), end_to_end, against_f32) =
-                    cpu_layers_against_reference(&graph, &inputs, cpu, threads);
-                let level = cpu.map_or("host", |l| l.name());
-                eprintln!(
-                    "{name} cpu {level} {threads} thread(s): worst layer {error:.2e} ({layer}), end to end {end_to_end:.2e} \
-                     against bf16, {against_f32:.2e} against f32"
-                );
-                assert!(error <= CPU_TOLERANCE, "{name} at {level}, {threads} threads: layer {layer}: {error:e}");
-                assert!(against_f32 > 10.0 * error, "{name} at {level}: bf16 {error:e}, f32 {against_f32:e}");
+                for &tiles in &kernels {
+                    let ((error, layer), end_to_end, against_f32) =
+                        cpu_layers_against_reference(&graph, &inputs, cpu, threads, tiles);
+                    let level = cpu.map_or("host", |l| l.name());
+                    eprintln!(
+                        "{name} cpu {level} {threads} thread(s) {tiles:?}: worst layer {error:.2e} ({layer}), end to \
+                         end {end_to_end:.2e} against bf16, {against_f32:.2e} against f32"
+                    );
+                    assert!(
+                        error <= CPU_TOLERANCE,
+                        "{name} at {level} {tiles:?}, {threads} threads: {layer}: {error:e}"
+                    );
+                    assert!(against_f32 > 10.0 * error, "{name} at {level}: bf16 {error:e}, f32 {against_f32:e}");
+                }
             }
         }
     }
@@ -226,9 +258,11 @@ fn cpu_bf16_pointwise_layers_match_the_simulation() {
     let graph = common::random_graph(source, 2, 3, OptLevel::O2).unwrap();
     let inputs = common::random_inputs(&graph, 5);
     for threads in [1, 2] {
-        let ((error, layer), _, against_f32) = cpu_layers_against_reference(&graph, &inputs, None, threads);
-        assert!(error <= CPU_TOLERANCE, "{threads} threads: layer {layer}: {error:e}");
-        assert!(against_f32 > 10.0 * error, "{threads} threads: bf16 {error:e}, f32 {against_f32:e}");
+        for tiles in bf16_kernels() {
+            let ((error, layer), _, against_f32) = cpu_layers_against_reference(&graph, &inputs, None, threads, tiles);
+            assert!(error <= CPU_TOLERANCE, "{threads} threads {tiles:?}: layer {layer}: {error:e}");
+            assert!(against_f32 > 10.0 * error, "{threads} threads: bf16 {error:e}, f32 {against_f32:e}");
+        }
     }
 }
 
@@ -244,9 +278,11 @@ fn cpu_bf16_matches_the_simulation_on_random_layers() {
             Err(e) => panic!("case {case} does not compile: {e}\n{source}"),
         };
         let inputs = common::random_inputs(&graph, case + 100);
-        let ((error, layer), _, against_f32) = cpu_layers_against_reference(&graph, &inputs, None, 2);
-        assert!(error <= CPU_TOLERANCE, "case {case}: layer {layer}: {error:e}\n{source}");
-        assert!(against_f32 > 10.0 * error, "case {case}: bf16 {error:e}, f32 {against_f32:e}\n{source}");
+        for tiles in bf16_kernels() {
+            let ((error, layer), _, against_f32) = cpu_layers_against_reference(&graph, &inputs, None, 2, tiles);
+            assert!(error <= CPU_TOLERANCE, "case {case} {tiles:?}: layer {layer}: {error:e}\n{source}");
+            assert!(against_f32 > 10.0 * error, "case {case}: bf16 {error:e}, f32 {against_f32:e}\n{source}");
+        }
     }
 }
 
@@ -328,8 +364,9 @@ fn the_command_line_runs_bf16() {
 }
 
 /// The kernels a bf16 layer runs on: the `vdpbf16ps` tiles where this CPU has
-/// AVX512_BF16 and no `--cpu` level is named, the f32 tiles over rounded operands
-/// otherwise (the profile's algorithm column says which).
+/// AVX512_BF16, they outpace its FMAs (AMD cores, `Bf16Tiles::Auto`) and no `--cpu` level
+/// is named, the f32 kernels over rounded operands otherwise (the profile's algorithm
+/// column says which).
 #[test]
 fn the_vdpbf16ps_tiles_run_where_the_host_has_them() {
     let profile = |extra: &[&str]| {
@@ -345,16 +382,7 @@ fn the_vdpbf16ps_tiles_run_where_the_host_has_them() {
     };
     let convs_and_linear = host.lines().filter(|l| l.contains("(conv)") || l.contains("(linear)")).count();
     assert!(convs_and_linear >= 10, "{host}");
-    let tiles = cfg!(target_arch = "x86_64") && cnnc::backend::clif::host_has_bf16() && {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::arch::is_x86_feature_detected!("avx512f")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    };
+    let tiles = vdpbf16ps_host() && cnnc::backend::clif::host_prefers_bf16_tiles();
     if tiles {
         assert_eq!(layers(&host, "bf16 tiles (vdpbf16ps)"), convs_and_linear, "{host}");
         let named = profile(&["--cpu", "x86-64-v4"]);
@@ -412,13 +440,19 @@ fn the_cpu_target_rounds_as_round_bf16() {
     cnnc::passes::optimize(&mut graph, OptLevel::O2).unwrap();
     let input = Tensor::new(vec![1, 1, 5, 7], data.clone()).unwrap();
     for cpu in common::cpu_levels() {
-        let options = cnnc::exec::ExecOptions { threads: Some(1), cpu, precision: Precision::Bf16 };
-        let executor = cnnc::exec::compile_with(graph.clone(), cnnc::exec::Target::Cpu, &options).unwrap();
-        let out = executor.run(std::slice::from_ref(&input)).unwrap().remove(0);
-        for (x, y) in data.iter().zip(&out.data) {
-            let expected = round_bf16(*x);
-            let same = if expected.is_nan() { y.is_nan() } else { *y == expected };
-            assert!(same, "{:?}: {x:e} ({:#010x}) gave {y:e}, expected {expected:e}", cpu, x.to_bits());
+        for bf16_tiles in bf16_kernels() {
+            let options = cnnc::exec::ExecOptions { threads: Some(1), cpu, precision: Precision::Bf16, bf16_tiles };
+            let executor = cnnc::exec::compile_with(graph.clone(), cnnc::exec::Target::Cpu, &options).unwrap();
+            let out = executor.run(std::slice::from_ref(&input)).unwrap().remove(0);
+            for (x, y) in data.iter().zip(&out.data) {
+                let expected = round_bf16(*x);
+                let same = if expected.is_nan() { y.is_nan() } else { *y == expected };
+                assert!(
+                    same,
+                    "{cpu:?} {bf16_tiles:?}: {x:e} ({:#010x}) gave {y:e}, expected {expected:e}",
+                    x.to_bits()
+                );
+            }
         }
     }
 }

@@ -279,8 +279,15 @@ fn cpu_int8_matches_the_simulation_on_examples() {
         let threads_tried: &[usize] = if small { &[1, 2] } else { &[2] };
         for cpu in levels {
             for &threads in threads_tried {
-                let ((error, layer), end_to_end, against_f32) =
-                    common::cpu_layers_against_simulation(&graph, &f32_graph, &inputs, cpu, threads, Precision::F32);
+                let ((error, layer), end_to_end, against_f32) = common::cpu_layers_against_simulation(
+                    &graph,
+                    &f32_graph,
+                    &inputs,
+                    cpu,
+                    threads,
+                    Precision::F32,
+                    Default::default(),
+                );
                 let level = cpu.map_or("host", |l| l.name());
                 eprintln!(
                     "{name} cpu {level} {threads} thread(s): worst layer {error:.2e} ({layer}), end to end {end_to_end:.2e} \
@@ -303,8 +310,15 @@ fn cpu_int8_matches_the_simulation_on_random_layers() {
         let method = if case.is_multiple_of(2) { Method::MinMax } else { Method::Percentile(99.9) };
         let (f32_graph, graph) = int8_graph(&source, batch, case, method);
         let inputs = common::random_inputs(&graph, case + 100);
-        let ((error, layer), _, against_f32) =
-            common::cpu_layers_against_simulation(&graph, &f32_graph, &inputs, None, 2, Precision::F32);
+        let ((error, layer), _, against_f32) = common::cpu_layers_against_simulation(
+            &graph,
+            &f32_graph,
+            &inputs,
+            None,
+            2,
+            Precision::F32,
+            Default::default(),
+        );
         assert!(error <= INT8_TOLERANCE, "case {case}: layer {layer}: {error:e}\n{source}");
         assert!(against_f32 > 10.0 * INT8_TOLERANCE, "case {case}: int8 {against_f32:e} from f32\n{source}");
     }
@@ -404,17 +418,21 @@ impl Tiles {
 /// against the interpreter's simulation, each layer fed the cpu's values of its operands:
 /// every int8 conv layer with one group (on AVX2, of 4 input channels or more), and every int8
 /// linear layer of 4 input features or more (the rules of `ConvKernel::int8_tiles_apply`
-/// and `LinearKernel::int8_tiles_apply`), must run on the integer tiles and give the
+/// and `LinearKernel::int8_tiles_apply`), must run on the integer tiles, every depthwise
+/// one the bands take (`DepthwiseKernel::applies`) on the bands of the same vectors
+/// (AVX2's or AVX-512's) over the quantized plane, and give the
 /// simulation's values bit for bit (a NaN for a NaN) when its epilogue is exact in f32
 /// (none, relu, clamp, a residual add); with another activation (sigmoid...), whose
 /// code rounds differently from the interpreter's in the last bit, within
-/// `INT8_TOLERANCE`. Returns how many layers were checked bit for bit and within the
+/// `INT8_TOLERANCE`. Returns how many layers were checked bit for bit (the depthwise ones
+/// among them counted in `depthwise`) and within the
 /// tolerance, or the first that failed.
 fn integer_tiles_against_simulation(
     graph: &Graph,
     inputs: &[Tensor],
     threads: usize,
     tiles: Tiles,
+    depthwise_count: Option<&mut usize>,
 ) -> Result<(usize, usize), String> {
     use cnnc::backend::clif::{CodegenOptions, CpuLevel, compile_jit_with};
     use cnnc::ir::Activation;
@@ -431,18 +449,34 @@ fn integer_tiles_against_simulation(
     let cpu_of: std::collections::HashMap<_, &Tensor> =
         nodes.iter().zip(&positions).map(|(&id, &k)| (id, &values[k])).collect();
     let mut checked = (0, 0);
+    let mut depthwise = 0;
     let mut failure = None;
     interp::run_rewriting(graph, &graph.weights, inputs, &mut |id, value| {
         let Some(cpu) = cpu_of.get(&id) else { return };
         let node = graph.node(id);
         let x_shape = &graph.node(graph.op_operands(id)[0]).shape;
-        let on_tiles = match &node.op {
-            Op::Conv(conv) => conv.groups == 1 && (x_shape[1] >= 4 || tiles == Tiles::Vnni),
-            Op::Linear { .. } => x_shape.last().is_some_and(|&k| k >= 4),
-            _ => false,
-        };
+        // The kernel the layer must run on: the integer tiles, or the depthwise bands
+        // (`DepthwiseKernel::applies`) over the quantized plane.
         let instruction = if tiles == Tiles::Avx2 { "(vpmaddwd)" } else { "(vpdpbusd)" };
-        if on_tiles && node.precision.is_int8() && failure.is_none() {
+        let integer_tiles = format!("int8 integer tiles {instruction}");
+        let depthwise_bands = format!("depthwise, {} bands", if tiles == Tiles::Avx2 { "AVX2" } else { "AVX-512" });
+        let expected = match &node.op {
+            Op::Conv(conv)
+                if conv.groups == x_shape[1]
+                    && conv.out_channels == x_shape[1]
+                    && conv.dilation.h == 1
+                    && conv.dilation.w == 1
+                    && conv.stride.w <= 2
+                    && conv.kernel.h <= 11
+                    && conv.kernel.w <= 11 =>
+            {
+                Some(&depthwise_bands)
+            }
+            Op::Conv(conv) if conv.groups == 1 && (x_shape[1] >= 4 || tiles == Tiles::Vnni) => Some(&integer_tiles),
+            Op::Linear { .. } if x_shape.last().is_some_and(|&k| k >= 4) => Some(&integer_tiles),
+            _ => None,
+        };
+        if let Some(expected) = expected.filter(|_| node.precision.is_int8() && failure.is_none()) {
             let prefix = format!("{} (", node.name);
             let algorithm = algorithms.iter().find(|(name, _)| name.starts_with(&prefix)).map(|(_, a)| a.as_str());
             let differ =
@@ -452,8 +486,10 @@ fn integer_tiles_against_simulation(
                 .iter()
                 .all(|a| matches!(a, None | Some(Activation::Relu | Activation::Clamp { .. })));
             let error = relative_l2(&cpu.data, &value.data);
-            if !algorithm.unwrap_or_default().contains(&format!("int8 integer tiles {instruction}")) {
-                failure = Some(format!("layer {}: not on the integer tiles: {algorithm:?}", node.name));
+            let algorithm = algorithm.unwrap_or_default();
+            let depthwise_int8 = algorithm.contains("int8 operands (exact in f32)");
+            if !algorithm.contains(expected.as_str()) || expected == &depthwise_bands && !depthwise_int8 {
+                failure = Some(format!("layer {}: not on `{expected}`: {algorithm:?}", node.name));
             } else if !exact {
                 if error > INT8_TOLERANCE || error.is_nan() {
                     failure = Some(format!("layer {}: {error:e} from the simulation", node.name));
@@ -469,11 +505,15 @@ fn integer_tiles_against_simulation(
                 ));
             } else {
                 checked.0 += 1;
+                depthwise += usize::from(expected == &depthwise_bands);
             }
         }
         *value = (*cpu).clone();
     })
     .unwrap();
+    if let Some(count) = depthwise_count {
+        *count += depthwise;
+    }
     failure.map_or(Ok(checked), Err)
 }
 
@@ -495,11 +535,12 @@ fn integer_tiles_match_the_simulation_bit_for_bit() {
     for tiles in kinds {
         let mut exact = 0;
         let mut close = 0;
+        let mut depthwise = 0;
         for name in ["lenet5.cnn", "digits.cnn", "squeezenet1_1.cnn", "resnet18_cifar.cnn", "mobilenet_v2.cnn"] {
             let (_, graph) = int8_graph(&example(name), 2, 7, Method::MinMax);
             let inputs = common::random_inputs(&graph, 11);
             for threads in [1, 2] {
-                let (e, c) = integer_tiles_against_simulation(&graph, &inputs, threads, tiles)
+                let (e, c) = integer_tiles_against_simulation(&graph, &inputs, threads, tiles, Some(&mut depthwise))
                     .unwrap_or_else(|e| panic!("{tiles:?}: {name}, {threads} thread(s): {e}"));
                 exact += e;
                 close += c;
@@ -511,16 +552,18 @@ fn integer_tiles_match_the_simulation_bit_for_bit() {
             let (_, graph) = int8_graph(&source, batch, case, method);
             let inputs = common::random_inputs(&graph, case + 100);
             for threads in [1, 2] {
-                let (e, c) = integer_tiles_against_simulation(&graph, &inputs, threads, tiles)
+                let (e, c) = integer_tiles_against_simulation(&graph, &inputs, threads, tiles, Some(&mut depthwise))
                     .unwrap_or_else(|e| panic!("{tiles:?}: case {case}, {threads} thread(s): {e}\n{source}"));
                 exact += e;
                 close += c;
             }
         }
         eprintln!(
-            "{tiles:?}: layer runs on the integer tiles: {exact} bit for bit, {close} (sigmoid) within {INT8_TOLERANCE:e}"
+            "{tiles:?}: layer runs on the integer tiles or depthwise bands: {exact} bit for bit ({depthwise} \
+             depthwise), {close} (sigmoid) within {INT8_TOLERANCE:e}"
         );
         assert!(exact >= 100 && close >= 4, "{tiles:?}: too few layers ran on the integer tiles: {exact} and {close}");
+        assert!(depthwise >= 20, "{tiles:?}: too few depthwise layers: {depthwise}");
     }
 }
 
@@ -549,7 +592,7 @@ fn integer_tiles_keep_nan() {
         inputs[0].data[2 * image + plane + 50] = f32::NEG_INFINITY;
         inputs[0].data[2 * image + 2 * plane + 7] = 1e30;
         for threads in [1, 2] {
-            let checked = integer_tiles_against_simulation(&graph, &inputs, threads, tiles).unwrap();
+            let checked = integer_tiles_against_simulation(&graph, &inputs, threads, tiles, None).unwrap();
             assert_eq!(checked, (1, 0), "{tiles:?}");
         }
         let out = interp::run(&graph, &graph.weights, &inputs).unwrap().remove(0);
@@ -562,7 +605,7 @@ fn integer_tiles_keep_nan() {
         let source = "network t {\n    input x: [5, 9, 11]\n    flatten\n    fc: linear(21)\n}\n";
         let (_, graph) = int8_graph(source, 3, 5, Method::MinMax);
         for threads in [1, 2] {
-            let checked = integer_tiles_against_simulation(&graph, &inputs, threads, tiles).unwrap();
+            let checked = integer_tiles_against_simulation(&graph, &inputs, threads, tiles, None).unwrap();
             assert_eq!(checked, (1, 0));
         }
         let out = interp::run(&graph, &graph.weights, &inputs).unwrap().remove(0);

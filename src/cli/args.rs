@@ -324,10 +324,17 @@ impl PrecisionArgs {
     pub fn cpu_note(&self) -> Option<String> {
         match self.precision {
             PrecisionArg::F32 | PrecisionArg::Auto => None,
+            PrecisionArg::Bf16 if cnnc::backend::clif::host_prefers_bf16_tiles() => Some(
+                "note: --precision bf16 on the cpu target: the conv and linear layers round their weights and \
+                 inputs to bf16 and run on the vdpbf16ps tiles of this CPU (AVX512_BF16; the depthwise layers on \
+                 the f32 depthwise kernels over the rounded operands); with --cpu, all of them on the f32 kernels \
+                 over the rounded operands (the same results, not bf16's speed)"
+                    .to_string(),
+            ),
             PrecisionArg::Bf16 if cnnc::backend::clif::host_has_bf16() => Some(
                 "note: --precision bf16 on the cpu target: the conv and linear layers round their weights and \
-                 inputs to bf16 and run on the vdpbf16ps tiles of this CPU (AVX512_BF16); with --cpu, on the f32 \
-                 kernels over the rounded operands (the same results, not bf16's speed)"
+                 inputs to bf16 and run on the f32 kernels over the rounded operands: this CPU has AVX512_BF16, \
+                 but its two FMA units outpace its vdpbf16ps (bf16's results at f32's speed)"
                     .to_string(),
             ),
             PrecisionArg::Bf16 => Some(

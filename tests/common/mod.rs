@@ -345,6 +345,7 @@ pub fn cpu_layers_against_simulation(
     cpu: Option<cnnc::backend::clif::CpuLevel>,
     threads: usize,
     precision: cnnc::precision::Precision,
+    bf16_tiles: cnnc::backend::clif::Bf16Tiles,
 ) -> ((f64, String), f64, f64) {
     let nodes: Vec<NodeId> = simulated
         .topo_order()
@@ -353,7 +354,7 @@ pub fn cpu_layers_against_simulation(
         .filter(|&id| !matches!(simulated.node(id).op, Op::Input { .. }))
         .collect();
     let (copy, positions) = cnnc::compare::with_every_node_as_output(simulated, &nodes);
-    let options = cnnc::exec::ExecOptions { threads: Some(threads), cpu, precision };
+    let options = cnnc::exec::ExecOptions { threads: Some(threads), cpu, precision, bf16_tiles };
     let executor = cnnc::exec::compile_with(copy, cnnc::exec::Target::Cpu, &options).unwrap();
     let cpu_values = executor.run(inputs).unwrap();
     let cpu_of: std::collections::HashMap<_, &Tensor> =

@@ -29,6 +29,7 @@ use super::kernels::depthwise::DepthwiseKernel;
 use super::kernels::elementwise::{self, Combine};
 use super::kernels::movement::{self, ChannelMap};
 use super::kernels::normalize::{self, LayerNorm, Lrn};
+use super::kernels::operands::{self, OperandSpec};
 use super::kernels::pointwise::PointwiseKernel;
 use super::kernels::pool::{PoolKernel, PoolKind};
 use super::kernels::reduce;
@@ -93,10 +94,8 @@ pub struct CodegenOptions {
     /// shape (`WinogradKernel::tile_size`), `Some(true)` always F(4x4, 3x3), `Some(false)`
     /// always F(2x2, 3x3).
     pub winograd_f4: Option<bool>,
-    /// Run bf16 conv and linear layers on the `vdpbf16ps` tiles (`kernels/bf16.rs`) when
-    /// the target is this host with AVX-512 and AVX512_BF16 (no `cpu` level named: none
-    /// includes it); otherwise, or when false, on the f32 tiles over rounded operands.
-    pub bf16_tiles: bool,
+    /// Which kernels bf16 conv and linear layers run on ([`Bf16Tiles`]).
+    pub bf16_tiles: Bf16Tiles,
     /// Run int8 convs and linear layers on the AVX-512 VNNI integer tiles
     /// (`kernels/int8.rs`, `vpdpbusd`) when the target has AVX512_VNNI (the host's ISA;
     /// no x86-64 level includes it); otherwise, or when false, on the f32 tiles fed the
@@ -107,6 +106,31 @@ pub struct CodegenOptions {
     /// Call `cnnc_profile_tick(kernel index)` between kernels (JIT only; see
     /// `JitModel::profile`).
     pub profile: bool,
+}
+
+/// Which kernels a bf16 conv or linear layer runs on: the `vdpbf16ps` tiles
+/// (`kernels/bf16.rs`), which need the target to be this host with AVX-512 and
+/// AVX512_BF16 (no `cpu` level named: none includes it), or the f32 kernels (every one
+/// the layer's f32 twin would run: direct, pointwise, depthwise, Winograd, linear) over
+/// bf16-rounded weights and an input rounded into scratch first.
+///
+/// Both give bf16's arithmetic: products of bf16 values (exact in f32) summed in f32.
+/// Which is faster depends on the core:
+/// - AMD Zen 4 runs AVX-512 FMAs as two 256-bit halves, so `vdpbf16ps` (two products per
+///   lane) does twice their work: measured 234 against 117 GFLOP/s per core.
+/// - An Intel Xeon with two 512-bit FMA units (Sapphire and Emerald Rapids) issues
+///   `vdpbf16ps` on one port: measured 85 against 169 GFLOP/s per core, so the f32
+///   kernels are twice as fast there (ResNet-50, one thread: 61 against 109 ms).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Bf16Tiles {
+    /// The `vdpbf16ps` tiles where the host has them and they outpace its FMAs
+    /// ([`host_prefers_bf16_tiles`]: AMD cores), else the f32 kernels.
+    #[default]
+    Auto,
+    /// The `vdpbf16ps` tiles wherever the host has them (for tests and measurements).
+    Always,
+    /// The f32 kernels over rounded operands.
+    Never,
 }
 
 impl Default for CodegenOptions {
@@ -122,7 +146,7 @@ impl Default for CodegenOptions {
             depthwise: true,
             winograd_f4: None,
             cpu: None,
-            bf16_tiles: true,
+            bf16_tiles: Bf16Tiles::Auto,
             vnni_tiles: true,
             verify: cfg!(debug_assertions),
             profile: false,
@@ -356,6 +380,7 @@ impl Kernel {
             Kernel::Pool(p) => p.scratch_bytes() * MAX_PARTS,
             Kernel::Winograd(k) => k.scratch_bytes(),
             Kernel::Pointwise(k) => k.scratch_bytes(),
+            Kernel::Depthwise(k) => k.scratch_bytes(),
             _ => 0,
         }
     }
@@ -424,12 +449,35 @@ fn prepare(
                 out_w: node.shape[3],
             };
             let bias = bias.map(|b| b.data.as_slice());
-            // A bf16 or int8 layer runs on the direct tiles, which round or quantize its
-            // operands; a bf16 one on the `vdpbf16ps` tiles where the host has them
-            // (`kernels::bf16`), an int8 one on the integer tiles when they apply, on an
-            // AVX2 host or with VNNI (`kernels::int8`).
+            // A bf16 layer on the f32 kernels: its weights rounded here, its input
+            // rounded into scratch before the kernel runs (`define_model`).
+            let on_f32_kernels = bf16_on_f32_kernels(node, &x_shape, options, simd, bf16);
+            let precision = if on_f32_kernels { Precision::F32 } else { node.precision };
+            let rounded: Vec<f32>;
+            let weight_data = if on_f32_kernels {
+                rounded = weight.data.iter().map(|&w| crate::precision::round_bf16(w)).collect();
+                rounded.as_slice()
+            } else {
+                weight.data.as_slice()
+            };
+            // Other bf16 layers run on the `vdpbf16ps` tiles (`kernels::bf16`); an int8
+            // layer on the integer tiles when they apply, on an AVX2 host or with VNNI
+            // (`kernels::int8`), else on the direct tiles over its quantized operands.
             let vectors = options.conv_vectors.max(1);
-            if node.precision == Precision::Bf16 && bf16 {
+            // Depthwise layers on the depthwise bands in f32 and int8: over a quantized
+            // copy of each plane for int8 (the direct tiles fill one of their channel
+            // lanes and ran them 10-15x slower than f32). In f32 after the linear and
+            // pointwise kernels, which take a single channel's 1x1.
+            let depthwise_simd = simd.filter(|_| options.depthwise && DepthwiseKernel::applies(conv, &x_shape));
+            let depthwise = |simd| {
+                let shape = (x_shape[0], x_shape[1], (x_shape[2], x_shape[3]), (node.shape[2], node.shape[3]));
+                let kernel = DepthwiseKernel::new(simd, conv, shape, weight_data, bias, &node.epilogue, precision);
+                Ok(Kernel::Depthwise(kernel))
+            };
+            if let Some(simd) = depthwise_simd.filter(|_| precision.is_int8()) {
+                return depthwise(simd);
+            }
+            if precision == Precision::Bf16 {
                 // Pointwise layers on large planes on the pixel-lane tiles, which store
                 // without transposes (their short reductions made the channel-lane
                 // tiles' stores the cost), the others on the direct tiles.
@@ -440,11 +488,9 @@ fn prepare(
                 }
                 return Ok(Kernel::Conv(ConvKernel::bf16(conv, shape, &weight.data, bias)));
             }
-            if node.precision != Precision::F32 {
-                let precision = node.precision;
+            if precision.is_int8() {
                 // The integer tiles: AVX2's pairs, or with AVX512_VNNI the AVX-512 quads.
-                let integer_tiles = precision.is_int8()
-                    && simd.is_some_and(|simd| ConvKernel::int8_tiles_apply(conv, x_shape[1], simd))
+                let integer_tiles = simd.is_some_and(|simd| ConvKernel::int8_tiles_apply(conv, x_shape[1], simd))
                     && (simd == Some(Simd::Avx2) || vnni);
                 let tiles = if integer_tiles { simd } else { reduced_precision_simd(simd) };
                 let kernel = ConvKernel::new(conv, shape, &weight.data, bias, vectors, tiles, precision);
@@ -456,7 +502,7 @@ fn prepare(
             if simd.is_some() && applies_as_linear(conv, &shape) {
                 let kernel = LinearKernel::new(
                     shape.batch,
-                    &weight.data,
+                    weight_data,
                     bias,
                     shape.out_channels,
                     options.linear_vectors.max(1),
@@ -465,21 +511,21 @@ fn prepare(
                 );
                 return Ok(Kernel::Linear(kernel));
             }
-            if let Some(simd) = simd.filter(|&simd| PointwiseKernel::applies(simd, conv, &node.epilogue)) {
+            // A gate multiplies the input before a bf16 layer rounds it: not in the kernel.
+            let epilogue = Epilogue { gate: node.epilogue.gate && !on_f32_kernels, ..node.epilogue.clone() };
+            if let Some(simd) = simd.filter(|&simd| PointwiseKernel::applies(simd, conv, &epilogue)) {
                 let shape = (x_shape[0], x_shape[1], node.shape[1], node.shape[2] * node.shape[3]);
-                return Ok(Kernel::Pointwise(PointwiseKernel::new(simd, shape, &weight.data, bias, &node.epilogue)));
+                return Ok(Kernel::Pointwise(PointwiseKernel::new(simd, shape, weight_data, bias, &epilogue)));
             }
-            if let Some(simd) = simd.filter(|_| options.depthwise && DepthwiseKernel::applies(conv, &x_shape)) {
-                let shape = (x_shape[0], x_shape[1], (x_shape[2], x_shape[3]), (node.shape[2], node.shape[3]));
-                let kernel = DepthwiseKernel::new(simd, conv, shape, &weight.data, bias, &node.epilogue);
-                return Ok(Kernel::Depthwise(kernel));
+            if let Some(simd) = depthwise_simd {
+                return depthwise(simd);
             }
             if let Some(simd) = simd.filter(|&simd| options.winograd && WinogradKernel::applies(simd, conv, &shape)) {
                 let m = WinogradKernel::tile_size(simd, &shape, options.winograd_f4);
-                return Ok(Kernel::Winograd(WinogradKernel::new(simd, conv, shape, m, &weight.data, bias)));
+                return Ok(Kernel::Winograd(WinogradKernel::new(simd, conv, shape, m, weight_data, bias)));
             }
             Kernel::Conv(
-                ConvKernel::new(conv, shape, &weight.data, bias, options.conv_vectors.max(1), simd, Precision::F32)
+                ConvKernel::new(conv, shape, weight_data, bias, options.conv_vectors.max(1), simd, Precision::F32)
                     .with_register_activation(&node.epilogue),
             )
         }
@@ -489,11 +535,18 @@ fn prepare(
             // Every dimension but the last indexes rows.
             let rows = x_shape[..x_shape.len() - 1].iter().product();
             let in_features = x_shape.last().copied().unwrap_or(0);
-            // A bf16 layer on an AVX512_BF16 host runs on the `vdpbf16ps` tiles
-            // (`kernels::bf16`), other reduced-precision layers on the f32 tiles of at most
-            // AVX2, an int8 one on an AVX2 host (or with VNNI) on the integer tiles
-            // (`kernels::int8`).
-            if node.precision == Precision::Bf16 && bf16 {
+            // A bf16 layer runs on the `vdpbf16ps` tiles (`kernels::bf16`) or on the f32
+            // tiles over rounded operands (its input rounded into scratch by
+            // `define_model`); an int8 one on the integer tiles on an AVX2 host (or with
+            // VNNI; `kernels::int8`), else on the f32 tiles of at most AVX2 over its
+            // quantized operands.
+            if node.precision == Precision::Bf16 {
+                if bf16_on_f32_kernels(node, &x_shape, options, simd, bf16) {
+                    let rounded: Vec<f32> = weight.data.iter().map(|&w| crate::precision::round_bf16(w)).collect();
+                    let vectors = options.linear_vectors.max(1);
+                    let kernel = LinearKernel::new(rows, &rounded, bias, *out_features, vectors, simd, Precision::F32);
+                    return Ok(Kernel::Linear(kernel));
+                }
                 return Ok(Kernel::Linear(LinearKernel::bf16(rows, &weight.data, bias, *out_features)));
             }
             let integer_tiles = node.precision.is_int8()
@@ -770,7 +823,11 @@ pub(crate) fn define_model<M: Module>(
         }
         // The kernel's machine-code micro-kernels.
         let mut tiles = Vec::new();
-        let specs = match &kernel {
+        // A bf16 layer on the f32 kernels reads its input rounded into scratch.
+        let x_shape = graph.op_operands(id).first().map(|&o| graph.node(o).shape.clone()).unwrap_or_default();
+        let rounds = bf16_on_f32_kernels(node, &x_shape, options, simd, bf16);
+        let rounding = rounding_spec(&x_shape, simd).filter(|_| rounds);
+        let mut specs = match &kernel {
             Kernel::Conv(k) => k.tile_specs(),
             Kernel::Pointwise(k) => k.tile_specs(),
             Kernel::Depthwise(k) => k.tile_specs(),
@@ -779,6 +836,7 @@ pub(crate) fn define_model<M: Module>(
             Kernel::Pool(k) => k.tile_specs(),
             _ => Vec::new(),
         };
+        specs.extend(rounding.clone().map(Ukernel::Operands));
         for spec in specs.into_iter().filter(Ukernel::fits) {
             let bytes = spec.assemble()?;
             let name = format!("{prefix}_k{index}_tile{}", tiles.len());
@@ -830,11 +888,26 @@ pub(crate) fn define_model<M: Module>(
             None => (None, None),
         };
         scratch_bytes = scratch_bytes.max(kernel.scratch_bytes());
+        // The rounded input past the kernel's own scratch and the gated input.
+        let rounded_input = rounds.then(|| {
+            let own = kernel.scratch_bytes().div_ceil(64) * 64;
+            let gated = gated_input.map_or(0, |(x, _, _)| bytes_of(x.1).div_ceil(64) * 64);
+            let x = operands[0];
+            scratch_bytes = scratch_bytes.max(own + gated + bytes_of(x.1));
+            let rounded = Loc { base: Base::Arena, offset: layout.scratch_offset + own + gated };
+            operands[0].0 = rounded;
+            (x, rounded)
+        });
         let name = format!("{prefix}_k{index}_{}", node.op.mnemonic());
         let func = define_kernel(module, name, data, &tiles, &mut |kb| {
             if let Some((x, gate, gated)) = gated_input {
                 elementwise::emit_broadcast(kb, Combine::Mul, x.1, &[x, gate], gated, &Epilogue::default());
                 kb.sync();
+            }
+            if let Some((x, rounded)) = rounded_input {
+                // The gated input where there is one.
+                let from = gated_input.map_or(x.0, |(_, _, gated)| gated);
+                emit_rounded_input(kb, from, x.1, rounded, rounding.as_ref());
             }
             let beside = Beside { residual, gate: kernel_gate };
             emit_kernel(kb, &kernel, node, &operands, beside, out, scratch)
@@ -849,6 +922,7 @@ pub(crate) fn define_model<M: Module>(
             Kernel::Softmax | Kernel::Lrn(_) => "elementwise (one thread)".into(),
             _ => "elementwise".into(),
         };
+        let algorithm = if rounds { algorithm + ", bf16 operands (input rounded first)" } else { algorithm };
         let info = KernelInfo {
             name: format!("{} ({})", node.name, node.op.mnemonic()),
             algorithm,
@@ -1006,7 +1080,7 @@ fn emit_kernel(
     match kernel {
         Kernel::Conv(conv) => conv.emit(kb, operands[0].0, out, residual, scratch, epilogue),
         Kernel::Pointwise(k) => k.emit(kb, operands[0].0, out, residual, scratch, gate),
-        Kernel::Depthwise(k) => k.emit(kb, operands[0].0, out, residual),
+        Kernel::Depthwise(k) => k.emit(kb, operands[0].0, out, residual, scratch),
         Kernel::Winograd(k) => k.emit(kb, operands[0].0, out, residual, scratch, epilogue),
         Kernel::Linear(linear) => linear.emit(kb, operands[0].0, out, residual, scratch, epilogue),
         Kernel::Pool(pool) => pool.emit(kb, operands[0].0, out, scratch),
@@ -1074,9 +1148,80 @@ fn reduced_precision_simd(simd: Option<Simd>) -> Option<Simd> {
 }
 
 /// Whether bf16 layers run on the `vdpbf16ps` tiles: AVX-512 tiles for this host (no
-/// `--cpu` level, none of which includes AVX512_BF16), which has AVX512_BF16.
+/// `--cpu` level, none of which includes AVX512_BF16), which has AVX512_BF16, and the
+/// options' [`Bf16Tiles`] choose them.
 fn bf16_tiles(options: &CodegenOptions, simd: Option<Simd>) -> bool {
-    options.bf16_tiles && options.cpu.is_none() && simd == Some(Simd::Avx512) && host_has_bf16()
+    let chosen = match options.bf16_tiles {
+        Bf16Tiles::Auto => host_prefers_bf16_tiles(),
+        Bf16Tiles::Always => true,
+        Bf16Tiles::Never => false,
+    };
+    chosen && options.cpu.is_none() && simd == Some(Simd::Avx512) && host_has_bf16()
+}
+
+/// Whether a bf16 conv or linear layer runs on the f32 kernels over rounded operands
+/// (its input rounded into scratch first, [`emit_rounded_input`]) rather than the
+/// `vdpbf16ps` tiles: where those do not run (`bf16` false, [`bf16_tiles`]) and for the
+/// depthwise convolutions the depthwise bands take, which have no bf16 tiles.
+fn bf16_on_f32_kernels(
+    node: &Node,
+    x_shape: &[usize],
+    options: &CodegenOptions,
+    simd: Option<Simd>,
+    bf16: bool,
+) -> bool {
+    let depthwise = match &node.op {
+        Op::Conv(conv) => simd.is_some() && options.depthwise && DepthwiseKernel::applies(conv, x_shape),
+        _ => false,
+    };
+    node.precision == Precision::Bf16 && (!bf16 || depthwise)
+}
+
+/// Rounds the input `x` (`shape`) to bf16 into `to`, the parts sharing its planes (the
+/// last two dimensions; a row for a 2-D input): an `operands` micro-kernel per plane
+/// when the kernel defined one (`spec`), else f32x4 Cranelift code.
+fn emit_rounded_input(kb: &mut Kb, x: Loc, shape: &[usize], to: Loc, spec: Option<&OperandSpec>) {
+    let count: usize = shape.iter().product();
+    let run = rounding_run(shape);
+    let (x, to) = (kb.addr(x), kb.addr(to));
+    kb.for_share(count / run, |kb, plane| {
+        let from = kb.index(x, plane, 4 * run as i64);
+        let into = kb.index(to, plane, 4 * run as i64);
+        match spec {
+            Some(spec) => operands::convert(kb, spec, from, into),
+            None => kb.copy_floats_bf16(from, into, run),
+        }
+    });
+    kb.sync();
+}
+
+/// The plane [`emit_rounded_input`] rounds at once, as an `operands` micro-kernel where
+/// the host has AVX512_BF16 and the target AVX-512.
+fn rounding_spec(shape: &[usize], simd: Option<Simd>) -> Option<OperandSpec> {
+    OperandSpec::for_layer(Precision::Bf16, simd?, host_has_bf16(), rounding_run(shape))
+}
+
+/// The values [`emit_rounded_input`] rounds in one run: a plane (a row of a 2-D input).
+fn rounding_run(shape: &[usize]) -> usize {
+    let run = if shape.len() >= 3 { shape[shape.len() - 2..].iter().product() } else { *shape.last().unwrap_or(&1) };
+    run.max(1)
+}
+
+/// Whether this process's CPU has AVX512_BF16 and its `vdpbf16ps` outpaces its FMAs
+/// ([`Bf16Tiles`]): an AMD core (Zen 4 and later, whose FMAs are 256 bits wide). Intel
+/// cores with AVX512_BF16 have two 512-bit FMA units and one port for `vdpbf16ps`.
+pub fn host_prefers_bf16_tiles() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // CPUID leaf 0: the vendor in ebx, edx, ecx.
+        let vendor = std::arch::x86_64::__cpuid(0);
+        let amd = [vendor.ebx, vendor.edx, vendor.ecx] == [0x6874_7541, 0x6974_6e65, 0x444d_4163];
+        amd && host_has_bf16()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Whether this process's CPU has AVX512_BF16.

@@ -20,7 +20,9 @@ mod kernels;
 mod object;
 mod threads;
 
-pub use codegen::{ClifOptLevel, CodegenOptions, CpuLevel, KernelInfo, host_has_bf16};
+pub use codegen::{
+    Bf16Tiles, ClifOptLevel, CodegenOptions, CpuLevel, KernelInfo, host_has_bf16, host_prefers_bf16_tiles,
+};
 pub use jit::{JitModel, MAX_JIT_KERNELS, MAX_THREADS, compile_jit, compile_jit_owned, compile_jit_with};
 pub use kernels::MicroKernel;
 pub use object::{ObjectArtifacts, compile_object, compile_object_with};

@@ -153,7 +153,7 @@ pub(super) fn channel_region(
 /// layer reads them: as they are (f32), rounded to bf16, or as the integer offsets
 /// `q_x - zp` of int8 (`Int8Input::offset`: a division, rounding half to even, the zero
 /// point added, a clamp to [0, 255] that keeps NaN, the zero point taken off).
-fn copy_operand(kb: &mut Kb, precision: Precision, src: Value, dst: Value, count: usize) {
+pub(super) fn copy_operand(kb: &mut Kb, precision: Precision, src: Value, dst: Value, count: usize) {
     match precision {
         Precision::F32 => kb.copy_floats(src, dst, count),
         Precision::Bf16 => kb.copy_floats_bf16(src, dst, count),
@@ -572,7 +572,7 @@ pub(crate) struct ConvShape {
 /// The weights a conv or linear kernel packs (`crate::precision`): as given in f32,
 /// rounded to bf16 for a bf16 layer, their integers for an int8 layer (with the
 /// per-channel scales `s_w`; `out_channels` rows of weights).
-fn operand_weights(
+pub(super) fn operand_weights(
     weight: &[f32],
     precision: Precision,
     out_channels: usize,

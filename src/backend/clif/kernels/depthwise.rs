@@ -19,12 +19,28 @@
 //! epilogue on AVX-512, `x86::epilogue_in_registers`); any other runs after each band
 //! over its rows, which are still in the L1 cache, through the shared `Kb::activation`
 //! (so every activation the backend knows fuses here).
+//!
+//! An int8 layer (`crate::precision`) runs on the same bands: each part first quantizes
+//! the plane it is about to compute into the offsets `q_x - zp` (as floats) in a plane of
+//! its own in the scratch space (on AVX-512 with an `operands` micro-kernel, elsewhere
+//! `conv::copy_operand`, as the direct tiles' copies), and the bands read that plane.
+//! The weights are packed as their integers followed by the bias and the factor `m[c]`;
+//! the bands start their accumulators at 0 and end them as `acc * m + bias`
+//! (`DepthwiseSpec::rescale`). The products of two integers are exact in f32, and a sum
+//! of at most 11 x 11 products of magnitude 255 x 127 stays below 2^24, so it is exact
+//! too: an int8 layer gives the simulation's values bit for bit. A NaN in the input
+//! stays NaN through the quantization (`int8::offset`), so the outputs whose windows
+//! read it are NaN, as in the simulation. (A bf16 depthwise layer runs here as f32 on
+//! rounded operands, `codegen::bf16_on_f32_kernels`.)
 
 use cranelift_codegen::ir::{InstBuilder, Value};
 
+use super::conv::copy_operand;
+use super::operands::{self, OperandSpec};
 use super::x86::{DepthwiseSpec, RegisterActivation, Simd, Ukernel, epilogue_in_registers};
 use super::{Kb, Loc};
 use crate::ir::{Activation, Conv, Epilogue};
+use crate::precision::Precision;
 
 /// The most output rows per band.
 const MAX_BAND_ROWS: usize = 8;
@@ -52,7 +68,13 @@ pub(crate) struct DepthwiseKernel {
     /// Whether the micro-kernel runs the epilogue (activations and the residual add).
     in_registers: bool,
     epilogue: Epilogue,
-    /// The packed weights, little-endian f32.
+    /// The layer's precision, f32 or int8: int8 bands read a quantized copy of each plane
+    /// (see the module's notes).
+    precision: Precision,
+    /// The micro-kernel that quantizes a plane, where one does (AVX-512).
+    convert: Option<OperandSpec>,
+    /// The packed weights, little-endian f32: per channel its taps, its bias and, for
+    /// int8, its factor `m[c]`.
     pub data: Vec<u8>,
 }
 
@@ -77,7 +99,7 @@ impl DepthwiseKernel {
             && in_shape[3] <= MAX_WIDTH
     }
 
-    /// `weight` is `[C][1][kh][kw]`.
+    /// `weight` is `[C][1][kh][kw]`; `precision` f32 or int8.
     pub fn new(
         simd: Simd,
         conv: &Conv,
@@ -85,16 +107,26 @@ impl DepthwiseKernel {
         weight: &[f32],
         bias: Option<&[f32]>,
         epilogue: &Epilogue,
+        precision: Precision,
     ) -> Self {
+        assert!(precision != Precision::Bf16, "internal error: a bf16 layer on the depthwise bands");
         let (batch, channels, in_hw, out_hw) = shape;
         let taps = (conv.kernel.h, conv.kernel.w);
         let per_channel = taps.0 * taps.1;
-        let mut data = Vec::with_capacity(4 * channels * (per_channel + 1));
+        let (weight, factors) = super::conv::operand_weights(weight, precision, channels);
+        let factors = match (precision, factors) {
+            (Precision::Int8(input), Some(scales)) => Some(crate::precision::output_scales(input, &scales)),
+            _ => None,
+        };
+        let mut data = Vec::with_capacity(4 * channels * (per_channel + 2));
         for c in 0..channels {
             for &w in &weight[c * per_channel..(c + 1) * per_channel] {
                 data.extend_from_slice(&w.to_le_bytes());
             }
             data.extend_from_slice(&bias.map_or(0.0, |b| b[c]).to_le_bytes());
+            if let Some(factors) = &factors {
+                data.extend_from_slice(&factors[c].to_le_bytes());
+            }
         }
         // Any `RegisterActivation` (on AVX-512 sigmoid and silu as the whole epilogue).
         let in_registers =
@@ -128,8 +160,29 @@ impl DepthwiseKernel {
             group,
             in_registers,
             epilogue: epilogue.clone(),
+            precision,
+            convert: OperandSpec::for_layer(precision, simd, false, in_hw.0 * in_hw.1),
             data,
         }
+    }
+
+    /// Bytes of the packed data per channel: the taps, the bias, for int8 the factor.
+    fn channel_bytes(&self) -> i64 {
+        let extra = if self.precision.is_int8() { 2 } else { 1 };
+        4 * (self.taps.0 * self.taps.1 + extra) as i64
+    }
+
+    /// Scratch bytes: a plane for each part's quantized copy (int8), each rounded to 64
+    /// bytes.
+    pub fn scratch_bytes(&self) -> usize {
+        if self.precision == Precision::F32 {
+            return 0;
+        }
+        self.copy_bytes() * super::super::codegen::MAX_PARTS
+    }
+
+    fn copy_bytes(&self) -> usize {
+        (4 * self.in_hw.0 * self.in_hw.1).div_ceil(64) * 64
     }
 
     /// The bands of a plane, top to bottom.
@@ -158,6 +211,7 @@ impl DepthwiseKernel {
                     residual: self.in_registers && self.epilogue.residual,
                     post_activation: self.register_activation(self.epilogue.post_activation),
                     whole_tails: self.whole_tails(first_row, rows),
+                    rescale: self.precision.is_int8(),
                 };
                 Band { first_row, spec }
             })
@@ -183,7 +237,7 @@ impl DepthwiseKernel {
 
     /// The micro-kernels this layer needs.
     pub fn tile_specs(&self) -> Vec<Ukernel> {
-        let mut specs: Vec<Ukernel> = Vec::new();
+        let mut specs: Vec<Ukernel> = self.convert.iter().cloned().map(Ukernel::Operands).collect();
         for band in self.bands() {
             let spec = Ukernel::Depthwise(band.spec);
             if !specs.contains(&spec) {
@@ -196,23 +250,27 @@ impl DepthwiseKernel {
     pub fn algorithm(&self) -> String {
         let epilogue = if self.in_registers { "" } else { ", epilogue per band" };
         let lanes = self.simd.lanes();
+        let operands = if self.precision.is_int8() { ", int8 operands (exact in f32)" } else { "" };
         format!(
-            "depthwise, {} bands of {} rows x {} px{epilogue}",
+            "depthwise, {} bands of {} rows x {} px{epilogue}{operands}",
             self.simd.name(),
             self.band_rows,
             lanes * self.group.min(self.out_hw.1.div_ceil(lanes))
         )
     }
 
-    pub fn emit(&self, kb: &mut Kb, x: Loc, out: Loc, residual: Option<Loc>) {
+    pub fn emit(&self, kb: &mut Kb, x: Loc, out: Loc, residual: Option<Loc>, scratch: Loc) {
         let (in_h, in_w) = self.in_hw;
         let (out_h, out_w) = self.out_hw;
         let in_plane_bytes = 4 * (in_h * in_w) as i64;
         let out_plane_bytes = 4 * (out_h * out_w) as i64;
         let in_row = 4 * in_w as i64;
         let out_row = 4 * out_w as i64;
-        let weight_bytes = 4 * (self.taps.0 * self.taps.1 + 1) as i64;
+        let weight_bytes = self.channel_bytes();
         let x_base = kb.addr(x);
+        // This part's plane of the scratch space (int8).
+        let copy = kb.addr(scratch);
+        let copy = kb.index(copy, kb.part, self.copy_bytes() as i64);
         let out_base = kb.addr(out);
         let residual_base = residual.map(|r| kb.addr(r));
         let data = kb.data();
@@ -226,6 +284,18 @@ impl DepthwiseKernel {
                 let plane = kb.fb.ins().iadd(image, channel);
                 let weights = kb.index(data, channel, weight_bytes);
                 let x_plane = kb.index(x_base, plane, in_plane_bytes);
+                // int8: the bands read the plane quantized.
+                let x_plane = match &self.convert {
+                    _ if self.precision == Precision::F32 => x_plane,
+                    Some(spec) => {
+                        operands::convert(kb, spec, x_plane, copy);
+                        copy
+                    }
+                    None => {
+                        copy_operand(kb, self.precision, x_plane, copy, in_h * in_w);
+                        copy
+                    }
+                };
                 let out_plane = kb.index(out_base, plane, out_plane_bytes);
                 let res_plane = residual_base.map(|r| kb.index(r, plane, out_plane_bytes));
                 // The band of output row `first` (a value), with the micro-kernel of `spec`.
@@ -307,7 +377,8 @@ mod tests {
                 let out = (size + 2 * (k / 2) - k) / s + 1;
                 let shape = (1, 4, (size, size + 1), (out, (size + 1 + 2 * (k / 2) - k) / s + 1));
                 let weight = vec![0.5; 4 * k * k];
-                let kernel = DepthwiseKernel::new(simd, &conv, shape, &weight, None, &Epilogue::default());
+                let kernel =
+                    DepthwiseKernel::new(simd, &conv, shape, &weight, None, &Epilogue::default(), Precision::F32);
                 let (out_h, out_w) = kernel.out_hw;
                 let row_end = out_w.div_ceil(simd.lanes()) * simd.lanes();
                 let mut whole = 0;

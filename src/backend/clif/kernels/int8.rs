@@ -418,7 +418,7 @@ pub(super) fn copy_pairs(
 /// 1.5 x 2^23: adding it to an f32 of magnitude at most 2^22 rounds that value to an
 /// integer, half to even (the default rounding of the addition), and leaves the integer
 /// in the sum's low bits: `bits(v + MAGIC) = MAGIC_BITS + round_half_even(v)`.
-const MAGIC: f32 = 12_582_912.0;
+pub(super) const MAGIC: f32 = 12_582_912.0;
 /// The bits of [`MAGIC`].
 const MAGIC_BITS: i64 = 0x4b40_0000;
 

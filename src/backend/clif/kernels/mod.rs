@@ -16,6 +16,7 @@ mod emulate;
 pub(crate) mod int8;
 pub(crate) mod movement;
 pub(crate) mod normalize;
+pub(crate) mod operands;
 pub(crate) mod pointwise;
 pub(crate) mod pool;
 pub(crate) mod reduce;

@@ -1376,6 +1376,12 @@ pub(crate) struct DepthwiseSpec {
     /// next row's store): those whose 8 lanes end inside the plane, which one thread
     /// writes. The others, and every row on AVX-512, store under a mask.
     pub whole_tails: usize,
+    /// int8 (`crate::precision`): the accumulators start at 0 (the taps are the
+    /// weights' integers and the input the offsets `q_x - zp`, so the sums are exact
+    /// integers) and end as `acc * m + bias`, multiplied then added with a rounding each
+    /// (`m` the float after the bias in the channel's weights), before the epilogue.
+    /// Otherwise they start at the bias.
+    pub rescale: bool,
 }
 
 impl DepthwiseSpec {
@@ -1556,12 +1562,17 @@ fn assemble_depthwise_512(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
     let in_band = spec.activation.filter(|_| pass.is_none());
     let stack = StackConstants::push(&mut a, in_band, spec.post_activation)?;
     let mut constants = VectorConstants::default();
-    let bias = dword_ptr(rsi + disp(4 * (kh * kw) as i64)?);
+    let bias = 4 * (kh * kw) as i64;
+    let factor = bias + 4;
     for first in (0..vectors).step_by(group) {
         let count = group.min(vectors - first);
         for q in 0..spec.rows {
             for g in 0..count {
-                a.vbroadcastss(acc(q, g), bias).map_err(err)?;
+                if spec.rescale {
+                    a.vpxord(acc(q, g), acc(q, g), acc(q, g)).map_err(err)?;
+                } else {
+                    a.vbroadcastss(acc(q, g), dword_ptr(rsi + disp(bias)?)).map_err(err)?;
+                }
             }
         }
         for r in spec.valid.0..spec.valid.1 {
@@ -1623,6 +1634,10 @@ fn assemble_depthwise_512(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
                 let x = acc(q, g);
                 let offset = q as i64 * out_row_bytes + 64 * (first + g) as i64;
                 let masked = first + g + 1 == vectors && last_lanes < LANES_512;
+                if spec.rescale {
+                    a.vmulps(x, x, dword_bcst(rsi + disp(factor)?)).map_err(err)?;
+                    a.vaddps(x, x, dword_bcst(rsi + disp(bias)?)).map_err(err)?;
+                }
                 if let Some(activation) = in_band {
                     activation.emit(&mut a, x, spare.expect("an activation register"), input(0), 0)?;
                 }
@@ -1763,12 +1778,17 @@ fn assemble_depthwise_avx2(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
     // The activations' constants on the stack, as in the pointwise tiles.
     let stack = StackConstants::push(&mut a, spec.activation, spec.post_activation)?;
     let post_slot = stack.post_slot;
-    let bias = dword_ptr(rsi + disp(4 * (kh * kw) as i64)?);
+    let bias = 4 * (kh * kw) as i64;
+    let factor = bias + 4;
     for first in (0..vectors).step_by(group) {
         let count = group.min(vectors - first);
         for q in 0..spec.rows {
             for g in 0..count {
-                a.vbroadcastss(acc(q, g), bias).map_err(err)?;
+                if spec.rescale {
+                    a.vxorps(acc(q, g), acc(q, g), acc(q, g)).map_err(err)?;
+                } else {
+                    a.vbroadcastss(acc(q, g), dword_ptr(rsi + disp(bias)?)).map_err(err)?;
+                }
             }
         }
         // The group's partial lane masks (the same in every input row) into the
@@ -1856,6 +1876,12 @@ fn assemble_depthwise_avx2(spec: &DepthwiseSpec) -> Result<Vec<u8>, String> {
                 let gate_here = pass.is_some() && free.len() >= 3;
                 let whole = tail && q < spec.whole_tails && (pass.is_none() || gate_here);
                 let masked = tail && !whole;
+                if spec.rescale {
+                    a.vbroadcastss(scratch, dword_ptr(rsi + disp(factor)?)).map_err(err)?;
+                    a.vmulps(x, x, scratch).map_err(err)?;
+                    a.vbroadcastss(scratch, dword_ptr(rsi + disp(bias)?)).map_err(err)?;
+                    a.vaddps(x, x, scratch).map_err(err)?;
+                }
                 let lanes = masked.then(|| ymmword_ptr(mask_of(&mut a, &mut masks, (1 << last_lanes) - 1)));
                 if let Some(lanes) = lanes {
                     a.vmovups(scratch, lanes).map_err(err)?;
@@ -1947,6 +1973,9 @@ pub(crate) enum Ukernel {
     Bf16Row(super::bf16::RowSpec),
     /// The quantization of four channels' rows into the quads of the VNNI tiles (`int8`).
     Int8Quads(super::int8::QuadSpec),
+    /// A run of f32 values rounded to bf16 or turned into int8 offsets, as f32
+    /// (`operands`).
+    Operands(super::operands::OperandSpec),
 }
 
 impl Ukernel {
@@ -1959,6 +1988,7 @@ impl Ukernel {
             Ukernel::Depthwise(spec) => spec.fits(),
             Ukernel::Bf16Row(spec) => spec.pixels >= 1,
             Ukernel::Int8Quads(spec) => spec.pixels >= 1,
+            Ukernel::Operands(spec) => spec.count >= 1,
         }
     }
 
@@ -1971,17 +2001,18 @@ impl Ukernel {
             Ukernel::Depthwise(spec) => assemble_depthwise(spec),
             Ukernel::Bf16Row(spec) => super::bf16::assemble_row(spec),
             Ukernel::Int8Quads(spec) => super::int8::assemble_quads(spec),
+            Ukernel::Operands(spec) => super::operands::assemble(spec),
         }
     }
 
     /// Pointer arguments: `(in, weights, bias, tile)`, `(in, weights, bias, out,
-    /// residual)`, `(from, to)`, `(origin, weights, out, residual)`, `(low, high,
-    /// pairs)` or `(c0, c1, c2, c3, quads)`.
+    /// residual)`, `(from, to)` (a pool or an operand conversion), `(origin, weights,
+    /// out, residual)`, `(low, high, pairs)` or `(c0, c1, c2, c3, quads)`.
     pub fn arguments(&self) -> usize {
         match self {
             Ukernel::Tile(_) | Ukernel::Int8Tile(_) => 4,
             Ukernel::Pointwise(_) => 5,
-            Ukernel::Pool(_) => 2,
+            Ukernel::Pool(_) | Ukernel::Operands(_) => 2,
             Ukernel::Depthwise(_) => 4,
             Ukernel::Bf16Row(_) => 3,
             Ukernel::Int8Quads(_) => 5,
