@@ -15,15 +15,24 @@
 //! - the bias and the fused epilogue (activations, residual add) run in f32, as does
 //!   every other layer (pooling, normalization, elementwise, softmax...).
 //!
-//! Where it runs: the reference interpreter simulates it exactly; the cpu target
-//! rounds the weights when it packs them and each bf16 layer's input as it copies it
-//! into its scratch buffer, then runs direct tiles (no Winograd, pointwise or depthwise
-//! kernels for a bf16 layer): on a host with AVX512_BF16 and no `--cpu` level, the
-//! `vdpbf16ps` tiles of `backend/clif/kernels/bf16.rs` (pairs of input channels, two
-//! exact products per f32 lane; pointwise layers on large planes on the pointwise pixel
-//! tiles with `vdpbf16ps`); elsewhere the f32 tiles over the rounded operands,
-//! which give bf16's results at every CPU level but not its speed. The gpu target runs
-//! f32 only and refuses bf16.
+//! Where it runs: the reference interpreter simulates it exactly; the cpu target runs a
+//! bf16 layer one of two ways (`backend::clif::Bf16Tiles`), whichever is faster on the
+//! host:
+//! - the `vdpbf16ps` tiles of `backend/clif/kernels/bf16.rs` (pairs of input channels,
+//!   two exact products per f32 lane; pointwise layers on large planes on the pointwise
+//!   pixel tiles with `vdpbf16ps`), with the weights rounded as they are packed and the
+//!   input rounded as it is copied into the pair planes: on a host with AVX512_BF16 whose
+//!   `vdpbf16ps` outpaces its FMAs (AMD Zen 4: twice their work per cycle) and no `--cpu`
+//!   level;
+//! - elsewhere (Intel cores with two 512-bit FMA units, where `vdpbf16ps` runs at half
+//!   the FMAs' rate; hosts without AVX512_BF16; any `--cpu` level), and for depthwise
+//!   layers everywhere, the f32 kernels the layer's f32 twin would run (direct,
+//!   pointwise, depthwise, Winograd, linear), over weights rounded when they are packed
+//!   and an input rounded into scratch before the kernel runs: bf16's arithmetic at f32's
+//!   speed. Winograd computes the same sums of the same rounded products with its own
+//!   f32 rounding errors (about 1e-6 relative), like every f32 kernel.
+//!
+//! The gpu target runs f32 only and refuses bf16.
 //!
 //! The rounding ([`round_bf16`]) is round-to-nearest-even on the 16 bits dropped. A
 //! denormal f32 becomes a zero of its sign (the instructions treat denormal inputs as
@@ -81,17 +90,27 @@
 //!   `vpdpbusd` summing four products per lane exactly into i32 accumulators that start
 //!   at `-zp * sum(q_w)` (so that they end at the sum of `(q_x - zp) * q_w`), then the
 //!   same store: bit for bit the simulation, a NaN handled as on AVX2;
-//! - every other int8 layer (grouped and depthwise convs, on AVX2 those of 1 to 3 input
-//!   channels or features, on AVX-512 hosts without VNNI all of them, and below AVX2)
-//!   runs on the f32 direct tiles fed the integers,
+//! - with VNNI, a 1x1 conv (stride 1, no padding, one group) on a plane of at least 512
+//!   pixels whose epilogue runs in registers takes the pointwise pixel tiles over the same
+//!   quad planes (`vpdpbusd` per quad, pixels in the lanes, the output stored without
+//!   transposes), bit for bit the simulation too; an input with a NaN takes the f32
+//!   direct tiles as above;
+//! - a depthwise conv (one input and one output channel per group, the shapes the
+//!   depthwise bands take) runs on the depthwise bands of `backend/clif/kernels/
+//!   depthwise.rs` over each plane quantized into the offsets `q_x - zp` as f32, the
+//!   weights' integers as taps, the accumulators from 0 (at most 11 x 11 products of
+//!   magnitude 255 x 127: exact in f32) and `acc * m + bias` in the band: bit for bit the
+//!   simulation, a NaN kept as a NaN;
+//! - every other int8 layer (grouped convs, depthwise ones the bands do not take, on
+//!   AVX2 those of 1 to 3 input channels or features, on AVX-512 hosts without VNNI all
+//!   of them, and below AVX2) runs on the f32 direct tiles fed the integers,
 //!   `q_x - zp` (as the input is copied into the scratch buffer) and `q_w` (packed),
 //!   whose products are exact in f32 and whose sums are exact while every partial sum
 //!   stays below 2^24 in magnitude (at least up to K = 518 whatever the values; beyond,
 //!   a sum past 2^24 rounds, by at most 2^-24 of it); the accumulators start at 0 and
 //!   the store is the same. This gives int8's results but not its speed.
 //!
-//! No Winograd, pointwise or depthwise kernels for an int8 layer (a bf16 layer has the
-//! pointwise pixel tiles on large planes, and no others); `--precision auto`
+//! No Winograd kernels for an int8 layer; `--precision auto`
 //! (`crate::auto_precision`) chooses per layer between f32, bf16 and int8. The gpu
 //! target refuses int8.
 

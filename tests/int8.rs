@@ -432,7 +432,7 @@ fn integer_tiles_against_simulation(
     inputs: &[Tensor],
     threads: usize,
     tiles: Tiles,
-    depthwise_count: Option<&mut usize>,
+    counts: Option<[&mut usize; 2]>,
 ) -> Result<(usize, usize), String> {
     use cnnc::backend::clif::{CodegenOptions, CpuLevel, compile_jit_with};
     use cnnc::ir::Activation;
@@ -450,6 +450,7 @@ fn integer_tiles_against_simulation(
         nodes.iter().zip(&positions).map(|(&id, &k)| (id, &values[k])).collect();
     let mut checked = (0, 0);
     let mut depthwise = 0;
+    let mut pointwise = 0;
     let mut failure = None;
     interp::run_rewriting(graph, &graph.weights, inputs, &mut |id, value| {
         let Some(cpu) = cpu_of.get(&id) else { return };
@@ -457,8 +458,10 @@ fn integer_tiles_against_simulation(
         let x_shape = &graph.node(graph.op_operands(id)[0]).shape;
         // The kernel the layer must run on: the integer tiles, or the depthwise bands
         // (`DepthwiseKernel::applies`) over the quantized plane.
-        let instruction = if tiles == Tiles::Avx2 { "(vpmaddwd)" } else { "(vpdpbusd)" };
-        let integer_tiles = format!("int8 integer tiles {instruction}");
+        // With VNNI the 1x1 layers on large planes run on the pointwise pixel tiles
+        // ("pointwise, ... int8 tiles (vpdpbusd)"), the others on the integer tiles.
+        let integer_tiles = if tiles == Tiles::Avx2 { "int8 integer tiles (vpmaddwd)" } else { "tiles (vpdpbusd)" };
+        let integer_tiles = integer_tiles.to_string();
         let depthwise_bands = format!("depthwise, {} bands", if tiles == Tiles::Avx2 { "AVX2" } else { "AVX-512" });
         let expected = match &node.op {
             Op::Conv(conv)
@@ -506,13 +509,15 @@ fn integer_tiles_against_simulation(
             } else {
                 checked.0 += 1;
                 depthwise += usize::from(expected == &depthwise_bands);
+                pointwise += usize::from(algorithm.starts_with("pointwise"));
             }
         }
         *value = (*cpu).clone();
     })
     .unwrap();
-    if let Some(count) = depthwise_count {
-        *count += depthwise;
+    if let Some([depthwise_count, pointwise_count]) = counts {
+        *depthwise_count += depthwise;
+        *pointwise_count += pointwise;
     }
     failure.map_or(Ok(checked), Err)
 }
@@ -536,12 +541,19 @@ fn integer_tiles_match_the_simulation_bit_for_bit() {
         let mut exact = 0;
         let mut close = 0;
         let mut depthwise = 0;
+        let mut pointwise = 0;
         for name in ["lenet5.cnn", "digits.cnn", "squeezenet1_1.cnn", "resnet18_cifar.cnn", "mobilenet_v2.cnn"] {
             let (_, graph) = int8_graph(&example(name), 2, 7, Method::MinMax);
             let inputs = common::random_inputs(&graph, 11);
             for threads in [1, 2] {
-                let (e, c) = integer_tiles_against_simulation(&graph, &inputs, threads, tiles, Some(&mut depthwise))
-                    .unwrap_or_else(|e| panic!("{tiles:?}: {name}, {threads} thread(s): {e}"));
+                let (e, c) = integer_tiles_against_simulation(
+                    &graph,
+                    &inputs,
+                    threads,
+                    tiles,
+                    Some([&mut depthwise, &mut pointwise]),
+                )
+                .unwrap_or_else(|e| panic!("{tiles:?}: {name}, {threads} thread(s): {e}"));
                 exact += e;
                 close += c;
             }
@@ -552,18 +564,25 @@ fn integer_tiles_match_the_simulation_bit_for_bit() {
             let (_, graph) = int8_graph(&source, batch, case, method);
             let inputs = common::random_inputs(&graph, case + 100);
             for threads in [1, 2] {
-                let (e, c) = integer_tiles_against_simulation(&graph, &inputs, threads, tiles, Some(&mut depthwise))
-                    .unwrap_or_else(|e| panic!("{tiles:?}: case {case}, {threads} thread(s): {e}\n{source}"));
+                let (e, c) = integer_tiles_against_simulation(
+                    &graph,
+                    &inputs,
+                    threads,
+                    tiles,
+                    Some([&mut depthwise, &mut pointwise]),
+                )
+                .unwrap_or_else(|e| panic!("{tiles:?}: case {case}, {threads} thread(s): {e}\n{source}"));
                 exact += e;
                 close += c;
             }
         }
         eprintln!(
             "{tiles:?}: layer runs on the integer tiles or depthwise bands: {exact} bit for bit ({depthwise} \
-             depthwise), {close} (sigmoid) within {INT8_TOLERANCE:e}"
+             depthwise, {pointwise} on the pointwise pixel tiles), {close} (sigmoid) within {INT8_TOLERANCE:e}"
         );
         assert!(exact >= 100 && close >= 4, "{tiles:?}: too few layers ran on the integer tiles: {exact} and {close}");
         assert!(depthwise >= 20, "{tiles:?}: too few depthwise layers: {depthwise}");
+        assert!(tiles == Tiles::Avx2 || pointwise >= 20, "{tiles:?}: too few pointwise layers: {pointwise}");
     }
 }
 
@@ -599,6 +618,22 @@ fn integer_tiles_keep_nan() {
         let nans = out.data.iter().filter(|x| x.is_nan()).count();
         // The 3x3 window around one pixel (away from the border), in all 19 channels.
         assert_eq!(nans, 9 * 19, "the simulation's NaNs");
+
+        // A 1x1 layer on a plane large enough for the pointwise pixel tiles with VNNI
+        // (720 pixels, a partial last tile; 6 input channels, a partial last quad): the
+        // NaN's pixel is NaN in every output channel, the rest exact.
+        let source = "network t {\n    input x: [6, 24, 30]\n    c: conv(13, 1)\n    relu\n}\n";
+        let (_, graph) = int8_graph(source, 3, 6, Method::MinMax);
+        let mut wide = common::random_inputs(&graph, 7);
+        let (plane, image) = (24 * 30, 6 * 24 * 30);
+        wide[0].data[image + 5 * plane + 700] = f32::NAN;
+        wide[0].data[2 * image + 9] = f32::INFINITY;
+        for threads in [1, 2] {
+            let checked = integer_tiles_against_simulation(&graph, &wide, threads, tiles, None).unwrap();
+            assert_eq!(checked, (1, 0), "{tiles:?}");
+        }
+        let out = interp::run(&graph, &graph.weights, &wide).unwrap().remove(0);
+        assert_eq!(out.data.iter().filter(|x| x.is_nan()).count(), 13, "the simulation's NaNs");
 
         // A linear layer (495 features, odd): the whole batch takes the f32 tiles when a
         // row has a NaN; that row's outputs are NaN.

@@ -346,9 +346,9 @@ impl PrecisionArgs {
             PrecisionArg::Int8 => Some(
                 "note: --precision int8 on the cpu target: the conv and linear layers quantize their weights and \
                  inputs and sum the integers exactly; on AVX-512 hosts with VNNI the convs of one group and the \
-                 linear layers run on vpdpbusd tiles; on AVX2 hosts (or --cpu x86-64-v3) the convs of one group and 4 or more input \
-                 channels and the linear layers run on integer tiles; the others on the f32 kernels, with int8's \
-                 results but not its speed"
+                 linear layers run on vpdpbusd tiles; on AVX2 hosts (or --cpu x86-64-v3) the convs of one group and 4 \
+                 or more input channels and the linear layers run on integer tiles; depthwise convs on the depthwise \
+                 kernels over quantized planes; the others on the f32 kernels, with int8's results but not its speed"
                     .to_string(),
             ),
         }

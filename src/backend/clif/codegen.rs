@@ -495,7 +495,7 @@ fn prepare(
                 let tiles = if integer_tiles { simd } else { reduced_precision_simd(simd) };
                 let kernel = ConvKernel::new(conv, shape, &weight.data, bias, vectors, tiles, precision);
                 if integer_tiles {
-                    return Ok(Kernel::Conv(kernel.with_int8_tiles(&weight.data, bias)));
+                    return Ok(Kernel::Conv(kernel.with_int8_tiles(&weight.data, bias, &node.epilogue)));
                 }
                 return Ok(Kernel::Conv(kernel));
             }

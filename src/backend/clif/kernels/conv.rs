@@ -31,6 +31,7 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, types};
 use cranelift_frontend::Variable;
 
+use super::pointwise::PointwiseKernel;
 use super::x86::{RegisterActivation, Simd, TileSpec, Ukernel};
 use super::{F32, F32X4, Kb, Loc, MicroKernel, bf16, int8};
 use crate::ir::{Conv, Epilogue};
@@ -614,6 +615,11 @@ pub(crate) struct ConvKernel {
     /// VNNI quads): the bytes of their packed data (`int8::pack`), which comes first, the
     /// f32 tiles' after it.
     int8_pairs: Option<usize>,
+    /// int8 1x1 layers on large planes with VNNI: the pointwise pixel tiles over the quad
+    /// planes (`pointwise::PointwiseKernel::int8`, one image), whose packed data then
+    /// comes first in place of the integer tiles'; the f32 tiles still run an input with
+    /// a NaN.
+    pointwise: Option<Box<PointwiseKernel>>,
     /// bf16 on the `vdpbf16ps` tiles ([`ConvKernel::bf16`]): the data is the
     /// weights as bf16 pairs, the input is copied as pair planes.
     bf16_pairs: bool,
@@ -698,6 +704,7 @@ impl ConvKernel {
             precision,
             register_activation: None,
             int8_pairs: None,
+            pointwise: None,
             bf16_pairs: false,
             data: Vec::new(),
         }
@@ -732,16 +739,31 @@ impl ConvKernel {
     /// [`ConvKernel::int8_tiles_apply`]) on the integer tiles, given the same weights
     /// and bias again: pairs of i16 on AVX2, quads of bytes on AVX-512 (`int8`). It
     /// keeps the f32 tiles' data for inputs with a NaN.
-    pub fn with_int8_tiles(mut self, weight: &[f32], bias: Option<&[f32]>) -> ConvKernel {
+    /// `epilogue` is the layer's: with VNNI, a 1x1 layer on a large plane whose epilogue
+    /// the pointwise tiles run in registers takes those (`pointwise`).
+    pub fn with_int8_tiles(mut self, weight: &[f32], bias: Option<&[f32]>, epilogue: &Epilogue) -> ConvKernel {
         let Precision::Int8(input) = self.precision else {
             panic!("internal error: the integer tiles run int8 layers only");
         };
         let simd = self.simd.filter(|&simd| ConvKernel::int8_tiles_apply(&self.conv, self.shape.in_channels, simd));
         let simd = simd.expect("internal error: the integer tiles do not apply");
-        let taps = self.conv.kernel.h * self.conv.kernel.w;
-        let pairs = int8::pack(simd, weight, input, bias, self.shape.in_channels, taps, self.blocking);
-        self.int8_pairs = Some(pairs.len());
-        self.data = [pairs, std::mem::take(&mut self.data)].concat();
+        let s = self.shape;
+        let packed = if simd == Simd::Avx512 && PointwiseKernel::int8_applies(&self.conv, epilogue, s.out_h * s.out_w) {
+            let shape = (1, s.in_channels, s.out_channels, s.out_h * s.out_w);
+            let mut pointwise = PointwiseKernel::int8(shape, weight, bias, epilogue, input);
+            let data = std::mem::take(&mut pointwise.data);
+            self.pointwise = Some(Box::new(pointwise));
+            data
+        } else {
+            let taps = self.conv.kernel.h * self.conv.kernel.w;
+            int8::pack(simd, weight, input, bias, s.in_channels, taps, self.blocking)
+        };
+        let packed_len = packed.len().div_ceil(64) * 64;
+        self.int8_pairs = Some(packed_len);
+        let mut data = packed;
+        data.resize(packed_len, 0);
+        data.extend(std::mem::take(&mut self.data));
+        self.data = data;
         self
     }
 
@@ -823,6 +845,9 @@ impl ConvKernel {
             Precision::F32 => {}
             Precision::Bf16 if self.bf16_pairs && simd.is_some() => text.push_str(", bf16 tiles (vdpbf16ps)"),
             Precision::Bf16 => text.push_str(", bf16 operands"),
+            Precision::Int8(_) if self.pointwise.is_some() && simd.is_some() => {
+                return self.pointwise.as_ref().map_or(text, |p| p.algorithm() + ", f32 tiles for a NaN");
+            }
             Precision::Int8(_) if self.int8_pairs.is_some() && simd == Some(Simd::Avx512) => {
                 text.push_str(", int8 integer tiles (vpdpbusd)")
             }
@@ -863,13 +888,16 @@ impl ConvKernel {
             .clone()
             .map(|v| Ukernel::Tile(tile_spec(simd, &reduction, pixels, pixel_stride, v, self.register_activation)))
             .collect();
-        if self.int8_pairs.is_some() {
+        if let Some(pointwise) = &self.pointwise {
+            specs.extend(pointwise.tile_specs());
+        } else if self.int8_pairs.is_some() {
             let reduction = self.reduction(Operands::integer_tiles(self.simd));
             specs.extend(kinds.map(|v| Ukernel::Int8Tile(tile_spec(simd, &reduction, pixels, pixel_stride, v, None))));
-            if let (Operands::Int8Quads, Precision::Int8(input)) = (Operands::integer_tiles(self.simd), self.precision)
-            {
-                specs.push(Ukernel::Int8Quads(int8::QuadSpec::new(input, self.copied_run())));
-            }
+        }
+        if let (Some(_), Operands::Int8Quads, Precision::Int8(input)) =
+            (self.int8_pairs, Operands::integer_tiles(self.simd), self.precision)
+        {
+            specs.push(Ukernel::Int8Quads(int8::QuadSpec::new(input, self.copied_run())));
         }
         if self.bf16_pairs {
             let odd = (self.shape.in_channels / self.conv.groups) % 2 == 1;
@@ -899,7 +927,17 @@ impl ConvKernel {
                         kb.sync();
                         self.emit_groups(kb, Operands::Floats, floats, scratch_base, n, &outputs);
                     },
-                    |kb| self.emit_groups(kb, Operands::integer_tiles(self.simd), data, scratch_base, n, &outputs),
+                    |kb| match &self.pointwise {
+                        Some(pointwise) => {
+                            let out_image = (s.out_channels * s.out_h * s.out_w) as i64 * 4;
+                            let out_n = kb.index(outputs.out, n, out_image);
+                            let res_n = outputs.residual.map(|r| kb.index(r, n, out_image));
+                            pointwise.emit_planes(kb, scratch_base, out_n, res_n, None);
+                        }
+                        None => {
+                            self.emit_groups(kb, Operands::integer_tiles(self.simd), data, scratch_base, n, &outputs)
+                        }
+                    },
                 );
             } else if self.bf16_pairs {
                 self.emit_bf16_copy(kb, x_n, scratch_base);

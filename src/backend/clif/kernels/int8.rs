@@ -327,7 +327,7 @@ pub(super) fn pack(
     let (integers, scales) = crate::precision::quantize_weights(weight, out_channels);
     let m = crate::precision::output_scales(input, &scales);
     let per_word = if simd == Simd::Avx512 { 4 } else { 2 };
-    let (bits, words) = (32 / per_word, in_channels.div_ceil(per_word));
+    let words = in_channels.div_ceil(per_word);
     let mut packed: Vec<u8> = Vec::with_capacity(4 * blocking.group_lanes() * (words * taps + 3) + 64);
     for (first, lanes) in blocking.blocks() {
         let rows: Vec<Option<&[f32]>> =
@@ -335,31 +335,57 @@ pub(super) fn pack(
         for word in 0..words {
             for tap in 0..taps {
                 for row in &rows {
-                    // Each integer's two's complement in its `bits` (|q_w| <= 127).
-                    let value = row.map_or(0, |r| {
-                        (0..per_word).filter(|i| per_word * word + i < in_channels).fold(0u32, |value, i| {
-                            let integer = r[(per_word * word + i) * taps + tap] as i32 as u32;
-                            value | (integer & (u32::MAX >> (32 - bits))) << (bits * i)
-                        })
-                    });
+                    let value = row.map_or(0, |r| integer_word(r, per_word, word, taps, tap, in_channels));
                     packed.extend_from_slice(&value.to_le_bytes());
                 }
             }
         }
     }
-    let corrections: Option<Vec<f32>> = (simd == Simd::Avx512).then(|| {
-        (0..out_channels)
-            .map(|oc| {
-                let sum: i32 = integers[oc * k..][..k].iter().map(|&w| w as i32).sum();
-                f32::from_bits((-i32::from(input.zero_point()) * sum) as u32)
-            })
-            .collect()
-    });
+    let corrections = (simd == Simd::Avx512).then(|| corrections(&integers, input, out_channels));
     packed.extend(channel_region(corrections.as_deref(), 1, out_channels, blocking));
     packed.extend(channel_region(Some(&m), 1, out_channels, blocking));
     packed.extend(channel_region(bias, 1, out_channels, blocking));
     packed.resize(packed.len().div_ceil(64) * 64, 0);
     packed
+}
+
+/// Word `word` of tap `tap` of one output channel's integers `row` (`[in][taps]`):
+/// `per_word` (2 or 4) input channels' integers, each as its two's complement in
+/// `32 / per_word` bits (|q_w| <= 127), 0 past the last channel.
+fn integer_word(row: &[f32], per_word: usize, word: usize, taps: usize, tap: usize, in_channels: usize) -> u32 {
+    let bits = 32 / per_word;
+    (0..per_word).filter(|i| per_word * word + i < in_channels).fold(0u32, |value, i| {
+        let integer = row[(per_word * word + i) * taps + tap] as i32 as u32;
+        value | (integer & (u32::MAX >> (32 - bits))) << (bits * i)
+    })
+}
+
+/// Each output channel's correction `-zp * sum(q_w)`, as the f32 with its i32 bits.
+fn corrections(integers: &[f32], input: Int8Input, out_channels: usize) -> Vec<f32> {
+    let k = integers.len() / out_channels.max(1);
+    (0..out_channels)
+        .map(|oc| {
+            let sum: i32 = integers[oc * k..][..k].iter().map(|&w| w as i32).sum();
+            f32::from_bits((-i32::from(input.zero_point()) * sum) as u32)
+        })
+        .collect()
+}
+
+/// A pointwise layer's weights (`[out][in]`) for the VNNI pointwise tiles
+/// (`pointwise`, `x86::PointwiseSpec::int8`): `[out][quad]` s8 quads (as the f32 with
+/// their bits, 0 past the last channel), the corrections and the factors `m`.
+pub(super) fn pointwise_quads(weight: &[f32], input: Int8Input, in_channels: usize) -> [Vec<f32>; 3] {
+    let out_channels = weight.len() / in_channels.max(1);
+    let (integers, scales) = crate::precision::quantize_weights(weight, out_channels);
+    let quads = in_channels.div_ceil(4);
+    let words = (0..out_channels)
+        .flat_map(|oc| {
+            let row = &integers[oc * in_channels..][..in_channels];
+            (0..quads).map(move |q| f32::from_bits(integer_word(row, 4, q, 1, 0, in_channels)))
+        })
+        .collect();
+    let corrections = corrections(&integers, input, out_channels);
+    [words, corrections, crate::precision::output_scales(input, &scales)]
 }
 
 /// `q_x - zp` of an F32 or F32X4 input `x` (`Int8Input::offset`: a division, rounding

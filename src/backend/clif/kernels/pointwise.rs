@@ -23,8 +23,9 @@ use cranelift_codegen::ir::types::{F32, F32X4};
 use cranelift_codegen::ir::{InstBuilder, Value};
 
 use super::x86::{PointwiseSpec, RegisterActivation, Simd, Ukernel, epilogue_in_registers};
-use super::{Kb, Loc, bf16};
+use super::{Kb, Loc, bf16, int8};
 use crate::ir::{Activation, Conv, Epilogue};
+use crate::precision::Int8Input;
 
 /// Output channels per tile, and pixel vectors (16 lanes) per full tile.
 const CHANNELS: usize = 6;
@@ -108,6 +109,11 @@ pub(crate) struct PointwiseKernel {
     /// channels. `in_channels` is then the count of pairs, the weights are bf16 pairs,
     /// and the input is copied into scratch as pair planes before the tiles run.
     bf16: Option<usize>,
+    /// int8 on the VNNI tiles ([`PointwiseKernel::int8`]): `in_channels` is the count of
+    /// quads, the weights are s8 quads, the bias region holds the corrections and is
+    /// followed by the factors `m` and the bias; the input is the quad planes its
+    /// `conv::ConvKernel` writes.
+    int8: bool,
     /// The packed weights and bias, little-endian f32.
     pub data: Vec<u8>,
 }
@@ -226,6 +232,7 @@ impl PointwiseKernel {
             epilogue: epilogue.clone(),
             zeros_start,
             bf16: None,
+            int8: false,
             data: packed,
         }
     }
@@ -258,6 +265,42 @@ impl PointwiseKernel {
         kernel
     }
 
+    /// Whether an int8 convolution of `pixels` outputs per plane runs on [`Self::int8`]
+    /// (on AVX-512 with AVX512_VNNI): as [`Self::bf16_applies`].
+    pub fn int8_applies(conv: &Conv, epilogue: &Epilogue, pixels: usize) -> bool {
+        Self::bf16_applies(conv, epilogue, pixels)
+    }
+
+    /// An int8 layer on the VNNI pixel tiles, for one image (`shape` as [`Self::new`]'s
+    /// with a batch of 1, `weight` `[out][in]`): the f32 kernel's geometry over
+    /// `ceil(in / 4)` quad channels, the weights packed as s8 quads
+    /// (`int8::pointwise_quads`), the tiles' multiply-adds `vpdpbusd`
+    /// (`x86::PointwiseSpec::int8`). The input is the u8 quad planes the conv kernel
+    /// quantizes (`conv::ConvKernel::with_int8_tiles`), which also runs the f32 tiles
+    /// where the input holds a NaN. Never shared, joined nor gated.
+    pub fn int8(
+        shape: (usize, usize, usize, usize),
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        epilogue: &Epilogue,
+        input: Int8Input,
+    ) -> PointwiseKernel {
+        let (batch, in_channels, out_channels, plane) = shape;
+        assert!(batch == 1 && tiles_outer(Simd::Avx512, plane), "internal error: an int8 pointwise kernel's shape");
+        let [quads, corrections, factors] = int8::pointwise_quads(weight, input, in_channels);
+        let epilogue = Epilogue { gate: false, ..epilogue.clone() };
+        let shape = (1, in_channels.div_ceil(4), out_channels, plane);
+        let mut kernel = PointwiseKernel::new(Simd::Avx512, shape, &quads, Some(&corrections), &epilogue);
+        assert!(kernel.joined.is_none() && !kernel.shared && kernel.parts.len() == 1);
+        // After the corrections (the bias region), the factors and the bias.
+        kernel.data.truncate(4 * (kernel.bias_start + out_channels));
+        for value in factors.into_iter().chain((0..out_channels).map(|oc| bias.map_or(0.0, |b| b[oc]))) {
+            kernel.data.extend_from_slice(&value.to_le_bytes());
+        }
+        kernel.int8 = true;
+        kernel
+    }
+
     /// The tile of one piece of a shared reduction ([`Self::shared`]): its sums as they
     /// are, the epilogue left to the sum of the pieces.
     fn piece_spec(&self, channels: usize, pixels: usize) -> PointwiseSpec {
@@ -286,6 +329,7 @@ impl PointwiseKernel {
             accumulate: part.accumulate,
             finish: part.finish,
             bf16: self.bf16.is_some(),
+            int8: self.int8.then_some(4 * self.out_channels as i64),
         }
     }
 
@@ -336,6 +380,7 @@ impl PointwiseKernel {
         let joined = if self.gate { ", gated (weights scaled per image)" } else { joined };
         let shared = if self.shared { ", reduction shared in 4 pieces" } else { "" };
         let bf16 = if self.bf16.is_some() { ", bf16 tiles (vdpbf16ps)" } else { "" };
+        let bf16 = if self.int8 { ", int8 tiles (vpdpbusd)" } else { bf16 };
         let (simd, pixels, channels) = (self.simd.name(), self.tile_pixels, self.channels);
         format!("pointwise, {simd} pixel tiles {pixels} px x {channels} ch{parts}{joined}{shared}{bf16}")
     }
@@ -539,7 +584,7 @@ impl PointwiseKernel {
     /// The tiles over every plane of the input at `x_base` into the output at `out_base`
     /// (NCHW, `self.batch` images of `self.plane` pixels); with `gate`, the gate's and the
     /// gated weights' addresses, each image's weights scaled first.
-    fn emit_planes(
+    pub(super) fn emit_planes(
         &self,
         kb: &mut Kb,
         x_base: Value,

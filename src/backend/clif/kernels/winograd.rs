@@ -352,6 +352,7 @@ impl WinogradKernel {
             accumulate: false,
             finish: true,
             bf16: false,
+            int8: None,
         }
     }
 

@@ -338,6 +338,14 @@ pub(crate) struct PointwiseSpec {
     /// input's planes and the weights hold bf16 pairs (`bf16`), and each multiply-add is
     /// a `vdpbf16ps`.
     pub bf16: bool,
+    /// int8 (AVX-512 with AVX512_VNNI; `int8`): each step is a quad of input channels,
+    /// the input's planes hold u8 quads `q_x` and the weights s8 quads `q_w`, and each
+    /// multiply-add is a `vpdpbusd` (four exact products into an i32 lane). The
+    /// accumulators start at the bias argument's i32 corrections `-zp * sum(q_w)` and end
+    /// as `f32(acc) * m + bias` (multiplied, then added, each rounded) before the
+    /// epilogue, `m` and the bias read this many bytes and twice this many past the
+    /// corrections.
+    pub int8: Option<i64>,
 }
 
 /// An activation the pointwise tile applies in registers: those made of comparisons,
@@ -929,6 +937,7 @@ impl PointwiseSpec {
         };
         self.channels >= 1
             && (!self.bf16 || self.simd == Simd::Avx512)
+            && (self.int8.is_none() || self.simd == Simd::Avx512 && !self.bf16)
             && (1..=4).contains(&self.vectors)
             && (1..=self.simd.lanes()).contains(&self.last_lanes)
             && self.channels * self.vectors + inputs + 2 <= self.simd.registers()
@@ -999,6 +1008,8 @@ fn assemble_pointwise_512(spec: &PointwiseSpec) -> Result<Vec<u8>, String> {
         for q in 0..q_count {
             if spec.bf16 {
                 a.vdpbf16ps(acc(r, q), input(q), broadcast).map_err(err)?;
+            } else if spec.int8.is_some() {
+                a.vpdpbusd(acc(r, q), input(q), broadcast).map_err(err)?;
             } else {
                 a.vfmadd231ps(acc(r, q), input(q), broadcast).map_err(err)?;
             }
@@ -1023,6 +1034,11 @@ fn assemble_pointwise_512(spec: &PointwiseSpec) -> Result<Vec<u8>, String> {
         for q in 0..q_count {
             let x = acc(r, q);
             let offset = r as i64 * spec.plane_bytes + 64 * q as i64;
+            if let Some(stride) = spec.int8 {
+                a.vcvtdq2ps(x, x).map_err(err)?;
+                a.vmulps(x, x, dword_bcst(rdx + disp(stride + 4 * r as i64)?)).map_err(err)?;
+                a.vaddps(x, x, dword_bcst(rdx + disp(2 * stride + 4 * r as i64)?)).map_err(err)?;
+            }
             if let Some(activation) = spec.activation.filter(|_| pass.is_none()) {
                 activation.emit(&mut a, x, zero, temp, 0)?;
             }
