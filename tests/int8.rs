@@ -542,36 +542,20 @@ fn integer_tiles_match_the_simulation_bit_for_bit() {
         let mut close = 0;
         let mut depthwise = 0;
         let mut pointwise = 0;
-        for name in ["lenet5.cnn", "digits.cnn", "squeezenet1_1.cnn", "resnet18_cifar.cnn", "mobilenet_v2.cnn"] {
-            let (_, graph) = int8_graph(&example(name), 2, 7, Method::MinMax);
-            let inputs = common::random_inputs(&graph, 11);
-            for threads in [1, 2] {
-                let (e, c) = integer_tiles_against_simulation(
-                    &graph,
-                    &inputs,
-                    threads,
-                    tiles,
-                    Some([&mut depthwise, &mut pointwise]),
-                )
-                .unwrap_or_else(|e| panic!("{tiles:?}: {name}, {threads} thread(s): {e}"));
-                exact += e;
-                close += c;
-            }
-        }
-        for (case, (source, batch)) in common::random_conv_linear_programs(40).into_iter().enumerate() {
+        // The examples (batch 2), then the random layers.
+        let examples = ["lenet5.cnn", "digits.cnn", "squeezenet1_1.cnn", "resnet18_cifar.cnn", "mobilenet_v2.cnn"]
+            .map(|name| (name.to_string(), int8_graph(&example(name), 2, 7, Method::MinMax).1, 11));
+        let random = common::random_conv_linear_programs(40).into_iter().enumerate().map(|(case, (source, batch))| {
             let case = case as u64;
             let method = if case.is_multiple_of(2) { Method::MinMax } else { Method::Percentile(99.9) };
-            let (_, graph) = int8_graph(&source, batch, case, method);
-            let inputs = common::random_inputs(&graph, case + 100);
+            (format!("case {case}\n{source}"), int8_graph(&source, batch, case, method).1, case + 100)
+        });
+        for (label, graph, seed) in examples.into_iter().chain(random) {
+            let inputs = common::random_inputs(&graph, seed);
             for threads in [1, 2] {
-                let (e, c) = integer_tiles_against_simulation(
-                    &graph,
-                    &inputs,
-                    threads,
-                    tiles,
-                    Some([&mut depthwise, &mut pointwise]),
-                )
-                .unwrap_or_else(|e| panic!("{tiles:?}: case {case}, {threads} thread(s): {e}\n{source}"));
+                let counts = Some([&mut depthwise, &mut pointwise]);
+                let (e, c) = integer_tiles_against_simulation(&graph, &inputs, threads, tiles, counts)
+                    .unwrap_or_else(|e| panic!("{tiles:?}, {threads} thread(s): {e}: {label}"));
                 exact += e;
                 close += c;
             }

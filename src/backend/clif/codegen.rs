@@ -1138,11 +1138,11 @@ pub(crate) fn define_constant_function<M: Module>(module: &mut M, name: &str, va
     Ok(id)
 }
 
-/// The tiles a bf16 or int8 layer runs on: at most AVX2's. Its operands are rounded (or
-/// quantized) into scratch and the f32 tiles compute on them (no speed to gain yet, see
-/// `crate::precision`); the AVX2 and f32x4 tiles are the ones this path was checked on
-/// against the interpreter, so an AVX-512 machine runs them too until the `vdpbf16ps`
-/// (and integer) tiles are enabled.
+/// The tiles an int8 layer runs on where neither the integer tiles nor the depthwise
+/// bands take it (grouped convs, small reductions on AVX2): at most AVX2's, over its
+/// operands quantized into scratch (`crate::precision`); the AVX2 and f32x4 tiles are the
+/// ones this path was checked on against the interpreter. (bf16 layers run on the
+/// `vdpbf16ps` tiles or on the f32 kernels of the target, `bf16_on_f32_kernels`.)
 fn reduced_precision_simd(simd: Option<Simd>) -> Option<Simd> {
     simd.map(|_| Simd::Avx2)
 }
