@@ -455,7 +455,7 @@ fn prepare(
             let precision = if on_f32_kernels { Precision::F32 } else { node.precision };
             let rounded: Vec<f32>;
             let weight_data = if on_f32_kernels {
-                rounded = weight.data.iter().map(|&w| crate::precision::round_bf16(w)).collect();
+                rounded = rounded_bf16(&weight.data);
                 rounded.as_slice()
             } else {
                 weight.data.as_slice()
@@ -542,7 +542,7 @@ fn prepare(
             // quantized operands.
             if node.precision == Precision::Bf16 {
                 if bf16_on_f32_kernels(node, &x_shape, options, simd, bf16) {
-                    let rounded: Vec<f32> = weight.data.iter().map(|&w| crate::precision::round_bf16(w)).collect();
+                    let rounded = rounded_bf16(&weight.data);
                     let vectors = options.linear_vectors.max(1);
                     let kernel = LinearKernel::new(rows, &rounded, bias, *out_features, vectors, simd, Precision::F32);
                     return Ok(Kernel::Linear(kernel));
@@ -826,7 +826,7 @@ pub(crate) fn define_model<M: Module>(
         // A bf16 layer on the f32 kernels reads its input rounded into scratch.
         let x_shape = graph.op_operands(id).first().map(|&o| graph.node(o).shape.clone()).unwrap_or_default();
         let rounds = bf16_on_f32_kernels(node, &x_shape, options, simd, bf16);
-        let rounding = rounding_spec(&x_shape, simd).filter(|_| rounds);
+        let rounding = rounding_spec(&x_shape, options, simd).filter(|_| rounds);
         let mut specs = match &kernel {
             Kernel::Conv(k) => k.tile_specs(),
             Kernel::Pointwise(k) => k.tile_specs(),
@@ -1177,6 +1177,11 @@ fn bf16_on_f32_kernels(
     node.precision == Precision::Bf16 && (!bf16 || depthwise)
 }
 
+/// A bf16 layer's weights for the f32 kernels: each rounded to bf16.
+fn rounded_bf16(weights: &[f32]) -> Vec<f32> {
+    weights.iter().map(|&w| crate::precision::round_bf16(w)).collect()
+}
+
 /// Rounds the input `x` (`shape`) to bf16 into `to`, the parts sharing its planes (the
 /// last two dimensions; a row for a 2-D input): an `operands` micro-kernel per plane
 /// when the kernel defined one (`spec`), else f32x4 Cranelift code.
@@ -1196,9 +1201,11 @@ fn emit_rounded_input(kb: &mut Kb, x: Loc, shape: &[usize], to: Loc, spec: Optio
 }
 
 /// The plane [`emit_rounded_input`] rounds at once, as an `operands` micro-kernel where
-/// the host has AVX512_BF16 and the target AVX-512.
-fn rounding_spec(shape: &[usize], simd: Option<Simd>) -> Option<OperandSpec> {
-    OperandSpec::for_layer(Precision::Bf16, simd?, host_has_bf16(), rounding_run(shape))
+/// the target is this host (no `--cpu` level), with AVX-512 and AVX512_BF16.
+fn rounding_spec(shape: &[usize], options: &CodegenOptions, simd: Option<Simd>) -> Option<OperandSpec> {
+    // `vcvtneps2bf16` only for this host's ISA: no `--cpu` level includes AVX512_BF16.
+    let bf16_host = options.cpu.is_none() && host_has_bf16();
+    OperandSpec::for_layer(Precision::Bf16, simd?, bf16_host, rounding_run(shape))
 }
 
 /// The values [`emit_rounded_input`] rounds in one run: a plane (a row of a 2-D input).

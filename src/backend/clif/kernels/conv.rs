@@ -830,6 +830,9 @@ impl ConvKernel {
     /// The algorithm, for profiles: `tiled` when the machine-code micro-kernels run it.
     pub fn algorithm(&self, tiled: bool) -> String {
         let simd = self.simd.filter(|_| tiled);
+        if let (Some(pointwise), Some(_)) = (&self.pointwise, simd) {
+            return pointwise.algorithm() + ", f32 tiles for a NaN";
+        }
         let c = &self.conv;
         let mut text = format!("direct {}x{}/s{}", c.kernel.h, c.kernel.w, c.stride.h);
         if c.groups > 1 {
@@ -845,9 +848,6 @@ impl ConvKernel {
             Precision::F32 => {}
             Precision::Bf16 if self.bf16_pairs && simd.is_some() => text.push_str(", bf16 tiles (vdpbf16ps)"),
             Precision::Bf16 => text.push_str(", bf16 operands"),
-            Precision::Int8(_) if self.pointwise.is_some() && simd.is_some() => {
-                return self.pointwise.as_ref().map_or(text, |p| p.algorithm() + ", f32 tiles for a NaN");
-            }
             Precision::Int8(_) if self.int8_pairs.is_some() && simd == Some(Simd::Avx512) => {
                 text.push_str(", int8 integer tiles (vpdpbusd)")
             }

@@ -379,10 +379,13 @@ impl PointwiseKernel {
         let joined = if self.joined.is_some() { ", images joined" } else { "" };
         let joined = if self.gate { ", gated (weights scaled per image)" } else { joined };
         let shared = if self.shared { ", reduction shared in 4 pieces" } else { "" };
-        let bf16 = if self.bf16.is_some() { ", bf16 tiles (vdpbf16ps)" } else { "" };
-        let bf16 = if self.int8 { ", int8 tiles (vpdpbusd)" } else { bf16 };
+        let instruction = match (self.bf16, self.int8) {
+            (Some(_), _) => ", bf16 tiles (vdpbf16ps)",
+            (None, true) => ", int8 tiles (vpdpbusd)",
+            (None, false) => "",
+        };
         let (simd, pixels, channels) = (self.simd.name(), self.tile_pixels, self.channels);
-        format!("pointwise, {simd} pixel tiles {pixels} px x {channels} ch{parts}{joined}{shared}{bf16}")
+        format!("pointwise, {simd} pixel tiles {pixels} px x {channels} ch{parts}{joined}{shared}{instruction}")
     }
 
     /// Scratch bytes: the joined input and output, or the two copies of the gated
